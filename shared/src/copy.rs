@@ -1,0 +1,190 @@
+//! The copy edge: [`Copier`] moves one image; [`Skopeo`] does it with the real
+//! `skopeo copy --all --preserve-digests`, reading logins only from a private temp auth
+//! file. Its error text is classified ([`ErrorClass::from_copy_output`]) and scrubbed of
+//! secrets before it goes anywhere.
+
+use crate::authfile::{AuthFileError, Credentials, TempAuthFile};
+use crate::plan::ImageName;
+use crate::registry::HttpRegistry;
+use crate::retry::{ErrorClass, ItemError};
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+
+/// Moves one image from `source` to `dest` (one attempt; retries are the caller's).
+#[async_trait]
+pub trait Copier: Send + Sync {
+    async fn copy(&self, source: &ImageName, dest: &ImageName) -> Result<(), ItemError>;
+}
+
+#[derive(Debug, Clone)]
+struct Endpoint {
+    address: String,
+    plain_http: bool,
+}
+
+/// Runs `skopeo copy`.
+pub struct Skopeo {
+    binary: PathBuf,
+    endpoints: HashMap<String, Endpoint>,
+    auth: TempAuthFile,
+    credentials: Credentials,
+}
+
+impl Skopeo {
+    /// Prepares copies between `hosts`, with their addresses, transports and logins
+    /// taken from `registry`. Writes the 0600 temp auth file now; it is removed on drop.
+    pub fn new(registry: &HttpRegistry, hosts: &[String]) -> Result<Self, AuthFileError> {
+        let binary = std::env::var_os("TRANSFER_HUB_SKOPEO")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("skopeo"));
+        let mut endpoints = HashMap::new();
+        let mut creds = Credentials::default();
+        for h in hosts {
+            // skopeo knows Docker Hub by its own name; everything else by the address we use.
+            let address = if matches!(h.as_str(), "docker.io" | "index.docker.io") {
+                "docker.io".to_string()
+            } else {
+                registry.address(h)
+            };
+            if let Some(l) = registry.credentials().get(h) {
+                creds.insert(&address, l.clone());
+            }
+            endpoints.insert(
+                h.clone(),
+                Endpoint {
+                    address,
+                    plain_http: registry.plain_http(h),
+                },
+            );
+        }
+        let addresses: Vec<&str> = endpoints.values().map(|e| e.address.as_str()).collect();
+        let auth = creds.write_temp(&addresses)?;
+        Ok(Self {
+            binary,
+            endpoints,
+            auth,
+            credentials: creds,
+        })
+    }
+
+    fn transport_ref(&self, n: &ImageName) -> (String, bool) {
+        let ep = self.endpoints.get(&n.host).cloned().unwrap_or(Endpoint {
+            address: n.host.clone(),
+            plain_http: false,
+        });
+        let mut s = format!("docker://{}/{}", ep.address, n.repo);
+        match (&n.digest, &n.tag) {
+            (Some(d), _) => s.push_str(&format!("@{d}")),
+            (None, Some(t)) => s.push_str(&format!(":{t}")),
+            (None, None) => s.push_str(":latest"),
+        }
+        (s, ep.plain_http)
+    }
+
+    /// The arguments of one copy (no secrets: logins come from the auth file).
+    pub fn args(&self, source: &ImageName, dest: &ImageName) -> Vec<String> {
+        let (src, src_plain) = self.transport_ref(source);
+        let (dst, dst_plain) = self.transport_ref(dest);
+        let mut a: Vec<String> = [
+            "copy",
+            "--all",
+            "--preserve-digests",
+            "--retry-times",
+            "0",
+            "--authfile",
+        ]
+        .map(String::from)
+        .into();
+        a.push(self.auth.path().display().to_string());
+        if src_plain {
+            a.push("--src-tls-verify=false".into());
+        }
+        if dst_plain {
+            a.push("--dest-tls-verify=false".into());
+        }
+        a.push(src);
+        a.push(dst);
+        a
+    }
+}
+
+#[async_trait]
+impl Copier for Skopeo {
+    async fn copy(&self, source: &ImageName, dest: &ImageName) -> Result<(), ItemError> {
+        let args = self.args(source, dest);
+        tracing::debug!(?args, "skopeo");
+        let out = tokio::process::Command::new(&self.binary)
+            .args(&args)
+            .env_remove("REGISTRY_AUTH_FILE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|e| ItemError::new(ErrorClass::BadInput, format!("cannot run {}: {e} (is skopeo installed? scripts/install-deps installs it)", self.binary.display())))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let text = self.credentials.redact(stderr.trim());
+        let last = text
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("skopeo failed without a message");
+        let last = last.trim_start_matches("time=").to_string();
+        Err(ItemError::new(
+            ErrorClass::from_copy_output(&text),
+            format!("skopeo copy {source} → {dest}: {last}"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authfile::Login;
+
+    #[test]
+    fn args_carry_no_secret_and_pick_transports() {
+        let mut creds = Credentials::default();
+        creds.insert(
+            "127.0.0.1:5000",
+            Login {
+                username: "u".into(),
+                password: "canary-pw-123".into(),
+            },
+        );
+        let reg = HttpRegistry::new(creds, Vec::<String>::new());
+        let sk = Skopeo::new(&reg, &["127.0.0.1:5000".to_string(), "quay.io".to_string()]).unwrap();
+        let src = ImageName {
+            host: "127.0.0.1:5000".into(),
+            repo: "a/b".into(),
+            tag: Some("1".into()),
+            digest: None,
+        };
+        let dst = ImageName {
+            host: "quay.io".into(),
+            repo: "x/b".into(),
+            tag: Some("1".into()),
+            digest: None,
+        };
+        let args = sk.args(&src, &dst);
+        let joined = args.join(" ");
+        assert!(!joined.contains("canary-pw-123"));
+        assert!(joined.contains("--src-tls-verify=false"));
+        assert!(!joined.contains("--dest-tls-verify=false"));
+        assert!(
+            joined.ends_with("docker://127.0.0.1:5000/a/b:1 docker://quay.io/x/b:1"),
+            "{joined}"
+        );
+        assert!(
+            args.contains(&"--preserve-digests".to_string()) && args.contains(&"--all".to_string())
+        );
+        let written = std::fs::read_to_string(sk.auth.path()).unwrap();
+        assert!(written.contains("127.0.0.1:5000") && !written.contains("quay.io"));
+    }
+}

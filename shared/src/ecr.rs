@@ -1,0 +1,261 @@
+//! Amazon ECR as a registry: recognise ECR hosts, get a registry login from
+//! `GetAuthorizationToken` (default AWS credential chain), and create missing
+//! destination repositories with scan-on-push and encryption.
+//!
+//! `TRANSFER_HUB_ECR_REGISTRY_ADDRESS=HOST:PORT` sends the registry traffic (bytes,
+//! manifests) for ECR hosts to another address: the tests use it to point at a local
+//! docker-registry while the ECR API comes from an emulator via `AWS_ENDPOINT_URL`.
+
+use crate::authfile::Login;
+use crate::retry::{ErrorClass, ItemError};
+use aws_sdk_ecr::types::{EncryptionConfiguration, EncryptionType, ImageScanningConfiguration};
+use base64::Engine as _;
+
+/// Environment variable that reroutes ECR registry traffic (see module docs).
+pub const ADDRESS_OVERRIDE_ENV: &str = "TRANSFER_HUB_ECR_REGISTRY_ADDRESS";
+
+/// An ECR registry host, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EcrHost {
+    pub account: String,
+    pub region: String,
+    pub china: bool,
+}
+
+/// Recognises `<account>.dkr.ecr[-fips].<region>.amazonaws.com[.cn]`.
+pub fn parse_ecr_host(host: &str) -> Option<EcrHost> {
+    let (rest, china) = match host.strip_suffix(".amazonaws.com.cn") {
+        Some(r) => (r, true),
+        None => (host.strip_suffix(".amazonaws.com")?, false),
+    };
+    let mut parts = rest.split('.');
+    let account = parts.next()?;
+    if parts.next()? != "dkr" {
+        return None;
+    }
+    let ecr = parts.next()?;
+    if ecr != "ecr" && ecr != "ecr-fips" {
+        return None;
+    }
+    let region = parts.next()?;
+    if parts.next().is_some()
+        || account.len() != 12
+        || !account.bytes().all(|b| b.is_ascii_digit())
+        || region.is_empty()
+    {
+        return None;
+    }
+    Some(EcrHost {
+        account: account.into(),
+        region: region.into(),
+        china,
+    })
+}
+
+/// How new destination repositories are created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoSettings {
+    pub scan_on_push: bool,
+    /// `None` → AES256; `Some(key)` → KMS with that key (empty string: the AWS-managed key).
+    pub kms_key: Option<String>,
+}
+
+impl Default for RepoSettings {
+    fn default() -> Self {
+        Self {
+            scan_on_push: true,
+            kms_key: None,
+        }
+    }
+}
+
+/// An ECR API client for one registry.
+pub struct Ecr {
+    client: aws_sdk_ecr::Client,
+    host: EcrHost,
+}
+
+fn sdk_err<E: std::fmt::Display + std::error::Error + 'static>(
+    what: &str,
+    e: aws_sdk_ecr::error::SdkError<E>,
+) -> ItemError {
+    use aws_sdk_ecr::error::SdkError;
+    let class = match &e {
+        SdkError::ServiceError(s) => ErrorClass::from_http_status(s.raw().status().as_u16()),
+        SdkError::ConstructionFailure(_) => ErrorClass::BadInput,
+        _ => ErrorClass::Retryable,
+    };
+    let detail = aws_sdk_ecr::error::DisplayErrorContext(&e).to_string();
+    ItemError::new(class, format!("ECR {what}: {detail}"))
+}
+
+impl Ecr {
+    /// Builds a client from the default credential chain for the registry's region.
+    pub async fn connect(host: EcrHost) -> Self {
+        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(host.region.clone()))
+            .load()
+            .await;
+        Self {
+            client: aws_sdk_ecr::Client::new(&conf),
+            host,
+        }
+    }
+
+    /// A registry login from `GetAuthorizationToken` (valid 12 hours).
+    pub async fn login(&self) -> Result<Login, ItemError> {
+        let out = self
+            .client
+            .get_authorization_token()
+            .send()
+            .await
+            .map_err(|e| sdk_err(&format!("GetAuthorizationToken in {}", self.host.region), e))?;
+        let data = out
+            .authorization_data()
+            .first()
+            .and_then(|d| d.authorization_token())
+            .ok_or_else(|| {
+                ItemError::new(
+                    ErrorClass::AuthDenied,
+                    "ECR GetAuthorizationToken returned no token",
+                )
+            })?;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .map_err(|_| {
+                ItemError::new(
+                    ErrorClass::AuthDenied,
+                    "ECR authorization token is not base64",
+                )
+            })?;
+        let text = String::from_utf8(raw).map_err(|_| {
+            ItemError::new(
+                ErrorClass::AuthDenied,
+                "ECR authorization token is not UTF-8",
+            )
+        })?;
+        let (u, p) = text.split_once(':').ok_or_else(|| {
+            ItemError::new(
+                ErrorClass::AuthDenied,
+                "ECR authorization token is not user:password",
+            )
+        })?;
+        Ok(Login {
+            username: u.into(),
+            password: p.into(),
+        })
+    }
+
+    /// Creates each repository that does not exist yet; returns the names created.
+    /// A repository that cannot be created is returned as an error for that name only.
+    pub async fn ensure_repositories(
+        &self,
+        names: &[String],
+        settings: &RepoSettings,
+    ) -> Vec<(String, Result<bool, ItemError>)> {
+        let mut out = Vec::new();
+        for name in names {
+            let exists = self
+                .client
+                .describe_repositories()
+                .registry_id(&self.host.account)
+                .repository_names(name)
+                .send()
+                .await;
+            let r = match exists {
+                Ok(_) => Ok(false),
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_repository_not_found_exception()) =>
+                {
+                    let enc = match &settings.kms_key {
+                        None => EncryptionConfiguration::builder()
+                            .encryption_type(EncryptionType::Aes256)
+                            .build(),
+                        Some(k) => {
+                            let b = EncryptionConfiguration::builder()
+                                .encryption_type(EncryptionType::Kms);
+                            if k.is_empty() {
+                                b.build()
+                            } else {
+                                b.kms_key(k).build()
+                            }
+                        }
+                    };
+                    let enc = enc.map_err(|e| {
+                        ItemError::new(
+                            ErrorClass::BadInput,
+                            format!("ECR encryption settings: {e}"),
+                        )
+                    });
+                    match enc {
+                        Err(e) => Err(e),
+                        Ok(enc) => self
+                            .client
+                            .create_repository()
+                            .registry_id(&self.host.account)
+                            .repository_name(name)
+                            .image_scanning_configuration(
+                                ImageScanningConfiguration::builder()
+                                    .scan_on_push(settings.scan_on_push)
+                                    .build(),
+                            )
+                            .encryption_configuration(enc)
+                            .send()
+                            .await
+                            .map(|_| true)
+                            .or_else(|e| {
+                                if e.as_service_error()
+                                    .is_some_and(|s| s.is_repository_already_exists_exception())
+                                {
+                                    Ok(false)
+                                } else {
+                                    Err(sdk_err(&format!("CreateRepository {name}"), e))
+                                }
+                            }),
+                    }
+                }
+                Err(e) => Err(sdk_err(&format!("DescribeRepositories {name}"), e)),
+            };
+            out.push((name.clone(), r));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_ecr_hosts() {
+        assert_eq!(
+            parse_ecr_host("123456789012.dkr.ecr.eu-west-1.amazonaws.com"),
+            Some(EcrHost {
+                account: "123456789012".into(),
+                region: "eu-west-1".into(),
+                china: false
+            })
+        );
+        assert!(
+            parse_ecr_host("123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn")
+                .unwrap()
+                .china
+        );
+        assert_eq!(
+            parse_ecr_host("123456789012.dkr.ecr-fips.us-east-1.amazonaws.com")
+                .unwrap()
+                .region,
+            "us-east-1"
+        );
+        for no in [
+            "quay.io",
+            "12345.dkr.ecr.us-east-1.amazonaws.com",
+            "123456789012.dkr.ecr.amazonaws.com",
+            "123456789012.s3.us-east-1.amazonaws.com",
+            "public.ecr.aws",
+        ] {
+            assert_eq!(parse_ecr_host(no), None, "{no}");
+        }
+    }
+}

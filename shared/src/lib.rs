@@ -1,0 +1,17 @@
+//! hub-core: the library behind transfer-hub's command line and (later) its AWS functions.
+//!
+//! Pure modules decide — [`reference`], [`selection`], [`plan`], [`retry`] — and do no IO.
+//! Edge modules talk to the world behind traits — [`registry`] (OCI distribution API),
+//! [`copy`] (skopeo), [`status`] (SQLite), [`ecr`] (Amazon ECR API), [`authfile`]
+//! (logins). [`sync`] wires them into the pipeline.
+
+pub mod authfile;
+pub mod copy;
+pub mod ecr;
+pub mod plan;
+pub mod reference;
+pub mod registry;
+pub mod retry;
+pub mod selection;
+pub mod status;
+pub mod sync;

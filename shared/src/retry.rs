@@ -1,0 +1,347 @@
+//! Error classes and the retry policy: exponential backoff with full jitter, a fixed
+//! number of retries, and a per-attempt timeout. Which errors are retried is decided
+//! here, once, from the class. Pure apart from the sleep helper.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::time::Duration;
+
+/// Stable error class names. The same strings are used in the status store, the JSON
+/// output and (later) Step Functions `ErrorEquals`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ErrorClass {
+    /// Credentials missing or refused (401/403). Not retried.
+    AuthDenied,
+    /// The image or repository does not exist. Not retried.
+    NotFound,
+    /// The request itself is wrong (bad reference, bad list line). Not retried.
+    BadInput,
+    /// The copy arrived with another digest than the source. Not retried.
+    DigestMismatch,
+    /// Network error, 5xx, 429 or timeout. Retried.
+    Retryable,
+}
+
+impl ErrorClass {
+    /// Whether an error of this class is worth another attempt.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, ErrorClass::Retryable)
+    }
+    /// The stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::AuthDenied => "AuthDenied",
+            ErrorClass::NotFound => "NotFound",
+            ErrorClass::BadInput => "BadInput",
+            ErrorClass::DigestMismatch => "DigestMismatch",
+            ErrorClass::Retryable => "Retryable",
+        }
+    }
+    /// Parses a stable name.
+    pub fn from_name(s: &str) -> Option<Self> {
+        [
+            Self::AuthDenied,
+            Self::NotFound,
+            Self::BadInput,
+            Self::DigestMismatch,
+            Self::Retryable,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
+    }
+
+    /// The class of an HTTP status code from a registry.
+    pub fn from_http_status(status: u16) -> Self {
+        match status {
+            401 | 403 => ErrorClass::AuthDenied,
+            404 => ErrorClass::NotFound,
+            400 | 405 | 413 | 414 | 415 | 422 => ErrorClass::BadInput,
+            _ => ErrorClass::Retryable,
+        }
+    }
+
+    /// Classifies the error text of a failed `skopeo copy`. Unknown errors count as
+    /// retryable: a transient fault we did not foresee costs a few retries, while a
+    /// permanent one we misjudged would cost a lost image.
+    pub fn from_copy_output(stderr: &str) -> Self {
+        let s = stderr.to_ascii_lowercase();
+        let any = |words: &[&str]| words.iter().any(|w| s.contains(w));
+        if any(&[
+            "toomanyrequests",
+            "too many requests",
+            " 429",
+            "503 service unavailable",
+            "502 bad gateway",
+            "500 internal server error",
+            "504 gateway",
+        ]) {
+            ErrorClass::Retryable
+        } else if any(&[
+            "unauthorized",
+            "authentication required",
+            "denied:",
+            "requested access to the resource is denied",
+            "invalid username/password",
+            "401 unauthorized",
+            "403 forbidden",
+        ]) {
+            ErrorClass::AuthDenied
+        } else if any(&[
+            "manifest unknown",
+            "name unknown",
+            "repository name not known",
+            "not found: manifest",
+            "reading manifest",
+            "no such image",
+        ]) && !any(&["connection", "eof", "timeout"])
+        {
+            ErrorClass::NotFound
+        } else if any(&[
+            "invalid reference format",
+            "invalid argument",
+            "unsupported transport",
+            "name invalid",
+            "tag invalid",
+            "manifest invalid",
+        ]) {
+            ErrorClass::BadInput
+        } else if any(&["digests do not match", "digest mismatch", "manifest digest"]) {
+            ErrorClass::DigestMismatch
+        } else {
+            ErrorClass::Retryable
+        }
+    }
+}
+
+impl fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A classified failure of one image.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[error("{class}: {message}")]
+pub struct ItemError {
+    pub class: ErrorClass,
+    pub message: String,
+}
+
+impl ItemError {
+    pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
+        Self {
+            class,
+            message: message.into(),
+        }
+    }
+}
+
+/// How often and how patiently a failed step is tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt (so `retries + 1` attempts at most).
+    pub retries: u32,
+    /// Backoff before retry n is drawn uniformly from `0..=min(max_delay, base_delay * 2^n)`.
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+    /// Each attempt is stopped after this long and counts as a retryable timeout.
+    pub attempt_timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            retries: 3,
+            base_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(60),
+            attempt_timeout: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The ceiling of the backoff before retry `retry` (0-based): `min(max, base * 2^retry)`.
+    pub fn backoff_ceiling(&self, retry: u32) -> Duration {
+        let factor = 1u32.checked_shl(retry.min(31)).unwrap_or(u32::MAX);
+        self.base_delay.saturating_mul(factor).min(self.max_delay)
+    }
+
+    /// Full jitter: a delay drawn uniformly from `0..=ceiling`, with `unit` in `[0, 1]`
+    /// supplying the randomness (pure, so it can be tested).
+    pub fn backoff_with(&self, retry: u32, unit: f64) -> Duration {
+        self.backoff_ceiling(retry).mul_f64(unit.clamp(0.0, 1.0))
+    }
+
+    /// The delay before retry `retry`, with fresh randomness.
+    pub fn backoff(&self, retry: u32) -> Duration {
+        self.backoff_with(retry, fastrand::f64())
+    }
+
+    /// Whether another attempt follows a failure of `class` after `attempts` attempts.
+    pub fn should_retry(&self, class: ErrorClass, attempts: u32) -> bool {
+        class.is_retryable() && attempts <= self.retries
+    }
+}
+
+/// Runs `op` until it succeeds, fails with a class that is not retried, or the retries
+/// are spent. Returns the result and the number of attempts made. Each attempt is
+/// bounded by the policy's timeout.
+pub async fn with_retries<T, F, Fut>(policy: &RetryPolicy, mut op: F) -> (Result<T, ItemError>, u32)
+where
+    F: FnMut(u32) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ItemError>>,
+{
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let result = match tokio::time::timeout(policy.attempt_timeout, op(attempts)).await {
+            Ok(r) => r,
+            Err(_) => Err(ItemError::new(
+                ErrorClass::Retryable,
+                format!(
+                    "attempt {attempts} timed out after {:?}",
+                    policy.attempt_timeout
+                ),
+            )),
+        };
+        match result {
+            Ok(v) => return (Ok(v), attempts),
+            Err(e) if policy.should_retry(e.class, attempts) => {
+                tracing::warn!(attempt = attempts, class = %e.class, error = %e.message, "attempt failed; retrying");
+                tokio::time::sleep(policy.backoff(attempts - 1)).await;
+            }
+            Err(e) => return (Err(e), attempts),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            retries: 3,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+            attempt_timeout: Duration::from_millis(200),
+        }
+    }
+
+    #[test]
+    fn classifies_skopeo_errors() {
+        use ErrorClass::*;
+        for (text, class) in [
+            (
+                "initializing source docker://h/a:1: reading manifest 1 in h/a: manifest unknown: manifest unknown",
+                NotFound,
+            ),
+            (
+                "unable to retrieve auth token: invalid username/password: unauthorized: authentication required",
+                AuthDenied,
+            ),
+            (
+                "writing blob: initiating layer upload to /v2/a/blobs/uploads/ in 127.0.0.1:5000: denied: requested access to the resource is denied",
+                AuthDenied,
+            ),
+            (
+                "trying to reuse blob: Head \"http://127.0.0.1:1/v2/a/blobs/x\": dial tcp 127.0.0.1:1: connect: connection refused",
+                Retryable,
+            ),
+            ("writing manifest: EOF", Retryable),
+            (
+                "reading manifest latest in docker.io/library/x: toomanyrequests: You have reached your pull rate limit",
+                Retryable,
+            ),
+            (
+                "received unexpected HTTP status: 503 Service Unavailable",
+                Retryable,
+            ),
+            ("invalid argument \"x\" for \"--foo\"", BadInput),
+            (
+                "Invalid destination name docker://A: invalid reference format",
+                BadInput,
+            ),
+            ("something nobody foresaw", Retryable),
+        ] {
+            assert_eq!(ErrorClass::from_copy_output(text), class, "{text}");
+        }
+    }
+
+    #[test]
+    fn http_statuses_map_to_classes() {
+        assert_eq!(ErrorClass::from_http_status(401), ErrorClass::AuthDenied);
+        assert_eq!(ErrorClass::from_http_status(404), ErrorClass::NotFound);
+        assert_eq!(ErrorClass::from_http_status(429), ErrorClass::Retryable);
+        assert_eq!(ErrorClass::from_http_status(503), ErrorClass::Retryable);
+    }
+
+    #[test]
+    fn class_names_round_trip() {
+        for c in [
+            ErrorClass::AuthDenied,
+            ErrorClass::NotFound,
+            ErrorClass::BadInput,
+            ErrorClass::DigestMismatch,
+            ErrorClass::Retryable,
+        ] {
+            assert_eq!(ErrorClass::from_name(c.as_str()), Some(c));
+            assert_eq!(
+                serde_json::to_string(&c).unwrap(),
+                format!("\"{}\"", c.as_str())
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn backoff_stays_under_the_exponential_ceiling(retry in 0u32..64, unit in 0.0f64..=1.0) {
+            let p = policy();
+            let d = p.backoff_with(retry, unit);
+            prop_assert!(d <= p.backoff_ceiling(retry));
+            prop_assert!(d <= p.max_delay);
+        }
+    }
+
+    #[test]
+    fn ceiling_doubles_then_caps() {
+        let p = policy();
+        let c: Vec<u128> = (0..6).map(|r| p.backoff_ceiling(r).as_millis()).collect();
+        assert_eq!(c, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(p.backoff_with(2, 0.0), Duration::ZERO);
+        assert_eq!(p.backoff_with(2, 1.0), Duration::from_millis(400));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_retryable_errors_up_to_the_limit() {
+        let (r, n) = with_retries::<(), _, _>(&policy(), |_| async {
+            Err(ItemError::new(ErrorClass::Retryable, "net"))
+        })
+        .await;
+        assert_eq!(n, 4, "first attempt + 3 retries");
+        assert_eq!(r.unwrap_err().class, ErrorClass::Retryable);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn does_not_retry_auth_errors() {
+        let (r, n) = with_retries::<(), _, _>(&policy(), |_| async {
+            Err(ItemError::new(ErrorClass::AuthDenied, "no"))
+        })
+        .await;
+        assert_eq!(n, 1);
+        assert_eq!(r.unwrap_err().class, ErrorClass::AuthDenied);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_attempt_times_out_and_is_retried() {
+        let (r, n) = with_retries(&policy(), |attempt| async move {
+            if attempt < 3 {
+                std::future::pending::<()>().await;
+            }
+            Ok(attempt)
+        })
+        .await;
+        assert_eq!((r.unwrap(), n), (3, 3));
+    }
+}

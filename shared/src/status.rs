@@ -1,0 +1,389 @@
+//! The status store: one record per run and per image (source, destination, digests,
+//! status, attempts, error, times). [`StatusStore`] is the edge; [`SqliteStore`] keeps it
+//! in an embedded SQLite file on one machine (DynamoDB comes with the AWS suite).
+//!
+//! Writes are conditional: an item record carries a `version`, and a write whose version
+//! is not newer than the stored one is ignored, so a late or duplicated write never
+//! overwrites a newer result.
+
+use crate::retry::{ErrorClass, ItemError};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::Mutex;
+
+/// Where an image stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Planned,
+    Skipped,
+    Copied,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Planned => "planned",
+            Status::Skipped => "skipped",
+            Status::Copied => "copied",
+            Status::Failed => "failed",
+        }
+    }
+    pub fn from_name(s: &str) -> Option<Self> {
+        [
+            Status::Planned,
+            Status::Skipped,
+            Status::Copied,
+            Status::Failed,
+        ]
+        .into_iter()
+        .find(|x| x.as_str() == s)
+    }
+}
+
+/// The record of one image in one run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemRecord {
+    #[serde(skip_serializing)]
+    #[serde(default)]
+    pub run_id: String,
+    pub source: String,
+    pub dest: String,
+    pub status: Status,
+    pub source_digest: Option<String>,
+    pub dest_digest: Option<String>,
+    pub attempts: u32,
+    pub error: Option<ItemError>,
+    pub bytes: u64,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    /// Write order: a write is applied only when its version is higher than the stored one.
+    #[serde(skip)]
+    pub version: u64,
+}
+
+/// The record of a run, with its counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub source: String,
+    pub dest: String,
+    pub dry_run: bool,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub copied: u64,
+    pub skipped: u64,
+    pub failed: u64,
+    pub bytes: u64,
+}
+
+/// Status store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state file {path}: {source}")]
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("state store: {0}")]
+    Sql(#[from] rusqlite::Error),
+}
+
+/// Where results are kept.
+#[async_trait]
+pub trait StatusStore: Send + Sync {
+    /// Creates or replaces the run record.
+    async fn put_run(&self, run: &RunRecord) -> Result<(), StoreError>;
+    /// Writes an item if its version is newer than the stored one; returns whether it was applied.
+    async fn put_item(&self, item: &ItemRecord) -> Result<bool, StoreError>;
+    /// A run and its items; the latest run when `run_id` is `None`.
+    async fn get_run(
+        &self,
+        run_id: Option<&str>,
+    ) -> Result<Option<(RunRecord, Vec<ItemRecord>)>, StoreError>;
+    /// Recent runs, newest first.
+    async fn list_runs(&self, limit: usize) -> Result<Vec<RunRecord>, StoreError>;
+}
+
+/// SQLite-backed store for one machine.
+pub struct SqliteStore {
+    conn: Mutex<rusqlite::Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS runs (
+  run_id TEXT PRIMARY KEY, source TEXT NOT NULL, dest TEXT NOT NULL, dry_run INTEGER NOT NULL,
+  started_at TEXT NOT NULL, ended_at TEXT, copied INTEGER NOT NULL, skipped INTEGER NOT NULL,
+  failed INTEGER NOT NULL, bytes INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+  run_id TEXT NOT NULL, source TEXT NOT NULL, dest TEXT NOT NULL, status TEXT NOT NULL,
+  source_digest TEXT, dest_digest TEXT, attempts INTEGER NOT NULL, error_class TEXT, error_message TEXT,
+  bytes INTEGER NOT NULL, started_at TEXT, ended_at TEXT, version INTEGER NOT NULL,
+  PRIMARY KEY (run_id, source, dest));
+";
+
+impl SqliteStore {
+    /// Opens (creating if needed) the state file, with its parent directory.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| open_err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+        }
+        let conn = rusqlite::Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.execute_batch(SCHEMA).map_err(open_err)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// An in-memory store (for dry runs and tests).
+    pub fn in_memory() -> Result<Self, StoreError> {
+        let conn = rusqlite::Connection::open_in_memory()?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+}
+
+fn ts(t: &Option<DateTime<Utc>>) -> Option<String> {
+    t.map(|t| t.to_rfc3339())
+}
+fn parse_ts(s: Option<String>) -> Option<DateTime<Utc>> {
+    s.and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
+    Ok(RunRecord {
+        run_id: r.get(0)?,
+        source: r.get(1)?,
+        dest: r.get(2)?,
+        dry_run: r.get(3)?,
+        started_at: parse_ts(r.get(4)?).unwrap_or_default(),
+        ended_at: parse_ts(r.get(5)?),
+        copied: r.get(6)?,
+        skipped: r.get(7)?,
+        failed: r.get(8)?,
+        bytes: r.get(9)?,
+    })
+}
+
+const RUN_COLS: &str =
+    "run_id, source, dest, dry_run, started_at, ended_at, copied, skipped, failed, bytes";
+
+#[async_trait]
+impl StatusStore for SqliteStore {
+    async fn put_run(&self, run: &RunRecord) -> Result<(), StoreError> {
+        let c = self.conn.lock().unwrap();
+        c.execute(
+            &format!(
+                "INSERT OR REPLACE INTO runs ({RUN_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"
+            ),
+            params![
+                run.run_id,
+                run.source,
+                run.dest,
+                run.dry_run,
+                run.started_at.to_rfc3339(),
+                ts(&run.ended_at),
+                run.copied,
+                run.skipped,
+                run.failed,
+                run.bytes
+            ],
+        )?;
+        Ok(())
+    }
+
+    async fn put_item(&self, i: &ItemRecord) -> Result<bool, StoreError> {
+        let c = self.conn.lock().unwrap();
+        let n = c.execute(
+            "INSERT INTO items (run_id, source, dest, status, source_digest, dest_digest, attempts, error_class, error_message, bytes, started_at, ended_at, version)
+             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13)
+             ON CONFLICT (run_id, source, dest) DO UPDATE SET
+               status=excluded.status, source_digest=excluded.source_digest, dest_digest=excluded.dest_digest,
+               attempts=excluded.attempts, error_class=excluded.error_class, error_message=excluded.error_message,
+               bytes=excluded.bytes, started_at=excluded.started_at, ended_at=excluded.ended_at, version=excluded.version
+             WHERE excluded.version > items.version",
+            params![
+                i.run_id, i.source, i.dest, i.status.as_str(), i.source_digest, i.dest_digest, i.attempts,
+                i.error.as_ref().map(|e| e.class.as_str()), i.error.as_ref().map(|e| e.message.as_str()),
+                i.bytes, ts(&i.started_at), ts(&i.ended_at), i.version as i64
+            ],
+        )?;
+        Ok(n > 0)
+    }
+
+    async fn get_run(
+        &self,
+        run_id: Option<&str>,
+    ) -> Result<Option<(RunRecord, Vec<ItemRecord>)>, StoreError> {
+        let c = self.conn.lock().unwrap();
+        let run = match run_id {
+            Some(id) => c
+                .query_row(
+                    &format!("SELECT {RUN_COLS} FROM runs WHERE run_id = ?1"),
+                    [id],
+                    run_from_row,
+                )
+                .optional()?,
+            None => c
+                .query_row(
+                    &format!(
+                        "SELECT {RUN_COLS} FROM runs ORDER BY started_at DESC, rowid DESC LIMIT 1"
+                    ),
+                    [],
+                    run_from_row,
+                )
+                .optional()?,
+        };
+        let Some(run) = run else { return Ok(None) };
+        let mut stmt = c.prepare(
+            "SELECT source, dest, status, source_digest, dest_digest, attempts, error_class, error_message, bytes, started_at, ended_at, version
+             FROM items WHERE run_id = ?1 ORDER BY source, dest",
+        )?;
+        let items = stmt
+            .query_map([&run.run_id], |r| {
+                let class: Option<String> = r.get(6)?;
+                let message: Option<String> = r.get(7)?;
+                Ok(ItemRecord {
+                    run_id: run.run_id.clone(),
+                    source: r.get(0)?,
+                    dest: r.get(1)?,
+                    status: Status::from_name(&r.get::<_, String>(2)?).unwrap_or(Status::Failed),
+                    source_digest: r.get(3)?,
+                    dest_digest: r.get(4)?,
+                    attempts: r.get(5)?,
+                    error: class.map(|c| {
+                        ItemError::new(
+                            ErrorClass::from_name(&c).unwrap_or(ErrorClass::Retryable),
+                            message.unwrap_or_default(),
+                        )
+                    }),
+                    bytes: r.get(8)?,
+                    started_at: parse_ts(r.get(9)?),
+                    ended_at: parse_ts(r.get(10)?),
+                    version: r.get::<_, i64>(11)? as u64,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some((run, items)))
+    }
+
+    async fn list_runs(&self, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
+        let c = self.conn.lock().unwrap();
+        let mut stmt = c.prepare(&format!(
+            "SELECT {RUN_COLS} FROM runs ORDER BY started_at DESC, rowid DESC LIMIT ?1"
+        ))?;
+        let rows = stmt
+            .query_map([limit as i64], run_from_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(status: Status, version: u64) -> ItemRecord {
+        ItemRecord {
+            run_id: "r1".into(),
+            source: "s/a:1".into(),
+            dest: "d/a:1".into(),
+            status,
+            source_digest: Some("sha256:aa".into()),
+            dest_digest: None,
+            attempts: version as u32,
+            error: (status == Status::Failed).then(|| ItemError::new(ErrorClass::Retryable, "EOF")),
+            bytes: 0,
+            started_at: Some(Utc::now()),
+            ended_at: None,
+            version,
+        }
+    }
+
+    fn run(id: &str) -> RunRecord {
+        RunRecord {
+            run_id: id.into(),
+            source: "s".into(),
+            dest: "d".into(),
+            dry_run: false,
+            started_at: Utc::now(),
+            ended_at: None,
+            copied: 0,
+            skipped: 0,
+            failed: 0,
+            bytes: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_late_or_duplicated_write_never_overwrites_a_newer_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("sub/state.db")).unwrap();
+        store.put_run(&run("r1")).await.unwrap();
+        assert!(store.put_item(&item(Status::Planned, 1)).await.unwrap());
+        assert!(store.put_item(&item(Status::Copied, 3)).await.unwrap());
+        assert!(
+            !store.put_item(&item(Status::Failed, 2)).await.unwrap(),
+            "late write ignored"
+        );
+        assert!(
+            !store.put_item(&item(Status::Copied, 3)).await.unwrap(),
+            "duplicate ignored"
+        );
+        let (r, items) = store.get_run(None).await.unwrap().unwrap();
+        assert_eq!(r.run_id, "r1");
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].status, Status::Copied);
+        assert_eq!(items[0].attempts, 3);
+    }
+
+    #[tokio::test]
+    async fn keeps_errors_and_finds_runs_by_id() {
+        let store = SqliteStore::in_memory().unwrap();
+        let mut a = run("a");
+        a.started_at = Utc::now() - chrono::Duration::seconds(10);
+        store.put_run(&a).await.unwrap();
+        store.put_run(&run("b")).await.unwrap();
+        let mut i = item(Status::Failed, 4);
+        i.run_id = "a".into();
+        store.put_item(&i).await.unwrap();
+        let (r, items) = store.get_run(Some("a")).await.unwrap().unwrap();
+        assert_eq!(r.run_id, "a");
+        assert_eq!(
+            items[0].error,
+            Some(ItemError::new(ErrorClass::Retryable, "EOF"))
+        );
+        assert_eq!(
+            store.get_run(None).await.unwrap().unwrap().0.run_id,
+            "b",
+            "latest run"
+        );
+        assert!(store.get_run(Some("zzz")).await.unwrap().is_none());
+        assert_eq!(
+            store
+                .list_runs(10)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.run_id.as_str())
+                .collect::<Vec<_>>(),
+            ["b", "a"]
+        );
+    }
+}

@@ -1,0 +1,435 @@
+//! The image sync pipeline: select → list → resolve digests → plan → copy → verify →
+//! record. It talks to the world only through the edge traits ([`Registry`],
+//! [`Copier`], [`StatusStore`], [`Prepare`], [`Progress`]), so the same pipeline runs
+//! against real registries from the CLI and, later, inside the AWS functions.
+
+use crate::plan::{self, Action, ImageName, Observation, TagListings, Unplannable, Wanted};
+use crate::registry::{Location, Registry};
+use crate::retry::{ErrorClass, ItemError, RetryPolicy, with_retries};
+use crate::selection::{Selection, TagSpec};
+use crate::status::{ItemRecord, RunRecord, Status, StatusStore, StoreError};
+use async_trait::async_trait;
+use chrono::Utc;
+use futures::stream::{self, StreamExt};
+use std::collections::{BTreeSet, HashMap};
+
+/// What to take from the source.
+#[derive(Debug, Clone)]
+pub enum Selecting {
+    /// A selection list (already parsed; its bad lines are reported as failed items).
+    List(Selection),
+    /// Every repository under the source prefix, every tag.
+    AllRepos,
+}
+
+/// One sync run's settings.
+#[derive(Debug, Clone)]
+pub struct SyncSpec {
+    pub run_id: String,
+    pub source: Location,
+    pub dest: Location,
+    pub selecting: Selecting,
+    pub retry: RetryPolicy,
+    /// Copies at once.
+    pub concurrency: usize,
+    /// Manifest HEADs and tag listings at once.
+    pub resolve_concurrency: usize,
+    pub dry_run: bool,
+}
+
+/// Prepares the destination before copies start (e.g. creates missing ECR repositories).
+#[async_trait]
+pub trait Prepare: Send + Sync {
+    /// Returns, per repository, whether it is ready.
+    async fn prepare(&self, repos: &[String]) -> HashMap<String, Result<(), ItemError>>;
+}
+
+/// Hears about the run as it goes (progress bar, log lines).
+pub trait Progress: Send + Sync {
+    /// The plan is made: `to_copy` of `total` images will be copied.
+    fn planned(&self, _to_copy: usize, _total: usize) {}
+    /// One image reached its final status.
+    fn finished(&self, _item: &ItemRecord) {}
+}
+
+/// A progress listener that ignores everything.
+pub struct Silent;
+impl Progress for Silent {}
+
+/// The edges a run talks through.
+pub struct Edges<'a> {
+    pub registry: &'a dyn Registry,
+    pub copier: &'a dyn crate::copy::Copier,
+    pub store: &'a dyn StatusStore,
+    pub prepare: Option<&'a dyn Prepare>,
+    pub progress: &'a dyn Progress,
+}
+
+/// What a run did: the run record and one record per image.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SyncReport {
+    #[serde(flatten)]
+    pub run: RunRecord,
+    pub items: Vec<ItemRecord>,
+}
+
+impl SyncReport {
+    /// True when every image is in sync (nothing failed).
+    pub fn all_in_sync(&self) -> bool {
+        self.run.failed == 0
+    }
+}
+
+/// A new run id: UTC time plus a random suffix, e.g. `20261123T130501Z-3fa9`.
+pub fn new_run_id() -> String {
+    format!(
+        "{}-{:04x}",
+        Utc::now().format("%Y%m%dT%H%M%SZ"),
+        fastrand::u16(..)
+    )
+}
+
+const PLANNED: u64 = 1;
+const FINAL: u64 = 2;
+
+/// Runs one sync. Store errors end the run (results could not be kept); every other
+/// failure is recorded on its image and the others go on.
+pub async fn run_sync(spec: &SyncSpec, edges: &Edges<'_>) -> Result<SyncReport, StoreError> {
+    let mut run = RunRecord {
+        run_id: spec.run_id.clone(),
+        source: spec.source.to_string(),
+        dest: spec.dest.to_string(),
+        dry_run: spec.dry_run,
+        started_at: Utc::now(),
+        ended_at: None,
+        copied: 0,
+        skipped: 0,
+        failed: 0,
+        bytes: 0,
+    };
+    let keep = !spec.dry_run;
+    if keep {
+        edges.store.put_run(&run).await?;
+    }
+
+    let (wanted, unplannable) = select(spec, edges.registry).await;
+    let (source_obs, dest_obs, attempts) = resolve(spec, edges.registry, &wanted).await;
+    let planned = plan::plan(&wanted, &source_obs, &dest_obs);
+    let to_copy = planned.iter().filter(|p| p.action == Action::Copy).count();
+    edges
+        .progress
+        .planned(to_copy, planned.len() + unplannable.len());
+
+    let mut items: Vec<ItemRecord> = Vec::new();
+    for u in unplannable {
+        items.push(failed_record(&spec.run_id, u));
+    }
+    let mut copies = Vec::new();
+    for p in planned {
+        let mut rec = ItemRecord {
+            run_id: spec.run_id.clone(),
+            source: p.wanted.source.to_string(),
+            dest: p.wanted.dest.to_string(),
+            status: Status::Planned,
+            source_digest: p.source.as_ref().map(|i| i.digest.to_string()),
+            dest_digest: p.dest.as_ref().map(|i| i.digest.to_string()),
+            attempts: *attempts.get(&p.wanted).unwrap_or(&0),
+            error: None,
+            bytes: 0,
+            started_at: Some(run.started_at),
+            ended_at: None,
+            version: PLANNED,
+        };
+        match p.action {
+            Action::Skip => {
+                rec.status = Status::Skipped;
+                rec.attempts = 0;
+                rec.ended_at = Some(Utc::now());
+                rec.version = FINAL;
+                items.push(rec);
+            }
+            Action::Fail(e) => {
+                rec.status = Status::Failed;
+                rec.error = Some(e);
+                rec.ended_at = Some(Utc::now());
+                rec.version = FINAL;
+                items.push(rec);
+            }
+            Action::Copy => {
+                rec.attempts = 0;
+                copies.push((
+                    p.wanted,
+                    p.source.expect("a copy has a source digest").digest,
+                    rec,
+                ));
+            }
+        }
+    }
+    for rec in &items {
+        edges.progress.finished(rec);
+        if keep {
+            edges.store.put_item(rec).await?;
+        }
+    }
+
+    if spec.dry_run {
+        items.extend(copies.into_iter().map(|(_, _, rec)| rec));
+        return Ok(finish(run, items));
+    }
+    for (_, _, rec) in &copies {
+        edges.store.put_item(rec).await?;
+    }
+
+    // Destination repositories (ECR) are made ready before any copy starts.
+    let ready: HashMap<String, Result<(), ItemError>> = match edges.prepare {
+        Some(p) => {
+            let repos: BTreeSet<String> =
+                copies.iter().map(|(w, _, _)| w.dest.repo.clone()).collect();
+            p.prepare(&repos.into_iter().collect::<Vec<_>>()).await
+        }
+        None => HashMap::new(),
+    };
+
+    let results: Vec<Result<ItemRecord, StoreError>> = stream::iter(copies)
+        .map(|(w, digest, mut rec)| {
+            let ready = ready.get(&w.dest.repo).cloned().unwrap_or(Ok(()));
+            async move {
+                rec.started_at = Some(Utc::now());
+                let outcome = match ready {
+                    Err(e) => (Err(e), 0),
+                    Ok(()) => copy_one(spec, edges, &w, &digest).await,
+                };
+                rec.attempts = outcome.1;
+                rec.ended_at = Some(Utc::now());
+                rec.version = FINAL;
+                match outcome.0 {
+                    Ok((dest_digest, bytes)) => {
+                        rec.status = Status::Copied;
+                        rec.dest_digest = Some(dest_digest);
+                        rec.bytes = bytes;
+                    }
+                    Err(e) => {
+                        rec.status = Status::Failed;
+                        rec.error = Some(e);
+                    }
+                }
+                edges.store.put_item(&rec).await?;
+                edges.progress.finished(&rec);
+                Ok(rec)
+            }
+        })
+        .buffer_unordered(spec.concurrency.max(1))
+        .collect()
+        .await;
+    for r in results {
+        items.push(r?);
+    }
+    let report = finish(run.clone(), items);
+    run = report.run.clone();
+    edges.store.put_run(&run).await?;
+    Ok(report)
+}
+
+fn finish(mut run: RunRecord, mut items: Vec<ItemRecord>) -> SyncReport {
+    items.sort_by(|a, b| {
+        (a.source.as_str(), a.dest.as_str()).cmp(&(b.source.as_str(), b.dest.as_str()))
+    });
+    run.copied = items.iter().filter(|i| i.status == Status::Copied).count() as u64;
+    run.skipped = items.iter().filter(|i| i.status == Status::Skipped).count() as u64;
+    run.failed = items.iter().filter(|i| i.status == Status::Failed).count() as u64;
+    run.bytes = items.iter().map(|i| i.bytes).sum();
+    run.ended_at = Some(Utc::now());
+    SyncReport { run, items }
+}
+
+fn failed_record(run_id: &str, u: Unplannable) -> ItemRecord {
+    let now = Utc::now();
+    ItemRecord {
+        run_id: run_id.to_string(),
+        source: u.what,
+        dest: u.dest.unwrap_or_default(),
+        status: Status::Failed,
+        source_digest: None,
+        dest_digest: None,
+        attempts: 0,
+        error: Some(u.error),
+        bytes: 0,
+        started_at: Some(now),
+        ended_at: Some(now),
+        version: FINAL,
+    }
+}
+
+/// Copies one image with retries, then checks the destination digest.
+/// Returns the destination digest and the image's size, with the attempts made.
+async fn copy_one(
+    spec: &SyncSpec,
+    edges: &Edges<'_>,
+    w: &Wanted,
+    digest: &crate::reference::Digest,
+) -> (Result<(String, u64), ItemError>, u32) {
+    let (copied, attempts) =
+        with_retries(&spec.retry, |_| edges.copier.copy(&w.source, &w.dest)).await;
+    if let Err(e) = copied {
+        return (Err(e), attempts);
+    }
+    let dest_ref = w.dest.reference();
+    let (seen, _) = with_retries(&spec.retry, |_| {
+        edges
+            .registry
+            .head_manifest(&w.dest.host, &w.dest.repo, &dest_ref)
+    })
+    .await;
+    let verdict = match seen {
+        Err(e) => Err(ItemError::new(
+            e.class,
+            format!("verifying {} after the copy: {}", w.dest, e.message),
+        )),
+        Ok(None) => Err(ItemError::new(
+            ErrorClass::DigestMismatch,
+            format!("{} is missing after the copy reported success", w.dest),
+        )),
+        Ok(Some(info)) if info.digest != *digest => Err(ItemError::new(
+            ErrorClass::DigestMismatch,
+            format!(
+                "{} has digest {} after the copy; the source {} has {}",
+                w.dest, info.digest, w.source, digest
+            ),
+        )),
+        Ok(Some(info)) => {
+            let bytes = edges
+                .registry
+                .image_size(&w.source.host, &w.source.repo, digest)
+                .await
+                .unwrap_or(0);
+            Ok((info.digest.to_string(), bytes))
+        }
+    };
+    (verdict, attempts)
+}
+
+/// Turns the selection into images, listing tags and repositories where asked.
+async fn select(spec: &SyncSpec, registry: &dyn Registry) -> (Vec<Wanted>, Vec<Unplannable>) {
+    let policy = &spec.retry;
+    match &spec.selecting {
+        Selecting::List(sel) => {
+            let mut bad: Vec<Unplannable> = sel
+                .errors
+                .iter()
+                .map(|e| Unplannable {
+                    what: format!("line {}: {}", e.line, e.text),
+                    dest: None,
+                    error: ItemError::new(ErrorClass::BadInput, e.to_string()),
+                })
+                .collect();
+            let repos: BTreeSet<(String, String)> = sel
+                .entries
+                .iter()
+                .filter(|e| e.spec == TagSpec::AllTags)
+                .map(|e| plan::entry_source(e, &spec.source))
+                .collect();
+            let tags = list_tags(spec, registry, repos).await;
+            let (wanted, failed) =
+                plan::expand_entries(&sel.entries, &spec.source, &spec.dest, &tags);
+            bad.extend(failed);
+            (wanted, bad)
+        }
+        Selecting::AllRepos => {
+            let host = spec.source.host.clone();
+            let (repos, _) = with_retries(policy, |_| registry.list_repositories(&host)).await;
+            match repos {
+                Err(e) => (
+                    Vec::new(),
+                    vec![Unplannable {
+                        what: format!("{} (all repositories)", spec.source),
+                        dest: Some(spec.dest.to_string()),
+                        error: ItemError::new(
+                            e.class,
+                            format!("listing repositories: {}", e.message),
+                        ),
+                    }],
+                ),
+                Ok(repos) => {
+                    let under: Vec<String> = repos
+                        .into_iter()
+                        .filter(|r| spec.source.strip(r).is_some())
+                        .collect();
+                    let keys = under.iter().map(|r| (host.clone(), r.clone())).collect();
+                    let tags = list_tags(spec, registry, keys).await;
+                    plan::expand_all_repos(&under, &spec.source, &spec.dest, &tags)
+                }
+            }
+        }
+    }
+}
+
+async fn list_tags(
+    spec: &SyncSpec,
+    registry: &dyn Registry,
+    repos: BTreeSet<(String, String)>,
+) -> TagListings {
+    stream::iter(repos)
+        .map(|(host, repo)| async move {
+            let (r, _) = with_retries(&spec.retry, |_| registry.list_tags(&host, &repo)).await;
+            let r = r.map_err(|e| {
+                ItemError::new(
+                    e.class,
+                    format!("listing tags of {host}/{repo}: {}", e.message),
+                )
+            });
+            ((host, repo), r)
+        })
+        .buffer_unordered(spec.resolve_concurrency.max(1))
+        .collect()
+        .await
+}
+
+type Observations = HashMap<ImageName, Observation>;
+
+/// HEADs every source and destination manifest once, in parallel.
+async fn resolve(
+    spec: &SyncSpec,
+    registry: &dyn Registry,
+    wanted: &[Wanted],
+) -> (Observations, Observations, HashMap<Wanted, u32>) {
+    let names: BTreeSet<ImageName> = wanted
+        .iter()
+        .flat_map(|w| [w.source.clone(), w.dest.clone()])
+        .collect();
+    let seen: HashMap<ImageName, (Observation, u32)> = stream::iter(names)
+        .map(|n| async move {
+            let reference = n.reference();
+            let (r, attempts) = with_retries(&spec.retry, |_| {
+                registry.head_manifest(&n.host, &n.repo, &reference)
+            })
+            .await;
+            (n, (r, attempts))
+        })
+        .buffer_unordered(spec.resolve_concurrency.max(1))
+        .collect()
+        .await;
+    let mut source = HashMap::new();
+    let mut dest = HashMap::new();
+    let mut attempts = HashMap::new();
+    for w in wanted {
+        let (s, sa) = seen
+            .get(&w.source)
+            .cloned()
+            .expect("every source was resolved");
+        let (d, da) = seen
+            .get(&w.dest)
+            .cloned()
+            .expect("every destination was resolved");
+        let failing = if s.is_err() {
+            sa
+        } else if d.is_err() {
+            da
+        } else {
+            0
+        };
+        attempts.insert(w.clone(), failing);
+        source.insert(w.source.clone(), s);
+        dest.insert(w.dest.clone(), d);
+    }
+    (source, dest, attempts)
+}
