@@ -1,1 +1,311 @@
-fn main() {}
+//! `transfer-hub`: keep container images in sync between registries from one machine.
+//! A thin shell over `hub-core`: parse arguments, build the edges, run, print.
+
+mod output;
+
+use anyhow::{Context, Result, anyhow};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use hub_core::authfile::{Credentials, default_auth_file};
+use hub_core::copy::Skopeo;
+use hub_core::ecr::{self, Ecr, EcrRepos, RepoSettings};
+use hub_core::registry::{HttpRegistry, Location};
+use hub_core::retry::RetryPolicy;
+use hub_core::selection::parse_list;
+use hub_core::status::{SqliteStore, StatusStore};
+use hub_core::sync::{Edges, Prepare, Selecting, SyncSpec, new_run_id, run_sync};
+use std::collections::BTreeSet;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Keep container images in sync between registries (Docker Hub, Quay, GHCR, Harbor,
+/// JFrog, Amazon ECR, any OCI registry), from one machine.
+#[derive(Parser)]
+#[command(name = "transfer-hub", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Container images.
+    Images {
+        #[command(subcommand)]
+        cmd: ImagesCmd,
+    },
+    /// Show a past run from the state file.
+    Status(StatusArgs),
+}
+
+#[derive(Subcommand)]
+enum ImagesCmd {
+    /// Copy the selected images that are missing or different at the destination.
+    Sync(SyncArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args)]
+#[command(group = clap::ArgGroup::new("what").required(true).args(["list", "all_repos"]))]
+struct SyncArgs {
+    /// Source registry, optionally with a repository prefix: REGISTRY[/PREFIX].
+    #[arg(long, value_parser = Location::parse)]
+    source: Location,
+    /// Destination registry, optionally with a repository prefix: REGISTRY[/PREFIX].
+    /// An ECR registry (<account>.dkr.ecr.<region>.amazonaws.com) gets a login from the
+    /// default AWS credential chain and missing repositories are created.
+    #[arg(long, value_parser = Location::parse)]
+    dest: Location,
+    /// Selection list: names separated by commas or newlines (`name`, `name:tag`,
+    /// `name:ALL_TAGS`, `name@sha256:…`, `host:port/name:tag`; `#` comments).
+    #[arg(long)]
+    list: Option<PathBuf>,
+    /// Every repository under the source prefix, every tag.
+    #[arg(long)]
+    all_repos: bool,
+    /// Copies at once.
+    #[arg(long, default_value = "10")]
+    concurrency: NonZeroUsize,
+    /// Manifest lookups and tag listings at once.
+    #[arg(long, default_value = "32")]
+    resolve_concurrency: NonZeroUsize,
+    /// Retries after a failed attempt (network, 5xx, 429, timeout); auth, not-found and
+    /// bad-input errors are never retried.
+    #[arg(long, default_value = "3")]
+    retries: u32,
+    /// Base of the exponential backoff between retries, in milliseconds (full jitter).
+    #[arg(long, default_value = "1000")]
+    retry_base_ms: u64,
+    /// Longest wait between retries, in seconds.
+    #[arg(long, default_value = "60")]
+    retry_max_secs: u64,
+    /// Each copy attempt is stopped after this many seconds.
+    #[arg(long, default_value = "1800")]
+    attempt_timeout_secs: u64,
+    /// Print the plan (what would be copied, what is in sync) and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Registry logins (containers/docker auth file). Default: $REGISTRY_AUTH_FILE, else ~/.docker/config.json.
+    #[arg(long)]
+    authfile: Option<PathBuf>,
+    /// Speak plain HTTP to this registry (loopback registries always are). Repeatable.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    insecure_registries: Vec<String>,
+    /// Output: human text, or one JSON object on stdout.
+    #[arg(long, value_enum, default_value = "text")]
+    output: OutputFormat,
+    /// State file (SQLite) where runs and image results are kept.
+    #[arg(long, env = "TRANSFER_HUB_STATE")]
+    state: Option<PathBuf>,
+    /// New ECR repositories: do not turn on scan-on-push.
+    #[arg(long)]
+    no_scan_on_push: bool,
+    /// New ECR repositories: encrypt with this KMS key (default AES256).
+    #[arg(long)]
+    ecr_kms_key: Option<String>,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// Run id (default: the latest run).
+    #[arg(long)]
+    run: Option<String>,
+    /// State file (SQLite).
+    #[arg(long, env = "TRANSFER_HUB_STATE")]
+    state: Option<PathBuf>,
+    /// Output: human text or JSON.
+    #[arg(long, value_enum, default_value = "text")]
+    output: OutputFormat,
+}
+
+/// Marks an error as a problem the user must fix before anything can run (exit code 2).
+fn config<E: Into<anyhow::Error>>(e: E) -> anyhow::Error {
+    anyhow::Error::new(ConfigErrorMarker(format!("{:#}", e.into())))
+}
+
+#[derive(Debug)]
+struct ConfigErrorMarker(String);
+impl std::fmt::Display for ConfigErrorMarker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for ConfigErrorMarker {}
+
+fn default_state() -> PathBuf {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("transfer-hub/state.db")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime starts");
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.downcast_ref::<ConfigErrorMarker>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("TRANSFER_HUB_LOG_FORMAT").is_ok_and(|v| v == "json") {
+        b.json().init();
+    } else {
+        b.with_target(false).init();
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Images {
+            cmd: ImagesCmd::Sync(args),
+        } => sync(args).await,
+        Cmd::Status(args) => status(args).await,
+    }
+}
+
+async fn sync(a: SyncArgs) -> Result<ExitCode> {
+    let selecting = match &a.list {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the selection list {}", path.display()))
+                .map_err(config)?;
+            Selecting::List(parse_list(&text))
+        }
+        None => Selecting::AllRepos,
+    };
+    let credentials = match default_auth_file(a.authfile.as_deref()) {
+        Some(p) => Credentials::from_file(&p).map_err(config)?,
+        None => Credentials::default(),
+    };
+    let mut registry = HttpRegistry::new(credentials, a.insecure_registries.clone());
+
+    // Every registry this run talks to.
+    let mut hosts: BTreeSet<String> = [a.source.host.clone(), a.dest.host.clone()].into();
+    if let Selecting::List(sel) = &selecting {
+        hosts.extend(sel.entries.iter().filter_map(|e| e.registry.clone()));
+    }
+    let mut prepare: Option<EcrRepos> = None;
+    for host in &hosts {
+        let Some(e) = ecr::parse_ecr_host(host) else {
+            continue;
+        };
+        let client = Ecr::connect(e).await;
+        let login = client
+            .login()
+            .await
+            .map_err(|e| config(anyhow!("cannot log in to ECR registry {host}: {e}")))?;
+        registry.add_login(host, login);
+        if let Ok(addr) = std::env::var(ecr::ADDRESS_OVERRIDE_ENV) {
+            registry.route(host, &addr);
+        }
+        if *host == a.dest.host {
+            let settings = RepoSettings {
+                scan_on_push: !a.no_scan_on_push,
+                kms_key: a.ecr_kms_key.clone(),
+            };
+            prepare = Some(EcrRepos {
+                ecr: client,
+                settings,
+            });
+        }
+    }
+
+    let hosts: Vec<String> = hosts.into_iter().collect();
+    let copier = Skopeo::new(&registry, &hosts).map_err(config)?;
+    let state_path = a.state.clone().unwrap_or_else(default_state);
+    let store = SqliteStore::open(&state_path).map_err(config)?;
+    let spec = SyncSpec {
+        run_id: new_run_id(),
+        source: a.source.clone(),
+        dest: a.dest.clone(),
+        selecting,
+        retry: RetryPolicy {
+            retries: a.retries,
+            base_delay: Duration::from_millis(a.retry_base_ms),
+            max_delay: Duration::from_secs(a.retry_max_secs),
+            attempt_timeout: Duration::from_secs(a.attempt_timeout_secs),
+        },
+        concurrency: a.concurrency.get(),
+        resolve_concurrency: a.resolve_concurrency.get(),
+        dry_run: a.dry_run,
+    };
+    let progress = output::Live::new(a.output == OutputFormat::Text, a.dry_run);
+    let edges = Edges {
+        registry: &registry,
+        copier: &copier,
+        store: &store,
+        prepare: prepare.as_ref().map(|p| p as &dyn Prepare),
+        progress: &progress,
+    };
+    let report = run_sync(&spec, &edges).await?;
+    progress.done();
+    match a.output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        OutputFormat::Text => output::summary(&report.run, &report.items, Some(&state_path)),
+    }
+    Ok(if report.all_in_sync() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+async fn status(a: StatusArgs) -> Result<ExitCode> {
+    let path = a.state.clone().unwrap_or_else(default_state);
+    if !path.exists() {
+        return Err(config(anyhow!(
+            "no state file at {}: run `transfer-hub images sync` first, or pass --state",
+            path.display()
+        )));
+    }
+    let store = SqliteStore::open(&path).map_err(config)?;
+    let Some((run, items)) = store.get_run(a.run.as_deref()).await? else {
+        let known: Vec<String> = store
+            .list_runs(10)
+            .await?
+            .into_iter()
+            .map(|r| r.run_id)
+            .collect();
+        return Err(config(anyhow!(
+            "no run {:?} in {}; recent runs: {}",
+            a.run.unwrap_or_default(),
+            path.display(),
+            known.join(", ")
+        )));
+    };
+    match a.output {
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&hub_core::sync::SyncReport { run, items })?
+        ),
+        OutputFormat::Text => {
+            for i in &items {
+                output::print_item(i, false);
+            }
+            output::summary(&run, &items, None);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

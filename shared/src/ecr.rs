@@ -223,6 +223,32 @@ impl Ecr {
     }
 }
 
+/// Creates missing destination repositories before copies start.
+pub struct EcrRepos {
+    pub ecr: Ecr,
+    pub settings: RepoSettings,
+}
+
+#[async_trait::async_trait]
+impl crate::sync::Prepare for EcrRepos {
+    async fn prepare(
+        &self,
+        repos: &[String],
+    ) -> std::collections::HashMap<String, Result<(), ItemError>> {
+        self.ecr
+            .ensure_repositories(repos, &self.settings)
+            .await
+            .into_iter()
+            .map(|(name, r)| {
+                if let Ok(true) = r {
+                    tracing::info!(repository = %name, "created ECR repository");
+                }
+                (name, r.map(|_| ()))
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

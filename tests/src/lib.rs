@@ -1,1 +1,641 @@
-//! rig
+//! The test rig: real components on 127.0.0.1, started and stopped by the tests.
+//! - [`RegistryServer`]: Debian's `docker-registry` (Distribution 2.8) on a free port, in a
+//!   temp dir, optionally with htpasswd auth; its access log counts requests.
+//! - [`OciImage`]: test images with random layers written as OCI layouts, pushed with skopeo.
+//! - [`MotoServer`]: the AWS API emulator (moto) for ECR.
+//! - [`CutWritesProxy`]: a TCP proxy that lets reads through and cuts every write, to make
+//!   a destination fail in the middle of a run.
+
+use anyhow::{Context, Result, bail};
+use sha2::{Digest as _, Sha256};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (bound once, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_http(url: &str, what: &str, log: Option<&Path>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    while Instant::now() < deadline {
+        if client.get(url).send().is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = log
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default();
+    bail!("{what} did not answer at {url} within 30 s\n{log}")
+}
+
+/// Finds a program or explains how to install it.
+pub fn require(program: &str) -> PathBuf {
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/bin", "/usr/sbin"])
+    {
+        let p = Path::new(dir).join(program);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!(
+        "{program} is not installed: run scripts/install-deps (it installs docker-registry, skopeo, apache2-utils and moto)"
+    );
+}
+
+/// A real docker-registry on 127.0.0.1.
+pub struct RegistryServer {
+    pub addr: String,
+    child: Child,
+    dir: tempfile::TempDir,
+    login: Option<(String, String)>,
+}
+
+impl RegistryServer {
+    /// An anonymous registry.
+    pub fn start() -> Self {
+        Self::launch(None).expect("docker-registry starts")
+    }
+
+    /// A registry with htpasswd (basic) auth for one user.
+    pub fn start_with_login(user: &str, password: &str) -> Self {
+        Self::launch(Some((user.to_string(), password.to_string())))
+            .expect("docker-registry with htpasswd starts")
+    }
+
+    fn launch(login: Option<(String, String)>) -> Result<Self> {
+        let bin = require("docker-registry");
+        let dir = tempfile::tempdir()?;
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut auth = String::new();
+        if let Some((user, pw)) = &login {
+            let htpasswd = dir.path().join("htpasswd");
+            // -i: the password comes on stdin, never on a command line.
+            let mut c = Command::new(require("htpasswd"))
+                .args(["-iBc", htpasswd.to_str().unwrap(), user])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()?;
+            c.stdin.take().unwrap().write_all(pw.as_bytes())?;
+            let out = c.wait_with_output()?;
+            if !out.status.success() {
+                bail!("htpasswd failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            auth = format!(
+                "auth:\n  htpasswd:\n    realm: transfer-hub-test\n    path: {}\n",
+                htpasswd.display()
+            );
+        }
+        let storage = dir.path().join("data");
+        let cfg = format!(
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n  secret: {}\n{auth}",
+            storage.display(),
+            fastrand::u64(..)
+        );
+        let cfg_path = dir.path().join("config.yml");
+        std::fs::write(&cfg_path, cfg)?;
+        let log_path = dir.path().join("registry.log");
+        let log = std::fs::File::create(&log_path)?;
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg(&cfg_path)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning docker-registry")?;
+        let me = Self {
+            addr,
+            child,
+            dir,
+            login,
+        };
+        wait_http(
+            &format!("http://{}/v2/", me.addr),
+            "docker-registry",
+            Some(&log_path),
+        )?;
+        Ok(me)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("registry.log")
+    }
+
+    /// The registry's access log so far.
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Requests so far that write (`PUT`, `POST`, `PATCH`, `DELETE` under /v2/) and mention `needle`.
+    pub fn write_requests(&self, needle: &str) -> Vec<String> {
+        self.access_log()
+            .lines()
+            .filter(|l| {
+                ["\"PUT /v2/", "\"POST /v2/", "\"PATCH /v2/", "\"DELETE /v2/"]
+                    .iter()
+                    .any(|m| l.contains(m))
+            })
+            .filter(|l| l.contains(needle))
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn client(&self) -> reqwest::blocking::Client {
+        reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap()
+    }
+
+    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::blocking::RequestBuilder {
+        let mut r = self.client().request(method, format!("http://{}{path}", self.addr)).header(
+            "Accept",
+            "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json",
+        );
+        if let Some((u, p)) = &self.login {
+            r = r.basic_auth(u, Some(p));
+        }
+        r
+    }
+
+    /// The digest the registry serves for `repo:reference`, or `None`.
+    pub fn digest(&self, repo: &str, reference: &str) -> Option<String> {
+        let resp = self
+            .req(
+                reqwest::Method::HEAD,
+                &format!("/v2/{repo}/manifests/{reference}"),
+            )
+            .send()
+            .unwrap();
+        if resp.status() == 404 {
+            return None;
+        }
+        assert!(
+            resp.status().is_success(),
+            "HEAD {repo}:{reference}: {}",
+            resp.status()
+        );
+        Some(
+            resp.headers()["docker-content-digest"]
+                .to_str()
+                .unwrap()
+                .to_string(),
+        )
+    }
+
+    /// The manifest body for `repo:reference`.
+    pub fn manifest(&self, repo: &str, reference: &str) -> serde_json::Value {
+        self.req(
+            reqwest::Method::GET,
+            &format!("/v2/{repo}/manifests/{reference}"),
+        )
+        .send()
+        .unwrap()
+        .json()
+        .unwrap()
+    }
+
+    /// Repositories in the catalog.
+    pub fn catalog(&self) -> Vec<String> {
+        let v: serde_json::Value = self
+            .req(reqwest::Method::GET, "/v2/_catalog")
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        v["repositories"]
+            .as_array()
+            .map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Tags of a repository (empty when it does not exist).
+    pub fn tags(&self, repo: &str) -> Vec<String> {
+        let resp = self
+            .req(reqwest::Method::GET, &format!("/v2/{repo}/tags/list"))
+            .send()
+            .unwrap();
+        if !resp.status().is_success() {
+            return Vec::new();
+        }
+        let v: serde_json::Value = resp.json().unwrap();
+        let mut t: Vec<String> = v["tags"]
+            .as_array()
+            .map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default();
+        t.sort();
+        t
+    }
+
+    /// Puts an existing manifest under another tag (cheap way to make many tags).
+    pub fn retag(&self, repo: &str, from: &str, to: &str) {
+        let resp = self
+            .req(
+                reqwest::Method::GET,
+                &format!("/v2/{repo}/manifests/{from}"),
+            )
+            .send()
+            .unwrap();
+        let mt = resp.headers()["content-type"].to_str().unwrap().to_string();
+        let body = resp.bytes().unwrap();
+        let put = self
+            .req(reqwest::Method::PUT, &format!("/v2/{repo}/manifests/{to}"))
+            .header("Content-Type", mt)
+            .body(body)
+            .send()
+            .unwrap();
+        assert!(
+            put.status().is_success(),
+            "retag {repo}:{to}: {}",
+            put.status()
+        );
+    }
+}
+
+impl Drop for RegistryServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes a containers auth file with one login per registry, mode 0600.
+pub fn write_authfile(path: &Path, logins: &[(&str, &str, &str)]) {
+    use base64::Engine as _;
+    let encode = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let mut auths = serde_json::Map::new();
+    for (host, user, pw) in logins {
+        auths.insert(
+            host.to_string(),
+            serde_json::json!({ "auth": encode(format!("{user}:{pw}").as_bytes()) }),
+        );
+    }
+    std::fs::write(
+        path,
+        serde_json::to_vec(&serde_json::json!({ "auths": auths })).unwrap(),
+    )
+    .unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+}
+
+/// A test image written as an OCI layout.
+pub struct OciImage {
+    pub dir: tempfile::TempDir,
+    /// Digest of the top manifest (image manifest or index).
+    pub digest: String,
+    /// For an index: the digests of the platform manifests.
+    pub platforms: Vec<String>,
+    /// Bytes of all blobs.
+    pub size: u64,
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+fn put_blob(dir: &Path, bytes: &[u8]) -> String {
+    let hex = sha256_hex(bytes);
+    std::fs::write(dir.join("blobs/sha256").join(&hex), bytes).unwrap();
+    format!("sha256:{hex}")
+}
+
+/// Writes a random layer of `size` bytes in chunks; returns its digest.
+fn put_random_blob(dir: &Path, size: usize) -> String {
+    let tmp = dir.join("blobs/sha256/.partial");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).unwrap());
+    let mut h = Sha256::new();
+    let mut left = size;
+    let mut buf = vec![0u8; 1 << 20];
+    while left > 0 {
+        let n = left.min(buf.len());
+        fastrand::fill(&mut buf[..n]);
+        h.update(&buf[..n]);
+        f.write_all(&buf[..n]).unwrap();
+        left -= n;
+    }
+    f.flush().unwrap();
+    let hex = hex::encode(h.finalize());
+    std::fs::rename(&tmp, dir.join("blobs/sha256").join(&hex)).unwrap();
+    format!("sha256:{hex}")
+}
+
+fn layout_dir() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(d.path().join("blobs/sha256")).unwrap();
+    std::fs::write(
+        d.path().join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    d
+}
+
+/// Writes an image manifest for `arch` with random layers; returns (digest, manifest size, blob bytes).
+fn write_manifest(dir: &Path, arch: &str, layers: &[usize]) -> (String, usize, u64) {
+    let mut descs = Vec::new();
+    let mut total = 0u64;
+    for &size in layers {
+        let d = put_random_blob(dir, size);
+        total += size as u64;
+        descs.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": size}));
+    }
+    let config = serde_json::json!({
+        "architecture": arch, "os": "linux",
+        "config": {"Labels": {"org.opencontainers.image.source": "transfer-hub tests"}},
+        "rootfs": {"type": "layers", "diff_ids": descs.iter().map(|d| d["digest"].clone()).collect::<Vec<_>>()}
+    });
+    let config_bytes = serde_json::to_vec(&config).unwrap();
+    let config_digest = put_blob(dir, &config_bytes);
+    total += config_bytes.len() as u64;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_bytes.len()},
+        "layers": descs,
+    });
+    let bytes = serde_json::to_vec(&manifest).unwrap();
+    (put_blob(dir, &bytes), bytes.len(), total)
+}
+
+fn write_index_json(dir: &Path, media_type: &str, digest: &str, size: usize) {
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": media_type, "digest": digest, "size": size,
+                       "annotations": {"org.opencontainers.image.ref.name": "latest"}}]
+    });
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+impl OciImage {
+    /// A single-platform image with random layers of these sizes.
+    pub fn single(layers: &[usize]) -> Self {
+        let dir = layout_dir();
+        let (digest, size, total) = write_manifest(dir.path(), "amd64", layers);
+        write_index_json(
+            dir.path(),
+            "application/vnd.oci.image.manifest.v1+json",
+            &digest,
+            size,
+        );
+        Self {
+            dir,
+            digest,
+            platforms: Vec::new(),
+            size: total,
+        }
+    }
+
+    /// A two-platform image (linux/amd64 and linux/arm64) under an OCI index.
+    pub fn multi_arch(layers: &[usize]) -> Self {
+        let dir = layout_dir();
+        let mut manifests = Vec::new();
+        let mut platforms = Vec::new();
+        let mut total = 0;
+        for arch in ["amd64", "arm64"] {
+            let (d, size, t) = write_manifest(dir.path(), arch, layers);
+            total += t;
+            platforms.push(d.clone());
+            manifests.push(serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": d, "size": size,
+                "platform": {"architecture": arch, "os": "linux"}}));
+        }
+        let index = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests});
+        let bytes = serde_json::to_vec(&index).unwrap();
+        let digest = put_blob(dir.path(), &bytes);
+        write_index_json(
+            dir.path(),
+            "application/vnd.oci.image.index.v1+json",
+            &digest,
+            bytes.len(),
+        );
+        Self {
+            dir,
+            digest,
+            platforms,
+            size: total,
+        }
+    }
+
+    /// Pushes the image with skopeo to `target` (`HOST:PORT/repo:tag`, plain HTTP).
+    pub fn push(&self, target: &str, authfile: Option<&Path>) {
+        let mut c = Command::new(require("skopeo"));
+        c.args([
+            "copy",
+            "--all",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+        ]);
+        if let Some(a) = authfile {
+            c.arg("--dest-authfile").arg(a);
+        }
+        c.arg(format!("oci:{}:latest", self.dir.path().display()))
+            .arg(format!("docker://{target}"));
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "skopeo push to {target}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// moto server (AWS API emulator) on 127.0.0.1.
+pub struct MotoServer {
+    pub endpoint: String,
+    child: Child,
+    _log: tempfile::NamedTempFile,
+}
+
+impl MotoServer {
+    pub fn start() -> Self {
+        let port = free_port();
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let child = Command::new(require("moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(log.reopen().unwrap())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .expect("moto_server starts");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let me = Self {
+            endpoint,
+            child,
+            _log: log,
+        };
+        wait_http(
+            &format!("{}/moto-api/", me.endpoint),
+            "moto_server",
+            Some(me._log.path()),
+        )
+        .unwrap();
+        me
+    }
+}
+
+impl Drop for MotoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A proxy in front of a registry: reads (GET/HEAD) pass, any write request has its
+/// connection cut — the destination "goes away" once copying starts.
+pub struct CutWritesProxy {
+    pub addr: String,
+    stop: Arc<AtomicBool>,
+    pub cut: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CutWritesProxy {
+    pub fn start(upstream: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let cut = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (stop2, cut2, up) = (stop.clone(), cut.clone(), upstream.to_string());
+        listener.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        let (up, cut) = (up.clone(), cut2.clone());
+                        std::thread::spawn(move || {
+                            let _ = proxy_one(client, &up, &cut);
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Self { addr, stop, cut }
+    }
+}
+
+impl Drop for CutWritesProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn read_head(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut b)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        head.push(b[0]);
+    }
+    Ok(head)
+}
+
+fn with_connection_close(head: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(head);
+    let mut out = String::new();
+    for line in text.split("\r\n").filter(|l| !l.is_empty()) {
+        if !line.to_ascii_lowercase().starts_with("connection:") {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str("Connection: close\r\n\r\n");
+    out.into_bytes()
+}
+
+/// One request per connection: forward a read, cut a write.
+fn proxy_one(
+    mut client: TcpStream,
+    upstream: &str,
+    cut: &std::sync::atomic::AtomicUsize,
+) -> std::io::Result<()> {
+    client.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let head = read_head(&mut client)?;
+    let method = head.split(|&b| b == b' ').next().unwrap_or(b"").to_vec();
+    if method != b"GET" && method != b"HEAD" {
+        cut.fetch_add(1, Ordering::Relaxed);
+        let _ = client.shutdown(std::net::Shutdown::Both);
+        return Ok(());
+    }
+    let mut up = TcpStream::connect(upstream)?;
+    up.write_all(&with_connection_close(&head))?;
+    let resp_head = read_head(&mut up)?;
+    client.write_all(&with_connection_close(&resp_head))?;
+    std::io::copy(&mut up, &mut client)?;
+    client.shutdown(std::net::Shutdown::Both)
+}
+
+/// The transfer-hub binary built beside the tests (`cargo build --bins` builds it).
+pub fn transfer_hub_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("transfer-hub");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` before the tests (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// The result of running the CLI.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// stdout as JSON (for `--output json`).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// Runs `transfer-hub` with these arguments and extra environment.
+pub fn transfer_hub(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut c = Command::new(transfer_hub_bin());
+    c.args(args)
+        .env_remove("REGISTRY_AUTH_FILE")
+        .env("HOME", std::env::temp_dir().join("transfer-hub-test-home"));
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap().into()
+}
