@@ -173,6 +173,9 @@ pub async fn run_sync(spec: &SyncSpec, edges: &Edges<'_>) -> Result<SyncReport, 
     }
 
     if spec.dry_run {
+        for (_, _, rec) in &copies {
+            edges.progress.finished(rec);
+        }
         items.extend(copies.into_iter().map(|(_, _, rec)| rec));
         return Ok(finish(run, items));
     }

@@ -1,1 +1,9 @@
+//! One integration-test binary (so the test build links once) against real components on
+//! 127.0.0.1: docker-registry, skopeo, moto. Each test starts and stops its own servers.
 
+mod integration {
+    pub mod cli;
+    pub mod ecr;
+    pub mod images;
+    pub mod secrets;
+}
