@@ -471,8 +471,9 @@ impl MotoServer {
     pub fn start() -> Self {
         let port = free_port();
         let log = tempfile::NamedTempFile::new().unwrap();
-        let child = Command::new(require("moto_server"))
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        // `python3 -m moto.server` is the same server as the `moto_server` script, and needs no PATH entry.
+        let child = Command::new("python3")
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(log.reopen().unwrap())
             .stderr(log.reopen().unwrap())
             .spawn()
