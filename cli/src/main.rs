@@ -236,7 +236,12 @@ async fn sync(a: SyncArgs) -> Result<ExitCode> {
     let copier = Skopeo::new(&registry, &hosts).map_err(config)?;
     let state_path = a.state.clone().unwrap_or_else(default_state);
     // A dry run changes nothing, the state file included.
-    let store = if a.dry_run { SqliteStore::in_memory() } else { SqliteStore::open(&state_path) }.map_err(config)?;
+    let store = if a.dry_run {
+        SqliteStore::in_memory()
+    } else {
+        SqliteStore::open(&state_path)
+    }
+    .map_err(config)?;
     let spec = SyncSpec {
         run_id: new_run_id(),
         source: a.source.clone(),

@@ -473,7 +473,14 @@ impl MotoServer {
         let log = tempfile::NamedTempFile::new().unwrap();
         // `python3 -m moto.server` is the same server as the `moto_server` script, and needs no PATH entry.
         let child = Command::new("python3")
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
             .stdout(log.reopen().unwrap())
             .stderr(log.reopen().unwrap())
             .spawn()
@@ -590,8 +597,15 @@ fn proxy_one(
 /// The transfer-hub binary built beside the tests (`cargo build --bins` builds it).
 pub fn transfer_hub_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let bin = dir.join("transfer-hub");
+    // Beside a binary (target/<profile>/x) or one level up from a test (target/<profile>/deps/x).
+    let here = exe.parent().unwrap();
+    let bin = [
+        here.join("transfer-hub"),
+        here.parent().unwrap().join("transfer-hub"),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+    .unwrap_or_else(|| here.join("transfer-hub"));
     assert!(
         bin.is_file(),
         "{} is missing: run `cargo build --workspace --bins` before the tests (scripts/test does)",

@@ -5,60 +5,185 @@ use hub_tests::{OciImage, RegistryServer, transfer_hub};
 #[test]
 fn bad_usage_and_config_exit_2_with_a_message_naming_the_value() {
     let dir = tempfile::tempdir().unwrap();
-    let r = transfer_hub(&["images", "sync", "--source", "127.0.0.1:1", "--dest", "127.0.0.1:2"], &[]);
+    let r = transfer_hub(
+        &[
+            "images",
+            "sync",
+            "--source",
+            "127.0.0.1:1",
+            "--dest",
+            "127.0.0.1:2",
+        ],
+        &[],
+    );
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("--list") && r.stderr.contains("--all-repos"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("--list") && r.stderr.contains("--all-repos"),
+        "{}",
+        r.stderr
+    );
 
-    let r = transfer_hub(&["images", "sync", "--source", "Bad Host!", "--dest", "127.0.0.1:2", "--all-repos"], &[]);
+    let r = transfer_hub(
+        &[
+            "images",
+            "sync",
+            "--source",
+            "Bad Host!",
+            "--dest",
+            "127.0.0.1:2",
+            "--all-repos",
+        ],
+        &[],
+    );
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("Bad Host!"), "{}", r.stderr);
 
     let missing = dir.path().join("nope.txt");
-    let r = transfer_hub(&["images", "sync", "--source", "127.0.0.1:1", "--dest", "127.0.0.1:2", "--list", missing.to_str().unwrap()], &[]);
+    let r = transfer_hub(
+        &[
+            "images",
+            "sync",
+            "--source",
+            "127.0.0.1:1",
+            "--dest",
+            "127.0.0.1:2",
+            "--list",
+            missing.to_str().unwrap(),
+        ],
+        &[],
+    );
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("nope.txt"), "{}", r.stderr);
 
     let bad_auth = dir.path().join("auth.json");
-    std::fs::write(&bad_auth, "{\"auths\": {\"reg.example\": {\"auth\": \"%%%\"}}}").unwrap();
+    std::fs::write(
+        &bad_auth,
+        "{\"auths\": {\"reg.example\": {\"auth\": \"%%%\"}}}",
+    )
+    .unwrap();
     let list = dir.path().join("l.txt");
     std::fs::write(&list, "a").unwrap();
     let r = transfer_hub(
-        &["images", "sync", "--source", "127.0.0.1:1", "--dest", "127.0.0.1:2", "--list", list.to_str().unwrap(), "--authfile", bad_auth.to_str().unwrap()],
+        &[
+            "images",
+            "sync",
+            "--source",
+            "127.0.0.1:1",
+            "--dest",
+            "127.0.0.1:2",
+            "--list",
+            list.to_str().unwrap(),
+            "--authfile",
+            bad_auth.to_str().unwrap(),
+        ],
         &[],
     );
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("reg.example") && r.stderr.contains("auth.json"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("reg.example") && r.stderr.contains("auth.json"),
+        "{}",
+        r.stderr
+    );
 
-    let r = transfer_hub(&["images", "sync", "--source", "127.0.0.1:1", "--dest", "127.0.0.1:2", "--all-repos", "--concurrency", "0"], &[]);
+    let r = transfer_hub(
+        &[
+            "images",
+            "sync",
+            "--source",
+            "127.0.0.1:1",
+            "--dest",
+            "127.0.0.1:2",
+            "--all-repos",
+            "--concurrency",
+            "0",
+        ],
+        &[],
+    );
     assert_eq!(r.code, 2);
 }
 
 #[test]
 fn status_shows_a_past_run_and_names_the_known_runs_when_asked_for_another() {
-    let (src, dst, dir) = (RegistryServer::start(), RegistryServer::start(), tempfile::tempdir().unwrap());
+    let (src, dst, dir) = (
+        RegistryServer::start(),
+        RegistryServer::start(),
+        tempfile::tempdir().unwrap(),
+    );
     OciImage::single(&[2048]).push(&format!("{}/app:1", src.addr), None);
     let list = dir.path().join("l.txt");
     std::fs::write(&list, "app:1\nmissing:1\n").unwrap();
     let state = dir.path().join("state.db");
     let s = state.to_str().unwrap();
-    let r = transfer_hub(&["images", "sync", "--source", &src.addr, "--dest", &dst.addr, "--list", list.to_str().unwrap(), "--state", s], &[]);
+    let r = transfer_hub(
+        &[
+            "images",
+            "sync",
+            "--source",
+            &src.addr,
+            "--dest",
+            &dst.addr,
+            "--list",
+            list.to_str().unwrap(),
+            "--state",
+            s,
+        ],
+        &[],
+    );
     assert_eq!(r.code, 1, "one image is missing at the source");
-    assert!(r.stdout.contains("copied") && r.stdout.contains("NotFound"), "{}", r.stdout);
-    let run_id = r.stdout.lines().find_map(|l| l.strip_prefix("run ")).and_then(|l| l.split(':').next()).unwrap().to_string();
+    assert!(
+        r.stdout.contains("copied") && r.stdout.contains("NotFound"),
+        "{}",
+        r.stdout
+    );
+    let run_id = r
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("run "))
+        .and_then(|l| l.split(':').next())
+        .unwrap()
+        .to_string();
 
     let st = transfer_hub(&["status", "--run", &run_id, "--state", s], &[]);
     assert_eq!(st.code, 0, "{}", st.stderr);
-    assert!(st.stdout.contains(&format!("copied     {}/app:1 -> {}/app:1", src.addr, dst.addr)), "{}", st.stdout);
+    assert!(
+        st.stdout.contains(&format!(
+            "copied     {}/app:1 -> {}/app:1",
+            src.addr, dst.addr
+        )),
+        "{}",
+        st.stdout
+    );
     assert!(st.stdout.contains("NotFound"), "{}", st.stdout);
-    let header = st.stdout.lines().position(|l| l.contains("copied") && l.contains("skipped") && l.contains("failed")).unwrap();
-    let figures: Vec<&str> = st.stdout.lines().nth(header + 1).unwrap().split_whitespace().collect();
+    let header = st
+        .stdout
+        .lines()
+        .position(|l| l.contains("copied") && l.contains("skipped") && l.contains("failed"))
+        .unwrap();
+    let figures: Vec<&str> = st
+        .stdout
+        .lines()
+        .nth(header + 1)
+        .unwrap()
+        .split_whitespace()
+        .collect();
     assert_eq!(&figures[..3], ["1", "0", "1"]);
 
     let other = transfer_hub(&["status", "--run", "no-such-run", "--state", s], &[]);
     assert_eq!(other.code, 2);
-    assert!(other.stderr.contains("no-such-run") && other.stderr.contains(&run_id), "{}", other.stderr);
+    assert!(
+        other.stderr.contains("no-such-run") && other.stderr.contains(&run_id),
+        "{}",
+        other.stderr
+    );
 
-    let none = transfer_hub(&["status", "--state", dir.path().join("absent.db").to_str().unwrap()], &[]);
+    let none = transfer_hub(
+        &[
+            "status",
+            "--state",
+            dir.path().join("absent.db").to_str().unwrap(),
+        ],
+        &[],
+    );
     assert_eq!(none.code, 2);
     assert!(none.stderr.contains("absent.db"));
 }

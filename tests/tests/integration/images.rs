@@ -13,7 +13,16 @@ pub fn list(dir: &Path, text: &str) -> PathBuf {
 /// Runs a sync with JSON output, short backoff and its own state file.
 pub fn sync(dir: &Path, args: &[&str]) -> Run {
     let state = dir.join("state.db");
-    let mut a = vec!["images", "sync", "--output", "json", "--retry-base-ms", "20", "--state", state.to_str().unwrap()];
+    let mut a = vec![
+        "images",
+        "sync",
+        "--output",
+        "json",
+        "--retry-base-ms",
+        "20",
+        "--state",
+        state.to_str().unwrap(),
+    ];
     a.extend_from_slice(args);
     transfer_hub(&a, &[])
 }
@@ -28,7 +37,11 @@ pub fn item<'a>(json: &'a serde_json::Value, source_suffix: &str) -> &'a serde_j
 }
 
 fn counts(j: &serde_json::Value) -> (u64, u64, u64) {
-    (j["copied"].as_u64().unwrap(), j["skipped"].as_u64().unwrap(), j["failed"].as_u64().unwrap())
+    (
+        j["copied"].as_u64().unwrap(),
+        j["skipped"].as_u64().unwrap(),
+        j["failed"].as_u64().unwrap(),
+    )
 }
 
 fn small() -> OciImage {
@@ -37,54 +50,119 @@ fn small() -> OciImage {
 
 #[test]
 fn selected_list_copies_good_lines_and_reports_every_bad_one() {
-    let (src, dst, dir) = (RegistryServer::start(), RegistryServer::start(), tempfile::tempdir().unwrap());
+    let (src, dst, dir) = (
+        RegistryServer::start(),
+        RegistryServer::start(),
+        tempfile::tempdir().unwrap(),
+    );
     let a = small();
     a.push(&format!("{}/team/a:1", src.addr), None);
     let b = small();
     b.push(&format!("{}/b:2", src.addr), None);
-    let l = list(dir.path(), "team/a:1\nTeam/Bad:1\n\n  b:2  , c@sha256:1234\n# comment\nteam/a:1\n");
-    let r = sync(dir.path(), &["--source", &src.addr, "--dest", &dst.addr, "--list", l.to_str().unwrap()]);
+    let l = list(
+        dir.path(),
+        "team/a:1\nTeam/Bad:1\n\n  b:2  , c@sha256:1234\n# comment\nteam/a:1\n",
+    );
+    let r = sync(
+        dir.path(),
+        &[
+            "--source",
+            &src.addr,
+            "--dest",
+            &dst.addr,
+            "--list",
+            l.to_str().unwrap(),
+        ],
+    );
     assert_eq!(r.code, 1, "a bad line makes the run exit 1\n{}", r.stderr);
     let j = r.json();
     assert_eq!(counts(&j), (2, 0, 2), "{j:#}");
     let bad2 = item(&j, "line 2: Team/Bad:1");
     assert_eq!(bad2["status"], "failed");
     assert_eq!(bad2["error"]["class"], "BadInput");
-    assert!(bad2["error"]["message"].as_str().unwrap().contains("lowercase"));
+    assert!(
+        bad2["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("lowercase")
+    );
     let bad4 = item(&j, "line 4: c@sha256:1234");
-    assert!(bad4["error"]["message"].as_str().unwrap().contains("64 lowercase hex"), "{bad4}");
-    assert_eq!(dst.digest("team/a", "1").as_deref(), Some(a.digest.as_str()));
+    assert!(
+        bad4["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("64 lowercase hex"),
+        "{bad4}"
+    );
+    assert_eq!(
+        dst.digest("team/a", "1").as_deref(),
+        Some(a.digest.as_str())
+    );
     assert_eq!(dst.digest("b", "2").as_deref(), Some(b.digest.as_str()));
     assert_eq!(item(&j, "team/a:1")["dest_digest"], a.digest.as_str());
 }
 
 #[test]
 fn all_tags_copies_every_tag_the_source_lists() {
-    let (src, dst, dir) = (RegistryServer::start(), RegistryServer::start(), tempfile::tempdir().unwrap());
+    let (src, dst, dir) = (
+        RegistryServer::start(),
+        RegistryServer::start(),
+        tempfile::tempdir().unwrap(),
+    );
     let images: Vec<OciImage> = (0..3).map(|_| small()).collect();
     for (i, img) in images.iter().enumerate() {
         img.push(&format!("{}/app:v{i}", src.addr), None);
     }
     small().push(&format!("{}/other:1", src.addr), None);
     let l = list(dir.path(), "app:ALL_TAGS\n");
-    let r = sync(dir.path(), &["--source", &src.addr, "--dest", &format!("{}/mirror", dst.addr), "--list", l.to_str().unwrap()]);
+    let r = sync(
+        dir.path(),
+        &[
+            "--source",
+            &src.addr,
+            "--dest",
+            &format!("{}/mirror", dst.addr),
+            "--list",
+            l.to_str().unwrap(),
+        ],
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(counts(&r.json()), (3, 0, 0));
     assert_eq!(dst.tags("mirror/app"), ["v0", "v1", "v2"]);
     for (i, img) in images.iter().enumerate() {
-        assert_eq!(dst.digest("mirror/app", &format!("v{i}")).as_deref(), Some(img.digest.as_str()));
+        assert_eq!(
+            dst.digest("mirror/app", &format!("v{i}")).as_deref(),
+            Some(img.digest.as_str())
+        );
     }
-    assert_eq!(dst.catalog(), ["mirror/app"], "only the selected repository");
+    assert_eq!(
+        dst.catalog(),
+        ["mirror/app"],
+        "only the selected repository"
+    );
 }
 
 #[test]
 fn all_repos_maps_the_source_prefix_under_the_destination_prefix() {
-    let (src, dst, dir) = (RegistryServer::start(), RegistryServer::start(), tempfile::tempdir().unwrap());
+    let (src, dst, dir) = (
+        RegistryServer::start(),
+        RegistryServer::start(),
+        tempfile::tempdir().unwrap(),
+    );
     let img = small();
     for target in ["team/a:1", "team/b/c:x", "team/b/c:y", "other/z:1"] {
         img.push(&format!("{}/{target}", src.addr), None);
     }
-    let r = sync(dir.path(), &["--source", &format!("{}/team", src.addr), "--dest", &format!("{}/copy", dst.addr), "--all-repos"]);
+    let r = sync(
+        dir.path(),
+        &[
+            "--source",
+            &format!("{}/team", src.addr),
+            "--dest",
+            &format!("{}/copy", dst.addr),
+            "--all-repos",
+        ],
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(counts(&r.json()), (3, 0, 0));
     let mut cat = dst.catalog();
@@ -95,12 +173,23 @@ fn all_repos_maps_the_source_prefix_under_the_destination_prefix() {
 
 #[test]
 fn a_second_run_copies_nothing_and_a_changed_tag_is_the_only_copy() {
-    let (src, dst, dir) = (RegistryServer::start(), RegistryServer::start(), tempfile::tempdir().unwrap());
+    let (src, dst, dir) = (
+        RegistryServer::start(),
+        RegistryServer::start(),
+        tempfile::tempdir().unwrap(),
+    );
     for t in ["1", "2", "3"] {
         small().push(&format!("{}/app:{t}", src.addr), None);
     }
     let l = list(dir.path(), "app:1\napp:2\napp:3\n");
-    let args = ["--source", src.addr.as_str(), "--dest", dst.addr.as_str(), "--list", l.to_str().unwrap()];
+    let args = [
+        "--source",
+        src.addr.as_str(),
+        "--dest",
+        dst.addr.as_str(),
+        "--list",
+        l.to_str().unwrap(),
+    ];
     let first = sync(dir.path(), &args);
     assert_eq!(counts(&first.json()), (3, 0, 0), "{}", first.stderr);
     let writes_after_first = dst.write_requests("/v2/").len();
@@ -110,8 +199,18 @@ fn a_second_run_copies_nothing_and_a_changed_tag_is_the_only_copy() {
     assert_eq!(second.code, 0);
     let j = second.json();
     assert_eq!(counts(&j), (0, 3, 0));
-    assert!(j["items"].as_array().unwrap().iter().all(|i| i["status"] == "skipped" && i["attempts"] == 0));
-    assert_eq!(dst.write_requests("/v2/").len(), writes_after_first, "the no-op run wrote nothing to the destination");
+    assert!(
+        j["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["status"] == "skipped" && i["attempts"] == 0)
+    );
+    assert_eq!(
+        dst.write_requests("/v2/").len(),
+        writes_after_first,
+        "the no-op run wrote nothing to the destination"
+    );
 
     let changed = small();
     changed.push(&format!("{}/app:2", src.addr), None);
@@ -119,13 +218,39 @@ fn a_second_run_copies_nothing_and_a_changed_tag_is_the_only_copy() {
     let j = third.json();
     assert_eq!(counts(&j), (1, 2, 0));
     assert_eq!(item(&j, "app:2")["status"], "copied");
-    assert_eq!(dst.digest("app", "2").as_deref(), Some(changed.digest.as_str()));
-    let new_writes: Vec<String> = dst.write_requests("/v2/").into_iter().skip(writes_after_first).collect();
-    assert!(new_writes.iter().any(|l| l.contains("/v2/app/manifests/2 ")), "{new_writes:#?}");
-    assert!(!new_writes.iter().any(|l| l.contains("/manifests/1 ") || l.contains("/manifests/3 ")), "{new_writes:#?}");
+    assert_eq!(
+        dst.digest("app", "2").as_deref(),
+        Some(changed.digest.as_str())
+    );
+    let new_writes: Vec<String> = dst
+        .write_requests("/v2/")
+        .into_iter()
+        .skip(writes_after_first)
+        .collect();
+    assert!(
+        new_writes
+            .iter()
+            .any(|l| l.contains("/v2/app/manifests/2 ")),
+        "{new_writes:#?}"
+    );
+    assert!(
+        !new_writes
+            .iter()
+            .any(|l| l.contains("/manifests/1 ") || l.contains("/manifests/3 ")),
+        "{new_writes:#?}"
+    );
 
     // The state file tells the same story.
-    let st = transfer_hub(&["status", "--state", dir.path().join("state.db").to_str().unwrap(), "--output", "json"], &[]);
+    let st = transfer_hub(
+        &[
+            "status",
+            "--state",
+            dir.path().join("state.db").to_str().unwrap(),
+            "--output",
+            "json",
+        ],
+        &[],
+    );
     assert_eq!(st.code, 0, "{}", st.stderr);
     let sj: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
     assert_eq!(sj["run_id"], j["run_id"]);
@@ -134,61 +259,167 @@ fn a_second_run_copies_nothing_and_a_changed_tag_is_the_only_copy() {
 
 #[test]
 fn a_multi_arch_index_arrives_with_every_platform_and_the_same_digest() {
-    let (src, dst, dir) = (RegistryServer::start(), RegistryServer::start(), tempfile::tempdir().unwrap());
+    let (src, dst, dir) = (
+        RegistryServer::start(),
+        RegistryServer::start(),
+        tempfile::tempdir().unwrap(),
+    );
     let img = OciImage::multi_arch(&[8192]);
     img.push(&format!("{}/multi:1", src.addr), None);
     let l = list(dir.path(), "multi:1");
-    let r = sync(dir.path(), &["--source", &src.addr, "--dest", &dst.addr, "--list", l.to_str().unwrap()]);
+    let r = sync(
+        dir.path(),
+        &[
+            "--source",
+            &src.addr,
+            "--dest",
+            &dst.addr,
+            "--list",
+            l.to_str().unwrap(),
+        ],
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert_eq!(dst.digest("multi", "1").as_deref(), Some(img.digest.as_str()));
+    assert_eq!(
+        dst.digest("multi", "1").as_deref(),
+        Some(img.digest.as_str())
+    );
     let index = dst.manifest("multi", "1");
-    let archs: Vec<&str> = index["manifests"].as_array().unwrap().iter().map(|m| m["platform"]["architecture"].as_str().unwrap()).collect();
+    let archs: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["platform"]["architecture"].as_str().unwrap())
+        .collect();
     assert_eq!(archs, ["amd64", "arm64"]);
     for p in &img.platforms {
-        assert_eq!(dst.digest("multi", p).as_deref(), Some(p.as_str()), "platform manifest {p} is at the destination");
+        assert_eq!(
+            dst.digest("multi", p).as_deref(),
+            Some(p.as_str()),
+            "platform manifest {p} is at the destination"
+        );
     }
-    assert!(r.json()["bytes"].as_u64().unwrap() >= img.size, "bytes counts both platforms");
+    assert!(
+        r.json()["bytes"].as_u64().unwrap() >= img.size,
+        "bytes counts both platforms"
+    );
 }
 
 #[test]
 fn a_digest_pinned_line_arrives_as_that_digest() {
-    let (src, dst, dir) = (RegistryServer::start(), RegistryServer::start(), tempfile::tempdir().unwrap());
+    let (src, dst, dir) = (
+        RegistryServer::start(),
+        RegistryServer::start(),
+        tempfile::tempdir().unwrap(),
+    );
     let old = small();
     old.push(&format!("{}/app:1", src.addr), None);
     small().push(&format!("{}/app:1", src.addr), None); // the tag moves on; the old digest stays
-    let l = list(dir.path(), &format!("app@{0}\napp:pinned@{0}\n", old.digest));
-    let r = sync(dir.path(), &["--source", &src.addr, "--dest", &dst.addr, "--list", l.to_str().unwrap()]);
+    let l = list(
+        dir.path(),
+        &format!("app@{0}\napp:pinned@{0}\n", old.digest),
+    );
+    let r = sync(
+        dir.path(),
+        &[
+            "--source",
+            &src.addr,
+            "--dest",
+            &dst.addr,
+            "--list",
+            l.to_str().unwrap(),
+        ],
+    );
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert_eq!(counts(&r.json()), (2, 0, 0));
-    assert_eq!(dst.digest("app", &old.digest).as_deref(), Some(old.digest.as_str()));
-    assert_eq!(dst.digest("app", "pinned").as_deref(), Some(old.digest.as_str()));
-    assert_eq!(dst.tags("app"), ["pinned"], "the digest-only line adds no tag");
-    let again = sync(dir.path(), &["--source", &src.addr, "--dest", &dst.addr, "--list", l.to_str().unwrap()]);
+    assert_eq!(
+        dst.digest("app", &old.digest).as_deref(),
+        Some(old.digest.as_str())
+    );
+    assert_eq!(
+        dst.digest("app", "pinned").as_deref(),
+        Some(old.digest.as_str())
+    );
+    assert_eq!(
+        dst.tags("app"),
+        ["pinned"],
+        "the digest-only line adds no tag"
+    );
+    let again = sync(
+        dir.path(),
+        &[
+            "--source",
+            &src.addr,
+            "--dest",
+            &dst.addr,
+            "--list",
+            l.to_str().unwrap(),
+        ],
+    );
     assert_eq!(counts(&again.json()), (0, 2, 0));
 }
 
 #[test]
 fn a_line_with_its_own_host_port_registry_is_read_from_that_registry() {
-    let (src, other, dst, dir) = (RegistryServer::start(), RegistryServer::start(), RegistryServer::start(), tempfile::tempdir().unwrap());
+    let (src, other, dst, dir) = (
+        RegistryServer::start(),
+        RegistryServer::start(),
+        RegistryServer::start(),
+        tempfile::tempdir().unwrap(),
+    );
     let img = small();
     img.push(&format!("{}/team/tool:2.0", other.addr), None);
     let mine = small();
     mine.push(&format!("{}/local:1", src.addr), None);
-    let l = list(dir.path(), &format!("{}/team/tool:2.0\nlocal:1\n", other.addr));
-    let r = sync(dir.path(), &["--source", &src.addr, "--dest", &format!("{}/pre", dst.addr), "--list", l.to_str().unwrap()]);
+    let l = list(
+        dir.path(),
+        &format!("{}/team/tool:2.0\nlocal:1\n", other.addr),
+    );
+    let r = sync(
+        dir.path(),
+        &[
+            "--source",
+            &src.addr,
+            "--dest",
+            &format!("{}/pre", dst.addr),
+            "--list",
+            l.to_str().unwrap(),
+        ],
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert_eq!(dst.digest("pre/team/tool", "2.0").as_deref(), Some(img.digest.as_str()));
-    assert_eq!(dst.digest("pre/local", "1").as_deref(), Some(mine.digest.as_str()));
+    assert_eq!(
+        dst.digest("pre/team/tool", "2.0").as_deref(),
+        Some(img.digest.as_str())
+    );
+    assert_eq!(
+        dst.digest("pre/local", "1").as_deref(),
+        Some(mine.digest.as_str())
+    );
     assert!(src.tags("team/tool").is_empty());
 }
 
 #[test]
 fn an_unreachable_destination_mid_run_is_retried_then_failed_and_never_recorded_copied() {
-    let (src, dst, dir) = (RegistryServer::start(), RegistryServer::start(), tempfile::tempdir().unwrap());
+    let (src, dst, dir) = (
+        RegistryServer::start(),
+        RegistryServer::start(),
+        tempfile::tempdir().unwrap(),
+    );
     small().push(&format!("{}/app:1", src.addr), None);
     let proxy = CutWritesProxy::start(&dst.addr);
     let l = list(dir.path(), "app:1");
-    let r = sync(dir.path(), &["--source", &src.addr, "--dest", &proxy.addr, "--list", l.to_str().unwrap(), "--retries", "2"]);
+    let r = sync(
+        dir.path(),
+        &[
+            "--source",
+            &src.addr,
+            "--dest",
+            &proxy.addr,
+            "--list",
+            l.to_str().unwrap(),
+            "--retries",
+            "2",
+        ],
+    );
     assert_eq!(r.code, 1);
     let j = r.json();
     let it = item(&j, "app:1");
@@ -196,18 +427,40 @@ fn an_unreachable_destination_mid_run_is_retried_then_failed_and_never_recorded_
     assert_eq!(it["error"]["class"], "Retryable");
     assert_eq!(it["attempts"], 3, "first attempt + 2 retries");
     let msg = it["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("skopeo copy") && msg.contains(&proxy.addr), "the message says what failed where: {msg}");
+    assert!(
+        msg.contains("skopeo copy") && msg.contains(&proxy.addr),
+        "the message says what failed where: {msg}"
+    );
     assert!(proxy.cut.load(std::sync::atomic::Ordering::Relaxed) >= 3);
     assert!(dst.tags("app").is_empty());
-    let st = transfer_hub(&["status", "--state", dir.path().join("state.db").to_str().unwrap(), "--output", "json"], &[]);
+    let st = transfer_hub(
+        &[
+            "status",
+            "--state",
+            dir.path().join("state.db").to_str().unwrap(),
+            "--output",
+            "json",
+        ],
+        &[],
+    );
     let sj: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
     assert_eq!(counts(&sj), (0, 0, 1));
-    assert!(sj["items"].as_array().unwrap().iter().all(|i| i["status"] != "copied"));
+    assert!(
+        sj["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["status"] != "copied")
+    );
 }
 
 #[test]
 fn dry_run_prints_the_plan_and_writes_nothing() {
-    let (src, dst, dir) = (RegistryServer::start(), RegistryServer::start(), tempfile::tempdir().unwrap());
+    let (src, dst, dir) = (
+        RegistryServer::start(),
+        RegistryServer::start(),
+        tempfile::tempdir().unwrap(),
+    );
     let img = small();
     img.push(&format!("{}/app:1", src.addr), None);
     img.push(&format!("{}/app:2", src.addr), None);
@@ -216,24 +469,67 @@ fn dry_run_prints_the_plan_and_writes_nothing() {
     let l = list(dir.path(), "app:1\napp:2\n");
     let state = dir.path().join("dry.db");
     let r = transfer_hub(
-        &["images", "sync", "--source", &src.addr, "--dest", &dst.addr, "--list", l.to_str().unwrap(), "--dry-run", "--state", state.to_str().unwrap()],
+        &[
+            "images",
+            "sync",
+            "--source",
+            &src.addr,
+            "--dest",
+            &dst.addr,
+            "--list",
+            l.to_str().unwrap(),
+            "--dry-run",
+            "--state",
+            state.to_str().unwrap(),
+        ],
         &[],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.stdout.contains(&format!("would copy {}/app:1 -> {}/app:1", src.addr, dst.addr)), "{}", r.stdout);
-    assert!(r.stdout.contains(&format!("in sync    {}/app:2", src.addr)), "{}", r.stdout);
+    assert!(
+        r.stdout.contains(&format!(
+            "would copy {}/app:1 -> {}/app:1",
+            src.addr, dst.addr
+        )),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains(&format!("in sync    {}/app:2", src.addr)),
+        "{}",
+        r.stdout
+    );
     assert!(r.stdout.contains("dry run"), "{}", r.stdout);
-    assert_eq!(dst.write_requests("/v2/").len(), before, "nothing written to the destination");
+    assert_eq!(
+        dst.write_requests("/v2/").len(),
+        before,
+        "nothing written to the destination"
+    );
     assert_eq!(dst.tags("app"), ["2"]);
     assert!(!state.exists(), "a dry run keeps no state");
-    let j = sync(dir.path(), &["--source", &src.addr, "--dest", &dst.addr, "--list", l.to_str().unwrap(), "--dry-run"]).json();
+    let j = sync(
+        dir.path(),
+        &[
+            "--source",
+            &src.addr,
+            "--dest",
+            &dst.addr,
+            "--list",
+            l.to_str().unwrap(),
+            "--dry-run",
+        ],
+    )
+    .json();
     assert_eq!(item(&j, "app:1")["status"], "planned");
     assert_eq!(j["dry_run"], true);
 }
 
 #[test]
 fn copies_run_at_most_concurrency_at_once() {
-    let (src, dst, dir) = (RegistryServer::start(), RegistryServer::start(), tempfile::tempdir().unwrap());
+    let (src, dst, dir) = (
+        RegistryServer::start(),
+        RegistryServer::start(),
+        tempfile::tempdir().unwrap(),
+    );
     for t in 0..6 {
         small().push(&format!("{}/app:{t}", src.addr), None);
     }
@@ -258,12 +554,34 @@ fn copies_run_at_most_concurrency_at_once() {
     let l = list(dir.path(), "app:ALL_TAGS");
     let state = dir.path().join("s.db");
     let r = transfer_hub(
-        &["images", "sync", "--source", &src.addr, "--dest", &dst.addr, "--list", l.to_str().unwrap(), "--concurrency", "2", "--output", "json", "--state", state.to_str().unwrap()],
+        &[
+            "images",
+            "sync",
+            "--source",
+            &src.addr,
+            "--dest",
+            &dst.addr,
+            "--list",
+            l.to_str().unwrap(),
+            "--concurrency",
+            "2",
+            "--output",
+            "json",
+            "--state",
+            state.to_str().unwrap(),
+        ],
         &[("TRANSFER_HUB_SKOPEO", wrapper.to_str().unwrap())],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(counts(&r.json()), (6, 0, 0));
-    let seen: Vec<u32> = std::fs::read_to_string(track.join("max")).unwrap().lines().map(|l| l.trim().parse().unwrap()).collect();
+    let seen: Vec<u32> = std::fs::read_to_string(track.join("max"))
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
     assert_eq!(seen.len(), 6);
-    assert!(seen.iter().all(|&n| n <= 2), "never more than 2 copies at once: {seen:?}");
+    assert!(
+        seen.iter().all(|&n| n <= 2),
+        "never more than 2 copies at once: {seen:?}"
+    );
 }

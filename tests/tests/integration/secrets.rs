@@ -10,7 +10,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 fn process_table() -> String {
     let mut out = String::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        if !e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+        if !e
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        {
             continue;
         }
         for f in ["cmdline", "environ"] {
@@ -26,7 +31,11 @@ fn process_table() -> String {
 #[test]
 fn an_authfile_login_copies_from_an_htpasswd_registry_and_the_password_never_leaks() {
     let canary = format!("canary-{}-pw", fastrand::u64(..));
-    let (src, dst, dir) = (RegistryServer::start_with_login("alice", &canary), RegistryServer::start(), tempfile::tempdir().unwrap());
+    let (src, dst, dir) = (
+        RegistryServer::start_with_login("alice", &canary),
+        RegistryServer::start(),
+        tempfile::tempdir().unwrap(),
+    );
     let auth = dir.path().join("auth.json");
     write_authfile(&auth, &[(&src.addr, "alice", &canary)]);
     let imgs: Vec<OciImage> = (0..3).map(|_| OciImage::single(&[512 * 1024])).collect();
@@ -57,8 +66,24 @@ fn an_authfile_login_copies_from_an_htpasswd_registry_and_the_password_never_lea
         })
     };
     let out = Command::new(transfer_hub_bin())
-        .args(["images", "sync", "--source", &src.addr, "--dest", &dst.addr, "--list", l.to_str().unwrap()])
-        .args(["--authfile", auth.to_str().unwrap(), "--state", state.to_str().unwrap(), "--concurrency", "1"])
+        .args([
+            "images",
+            "sync",
+            "--source",
+            &src.addr,
+            "--dest",
+            &dst.addr,
+            "--list",
+            l.to_str().unwrap(),
+        ])
+        .args([
+            "--authfile",
+            auth.to_str().unwrap(),
+            "--state",
+            state.to_str().unwrap(),
+            "--concurrency",
+            "1",
+        ])
         .env("RUST_LOG", "debug")
         .stdin(Stdio::null())
         .output()
@@ -69,16 +94,28 @@ fn an_authfile_login_copies_from_an_htpasswd_registry_and_the_password_never_lea
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     for (i, img) in imgs.iter().enumerate() {
-        assert_eq!(dst.digest("private/app", &i.to_string()).as_deref(), Some(img.digest.as_str()));
+        assert_eq!(
+            dst.digest("private/app", &i.to_string()).as_deref(),
+            Some(img.digest.as_str())
+        );
     }
     assert!(samples > 0, "the sampler saw skopeo running");
-    assert!(leaks.is_empty(), "the password showed in the process table: {leaks:?}");
-    assert!(!stdout.contains(&canary) && !stderr.contains(&canary), "the password leaked to the output");
+    assert!(
+        leaks.is_empty(),
+        "the password showed in the process table: {leaks:?}"
+    );
+    assert!(
+        !stdout.contains(&canary) && !stderr.contains(&canary),
+        "the password leaked to the output"
+    );
     for f in std::fs::read_dir(dir.path()).unwrap().flatten() {
         let name = f.file_name().to_string_lossy().to_string();
         if name.starts_with("state.db") {
             let bytes = std::fs::read(f.path()).unwrap();
-            assert!(!String::from_utf8_lossy(&bytes).contains(&canary), "the password is in {name}");
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains(&canary),
+                "the password is in {name}"
+            );
         }
     }
 }
@@ -87,7 +124,11 @@ fn an_authfile_login_copies_from_an_htpasswd_registry_and_the_password_never_lea
 fn a_wrong_password_fails_that_image_with_an_auth_error_and_no_retries_while_others_copy() {
     let canary = format!("wrong-{}-pw", fastrand::u64(..));
     let locked = RegistryServer::start_with_login("bob", "the-right-one");
-    let (open, dst, dir) = (RegistryServer::start(), RegistryServer::start(), tempfile::tempdir().unwrap());
+    let (open, dst, dir) = (
+        RegistryServer::start(),
+        RegistryServer::start(),
+        tempfile::tempdir().unwrap(),
+    );
     let good_auth = dir.path().join("good.json");
     write_authfile(&good_auth, &[(&locked.addr, "bob", "the-right-one")]);
     OciImage::single(&[1024]).push(&format!("{}/secret/app:1", locked.addr), Some(&good_auth));
@@ -96,9 +137,28 @@ fn a_wrong_password_fails_that_image_with_an_auth_error_and_no_retries_while_oth
 
     let bad_auth = dir.path().join("bad.json");
     write_authfile(&bad_auth, &[(&locked.addr, "bob", &canary)]);
-    let l = list(dir.path(), &format!("{}/secret/app:1\nfine:1\n", locked.addr));
-    let heads_before = locked.access_log().lines().filter(|l| l.contains("\"HEAD /v2/secret/app/manifests/1 ")).count();
-    let r = super::images::sync(dir.path(), &["--source", &open.addr, "--dest", &dst.addr, "--list", l.to_str().unwrap(), "--authfile", bad_auth.to_str().unwrap()]);
+    let l = list(
+        dir.path(),
+        &format!("{}/secret/app:1\nfine:1\n", locked.addr),
+    );
+    let heads_before = locked
+        .access_log()
+        .lines()
+        .filter(|l| l.contains("\"HEAD /v2/secret/app/manifests/1 "))
+        .count();
+    let r = super::images::sync(
+        dir.path(),
+        &[
+            "--source",
+            &open.addr,
+            "--dest",
+            &dst.addr,
+            "--list",
+            l.to_str().unwrap(),
+            "--authfile",
+            bad_auth.to_str().unwrap(),
+        ],
+    );
     assert_eq!(r.code, 1);
     let j = r.json();
     let bad = item(&j, "secret/app:1");
@@ -107,9 +167,20 @@ fn a_wrong_password_fails_that_image_with_an_auth_error_and_no_retries_while_oth
     assert_eq!(bad["attempts"], 1, "auth errors are not retried");
     let fine_item = item(&j, "fine:1");
     assert_eq!(fine_item["status"], "copied");
-    assert_eq!(dst.digest("fine", "1").as_deref(), Some(fine.digest.as_str()));
+    assert_eq!(
+        dst.digest("fine", "1").as_deref(),
+        Some(fine.digest.as_str())
+    );
     assert!(dst.tags("secret/app").is_empty());
-    let heads = locked.access_log().lines().filter(|l| l.contains("\"HEAD /v2/secret/app/manifests/1 ")).count() - heads_before;
-    assert!(heads <= 2, "one anonymous try and one with the login, no retries: {heads}");
+    let heads = locked
+        .access_log()
+        .lines()
+        .filter(|l| l.contains("\"HEAD /v2/secret/app/manifests/1 "))
+        .count()
+        - heads_before;
+    assert!(
+        heads <= 2,
+        "one anonymous try and one with the login, no retries: {heads}"
+    );
     assert!(!r.stdout.contains(&canary) && !r.stderr.contains(&canary));
 }
