@@ -7,6 +7,8 @@
 //! docker-registry while the ECR API comes from an emulator via `AWS_ENDPOINT_URL`.
 
 use crate::authfile::Login;
+use crate::reference::Digest;
+use crate::registry::{ManifestInfo, Registry};
 use crate::retry::{ErrorClass, ItemError};
 use aws_sdk_ecr::types::{EncryptionConfiguration, EncryptionType, ImageScanningConfiguration};
 use base64::Engine as _;
@@ -92,14 +94,23 @@ fn sdk_err<E: std::fmt::Display + std::error::Error + 'static>(
 impl Ecr {
     /// Builds a client from the default credential chain for the registry's region.
     pub async fn connect(host: EcrHost) -> Self {
-        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(host.region.clone()))
-            .load()
-            .await;
-        Self {
-            client: aws_sdk_ecr::Client::new(&conf),
-            host,
+        Self::connect_with(host, None).await
+    }
+
+    /// Builds a client for the registry's region with these keys (another account or
+    /// partition), or the default credential chain when `None`.
+    pub async fn connect_with(host: EcrHost, keys: Option<(String, String)>) -> Self {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).region(aws_config::Region::new(host.region.clone()));
+        if let Some((id, secret)) = keys {
+            loader = loader.credentials_provider(aws_sdk_ecr::config::Credentials::new(id, secret, None, None, "secrets-manager"));
         }
+        let conf = loader.load().await;
+        Self { client: aws_sdk_ecr::Client::new(&conf), host }
+    }
+
+    /// The registry this client talks to.
+    pub fn host(&self) -> &EcrHost {
+        &self.host
     }
 
     /// A registry login from `GetAuthorizationToken` (valid 12 hours).
@@ -220,6 +231,126 @@ impl Ecr {
             out.push((name.clone(), r));
         }
         out
+    }
+}
+
+/// Manifest media types ECR is asked to return (all of them, so nothing is converted).
+const ACCEPTED: [&str; 4] = [
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+];
+
+fn image_id(reference: &str) -> aws_sdk_ecr::types::ImageIdentifier {
+    let b = aws_sdk_ecr::types::ImageIdentifier::builder();
+    if reference.contains(':') { b.image_digest(reference).build() } else { b.image_tag(reference).build() }
+}
+
+/// ECR through its own API (no registry protocol needed): the same [`Registry`] the
+/// pipeline uses for any registry. `host` arguments are ignored: one client, one registry.
+#[async_trait::async_trait]
+impl Registry for Ecr {
+    async fn list_repositories(&self, _host: &str) -> Result<Vec<String>, ItemError> {
+        let mut out = Vec::new();
+        let mut pages = self.client.describe_repositories().registry_id(&self.host.account).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| sdk_err("DescribeRepositories", e))?;
+            out.extend(page.repositories().iter().filter_map(|r| r.repository_name().map(str::to_string)));
+        }
+        Ok(out)
+    }
+
+    async fn list_tags(&self, _host: &str, repo: &str) -> Result<Vec<String>, ItemError> {
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .list_images()
+            .registry_id(&self.host.account)
+            .repository_name(repo)
+            .filter(aws_sdk_ecr::types::ListImagesFilter::builder().tag_status(aws_sdk_ecr::types::TagStatus::Tagged).build())
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| sdk_err(&format!("ListImages {repo}"), e))?;
+            out.extend(page.image_ids().iter().filter_map(|i| i.image_tag().map(str::to_string)));
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    async fn head_manifest(&self, _host: &str, repo: &str, reference: &str) -> Result<Option<ManifestInfo>, ItemError> {
+        let out = self
+            .client
+            .batch_get_image()
+            .registry_id(&self.host.account)
+            .repository_name(repo)
+            .image_ids(image_id(reference))
+            .set_accepted_media_types(Some(ACCEPTED.iter().map(|s| s.to_string()).collect()))
+            .send()
+            .await;
+        let out = match out {
+            Ok(o) => o,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_repository_not_found_exception()) => return Ok(None),
+            Err(e) => return Err(sdk_err(&format!("BatchGetImage {repo}:{reference}"), e)),
+        };
+        let Some(img) = out.images().first() else { return Ok(None) };
+        let digest = img
+            .image_id()
+            .and_then(|i| i.image_digest())
+            .and_then(|d| d.parse::<Digest>().ok())
+            .or_else(|| img.image_manifest().map(|m| Digest::sha256_of(m.as_bytes())))
+            .ok_or_else(|| ItemError::new(ErrorClass::Retryable, format!("ECR returned {repo}:{reference} without a digest")))?;
+        Ok(Some(ManifestInfo { digest, media_type: img.image_manifest_media_type().unwrap_or_default().to_string() }))
+    }
+
+    async fn image_size(&self, _host: &str, repo: &str, digest: &Digest) -> Result<u64, ItemError> {
+        let out = self
+            .client
+            .describe_images()
+            .registry_id(&self.host.account)
+            .repository_name(repo)
+            .image_ids(image_id(&digest.to_string()))
+            .send()
+            .await
+            .map_err(|e| sdk_err(&format!("DescribeImages {repo}@{digest}"), e))?;
+        Ok(out.image_details().first().and_then(|d| d.image_size_in_bytes()).unwrap_or(0).max(0) as u64)
+    }
+}
+
+/// Routes each registry host to its client: ECR hosts to their ECR API client, every other
+/// host to the HTTP registry client.
+pub struct Registries {
+    pub ecr: std::collections::HashMap<String, Ecr>,
+    pub http: crate::registry::HttpRegistry,
+}
+
+#[async_trait::async_trait]
+impl Registry for Registries {
+    async fn list_repositories(&self, host: &str) -> Result<Vec<String>, ItemError> {
+        match self.ecr.get(host) {
+            Some(e) => e.list_repositories(host).await,
+            None => self.http.list_repositories(host).await,
+        }
+    }
+    async fn list_tags(&self, host: &str, repo: &str) -> Result<Vec<String>, ItemError> {
+        match self.ecr.get(host) {
+            Some(e) => e.list_tags(host, repo).await,
+            None => self.http.list_tags(host, repo).await,
+        }
+    }
+    async fn head_manifest(&self, host: &str, repo: &str, reference: &str) -> Result<Option<ManifestInfo>, ItemError> {
+        match self.ecr.get(host) {
+            Some(e) => e.head_manifest(host, repo, reference).await,
+            None => self.http.head_manifest(host, repo, reference).await,
+        }
+    }
+    async fn image_size(&self, host: &str, repo: &str, digest: &Digest) -> Result<u64, ItemError> {
+        match self.ecr.get(host) {
+            Some(e) => e.image_size(host, repo, digest).await,
+            None => self.http.image_size(host, repo, digest).await,
+        }
     }
 }
 

@@ -6,12 +6,23 @@
 //! (logins). [`sync`] wires them into the pipeline.
 
 pub mod authfile;
+pub mod config;
 pub mod copy;
 pub mod ecr;
+pub mod functions;
+pub mod handlers;
+pub mod list_source;
+pub mod notify;
+pub mod offload;
 pub mod plan;
 pub mod reference;
 pub mod registry;
 pub mod retry;
+pub mod secrets;
 pub mod selection;
 pub mod status;
 pub mod sync;
+pub mod task_report;
+pub mod tasks;
+pub mod worker;
+pub mod workflow;

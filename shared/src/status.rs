@@ -6,6 +6,8 @@
 //! is not newer than the stored one is ignored, so a late or duplicated write never
 //! overwrites a newer result.
 
+pub mod dynamodb;
+
 use crate::retry::{ErrorClass, ItemError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -91,6 +93,8 @@ pub enum StoreError {
     },
     #[error("state store: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error("status store: {0}")]
+    Remote(String),
 }
 
 /// Where results are kept.
@@ -107,6 +111,8 @@ pub trait StatusStore: Send + Sync {
     ) -> Result<Option<(RunRecord, Vec<ItemRecord>)>, StoreError>;
     /// Recent runs, newest first.
     async fn list_runs(&self, limit: usize) -> Result<Vec<RunRecord>, StoreError>;
+    /// Marks the run as notified; true only for the first caller (one message per run).
+    async fn claim_notification(&self, run_id: &str) -> Result<bool, StoreError>;
 }
 
 /// SQLite-backed store for one machine.
@@ -118,7 +124,7 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS runs (
   run_id TEXT PRIMARY KEY, source TEXT NOT NULL, dest TEXT NOT NULL, dry_run INTEGER NOT NULL,
   started_at TEXT NOT NULL, ended_at TEXT, copied INTEGER NOT NULL, skipped INTEGER NOT NULL,
-  failed INTEGER NOT NULL, bytes INTEGER NOT NULL);
+  failed INTEGER NOT NULL, bytes INTEGER NOT NULL, notified INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS items (
   run_id TEXT NOT NULL, source TEXT NOT NULL, dest TEXT NOT NULL, status TEXT NOT NULL,
   source_digest TEXT, dest_digest TEXT, attempts INTEGER NOT NULL, error_class TEXT, error_message TEXT,
@@ -190,7 +196,10 @@ impl StatusStore for SqliteStore {
         let c = self.conn.lock().unwrap();
         c.execute(
             &format!(
-                "INSERT OR REPLACE INTO runs ({RUN_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"
+                "INSERT INTO runs ({RUN_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)
+                 ON CONFLICT (run_id) DO UPDATE SET source=excluded.source, dest=excluded.dest,
+                   dry_run=excluded.dry_run, started_at=excluded.started_at, ended_at=excluded.ended_at,
+                   copied=excluded.copied, skipped=excluded.skipped, failed=excluded.failed, bytes=excluded.bytes"
             ),
             params![
                 run.run_id,
@@ -293,6 +302,11 @@ impl StatusStore for SqliteStore {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
+
+    async fn claim_notification(&self, run_id: &str) -> Result<bool, StoreError> {
+        let c = self.conn.lock().unwrap();
+        Ok(c.execute("UPDATE runs SET notified = 1 WHERE run_id = ?1 AND notified = 0", [run_id])? > 0)
+    }
 }
 
 #[cfg(test)]
@@ -385,5 +399,9 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["b", "a"]
         );
+        assert!(store.claim_notification("a").await.unwrap());
+        assert!(!store.claim_notification("a").await.unwrap(), "one notification per run");
+        store.put_run(&run("a")).await.unwrap();
+        assert!(!store.claim_notification("a").await.unwrap(), "rewriting the run keeps the mark");
     }
 }

@@ -245,7 +245,8 @@ fn finish(mut run: RunRecord, mut items: Vec<ItemRecord>) -> SyncReport {
     SyncReport { run, items }
 }
 
-fn failed_record(run_id: &str, u: Unplannable) -> ItemRecord {
+/// The record of an item that could not be planned.
+pub fn failed_record(run_id: &str, u: Unplannable) -> ItemRecord {
     let now = Utc::now();
     ItemRecord {
         run_id: run_id.to_string(),
@@ -312,7 +313,7 @@ async fn copy_one(
 }
 
 /// Turns the selection into images, listing tags and repositories where asked.
-async fn select(spec: &SyncSpec, registry: &dyn Registry) -> (Vec<Wanted>, Vec<Unplannable>) {
+pub async fn select(spec: &SyncSpec, registry: &dyn Registry) -> (Vec<Wanted>, Vec<Unplannable>) {
     let policy = &spec.retry;
     match &spec.selecting {
         Selecting::List(sel) => {
@@ -387,10 +388,12 @@ async fn list_tags(
         .await
 }
 
-type Observations = HashMap<ImageName, Observation>;
+/// Manifest observations per image.
+pub type Observations = HashMap<ImageName, Observation>;
 
-/// HEADs every source and destination manifest once, in parallel.
-async fn resolve(
+/// HEADs every source and destination manifest once, in parallel; returns both sides'
+/// observations and, per image, the attempts spent on a failing lookup.
+pub async fn resolve(
     spec: &SyncSpec,
     registry: &dyn Registry,
     wanted: &[Wanted],

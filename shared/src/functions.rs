@@ -1,0 +1,122 @@
+//! One struct per AWS function: `from_env` reads the configuration and builds the clients
+//! once per container; `handle` runs one invocation through [`crate::handlers`]. The binaries
+//! in `functions/` are a few lines around these.
+
+use crate::config::{ConfigError, Env};
+use crate::ecr::{self, Ecr, EcrRepos};
+use crate::handlers::{self, DiffEdges, ImagesConfig, ListEdges};
+use crate::list_source::Ssm;
+use crate::notify::Sns;
+use crate::offload::S3Blobs;
+use crate::retry::ItemError;
+use crate::status::dynamodb::DynamoStore;
+use crate::sync::Prepare;
+use crate::tasks::{EcsRunner, EcsSettings};
+use crate::workflow::{Diff, DispatchRequest, ListRequest, Listed, RecordRequest};
+
+async fn sdk_config() -> aws_config::SdkConfig {
+    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+}
+
+/// Shared clients of `list-images` and `find-diff`.
+pub struct ImagesFn {
+    pub cfg: ImagesConfig,
+    secrets: aws_sdk_secretsmanager::Client,
+    ssm: Ssm,
+    blobs: S3Blobs,
+    store: DynamoStore,
+}
+
+impl ImagesFn {
+    pub async fn from_env() -> Result<Self, ConfigError> {
+        let cfg = ImagesConfig::from_env(Env::from_process())?;
+        let aws = sdk_config().await;
+        Ok(Self {
+            secrets: aws_sdk_secretsmanager::Client::new(&aws),
+            ssm: Ssm(aws_sdk_ssm::Client::new(&aws)),
+            blobs: S3Blobs { client: aws_sdk_s3::Client::new(&aws), bucket: cfg.bucket.clone() },
+            store: DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), cfg.table.clone()),
+            cfg,
+        })
+    }
+
+    async fn registries(&self) -> Result<ecr::Registries, ItemError> {
+        let hosts = [(self.cfg.source.host.clone(), self.cfg.source_secret.clone()), (self.cfg.dest.host.clone(), self.cfg.dest_secret.clone())];
+        handlers::registries_for(&hosts, Some(&self.secrets), Vec::new()).await
+    }
+
+    /// `list-images`.
+    pub async fn list(&self, req: ListRequest) -> Result<Listed, ItemError> {
+        let registry = self.registries().await?;
+        let edges = ListEdges { params: &self.ssm, registry: &registry, blobs: &self.blobs, store: &self.store };
+        handlers::list_images(req, &self.cfg, &edges).await
+    }
+
+    /// `find-diff`.
+    pub async fn diff(&self, listed: Listed) -> Result<Diff, ItemError> {
+        let registry = self.registries().await?;
+        let prepare = match ecr::parse_ecr_host(&self.cfg.dest.host) {
+            Some(h) => {
+                let keys = None; // the function's role creates repositories in its own account
+                Some(EcrRepos { ecr: Ecr::connect_with(h, keys).await, settings: self.cfg.repo_settings.clone() })
+            }
+            None => None,
+        };
+        let edges = DiffEdges { registry: &registry, blobs: &self.blobs, store: &self.store, prepare: prepare.as_ref().map(|p| p as &dyn Prepare) };
+        handlers::find_diff(listed, &self.cfg, &edges).await
+    }
+}
+
+/// `dispatch-fargate`.
+pub struct DispatchFn {
+    runner: EcsRunner,
+}
+
+impl DispatchFn {
+    /// `CLUSTER`, `TASK_DEFINITION`, `CONTAINER_NAME`, `SUBNETS`, `SECURITY_GROUPS`
+    /// (comma-separated), `ASSIGN_PUBLIC_IP` (default false).
+    pub async fn from_env() -> Result<Self, ConfigError> {
+        let mut env = Env::from_process();
+        let list = |v: String| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect::<Vec<_>>();
+        let settings = EcsSettings {
+            cluster: env.required("CLUSTER"),
+            task_definition: env.required("TASK_DEFINITION"),
+            container: env.required("CONTAINER_NAME"),
+            subnets: list(env.required("SUBNETS")),
+            security_groups: list(env.optional("SECURITY_GROUPS").unwrap_or_default()),
+            assign_public_ip: env.parsed("ASSIGN_PUBLIC_IP", false, "true or false"),
+        };
+        env.finish()?;
+        let aws = sdk_config().await;
+        Ok(Self { runner: EcsRunner { client: aws_sdk_ecs::Client::new(&aws), settings } })
+    }
+
+    pub async fn handle(&self, req: DispatchRequest) -> Result<serde_json::Value, ItemError> {
+        handlers::dispatch_fargate(req, &self.runner).await
+    }
+}
+
+/// `record-status`.
+pub struct RecordFn {
+    store: DynamoStore,
+    sns: Sns,
+}
+
+impl RecordFn {
+    /// `TABLE_NAME`, `TOPIC_ARN`.
+    pub async fn from_env() -> Result<Self, ConfigError> {
+        let mut env = Env::from_process();
+        let table = env.required("TABLE_NAME");
+        let topic = env.required("TOPIC_ARN");
+        env.finish()?;
+        let aws = sdk_config().await;
+        Ok(Self {
+            store: DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), table),
+            sns: Sns { client: aws_sdk_sns::Client::new(&aws), topic_arn: topic },
+        })
+    }
+
+    pub async fn handle(&self, req: RecordRequest) -> Result<serde_json::Value, ItemError> {
+        handlers::record_status(req, &self.store, &self.sns).await
+    }
+}

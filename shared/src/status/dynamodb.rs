@@ -1,0 +1,275 @@
+//! The status store in DynamoDB (the AWS suite). One table, on-demand:
+//! `pk` = run id, `sk` = `run` for the run record or `item#<source>|<dest>` for an image.
+//! Item writes are conditional on `version` (attribute_not_exists(pk) OR version < :v), so a
+//! retried or late write never overwrites a newer result. No secret is ever written.
+
+use super::{ItemRecord, RunRecord, Status, StatusStore, StoreError};
+use crate::retry::{ErrorClass, ItemError};
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::AttributeValue;
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+
+/// DynamoDB-backed status store.
+pub struct DynamoStore {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+}
+
+type Item = HashMap<String, AttributeValue>;
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+fn get_s(i: &Item, k: &str) -> Option<String> {
+    i.get(k).and_then(|v| v.as_s().ok()).cloned()
+}
+fn get_n(i: &Item, k: &str) -> u64 {
+    i.get(k).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+fn get_t(i: &Item, k: &str) -> Option<DateTime<Utc>> {
+    get_s(i, k).and_then(|v| DateTime::parse_from_rfc3339(&v).ok()).map(|t| t.with_timezone(&Utc))
+}
+
+fn sdk<E: std::error::Error + 'static>(what: &str, e: aws_sdk_dynamodb::error::SdkError<E>) -> StoreError {
+    StoreError::Remote(format!("DynamoDB {what}: {}", aws_sdk_dynamodb::error::DisplayErrorContext(&e)))
+}
+
+/// The sort key of an image record.
+pub fn item_key(source: &str, dest: &str) -> String {
+    format!("item#{source}|{dest}")
+}
+
+impl DynamoStore {
+    pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
+        Self { client, table: table.into() }
+    }
+
+    fn run_item(run: &RunRecord) -> Item {
+        let mut i: Item = [
+            ("pk", s(&run.run_id)),
+            ("sk", s("run")),
+            ("source", s(&run.source)),
+            ("dest", s(&run.dest)),
+            ("dry_run", AttributeValue::Bool(run.dry_run)),
+            ("started_at", s(run.started_at.to_rfc3339())),
+            ("copied", n(run.copied)),
+            ("skipped", n(run.skipped)),
+            ("failed", n(run.failed)),
+            ("bytes", n(run.bytes)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        if let Some(t) = run.ended_at {
+            i.insert("ended_at".into(), s(t.to_rfc3339()));
+        }
+        i
+    }
+
+    fn run_from(i: &Item) -> RunRecord {
+        RunRecord {
+            run_id: get_s(i, "pk").unwrap_or_default(),
+            source: get_s(i, "source").unwrap_or_default(),
+            dest: get_s(i, "dest").unwrap_or_default(),
+            dry_run: i.get("dry_run").and_then(|v| v.as_bool().ok()).copied().unwrap_or(false),
+            started_at: get_t(i, "started_at").unwrap_or_default(),
+            ended_at: get_t(i, "ended_at"),
+            copied: get_n(i, "copied"),
+            skipped: get_n(i, "skipped"),
+            failed: get_n(i, "failed"),
+            bytes: get_n(i, "bytes"),
+        }
+    }
+
+    fn item_from(i: &Item) -> ItemRecord {
+        let class = get_s(i, "error_class");
+        ItemRecord {
+            run_id: get_s(i, "pk").unwrap_or_default(),
+            source: get_s(i, "source").unwrap_or_default(),
+            dest: get_s(i, "dest").unwrap_or_default(),
+            status: get_s(i, "status").and_then(|v| Status::from_name(&v)).unwrap_or(Status::Failed),
+            source_digest: get_s(i, "source_digest"),
+            dest_digest: get_s(i, "dest_digest"),
+            attempts: get_n(i, "attempts") as u32,
+            error: class.map(|c| ItemError::new(ErrorClass::from_name(&c).unwrap_or(ErrorClass::Retryable), get_s(i, "error_message").unwrap_or_default())),
+            bytes: get_n(i, "bytes"),
+            started_at: get_t(i, "started_at"),
+            ended_at: get_t(i, "ended_at"),
+            version: get_n(i, "version"),
+        }
+    }
+}
+
+#[async_trait]
+impl StatusStore for DynamoStore {
+    async fn put_run(&self, run: &RunRecord) -> Result<(), StoreError> {
+        // Keep the notification mark when the run record is rewritten.
+        let mut update = String::from("SET ");
+        let mut names = HashMap::new();
+        let mut values = HashMap::new();
+        let mut parts = Vec::new();
+        for (k, v) in Self::run_item(run) {
+            if k == "pk" || k == "sk" {
+                continue;
+            }
+            names.insert(format!("#{k}"), k.clone());
+            values.insert(format!(":{k}"), v);
+            parts.push(format!("#{k} = :{k}"));
+        }
+        update.push_str(&parts.join(", "));
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(&run.run_id))
+            .key("sk", s("run"))
+            .update_expression(update)
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .send()
+            .await
+            .map_err(|e| sdk("UpdateItem run", e))?;
+        Ok(())
+    }
+
+    async fn put_item(&self, r: &ItemRecord) -> Result<bool, StoreError> {
+        let mut i: Item = [
+            ("pk", s(&r.run_id)),
+            ("sk", s(item_key(&r.source, &r.dest))),
+            ("source", s(&r.source)),
+            ("dest", s(&r.dest)),
+            ("status", s(r.status.as_str())),
+            ("attempts", n(r.attempts)),
+            ("bytes", n(r.bytes)),
+            ("version", n(r.version)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        for (k, v) in [("source_digest", &r.source_digest), ("dest_digest", &r.dest_digest)] {
+            if let Some(v) = v {
+                i.insert(k.into(), s(v));
+            }
+        }
+        if let Some(e) = &r.error {
+            i.insert("error_class".into(), s(e.class.as_str()));
+            i.insert("error_message".into(), s(&e.message));
+        }
+        for (k, t) in [("started_at", r.started_at), ("ended_at", r.ended_at)] {
+            if let Some(t) = t {
+                i.insert(k.into(), s(t.to_rfc3339()));
+            }
+        }
+        let out = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(i))
+            .condition_expression("attribute_not_exists(pk) OR #v < :v")
+            .expression_attribute_names("#v", "version")
+            .expression_attribute_values(":v", n(r.version))
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(true),
+            Err(e) if e.as_service_error().is_some_and(|x| x.is_conditional_check_failed_exception()) => Ok(false),
+            Err(e) => Err(sdk("PutItem", e)),
+        }
+    }
+
+    async fn get_run(&self, run_id: Option<&str>) -> Result<Option<(RunRecord, Vec<ItemRecord>)>, StoreError> {
+        let run = match run_id {
+            Some(id) => {
+                let out = self
+                    .client
+                    .get_item()
+                    .table_name(&self.table)
+                    .key("pk", s(id))
+                    .key("sk", s("run"))
+                    .consistent_read(true)
+                    .send()
+                    .await
+                    .map_err(|e| sdk("GetItem", e))?;
+                match out.item() {
+                    Some(i) => Self::run_from(i),
+                    None => return Ok(None),
+                }
+            }
+            None => match self.list_runs(1).await?.into_iter().next() {
+                Some(r) => r,
+                None => return Ok(None),
+            },
+        };
+        let mut items = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :p AND begins_with(sk, :i)")
+                .expression_attribute_values(":p", s(&run.run_id))
+                .expression_attribute_values(":i", s("item#"))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| sdk("Query", e))?;
+            items.extend(out.items().iter().map(Self::item_from));
+            match out.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start = Some(k.clone()),
+                _ => break,
+            }
+        }
+        items.sort_by(|a, b| (a.source.as_str(), a.dest.as_str()).cmp(&(b.source.as_str(), b.dest.as_str())));
+        Ok(Some((run, items)))
+    }
+
+    async fn list_runs(&self, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
+        // Runs are few (one a day); a filtered scan is enough here.
+        let mut runs = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("sk = :r")
+                .expression_attribute_values(":r", s("run"))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| sdk("Scan", e))?;
+            runs.extend(out.items().iter().map(Self::run_from));
+            match out.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start = Some(k.clone()),
+                _ => break,
+            }
+        }
+        runs.sort_by(|a, b| b.started_at.cmp(&a.started_at));
+        runs.truncate(limit);
+        Ok(runs)
+    }
+
+    async fn claim_notification(&self, run_id: &str) -> Result<bool, StoreError> {
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(run_id))
+            .key("sk", s("run"))
+            .update_expression("SET notified = :t")
+            .condition_expression("attribute_not_exists(notified)")
+            .expression_attribute_values(":t", AttributeValue::Bool(true))
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(true),
+            Err(e) if e.as_service_error().is_some_and(|x| x.is_conditional_check_failed_exception()) => Ok(false),
+            Err(e) => Err(sdk("UpdateItem notified", e)),
+        }
+    }
+}

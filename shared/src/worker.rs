@@ -1,0 +1,132 @@
+//! The copy worker (one Fargate task per image): fetch credentials, write the private
+//! auth file, copy with skopeo, verify the digest, heartbeat meanwhile, and answer the
+//! state machine on the task token. Credentials come from Secrets Manager and ECR, never
+//! from the task's overrides, and never leave the process but through the 0600 auth file.
+
+use crate::config::{ConfigError, Env};
+use crate::copy::{Copier, Skopeo};
+use crate::handlers::registries_for;
+use crate::registry::Registry;
+use crate::retry::{ErrorClass, ItemError, RetryPolicy, with_retries};
+use crate::task_report::TaskReporter;
+use crate::workflow::{CopyResult, CopyTask};
+use std::time::Duration;
+
+/// The worker's settings: the task from the overrides, the secrets from the task definition.
+#[derive(Clone)]
+pub struct WorkerConfig {
+    /// `TASK_TOKEN`.
+    pub token: String,
+    /// `RUN_ID`.
+    pub run_id: String,
+    /// `SOURCE`, `DEST`, `SOURCE_DIGEST`.
+    pub task: CopyTask,
+    /// `SOURCE_SECRET`, `DEST_SECRET`: Secrets Manager names (optional).
+    pub source_secret: Option<String>,
+    pub dest_secret: Option<String>,
+    /// `RETRIES` (default 3), `ATTEMPT_TIMEOUT_SECS` (default 1800).
+    pub retry: RetryPolicy,
+    /// `HEARTBEAT_SECS` (default 60; the state's HeartbeatSeconds must be larger).
+    pub heartbeat: Duration,
+    /// `INSECURE_REGISTRIES`: comma-separated HOST:PORT spoken to over plain HTTP.
+    pub insecure: Vec<String>,
+}
+
+impl std::fmt::Debug for WorkerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerConfig").field("run_id", &self.run_id).field("task", &self.task).field("token", &"…").finish()
+    }
+}
+
+impl WorkerConfig {
+    pub fn from_env(mut env: Env) -> Result<Self, ConfigError> {
+        let token = env.required("TASK_TOKEN");
+        let run_id = env.required("RUN_ID");
+        let source = env.required("SOURCE");
+        let dest = env.required("DEST");
+        let source_digest = env.required("SOURCE_DIGEST");
+        let retries = env.parsed("RETRIES", 3u32, "a number of retries");
+        let timeout = env.parsed("ATTEMPT_TIMEOUT_SECS", 1800u64, "a number of seconds");
+        let heartbeat = env.parsed("HEARTBEAT_SECS", 60u64, "a number of seconds");
+        let insecure = env.optional("INSECURE_REGISTRIES").map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()).unwrap_or_default();
+        let source_secret = env.optional("SOURCE_SECRET");
+        let dest_secret = env.optional("DEST_SECRET");
+        env.finish()?;
+        Ok(Self {
+            token,
+            run_id,
+            task: CopyTask { source, dest, source_digest },
+            source_secret,
+            dest_secret,
+            retry: RetryPolicy { retries, base_delay: Duration::from_secs(2), max_delay: Duration::from_secs(60), attempt_timeout: Duration::from_secs(timeout) },
+            heartbeat: Duration::from_secs(heartbeat.max(1)),
+            insecure,
+        })
+    }
+}
+
+/// Copies and verifies one image. Already there with the right digest → no copy.
+pub async fn copy_and_verify(cfg: &WorkerConfig, secrets: Option<&aws_sdk_secretsmanager::Client>) -> Result<CopyResult, ItemError> {
+    let (src, dst, digest) = cfg.task.parts()?;
+    let registries = registries_for(&[(src.host.clone(), cfg.source_secret.clone()), (dst.host.clone(), cfg.dest_secret.clone())], secrets, cfg.insecure.clone()).await?;
+    let http = &registries.http;
+    let dest_ref = dst.reference();
+    let result = |attempts: u32, bytes: u64| CopyResult {
+        source: cfg.task.source.clone(),
+        dest: cfg.task.dest.clone(),
+        source_digest: digest.to_string(),
+        dest_digest: digest.to_string(),
+        attempts,
+        bytes,
+    };
+    if let Ok(Some(info)) = http.head_manifest(&dst.host, &dst.repo, &dest_ref).await {
+        if info.digest == digest {
+            tracing::info!(dest = %cfg.task.dest, "already at the destination with the source digest");
+            return Ok(result(0, 0));
+        }
+    }
+    let skopeo = Skopeo::new(http, &[src.host.clone(), dst.host.clone()]).map_err(|e| ItemError::new(ErrorClass::Retryable, e.to_string()))?;
+    let (copied, attempts) = with_retries(&cfg.retry, |_| skopeo.copy(&src, &dst)).await;
+    copied?;
+    let (seen, _) = with_retries(&cfg.retry, |_| http.head_manifest(&dst.host, &dst.repo, &dest_ref)).await;
+    match seen? {
+        Some(info) if info.digest == digest => {
+            let bytes = http.image_size(&src.host, &src.repo, &digest).await.unwrap_or(0);
+            Ok(result(attempts, bytes))
+        }
+        Some(info) => Err(ItemError::new(ErrorClass::DigestMismatch, format!("{} has digest {} after the copy; the source has {digest}", cfg.task.dest, info.digest))),
+        None => Err(ItemError::new(ErrorClass::DigestMismatch, format!("{} is missing after the copy reported success", cfg.task.dest))),
+    }
+}
+
+/// The whole task: heartbeats while copying, then success or failure on the token.
+/// Returns the outcome that was reported (inner), or the error that kept it from being
+/// reported (outer).
+pub async fn run(
+    cfg: &WorkerConfig,
+    secrets: Option<&aws_sdk_secretsmanager::Client>,
+    reporter: &dyn TaskReporter,
+) -> Result<Result<CopyResult, ItemError>, ItemError> {
+    let work = copy_and_verify(cfg, secrets);
+    tokio::pin!(work);
+    let mut ticker = tokio::time::interval(cfg.heartbeat);
+    ticker.tick().await;
+    let outcome = loop {
+        tokio::select! {
+            r = &mut work => break r,
+            _ = ticker.tick() => {
+                if let Err(e) = reporter.heartbeat(&cfg.token).await {
+                    tracing::warn!(error = %e, "heartbeat failed");
+                }
+            }
+        }
+    };
+    match &outcome {
+        Ok(r) => reporter.success(&cfg.token, r).await?,
+        Err(e) => {
+            tracing::error!(class = %e.class, error = %e.message, source = %cfg.task.source, "copy failed");
+            reporter.failure(&cfg.token, e).await?
+        }
+    }
+    Ok(outcome)
+}
