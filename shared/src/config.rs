@@ -25,7 +25,10 @@ impl Env {
 
     /// Reads a given map (tests).
     pub fn from_map(vars: HashMap<String, String>) -> Self {
-        Self { vars, problems: Vec::new() }
+        Self {
+            vars,
+            problems: Vec::new(),
+        }
     }
 
     /// A required variable.
@@ -41,7 +44,10 @@ impl Env {
 
     /// An optional variable (empty counts as unset).
     pub fn optional(&mut self, name: &str) -> Option<String> {
-        self.vars.get(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+        self.vars
+            .get(name)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
     }
 
     /// A typed variable with a default; a bad value is reported with what is expected.
@@ -51,7 +57,8 @@ impl Env {
             Some(v) => match v.parse() {
                 Ok(t) => t,
                 Err(_) => {
-                    self.problems.push(format!("{name}={v:?} is not {expected}"));
+                    self.problems
+                        .push(format!("{name}={v:?} is not {expected}"));
                     default
                 }
             },
@@ -62,7 +69,8 @@ impl Env {
     pub fn choice(&mut self, name: &str, choices: &[&str], default: &str) -> String {
         let v = self.optional(name).unwrap_or_else(|| default.to_string());
         if !choices.iter().any(|c| c.eq_ignore_ascii_case(&v)) {
-            self.problems.push(format!("{name}={v:?} is not one of {}", choices.join(", ")));
+            self.problems
+                .push(format!("{name}={v:?} is not one of {}", choices.join(", ")));
         }
         v.to_ascii_uppercase()
     }
@@ -74,7 +82,13 @@ impl Env {
 
     /// Ok when nothing was missing or invalid.
     pub fn finish(self) -> Result<(), ConfigError> {
-        if self.problems.is_empty() { Ok(()) } else { Err(ConfigError { problems: self.problems }) }
+        if self.problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError {
+                problems: self.problems,
+            })
+        }
     }
 }
 
@@ -84,7 +98,13 @@ mod tests {
 
     #[test]
     fn reports_every_problem_at_once() {
-        let mut env = Env::from_map([("PORT".to_string(), "eighty".to_string()), ("MODE".to_string(), "x".to_string())].into());
+        let mut env = Env::from_map(
+            [
+                ("PORT".to_string(), "eighty".to_string()),
+                ("MODE".to_string(), "x".to_string()),
+            ]
+            .into(),
+        );
         let _ = env.required("TABLE");
         let _ = env.required("BUCKET");
         let port: u16 = env.parsed("PORT", 1, "a port number");
@@ -93,7 +113,12 @@ mod tests {
         let e = env.finish().unwrap_err();
         assert_eq!(e.problems.len(), 4);
         let text = e.to_string();
-        for needle in ["TABLE is not set", "BUCKET is not set", "PORT=\"eighty\" is not a port number", "MODE=\"x\" is not one of ALL, SELECTED"] {
+        for needle in [
+            "TABLE is not set",
+            "BUCKET is not set",
+            "PORT=\"eighty\" is not a port number",
+            "MODE=\"x\" is not one of ALL, SELECTED",
+        ] {
             assert!(text.contains(needle), "{text}");
         }
     }

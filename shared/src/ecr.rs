@@ -100,12 +100,27 @@ impl Ecr {
     /// Builds a client for the registry's region with these keys (another account or
     /// partition), or the default credential chain when `None`.
     pub async fn connect_with(host: EcrHost, keys: Option<(String, String)>) -> Self {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).region(aws_config::Region::new(host.region.clone()));
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(host.region.clone()));
         if let Some((id, secret)) = keys {
-            loader = loader.credentials_provider(aws_sdk_ecr::config::Credentials::new(id, secret, None, None, "secrets-manager"));
+            loader = loader.credentials_provider(aws_sdk_ecr::config::Credentials::new(
+                id,
+                secret,
+                None,
+                None,
+                "secrets-manager",
+            ));
         }
         let conf = loader.load().await;
-        Self { client: aws_sdk_ecr::Client::new(&conf), host }
+        Self {
+            client: aws_sdk_ecr::Client::new(&conf),
+            host,
+        }
+    }
+
+    /// Wraps an existing client (e.g. one configured for an emulator).
+    pub fn from_client(client: aws_sdk_ecr::Client, host: EcrHost) -> Self {
+        Self { client, host }
     }
 
     /// The registry this client talks to.
@@ -244,7 +259,11 @@ const ACCEPTED: [&str; 4] = [
 
 fn image_id(reference: &str) -> aws_sdk_ecr::types::ImageIdentifier {
     let b = aws_sdk_ecr::types::ImageIdentifier::builder();
-    if reference.contains(':') { b.image_digest(reference).build() } else { b.image_tag(reference).build() }
+    if reference.contains(':') {
+        b.image_digest(reference).build()
+    } else {
+        b.image_tag(reference).build()
+    }
 }
 
 /// ECR through its own API (no registry protocol needed): the same [`Registry`] the
@@ -253,10 +272,19 @@ fn image_id(reference: &str) -> aws_sdk_ecr::types::ImageIdentifier {
 impl Registry for Ecr {
     async fn list_repositories(&self, _host: &str) -> Result<Vec<String>, ItemError> {
         let mut out = Vec::new();
-        let mut pages = self.client.describe_repositories().registry_id(&self.host.account).into_paginator().send();
+        let mut pages = self
+            .client
+            .describe_repositories()
+            .registry_id(&self.host.account)
+            .into_paginator()
+            .send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| sdk_err("DescribeRepositories", e))?;
-            out.extend(page.repositories().iter().filter_map(|r| r.repository_name().map(str::to_string)));
+            out.extend(
+                page.repositories()
+                    .iter()
+                    .filter_map(|r| r.repository_name().map(str::to_string)),
+            );
         }
         Ok(out)
     }
@@ -268,19 +296,32 @@ impl Registry for Ecr {
             .list_images()
             .registry_id(&self.host.account)
             .repository_name(repo)
-            .filter(aws_sdk_ecr::types::ListImagesFilter::builder().tag_status(aws_sdk_ecr::types::TagStatus::Tagged).build())
+            .filter(
+                aws_sdk_ecr::types::ListImagesFilter::builder()
+                    .tag_status(aws_sdk_ecr::types::TagStatus::Tagged)
+                    .build(),
+            )
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| sdk_err(&format!("ListImages {repo}"), e))?;
-            out.extend(page.image_ids().iter().filter_map(|i| i.image_tag().map(str::to_string)));
+            out.extend(
+                page.image_ids()
+                    .iter()
+                    .filter_map(|i| i.image_tag().map(str::to_string)),
+            );
         }
         out.sort();
         out.dedup();
         Ok(out)
     }
 
-    async fn head_manifest(&self, _host: &str, repo: &str, reference: &str) -> Result<Option<ManifestInfo>, ItemError> {
+    async fn head_manifest(
+        &self,
+        _host: &str,
+        repo: &str,
+        reference: &str,
+    ) -> Result<Option<ManifestInfo>, ItemError> {
         let out = self
             .client
             .batch_get_image()
@@ -292,17 +333,38 @@ impl Registry for Ecr {
             .await;
         let out = match out {
             Ok(o) => o,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_repository_not_found_exception()) => return Ok(None),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_repository_not_found_exception()) =>
+            {
+                return Ok(None);
+            }
             Err(e) => return Err(sdk_err(&format!("BatchGetImage {repo}:{reference}"), e)),
         };
-        let Some(img) = out.images().first() else { return Ok(None) };
+        let Some(img) = out.images().first() else {
+            return Ok(None);
+        };
         let digest = img
             .image_id()
             .and_then(|i| i.image_digest())
             .and_then(|d| d.parse::<Digest>().ok())
-            .or_else(|| img.image_manifest().map(|m| Digest::sha256_of(m.as_bytes())))
-            .ok_or_else(|| ItemError::new(ErrorClass::Retryable, format!("ECR returned {repo}:{reference} without a digest")))?;
-        Ok(Some(ManifestInfo { digest, media_type: img.image_manifest_media_type().unwrap_or_default().to_string() }))
+            .or_else(|| {
+                img.image_manifest()
+                    .map(|m| Digest::sha256_of(m.as_bytes()))
+            })
+            .ok_or_else(|| {
+                ItemError::new(
+                    ErrorClass::Retryable,
+                    format!("ECR returned {repo}:{reference} without a digest"),
+                )
+            })?;
+        Ok(Some(ManifestInfo {
+            digest,
+            media_type: img
+                .image_manifest_media_type()
+                .unwrap_or_default()
+                .to_string(),
+        }))
     }
 
     async fn image_size(&self, _host: &str, repo: &str, digest: &Digest) -> Result<u64, ItemError> {
@@ -315,7 +377,12 @@ impl Registry for Ecr {
             .send()
             .await
             .map_err(|e| sdk_err(&format!("DescribeImages {repo}@{digest}"), e))?;
-        Ok(out.image_details().first().and_then(|d| d.image_size_in_bytes()).unwrap_or(0).max(0) as u64)
+        Ok(out
+            .image_details()
+            .first()
+            .and_then(|d| d.image_size_in_bytes())
+            .unwrap_or(0)
+            .max(0) as u64)
     }
 }
 
@@ -340,7 +407,12 @@ impl Registry for Registries {
             None => self.http.list_tags(host, repo).await,
         }
     }
-    async fn head_manifest(&self, host: &str, repo: &str, reference: &str) -> Result<Option<ManifestInfo>, ItemError> {
+    async fn head_manifest(
+        &self,
+        host: &str,
+        repo: &str,
+        reference: &str,
+    ) -> Result<Option<ManifestInfo>, ItemError> {
         match self.ecr.get(host) {
             Some(e) => e.head_manifest(host, repo, reference).await,
             None => self.http.head_manifest(host, repo, reference).await,

@@ -34,21 +34,32 @@ impl ImagesFn {
         Ok(Self {
             secrets: aws_sdk_secretsmanager::Client::new(&aws),
             ssm: Ssm(aws_sdk_ssm::Client::new(&aws)),
-            blobs: S3Blobs { client: aws_sdk_s3::Client::new(&aws), bucket: cfg.bucket.clone() },
+            blobs: S3Blobs {
+                client: aws_sdk_s3::Client::new(&aws),
+                bucket: cfg.bucket.clone(),
+            },
             store: DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), cfg.table.clone()),
             cfg,
         })
     }
 
     async fn registries(&self) -> Result<ecr::Registries, ItemError> {
-        let hosts = [(self.cfg.source.host.clone(), self.cfg.source_secret.clone()), (self.cfg.dest.host.clone(), self.cfg.dest_secret.clone())];
+        let hosts = [
+            (self.cfg.source.host.clone(), self.cfg.source_secret.clone()),
+            (self.cfg.dest.host.clone(), self.cfg.dest_secret.clone()),
+        ];
         handlers::registries_for(&hosts, Some(&self.secrets), Vec::new()).await
     }
 
     /// `list-images`.
     pub async fn list(&self, req: ListRequest) -> Result<Listed, ItemError> {
         let registry = self.registries().await?;
-        let edges = ListEdges { params: &self.ssm, registry: &registry, blobs: &self.blobs, store: &self.store };
+        let edges = ListEdges {
+            params: &self.ssm,
+            registry: &registry,
+            blobs: &self.blobs,
+            store: &self.store,
+        };
         handlers::list_images(req, &self.cfg, &edges).await
     }
 
@@ -58,11 +69,19 @@ impl ImagesFn {
         let prepare = match ecr::parse_ecr_host(&self.cfg.dest.host) {
             Some(h) => {
                 let keys = None; // the function's role creates repositories in its own account
-                Some(EcrRepos { ecr: Ecr::connect_with(h, keys).await, settings: self.cfg.repo_settings.clone() })
+                Some(EcrRepos {
+                    ecr: Ecr::connect_with(h, keys).await,
+                    settings: self.cfg.repo_settings.clone(),
+                })
             }
             None => None,
         };
-        let edges = DiffEdges { registry: &registry, blobs: &self.blobs, store: &self.store, prepare: prepare.as_ref().map(|p| p as &dyn Prepare) };
+        let edges = DiffEdges {
+            registry: &registry,
+            blobs: &self.blobs,
+            store: &self.store,
+            prepare: prepare.as_ref().map(|p| p as &dyn Prepare),
+        };
         handlers::find_diff(listed, &self.cfg, &edges).await
     }
 }
@@ -77,7 +96,12 @@ impl DispatchFn {
     /// (comma-separated), `ASSIGN_PUBLIC_IP` (default false).
     pub async fn from_env() -> Result<Self, ConfigError> {
         let mut env = Env::from_process();
-        let list = |v: String| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect::<Vec<_>>();
+        let list = |v: String| {
+            v.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+        };
         let settings = EcsSettings {
             cluster: env.required("CLUSTER"),
             task_definition: env.required("TASK_DEFINITION"),
@@ -88,7 +112,12 @@ impl DispatchFn {
         };
         env.finish()?;
         let aws = sdk_config().await;
-        Ok(Self { runner: EcsRunner { client: aws_sdk_ecs::Client::new(&aws), settings } })
+        Ok(Self {
+            runner: EcsRunner {
+                client: aws_sdk_ecs::Client::new(&aws),
+                settings,
+            },
+        })
     }
 
     pub async fn handle(&self, req: DispatchRequest) -> Result<serde_json::Value, ItemError> {
@@ -112,7 +141,10 @@ impl RecordFn {
         let aws = sdk_config().await;
         Ok(Self {
             store: DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), table),
-            sns: Sns { client: aws_sdk_sns::Client::new(&aws), topic_arn: topic },
+            sns: Sns {
+                client: aws_sdk_sns::Client::new(&aws),
+                topic_arn: topic,
+            },
         })
     }
 

@@ -16,14 +16,20 @@ use crate::selection::parse_list;
 use crate::status::{ItemRecord, RunRecord, Status, StatusStore, StoreError};
 use crate::sync::{self, Prepare, Selecting, SyncSpec};
 use crate::tasks::TaskRunner;
-use crate::workflow::{CopyTask, DispatchRequest, Diff, ImageJob, ListRequest, Listed, RecordRequest, RunSummary, image_name};
+use crate::workflow::{
+    CopyTask, Diff, DispatchRequest, ImageJob, ListRequest, Listed, RecordRequest, RunSummary,
+    image_name,
+};
 use chrono::Utc;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 impl From<ItemError> for lambda_runtime::Diagnostic {
     fn from(e: ItemError) -> Self {
-        lambda_runtime::Diagnostic { error_type: e.class.as_str().to_string(), error_message: e.message }
+        lambda_runtime::Diagnostic {
+            error_type: e.class.as_str().to_string(),
+            error_message: e.message,
+        }
     }
 }
 
@@ -96,8 +102,16 @@ impl ImagesConfig {
             dest_secret,
             table,
             bucket,
-            repo_settings: ecr::RepoSettings { scan_on_push, kms_key },
-            retry: RetryPolicy { retries, base_delay: Duration::from_millis(500), max_delay: Duration::from_secs(10), attempt_timeout: Duration::from_secs(60) },
+            repo_settings: ecr::RepoSettings {
+                scan_on_push,
+                kms_key,
+            },
+            retry: RetryPolicy {
+                retries,
+                base_delay: Duration::from_millis(500),
+                max_delay: Duration::from_secs(10),
+                attempt_timeout: Duration::from_secs(60),
+            },
             resolve_concurrency: resolve_concurrency.max(1),
         })
     }
@@ -128,14 +142,27 @@ pub async fn registries_for(
     for (host, secret) in hosts {
         let creds = match (secret, secrets_client) {
             (Some(name), Some(c)) => Some(secrets::fetch(c, name).await?),
-            (Some(name), None) => return Err(ItemError::new(ErrorClass::BadInput, format!("secret {name:?} named but no Secrets Manager client"))),
+            (Some(name), None) => {
+                return Err(ItemError::new(
+                    ErrorClass::BadInput,
+                    format!("secret {name:?} named but no Secrets Manager client"),
+                ));
+            }
             (None, _) => None,
         };
         if let Some(e) = ecr::parse_ecr_host(host) {
             let keys = match creds {
-                Some(SecretCredentials::Aws { access_key_id, secret_access_key }) => Some((access_key_id, secret_access_key)),
+                Some(SecretCredentials::Aws {
+                    access_key_id,
+                    secret_access_key,
+                }) => Some((access_key_id, secret_access_key)),
                 Some(SecretCredentials::Registry(_)) => {
-                    return Err(ItemError::new(ErrorClass::BadInput, format!("the secret for ECR registry {host} must hold access_key_id/secret_access_key, not a registry login")));
+                    return Err(ItemError::new(
+                        ErrorClass::BadInput,
+                        format!(
+                            "the secret for ECR registry {host} must hold access_key_id/secret_access_key, not a registry login"
+                        ),
+                    ));
                 }
                 None => None,
             };
@@ -149,7 +176,10 @@ pub async fn registries_for(
             http.add_login(host, login);
         }
     }
-    Ok(Registries { ecr: ecr_clients, http })
+    Ok(Registries {
+        ecr: ecr_clients,
+        http,
+    })
 }
 
 /// Edges of `list-images`.
@@ -167,10 +197,18 @@ fn version_now() -> u64 {
 /// `list-images`: reads the selection (execution input, SSM list, or every repository),
 /// expands `ALL_TAGS`, records bad lines as failed images and returns the images to
 /// consider — inline, or as an S3 pointer when large.
-pub async fn list_images(req: ListRequest, cfg: &ImagesConfig, e: &ListEdges<'_>) -> Result<Listed, ItemError> {
+pub async fn list_images(
+    req: ListRequest,
+    cfg: &ImagesConfig,
+    e: &ListEdges<'_>,
+) -> Result<Listed, ItemError> {
     let selecting = if let Some(lines) = &req.input.images {
         Selecting::List(parse_list(&lines.join("\n")))
-    } else if let Some(name) = req.input.list_parameter.as_ref().or(if cfg.select_all { None } else { cfg.list_parameter.as_ref() }) {
+    } else if let Some(name) = req.input.list_parameter.as_ref().or(if cfg.select_all {
+        None
+    } else {
+        cfg.list_parameter.as_ref()
+    }) {
         Selecting::List(parse_list(&e.params.get(name).await?))
     } else {
         Selecting::AllRepos
@@ -199,10 +237,26 @@ pub async fn list_images(req: ListRequest, cfg: &ImagesConfig, e: &ListEdges<'_>
         rec.version = version_now();
         e.store.put_item(&rec).await?;
     }
-    let jobs: Vec<ImageJob> = wanted.iter().map(|w| ImageJob { source: w.source.to_string(), dest: w.dest.to_string() }).collect();
-    let images = offload::offload(e.blobs, &format!("runs/{}/images.json", req.run_id), jobs, offload::DEFAULT_LIMIT).await?;
+    let jobs: Vec<ImageJob> = wanted
+        .iter()
+        .map(|w| ImageJob {
+            source: w.source.to_string(),
+            dest: w.dest.to_string(),
+        })
+        .collect();
+    let images = offload::offload(
+        e.blobs,
+        &format!("runs/{}/images.json", req.run_id),
+        jobs,
+        offload::DEFAULT_LIMIT,
+    )
+    .await?;
     tracing::info!(run_id = %req.run_id, images = images.count, failed, "listed");
-    Ok(Listed { run_id: req.run_id, images, failed })
+    Ok(Listed {
+        run_id: req.run_id,
+        images,
+        failed,
+    })
 }
 
 /// Edges of `find-diff`.
@@ -234,7 +288,11 @@ fn record(run_id: &str, source: String, dest: String, status: Status) -> ItemRec
 /// `find-diff`: compares source and destination digests and returns only the images that
 /// must move (none on a day without change). Skipped and failed images are recorded here;
 /// missing destination repositories are created before any task starts.
-pub async fn find_diff(listed: Listed, cfg: &ImagesConfig, e: &DiffEdges<'_>) -> Result<Diff, ItemError> {
+pub async fn find_diff(
+    listed: Listed,
+    cfg: &ImagesConfig,
+    e: &DiffEdges<'_>,
+) -> Result<Diff, ItemError> {
     let run_id = listed.run_id.clone();
     let jobs = offload::load(e.blobs, listed.images).await?;
     let mut failed = listed.failed;
@@ -256,7 +314,12 @@ pub async fn find_diff(listed: Listed, cfg: &ImagesConfig, e: &DiffEdges<'_>) ->
     let mut skipped = 0;
     let mut copies = Vec::new();
     for p in planned {
-        let mut r = record(&run_id, p.wanted.source.to_string(), p.wanted.dest.to_string(), Status::Skipped);
+        let mut r = record(
+            &run_id,
+            p.wanted.source.to_string(),
+            p.wanted.dest.to_string(),
+            Status::Skipped,
+        );
         r.source_digest = p.source.as_ref().map(|i| i.digest.to_string());
         r.dest_digest = p.dest.as_ref().map(|i| i.digest.to_string());
         match p.action {
@@ -296,16 +359,34 @@ pub async fn find_diff(listed: Listed, cfg: &ImagesConfig, e: &DiffEdges<'_>) ->
         r.status = Status::Planned;
         r.ended_at = None;
         e.store.put_item(&r).await?;
-        tasks.push(CopyTask { source: w.source.to_string(), dest: w.dest.to_string(), source_digest: r.source_digest.clone().unwrap_or_default() });
+        tasks.push(CopyTask {
+            source: w.source.to_string(),
+            dest: w.dest.to_string(),
+            source_digest: r.source_digest.clone().unwrap_or_default(),
+        });
     }
-    let copies = offload::offload(e.blobs, &format!("runs/{run_id}/copies.json"), tasks, offload::DEFAULT_LIMIT).await?;
+    let copies = offload::offload(
+        e.blobs,
+        &format!("runs/{run_id}/copies.json"),
+        tasks,
+        offload::DEFAULT_LIMIT,
+    )
+    .await?;
     tracing::info!(run_id = %run_id, to_copy = copies.count, skipped, failed, "diff");
-    Ok(Diff { run_id, copies, skipped, failed })
+    Ok(Diff {
+        run_id,
+        copies,
+        skipped,
+        failed,
+    })
 }
 
 /// `dispatch-fargate`: starts one copy task for one image, carrying the task token.
 /// Returns the task ARN (the state waits for the worker's answer, not for this).
-pub async fn dispatch_fargate(req: DispatchRequest, runner: &dyn TaskRunner) -> Result<serde_json::Value, ItemError> {
+pub async fn dispatch_fargate(
+    req: DispatchRequest,
+    runner: &dyn TaskRunner,
+) -> Result<serde_json::Value, ItemError> {
     req.task.parts()?;
     let arn = runner.start(&req).await?;
     tracing::info!(task = %arn, source = %req.task.source, "started copy task");
@@ -315,11 +396,29 @@ pub async fn dispatch_fargate(req: DispatchRequest, runner: &dyn TaskRunner) -> 
 /// `record-status`: writes one image's final result (conditional: a late or repeated write
 /// never wins over a newer one), or closes the run: counts, run record, and one SNS message
 /// when anything failed.
-pub async fn record_status(req: RecordRequest, store: &dyn StatusStore, notifier: &dyn Notifier) -> Result<serde_json::Value, ItemError> {
+pub async fn record_status(
+    req: RecordRequest,
+    store: &dyn StatusStore,
+    notifier: &dyn Notifier,
+) -> Result<serde_json::Value, ItemError> {
     match req {
-        RecordRequest::Item { run_id, task, result, error, at } => {
-            let mut r = record(&run_id, task.source.clone(), task.dest.clone(), Status::Failed);
-            if let Some(t) = at.as_deref().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()) {
+        RecordRequest::Item {
+            run_id,
+            task,
+            result,
+            error,
+            at,
+        } => {
+            let mut r = record(
+                &run_id,
+                task.source.clone(),
+                task.dest.clone(),
+                Status::Failed,
+            );
+            if let Some(t) = at
+                .as_deref()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            {
                 r.version = t.timestamp_millis().max(0) as u64;
                 r.ended_at = Some(t.with_timezone(&Utc));
             }
@@ -333,21 +432,39 @@ pub async fn record_status(req: RecordRequest, store: &dyn StatusStore, notifier
                 }
                 (Some(res), _) => {
                     r.dest_digest = Some(res.dest_digest.clone());
-                    r.error = Some(ItemError::new(ErrorClass::DigestMismatch, format!("{} arrived as {}, the source is {}", task.dest, res.dest_digest, task.source_digest)));
+                    r.error = Some(ItemError::new(
+                        ErrorClass::DigestMismatch,
+                        format!(
+                            "{} arrived as {}, the source is {}",
+                            task.dest, res.dest_digest, task.source_digest
+                        ),
+                    ));
                 }
                 (None, Some(c)) => {
                     let class = ErrorClass::from_name(&c.error).unwrap_or(ErrorClass::Retryable);
-                    let message = if ErrorClass::from_name(&c.error).is_some() { c.cause } else { format!("{}: {}", c.error, c.cause) };
+                    let message = if ErrorClass::from_name(&c.error).is_some() {
+                        c.cause
+                    } else {
+                        format!("{}: {}", c.error, c.cause)
+                    };
                     r.error = Some(ItemError::new(class, message));
                 }
-                (None, None) => r.error = Some(ItemError::new(ErrorClass::BadInput, "record-status got an item with neither result nor error")),
+                (None, None) => {
+                    r.error = Some(ItemError::new(
+                        ErrorClass::BadInput,
+                        "record-status got an item with neither result nor error",
+                    ))
+                }
             }
             let applied = store.put_item(&r).await?;
             Ok(serde_json::json!({ "status": r.status.as_str(), "applied": applied }))
         }
         RecordRequest::Run { run_id } => {
             let Some((mut run, items)) = store.get_run(Some(&run_id)).await? else {
-                return Err(ItemError::new(ErrorClass::NotFound, format!("run {run_id:?} has no record")));
+                return Err(ItemError::new(
+                    ErrorClass::NotFound,
+                    format!("run {run_id:?} has no record"),
+                ));
             };
             let count = |s: Status| items.iter().filter(|i| i.status == s).count() as u64;
             run.copied = count(Status::Copied);
@@ -362,17 +479,42 @@ pub async fn record_status(req: RecordRequest, store: &dyn StatusStore, notifier
                     "transfer-hub run {run_id}: {} copied, {} in sync, {} failed.\n\nFailed images:\n",
                     run.copied, run.skipped, run.failed
                 );
-                for i in items.iter().filter(|i| matches!(i.status, Status::Failed | Status::Planned)).take(50) {
-                    let why = i.error.as_ref().map(|e| e.to_string()).unwrap_or_else(|| "did not finish".into());
+                for i in items
+                    .iter()
+                    .filter(|i| matches!(i.status, Status::Failed | Status::Planned))
+                    .take(50)
+                {
+                    let why = i
+                        .error
+                        .as_ref()
+                        .map(|e| e.to_string())
+                        .unwrap_or_else(|| "did not finish".into());
                     body.push_str(&format!("- {} -> {}: {why}\n", i.source, i.dest));
                 }
                 if run.failed > 50 {
-                    body.push_str(&format!("… and {} more (see the status table)\n", run.failed - 50));
+                    body.push_str(&format!(
+                        "… and {} more (see the status table)\n",
+                        run.failed - 50
+                    ));
                 }
-                notifier.publish(&format!("transfer-hub: {} image(s) failed in run {run_id}", run.failed), &body).await?;
+                notifier
+                    .publish(
+                        &format!(
+                            "transfer-hub: {} image(s) failed in run {run_id}",
+                            run.failed
+                        ),
+                        &body,
+                    )
+                    .await?;
                 notified = true;
             }
-            let s = RunSummary { run_id, copied: run.copied, skipped: run.skipped, failed: run.failed, notified };
+            let s = RunSummary {
+                run_id,
+                copied: run.copied,
+                skipped: run.skipped,
+                failed: run.failed,
+                notified,
+            };
             Ok(serde_json::to_value(s).expect("summary serializes"))
         }
     }

@@ -16,17 +16,35 @@ pub struct Ssm(pub aws_sdk_ssm::Client);
 #[async_trait]
 impl ParameterStore for Ssm {
     async fn get(&self, name: &str) -> Result<String, ItemError> {
-        let out = self.0.get_parameter().name(name).with_decryption(true).send().await.map_err(|e| {
-            let class = match e.as_service_error() {
-                Some(s) if s.is_parameter_not_found() => ErrorClass::NotFound,
-                Some(_) => ErrorClass::BadInput,
-                None => ErrorClass::Retryable,
-            };
-            ItemError::new(class, format!("SSM parameter {name:?}: {}", aws_sdk_ssm::error::DisplayErrorContext(&e)))
-        })?;
+        let out = self
+            .0
+            .get_parameter()
+            .name(name)
+            .with_decryption(true)
+            .send()
+            .await
+            .map_err(|e| {
+                let class = match e.as_service_error() {
+                    Some(s) if s.is_parameter_not_found() => ErrorClass::NotFound,
+                    Some(_) => ErrorClass::BadInput,
+                    None => ErrorClass::Retryable,
+                };
+                ItemError::new(
+                    class,
+                    format!(
+                        "SSM parameter {name:?}: {}",
+                        aws_sdk_ssm::error::DisplayErrorContext(&e)
+                    ),
+                )
+            })?;
         out.parameter()
             .and_then(|p| p.value())
             .map(str::to_string)
-            .ok_or_else(|| ItemError::new(ErrorClass::NotFound, format!("SSM parameter {name:?} has no value")))
+            .ok_or_else(|| {
+                ItemError::new(
+                    ErrorClass::NotFound,
+                    format!("SSM parameter {name:?} has no value"),
+                )
+            })
     }
 }

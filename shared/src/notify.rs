@@ -27,7 +27,15 @@ impl Notifier for Sns {
             .message(body)
             .send()
             .await
-            .map_err(|e| ItemError::new(ErrorClass::Retryable, format!("SNS Publish: {}", aws_sdk_sns::error::DisplayErrorContext(&e))))?;
+            .map_err(|e| {
+                ItemError::new(
+                    ErrorClass::Retryable,
+                    format!(
+                        "SNS Publish: {}",
+                        aws_sdk_sns::error::DisplayErrorContext(&e)
+                    ),
+                )
+            })?;
         Ok(())
     }
 }

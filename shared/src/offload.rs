@@ -15,29 +15,57 @@ pub trait BlobStore: Send + Sync {
 }
 
 /// Keeps `items` inline when their JSON is at most `limit` bytes, else puts them under `key`.
-pub async fn offload<T: Serialize>(store: &dyn BlobStore, key: &str, items: Vec<T>, limit: usize) -> Result<Batch<T>, ItemError> {
-    let body = serde_json::to_vec(&items).map_err(|e| ItemError::new(ErrorClass::BadInput, format!("serializing {key}: {e}")))?;
+pub async fn offload<T: Serialize>(
+    store: &dyn BlobStore,
+    key: &str,
+    items: Vec<T>,
+    limit: usize,
+) -> Result<Batch<T>, ItemError> {
+    let body = serde_json::to_vec(&items)
+        .map_err(|e| ItemError::new(ErrorClass::BadInput, format!("serializing {key}: {e}")))?;
     let count = items.len();
     if body.len() <= limit {
-        return Ok(Batch { count, items: Some(items), s3: None });
+        return Ok(Batch {
+            count,
+            items: Some(items),
+            s3: None,
+        });
     }
     let s3 = store.put(key, body).await?;
-    Ok(Batch { count, items: None, s3: Some(s3) })
+    Ok(Batch {
+        count,
+        items: None,
+        s3: Some(s3),
+    })
 }
 
 /// The default limit, well under the 256 KiB state payload.
 pub const DEFAULT_LIMIT: usize = INLINE_LIMIT_BYTES;
 
 /// The items of a batch, fetched from S3 when they were offloaded.
-pub async fn load<T: DeserializeOwned>(store: &dyn BlobStore, batch: Batch<T>) -> Result<Vec<T>, ItemError> {
+pub async fn load<T: DeserializeOwned>(
+    store: &dyn BlobStore,
+    batch: Batch<T>,
+) -> Result<Vec<T>, ItemError> {
     match (batch.items, batch.s3) {
         (Some(items), _) => Ok(items),
         (None, Some(p)) => {
             let body = store.get(&p).await?;
-            serde_json::from_slice(&body).map_err(|e| ItemError::new(ErrorClass::BadInput, format!("s3://{}/{}: not a JSON list of items: {e}", p.bucket, p.key)))
+            serde_json::from_slice(&body).map_err(|e| {
+                ItemError::new(
+                    ErrorClass::BadInput,
+                    format!("s3://{}/{}: not a JSON list of items: {e}", p.bucket, p.key),
+                )
+            })
         }
         (None, None) if batch.count == 0 => Ok(Vec::new()),
-        (None, None) => Err(ItemError::new(ErrorClass::BadInput, format!("a batch of {} items has neither items nor an S3 pointer", batch.count))),
+        (None, None) => Err(ItemError::new(
+            ErrorClass::BadInput,
+            format!(
+                "a batch of {} items has neither items nor an S3 pointer",
+                batch.count
+            ),
+        )),
     }
 }
 
@@ -58,8 +86,20 @@ impl BlobStore for S3Blobs {
             .body(body.into())
             .send()
             .await
-            .map_err(|e| ItemError::new(ErrorClass::Retryable, format!("S3 PutObject s3://{}/{key}: {}", self.bucket, aws_sdk_s3::error::DisplayErrorContext(&e))))?;
-        Ok(S3Pointer { bucket: self.bucket.clone(), key: key.to_string() })
+            .map_err(|e| {
+                ItemError::new(
+                    ErrorClass::Retryable,
+                    format!(
+                        "S3 PutObject s3://{}/{key}: {}",
+                        self.bucket,
+                        aws_sdk_s3::error::DisplayErrorContext(&e)
+                    ),
+                )
+            })?;
+        Ok(S3Pointer {
+            bucket: self.bucket.clone(),
+            key: key.to_string(),
+        })
     }
 
     async fn get(&self, p: &S3Pointer) -> Result<Vec<u8>, ItemError> {
@@ -70,8 +110,23 @@ impl BlobStore for S3Blobs {
             .key(&p.key)
             .send()
             .await
-            .map_err(|e| ItemError::new(ErrorClass::Retryable, format!("S3 GetObject s3://{}/{}: {}", p.bucket, p.key, aws_sdk_s3::error::DisplayErrorContext(&e))))?;
-        let body = out.body.collect().await.map_err(|e| ItemError::new(ErrorClass::Retryable, format!("reading s3://{}/{}: {e}", p.bucket, p.key)))?;
+            .map_err(|e| {
+                ItemError::new(
+                    ErrorClass::Retryable,
+                    format!(
+                        "S3 GetObject s3://{}/{}: {}",
+                        p.bucket,
+                        p.key,
+                        aws_sdk_s3::error::DisplayErrorContext(&e)
+                    ),
+                )
+            })?;
+        let body = out.body.collect().await.map_err(|e| {
+            ItemError::new(
+                ErrorClass::Retryable,
+                format!("reading s3://{}/{}: {e}", p.bucket, p.key),
+            )
+        })?;
         Ok(body.into_bytes().to_vec())
     }
 }

@@ -488,6 +488,8 @@ impl Registry for HttpRegistry {
             out.extend(t.tags.unwrap_or_default())
         })
         .await?;
+        out.sort();
+        out.dedup();
         Ok(out)
     }
 

@@ -60,6 +60,34 @@ impl ErrorClass {
         }
     }
 
+    /// The class of an AWS service error from its code and HTTP status: throttling and
+    /// server errors are retried, access errors are auth, other client errors are bad input.
+    pub fn from_aws_error(code: Option<&str>, status: u16) -> Self {
+        let code = code.unwrap_or("");
+        if code.contains("Throttl")
+            || code.contains("TooManyRequests")
+            || code.contains("RequestLimitExceeded")
+            || code == "ServerException"
+            || status >= 500
+            || status == 429
+        {
+            ErrorClass::Retryable
+        } else if code.contains("AccessDenied")
+            || code.contains("Unauthorized")
+            || code.contains("ExpiredToken")
+            || status == 401
+            || status == 403
+        {
+            ErrorClass::AuthDenied
+        } else if code.contains("NotFound") && !code.starts_with("Invalid") || status == 404 {
+            ErrorClass::NotFound
+        } else if (400..500).contains(&status) {
+            ErrorClass::BadInput
+        } else {
+            ErrorClass::Retryable
+        }
+    }
+
     /// Classifies the error text of a failed `skopeo copy`. Unknown errors count as
     /// retryable: a transient fault we did not foresee costs a few retries, while a
     /// permanent one we misjudged would cost a lost image.
@@ -266,6 +294,26 @@ mod tests {
             ("something nobody foresaw", Retryable),
         ] {
             assert_eq!(ErrorClass::from_copy_output(text), class, "{text}");
+        }
+    }
+
+    #[test]
+    fn aws_errors_map_to_classes() {
+        use ErrorClass::*;
+        for (code, status, class) in [
+            ("ThrottlingException", 400, Retryable),
+            ("ServerException", 500, Retryable),
+            ("AccessDeniedException", 400, AuthDenied),
+            ("InvalidSubnetID.NotFound", 400, BadInput),
+            ("ClusterNotFoundException", 400, NotFound),
+            ("InvalidParameterException", 400, BadInput),
+            ("", 503, Retryable),
+        ] {
+            assert_eq!(
+                ErrorClass::from_aws_error(Some(code), status),
+                class,
+                "{code}"
+            );
         }
     }
 

@@ -305,7 +305,10 @@ impl StatusStore for SqliteStore {
 
     async fn claim_notification(&self, run_id: &str) -> Result<bool, StoreError> {
         let c = self.conn.lock().unwrap();
-        Ok(c.execute("UPDATE runs SET notified = 1 WHERE run_id = ?1 AND notified = 0", [run_id])? > 0)
+        Ok(c.execute(
+            "UPDATE runs SET notified = 1 WHERE run_id = ?1 AND notified = 0",
+            [run_id],
+        )? > 0)
     }
 }
 
@@ -400,8 +403,14 @@ mod tests {
             ["b", "a"]
         );
         assert!(store.claim_notification("a").await.unwrap());
-        assert!(!store.claim_notification("a").await.unwrap(), "one notification per run");
+        assert!(
+            !store.claim_notification("a").await.unwrap(),
+            "one notification per run"
+        );
         store.put_run(&run("a")).await.unwrap();
-        assert!(!store.claim_notification("a").await.unwrap(), "rewriting the run keeps the mark");
+        assert!(
+            !store.claim_notification("a").await.unwrap(),
+            "rewriting the run keeps the mark"
+        );
     }
 }

@@ -16,19 +16,39 @@ pub trait TaskReporter: Send + Sync {
 /// Step Functions.
 pub struct Sfn(pub aws_sdk_sfn::Client);
 
-fn sfn_err<E: std::error::Error + 'static>(what: &str, e: aws_sdk_sfn::error::SdkError<E>) -> ItemError {
-    ItemError::new(ErrorClass::Retryable, format!("Step Functions {what}: {}", aws_sdk_sfn::error::DisplayErrorContext(&e)))
+fn sfn_err<E: std::error::Error + 'static>(
+    what: &str,
+    e: aws_sdk_sfn::error::SdkError<E>,
+) -> ItemError {
+    ItemError::new(
+        ErrorClass::Retryable,
+        format!(
+            "Step Functions {what}: {}",
+            aws_sdk_sfn::error::DisplayErrorContext(&e)
+        ),
+    )
 }
 
 #[async_trait]
 impl TaskReporter for Sfn {
     async fn heartbeat(&self, token: &str) -> Result<(), ItemError> {
-        self.0.send_task_heartbeat().task_token(token).send().await.map_err(|e| sfn_err("SendTaskHeartbeat", e))?;
+        self.0
+            .send_task_heartbeat()
+            .task_token(token)
+            .send()
+            .await
+            .map_err(|e| sfn_err("SendTaskHeartbeat", e))?;
         Ok(())
     }
     async fn success(&self, token: &str, result: &CopyResult) -> Result<(), ItemError> {
         let output = serde_json::to_string(result).expect("result serializes");
-        self.0.send_task_success().task_token(token).output(output).send().await.map_err(|e| sfn_err("SendTaskSuccess", e))?;
+        self.0
+            .send_task_success()
+            .task_token(token)
+            .output(output)
+            .send()
+            .await
+            .map_err(|e| sfn_err("SendTaskSuccess", e))?;
         Ok(())
     }
     async fn failure(&self, token: &str, error: &ItemError) -> Result<(), ItemError> {

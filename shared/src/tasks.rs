@@ -5,7 +5,10 @@
 use crate::retry::{ErrorClass, ItemError};
 use crate::workflow::DispatchRequest;
 use async_trait::async_trait;
-use aws_sdk_ecs::types::{AssignPublicIp, AwsVpcConfiguration, ContainerOverride, KeyValuePair, LaunchType, NetworkConfiguration, TaskOverride};
+use aws_sdk_ecs::types::{
+    AssignPublicIp, AwsVpcConfiguration, ContainerOverride, KeyValuePair, LaunchType,
+    NetworkConfiguration, TaskOverride,
+};
 
 /// Starts a copy worker; returns the task's id.
 #[async_trait]
@@ -45,13 +48,22 @@ pub fn worker_environment(req: &DispatchRequest) -> Vec<(&'static str, String)> 
 impl TaskRunner for EcsRunner {
     async fn start(&self, req: &DispatchRequest) -> Result<String, ItemError> {
         let s = &self.settings;
-        let env = worker_environment(req).into_iter().map(|(k, v)| KeyValuePair::builder().name(k).value(v).build()).collect();
+        let env = worker_environment(req)
+            .into_iter()
+            .map(|(k, v)| KeyValuePair::builder().name(k).value(v).build())
+            .collect();
         let vpc = AwsVpcConfiguration::builder()
             .set_subnets(Some(s.subnets.clone()))
             .set_security_groups(Some(s.security_groups.clone()))
-            .assign_public_ip(if s.assign_public_ip { AssignPublicIp::Enabled } else { AssignPublicIp::Disabled })
+            .assign_public_ip(if s.assign_public_ip {
+                AssignPublicIp::Enabled
+            } else {
+                AssignPublicIp::Disabled
+            })
             .build()
-            .map_err(|e| ItemError::new(ErrorClass::BadInput, format!("ECS network settings: {e}")))?;
+            .map_err(|e| {
+                ItemError::new(ErrorClass::BadInput, format!("ECS network settings: {e}"))
+            })?;
         let out = self
             .client
             .run_task()
@@ -59,23 +71,50 @@ impl TaskRunner for EcsRunner {
             .task_definition(&s.task_definition)
             .launch_type(LaunchType::Fargate)
             .count(1)
-            .started_by(format!("transfer-hub-{}", req.run_id.chars().take(24).collect::<String>()))
-            .network_configuration(NetworkConfiguration::builder().awsvpc_configuration(vpc).build())
-            .overrides(TaskOverride::builder().container_overrides(ContainerOverride::builder().name(&s.container).set_environment(Some(env)).build()).build())
+            .started_by(format!(
+                "transfer-hub-{}",
+                req.run_id.chars().take(24).collect::<String>()
+            ))
+            .network_configuration(
+                NetworkConfiguration::builder()
+                    .awsvpc_configuration(vpc)
+                    .build(),
+            )
+            .overrides(
+                TaskOverride::builder()
+                    .container_overrides(
+                        ContainerOverride::builder()
+                            .name(&s.container)
+                            .set_environment(Some(env))
+                            .build(),
+                    )
+                    .build(),
+            )
             .send()
             .await
             .map_err(|e| {
+                use aws_sdk_ecs::error::ProvideErrorMetadata;
+                let status = e.raw_response().map(|r| r.status().as_u16()).unwrap_or(0);
                 let class = match e.as_service_error() {
-                    Some(x) if x.is_access_denied_exception() => ErrorClass::AuthDenied,
-                    Some(x) if x.is_invalid_parameter_exception() || x.is_cluster_not_found_exception() => ErrorClass::BadInput,
-                    _ => ErrorClass::Retryable,
+                    Some(x) => ErrorClass::from_aws_error(x.code(), status),
+                    None => ErrorClass::Retryable,
                 };
-                ItemError::new(class, format!("ECS RunTask: {}", aws_sdk_ecs::error::DisplayErrorContext(&e)))
+                ItemError::new(
+                    class,
+                    format!(
+                        "ECS RunTask: {}",
+                        aws_sdk_ecs::error::DisplayErrorContext(&e)
+                    ),
+                )
             })?;
         if let Some(f) = out.failures().first() {
             return Err(ItemError::new(
                 ErrorClass::Retryable,
-                format!("ECS RunTask failed: {} {}", f.reason().unwrap_or("unknown reason"), f.detail().unwrap_or("")),
+                format!(
+                    "ECS RunTask failed: {} {}",
+                    f.reason().unwrap_or("unknown reason"),
+                    f.detail().unwrap_or("")
+                ),
             ));
         }
         out.tasks()

@@ -34,7 +34,11 @@ pub struct WorkerConfig {
 
 impl std::fmt::Debug for WorkerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WorkerConfig").field("run_id", &self.run_id).field("task", &self.task).field("token", &"…").finish()
+        f.debug_struct("WorkerConfig")
+            .field("run_id", &self.run_id)
+            .field("task", &self.task)
+            .field("token", &"…")
+            .finish()
     }
 }
 
@@ -48,17 +52,34 @@ impl WorkerConfig {
         let retries = env.parsed("RETRIES", 3u32, "a number of retries");
         let timeout = env.parsed("ATTEMPT_TIMEOUT_SECS", 1800u64, "a number of seconds");
         let heartbeat = env.parsed("HEARTBEAT_SECS", 60u64, "a number of seconds");
-        let insecure = env.optional("INSECURE_REGISTRIES").map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()).unwrap_or_default();
+        let insecure = env
+            .optional("INSECURE_REGISTRIES")
+            .map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
         let source_secret = env.optional("SOURCE_SECRET");
         let dest_secret = env.optional("DEST_SECRET");
         env.finish()?;
         Ok(Self {
             token,
             run_id,
-            task: CopyTask { source, dest, source_digest },
+            task: CopyTask {
+                source,
+                dest,
+                source_digest,
+            },
             source_secret,
             dest_secret,
-            retry: RetryPolicy { retries, base_delay: Duration::from_secs(2), max_delay: Duration::from_secs(60), attempt_timeout: Duration::from_secs(timeout) },
+            retry: RetryPolicy {
+                retries,
+                base_delay: Duration::from_secs(2),
+                max_delay: Duration::from_secs(60),
+                attempt_timeout: Duration::from_secs(timeout),
+            },
             heartbeat: Duration::from_secs(heartbeat.max(1)),
             insecure,
         })
@@ -66,9 +87,20 @@ impl WorkerConfig {
 }
 
 /// Copies and verifies one image. Already there with the right digest → no copy.
-pub async fn copy_and_verify(cfg: &WorkerConfig, secrets: Option<&aws_sdk_secretsmanager::Client>) -> Result<CopyResult, ItemError> {
+pub async fn copy_and_verify(
+    cfg: &WorkerConfig,
+    secrets: Option<&aws_sdk_secretsmanager::Client>,
+) -> Result<CopyResult, ItemError> {
     let (src, dst, digest) = cfg.task.parts()?;
-    let registries = registries_for(&[(src.host.clone(), cfg.source_secret.clone()), (dst.host.clone(), cfg.dest_secret.clone())], secrets, cfg.insecure.clone()).await?;
+    let registries = registries_for(
+        &[
+            (src.host.clone(), cfg.source_secret.clone()),
+            (dst.host.clone(), cfg.dest_secret.clone()),
+        ],
+        secrets,
+        cfg.insecure.clone(),
+    )
+    .await?;
     let http = &registries.http;
     let dest_ref = dst.reference();
     let result = |attempts: u32, bytes: u64| CopyResult {
@@ -85,17 +117,41 @@ pub async fn copy_and_verify(cfg: &WorkerConfig, secrets: Option<&aws_sdk_secret
             return Ok(result(0, 0));
         }
     }
-    let skopeo = Skopeo::new(http, &[src.host.clone(), dst.host.clone()]).map_err(|e| ItemError::new(ErrorClass::Retryable, e.to_string()))?;
-    let (copied, attempts) = with_retries(&cfg.retry, |_| skopeo.copy(&src, &dst)).await;
+    let skopeo = Skopeo::new(http, &[src.host.clone(), dst.host.clone()])
+        .map_err(|e| ItemError::new(ErrorClass::Retryable, e.to_string()))?;
+    // Copy exactly the digest find-diff planned, even if the tag has moved since.
+    let pinned = crate::plan::ImageName {
+        digest: Some(digest.clone()),
+        ..src.clone()
+    };
+    let (copied, attempts) = with_retries(&cfg.retry, |_| skopeo.copy(&pinned, &dst)).await;
     copied?;
-    let (seen, _) = with_retries(&cfg.retry, |_| http.head_manifest(&dst.host, &dst.repo, &dest_ref)).await;
+    let (seen, _) = with_retries(&cfg.retry, |_| {
+        http.head_manifest(&dst.host, &dst.repo, &dest_ref)
+    })
+    .await;
     match seen? {
         Some(info) if info.digest == digest => {
-            let bytes = http.image_size(&src.host, &src.repo, &digest).await.unwrap_or(0);
+            let bytes = http
+                .image_size(&src.host, &src.repo, &digest)
+                .await
+                .unwrap_or(0);
             Ok(result(attempts, bytes))
         }
-        Some(info) => Err(ItemError::new(ErrorClass::DigestMismatch, format!("{} has digest {} after the copy; the source has {digest}", cfg.task.dest, info.digest))),
-        None => Err(ItemError::new(ErrorClass::DigestMismatch, format!("{} is missing after the copy reported success", cfg.task.dest))),
+        Some(info) => Err(ItemError::new(
+            ErrorClass::DigestMismatch,
+            format!(
+                "{} has digest {} after the copy; the source has {digest}",
+                cfg.task.dest, info.digest
+            ),
+        )),
+        None => Err(ItemError::new(
+            ErrorClass::DigestMismatch,
+            format!(
+                "{} is missing after the copy reported success",
+                cfg.task.dest
+            ),
+        )),
     }
 }
 
@@ -122,10 +178,14 @@ pub async fn run(
         }
     };
     match &outcome {
-        Ok(r) => reporter.success(&cfg.token, r).await?,
+        Ok(r) => {
+            reporter.success(&cfg.token, r).await?;
+            tracing::info!(source = %r.source, dest = %r.dest, digest = %r.dest_digest, attempts = r.attempts, "reported success");
+        }
         Err(e) => {
             tracing::error!(class = %e.class, error = %e.message, source = %cfg.task.source, "copy failed");
-            reporter.failure(&cfg.token, e).await?
+            reporter.failure(&cfg.token, e).await?;
+            tracing::info!(class = %e.class, "reported failure");
         }
     }
     Ok(outcome)

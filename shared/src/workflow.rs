@@ -148,15 +148,25 @@ pub fn image_name(s: &str) -> Result<ImageName, ReferenceError> {
         text: s.to_string(),
         reason: "a registry host is required here (`host/repo:tag`)".into(),
     })?;
-    Ok(ImageName { host, repo: r.path, tag: r.tag, digest: r.digest })
+    Ok(ImageName {
+        host,
+        repo: r.path,
+        tag: r.tag,
+        digest: r.digest,
+    })
 }
 
 impl CopyTask {
     /// The source, destination and expected digest, parsed.
     pub fn parts(&self) -> Result<(ImageName, ImageName, Digest), ItemError> {
-        let bad = |e: ReferenceError| ItemError::new(crate::retry::ErrorClass::BadInput, e.to_string());
+        let bad =
+            |e: ReferenceError| ItemError::new(crate::retry::ErrorClass::BadInput, e.to_string());
         let digest: Digest = self.source_digest.parse().map_err(bad)?;
-        Ok((image_name(&self.source).map_err(bad)?, image_name(&self.dest).map_err(bad)?, digest))
+        Ok((
+            image_name(&self.source).map_err(bad)?,
+            image_name(&self.dest).map_err(bad)?,
+            digest,
+        ))
     }
 }
 
@@ -168,9 +178,12 @@ mod tests {
     fn run_input_accepts_the_documented_shapes_and_refuses_typos() {
         let empty: RunInput = serde_json::from_str("{}").unwrap();
         assert_eq!(empty, RunInput::default());
-        let manual: RunInput = serde_json::from_str(r#"{"images": ["app:1", "quay.io/org/x:ALL_TAGS"]}"#).unwrap();
+        let manual: RunInput =
+            serde_json::from_str(r#"{"images": ["app:1", "quay.io/org/x:ALL_TAGS"]}"#).unwrap();
         assert_eq!(manual.images.unwrap().len(), 2);
-        let e = serde_json::from_str::<RunInput>(r#"{"image": ["x"]}"#).unwrap_err().to_string();
+        let e = serde_json::from_str::<RunInput>(r#"{"image": ["x"]}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("image"), "{e}");
     }
 
@@ -183,13 +196,23 @@ mod tests {
                 "error": {"Error": "AuthDenied", "Cause": "401"}}"#,
         )
         .unwrap();
-        assert!(matches!(i, RecordRequest::Item { error: Some(CaughtError { ref error, .. }), .. } if error == "AuthDenied"));
+        assert!(
+            matches!(i, RecordRequest::Item { error: Some(CaughtError { ref error, .. }), .. } if error == "AuthDenied")
+        );
     }
 
     #[test]
     fn image_names_need_a_host() {
         let n = image_name("127.0.0.1:5000/team/app:1").unwrap();
-        assert_eq!((n.host.as_str(), n.repo.as_str(), n.tag.as_deref()), ("127.0.0.1:5000", "team/app", Some("1")));
-        assert!(image_name("team/app:1").unwrap_err().reason.contains("registry host is required"));
+        assert_eq!(
+            (n.host.as_str(), n.repo.as_str(), n.tag.as_deref()),
+            ("127.0.0.1:5000", "team/app", Some("1"))
+        );
+        assert!(
+            image_name("team/app:1")
+                .unwrap_err()
+                .reason
+                .contains("registry host is required")
+        );
     }
 }

@@ -501,6 +501,220 @@ impl MotoServer {
     }
 }
 
+impl MotoServer {
+    /// An SDK configuration pointed at this server (dummy keys, the given region).
+    pub async fn sdk_config(&self, region: &str) -> aws_config::SdkConfig {
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&self.endpoint)
+            .region(aws_config::Region::new(region.to_string()))
+            .credentials_provider(aws_sdk_ecr::config::Credentials::new(
+                "testing", "testing", None, None, "moto",
+            ))
+            .load()
+            .await
+    }
+
+    /// Environment for a subprocess that should use this server.
+    pub fn env(&self, region: &str) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_REGION", region),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+}
+
+impl MotoServer {
+    /// Calls an EC2 Query API action on moto (no SDK crate needed for the few calls tests
+    /// make) and returns the XML answer.
+    pub fn ec2(&self, region: &str, params: &[(&str, &str)]) -> String {
+        let mut form: Vec<(&str, &str)> = vec![("Version", "2016-11-15")];
+        form.extend_from_slice(params);
+        let resp = reqwest::blocking::Client::new()
+            .post(&self.endpoint)
+            .header("Authorization", format!("AWS4-HMAC-SHA256 Credential=testing/20260101/{region}/ec2/aws4_request, SignedHeaders=host, Signature=0"))
+            .form(&form)
+            .send()
+            .unwrap();
+        let text = resp.text().unwrap();
+        assert!(!text.contains("<Errors>"), "EC2 {params:?}: {text}");
+        text
+    }
+
+    /// Creates a VPC with one subnet and one security group; returns (subnet, group).
+    pub fn network(&self, region: &str) -> (String, String) {
+        let tag = |xml: &str, t: &str| {
+            let open = format!("<{t}>");
+            let i = xml.find(&open).unwrap_or_else(|| panic!("no {t} in {xml}")) + open.len();
+            xml[i..].split('<').next().unwrap().to_string()
+        };
+        let vpc = tag(
+            &self.ec2(
+                region,
+                &[("Action", "CreateVpc"), ("CidrBlock", "10.42.0.0/16")],
+            ),
+            "vpcId",
+        );
+        // moto names a task's network interface only in a VPC with DNS host names.
+        self.ec2(
+            region,
+            &[
+                ("Action", "ModifyVpcAttribute"),
+                ("VpcId", &vpc),
+                ("EnableDnsHostnames.Value", "true"),
+            ],
+        );
+        let subnet = tag(
+            &self.ec2(
+                region,
+                &[
+                    ("Action", "CreateSubnet"),
+                    ("VpcId", &vpc),
+                    ("CidrBlock", "10.42.1.0/24"),
+                ],
+            ),
+            "subnetId",
+        );
+        let sg = tag(
+            &self.ec2(
+                region,
+                &[
+                    ("Action", "CreateSecurityGroup"),
+                    ("VpcId", &vpc),
+                    ("GroupName", "copy"),
+                    ("GroupDescription", "copy tasks"),
+                ],
+            ),
+            "groupId",
+        );
+        (subnet, sg)
+    }
+}
+
+/// A proxy in front of moto for ECS task calls. moto answers `RunTask`/`DescribeTasks`
+/// with a container's `cpu` and `memory` as JSON numbers where the ECS API (and so the
+/// Rust SDK) has strings; this rewrites those two fields and passes everything else as is.
+pub struct EcsTypesProxy {
+    pub endpoint: String,
+    stop: Arc<AtomicBool>,
+}
+
+impl EcsTypesProxy {
+    pub fn start(upstream_endpoint: &str) -> Self {
+        let upstream = upstream_endpoint.trim_start_matches("http://").to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        let up = upstream.clone();
+                        std::thread::spawn(move || {
+                            let _ = fix_one(client, &up);
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Self { endpoint, stop }
+    }
+}
+
+impl Drop for EcsTypesProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn content_length(head: &[u8]) -> usize {
+    String::from_utf8_lossy(head)
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap_or(0))
+        })
+        .unwrap_or(0)
+}
+
+/// `"cpu": 0` → `"cpu": "0"`, `"memory": 1024` → `"memory": "1024"`.
+pub fn quote_numbers(body: &str, keys: &[&str]) -> String {
+    let mut out = body.to_string();
+    for k in keys {
+        let pat = format!("\"{k}\": ");
+        let mut res = String::new();
+        let mut rest = out.as_str();
+        while let Some(i) = rest.find(&pat) {
+            let after = &rest[i + pat.len()..];
+            let digits: String = after.chars().take_while(|c| c.is_ascii_digit()).collect();
+            res.push_str(&rest[..i + pat.len()]);
+            if digits.is_empty() {
+                rest = after;
+            } else {
+                res.push_str(&format!("\"{digits}\""));
+                rest = &after[digits.len()..];
+            }
+        }
+        res.push_str(rest);
+        out = res;
+    }
+    out
+}
+
+fn fix_one(mut client: TcpStream, upstream: &str) -> std::io::Result<()> {
+    client.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let head = read_head(&mut client)?;
+    let mut body = vec![0u8; content_length(&head)];
+    client.read_exact(&mut body)?;
+    let target = String::from_utf8_lossy(&head).to_string();
+    let rewrite = target.contains("RunTask") || target.contains("DescribeTasks");
+    let mut up = TcpStream::connect(upstream)?;
+    up.write_all(&with_connection_close(&head))?;
+    up.write_all(&body)?;
+    let resp_head = read_head(&mut up)?;
+    let mut resp = Vec::new();
+    up.read_to_end(&mut resp)?;
+    if rewrite {
+        resp = quote_numbers(&String::from_utf8_lossy(&resp), &["cpu", "memory"]).into_bytes();
+    }
+    let text = String::from_utf8_lossy(&with_connection_close(&resp_head)).to_string();
+    let fixed: String = text
+        .split("\r\n")
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            if l.to_ascii_lowercase().starts_with("content-length:") {
+                format!("Content-Length: {}", resp.len())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n");
+    client.write_all(format!("{fixed}\r\n\r\n").as_bytes())?;
+    client.write_all(&resp)?;
+    client.shutdown(std::net::Shutdown::Both)
+}
+
+/// A sample from `events/`, parsed.
+pub fn event(name: &str) -> serde_json::Value {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../events")
+        .join(name);
+    serde_json::from_str(
+        &std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
+    )
+    .unwrap()
+}
+
 impl Drop for MotoServer {
     fn drop(&mut self) {
         let _ = self.child.kill();

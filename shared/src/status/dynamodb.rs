@@ -28,14 +28,25 @@ fn get_s(i: &Item, k: &str) -> Option<String> {
     i.get(k).and_then(|v| v.as_s().ok()).cloned()
 }
 fn get_n(i: &Item, k: &str) -> u64 {
-    i.get(k).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok()).unwrap_or(0)
+    i.get(k)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 fn get_t(i: &Item, k: &str) -> Option<DateTime<Utc>> {
-    get_s(i, k).and_then(|v| DateTime::parse_from_rfc3339(&v).ok()).map(|t| t.with_timezone(&Utc))
+    get_s(i, k)
+        .and_then(|v| DateTime::parse_from_rfc3339(&v).ok())
+        .map(|t| t.with_timezone(&Utc))
 }
 
-fn sdk<E: std::error::Error + 'static>(what: &str, e: aws_sdk_dynamodb::error::SdkError<E>) -> StoreError {
-    StoreError::Remote(format!("DynamoDB {what}: {}", aws_sdk_dynamodb::error::DisplayErrorContext(&e)))
+fn sdk<E: std::error::Error + 'static>(
+    what: &str,
+    e: aws_sdk_dynamodb::error::SdkError<E>,
+) -> StoreError {
+    StoreError::Remote(format!(
+        "DynamoDB {what}: {}",
+        aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+    ))
 }
 
 /// The sort key of an image record.
@@ -45,7 +56,10 @@ pub fn item_key(source: &str, dest: &str) -> String {
 
 impl DynamoStore {
     pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
-        Self { client, table: table.into() }
+        Self {
+            client,
+            table: table.into(),
+        }
     }
 
     fn run_item(run: &RunRecord) -> Item {
@@ -75,7 +89,11 @@ impl DynamoStore {
             run_id: get_s(i, "pk").unwrap_or_default(),
             source: get_s(i, "source").unwrap_or_default(),
             dest: get_s(i, "dest").unwrap_or_default(),
-            dry_run: i.get("dry_run").and_then(|v| v.as_bool().ok()).copied().unwrap_or(false),
+            dry_run: i
+                .get("dry_run")
+                .and_then(|v| v.as_bool().ok())
+                .copied()
+                .unwrap_or(false),
             started_at: get_t(i, "started_at").unwrap_or_default(),
             ended_at: get_t(i, "ended_at"),
             copied: get_n(i, "copied"),
@@ -91,11 +109,18 @@ impl DynamoStore {
             run_id: get_s(i, "pk").unwrap_or_default(),
             source: get_s(i, "source").unwrap_or_default(),
             dest: get_s(i, "dest").unwrap_or_default(),
-            status: get_s(i, "status").and_then(|v| Status::from_name(&v)).unwrap_or(Status::Failed),
+            status: get_s(i, "status")
+                .and_then(|v| Status::from_name(&v))
+                .unwrap_or(Status::Failed),
             source_digest: get_s(i, "source_digest"),
             dest_digest: get_s(i, "dest_digest"),
             attempts: get_n(i, "attempts") as u32,
-            error: class.map(|c| ItemError::new(ErrorClass::from_name(&c).unwrap_or(ErrorClass::Retryable), get_s(i, "error_message").unwrap_or_default())),
+            error: class.map(|c| {
+                ItemError::new(
+                    ErrorClass::from_name(&c).unwrap_or(ErrorClass::Retryable),
+                    get_s(i, "error_message").unwrap_or_default(),
+                )
+            }),
             bytes: get_n(i, "bytes"),
             started_at: get_t(i, "started_at"),
             ended_at: get_t(i, "ended_at"),
@@ -149,7 +174,10 @@ impl StatusStore for DynamoStore {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        for (k, v) in [("source_digest", &r.source_digest), ("dest_digest", &r.dest_digest)] {
+        for (k, v) in [
+            ("source_digest", &r.source_digest),
+            ("dest_digest", &r.dest_digest),
+        ] {
             if let Some(v) = v {
                 i.insert(k.into(), s(v));
             }
@@ -175,12 +203,20 @@ impl StatusStore for DynamoStore {
             .await;
         match out {
             Ok(_) => Ok(true),
-            Err(e) if e.as_service_error().is_some_and(|x| x.is_conditional_check_failed_exception()) => Ok(false),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|x| x.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
             Err(e) => Err(sdk("PutItem", e)),
         }
     }
 
-    async fn get_run(&self, run_id: Option<&str>) -> Result<Option<(RunRecord, Vec<ItemRecord>)>, StoreError> {
+    async fn get_run(
+        &self,
+        run_id: Option<&str>,
+    ) -> Result<Option<(RunRecord, Vec<ItemRecord>)>, StoreError> {
         let run = match run_id {
             Some(id) => {
                 let out = self
@@ -224,7 +260,9 @@ impl StatusStore for DynamoStore {
                 _ => break,
             }
         }
-        items.sort_by(|a, b| (a.source.as_str(), a.dest.as_str()).cmp(&(b.source.as_str(), b.dest.as_str())));
+        items.sort_by(|a, b| {
+            (a.source.as_str(), a.dest.as_str()).cmp(&(b.source.as_str(), b.dest.as_str()))
+        });
         Ok(Some((run, items)))
     }
 
@@ -268,7 +306,12 @@ impl StatusStore for DynamoStore {
             .await;
         match out {
             Ok(_) => Ok(true),
-            Err(e) if e.as_service_error().is_some_and(|x| x.is_conditional_check_failed_exception()) => Ok(false),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|x| x.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
             Err(e) => Err(sdk("UpdateItem notified", e)),
         }
     }

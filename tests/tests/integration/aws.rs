@@ -1,0 +1,725 @@
+//! The AWS functions' handlers against moto (SSM, S3, DynamoDB, ECR, ECS, SNS, SQS,
+//! Secrets Manager) and real registries; the copy worker binary end to end.
+
+use hub_core::config::Env;
+use hub_core::ecr::{self, Ecr, EcrRepos, Registries};
+use hub_core::handlers::{self, DiffEdges, ImagesConfig, ListEdges};
+use hub_core::list_source::Ssm;
+use hub_core::notify::Sns;
+use hub_core::offload::{self, S3Blobs};
+use hub_core::registry::HttpRegistry;
+use hub_core::status::dynamodb::DynamoStore;
+use hub_core::status::{Status, StatusStore};
+use hub_core::tasks::{EcsRunner, EcsSettings};
+use hub_core::workflow::{DispatchRequest, ListRequest, Listed, RecordRequest};
+use hub_tests::{MotoServer, OciImage, RegistryServer, event, transfer_hub_bin, write_authfile};
+use std::collections::HashMap;
+
+const REGION: &str = "eu-west-1";
+const ECR_HOST: &str = "123456789012.dkr.ecr.eu-west-1.amazonaws.com";
+
+struct Aws {
+    moto: MotoServer,
+    conf: aws_config::SdkConfig,
+    table: String,
+    bucket: String,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Aws {
+    fn start() -> Self {
+        let moto = MotoServer::start();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let conf = rt.block_on(moto.sdk_config(REGION));
+        let (table, bucket) = (
+            "transfer-hub-status".to_string(),
+            "transfer-hub-payloads".to_string(),
+        );
+        rt.block_on(async {
+            use aws_sdk_dynamodb::types::*;
+            let ddb = aws_sdk_dynamodb::Client::new(&conf);
+            ddb.create_table()
+                .table_name(&table)
+                .billing_mode(BillingMode::PayPerRequest)
+                .attribute_definitions(
+                    AttributeDefinition::builder()
+                        .attribute_name("pk")
+                        .attribute_type(ScalarAttributeType::S)
+                        .build()
+                        .unwrap(),
+                )
+                .attribute_definitions(
+                    AttributeDefinition::builder()
+                        .attribute_name("sk")
+                        .attribute_type(ScalarAttributeType::S)
+                        .build()
+                        .unwrap(),
+                )
+                .key_schema(
+                    KeySchemaElement::builder()
+                        .attribute_name("pk")
+                        .key_type(KeyType::Hash)
+                        .build()
+                        .unwrap(),
+                )
+                .key_schema(
+                    KeySchemaElement::builder()
+                        .attribute_name("sk")
+                        .key_type(KeyType::Range)
+                        .build()
+                        .unwrap(),
+                )
+                .send()
+                .await
+                .unwrap();
+            let s3 = aws_sdk_s3::Client::new(&conf);
+            s3.create_bucket()
+                .bucket(&bucket)
+                .create_bucket_configuration(
+                    aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                        .location_constraint(REGION.into())
+                        .build(),
+                )
+                .send()
+                .await
+                .unwrap();
+        });
+        Self {
+            moto,
+            conf,
+            table,
+            bucket,
+            rt,
+        }
+    }
+
+    fn store(&self) -> DynamoStore {
+        DynamoStore::new(
+            aws_sdk_dynamodb::Client::new(&self.conf),
+            self.table.clone(),
+        )
+    }
+    fn blobs(&self) -> S3Blobs {
+        S3Blobs {
+            client: aws_sdk_s3::Client::new(&self.conf),
+            bucket: self.bucket.clone(),
+        }
+    }
+    fn config(&self, source: &str, dest: &str, extra: &[(&str, &str)]) -> ImagesConfig {
+        let mut m: HashMap<String, String> = [
+            ("SOURCE_REGISTRY", source),
+            ("DEST_REGISTRY", dest),
+            ("TABLE_NAME", self.table.as_str()),
+            ("PAYLOAD_BUCKET", self.bucket.as_str()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for (k, v) in extra {
+            m.insert(k.to_string(), v.to_string());
+        }
+        ImagesConfig::from_env(Env::from_map(m)).unwrap()
+    }
+}
+
+fn http_only() -> Registries {
+    Registries {
+        ecr: HashMap::new(),
+        http: HttpRegistry::new(Default::default(), Vec::<String>::new()),
+    }
+}
+
+fn list_request(run_id: &str) -> ListRequest {
+    let mut v = event("list-images.json");
+    v["run_id"] = run_id.into();
+    serde_json::from_value(v).unwrap()
+}
+
+#[test]
+fn list_images_reads_the_ssm_list_reports_bad_lines_and_puts_large_lists_in_s3() {
+    let aws = Aws::start();
+    let src = RegistryServer::start();
+    for t in ["1", "2"] {
+        OciImage::single(&[1024]).push(&format!("{}/team/app:{t}", src.addr), None);
+    }
+    let ssm = aws_sdk_ssm::Client::new(&aws.conf);
+    aws.rt
+        .block_on(
+            ssm.put_parameter()
+                .name("/th/list")
+                .value("team/app:ALL_TAGS\nBad/Line\nteam/missing:1\n")
+                .r#type(aws_sdk_ssm::types::ParameterType::String)
+                .send(),
+        )
+        .unwrap();
+    let cfg = aws.config(
+        &src.addr,
+        &format!("{ECR_HOST}/mirror"),
+        &[("SELECT_TYPE", "SELECTED"), ("LIST_PARAMETER", "/th/list")],
+    );
+    let (store, blobs, reg, params) = (aws.store(), aws.blobs(), http_only(), Ssm(ssm));
+    let edges = ListEdges {
+        params: &params,
+        registry: &reg,
+        blobs: &blobs,
+        store: &store,
+    };
+
+    let listed = aws
+        .rt
+        .block_on(handlers::list_images(list_request("run-a"), &cfg, &edges))
+        .unwrap();
+    assert_eq!(listed.failed, 1);
+    let items = listed
+        .images
+        .items
+        .clone()
+        .expect("a small list stays inline");
+    let dests: Vec<&str> = items.iter().map(|j| j.dest.as_str()).collect();
+    assert_eq!(
+        dests,
+        [
+            format!("{ECR_HOST}/mirror/team/app:1"),
+            format!("{ECR_HOST}/mirror/team/app:2"),
+            format!("{ECR_HOST}/mirror/team/missing:1")
+        ]
+    );
+    let (run, recs) = aws
+        .rt
+        .block_on(store.get_run(Some("run-a")))
+        .unwrap()
+        .unwrap();
+    assert_eq!(run.source, src.addr);
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].source, "line 2: Bad/Line");
+    assert_eq!(recs[0].error.as_ref().unwrap().class.as_str(), "BadInput");
+
+    // A big manual list goes to S3 and comes back whole.
+    let mut req = list_request("run-big");
+    req.input.images = Some((0..3000).map(|i| format!("team/app:v{i}")).collect());
+    let big = aws
+        .rt
+        .block_on(handlers::list_images(req, &cfg, &edges))
+        .unwrap();
+    assert_eq!(big.images.count, 3000);
+    assert!(big.images.items.is_none());
+    let p = big.images.s3.clone().expect("an S3 pointer");
+    assert_eq!(p.bucket, aws.bucket);
+    assert!(
+        serde_json::to_vec(&big).unwrap().len() < 1024,
+        "the payload is a pointer"
+    );
+    let back = aws.rt.block_on(offload::load(&blobs, big.images)).unwrap();
+    assert_eq!(back.len(), 3000);
+    assert_eq!(back[2999].source, format!("{}/team/app:v2999", src.addr));
+}
+
+#[test]
+fn find_diff_on_a_day_without_change_starts_nothing_and_a_changed_tag_is_the_only_copy() {
+    let aws = Aws::start();
+    let (src, dst) = (RegistryServer::start(), RegistryServer::start());
+    for t in ["1", "2"] {
+        let img = OciImage::single(&[1024]);
+        img.push(&format!("{}/app:{t}", src.addr), None);
+        img.push(&format!("{}/app:{t}", dst.addr), None);
+    }
+    let cfg = aws.config(&src.addr, &dst.addr, &[("SELECT_TYPE", "ALL")]);
+    let (store, blobs, reg) = (aws.store(), aws.blobs(), http_only());
+    let ssm = Ssm(aws_sdk_ssm::Client::new(&aws.conf));
+    let list = ListEdges {
+        params: &ssm,
+        registry: &reg,
+        blobs: &blobs,
+        store: &store,
+    };
+    let diff = DiffEdges {
+        registry: &reg,
+        blobs: &blobs,
+        store: &store,
+        prepare: None,
+    };
+
+    let listed = aws
+        .rt
+        .block_on(handlers::list_images(list_request("day-1"), &cfg, &list))
+        .unwrap();
+    assert_eq!(listed.images.count, 2);
+    let d = aws
+        .rt
+        .block_on(handlers::find_diff(listed, &cfg, &diff))
+        .unwrap();
+    assert_eq!((d.copies.count, d.skipped, d.failed), (0, 2, 0));
+    assert_eq!(
+        d.copies.items.as_deref(),
+        Some(&[][..]),
+        "the Map gets an empty list: no task starts"
+    );
+    let (_, recs) = aws
+        .rt
+        .block_on(store.get_run(Some("day-1")))
+        .unwrap()
+        .unwrap();
+    assert!(
+        recs.iter()
+            .all(|r| r.status == Status::Skipped && r.source_digest == r.dest_digest),
+        "{recs:?}"
+    );
+
+    let changed = OciImage::single(&[2048]);
+    changed.push(&format!("{}/app:2", src.addr), None);
+    let listed = aws
+        .rt
+        .block_on(handlers::list_images(list_request("day-2"), &cfg, &list))
+        .unwrap();
+    let d = aws
+        .rt
+        .block_on(handlers::find_diff(listed, &cfg, &diff))
+        .unwrap();
+    let copies = d.copies.items.unwrap();
+    assert_eq!(copies.len(), 1);
+    assert_eq!(copies[0].source, format!("{}/app:2", src.addr));
+    assert_eq!(copies[0].source_digest, changed.digest);
+
+    // The sample event parses into find-diff's input.
+    let sample: Listed = serde_json::from_value(event("find-diff.json")).unwrap();
+    assert_eq!(sample.images.count, 2);
+}
+
+#[test]
+fn find_diff_creates_missing_ecr_repositories_before_any_copy() {
+    let aws = Aws::start();
+    let src = RegistryServer::start();
+    OciImage::single(&[1024]).push(&format!("{}/team/app:1", src.addr), None);
+    let cfg = aws.config(
+        &src.addr,
+        &format!("{ECR_HOST}/mirror"),
+        &[("SELECT_TYPE", "ALL")],
+    );
+    let ecr_client = aws_sdk_ecr::Client::new(&aws.conf);
+    let host = ecr::parse_ecr_host(ECR_HOST).unwrap();
+    let reg = Registries {
+        ecr: [(
+            ECR_HOST.to_string(),
+            Ecr::from_client(ecr_client.clone(), host.clone()),
+        )]
+        .into(),
+        http: HttpRegistry::new(Default::default(), Vec::<String>::new()),
+    };
+    let prepare = EcrRepos {
+        ecr: Ecr::from_client(ecr_client.clone(), host),
+        settings: cfg.repo_settings.clone(),
+    };
+    let (store, blobs) = (aws.store(), aws.blobs());
+    let ssm = Ssm(aws_sdk_ssm::Client::new(&aws.conf));
+    let listed = aws
+        .rt
+        .block_on(handlers::list_images(
+            list_request("ecr-1"),
+            &cfg,
+            &ListEdges {
+                params: &ssm,
+                registry: &reg,
+                blobs: &blobs,
+                store: &store,
+            },
+        ))
+        .unwrap();
+    let d = aws
+        .rt
+        .block_on(handlers::find_diff(
+            listed,
+            &cfg,
+            &DiffEdges {
+                registry: &reg,
+                blobs: &blobs,
+                store: &store,
+                prepare: Some(&prepare),
+            },
+        ))
+        .unwrap();
+    assert_eq!(d.copies.count, 1, "missing in ECR → copy");
+    let repos = aws
+        .rt
+        .block_on(ecr_client.describe_repositories().send())
+        .unwrap();
+    let r = repos
+        .repositories()
+        .iter()
+        .find(|r| r.repository_name() == Some("mirror/team/app"))
+        .expect("repository created");
+    assert_eq!(
+        r.image_scanning_configuration().map(|c| c.scan_on_push()),
+        Some(true)
+    );
+}
+
+#[test]
+fn dispatch_starts_one_fargate_task_with_the_image_and_no_secret_in_the_overrides() {
+    let aws = Aws::start();
+    let proxy = hub_tests::EcsTypesProxy::start(&aws.moto.endpoint);
+    let ecs_conf = aws_sdk_ecs::config::Builder::from(&aws.conf)
+        .endpoint_url(&proxy.endpoint)
+        .build();
+    let ecs = aws_sdk_ecs::Client::from_conf(ecs_conf);
+    aws.rt.block_on(async {
+        use aws_sdk_ecs::types::*;
+        ecs.create_cluster()
+            .cluster_name("th")
+            .send()
+            .await
+            .unwrap();
+        ecs.register_task_definition()
+            .family("th-copy")
+            .requires_compatibilities(Compatibility::Fargate)
+            .network_mode(NetworkMode::Awsvpc)
+            .cpu("512")
+            .memory("1024")
+            .runtime_platform(
+                RuntimePlatform::builder()
+                    .cpu_architecture(CpuArchitecture::Arm64)
+                    .operating_system_family(OsFamily::Linux)
+                    .build(),
+            )
+            .container_definitions(
+                ContainerDefinition::builder()
+                    .name("copy")
+                    .image("copy-worker:latest")
+                    .memory(1024)
+                    .environment(
+                        KeyValuePair::builder()
+                            .name("SOURCE_SECRET")
+                            .value("transfer-hub/source")
+                            .build(),
+                    )
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+    });
+    let (subnet, sg) = aws.moto.network(REGION);
+    let runner = EcsRunner {
+        client: ecs.clone(),
+        settings: EcsSettings {
+            cluster: "th".into(),
+            task_definition: "th-copy".into(),
+            container: "copy".into(),
+            subnets: vec![subnet],
+            security_groups: vec![sg],
+            assign_public_ip: false,
+        },
+    };
+    let req: DispatchRequest = serde_json::from_value(event("dispatch-fargate.json")).unwrap();
+    let out = aws
+        .rt
+        .block_on(handlers::dispatch_fargate(req.clone(), &runner))
+        .unwrap();
+    let arn = out["task_arn"].as_str().unwrap().to_string();
+    let tasks = aws
+        .rt
+        .block_on(ecs.describe_tasks().cluster("th").tasks(&arn).send())
+        .unwrap();
+    let task = &tasks.tasks()[0];
+    assert_eq!(
+        task.launch_type(),
+        Some(&aws_sdk_ecs::types::LaunchType::Fargate)
+    );
+    let env: HashMap<String, String> = task.overrides().unwrap().container_overrides()[0]
+        .environment()
+        .iter()
+        .map(|kv| {
+            (
+                kv.name().unwrap().to_string(),
+                kv.value().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(env["SOURCE"], req.task.source);
+    assert_eq!(env["DEST"], req.task.dest);
+    assert_eq!(env["SOURCE_DIGEST"], req.task.source_digest);
+    assert_eq!(env["TASK_TOKEN"], req.task_token);
+    let keys: Vec<&str> = env.keys().map(String::as_str).collect();
+    assert!(
+        keys.iter()
+            .all(|k| ["SOURCE", "DEST", "SOURCE_DIGEST", "TASK_TOKEN", "RUN_ID"].contains(k)),
+        "only the image and the token travel: {keys:?}"
+    );
+    assert_eq!(
+        aws.rt
+            .block_on(ecs.list_tasks().cluster("th").send())
+            .unwrap()
+            .task_arns()
+            .len(),
+        1
+    );
+
+    // A malformed task never reaches ECS.
+    let mut bad = req;
+    bad.task.source_digest = "sha256:short".into();
+    let e = aws
+        .rt
+        .block_on(handlers::dispatch_fargate(bad, &runner))
+        .unwrap_err();
+    assert_eq!(e.class.as_str(), "BadInput");
+    assert!(e.message.contains("sha256:short"));
+    assert_eq!(
+        aws.rt
+            .block_on(ecs.list_tasks().cluster("th").send())
+            .unwrap()
+            .task_arns()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn record_status_keeps_the_newest_result_and_sends_one_message_per_failed_run() {
+    let aws = Aws::start();
+    let store = aws.store();
+    let sns = aws_sdk_sns::Client::new(&aws.conf);
+    let sqs = aws_sdk_sqs::Client::new(&aws.conf);
+    let (topic, queue_url) = aws.rt.block_on(async {
+        let topic = sns
+            .create_topic()
+            .name("th-alarms")
+            .send()
+            .await
+            .unwrap()
+            .topic_arn()
+            .unwrap()
+            .to_string();
+        let q = sqs
+            .create_queue()
+            .queue_name("th-mail")
+            .send()
+            .await
+            .unwrap()
+            .queue_url()
+            .unwrap()
+            .to_string();
+        let qarn = sqs
+            .get_queue_attributes()
+            .queue_url(&q)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .unwrap()
+            .attributes()
+            .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
+            .clone();
+        sns.subscribe()
+            .topic_arn(&topic)
+            .protocol("sqs")
+            .endpoint(qarn)
+            .send()
+            .await
+            .unwrap();
+        (topic, q)
+    });
+    let notifier = Sns {
+        client: sns,
+        topic_arn: topic,
+    };
+    let run_id = "sample-run-0001";
+    aws.rt
+        .block_on(store.put_run(&hub_core::status::RunRecord {
+            run_id: run_id.into(),
+            source: "registry.example.com:5000".into(),
+            dest: ECR_HOST.into(),
+            dry_run: false,
+            started_at: chrono::Utc::now(),
+            ended_at: None,
+            copied: 0,
+            skipped: 0,
+            failed: 0,
+            bytes: 0,
+        }))
+        .unwrap();
+    let rec = |name: &str| -> RecordRequest { serde_json::from_value(event(name)).unwrap() };
+    let copied = aws
+        .rt
+        .block_on(handlers::record_status(
+            rec("record-status-copied.json"),
+            &store,
+            &notifier,
+        ))
+        .unwrap();
+    assert_eq!(copied["applied"], true);
+    // The failure of an earlier attempt arrives late: it must not overwrite the success.
+    let late = aws
+        .rt
+        .block_on(handlers::record_status(
+            rec("record-status-failed.json"),
+            &store,
+            &notifier,
+        ))
+        .unwrap();
+    assert_eq!(late["applied"], false);
+    // The same result delivered twice is applied once.
+    assert_eq!(
+        aws.rt
+            .block_on(handlers::record_status(
+                rec("record-status-copied.json"),
+                &store,
+                &notifier
+            ))
+            .unwrap()["applied"],
+        false
+    );
+
+    // Another image fails for good.
+    let mut other = event("record-status-failed.json");
+    other["task"]["source"] = "registry.example.com:5000/team/other:9".into();
+    other["task"]["dest"] = format!("{ECR_HOST}/mirror/team/other:9").into();
+    other["error"] = serde_json::json!({"Error": "AuthDenied", "Cause": "401 Unauthorized"});
+    aws.rt
+        .block_on(handlers::record_status(
+            serde_json::from_value(other).unwrap(),
+            &store,
+            &notifier,
+        ))
+        .unwrap();
+
+    let first = aws
+        .rt
+        .block_on(handlers::record_status(
+            rec("record-status-run.json"),
+            &store,
+            &notifier,
+        ))
+        .unwrap();
+    assert_eq!(
+        (
+            first["copied"].as_u64(),
+            first["failed"].as_u64(),
+            first["notified"].as_bool()
+        ),
+        (Some(1), Some(1), Some(true))
+    );
+    let again = aws
+        .rt
+        .block_on(handlers::record_status(
+            rec("record-status-run.json"),
+            &store,
+            &notifier,
+        ))
+        .unwrap();
+    assert_eq!(
+        again["notified"], false,
+        "a repeated run record sends nothing"
+    );
+    let (_, items) = aws
+        .rt
+        .block_on(store.get_run(Some(run_id)))
+        .unwrap()
+        .unwrap();
+    let statuses: Vec<(&str, Status)> = items
+        .iter()
+        .map(|i| (i.source.as_str(), i.status))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("registry.example.com:5000/team/app:1.4.2", Status::Copied),
+            ("registry.example.com:5000/team/other:9", Status::Failed)
+        ]
+    );
+
+    let msgs = aws
+        .rt
+        .block_on(
+            sqs.receive_message()
+                .queue_url(&queue_url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(1)
+                .send(),
+        )
+        .unwrap();
+    assert_eq!(msgs.messages().len(), 1, "one message per failed run");
+    let body = msgs.messages()[0].body().unwrap();
+    assert!(
+        body.contains("team/other:9") && body.contains("AuthDenied"),
+        "{body}"
+    );
+    assert!(
+        !body.contains("team/app:1.4.2 ->"),
+        "only failed images are listed: {body}"
+    );
+}
+
+#[test]
+fn the_copy_worker_copies_into_ecr_with_a_registry_secret_and_reports_success_without_leaking_it() {
+    let aws = Aws::start();
+    let canary = format!("worker-canary-{}", fastrand::u64(..));
+    let (src, backend) = (
+        RegistryServer::start_with_login("puller", &canary),
+        RegistryServer::start(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let auth = dir.path().join("auth.json");
+    write_authfile(&auth, &[(&src.addr, "puller", &canary)]);
+    let img = OciImage::multi_arch(&[4096]);
+    img.push(&format!("{}/team/app:7", src.addr), Some(&auth));
+    let sm = aws_sdk_secretsmanager::Client::new(&aws.conf);
+    aws.rt
+        .block_on(
+            sm.create_secret()
+                .name("th/source")
+                .secret_string(format!(r#"{{"username":"puller","password":"{canary}"}}"#))
+                .send(),
+        )
+        .unwrap();
+
+    let mut env = aws.moto.env(REGION);
+    env.extend(
+        [
+            ("TASK_TOKEN", "token-123"),
+            ("RUN_ID", "run-w"),
+            ("SOURCE", &format!("{}/team/app:7", src.addr)),
+            ("DEST", &format!("{ECR_HOST}/mirror/team/app:7")),
+            ("SOURCE_DIGEST", img.digest.as_str()),
+            ("SOURCE_SECRET", "th/source"),
+            ("HEARTBEAT_SECS", "1"),
+            ("TRANSFER_HUB_ECR_REGISTRY_ADDRESS", backend.addr.as_str()),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    let worker = transfer_hub_bin().with_file_name("copy-worker");
+    let out = std::process::Command::new(&worker)
+        .envs(env.clone())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("reported success"), "{stderr}");
+    assert!(!stderr.contains(&canary) && !String::from_utf8_lossy(&out.stdout).contains(&canary));
+    assert_eq!(
+        backend.digest("mirror/team/app", "7").as_deref(),
+        Some(img.digest.as_str())
+    );
+    for p in &img.platforms {
+        assert!(backend.digest("mirror/team/app", p).is_some());
+    }
+
+    // The planned digest is what is copied: one the source does not have is a failure, reported.
+    let mut env2 = env;
+    for (k, v) in env2.iter_mut() {
+        if k == "DEST" {
+            *v = format!("{ECR_HOST}/mirror/team/other:7");
+        }
+        if k == "SOURCE_DIGEST" {
+            *v = format!("sha256:{}", "0".repeat(64));
+        }
+    }
+    let out = std::process::Command::new(&worker)
+        .envs(env2)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the failure was reported: {stderr}");
+    assert!(
+        stderr.contains("reported failure") && stderr.contains("NotFound"),
+        "{stderr}"
+    );
+    assert!(backend.tags("mirror/team/other").is_empty());
+}
