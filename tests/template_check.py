@@ -1,0 +1,143 @@
+"""Checks of template.yaml a reviewer would make, on the real SAM/CloudFormation tooling:
+cfn-lint (0 errors, 0 warnings), the SAM transform (aws-sam-translator), and the rules of
+this project on the transformed template: arm64 + provided.al2023 + JSON logs for every
+function, partition-aware ARNs, `Resource: "*"` only for actions without resource-level
+permissions, encryption on, no public IP by default, and the state machine's shape
+(MaxConcurrency 10, 3 retries with full jitter on retryable errors only, Catch, heartbeat).
+Exit 0 when every check holds; every failure is printed."""
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from samtranslator.public.translator import ManagedPolicyLoader  # noqa: F401  (import check)
+from samtranslator.translator.transform import transform
+from samtranslator.yaml_helper import yaml_parse
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")  # the translator needs one; nothing is called
+failures = []
+
+
+def check(cond, what):
+    if not cond:
+        failures.append(what)
+
+
+# 1. cfn-lint on the template as written.
+cfn_lint = shutil.which("cfn-lint") or str(Path(sys.executable).parent / "cfn-lint")
+lint = subprocess.run([cfn_lint, str(ROOT / "template.yaml")], capture_output=True, text=True)
+check(lint.returncode == 0, f"cfn-lint reported problems:\n{lint.stdout}{lint.stderr}")
+
+# 2. The SAM transform (local code paths stand in for the S3 locations `sam package` makes).
+template = yaml_parse((ROOT / "template.yaml").read_text())
+for res in template["Resources"].values():
+    props = res.get("Properties", {})
+    if res["Type"] == "AWS::Serverless::StateMachine":
+        definition = json.loads((ROOT / props.pop("DefinitionUri")).read_text())
+        props["Definition"] = definition
+globals_fn = template.get("Globals", {}).get("Function", {})
+globals_fn["CodeUri"] = "s3://bucket/code.zip"
+
+
+class NoManagedPolicies:
+    def load(self):
+        return {}
+
+
+params = {"WorkerImage": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/copy-worker:1", "SubnetIds": "subnet-1", "SecurityGroupIds": "sg-1"}
+try:
+    out = transform(copy.deepcopy(template), params, NoManagedPolicies())
+except Exception as e:  # the translator's own errors say what is wrong
+    failures.append(f"SAM transform failed: {e}")
+    out = {"Resources": {}}
+
+res = out["Resources"]
+functions = {k: v for k, v in res.items() if v["Type"] == "AWS::Lambda::Function"}
+check(len(functions) == 4, f"expected 4 functions, found {sorted(functions)}")
+for name, fn in functions.items():
+    p = fn["Properties"]
+    check(p.get("Architectures") == ["arm64"], f"{name}: Architectures must be [arm64]")
+    check(p.get("Runtime") == "provided.al2023", f"{name}: Runtime must be provided.al2023")
+    check(p.get("LoggingConfig", {}).get("LogFormat") == "JSON", f"{name}: LoggingConfig.LogFormat must be JSON")
+for name, r in template["Resources"].items():
+    if r["Type"] == "AWS::Serverless::Function":
+        check(r.get("Metadata", {}).get("BuildMethod") == "rust-cargolambda", f"{name}: Metadata.BuildMethod must be rust-cargolambda")
+
+# Partition-aware ARNs: the template names no partition literally (the SAM transform fills
+# in its own managed-policy ARNs for the region it deploys to).
+source_text = (ROOT / "template.yaml").read_text() + (ROOT / "statemachine/images.asl.json").read_text()
+check("arn:aws:" not in source_text and "arn:aws-cn:" not in source_text, "an ARN names a partition literally; use ${AWS::Partition}")
+
+# Wildcard resources only where the API has no resource-level permissions.
+WILDCARD_OK = {
+    "ecr:GetAuthorizationToken",
+    "states:SendTaskSuccess", "states:SendTaskFailure", "states:SendTaskHeartbeat",
+    "logs:CreateLogDelivery", "logs:GetLogDelivery", "logs:UpdateLogDelivery", "logs:DeleteLogDelivery",
+    "logs:ListLogDeliveries", "logs:PutResourcePolicy", "logs:DescribeResourcePolicies", "logs:DescribeLogGroups",
+    "xray:PutTraceSegments", "xray:PutTelemetryRecords", "xray:GetSamplingRules", "xray:GetSamplingTargets",
+}
+
+
+def statements(doc):
+    s = doc.get("Statement", [])
+    return s if isinstance(s, list) else [s]
+
+
+for name, r in res.items():
+    if r["Type"] != "AWS::IAM::Role":
+        continue
+    for pol in r["Properties"].get("Policies", []):
+        for st in statements(pol["PolicyDocument"]):
+            resources = st.get("Resource")
+            resources = resources if isinstance(resources, list) else [resources]
+            if "*" in resources and st.get("Effect") == "Allow":
+                actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+                bad = [a for a in actions if a not in WILDCARD_OK]
+                check(not bad, f"{name}: Resource '*' for {bad}")
+    # SAM's default logging policy is the only managed policy allowed.
+    managed = [m for m in r["Properties"].get("ManagedPolicyArns", []) if not str(m).endswith(":policy/service-role/AWSLambdaBasicExecutionRole")]
+    check(not managed, f"{name}: managed policies {managed} are too wide")
+
+# Encryption and exposure.
+tables = [v for v in res.values() if v["Type"] == "AWS::DynamoDB::Table"]
+check(tables and all(t["Properties"].get("SSESpecification", {}).get("SSEEnabled") for t in tables), "DynamoDB table without SSE")
+check(tables and all(t["Properties"].get("PointInTimeRecoverySpecification", {}).get("PointInTimeRecoveryEnabled") for t in tables), "DynamoDB table without point-in-time recovery")
+check(all(v["Properties"].get("BillingMode") == "PAY_PER_REQUEST" for v in tables), "DynamoDB table not on-demand")
+topics = [v for v in res.values() if v["Type"] == "AWS::SNS::Topic"]
+check(topics and all(t["Properties"].get("KmsMasterKeyId") for t in topics), "SNS topic without encryption")
+for v in res.values():
+    if v["Type"] == "AWS::S3::Bucket":
+        check("BucketEncryption" in v["Properties"], "S3 bucket without encryption")
+        check(all(v["Properties"].get("PublicAccessBlockConfiguration", {}).values()), "S3 bucket without a full public access block")
+    if v["Type"] == "AWS::Logs::LogGroup":
+        check(v["Properties"].get("RetentionInDays"), "log group without retention")
+check(template["Parameters"]["AssignPublicIp"]["Default"] == "DISABLED", "copy tasks get a public IP by default")
+tds = [v for v in res.values() if v["Type"] == "AWS::ECS::TaskDefinition"]
+check(tds and tds[0]["Properties"]["RuntimePlatform"]["CpuArchitecture"] == "ARM64", "copy task is not arm64")
+check(tds and tds[0]["Properties"]["ContainerDefinitions"][0]["LogConfiguration"]["LogDriver"] == "awslogs", "copy task does not log to CloudWatch")
+
+# The state machine's shape.
+asl = json.loads((ROOT / "statemachine/images.asl.json").read_text())
+maps = [s for s in asl["States"].values() if s["Type"] == "Map"]
+check(len(maps) == 2, "expected an inline and a distributed Map")
+for m in maps:
+    check(m.get("MaxConcurrency") == 10, "Map MaxConcurrency must be 10")
+    copy_state = m["ItemProcessor"]["States"]["CopyImage"]
+    check(copy_state["Resource"].endswith("lambda:invoke.waitForTaskToken"), "CopyImage must wait for the task token")
+    check(copy_state.get("HeartbeatSeconds") and copy_state.get("TimeoutSeconds"), "CopyImage needs TimeoutSeconds and HeartbeatSeconds")
+    retry = copy_state["Retry"][0]
+    check(retry["MaxAttempts"] == 3 and retry.get("JitterStrategy") == "FULL", "CopyImage: 3 retries with full jitter")
+    check("States.ALL" not in retry["ErrorEquals"] and "AuthDenied" not in retry["ErrorEquals"], "CopyImage retries non-retryable errors")
+    check(copy_state["Catch"][0]["Next"] == "RecordImageFailure", "a failed image must be recorded, then the others go on")
+    check("${" in copy_state["Parameters"]["FunctionName"], "function ARNs come from DefinitionSubstitutions")
+
+for f in failures:
+    print("FAIL:", f)
+print(f"template checks: {'ok' if not failures else str(len(failures)) + ' failed'}")
+sys.exit(1 if failures else 0)
