@@ -7,4 +7,5 @@ mod integration {
     pub mod ecr;
     pub mod images;
     pub mod secrets;
+    pub mod template;
 }

@@ -1,0 +1,132 @@
+//! The SAM template on the real tooling: cfn-lint and the SAM transform (template_check.py),
+//! checkov with the skips kept in .checkov.yaml, cfn-guard with the rules in policy/, and
+//! `sam build` with cargo-lambda for arm64.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (scripts/install-deps installs it)"));
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn the_sam_template_passes_cfn_lint_the_sam_transform_and_the_project_rules() {
+    let (ok, text) = run(Command::new("python3").arg(root().join("tests/template_check.py")));
+    assert!(ok && text.contains("template checks: ok"), "{text}");
+}
+
+#[test]
+fn checkov_finds_nothing_beyond_the_documented_skips() {
+    let (ok, text) = run(Command::new("checkov").current_dir(root()).args([
+        "--config-file",
+        ".checkov.yaml",
+        "-f",
+        "template.yaml",
+        "--skip-download",
+        "--compact",
+    ]));
+    assert!(ok, "{text}");
+    assert!(text.contains("Failed checks: 0"), "{text}");
+}
+
+#[test]
+fn cfn_guard_rules_pass_on_the_template_and_catch_a_loosened_one() {
+    let guard = |data: &Path| {
+        run(Command::new("cfn-guard")
+            .current_dir(root())
+            .args(["validate", "-r", "policy", "--show-summary", "all", "-d"])
+            .arg(data))
+    };
+    let (ok, text) = guard(&root().join("template.yaml"));
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("Status = PASS") && !text.contains("FAIL"),
+        "{text}"
+    );
+
+    // The rules bite: a public IP by default and a wildcard S3 statement must fail.
+    let loosened = std::fs::read_to_string(root().join("template.yaml"))
+        .unwrap()
+        .replace(
+            "    AllowedValues: [DISABLED, ENABLED]\n    Default: DISABLED",
+            "    AllowedValues: [DISABLED, ENABLED]\n    Default: ENABLED",
+        )
+        .replace(
+            "              Action: sns:Publish\n              Resource: !Ref AlarmTopic",
+            "              Action: [sns:Publish, s3:*]\n              Resource: \"*\"",
+        );
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("template.yaml");
+    std::fs::write(&bad, loosened).unwrap();
+    let (ok, text) = guard(&bad);
+    assert!(!ok, "the loosened template passed:\n{text}");
+    for rule in [
+        "no_public_ip_by_default",
+        "wildcard_resources_only_where_unavoidable",
+    ] {
+        assert!(
+            text.lines().any(|l| l.contains(rule) && l.contains("FAIL")),
+            "{rule} did not fail:\n{text}"
+        );
+    }
+}
+
+/// ELF machine of a binary (183 = AArch64).
+fn elf_machine(path: &Path) -> u16 {
+    let b = std::fs::read(path).unwrap();
+    assert_eq!(
+        &b[..4],
+        b"\x7fELF",
+        "{} is not an ELF binary",
+        path.display()
+    );
+    u16::from_le_bytes([b[18], b[19]])
+}
+
+#[test]
+fn sam_build_makes_an_arm64_bootstrap_for_every_function() {
+    let build = root().join("target/sam-build");
+    let (ok, text) = run(Command::new("sam")
+        .current_dir(root())
+        .env("SAM_CLI_TELEMETRY", "0")
+        .args([
+            "build",
+            "--beta-features",
+            "--template",
+            "template.yaml",
+            "--build-dir",
+        ])
+        .arg(&build));
+    assert!(ok, "{text}");
+    for f in [
+        "ListImagesFunction",
+        "FindDiffFunction",
+        "DispatchFargateFunction",
+        "RecordStatusFunction",
+    ] {
+        let bootstrap = build.join(f).join("bootstrap");
+        assert!(
+            bootstrap.is_file(),
+            "{} is missing:\n{text}",
+            bootstrap.display()
+        );
+        assert_eq!(elf_machine(&bootstrap), 183, "{f} is not built for arm64");
+    }
+}
