@@ -442,10 +442,11 @@ pub async fn record_status(
                 }
                 (None, Some(c)) => {
                     let class = ErrorClass::from_name(&c.error).unwrap_or(ErrorClass::Retryable);
+                    let cause = c.cause.unwrap_or_default();
                     let message = if ErrorClass::from_name(&c.error).is_some() {
-                        c.cause
+                        cause
                     } else {
-                        format!("{}: {}", c.error, c.cause)
+                        format!("{}: {cause}", c.error)
                     };
                     r.error = Some(ItemError::new(class, message));
                 }

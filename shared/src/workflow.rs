@@ -106,8 +106,9 @@ pub struct CopyResult {
 pub struct CaughtError {
     #[serde(rename = "Error")]
     pub error: String,
+    /// Absent or null for some errors (a heartbeat timeout has no cause).
     #[serde(rename = "Cause", default)]
-    pub cause: String,
+    pub cause: Option<String>,
 }
 
 /// `record-status` input: one image's final result, or the end of the run.

@@ -469,6 +469,12 @@ pub struct MotoServer {
 
 impl MotoServer {
     pub fn start() -> Self {
+        Self::start_with_env(&[])
+    }
+
+    /// moto with extra environment (e.g. `MOTO_PORT`, where its Step Functions interpreter
+    /// sends the service calls of the states it runs).
+    pub fn start_with_env(env: &[(&str, String)]) -> Self {
         let port = free_port();
         let log = tempfile::NamedTempFile::new().unwrap();
         // `python3 -m moto.server` is the same server as the `moto_server` script, and needs no PATH entry.
@@ -481,6 +487,7 @@ impl MotoServer {
                 "-p",
                 &port.to_string(),
             ])
+            .envs(env.iter().map(|(k, v)| (k.to_string(), v.clone())))
             .stdout(log.reopen().unwrap())
             .stderr(log.reopen().unwrap())
             .spawn()
@@ -596,18 +603,28 @@ impl MotoServer {
     }
 }
 
-/// A proxy in front of moto for ECS task calls. moto answers `RunTask`/`DescribeTasks`
-/// with a container's `cpu` and `memory` as JSON numbers where the ECS API (and so the
-/// Rust SDK) has strings; this rewrites those two fields and passes everything else as is.
-pub struct EcsTypesProxy {
+/// Where a request goes: the upstream `host:port` and the request head to send it.
+pub type Route = Arc<dyn Fn(&str) -> (String, String) + Send + Sync>;
+/// Changes an answer: given the request head, the status and the body, returns the status,
+/// extra headers and the body to send back.
+pub type Rewrite =
+    Arc<dyn Fn(&str, u16, Vec<u8>) -> (u16, Vec<(String, String)>, Vec<u8>) + Send + Sync>;
+
+/// A small HTTP/1.1 proxy on 127.0.0.1, one request per connection, for fitting emulators
+/// together in tests (routing, and fixing what an emulator answers wrongly).
+pub struct HttpProxy {
     pub endpoint: String,
     stop: Arc<AtomicBool>,
 }
 
-impl EcsTypesProxy {
-    pub fn start(upstream_endpoint: &str) -> Self {
-        let upstream = upstream_endpoint.trim_start_matches("http://").to_string();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+impl HttpProxy {
+    pub fn start(route: Route, rewrite: Rewrite) -> Self {
+        Self::start_on(0, route, rewrite)
+    }
+
+    /// The same on a given port of 127.0.0.1 (0: any free port).
+    pub fn start_on(port: u16, route: Route, rewrite: Rewrite) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         listener.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
@@ -616,12 +633,12 @@ impl EcsTypesProxy {
             while !stop2.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((client, _)) => {
-                        let up = upstream.clone();
+                        let (route, rewrite) = (route.clone(), rewrite.clone());
                         std::thread::spawn(move || {
-                            let _ = fix_one(client, &up);
+                            let _ = forward_one(client, &route, &rewrite);
                         });
                     }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
                 }
             }
         });
@@ -629,7 +646,7 @@ impl EcsTypesProxy {
     }
 }
 
-impl Drop for EcsTypesProxy {
+impl Drop for HttpProxy {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
@@ -644,6 +661,116 @@ fn content_length(head: &[u8]) -> usize {
                 .map(|v| v.trim().parse().unwrap_or(0))
         })
         .unwrap_or(0)
+}
+
+/// Reads a whole HTTP/1.1 body: by Content-Length, chunked, or to the end of the stream.
+fn read_body(s: &mut TcpStream, head: &[u8], to_eof: bool) -> std::io::Result<Vec<u8>> {
+    let h = String::from_utf8_lossy(head).to_ascii_lowercase();
+    if h.contains("transfer-encoding: chunked") {
+        let mut out = Vec::new();
+        loop {
+            let mut line = Vec::new();
+            let mut b = [0u8; 1];
+            while !line.ends_with(b"\r\n") {
+                if s.read(&mut b)? == 0 {
+                    return Ok(out);
+                }
+                line.push(b[0]);
+            }
+            let size = usize::from_str_radix(
+                String::from_utf8_lossy(&line)
+                    .trim()
+                    .split(';')
+                    .next()
+                    .unwrap_or("0"),
+                16,
+            )
+            .unwrap_or(0);
+            let mut chunk = vec![0u8; size + 2];
+            s.read_exact(&mut chunk)?;
+            if size == 0 {
+                return Ok(out);
+            }
+            out.extend_from_slice(&chunk[..size]);
+        }
+    }
+    if h.contains("content-length:") {
+        let mut body = vec![0u8; content_length(head)];
+        s.read_exact(&mut body)?;
+        return Ok(body);
+    }
+    let mut body = Vec::new();
+    if to_eof {
+        s.read_to_end(&mut body)?;
+    }
+    Ok(body)
+}
+
+fn strip_framing(head: &str) -> Vec<String> {
+    head.split("\r\n")
+        .filter(|l| !l.is_empty())
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            !l.starts_with("content-length:")
+                && !l.starts_with("transfer-encoding:")
+                && !l.starts_with("connection:")
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+fn forward_one(mut client: TcpStream, route: &Route, rewrite: &Rewrite) -> std::io::Result<()> {
+    client.set_read_timeout(Some(Duration::from_secs(300)))?;
+    let head = read_head(&mut client)?;
+    let body = read_body(&mut client, &head, false)?;
+    let head_text = String::from_utf8_lossy(&head).to_string();
+    let (upstream, new_head) = route(&head_text);
+    let mut up = TcpStream::connect(&upstream)?;
+    let mut lines = strip_framing(&new_head);
+    lines.push(format!("Content-Length: {}", body.len()));
+    lines.push("Connection: close".into());
+    up.write_all(format!("{}\r\n\r\n", lines.join("\r\n")).as_bytes())?;
+    up.write_all(&body)?;
+    let resp_head = read_head(&mut up)?;
+    // A HEAD answer announces a length but carries no body.
+    let resp_body = if head_text.starts_with("HEAD ") {
+        Vec::new()
+    } else {
+        read_body(&mut up, &resp_head, true)?
+    };
+    let resp_text = String::from_utf8_lossy(&resp_head).to_string();
+    let status: u16 = resp_text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(502);
+    let (new_status, extra, new_body) = rewrite(&head_text, status, resp_body);
+    let is_head = head_text.starts_with("HEAD ");
+    let mut lines = if is_head {
+        resp_text
+            .split("\r\n")
+            .filter(|l| !l.is_empty() && !l.to_ascii_lowercase().starts_with("connection:"))
+            .map(str::to_string)
+            .collect()
+    } else {
+        strip_framing(&resp_text)
+    };
+    if new_status != status {
+        lines[0] = format!(
+            "HTTP/1.1 {new_status} {}",
+            if new_status == 200 { "OK" } else { "Status" }
+        );
+    }
+    for (k, v) in extra {
+        lines.push(format!("{k}: {v}"));
+    }
+    if !is_head {
+        lines.push(format!("Content-Length: {}", new_body.len()));
+    }
+    lines.push("Connection: close".into());
+    client.write_all(format!("{}\r\n\r\n", lines.join("\r\n")).as_bytes())?;
+    client.write_all(&new_body)?;
+    client.shutdown(std::net::Shutdown::Both)
 }
 
 /// `"cpu": 0` → `"cpu": "0"`, `"memory": 1024` → `"memory": "1024"`.
@@ -670,38 +797,161 @@ pub fn quote_numbers(body: &str, keys: &[&str]) -> String {
     out
 }
 
-fn fix_one(mut client: TcpStream, upstream: &str) -> std::io::Result<()> {
-    client.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let head = read_head(&mut client)?;
-    let mut body = vec![0u8; content_length(&head)];
-    client.read_exact(&mut body)?;
-    let target = String::from_utf8_lossy(&head).to_string();
-    let rewrite = target.contains("RunTask") || target.contains("DescribeTasks");
-    let mut up = TcpStream::connect(upstream)?;
-    up.write_all(&with_connection_close(&head))?;
-    up.write_all(&body)?;
-    let resp_head = read_head(&mut up)?;
-    let mut resp = Vec::new();
-    up.read_to_end(&mut resp)?;
-    if rewrite {
-        resp = quote_numbers(&String::from_utf8_lossy(&resp), &["cpu", "memory"]).into_bytes();
-    }
-    let text = String::from_utf8_lossy(&with_connection_close(&resp_head)).to_string();
-    let fixed: String = text
-        .split("\r\n")
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            if l.to_ascii_lowercase().starts_with("content-length:") {
-                format!("Content-Length: {}", resp.len())
+/// moto answers `RunTask`/`DescribeTasks` with a container's `cpu` and `memory` as JSON
+/// numbers where the ECS API (and so the Rust SDK) has strings: this proxy in front of moto
+/// quotes those two fields and passes everything else as is.
+pub fn ecs_types_proxy(moto_endpoint: &str) -> HttpProxy {
+    let upstream = moto_endpoint.trim_start_matches("http://").to_string();
+    HttpProxy::start(
+        Arc::new(move |head: &str| (upstream.clone(), head.to_string())),
+        Arc::new(|head: &str, status, body| {
+            let ecs_task_call = head.contains("RunTask") || head.contains("DescribeTasks");
+            let body = if ecs_task_call {
+                quote_numbers(&String::from_utf8_lossy(&body), &["cpu", "memory"]).into_bytes()
             } else {
-                l.to_string()
+                body
+            };
+            (status, Vec::new(), body)
+        }),
+    )
+}
+
+/// Routes Lambda invocations (`/2015-03-31/functions/<name or ARN>/invocations`) to a
+/// `cargo lambda watch` server by function name, everything else to moto. A handler error
+/// (cargo-lambda's HTTP 500) becomes what Lambda answers: 200 with `X-Amz-Function-Error`.
+pub fn lambda_router(port: u16, moto_endpoint: &str, lambda_addr: &str) -> HttpProxy {
+    let moto = moto_endpoint.trim_start_matches("http://").to_string();
+    let lambda = lambda_addr.to_string();
+    let is_invoke = |head: &str| {
+        head.split_whitespace()
+            .nth(1)
+            .is_some_and(|p| p.starts_with("/2015-03-31/functions/") && p.contains("/invocations"))
+    };
+    HttpProxy::start_on(
+        port,
+        Arc::new(move |head: &str| {
+            if !is_invoke(head) {
+                return (moto.clone(), head.to_string());
             }
-        })
-        .collect::<Vec<_>>()
-        .join("\r\n");
-    client.write_all(format!("{fixed}\r\n\r\n").as_bytes())?;
-    client.write_all(&resp)?;
-    client.shutdown(std::net::Shutdown::Both)
+            let path = head.split_whitespace().nth(1).unwrap();
+            let name = path
+                .trim_start_matches("/2015-03-31/functions/")
+                .split('/')
+                .next()
+                .unwrap_or("");
+            let decoded = name.replace("%3A", ":").replace("%3a", ":");
+            let short = decoded.rsplit(':').next().unwrap_or(&decoded).to_string();
+            (
+                lambda.clone(),
+                head.replacen(
+                    path,
+                    &format!("/2015-03-31/functions/{short}/invocations"),
+                    1,
+                ),
+            )
+        }),
+        Arc::new(move |head: &str, status, body| {
+            if is_invoke(head) && status >= 500 {
+                (
+                    200,
+                    vec![("X-Amz-Function-Error".to_string(), "Unhandled".to_string())],
+                    body,
+                )
+            } else {
+                (status, Vec::new(), body)
+            }
+        }),
+    )
+}
+
+/// `cargo lambda watch` serving this workspace's functions on 127.0.0.1 (no reload).
+pub struct LambdaWatch {
+    pub addr: String,
+    child: Child,
+    _log: tempfile::NamedTempFile,
+}
+
+impl LambdaWatch {
+    pub fn start(env: &[(String, String)]) -> Self {
+        let port = free_port();
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let env_file = log.path().with_extension("env");
+        std::fs::write(
+            &env_file,
+            env.iter()
+                .map(|(k, v)| format!("{k}={v}\n"))
+                .collect::<String>(),
+        )
+        .unwrap();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        // Its own target dir (the test run holds the main one), built before the first
+        // invocation so no state waits on a compiler.
+        let target = root.join("target/lambda-watch");
+        let built = Command::new("cargo")
+            .current_dir(root)
+            .env("CARGO_TARGET_DIR", &target)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "list-images",
+                "-p",
+                "find-diff",
+                "-p",
+                "dispatch-fargate",
+                "-p",
+                "record-status",
+            ])
+            .status()
+            .unwrap();
+        assert!(built.success(), "building the functions failed");
+        let child = Command::new("cargo")
+            .current_dir(root)
+            .env("CARGO_TARGET_DIR", &target)
+            .args([
+                "lambda",
+                "watch",
+                "--ignore-changes",
+                "-A",
+                "127.0.0.1",
+                "-P",
+                &port.to_string(),
+                "--concurrency",
+                "10",
+                "--env-file",
+            ])
+            .arg(&env_file)
+            .stdout(log.reopen().unwrap())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .expect("cargo lambda watch starts (scripts/install-deps installs cargo-lambda)");
+        let me = Self {
+            addr: format!("127.0.0.1:{port}"),
+            child,
+            _log: log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while TcpStream::connect(&me.addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "cargo lambda watch did not listen:\n{}",
+                me.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        me
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._log.path()).unwrap_or_default()
+    }
+}
+
+impl Drop for LambdaWatch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A sample from `events/`, parsed.

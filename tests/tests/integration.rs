@@ -7,5 +7,6 @@ mod integration {
     pub mod ecr;
     pub mod images;
     pub mod secrets;
+    pub mod state_machine;
     pub mod template;
 }

@@ -356,7 +356,7 @@ fn find_diff_creates_missing_ecr_repositories_before_any_copy() {
 #[test]
 fn dispatch_starts_one_fargate_task_with_the_image_and_no_secret_in_the_overrides() {
     let aws = Aws::start();
-    let proxy = hub_tests::EcsTypesProxy::start(&aws.moto.endpoint);
+    let proxy = hub_tests::ecs_types_proxy(&aws.moto.endpoint);
     let ecs_conf = aws_sdk_ecs::config::Builder::from(&aws.conf)
         .endpoint_url(&proxy.endpoint)
         .build();

@@ -1,0 +1,440 @@
+//! The image state machine end to end on this machine: the definition the template deploys,
+//! created in moto's Step Functions with its interpreter on; the Lambda states run the real
+//! handlers under `cargo lambda watch` (behind a router, as Lambda would answer); the test
+//! plays Fargate by running the real copy-worker for every `RunTask` moto records.
+
+use hub_tests::{
+    HttpProxy, LambdaWatch, MotoServer, OciImage, RegistryServer, free_port, lambda_router,
+    transfer_hub_bin,
+};
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Child;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const REGION: &str = "eu-west-1";
+const ACCOUNT: &str = "123456789012";
+
+/// A proxy in front of a registry that answers manifest HEADs but cuts every GET: the
+/// image is planned (digests known) but can never be copied — a retryable failure, always.
+fn head_only(upstream: &str) -> HttpProxy {
+    let up = upstream.to_string();
+    HttpProxy::start(
+        Arc::new(move |head: &str| {
+            if head.starts_with("HEAD ") || head.starts_with("GET /v2/ ") {
+                (up.clone(), head.to_string())
+            } else {
+                ("127.0.0.1:1".to_string(), head.to_string()) // nothing listens: connection refused
+            }
+        }),
+        Arc::new(|_h: &str, s, b| (s, Vec::new(), b)),
+    )
+}
+
+fn definition() -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let template = std::fs::read_to_string(root.join("template.yaml")).unwrap();
+    let uri = template
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("DefinitionUri: "))
+        .expect("the template names its definition file");
+    let mut d = std::fs::read_to_string(root.join(uri.trim())).unwrap();
+    for (k, v) in [
+        ("${Partition}", "aws".to_string()),
+        (
+            "${ListImagesFunctionArn}",
+            format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:list-images"),
+        ),
+        (
+            "${FindDiffFunctionArn}",
+            format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:find-diff"),
+        ),
+        (
+            "${DispatchFargateFunctionArn}",
+            format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:dispatch-fargate"),
+        ),
+        (
+            "${RecordStatusFunctionArn}",
+            format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:record-status"),
+        ),
+    ] {
+        d = d.replace(k, &v);
+    }
+    // Test timings: seconds instead of minutes between retries.
+    d.replace("\"IntervalSeconds\": 30", "\"IntervalSeconds\": 1")
+        .replace("\"IntervalSeconds\": 5", "\"IntervalSeconds\": 1")
+        .replace("\"IntervalSeconds\": 2", "\"IntervalSeconds\": 1")
+}
+
+struct Fargate {
+    started: HashMap<String, Child>,
+    max_running: usize,
+    by_source: HashMap<String, usize>,
+}
+
+impl Fargate {
+    /// Starts a worker for every task moto has that we have not seen; reaps finished ones.
+    fn step(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        ecs: &aws_sdk_ecs::Client,
+        worker_env: &[(String, String)],
+    ) {
+        let arns: Vec<String> = rt
+            .block_on(ecs.list_tasks().cluster("th").send())
+            .unwrap()
+            .task_arns()
+            .to_vec();
+        let new: Vec<String> = arns
+            .into_iter()
+            .filter(|a| !self.started.contains_key(a))
+            .collect();
+        if !new.is_empty() {
+            let tasks = rt
+                .block_on(
+                    ecs.describe_tasks()
+                        .cluster("th")
+                        .set_tasks(Some(new.clone()))
+                        .send(),
+                )
+                .unwrap();
+            for t in tasks.tasks() {
+                let env: Vec<(String, String)> = t.overrides().unwrap().container_overrides()[0]
+                    .environment()
+                    .iter()
+                    .map(|kv| {
+                        (
+                            kv.name().unwrap().to_string(),
+                            kv.value().unwrap().to_string(),
+                        )
+                    })
+                    .collect();
+                let source = env
+                    .iter()
+                    .find(|(k, _)| k == "SOURCE")
+                    .map(|(_, v)| v.clone())
+                    .unwrap();
+                *self.by_source.entry(source).or_default() += 1;
+                let child =
+                    std::process::Command::new(transfer_hub_bin().with_file_name("copy-worker"))
+                        .envs(worker_env.iter().cloned())
+                        .envs(env)
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null())
+                        .spawn()
+                        .unwrap();
+                self.started
+                    .insert(t.task_arn().unwrap().to_string(), child);
+            }
+        }
+        let mut running = 0;
+        for c in self.started.values_mut() {
+            if c.try_wait().unwrap().is_none() {
+                running += 1;
+            }
+        }
+        self.max_running = self.max_running.max(running);
+    }
+}
+
+#[test]
+#[ignore = "work in progress (issue 4): in moto's interpreter the first execution now SUCCEEDS with 11 copied, 1 failed, digests equal and one SNS message, but after the retried image moto's DescribeExecution answers HTTP 500; run with --ignored"]
+fn the_state_machine_copies_eleven_images_records_the_twelfth_as_failed_and_a_quiet_day_starts_no_task()
+ {
+    // Servers: registries, moto (its interpreter calls back through the router), the functions.
+    let (src, dst) = (RegistryServer::start(), RegistryServer::start());
+    let broken = head_only(&src.addr);
+    let broken_host = broken.endpoint.trim_start_matches("http://").to_string();
+    let router_port = free_port();
+    let moto = MotoServer::start_with_env(&[("MOTO_PORT", router_port.to_string())]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let conf = rt.block_on(moto.sdk_config(REGION));
+    let ecs_fix = hub_tests::ecs_types_proxy(&moto.endpoint);
+
+    let images: Vec<OciImage> = (0..11).map(|_| OciImage::single(&[2048])).collect();
+    for (i, img) in images.iter().enumerate() {
+        img.push(&format!("{}/team/app{i}:1", src.addr), None);
+    }
+    OciImage::single(&[2048]).push(&format!("{}/team/broken:1", src.addr), None);
+    let mut list: Vec<String> = (0..11).map(|i| format!("team/app{i}:1")).collect();
+    list.push(format!("{broken_host}/team/broken:1"));
+
+    // AWS resources in moto.
+    reqwest::blocking::Client::new()
+        .post(format!("{}/moto-api/config", moto.endpoint))
+        .json(&serde_json::json!({"stepfunctions": {"execute_state_machine": true}, "lambda": {"use_docker": false}}))
+        .send()
+        .unwrap();
+    let (subnet, sg) = moto.network(REGION);
+    let (queue_url, topic) = rt.block_on(async {
+        use aws_sdk_dynamodb::types::*;
+        aws_sdk_dynamodb::Client::new(&conf)
+            .create_table()
+            .table_name("status")
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name("pk")
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .unwrap(),
+            )
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name("sk")
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .unwrap(),
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name("pk")
+                    .key_type(KeyType::Hash)
+                    .build()
+                    .unwrap(),
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name("sk")
+                    .key_type(KeyType::Range)
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await
+            .unwrap();
+        aws_sdk_s3::Client::new(&conf)
+            .create_bucket()
+            .bucket("payloads")
+            .create_bucket_configuration(
+                aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                    .location_constraint(REGION.into())
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        aws_sdk_ssm::Client::new(&conf)
+            .put_parameter()
+            .name("/th/images")
+            .value(list.join("\n"))
+            .r#type(aws_sdk_ssm::types::ParameterType::String)
+            .send()
+            .await
+            .unwrap();
+        let ecs = aws_sdk_ecs::Client::new(&conf);
+        ecs.create_cluster()
+            .cluster_name("th")
+            .send()
+            .await
+            .unwrap();
+        ecs.register_task_definition()
+            .family("th-copy")
+            .requires_compatibilities(aws_sdk_ecs::types::Compatibility::Fargate)
+            .network_mode(aws_sdk_ecs::types::NetworkMode::Awsvpc)
+            .cpu("1024")
+            .memory("2048")
+            .container_definitions(
+                aws_sdk_ecs::types::ContainerDefinition::builder()
+                    .name("copy")
+                    .image("copy-worker")
+                    .memory(2048)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        let sns = aws_sdk_sns::Client::new(&conf);
+        let sqs = aws_sdk_sqs::Client::new(&conf);
+        let topic = sns
+            .create_topic()
+            .name("alarms")
+            .send()
+            .await
+            .unwrap()
+            .topic_arn()
+            .unwrap()
+            .to_string();
+        let q = sqs
+            .create_queue()
+            .queue_name("mail")
+            .send()
+            .await
+            .unwrap()
+            .queue_url()
+            .unwrap()
+            .to_string();
+        let qarn = sqs
+            .get_queue_attributes()
+            .queue_url(&q)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .unwrap()
+            .attributes()
+            .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
+            .clone();
+        sns.subscribe()
+            .topic_arn(&topic)
+            .protocol("sqs")
+            .endpoint(qarn)
+            .send()
+            .await
+            .unwrap();
+        (q, topic)
+    });
+
+    // The functions, configured as the template configures them.
+    let mut fn_env = moto.env(REGION);
+    fn_env.retain(|(k, _)| k != "AWS_ENDPOINT_URL");
+    fn_env.push(("AWS_ENDPOINT_URL".into(), ecs_fix.endpoint.clone()));
+    for (k, v) in [
+        ("SOURCE_REGISTRY", src.addr.clone()),
+        ("DEST_REGISTRY", format!("{}/mirror", dst.addr)),
+        ("SELECT_TYPE", "SELECTED".into()),
+        ("LIST_PARAMETER", "/th/images".into()),
+        ("TABLE_NAME", "status".into()),
+        ("PAYLOAD_BUCKET", "payloads".into()),
+        ("CLUSTER", "th".into()),
+        ("TASK_DEFINITION", "th-copy".into()),
+        ("CONTAINER_NAME", "copy".into()),
+        ("SUBNETS", subnet),
+        ("SECURITY_GROUPS", sg),
+        ("TOPIC_ARN", topic),
+        ("RETRIES", "0".into()),
+    ] {
+        fn_env.push((k.into(), v));
+    }
+    let watch = LambdaWatch::start(&fn_env);
+    // moto's interpreter calls back on the port it was told about (MOTO_PORT).
+    let _router = lambda_router(router_port, &moto.endpoint, &watch.addr);
+
+    let sfn = aws_sdk_sfn::Client::new(&conf);
+    let sm = rt
+        .block_on(
+            sfn.create_state_machine()
+                .name("images")
+                .definition(definition())
+                .role_arn(format!("arn:aws:iam::{ACCOUNT}:role/sfn"))
+                .send(),
+        )
+        .unwrap()
+        .state_machine_arn()
+        .to_string();
+    let ecs = aws_sdk_ecs::Client::from_conf(
+        aws_sdk_ecs::config::Builder::from(&conf)
+            .endpoint_url(&ecs_fix.endpoint)
+            .build(),
+    );
+    let worker_env = moto.env(REGION);
+
+    let run = |name: &str, input: &str, fargate: &mut Fargate| -> (String, String) {
+        let exec = rt
+            .block_on(
+                sfn.start_execution()
+                    .state_machine_arn(&sm)
+                    .name(name)
+                    .input(input)
+                    .send(),
+            )
+            .unwrap()
+            .execution_arn()
+            .to_string();
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            fargate.step(&rt, &ecs, &worker_env);
+            let d = rt
+                .block_on(sfn.describe_execution().execution_arn(&exec).send())
+                .unwrap();
+            if d.status().as_str() != "RUNNING" {
+                let mut out = d.output().unwrap_or_default().to_string();
+                if d.status().as_str() != "SUCCEEDED" {
+                    let h = rt
+                        .block_on(
+                            sfn.get_execution_history()
+                                .execution_arn(&exec)
+                                .reverse_order(true)
+                                .max_results(15)
+                                .send(),
+                        )
+                        .unwrap();
+                    out.push_str(&format!("\nlast events: {:#?}", h.events()));
+                }
+                return (d.status().as_str().to_string(), out);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "execution still running after 10 minutes\n{}",
+                watch.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+
+    let mut fargate = Fargate {
+        started: HashMap::new(),
+        max_running: 0,
+        by_source: HashMap::new(),
+    };
+    let (status, output) = run("day-1", "{}", &mut fargate);
+    assert_eq!(status, "SUCCEEDED", "{output}\n{}", watch.log());
+    let summary: serde_json::Value = serde_json::from_str(&output).unwrap();
+    assert_eq!(
+        (
+            summary["copied"].as_u64(),
+            summary["failed"].as_u64(),
+            summary["notified"].as_bool()
+        ),
+        (Some(11), Some(1), Some(true)),
+        "{summary}"
+    );
+    for (i, img) in images.iter().enumerate() {
+        assert_eq!(
+            dst.digest(&format!("mirror/team/app{i}"), "1").as_deref(),
+            Some(img.digest.as_str())
+        );
+    }
+    assert_eq!(
+        fargate.by_source[&format!("{broken_host}/team/broken:1")],
+        4,
+        "the failing image: first attempt + 3 retries"
+    );
+    assert!(
+        fargate.max_running <= 10,
+        "at most 10 workers at once, saw {}",
+        fargate.max_running
+    );
+    let msgs = rt
+        .block_on(
+            aws_sdk_sqs::Client::new(&conf)
+                .receive_message()
+                .queue_url(&queue_url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(1)
+                .send(),
+        )
+        .unwrap();
+    assert_eq!(msgs.messages().len(), 1, "one SNS message for the run");
+
+    // Nothing changed (the broken image left out): no task starts.
+    let tasks_before = fargate.started.len();
+    let good: Vec<String> = (0..11).map(|i| format!("team/app{i}:1")).collect();
+    let (status, output) = run(
+        "day-2",
+        &serde_json::json!({"images": good}).to_string(),
+        &mut fargate,
+    );
+    assert_eq!(status, "SUCCEEDED", "{output}");
+    assert_eq!(
+        fargate.started.len(),
+        tasks_before,
+        "a quiet day starts no Fargate task"
+    );
+    let summary: serde_json::Value = serde_json::from_str(&output).unwrap();
+    assert_eq!(
+        (summary["skipped"].as_u64(), summary["failed"].as_u64()),
+        (Some(11), Some(0)),
+        "{summary}"
+    );
+}
