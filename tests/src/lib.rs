@@ -954,6 +954,115 @@ impl Drop for LambdaWatch {
     }
 }
 
+/// The resources the AWS suite's template creates, made in moto for tests.
+pub mod aws_fixtures {
+    use aws_config::SdkConfig;
+
+    /// The status table (`pk`/`sk` strings, on-demand), as template.yaml defines it.
+    pub async fn status_table(conf: &SdkConfig, name: &str) {
+        use aws_sdk_dynamodb::types::*;
+        let attr = |n: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(n)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap()
+        };
+        let key = |n: &str, t: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(n)
+                .key_type(t)
+                .build()
+                .unwrap()
+        };
+        aws_sdk_dynamodb::Client::new(conf)
+            .create_table()
+            .table_name(name)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(attr("pk"))
+            .attribute_definitions(attr("sk"))
+            .key_schema(key("pk", KeyType::Hash))
+            .key_schema(key("sk", KeyType::Range))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// A bucket in the configuration's region.
+    pub async fn bucket(conf: &SdkConfig, name: &str) {
+        let region = conf.region().unwrap().to_string();
+        aws_sdk_s3::Client::new(conf)
+            .create_bucket()
+            .bucket(name)
+            .create_bucket_configuration(
+                aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                    .location_constraint(region.as_str().into())
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// An SNS topic with an SQS queue subscribed, so a test can read what was published.
+    /// Returns (topic ARN, queue URL).
+    pub async fn topic_with_queue(conf: &SdkConfig, name: &str) -> (String, String) {
+        let sns = aws_sdk_sns::Client::new(conf);
+        let sqs = aws_sdk_sqs::Client::new(conf);
+        let topic = sns
+            .create_topic()
+            .name(name)
+            .send()
+            .await
+            .unwrap()
+            .topic_arn()
+            .unwrap()
+            .to_string();
+        let queue = sqs
+            .create_queue()
+            .queue_name(format!("{name}-mail"))
+            .send()
+            .await
+            .unwrap()
+            .queue_url()
+            .unwrap()
+            .to_string();
+        let arn_attr = aws_sdk_sqs::types::QueueAttributeName::QueueArn;
+        let attrs = sqs
+            .get_queue_attributes()
+            .queue_url(&queue)
+            .attribute_names(arn_attr.clone())
+            .send()
+            .await
+            .unwrap();
+        let queue_arn = attrs.attributes().unwrap()[&arn_attr].clone();
+        sns.subscribe()
+            .topic_arn(&topic)
+            .protocol("sqs")
+            .endpoint(queue_arn)
+            .send()
+            .await
+            .unwrap();
+        (topic, queue)
+    }
+
+    /// Messages waiting in a queue (up to 10).
+    pub async fn messages(conf: &SdkConfig, queue: &str) -> Vec<String> {
+        let out = aws_sdk_sqs::Client::new(conf)
+            .receive_message()
+            .queue_url(queue)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        out.messages()
+            .iter()
+            .filter_map(|m| m.body().map(str::to_string))
+            .collect()
+    }
+}
+
 /// A sample from `events/`, parsed.
 pub fn event(name: &str) -> serde_json::Value {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -12,7 +12,9 @@ use hub_core::status::dynamodb::DynamoStore;
 use hub_core::status::{Status, StatusStore};
 use hub_core::tasks::{EcsRunner, EcsSettings};
 use hub_core::workflow::{DispatchRequest, ListRequest, Listed, RecordRequest};
-use hub_tests::{MotoServer, OciImage, RegistryServer, event, transfer_hub_bin, write_authfile};
+use hub_tests::{
+    MotoServer, OciImage, RegistryServer, aws_fixtures, event, transfer_hub_bin, write_authfile,
+};
 use std::collections::HashMap;
 
 const REGION: &str = "eu-west-1";
@@ -36,53 +38,8 @@ impl Aws {
             "transfer-hub-payloads".to_string(),
         );
         rt.block_on(async {
-            use aws_sdk_dynamodb::types::*;
-            let ddb = aws_sdk_dynamodb::Client::new(&conf);
-            ddb.create_table()
-                .table_name(&table)
-                .billing_mode(BillingMode::PayPerRequest)
-                .attribute_definitions(
-                    AttributeDefinition::builder()
-                        .attribute_name("pk")
-                        .attribute_type(ScalarAttributeType::S)
-                        .build()
-                        .unwrap(),
-                )
-                .attribute_definitions(
-                    AttributeDefinition::builder()
-                        .attribute_name("sk")
-                        .attribute_type(ScalarAttributeType::S)
-                        .build()
-                        .unwrap(),
-                )
-                .key_schema(
-                    KeySchemaElement::builder()
-                        .attribute_name("pk")
-                        .key_type(KeyType::Hash)
-                        .build()
-                        .unwrap(),
-                )
-                .key_schema(
-                    KeySchemaElement::builder()
-                        .attribute_name("sk")
-                        .key_type(KeyType::Range)
-                        .build()
-                        .unwrap(),
-                )
-                .send()
-                .await
-                .unwrap();
-            let s3 = aws_sdk_s3::Client::new(&conf);
-            s3.create_bucket()
-                .bucket(&bucket)
-                .create_bucket_configuration(
-                    aws_sdk_s3::types::CreateBucketConfiguration::builder()
-                        .location_constraint(REGION.into())
-                        .build(),
-                )
-                .send()
-                .await
-                .unwrap();
+            aws_fixtures::status_table(&conf, &table).await;
+            aws_fixtures::bucket(&conf, &bucket).await;
         });
         Self {
             moto,
@@ -477,45 +434,9 @@ fn record_status_keeps_the_newest_result_and_sends_one_message_per_failed_run() 
     let aws = Aws::start();
     let store = aws.store();
     let sns = aws_sdk_sns::Client::new(&aws.conf);
-    let sqs = aws_sdk_sqs::Client::new(&aws.conf);
-    let (topic, queue_url) = aws.rt.block_on(async {
-        let topic = sns
-            .create_topic()
-            .name("th-alarms")
-            .send()
-            .await
-            .unwrap()
-            .topic_arn()
-            .unwrap()
-            .to_string();
-        let q = sqs
-            .create_queue()
-            .queue_name("th-mail")
-            .send()
-            .await
-            .unwrap()
-            .queue_url()
-            .unwrap()
-            .to_string();
-        let qarn = sqs
-            .get_queue_attributes()
-            .queue_url(&q)
-            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-            .send()
-            .await
-            .unwrap()
-            .attributes()
-            .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
-            .clone();
-        sns.subscribe()
-            .topic_arn(&topic)
-            .protocol("sqs")
-            .endpoint(qarn)
-            .send()
-            .await
-            .unwrap();
-        (topic, q)
-    });
+    let (topic, queue_url) = aws
+        .rt
+        .block_on(aws_fixtures::topic_with_queue(&aws.conf, "th-alarms"));
     let notifier = Sns {
         client: sns,
         topic_arn: topic,
@@ -627,16 +548,9 @@ fn record_status_keeps_the_newest_result_and_sends_one_message_per_failed_run() 
 
     let msgs = aws
         .rt
-        .block_on(
-            sqs.receive_message()
-                .queue_url(&queue_url)
-                .max_number_of_messages(10)
-                .wait_time_seconds(1)
-                .send(),
-        )
-        .unwrap();
-    assert_eq!(msgs.messages().len(), 1, "one message per failed run");
-    let body = msgs.messages()[0].body().unwrap();
+        .block_on(aws_fixtures::messages(&aws.conf, &queue_url));
+    assert_eq!(msgs.len(), 1, "one message per failed run");
+    let body = &msgs[0];
     assert!(
         body.contains("team/other:9") && body.contains("AuthDenied"),
         "{body}"

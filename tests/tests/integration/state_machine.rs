@@ -4,8 +4,8 @@
 //! plays Fargate by running the real copy-worker for every `RunTask` moto records.
 
 use hub_tests::{
-    HttpProxy, LambdaWatch, MotoServer, OciImage, RegistryServer, free_port, lambda_router,
-    transfer_hub_bin,
+    HttpProxy, LambdaWatch, MotoServer, OciImage, RegistryServer, aws_fixtures, free_port,
+    lambda_router, transfer_hub_bin,
 };
 use std::collections::HashMap;
 use std::path::Path;
@@ -167,54 +167,9 @@ fn the_state_machine_copies_eleven_images_records_the_twelfth_as_failed_and_a_qu
         .send()
         .unwrap();
     let (subnet, sg) = moto.network(REGION);
-    let (queue_url, topic) = rt.block_on(async {
-        use aws_sdk_dynamodb::types::*;
-        aws_sdk_dynamodb::Client::new(&conf)
-            .create_table()
-            .table_name("status")
-            .billing_mode(BillingMode::PayPerRequest)
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name("pk")
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .unwrap(),
-            )
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name("sk")
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .unwrap(),
-            )
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name("pk")
-                    .key_type(KeyType::Hash)
-                    .build()
-                    .unwrap(),
-            )
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name("sk")
-                    .key_type(KeyType::Range)
-                    .build()
-                    .unwrap(),
-            )
-            .send()
-            .await
-            .unwrap();
-        aws_sdk_s3::Client::new(&conf)
-            .create_bucket()
-            .bucket("payloads")
-            .create_bucket_configuration(
-                aws_sdk_s3::types::CreateBucketConfiguration::builder()
-                    .location_constraint(REGION.into())
-                    .build(),
-            )
-            .send()
-            .await
-            .unwrap();
+    let (topic, queue_url) = rt.block_on(async {
+        aws_fixtures::status_table(&conf, "status").await;
+        aws_fixtures::bucket(&conf, "payloads").await;
         aws_sdk_ssm::Client::new(&conf)
             .put_parameter()
             .name("/th/images")
@@ -245,44 +200,7 @@ fn the_state_machine_copies_eleven_images_records_the_twelfth_as_failed_and_a_qu
             .send()
             .await
             .unwrap();
-        let sns = aws_sdk_sns::Client::new(&conf);
-        let sqs = aws_sdk_sqs::Client::new(&conf);
-        let topic = sns
-            .create_topic()
-            .name("alarms")
-            .send()
-            .await
-            .unwrap()
-            .topic_arn()
-            .unwrap()
-            .to_string();
-        let q = sqs
-            .create_queue()
-            .queue_name("mail")
-            .send()
-            .await
-            .unwrap()
-            .queue_url()
-            .unwrap()
-            .to_string();
-        let qarn = sqs
-            .get_queue_attributes()
-            .queue_url(&q)
-            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-            .send()
-            .await
-            .unwrap()
-            .attributes()
-            .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
-            .clone();
-        sns.subscribe()
-            .topic_arn(&topic)
-            .protocol("sqs")
-            .endpoint(qarn)
-            .send()
-            .await
-            .unwrap();
-        (q, topic)
+        aws_fixtures::topic_with_queue(&conf, "alarms").await
     });
 
     // The functions, configured as the template configures them.
@@ -405,17 +323,8 @@ fn the_state_machine_copies_eleven_images_records_the_twelfth_as_failed_and_a_qu
         "at most 10 workers at once, saw {}",
         fargate.max_running
     );
-    let msgs = rt
-        .block_on(
-            aws_sdk_sqs::Client::new(&conf)
-                .receive_message()
-                .queue_url(&queue_url)
-                .max_number_of_messages(10)
-                .wait_time_seconds(1)
-                .send(),
-        )
-        .unwrap();
-    assert_eq!(msgs.messages().len(), 1, "one SNS message for the run");
+    let msgs = rt.block_on(aws_fixtures::messages(&conf, &queue_url));
+    assert_eq!(msgs.len(), 1, "one SNS message for the run");
 
     // Nothing changed (the broken image left out): no task starts.
     let tasks_before = fargate.started.len();
