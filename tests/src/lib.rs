@@ -509,6 +509,11 @@ impl MotoServer {
 }
 
 impl MotoServer {
+    /// What the server printed so far (its tracebacks explain an HTTP 500).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._log.path()).unwrap_or_default()
+    }
+
     /// An SDK configuration pointed at this server (dummy keys, the given region).
     pub async fn sdk_config(&self, region: &str) -> aws_config::SdkConfig {
         aws_config::defaults(aws_config::BehaviorVersion::latest())
