@@ -1051,6 +1051,57 @@ pub mod aws_fixtures {
         (topic, queue)
     }
 
+    /// The copy cluster `th` and task definition `th-copy` (Fargate, awsvpc, arm64, one
+    /// container `copy` whose definition names the source secret, never its value).
+    pub async fn copy_cluster(conf: &SdkConfig) {
+        use aws_sdk_ecs::types::*;
+        let ecs = aws_sdk_ecs::Client::new(conf);
+        ecs.create_cluster()
+            .cluster_name("th")
+            .send()
+            .await
+            .unwrap();
+        let platform = RuntimePlatform::builder()
+            .cpu_architecture(CpuArchitecture::Arm64)
+            .operating_system_family(OsFamily::Linux)
+            .build();
+        let secret_name = KeyValuePair::builder()
+            .name("SOURCE_SECRET")
+            .value("transfer-hub/source")
+            .build();
+        let container = ContainerDefinition::builder()
+            .name("copy")
+            .image("copy-worker:latest")
+            .memory(2048)
+            .environment(secret_name)
+            .build();
+        ecs.register_task_definition()
+            .family("th-copy")
+            .requires_compatibilities(Compatibility::Fargate)
+            .network_mode(NetworkMode::Awsvpc)
+            .cpu("1024")
+            .memory("2048")
+            .runtime_platform(platform)
+            .container_definitions(container)
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// The environment a task's first container override carries.
+    pub fn task_environment(task: &aws_sdk_ecs::types::Task) -> Vec<(String, String)> {
+        task.overrides().unwrap().container_overrides()[0]
+            .environment()
+            .iter()
+            .map(|kv| {
+                (
+                    kv.name().unwrap().to_string(),
+                    kv.value().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
     /// Messages waiting in a queue (up to 10).
     pub async fn messages(conf: &SdkConfig, queue: &str) -> Vec<String> {
         let out = aws_sdk_sqs::Client::new(conf)

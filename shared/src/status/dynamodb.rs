@@ -54,6 +54,25 @@ pub fn item_key(source: &str, dest: &str) -> String {
     format!("item#{source}|{dest}")
 }
 
+/// Collects every page of a Query or Scan: `page` sends one request from a start key and
+/// returns its items and the key to go on from.
+async fn all_pages<F, Fut>(mut page: F) -> Result<Vec<Item>, StoreError>
+where
+    F: FnMut(Option<Item>) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<Item>, Option<Item>), StoreError>>,
+{
+    let mut items = Vec::new();
+    let mut start = None;
+    loop {
+        let (mut got, next) = page(start.take()).await?;
+        items.append(&mut got);
+        match next {
+            Some(k) if !k.is_empty() => start = Some(k),
+            _ => return Ok(items),
+        }
+    }
+}
+
 impl DynamoStore {
     pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
         Self {
@@ -239,27 +258,24 @@ impl StatusStore for DynamoStore {
                 None => return Ok(None),
             },
         };
-        let mut items = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let out = self
+        let run_id = run.run_id.clone();
+        let raw = all_pages(|start| {
+            let req = self
                 .client
                 .query()
                 .table_name(&self.table)
                 .key_condition_expression("pk = :p AND begins_with(sk, :i)")
-                .expression_attribute_values(":p", s(&run.run_id))
+                .expression_attribute_values(":p", s(&run_id))
                 .expression_attribute_values(":i", s("item#"))
                 .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| sdk("Query", e))?;
-            items.extend(out.items().iter().map(Self::item_from));
-            match out.last_evaluated_key() {
-                Some(k) if !k.is_empty() => start = Some(k.clone()),
-                _ => break,
+                .set_exclusive_start_key(start);
+            async move {
+                let out = req.send().await.map_err(|e| sdk("Query", e))?;
+                Ok((out.items().to_vec(), out.last_evaluated_key().cloned()))
             }
-        }
+        })
+        .await?;
+        let mut items: Vec<ItemRecord> = raw.iter().map(Self::item_from).collect();
         items.sort_by(|a, b| {
             (a.source.as_str(), a.dest.as_str()).cmp(&(b.source.as_str(), b.dest.as_str()))
         });
@@ -268,25 +284,21 @@ impl StatusStore for DynamoStore {
 
     async fn list_runs(&self, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
         // Runs are few (one a day); a filtered scan is enough here.
-        let mut runs = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let out = self
+        let raw = all_pages(|start| {
+            let req = self
                 .client
                 .scan()
                 .table_name(&self.table)
                 .filter_expression("sk = :r")
                 .expression_attribute_values(":r", s("run"))
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| sdk("Scan", e))?;
-            runs.extend(out.items().iter().map(Self::run_from));
-            match out.last_evaluated_key() {
-                Some(k) if !k.is_empty() => start = Some(k.clone()),
-                _ => break,
+                .set_exclusive_start_key(start);
+            async move {
+                let out = req.send().await.map_err(|e| sdk("Scan", e))?;
+                Ok((out.items().to_vec(), out.last_evaluated_key().cloned()))
             }
-        }
+        })
+        .await?;
+        let mut runs: Vec<RunRecord> = raw.iter().map(Self::run_from).collect();
         runs.sort_by(|a, b| b.started_at.cmp(&a.started_at));
         runs.truncate(limit);
         Ok(runs)

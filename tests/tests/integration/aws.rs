@@ -318,42 +318,7 @@ fn dispatch_starts_one_fargate_task_with_the_image_and_no_secret_in_the_override
         .endpoint_url(&proxy.endpoint)
         .build();
     let ecs = aws_sdk_ecs::Client::from_conf(ecs_conf);
-    aws.rt.block_on(async {
-        use aws_sdk_ecs::types::*;
-        ecs.create_cluster()
-            .cluster_name("th")
-            .send()
-            .await
-            .unwrap();
-        ecs.register_task_definition()
-            .family("th-copy")
-            .requires_compatibilities(Compatibility::Fargate)
-            .network_mode(NetworkMode::Awsvpc)
-            .cpu("512")
-            .memory("1024")
-            .runtime_platform(
-                RuntimePlatform::builder()
-                    .cpu_architecture(CpuArchitecture::Arm64)
-                    .operating_system_family(OsFamily::Linux)
-                    .build(),
-            )
-            .container_definitions(
-                ContainerDefinition::builder()
-                    .name("copy")
-                    .image("copy-worker:latest")
-                    .memory(1024)
-                    .environment(
-                        KeyValuePair::builder()
-                            .name("SOURCE_SECRET")
-                            .value("transfer-hub/source")
-                            .build(),
-                    )
-                    .build(),
-            )
-            .send()
-            .await
-            .unwrap();
-    });
+    aws.rt.block_on(aws_fixtures::copy_cluster(&aws.conf));
     let (subnet, sg) = aws.moto.network(REGION);
     let runner = EcsRunner {
         client: ecs.clone(),
@@ -381,16 +346,7 @@ fn dispatch_starts_one_fargate_task_with_the_image_and_no_secret_in_the_override
         task.launch_type(),
         Some(&aws_sdk_ecs::types::LaunchType::Fargate)
     );
-    let env: HashMap<String, String> = task.overrides().unwrap().container_overrides()[0]
-        .environment()
-        .iter()
-        .map(|kv| {
-            (
-                kv.name().unwrap().to_string(),
-                kv.value().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let env: HashMap<String, String> = aws_fixtures::task_environment(task).into_iter().collect();
     assert_eq!(env["SOURCE"], req.task.source);
     assert_eq!(env["DEST"], req.task.dest);
     assert_eq!(env["SOURCE_DIGEST"], req.task.source_digest);

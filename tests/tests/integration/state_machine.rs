@@ -100,16 +100,7 @@ impl Fargate {
                 )
                 .unwrap();
             for t in tasks.tasks() {
-                let env: Vec<(String, String)> = t.overrides().unwrap().container_overrides()[0]
-                    .environment()
-                    .iter()
-                    .map(|kv| {
-                        (
-                            kv.name().unwrap().to_string(),
-                            kv.value().unwrap().to_string(),
-                        )
-                    })
-                    .collect();
+                let env = aws_fixtures::task_environment(t);
                 let source = env
                     .iter()
                     .find(|(k, _)| k == "SOURCE")
@@ -178,28 +169,7 @@ fn the_state_machine_copies_eleven_images_records_the_twelfth_as_failed_and_a_qu
             .send()
             .await
             .unwrap();
-        let ecs = aws_sdk_ecs::Client::new(&conf);
-        ecs.create_cluster()
-            .cluster_name("th")
-            .send()
-            .await
-            .unwrap();
-        ecs.register_task_definition()
-            .family("th-copy")
-            .requires_compatibilities(aws_sdk_ecs::types::Compatibility::Fargate)
-            .network_mode(aws_sdk_ecs::types::NetworkMode::Awsvpc)
-            .cpu("1024")
-            .memory("2048")
-            .container_definitions(
-                aws_sdk_ecs::types::ContainerDefinition::builder()
-                    .name("copy")
-                    .image("copy-worker")
-                    .memory(2048)
-                    .build(),
-            )
-            .send()
-            .await
-            .unwrap();
+        aws_fixtures::copy_cluster(&conf).await;
         aws_fixtures::topic_with_queue(&conf, "alarms").await
     });
 
