@@ -13,6 +13,7 @@ pub mod functions;
 pub mod handlers;
 pub mod list_source;
 pub mod notify;
+pub mod objects;
 pub mod offload;
 pub mod plan;
 pub mod reference;

@@ -117,7 +117,7 @@ pub trait StatusStore: Send + Sync {
 
 /// SQLite-backed store for one machine.
 pub struct SqliteStore {
-    conn: Mutex<rusqlite::Connection>,
+    pub(crate) conn: Mutex<rusqlite::Connection>,
 }
 
 const SCHEMA: &str = "
@@ -130,6 +130,11 @@ CREATE TABLE IF NOT EXISTS items (
   source_digest TEXT, dest_digest TEXT, attempts INTEGER NOT NULL, error_class TEXT, error_message TEXT,
   bytes INTEGER NOT NULL, started_at TEXT, ended_at TEXT, version INTEGER NOT NULL,
   PRIMARY KEY (run_id, source, dest));
+CREATE TABLE IF NOT EXISTS uploads (
+  dest TEXT PRIMARY KEY, key TEXT NOT NULL, upload_id TEXT NOT NULL, size INTEGER NOT NULL,
+  source_etag TEXT, part_size INTEGER NOT NULL, parts INTEGER NOT NULL, started_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS parts (
+  upload_id TEXT NOT NULL, number INTEGER NOT NULL, etag TEXT NOT NULL, PRIMARY KEY (upload_id, number));
 ";
 
 impl SqliteStore {

@@ -16,30 +16,30 @@ pub struct DynamoStore {
     table: String,
 }
 
-type Item = HashMap<String, AttributeValue>;
+pub(crate) type Item = HashMap<String, AttributeValue>;
 
-fn s(v: impl Into<String>) -> AttributeValue {
+pub(crate) fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
 }
-fn n(v: impl ToString) -> AttributeValue {
+pub(crate) fn n(v: impl ToString) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
-fn get_s(i: &Item, k: &str) -> Option<String> {
+pub(crate) fn get_s(i: &Item, k: &str) -> Option<String> {
     i.get(k).and_then(|v| v.as_s().ok()).cloned()
 }
-fn get_n(i: &Item, k: &str) -> u64 {
+pub(crate) fn get_n(i: &Item, k: &str) -> u64 {
     i.get(k)
         .and_then(|v| v.as_n().ok())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
-fn get_t(i: &Item, k: &str) -> Option<DateTime<Utc>> {
+pub(crate) fn get_t(i: &Item, k: &str) -> Option<DateTime<Utc>> {
     get_s(i, k)
         .and_then(|v| DateTime::parse_from_rfc3339(&v).ok())
         .map(|t| t.with_timezone(&Utc))
 }
 
-fn sdk<E: std::error::Error + 'static>(
+pub(crate) fn sdk<E: std::error::Error + 'static>(
     what: &str,
     e: aws_sdk_dynamodb::error::SdkError<E>,
 ) -> StoreError {
@@ -56,7 +56,7 @@ pub fn item_key(source: &str, dest: &str) -> String {
 
 /// Collects every page of a Query or Scan: `page` sends one request from a start key and
 /// returns its items and the key to go on from.
-async fn all_pages<F, Fut>(mut page: F) -> Result<Vec<Item>, StoreError>
+pub(crate) async fn all_pages<F, Fut>(mut page: F) -> Result<Vec<Item>, StoreError>
 where
     F: FnMut(Option<Item>) -> Fut,
     Fut: std::future::Future<Output = Result<(Vec<Item>, Option<Item>), StoreError>>,

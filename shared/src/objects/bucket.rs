@@ -1,0 +1,655 @@
+//! One side of an object sync: a bucket and prefix behind an S3 client (AWS or any
+//! S3-compatible endpoint, path-style), with the options that apply to it. All S3 calls
+//! of the engine live here.
+
+use super::diff::Entry;
+use super::url::S3Url;
+use crate::retry::{ErrorClass, ItemError};
+use crate::secrets::{self, SecretCredentials};
+use aws_sdk_s3::Client;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart, RequestPayer, ServerSideEncryption, StorageClass,
+};
+use futures::{Stream, StreamExt};
+use std::collections::HashMap;
+
+/// Where a side's credentials come from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum CredentialSource {
+    /// The default chain (env, profile, SSO, container/instance role).
+    #[default]
+    Default,
+    /// A named profile from the shared config files.
+    Profile(String),
+    /// A Secrets Manager secret with `access_key_id` / `secret_access_key`.
+    Secret(String),
+}
+
+/// How to reach one side.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Endpoint {
+    pub region: Option<String>,
+    /// An S3-compatible endpoint (path-style addressing is used with it).
+    pub url: Option<String>,
+    pub credentials: CredentialSource,
+}
+
+/// Builds the S3 client of one side. `secrets` is needed only for a secret source.
+pub async fn connect(
+    ep: &Endpoint,
+    secrets: Option<&aws_sdk_secretsmanager::Client>,
+) -> Result<Client, ItemError> {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(r) = &ep.region {
+        loader = loader.region(aws_config::Region::new(r.clone()));
+    }
+    match &ep.credentials {
+        CredentialSource::Default => {}
+        CredentialSource::Profile(p) => loader = loader.profile_name(p),
+        CredentialSource::Secret(name) => {
+            let client = secrets.ok_or_else(|| {
+                ItemError::new(
+                    ErrorClass::BadInput,
+                    format!("secret {name:?}: no Secrets Manager client"),
+                )
+            })?;
+            match secrets::fetch(client, name).await? {
+                SecretCredentials::Aws {
+                    access_key_id,
+                    secret_access_key,
+                } => {
+                    loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+                        access_key_id,
+                        secret_access_key,
+                        None,
+                        None,
+                        "secrets-manager",
+                    ))
+                }
+                SecretCredentials::Registry(_) => {
+                    return Err(ItemError::new(
+                        ErrorClass::BadInput,
+                        format!(
+                            "secret {name:?} holds a registry login; an S3 side needs \"access_key_id\" and \"secret_access_key\""
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    let conf = loader.load().await;
+    let mut b = aws_sdk_s3::config::Builder::from(&conf);
+    if let Some(url) = &ep.url {
+        b = b.endpoint_url(url).force_path_style(true);
+    }
+    if conf.region().is_none() {
+        b = b.region(aws_config::Region::new("us-east-1"));
+    }
+    Ok(Client::from_conf(b.build()))
+}
+
+/// The class and text of an S3 error (never a credential: the SDK does not print them).
+pub fn s3_error<E: std::error::Error + ProvideErrorMetadata + 'static>(
+    what: &str,
+    e: SdkError<E>,
+) -> ItemError {
+    let class = match &e {
+        SdkError::ServiceError(s) => {
+            ErrorClass::from_aws_error(s.err().code(), s.raw().status().as_u16())
+        }
+        SdkError::ConstructionFailure(_) => ErrorClass::BadInput,
+        _ => ErrorClass::Retryable,
+    };
+    ItemError::new(
+        class,
+        format!("{what}: {}", aws_sdk_s3::error::DisplayErrorContext(&e)),
+    )
+}
+
+/// Destination-only settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DestOptions {
+    pub storage_class: Option<StorageClass>,
+    /// SSE-KMS key id/ARN (AES256 default encryption otherwise).
+    pub kms_key: Option<String>,
+}
+
+/// Parses a storage class name, naming the accepted ones on error.
+pub fn parse_storage_class(s: &str) -> Result<StorageClass, String> {
+    let known = StorageClass::values();
+    if known.contains(&s) {
+        Ok(StorageClass::from(s))
+    } else {
+        Err(format!(
+            "unknown storage class {s:?}; expected one of {}",
+            known.join(", ")
+        ))
+    }
+}
+
+/// The metadata carried with an object.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Meta {
+    pub content_type: Option<String>,
+    pub cache_control: Option<String>,
+    pub content_disposition: Option<String>,
+    pub content_encoding: Option<String>,
+    pub content_language: Option<String>,
+    pub expires: Option<String>,
+    pub user: Option<HashMap<String, String>>,
+}
+
+/// What HEAD says about an object.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Head {
+    pub size: u64,
+    pub etag: Option<String>,
+    pub meta: Meta,
+    pub kms: bool,
+}
+
+/// A bucket and prefix with its client.
+#[derive(Clone, Debug)]
+pub struct Bucket {
+    pub client: Client,
+    pub url: S3Url,
+    /// Source buckets only: the requester pays for requests and transfer.
+    pub requester_pays: bool,
+}
+
+/// Percent-encodes a key for `x-amz-copy-source` (keeps `/` and unreserved characters).
+pub fn encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn expires_date(s: &Option<String>) -> Option<aws_sdk_s3::primitives::DateTime> {
+    s.as_deref().and_then(|s| {
+        aws_sdk_s3::primitives::DateTime::from_str(
+            s,
+            aws_sdk_s3::primitives::DateTimeFormat::HttpDate,
+        )
+        .ok()
+    })
+}
+
+/// ETag without quotes.
+pub fn bare_etag(e: &str) -> String {
+    e.trim_matches('"').to_string()
+}
+
+/// Whether an ETag is the MD5 of the bytes (a single-part, non-KMS upload).
+pub fn is_md5_etag(e: &str) -> bool {
+    let e = bare_etag(e);
+    e.len() == 32 && e.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+impl Bucket {
+    fn payer(&self) -> Option<RequestPayer> {
+        self.requester_pays.then_some(RequestPayer::Requester)
+    }
+
+    /// The `x-amz-copy-source` of an object of this bucket.
+    pub fn copy_source(&self, rel: &str) -> String {
+        format!("{}/{}", self.url.bucket, encode_key(&self.url.key(rel)))
+    }
+
+    /// Lists every object under the prefix, in S3's key order, keys relative to the
+    /// prefix. Pages are fetched as the consumer goes (one page in memory).
+    pub fn list(&self) -> impl Stream<Item = Result<Entry, ItemError>> + Unpin + Send + 'static {
+        let client = self.client.clone();
+        let bucket = self.url.bucket.clone();
+        let prefix = self.url.prefix.clone();
+        let payer = self.payer();
+        let state = (Some(None::<String>), client, bucket, prefix, payer);
+        let pages =
+            futures::stream::unfold(state, |(token, client, bucket, prefix, payer)| async move {
+                let token = token?;
+                let out = client
+                    .list_objects_v2()
+                    .bucket(&bucket)
+                    .prefix(&prefix)
+                    .set_continuation_token(token)
+                    .set_request_payer(payer.clone())
+                    .send()
+                    .await;
+                match out {
+                    Err(e) => {
+                        let err = s3_error(&format!("listing s3://{bucket}/{prefix}"), e);
+                        Some((vec![Err(err)], (None, client, bucket, prefix, payer)))
+                    }
+                    Ok(page) => {
+                        let entries: Vec<Result<Entry, ItemError>> = page
+                            .contents()
+                            .iter()
+                            .map(|o| {
+                                let key = o.key().unwrap_or_default();
+                                Ok(Entry {
+                                    key: key
+                                        .strip_prefix(prefix.as_str())
+                                        .unwrap_or(key)
+                                        .to_string(),
+                                    size: o.size().unwrap_or(0).max(0) as u64,
+                                    etag: o.e_tag().map(bare_etag),
+                                    checksum: None,
+                                })
+                            })
+                            .collect();
+                        let next = if page.is_truncated() == Some(true) {
+                            page.next_continuation_token().map(|t| Some(t.to_string()))
+                        } else {
+                            None
+                        };
+                        Some((entries, (next, client, bucket, prefix, payer)))
+                    }
+                }
+            });
+        Box::pin(pages.flat_map(futures::stream::iter))
+    }
+
+    /// HEAD of an object; `None` when it does not exist.
+    pub async fn head(&self, rel: &str) -> Result<Option<Head>, ItemError> {
+        let key = self.url.key(rel);
+        let r = self
+            .client
+            .head_object()
+            .bucket(&self.url.bucket)
+            .key(&key)
+            .set_request_payer(self.payer())
+            .send()
+            .await;
+        match r {
+            Ok(o) => Ok(Some(Head {
+                size: o.content_length().unwrap_or(0).max(0) as u64,
+                etag: o.e_tag().map(bare_etag),
+                kms: o.server_side_encryption() == Some(&ServerSideEncryption::AwsKms),
+                meta: Meta {
+                    content_type: o.content_type().map(str::to_string),
+                    cache_control: o.cache_control().map(str::to_string),
+                    content_disposition: o.content_disposition().map(str::to_string),
+                    content_encoding: o.content_encoding().map(str::to_string),
+                    content_language: o.content_language().map(str::to_string),
+                    expires: o.expires_string().map(str::to_string),
+                    user: o.metadata().cloned().filter(|m| !m.is_empty()),
+                },
+            })),
+            Err(SdkError::ServiceError(s)) if s.raw().status().as_u16() == 404 => Ok(None),
+            Err(e) => Err(s3_error(&format!("HEAD {}", self.url.object(rel)), e)),
+        }
+    }
+
+    /// The object's tags as a `k=v&k2=v2` string (None when it has none).
+    pub async fn tagging(&self, rel: &str) -> Result<Option<String>, ItemError> {
+        let out = self
+            .client
+            .get_object_tagging()
+            .bucket(&self.url.bucket)
+            .key(self.url.key(rel))
+            .set_request_payer(self.payer())
+            .send()
+            .await
+            .map_err(|e| s3_error(&format!("tags of {}", self.url.object(rel)), e))?;
+        let tags: Vec<String> = out
+            .tag_set()
+            .iter()
+            .map(|t| format!("{}={}", form_encode(t.key()), form_encode(t.value())))
+            .collect();
+        Ok((!tags.is_empty()).then(|| tags.join("&")))
+    }
+
+    /// Reads an object, or a range of it, into memory with its metadata and ETag.
+    pub async fn get(
+        &self,
+        rel: &str,
+        range: Option<String>,
+    ) -> Result<(bytes::Bytes, Meta, Option<String>), ItemError> {
+        let what = format!("GET {}", self.url.object(rel));
+        let o = self
+            .client
+            .get_object()
+            .bucket(&self.url.bucket)
+            .key(self.url.key(rel))
+            .set_range(range)
+            .set_request_payer(self.payer())
+            .send()
+            .await
+            .map_err(|e| s3_error(&what, e))?;
+        let meta = Meta {
+            content_type: o.content_type().map(str::to_string),
+            cache_control: o.cache_control().map(str::to_string),
+            content_disposition: o.content_disposition().map(str::to_string),
+            content_encoding: o.content_encoding().map(str::to_string),
+            content_language: o.content_language().map(str::to_string),
+            expires: o.expires_string().map(str::to_string),
+            user: o.metadata().cloned().filter(|m| !m.is_empty()),
+        };
+        let etag = o.e_tag().map(bare_etag);
+        let body = o
+            .body
+            .collect()
+            .await
+            .map_err(|e| {
+                ItemError::new(
+                    ErrorClass::Retryable,
+                    format!("{what}: reading the body: {e}"),
+                )
+            })?
+            .into_bytes();
+        Ok((body, meta, etag))
+    }
+
+    /// PutObject with Content-MD5 (S3 refuses a body that does not match). Returns the ETag.
+    pub async fn put(
+        &self,
+        rel: &str,
+        body: bytes::Bytes,
+        md5: &[u8; 16],
+        meta: &Meta,
+        tagging: Option<String>,
+        opts: &DestOptions,
+    ) -> Result<Option<String>, ItemError> {
+        use base64::Engine;
+        let o = self
+            .client
+            .put_object()
+            .bucket(&self.url.bucket)
+            .key(self.url.key(rel))
+            .content_md5(base64::engine::general_purpose::STANDARD.encode(md5))
+            .content_length(body.len() as i64)
+            .body(ByteStream::from(body))
+            .set_content_type(meta.content_type.clone())
+            .set_cache_control(meta.cache_control.clone())
+            .set_content_disposition(meta.content_disposition.clone())
+            .set_content_encoding(meta.content_encoding.clone())
+            .set_content_language(meta.content_language.clone())
+            .set_expires(expires_date(&meta.expires))
+            .set_metadata(meta.user.clone())
+            .set_tagging(tagging)
+            .set_storage_class(opts.storage_class.clone())
+            .set_server_side_encryption(opts.kms_key.as_ref().map(|_| ServerSideEncryption::AwsKms))
+            .set_ssekms_key_id(opts.kms_key.clone())
+            .send()
+            .await
+            .map_err(|e| s3_error(&format!("PUT {}", self.url.object(rel)), e))?;
+        Ok(o.e_tag().map(bare_etag))
+    }
+
+    /// Server-side CopyObject from `src` (metadata and tags copied by S3). Returns the ETag.
+    pub async fn copy_from(
+        &self,
+        rel: &str,
+        src: &Bucket,
+        opts: &DestOptions,
+        tags: bool,
+    ) -> Result<Option<String>, ItemError> {
+        use aws_sdk_s3::types::TaggingDirective;
+        let o = self
+            .client
+            .copy_object()
+            .bucket(&self.url.bucket)
+            .key(self.url.key(rel))
+            .copy_source(src.copy_source(rel))
+            .set_request_payer(src.payer())
+            .tagging_directive(if tags {
+                TaggingDirective::Copy
+            } else {
+                TaggingDirective::Replace
+            })
+            .set_storage_class(opts.storage_class.clone())
+            .set_server_side_encryption(opts.kms_key.as_ref().map(|_| ServerSideEncryption::AwsKms))
+            .set_ssekms_key_id(opts.kms_key.clone())
+            .send()
+            .await
+            .map_err(|e| {
+                s3_error(
+                    &format!("copy {} to {}", src.url.object(rel), self.url.object(rel)),
+                    e,
+                )
+            })?;
+        Ok(o.copy_object_result()
+            .and_then(|r| r.e_tag())
+            .map(bare_etag))
+    }
+
+    /// Starts a multipart upload carrying the source's metadata. Returns the upload id.
+    pub async fn create_upload(
+        &self,
+        rel: &str,
+        meta: &Meta,
+        tagging: Option<String>,
+        opts: &DestOptions,
+    ) -> Result<String, ItemError> {
+        let what = format!("create multipart upload of {}", self.url.object(rel));
+        let o = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.url.bucket)
+            .key(self.url.key(rel))
+            .set_content_type(meta.content_type.clone())
+            .set_cache_control(meta.cache_control.clone())
+            .set_content_disposition(meta.content_disposition.clone())
+            .set_content_encoding(meta.content_encoding.clone())
+            .set_content_language(meta.content_language.clone())
+            .set_expires(expires_date(&meta.expires))
+            .set_metadata(meta.user.clone())
+            .set_tagging(tagging)
+            .set_storage_class(opts.storage_class.clone())
+            .set_server_side_encryption(opts.kms_key.as_ref().map(|_| ServerSideEncryption::AwsKms))
+            .set_ssekms_key_id(opts.kms_key.clone())
+            .send()
+            .await
+            .map_err(|e| s3_error(&what, e))?;
+        o.upload_id()
+            .map(str::to_string)
+            .ok_or_else(|| ItemError::new(ErrorClass::Retryable, format!("{what}: no upload id")))
+    }
+
+    /// UploadPart with Content-MD5. Returns the part's ETag.
+    pub async fn upload_part(
+        &self,
+        rel: &str,
+        upload_id: &str,
+        number: u32,
+        body: bytes::Bytes,
+        md5: &[u8; 16],
+    ) -> Result<String, ItemError> {
+        use base64::Engine;
+        let what = format!("part {number} of {}", self.url.object(rel));
+        let o = self
+            .client
+            .upload_part()
+            .bucket(&self.url.bucket)
+            .key(self.url.key(rel))
+            .upload_id(upload_id)
+            .part_number(number as i32)
+            .content_md5(base64::engine::general_purpose::STANDARD.encode(md5))
+            .content_length(body.len() as i64)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| s3_error(&what, e))?;
+        o.e_tag()
+            .map(bare_etag)
+            .ok_or_else(|| ItemError::new(ErrorClass::Retryable, format!("{what}: no ETag")))
+    }
+
+    /// UploadPartCopy of a byte range of `src`. Returns the part's ETag.
+    pub async fn copy_part(
+        &self,
+        rel: &str,
+        upload_id: &str,
+        number: u32,
+        range: String,
+        src: &Bucket,
+    ) -> Result<String, ItemError> {
+        let what = format!("part {number} of {}", self.url.object(rel));
+        let o = self
+            .client
+            .upload_part_copy()
+            .bucket(&self.url.bucket)
+            .key(self.url.key(rel))
+            .upload_id(upload_id)
+            .part_number(number as i32)
+            .copy_source(src.copy_source(rel))
+            .copy_source_range(range)
+            .set_request_payer(src.payer())
+            .send()
+            .await
+            .map_err(|e| s3_error(&what, e))?;
+        o.copy_part_result()
+            .and_then(|r| r.e_tag())
+            .map(bare_etag)
+            .ok_or_else(|| ItemError::new(ErrorClass::Retryable, format!("{what}: no ETag")))
+    }
+
+    /// Completes an upload with its parts in order. Returns the object's ETag.
+    pub async fn complete_upload(
+        &self,
+        rel: &str,
+        upload_id: &str,
+        parts: &[(u32, String)],
+    ) -> Result<Option<String>, ItemError> {
+        let completed = CompletedMultipartUpload::builder()
+            .set_parts(Some(
+                parts
+                    .iter()
+                    .map(|(n, e)| {
+                        CompletedPart::builder()
+                            .part_number(*n as i32)
+                            .e_tag(format!("\"{e}\""))
+                            .build()
+                    })
+                    .collect(),
+            ))
+            .build();
+        let o = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.url.bucket)
+            .key(self.url.key(rel))
+            .upload_id(upload_id)
+            .multipart_upload(completed)
+            .send()
+            .await
+            .map_err(|e| s3_error(&format!("complete upload of {}", self.url.object(rel)), e))?;
+        Ok(o.e_tag().map(bare_etag))
+    }
+
+    /// Aborts an upload (its parts are freed).
+    pub async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), ItemError> {
+        self.client
+            .abort_multipart_upload()
+            .bucket(&self.url.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+            .map_err(|e| {
+                s3_error(
+                    &format!("abort upload of s3://{}/{key}", self.url.bucket),
+                    e,
+                )
+            })?;
+        Ok(())
+    }
+
+    /// Open multipart uploads under the prefix: (full key, upload id, started).
+    pub async fn open_uploads(
+        &self,
+    ) -> Result<Vec<(String, String, Option<chrono::DateTime<chrono::Utc>>)>, ItemError> {
+        let mut out = Vec::new();
+        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.url.bucket)
+                .prefix(&self.url.prefix)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .send()
+                .await
+                .map_err(|e| s3_error(&format!("list uploads of {}", self.url), e))?;
+            for u in page.uploads() {
+                let started = u
+                    .initiated()
+                    .and_then(|d| chrono::DateTime::from_timestamp(d.secs(), 0));
+                out.push((
+                    u.key().unwrap_or_default().to_string(),
+                    u.upload_id().unwrap_or_default().to_string(),
+                    started,
+                ));
+            }
+            if page.is_truncated() == Some(true) {
+                key_marker = page.next_key_marker().map(str::to_string);
+                id_marker = page.next_upload_id_marker().map(str::to_string);
+                if key_marker.is_none() && id_marker.is_none() {
+                    break;
+                }
+            } else {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes an object (S3 events with deletion turned on).
+    pub async fn delete(&self, rel: &str) -> Result<(), ItemError> {
+        self.client
+            .delete_object()
+            .bucket(&self.url.bucket)
+            .key(self.url.key(rel))
+            .send()
+            .await
+            .map_err(|e| s3_error(&format!("delete {}", self.url.object(rel)), e))?;
+        Ok(())
+    }
+}
+
+/// `application/x-www-form-urlencoded` for tag keys and values.
+fn form_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_source_keys_are_percent_encoded() {
+        assert_eq!(encode_key("a b/ü+?.txt"), "a%20b/%C3%BC%2B%3F.txt");
+    }
+
+    #[test]
+    fn storage_class_errors_name_the_value_and_the_choices() {
+        assert_eq!(
+            parse_storage_class("STANDARD_IA").unwrap(),
+            StorageClass::StandardIa
+        );
+        let e = parse_storage_class("FAST").unwrap_err();
+        assert!(e.contains("\"FAST\"") && e.contains("GLACIER"), "{e}");
+    }
+
+    #[test]
+    fn md5_etags_are_recognised() {
+        assert!(is_md5_etag("\"d41d8cd98f00b204e9800998ecf8427e\""));
+        assert!(!is_md5_etag("d41d8cd98f00b204e9800998ecf8427e-2"));
+    }
+}

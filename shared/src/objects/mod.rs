@@ -1,0 +1,17 @@
+//! The object engine: keep an S3 bucket (or prefix) in sync with another bucket, in
+//! another region, account or partition, or an S3-compatible store.
+//!
+//! Pure parts — [`url`], [`diff`] (streaming merge of sorted listings, external sort for
+//! stores that do not list in order), [`multipart`] (part plan) — decide. Edges —
+//! [`bucket`] (every S3 call), [`uploads`] (ledger of open multipart uploads, SQLite or
+//! DynamoDB) — act. [`transfer`] moves and verifies one object or part; [`run`] is the
+//! one-machine pipeline; [`jobs`] and [`events`] are the messages of the AWS suite.
+
+pub mod bucket;
+pub mod diff;
+pub mod events;
+pub mod multipart;
+pub mod run;
+pub mod transfer;
+pub mod uploads;
+pub mod url;

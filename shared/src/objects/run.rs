@@ -1,0 +1,402 @@
+//! The one-machine object sync: list both sides → streaming merge → copy what differs
+//! with bounded concurrency and retries → verify → record. Parts of big objects share
+//! the same concurrency bound as whole objects, and the upload ledger in the state file
+//! lets an interrupted run resume without redoing finished parts.
+
+use super::bucket::Bucket;
+use super::bucket::DestOptions;
+use super::diff::{self, Compare, Decision, DiffError, Entry, MergeError};
+use super::multipart::{self, MAX_SINGLE, Plan};
+use super::transfer::{Mode, Transfer};
+use super::uploads::{Upload, UploadLedger};
+use super::url::S3Url;
+use crate::retry::{ErrorClass, ItemError, RetryPolicy, with_retries};
+use crate::status::{ItemRecord, RunRecord, Status, StatusStore, StoreError};
+use crate::sync::{Progress, SyncReport};
+use chrono::Utc;
+use futures::StreamExt;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::{Semaphore, mpsc};
+
+/// One object sync run's settings.
+#[derive(Debug, Clone)]
+pub struct ObjectsSpec {
+    pub run_id: String,
+    pub compare: Compare,
+    /// Requests (whole objects or parts) in flight at once.
+    pub concurrency: usize,
+    pub part_size: u64,
+    pub threshold: u64,
+    pub mode: Mode,
+    pub tags: bool,
+    pub dest_opts: DestOptions,
+    pub retry: RetryPolicy,
+    pub dry_run: bool,
+    /// Where an unsorted listing is sorted on disk (default: the system temp dir).
+    pub spill_dir: Option<PathBuf>,
+}
+
+/// The edges of an object run.
+pub struct ObjectEdges<'a> {
+    pub src: &'a Bucket,
+    pub dst: &'a Bucket,
+    pub store: &'a dyn StatusStore,
+    pub ledger: &'a dyn UploadLedger,
+    pub progress: &'a dyn Progress,
+}
+
+const FINAL: u64 = 2;
+
+struct Counts {
+    in_sync: u64,
+    copies: u64,
+}
+
+/// Runs one object sync. Store errors end the run; every other failure is recorded on its
+/// object and the others go on. A listing error fails the run as a whole (nothing is
+/// copied past a listing we could not read, and nothing is silently skipped).
+pub async fn run_objects(
+    spec: &ObjectsSpec,
+    edges: &ObjectEdges<'_>,
+) -> Result<SyncReport, ObjectsError> {
+    let started = Utc::now();
+    let mut run = RunRecord {
+        run_id: spec.run_id.clone(),
+        source: edges.src.url.to_string(),
+        dest: edges.dst.url.to_string(),
+        dry_run: spec.dry_run,
+        started_at: started,
+        ended_at: None,
+        copied: 0,
+        skipped: 0,
+        failed: 0,
+        bytes: 0,
+    };
+    if !spec.dry_run {
+        edges.store.put_run(&run).await?;
+    }
+    let mut items: BTreeMap<String, ItemRecord> = BTreeMap::new();
+    let first = pass(spec, edges, edges.src.list(), edges.dst.list(), &mut items).await;
+    let counts = match first {
+        Err(ObjectsError::Diff(DiffError::OutOfOrder {
+            side,
+            key,
+            previous,
+        })) => {
+            tracing::warn!(
+                side,
+                key,
+                previous,
+                "a listing is not in key order; sorting both on disk"
+            );
+            let dir = spec.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
+            let (s, d) = tokio::try_join!(
+                sorted(edges.src.list(), dir.clone()),
+                sorted(edges.dst.list(), dir)
+            )?;
+            let mut c = pass(spec, edges, s, d, &mut items).await?;
+            // Objects copied before the disorder was seen are in sync now; count them once.
+            let done_earlier = items
+                .values()
+                .filter(|i| i.status == Status::Copied)
+                .count() as u64;
+            c.in_sync = c
+                .in_sync
+                .saturating_sub(done_earlier.saturating_sub(c.copies));
+            c
+        }
+        other => other?,
+    };
+    let items: Vec<ItemRecord> = items.into_values().collect();
+    run.copied = items.iter().filter(|i| i.status == Status::Copied).count() as u64;
+    run.failed = items.iter().filter(|i| i.status == Status::Failed).count() as u64;
+    run.skipped = counts.in_sync;
+    run.bytes = items
+        .iter()
+        .filter(|i| i.status == Status::Copied)
+        .map(|i| i.bytes)
+        .sum();
+    run.ended_at = Some(Utc::now());
+    if !spec.dry_run {
+        edges.store.put_run(&run).await?;
+    }
+    Ok(SyncReport { run, items })
+}
+
+/// What ends a run early.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectsError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Diff(#[from] DiffError),
+}
+
+/// A listing sorted on disk, as a stream.
+async fn sorted(
+    list: impl futures::Stream<Item = Result<Entry, ItemError>> + Unpin + Send + 'static,
+    dir: PathBuf,
+) -> Result<impl futures::Stream<Item = Result<Entry, std::io::Error>> + Unpin, DiffError> {
+    let it = tokio::task::spawn_blocking(move || {
+        let mut first_err = None;
+        let mut stream = futures::executor::block_on_stream(list);
+        let entries = std::iter::from_fn(|| match stream.next()? {
+            Ok(e) => Some(e),
+            Err(e) => {
+                first_err = Some(e);
+                None
+            }
+        });
+        let sorted = diff::external_sort(entries, &dir, 200_000)?;
+        match first_err {
+            Some(e) => Err(DiffError::Listing {
+                side: "listing",
+                message: e.message,
+            }),
+            None => Ok(sorted),
+        }
+    })
+    .await
+    .map_err(|e| DiffError::Listing {
+        side: "listing",
+        message: e.to_string(),
+    })??;
+    Ok(futures::stream::iter(it))
+}
+
+async fn pass<S, D, E1, E2>(
+    spec: &ObjectsSpec,
+    edges: &ObjectEdges<'_>,
+    src: S,
+    dst: D,
+    items: &mut BTreeMap<String, ItemRecord>,
+) -> Result<Counts, ObjectsError>
+where
+    S: futures::Stream<Item = Result<Entry, E1>> + Unpin,
+    D: futures::Stream<Item = Result<Entry, E2>> + Unpin,
+    E1: std::fmt::Display,
+    E2: std::fmt::Display,
+{
+    let (tx, rx) = mpsc::channel::<Entry>(1024);
+    let (in_sync, copies) = (std::cell::Cell::new(0u64), std::cell::Cell::new(0u64));
+    let permits = Arc::new(Semaphore::new(spec.concurrency.max(1)));
+    let producer = async {
+        let r = diff::merge(src, dst, spec.compare, |d| {
+            let (tx, in_sync, copies) = (&tx, &in_sync, &copies);
+            async move {
+                match d {
+                    Decision::Copy(e, _) => {
+                        copies.set(copies.get() + 1);
+                        tx.send(e).await.map_err(|_| "the copy workers stopped")?;
+                    }
+                    Decision::InSync(_) => in_sync.set(in_sync.get() + 1),
+                    Decision::Extra(_) => {}
+                }
+                Ok::<(), &'static str>(())
+            }
+        })
+        .await;
+        drop(tx);
+        r
+    };
+    let consumer = tokio_stream_of(rx)
+        .map(|e| {
+            let permits = permits.clone();
+            async move { copy_object(spec, edges, e, permits).await }
+        })
+        .buffer_unordered(spec.concurrency.max(1))
+        .then(|rec| async move {
+            if !spec.dry_run {
+                edges.store.put_item(&rec).await?;
+            }
+            edges.progress.finished(&rec);
+            Ok::<ItemRecord, StoreError>(rec)
+        })
+        .collect::<Vec<_>>();
+    let (merged, recs) = tokio::join!(producer, consumer);
+    for r in recs {
+        let r = r?;
+        items.insert(r.source.clone(), r);
+    }
+    match merged {
+        Ok(()) => Ok(Counts {
+            in_sync: in_sync.get(),
+            copies: copies.get(),
+        }),
+        Err(MergeError::Diff(e)) => Err(e.into()),
+        Err(MergeError::Emit(e)) => Err(ObjectsError::Diff(DiffError::Listing {
+            side: "copy",
+            message: e.into(),
+        })),
+    }
+}
+
+fn tokio_stream_of<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Copies one object (with retries) and returns its final record.
+async fn copy_object(
+    spec: &ObjectsSpec,
+    edges: &ObjectEdges<'_>,
+    e: Entry,
+    permits: Arc<Semaphore>,
+) -> ItemRecord {
+    let started = Utc::now();
+    let mut rec = ItemRecord {
+        run_id: spec.run_id.clone(),
+        source: edges.src.url.object(&e.key),
+        dest: edges.dst.url.object(&e.key),
+        status: Status::Planned,
+        source_digest: e.etag.clone(),
+        dest_digest: None,
+        attempts: 0,
+        error: None,
+        bytes: 0,
+        started_at: Some(started),
+        ended_at: None,
+        version: FINAL,
+    };
+    if spec.dry_run {
+        rec.ended_at = Some(Utc::now());
+        return rec;
+    }
+    let t = Transfer {
+        src: edges.src,
+        dst: edges.dst,
+        mode: spec.mode,
+        opts: &spec.dest_opts,
+        tags: spec.tags,
+    };
+    let single_limit = match spec.mode {
+        Mode::Server => MAX_SINGLE,
+        Mode::Stream => spec.part_size,
+    };
+    let (r, attempts) = match multipart::plan(e.size, spec.threshold, spec.part_size, single_limit)
+    {
+        Err(p) => (
+            Err(ItemError::new(
+                ErrorClass::BadInput,
+                format!("{}: {p}", rec.source),
+            )),
+            0,
+        ),
+        Ok(Plan::Single) => {
+            with_retries(&spec.retry, |_| async {
+                let _p = permits.acquire().await.expect("semaphore open");
+                t.single(&e).await
+            })
+            .await
+        }
+        Ok(Plan::Multipart { part_size, parts }) => {
+            with_retries(&spec.retry, |_| {
+                multipart_copy(&t, edges.ledger, &rec.dest, &e, part_size, &parts, &permits)
+            })
+            .await
+        }
+    };
+    rec.attempts = attempts;
+    rec.ended_at = Some(Utc::now());
+    match r {
+        Ok(etag) => {
+            rec.status = Status::Copied;
+            rec.dest_digest = etag;
+            rec.bytes = e.size;
+        }
+        Err(err) => {
+            rec.status = Status::Failed;
+            rec.error = Some(err);
+        }
+    }
+    rec
+}
+
+fn store_err(e: StoreError) -> ItemError {
+    ItemError::new(ErrorClass::Retryable, format!("upload ledger: {e}"))
+}
+
+/// One attempt at a multipart copy: reuses the open upload of this object (same size and
+/// source ETag) and skips its finished parts; parts run under the shared permits.
+async fn multipart_copy(
+    t: &Transfer<'_>,
+    ledger: &dyn UploadLedger,
+    dest: &str,
+    e: &Entry,
+    part_size: u64,
+    parts: &[multipart::Part],
+    permits: &Semaphore,
+) -> Result<Option<String>, ItemError> {
+    let upload = match ledger.find(dest).await.map_err(store_err)? {
+        Some(u) if u.size == e.size && u.source_etag == e.etag && u.part_size == part_size => u,
+        stale => {
+            if let Some(old) = stale {
+                // The source changed since that upload began: it can never complete.
+                let _ = t
+                    .dst
+                    .abort_upload(&t.dst.url.key(&old.key), &old.upload_id)
+                    .await;
+                ledger.finish(&old).await.map_err(store_err)?;
+            }
+            let upload_id = t.start_upload(e).await?;
+            let u = Upload {
+                dest: dest.to_string(),
+                key: e.key.clone(),
+                upload_id,
+                size: e.size,
+                source_etag: e.etag.clone(),
+                part_size,
+                parts: parts.len() as u32,
+                started_at: Utc::now(),
+            };
+            ledger.begin(&u).await.map_err(store_err)?
+        }
+    };
+    let done: std::collections::HashSet<u32> = ledger
+        .parts_done(&upload)
+        .await
+        .map_err(store_err)?
+        .into_iter()
+        .map(|p| p.0)
+        .collect();
+    let todo = parts.iter().filter(|p| !done.contains(&p.number));
+    let results = futures::future::join_all(todo.map(|p| async {
+        let _permit = permits.acquire().await.expect("semaphore open");
+        let etag = t.part(e, &upload.upload_id, p).await?;
+        ledger
+            .part_done(&upload, p.number, &etag)
+            .await
+            .map_err(store_err)
+    }))
+    .await;
+    // Every part that could be done is recorded; the first error decides the attempt.
+    if let Some(err) = results.into_iter().find_map(Result::err) {
+        return Err(err);
+    }
+    let finished = ledger.parts_done(&upload).await.map_err(store_err)?;
+    match t
+        .complete(e, &upload.upload_id, finished, upload.parts)
+        .await
+    {
+        Ok(etag) => {
+            ledger.finish(&upload).await.map_err(store_err)?;
+            Ok(etag)
+        }
+        Err(err) if err.class == ErrorClass::DigestMismatch => {
+            // What arrived is wrong: never keep it as a success; the next attempt starts over.
+            let _ = t
+                .dst
+                .abort_upload(&t.dst.url.key(&e.key), &upload.upload_id)
+                .await;
+            ledger.finish(&upload).await.map_err(store_err)?;
+            Err(err)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// Parses `s3://…` for the command line.
+pub fn parse_url(s: &str) -> Result<S3Url, String> {
+    S3Url::parse(s).map_err(|e| e.to_string())
+}

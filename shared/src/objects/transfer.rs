@@ -1,0 +1,285 @@
+//! Moving one object, or one part of it, and checking what arrived. Server-side
+//! (`CopyObject` / `UploadPartCopy`) when one client can read the source and write the
+//! destination; otherwise GET → PUT with the bytes held in memory one part at a time
+//! (memory = part size × parts in flight, never the object size).
+//!
+//! Every PUT and part carries Content-MD5. Bytes read from the source are checked against
+//! the source's ETag when that ETag is an MD5 (single-part, not KMS); the destination is
+//! checked afterwards (size, and ETag = MD5 or the multipart ETag of the part MD5s). A
+//! mismatch is a `DigestMismatch` failure and the object is never recorded as copied.
+
+use super::bucket::{Bucket, DestOptions, bare_etag, is_md5_etag};
+use super::diff::Entry;
+use super::multipart::{Part, multipart_etag};
+use crate::retry::{ErrorClass, ItemError};
+use md5::{Digest, Md5};
+use serde::{Deserialize, Serialize};
+
+/// How bytes move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// S3 copies inside (same credentials can read the source and write the destination).
+    Server,
+    /// Through this process: GET from the source, PUT to the destination.
+    Stream,
+}
+
+/// Moves objects from `src` to `dst`.
+pub struct Transfer<'a> {
+    pub src: &'a Bucket,
+    pub dst: &'a Bucket,
+    pub mode: Mode,
+    pub opts: &'a DestOptions,
+    /// Carry object tags too.
+    pub tags: bool,
+}
+
+fn mismatch(msg: String) -> ItemError {
+    ItemError::new(ErrorClass::DigestMismatch, msg)
+}
+
+fn md5_of(b: &[u8]) -> [u8; 16] {
+    Md5::digest(b).into()
+}
+
+impl Transfer<'_> {
+    /// Copies an object in one request and verifies it. Returns the destination ETag.
+    pub async fn single(&self, e: &Entry) -> Result<Option<String>, ItemError> {
+        let dest_url = self.dst.url.object(&e.key);
+        let etag = match self.mode {
+            Mode::Server => {
+                let etag = self
+                    .dst
+                    .copy_from(&e.key, self.src, self.opts, self.tags)
+                    .await?;
+                if self.opts.kms_key.is_none()
+                    && let (Some(src), Some(got)) = (&e.etag, &etag)
+                    && is_md5_etag(src)
+                    && bare_etag(src) != *got
+                {
+                    return Err(mismatch(format!(
+                        "{dest_url}: ETag {got} after the copy, source ETag {src}"
+                    )));
+                }
+                etag
+            }
+            Mode::Stream => {
+                let (body, meta, src_etag) = self.src.get(&e.key, None).await?;
+                let md5 = md5_of(&body);
+                let src_etag = src_etag.or_else(|| e.etag.clone());
+                check_read(
+                    &self.src.url.object(&e.key),
+                    body.len() as u64,
+                    e.size,
+                    &md5,
+                    src_etag.as_deref(),
+                )?;
+                let tagging = if self.tags {
+                    self.src.tagging(&e.key).await?
+                } else {
+                    None
+                };
+                let etag = self
+                    .dst
+                    .put(&e.key, body, &md5, &meta, tagging, self.opts)
+                    .await?;
+                if self.opts.kms_key.is_none()
+                    && let Some(got) = &etag
+                    && is_md5_etag(got)
+                    && *got != hex::encode(md5)
+                {
+                    return Err(mismatch(format!(
+                        "{dest_url}: ETag {got} after the PUT, MD5 of the bytes sent {}",
+                        hex::encode(md5)
+                    )));
+                }
+                etag
+            }
+        };
+        self.verify_size(e).await?;
+        Ok(etag)
+    }
+
+    /// Starts a multipart upload with the source's metadata (and tags).
+    pub async fn start_upload(&self, e: &Entry) -> Result<String, ItemError> {
+        let head = self.src.head(&e.key).await?.ok_or_else(|| {
+            ItemError::new(
+                ErrorClass::NotFound,
+                format!("{} no longer exists", self.src.url.object(&e.key)),
+            )
+        })?;
+        let tagging = if self.tags {
+            self.src.tagging(&e.key).await?
+        } else {
+            None
+        };
+        self.dst
+            .create_upload(&e.key, &head.meta, tagging, self.opts)
+            .await
+    }
+
+    /// Moves one part. Returns its ETag.
+    pub async fn part(&self, e: &Entry, upload_id: &str, p: &Part) -> Result<String, ItemError> {
+        match self.mode {
+            Mode::Server => {
+                self.dst
+                    .copy_part(&e.key, upload_id, p.number, p.range(), self.src)
+                    .await
+            }
+            Mode::Stream => {
+                let (body, _, _) = self.src.get(&e.key, Some(p.range())).await?;
+                if body.len() as u64 != p.len {
+                    return Err(mismatch(format!(
+                        "{}: part {} read {} bytes, expected {}",
+                        self.src.url.object(&e.key),
+                        p.number,
+                        body.len(),
+                        p.len
+                    )));
+                }
+                let md5 = md5_of(&body);
+                let etag = self
+                    .dst
+                    .upload_part(&e.key, upload_id, p.number, body, &md5)
+                    .await?;
+                if self.opts.kms_key.is_none() && is_md5_etag(&etag) && etag != hex::encode(md5) {
+                    return Err(mismatch(format!(
+                        "part {} of {}: ETag {etag}, MD5 sent {}",
+                        p.number,
+                        self.dst.url.object(&e.key),
+                        hex::encode(md5)
+                    )));
+                }
+                Ok(etag)
+            }
+        }
+    }
+
+    /// Completes an upload from its finished parts (all of them, any order) and verifies
+    /// the object. Returns the destination ETag.
+    pub async fn complete(
+        &self,
+        e: &Entry,
+        upload_id: &str,
+        mut parts: Vec<(u32, String)>,
+        expected: u32,
+    ) -> Result<Option<String>, ItemError> {
+        parts.sort();
+        parts.dedup_by_key(|p| p.0);
+        let numbers: Vec<u32> = parts.iter().map(|p| p.0).collect();
+        if numbers != (1..=expected).collect::<Vec<_>>() {
+            return Err(ItemError::new(
+                ErrorClass::Retryable,
+                format!(
+                    "{}: {} of {expected} parts done",
+                    self.dst.url.object(&e.key),
+                    parts.len()
+                ),
+            ));
+        }
+        let etag = self.dst.complete_upload(&e.key, upload_id, &parts).await?;
+        let dest_url = self.dst.url.object(&e.key);
+        // Part ETags are their MD5s (no KMS): the object's ETag must be their multipart ETag.
+        let md5s: Option<Vec<[u8; 16]>> = parts
+            .iter()
+            .map(|(_, t)| {
+                hex::decode(t)
+                    .ok()
+                    .and_then(|v| <[u8; 16]>::try_from(v).ok())
+            })
+            .collect();
+        if self.opts.kms_key.is_none()
+            && let (Some(md5s), Some(got)) = (md5s, &etag)
+        {
+            let want = multipart_etag(&md5s);
+            if *got != want {
+                return Err(mismatch(format!(
+                    "{dest_url}: ETag {got} after completing, expected {want} from the parts"
+                )));
+            }
+            // Same layout as the source (same part count): the ETags must agree too.
+            if let Some(src) = &e.etag
+                && src.ends_with(&format!("-{expected}"))
+                && bare_etag(src) != *got
+            {
+                return Err(mismatch(format!(
+                    "{dest_url}: ETag {got}, source ETag {src} with the same part count"
+                )));
+            }
+        }
+        self.verify_size(e).await?;
+        Ok(etag)
+    }
+
+    /// The destination object exists with the source's size.
+    async fn verify_size(&self, e: &Entry) -> Result<(), ItemError> {
+        let dest_url = self.dst.url.object(&e.key);
+        match self.dst.head(&e.key).await? {
+            None => Err(mismatch(format!("{dest_url} is missing after the copy"))),
+            Some(h) if h.size != e.size => Err(mismatch(format!(
+                "{dest_url} has {} bytes after the copy, the source {}",
+                h.size, e.size
+            ))),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+/// The bytes read from the source are what the source says it holds.
+fn check_read(
+    url: &str,
+    got: u64,
+    want: u64,
+    md5: &[u8; 16],
+    src_etag: Option<&str>,
+) -> Result<(), ItemError> {
+    if got != want {
+        return Err(mismatch(format!(
+            "{url}: read {got} bytes, expected {want}"
+        )));
+    }
+    if let Some(t) = src_etag
+        && is_md5_etag(t)
+        && bare_etag(t) != hex::encode(md5)
+    {
+        return Err(mismatch(format!(
+            "{url}: the bytes read have MD5 {}, the source ETag is {}",
+            hex::encode(md5),
+            bare_etag(t)
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flipped_byte_is_caught_against_the_source_etag() {
+        let good = b"hello world".to_vec();
+        let etag = hex::encode(md5_of(&good));
+        assert!(check_read("s3://b/k", 11, 11, &md5_of(&good), Some(&etag)).is_ok());
+        let mut bad = good.clone();
+        bad[3] ^= 1;
+        let e = check_read(
+            "s3://b/k",
+            11,
+            11,
+            &md5_of(&bad),
+            Some(&format!("\"{etag}\"")),
+        )
+        .unwrap_err();
+        assert_eq!(e.class, ErrorClass::DigestMismatch);
+        assert!(
+            e.message.contains("s3://b/k") && e.message.contains(&etag),
+            "{}",
+            e.message
+        );
+        let short = check_read("s3://b/k", 10, 11, &md5_of(&good), None).unwrap_err();
+        assert!(short.message.contains("read 10 bytes, expected 11"));
+        // A multipart ETag says nothing about the whole object's MD5.
+        assert!(check_read("s3://b/k", 11, 11, &md5_of(&bad), Some("abc-2")).is_ok());
+    }
+}

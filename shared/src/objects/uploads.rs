@@ -1,0 +1,364 @@
+//! The ledger of open multipart uploads and their finished parts: what lets many workers
+//! share one object, a duplicated part job do no harm, and an interrupted run resume
+//! without redoing finished parts. SQLite on one machine, DynamoDB on AWS (its own
+//! table: `pk` = destination object URL, `sk` = `upload` or `part#NNNNN`, plus
+//! `seq` items holding the newest S3 event sequencer per key).
+
+use crate::status::dynamodb::{Item, all_pages, get_n, get_s, get_t, n, s, sdk};
+use crate::status::{SqliteStore, StoreError};
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::AttributeValue;
+use chrono::{DateTime, Utc};
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+/// One open multipart upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upload {
+    /// Destination object URL (the ledger key).
+    pub dest: String,
+    /// Key relative to the sync prefixes.
+    pub key: String,
+    pub upload_id: String,
+    pub size: u64,
+    pub source_etag: Option<String>,
+    pub part_size: u64,
+    pub parts: u32,
+    pub started_at: DateTime<Utc>,
+}
+
+/// Keeps uploads and parts.
+#[async_trait]
+pub trait UploadLedger: Send + Sync {
+    /// The open upload of a destination object, if any.
+    async fn find(&self, dest: &str) -> Result<Option<Upload>, StoreError>;
+    /// Records a new upload unless one is already open for the object; returns the one
+    /// that is open afterwards (so two workers racing end up on the same upload).
+    async fn begin(&self, u: &Upload) -> Result<Upload, StoreError>;
+    /// Records a finished part (idempotent: a part done twice keeps one record).
+    async fn part_done(&self, u: &Upload, number: u32, etag: &str) -> Result<(), StoreError>;
+    /// The finished parts of an upload, by number.
+    async fn parts_done(&self, u: &Upload) -> Result<Vec<(u32, String)>, StoreError>;
+    /// Forgets an upload (completed or aborted) and its parts.
+    async fn finish(&self, u: &Upload) -> Result<(), StoreError>;
+    /// Every open upload.
+    async fn open(&self) -> Result<Vec<Upload>, StoreError>;
+}
+
+#[async_trait]
+impl UploadLedger for SqliteStore {
+    async fn find(&self, dest: &str) -> Result<Option<Upload>, StoreError> {
+        let c = self.conn.lock().expect("state lock");
+        Ok(c.query_row(
+            "SELECT dest, key, upload_id, size, source_etag, part_size, parts, started_at FROM uploads WHERE dest = ?1",
+            params![dest],
+            row,
+        )
+        .optional()?)
+    }
+    async fn begin(&self, u: &Upload) -> Result<Upload, StoreError> {
+        {
+            let c = self.conn.lock().expect("state lock");
+            c.execute(
+                "INSERT OR IGNORE INTO uploads VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    u.dest,
+                    u.key,
+                    u.upload_id,
+                    u.size as i64,
+                    u.source_etag,
+                    u.part_size as i64,
+                    u.parts,
+                    u.started_at.to_rfc3339()
+                ],
+            )?;
+        }
+        Ok(self.find(&u.dest).await?.unwrap_or_else(|| u.clone()))
+    }
+    async fn part_done(&self, u: &Upload, number: u32, etag: &str) -> Result<(), StoreError> {
+        let c = self.conn.lock().expect("state lock");
+        c.execute(
+            "INSERT OR REPLACE INTO parts VALUES (?1, ?2, ?3)",
+            params![u.upload_id, number, etag],
+        )?;
+        Ok(())
+    }
+    async fn parts_done(&self, u: &Upload) -> Result<Vec<(u32, String)>, StoreError> {
+        let c = self.conn.lock().expect("state lock");
+        let mut st =
+            c.prepare("SELECT number, etag FROM parts WHERE upload_id = ?1 ORDER BY number")?;
+        let rows = st.query_map(params![u.upload_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+    async fn finish(&self, u: &Upload) -> Result<(), StoreError> {
+        let c = self.conn.lock().expect("state lock");
+        c.execute(
+            "DELETE FROM parts WHERE upload_id = ?1",
+            params![u.upload_id],
+        )?;
+        c.execute(
+            "DELETE FROM uploads WHERE dest = ?1 AND upload_id = ?2",
+            params![u.dest, u.upload_id],
+        )?;
+        Ok(())
+    }
+    async fn open(&self) -> Result<Vec<Upload>, StoreError> {
+        let c = self.conn.lock().expect("state lock");
+        let mut st = c.prepare("SELECT dest, key, upload_id, size, source_etag, part_size, parts, started_at FROM uploads ORDER BY dest")?;
+        let rows = st.query_map([], row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Upload> {
+    let t: String = r.get(7)?;
+    Ok(Upload {
+        dest: r.get(0)?,
+        key: r.get(1)?,
+        upload_id: r.get(2)?,
+        size: r.get::<_, i64>(3)? as u64,
+        source_etag: r.get(4)?,
+        part_size: r.get::<_, i64>(5)? as u64,
+        parts: r.get(6)?,
+        started_at: DateTime::parse_from_rfc3339(&t)
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_default(),
+    })
+}
+
+/// The ledger in DynamoDB.
+pub struct DynamoLedger {
+    pub client: aws_sdk_dynamodb::Client,
+    pub table: String,
+}
+
+fn upload_item(u: &Upload) -> Item {
+    let mut i: Item = [
+        ("pk", s(&u.dest)),
+        ("sk", s("upload")),
+        ("key", s(&u.key)),
+        ("upload_id", s(&u.upload_id)),
+        ("size", n(u.size)),
+        ("part_size", n(u.part_size)),
+        ("parts", n(u.parts)),
+        ("started_at", s(u.started_at.to_rfc3339())),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    if let Some(e) = &u.source_etag {
+        i.insert("source_etag".into(), s(e));
+    }
+    i
+}
+
+fn upload_from(i: &Item) -> Upload {
+    Upload {
+        dest: get_s(i, "pk").unwrap_or_default(),
+        key: get_s(i, "key").unwrap_or_default(),
+        upload_id: get_s(i, "upload_id").unwrap_or_default(),
+        size: get_n(i, "size"),
+        source_etag: get_s(i, "source_etag"),
+        part_size: get_n(i, "part_size"),
+        parts: get_n(i, "parts") as u32,
+        started_at: get_t(i, "started_at").unwrap_or_default(),
+    }
+}
+
+fn part_sk(number: u32) -> String {
+    format!("part#{number:05}")
+}
+
+impl DynamoLedger {
+    /// Records the sequencer of an S3 event for a key if it is newer than the stored one.
+    /// Returns false when a newer (or the same) event was already applied.
+    pub async fn claim_sequencer(&self, dest: &str, sequencer: &str) -> Result<bool, StoreError> {
+        let seq = super::events::sortable_sequencer(sequencer);
+        let out = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(dest))
+            .item("sk", s("seq"))
+            .item("seq", s(&seq))
+            .condition_expression("attribute_not_exists(pk) OR #s < :s")
+            .expression_attribute_names("#s", "seq")
+            .expression_attribute_values(":s", s(&seq))
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|x| x.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(sdk("PutItem", e)),
+        }
+    }
+}
+
+#[async_trait]
+impl UploadLedger for DynamoLedger {
+    async fn find(&self, dest: &str) -> Result<Option<Upload>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(dest))
+            .key("sk", s("upload"))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk("GetItem", e))?;
+        Ok(out.item().map(upload_from))
+    }
+    async fn begin(&self, u: &Upload) -> Result<Upload, StoreError> {
+        let out = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(upload_item(u)))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(u.clone()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|x| x.is_conditional_check_failed_exception()) =>
+            {
+                Ok(self.find(&u.dest).await?.unwrap_or_else(|| u.clone()))
+            }
+            Err(e) => Err(sdk("PutItem", e)),
+        }
+    }
+    async fn part_done(&self, u: &Upload, number: u32, etag: &str) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(&u.dest))
+            .item("sk", s(part_sk(number)))
+            .item("upload_id", s(&u.upload_id))
+            .item("etag", s(etag))
+            .send()
+            .await
+            .map_err(|e| sdk("PutItem", e))?;
+        Ok(())
+    }
+    async fn parts_done(&self, u: &Upload) -> Result<Vec<(u32, String)>, StoreError> {
+        let items = all_pages(|start| async move {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
+                .expression_attribute_values(":pk", s(&u.dest))
+                .expression_attribute_values(":p", s("part#"))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| sdk("Query", e))?;
+            Ok((out.items().to_vec(), out.last_evaluated_key().cloned()))
+        })
+        .await?;
+        let mut parts: Vec<(u32, String)> = items
+            .iter()
+            .filter(|i| get_s(i, "upload_id").as_deref() == Some(u.upload_id.as_str()))
+            .filter_map(|i| {
+                let n = get_s(i, "sk")?.strip_prefix("part#")?.parse().ok()?;
+                Some((n, get_s(i, "etag")?))
+            })
+            .collect();
+        parts.sort();
+        Ok(parts)
+    }
+    async fn finish(&self, u: &Upload) -> Result<(), StoreError> {
+        for (number, _) in self.parts_done(u).await? {
+            self.client
+                .delete_item()
+                .table_name(&self.table)
+                .key("pk", s(&u.dest))
+                .key("sk", s(part_sk(number)))
+                .send()
+                .await
+                .map_err(|e| sdk("DeleteItem", e))?;
+        }
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(&u.dest))
+            .key("sk", s("upload"))
+            .condition_expression("attribute_not_exists(pk) OR upload_id = :u")
+            .expression_attribute_values(":u", s(&u.upload_id))
+            .send()
+            .await
+            .map(|_| ())
+            .or_else(|e| {
+                if e.as_service_error()
+                    .is_some_and(|x| x.is_conditional_check_failed_exception())
+                {
+                    Ok(())
+                } else {
+                    Err(sdk("DeleteItem", e))
+                }
+            })
+    }
+    async fn open(&self) -> Result<Vec<Upload>, StoreError> {
+        let items = all_pages(|start| async move {
+            let out = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("sk = :u")
+                .expression_attribute_values(":u", AttributeValue::S("upload".into()))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| sdk("Scan", e))?;
+            Ok((out.items().to_vec(), out.last_evaluated_key().cloned()))
+        })
+        .await?;
+        Ok(items.iter().map(upload_from).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_second_begin_gets_the_first_upload_and_parts_are_idempotent() {
+        let st = SqliteStore::in_memory().unwrap();
+        let u = Upload {
+            dest: "s3://d/k".into(),
+            key: "k".into(),
+            upload_id: "u1".into(),
+            size: 12,
+            source_etag: Some("e".into()),
+            part_size: 5,
+            parts: 3,
+            started_at: Utc::now(),
+        };
+        assert_eq!(st.begin(&u).await.unwrap().upload_id, "u1");
+        let other = Upload {
+            upload_id: "u2".into(),
+            ..u.clone()
+        };
+        assert_eq!(st.begin(&other).await.unwrap().upload_id, "u1");
+        st.part_done(&u, 2, "b").await.unwrap();
+        st.part_done(&u, 1, "a").await.unwrap();
+        st.part_done(&u, 2, "b").await.unwrap();
+        assert_eq!(
+            st.parts_done(&u).await.unwrap(),
+            vec![(1, "a".into()), (2, "b".into())]
+        );
+        assert_eq!(st.open().await.unwrap().len(), 1);
+        st.finish(&u).await.unwrap();
+        assert!(st.find("s3://d/k").await.unwrap().is_none());
+        assert!(st.parts_done(&u).await.unwrap().is_empty());
+    }
+}
