@@ -24,6 +24,19 @@ impl Live {
             bar: Mutex::new(None),
         }
     }
+    /// A run whose size is found as it goes (objects): a spinner with a counter on a
+    /// terminal, plain lines otherwise.
+    pub fn streaming(&self, _what: &str) {
+        if self.text && !self.dry_run && std::io::stderr().is_terminal() {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {pos} done {msg}")
+                    .expect("template is valid"),
+            );
+            bar.enable_steady_tick(std::time::Duration::from_millis(200));
+            *self.bar.lock().unwrap() = Some(bar);
+        }
+    }
     pub fn done(&self) {
         if let Some(b) = self.bar.lock().unwrap().take() {
             b.finish_and_clear();

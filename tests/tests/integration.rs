@@ -6,6 +6,7 @@ mod integration {
     pub mod cli;
     pub mod ecr;
     pub mod images;
+    pub mod objects;
     pub mod secrets;
     pub mod state_machine;
     pub mod template;

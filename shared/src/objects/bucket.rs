@@ -337,12 +337,7 @@ impl Bucket {
             .body
             .collect()
             .await
-            .map_err(|e| {
-                ItemError::new(
-                    ErrorClass::Retryable,
-                    format!("{what}: reading the body: {e}"),
-                )
-            })?
+            .map_err(|e| body_error(&what, &e))?
             .into_bytes();
         Ok((body, meta, etag))
     }
@@ -613,6 +608,33 @@ impl Bucket {
             .map_err(|e| s3_error(&format!("delete {}", self.url.object(rel)), e))?;
         Ok(())
     }
+}
+
+/// A body that could not be read: a checksum the SDK found wrong is a mismatch (never
+/// retried into a success), anything else a retryable network problem.
+fn body_error(what: &str, e: &(dyn std::error::Error + 'static)) -> ItemError {
+    let mut chain = Vec::new();
+    let mut cur = Some(e);
+    while let Some(x) = cur {
+        chain.push(x.to_string());
+        cur = x.source();
+    }
+    let text = chain.join(": ");
+    let debug = format!("{e:?}").to_ascii_lowercase();
+    let class = if text.to_ascii_lowercase().contains("checksum mismatch")
+        || debug.contains("checksummismatch")
+        || debug.contains("checksum mismatch")
+    {
+        ErrorClass::DigestMismatch
+    } else {
+        ErrorClass::Retryable
+    };
+    let why = if class == ErrorClass::DigestMismatch {
+        "the body does not match the checksum the source stored"
+    } else {
+        text.as_str()
+    };
+    ItemError::new(class, format!("{what}: reading the body: {why}"))
 }
 
 /// `application/x-www-form-urlencoded` for tag keys and values.

@@ -178,8 +178,25 @@ impl Transfer<'_> {
                 ),
             ));
         }
-        let etag = self.dst.complete_upload(&e.key, upload_id, &parts).await?;
         let dest_url = self.dst.url.object(&e.key);
+        let etag = match self.dst.complete_upload(&e.key, upload_id, &parts).await {
+            Ok(etag) => etag,
+            // The answer was lost or unreadable: the upload may have completed. What the
+            // destination holds decides (the checks below), so a retry is not needed.
+            Err(err) if err.class == ErrorClass::Retryable => match self.dst.head(&e.key).await? {
+                Some(h)
+                    if h.size == e.size
+                        && h.etag
+                            .as_deref()
+                            .is_some_and(|t| t.ends_with(&format!("-{expected}"))) =>
+                {
+                    tracing::warn!(object = %dest_url, error = %err.message, "completing answered badly; the object is there, checking it");
+                    h.etag
+                }
+                _ => return Err(err),
+            },
+            Err(err) => return Err(err),
+        };
         // Part ETags are their MD5s (no KMS): the object's ETag must be their multipart ETag.
         let md5s: Option<Vec<[u8; 16]>> = parts
             .iter()

@@ -1,0 +1,556 @@
+//! `transfer-hub objects sync` against moto's S3 on 127.0.0.1, with small proxies where a
+//! test needs to see or spoil the traffic.
+
+use aws_sdk_s3::primitives::ByteStream;
+use hub_tests::{HttpProxy, MotoServer, Rewrite, Route, aws_fixtures, transfer_hub};
+use md5::{Digest, Md5};
+use std::sync::{Arc, Mutex};
+
+const REGION: &str = "eu-west-1";
+
+struct S3 {
+    moto: MotoServer,
+    client: aws_sdk_s3::Client,
+    rt: tokio::runtime::Runtime,
+    state: tempfile::TempDir,
+}
+
+impl S3 {
+    fn start(buckets: &[&str]) -> Self {
+        let moto = MotoServer::start();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let conf = rt.block_on(moto.sdk_config(REGION));
+        for b in buckets {
+            rt.block_on(aws_fixtures::bucket(&conf, b));
+        }
+        Self {
+            client: aws_sdk_s3::Client::new(&conf),
+            moto,
+            rt,
+            state: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn put(&self, bucket: &str, key: &str, body: &[u8]) {
+        self.rt
+            .block_on(
+                self.client
+                    .put_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .body(ByteStream::from(body.to_vec()))
+                    .send(),
+            )
+            .unwrap();
+    }
+
+    /// A PUT without any checksum header (as older clients write).
+    fn put_plain(&self, bucket: &str, key: &str, body: &[u8]) {
+        let conf = self.rt.block_on(self.moto.sdk_config(REGION));
+        let c = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&conf)
+                .request_checksum_calculation(
+                    aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+                )
+                .build(),
+        );
+        self.rt
+            .block_on(
+                c.put_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .body(ByteStream::from(body.to_vec()))
+                    .send(),
+            )
+            .unwrap();
+    }
+
+    fn get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        let r = self
+            .rt
+            .block_on(self.client.get_object().bucket(bucket).key(key).send());
+        match r {
+            Ok(o) => Some(self.rt.block_on(o.body.collect()).unwrap().to_vec()),
+            Err(_) => None,
+        }
+    }
+
+    fn keys(&self, bucket: &str) -> Vec<String> {
+        let o = self
+            .rt
+            .block_on(self.client.list_objects_v2().bucket(bucket).send())
+            .unwrap();
+        o.contents()
+            .iter()
+            .filter_map(|c| c.key().map(str::to_string))
+            .collect()
+    }
+
+    fn open_uploads(&self, bucket: &str) -> usize {
+        let o = self
+            .rt
+            .block_on(self.client.list_multipart_uploads().bucket(bucket).send())
+            .unwrap();
+        o.uploads().len()
+    }
+
+    /// Runs `objects sync` with both sides at `endpoint` (moto unless a proxy is given).
+    fn sync(
+        &self,
+        src: &str,
+        dst: &str,
+        source_endpoint: Option<&str>,
+        extra: &[&str],
+    ) -> hub_tests::Run {
+        let state = self.state.path().join("state.db");
+        let source_endpoint = source_endpoint.unwrap_or(&self.moto.endpoint).to_string();
+        let mut args = vec![
+            "objects",
+            "sync",
+            src,
+            dst,
+            "--source-endpoint",
+            &source_endpoint,
+            "--dest-endpoint",
+            &self.moto.endpoint,
+            "--output",
+            "json",
+            "--state",
+            state.to_str().unwrap(),
+            "--retry-base-ms",
+            "10",
+        ];
+        args.extend_from_slice(extra);
+        let env = self.moto.env(REGION);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        transfer_hub(&args, &env)
+    }
+}
+
+fn data(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn counts(j: &serde_json::Value) -> (u64, u64, u64) {
+    (
+        j["copied"].as_u64().unwrap(),
+        j["skipped"].as_u64().unwrap(),
+        j["failed"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn incremental_sync_copies_only_missing_and_changed_objects_with_their_metadata_and_tags() {
+    let s3 = S3::start(&["src", "dst"]);
+    for i in 0..5 {
+        s3.put(
+            "src",
+            &format!("data/file-{i}.bin"),
+            &data(1000 + i, i as u8),
+        );
+    }
+    s3.put("src", "other/skip-me.txt", b"outside the prefix");
+    // One object with metadata and tags.
+    s3.rt
+        .block_on(
+            s3.client
+                .put_object()
+                .bucket("src")
+                .key("data/page.html")
+                .body(ByteStream::from_static(b"<h1>hi</h1>"))
+                .content_type("text/html")
+                .cache_control("max-age=60")
+                .content_disposition("inline")
+                .content_language("en")
+                .metadata("owner", "team-a")
+                .tagging("env=prod&team=a")
+                .send(),
+        )
+        .unwrap();
+
+    for mode in ["server", "stream"] {
+        let dst = format!("s3://dst/{mode}/");
+        let run = s3.sync(
+            "s3://src/data/",
+            &dst,
+            None,
+            &["--tags", "--copy-mode", mode],
+        );
+        assert_eq!(run.code, 0, "{mode}: {}\n{}", run.stdout, run.stderr);
+        assert_eq!(counts(&run.json()), (6, 0, 0), "{mode}: {}", run.stdout);
+        for i in 0..5 {
+            assert_eq!(
+                s3.get("dst", &format!("{mode}/file-{i}.bin")).unwrap(),
+                data(1000 + i, i as u8)
+            );
+        }
+        let head = s3
+            .rt
+            .block_on(
+                s3.client
+                    .head_object()
+                    .bucket("dst")
+                    .key(format!("{mode}/page.html"))
+                    .send(),
+            )
+            .unwrap();
+        assert_eq!(head.content_type(), Some("text/html"), "{mode}");
+        assert_eq!(head.cache_control(), Some("max-age=60"), "{mode}");
+        assert_eq!(head.content_disposition(), Some("inline"), "{mode}");
+        assert_eq!(head.content_language(), Some("en"), "{mode}");
+        assert_eq!(
+            head.metadata().unwrap().get("owner").map(String::as_str),
+            Some("team-a"),
+            "{mode}"
+        );
+        let tags = s3
+            .rt
+            .block_on(
+                s3.client
+                    .get_object_tagging()
+                    .bucket("dst")
+                    .key(format!("{mode}/page.html"))
+                    .send(),
+            )
+            .unwrap();
+        let mut tags: Vec<(String, String)> = tags
+            .tag_set()
+            .iter()
+            .map(|t| (t.key().to_string(), t.value().to_string()))
+            .collect();
+        tags.sort();
+        assert_eq!(
+            tags,
+            vec![("env".into(), "prod".into()), ("team".into(), "a".into())],
+            "{mode}"
+        );
+    }
+    assert!(!s3.keys("dst").iter().any(|k| k.contains("skip-me")));
+
+    // Nothing changed: nothing is copied.
+    let run = s3.sync("s3://src/data/", "s3://dst/server/", None, &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(counts(&run.json()), (0, 6, 0));
+
+    // A size change is copied; a same-size change only with --compare etag.
+    s3.put("src", "data/file-1.bin", &data(1500, 9));
+    s3.put("src", "data/file-2.bin", &data(1002, 77));
+    let run = s3.sync("s3://src/data/", "s3://dst/server/", None, &[]);
+    let j = run.json();
+    assert_eq!(counts(&j), (1, 5, 0), "{}", run.stdout);
+    assert_eq!(j["items"][0]["source"], "s3://src/data/file-1.bin");
+    assert_eq!(s3.get("dst", "server/file-1.bin").unwrap(), data(1500, 9));
+    let run = s3.sync(
+        "s3://src/data/",
+        "s3://dst/server/",
+        None,
+        &["--compare", "etag"],
+    );
+    let j = run.json();
+    assert_eq!(counts(&j), (1, 5, 0), "{}", run.stdout);
+    assert_eq!(j["items"][0]["source"], "s3://src/data/file-2.bin");
+    assert_eq!(s3.get("dst", "server/file-2.bin").unwrap(), data(1002, 77));
+
+    // A dry run says what it would copy and changes nothing.
+    s3.put("src", "data/new.bin", b"new");
+    let run = s3.sync("s3://src/data/", "s3://dst/server/", None, &["--dry-run"]);
+    assert_eq!(run.json()["items"][0]["status"], "planned");
+    assert!(s3.get("dst", "server/new.bin").is_none());
+}
+
+/// A proxy in front of moto: keeps every request head, and lets a test spoil answers.
+fn recording_proxy(upstream: &str, spoil: Rewrite) -> (HttpProxy, Arc<Mutex<Vec<String>>>) {
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let up = upstream.trim_start_matches("http://").to_string();
+    let h2 = heads.clone();
+    let route: Route = Arc::new(move |head: &str| {
+        h2.lock().unwrap().push(head.to_string());
+        (up.clone(), head.to_string())
+    });
+    (HttpProxy::start(route, spoil), heads)
+}
+
+fn untouched() -> Rewrite {
+    Arc::new(|_, status, body| (status, vec![], body))
+}
+
+#[test]
+fn a_byte_flipped_on_the_way_is_a_failed_copy_never_a_success() {
+    let s3 = S3::start(&["src", "dst"]);
+    s3.put("src", "good-1.bin", &data(4096, 1));
+    s3.put("src", "good-2.bin", &data(4096, 3));
+    // One victim stored with a CRC32 (the SDK's own check sees the flip), one with none
+    // (only our MD5 check against the source ETag can see it).
+    s3.put("src", "victim.bin", &data(4096, 2));
+    s3.put_plain("src", "victim-plain.bin", &data(4096, 4));
+    let flip: Rewrite = Arc::new(|head: &str, status, mut body: Vec<u8>| {
+        if head.starts_with("GET /src/victim") && status == 200 && !body.is_empty() {
+            body[100] ^= 0x01;
+        }
+        (status, vec![], body)
+    });
+    let (proxy, _) = recording_proxy(&s3.moto.endpoint, flip);
+    let run = s3.sync(
+        "s3://src",
+        "s3://dst",
+        Some(&proxy.endpoint),
+        &["--retries", "1"],
+    );
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let j = run.json();
+    assert_eq!(counts(&j), (2, 0, 2), "{}", run.stdout);
+    for key in ["victim.bin", "victim-plain.bin"] {
+        let victim = j["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["source"] == format!("s3://src/{key}"))
+            .unwrap();
+        assert_eq!(victim["status"], "failed");
+        assert_eq!(victim["error"]["class"], "DigestMismatch", "{victim}");
+        assert!(
+            s3.get("dst", key).is_none(),
+            "a corrupt {key} was left at the destination"
+        );
+    }
+    // With no stored checksum, it is our MD5 against the source ETag that caught it.
+    let plain = j["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["source"] == "s3://src/victim-plain.bin")
+        .unwrap();
+    assert!(
+        plain["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("the bytes read have MD5"),
+        "{plain}"
+    );
+    assert_eq!(s3.get("dst", "good-2.bin").unwrap(), data(4096, 3));
+}
+
+#[test]
+fn requester_pays_reads_carry_the_header() {
+    let s3 = S3::start(&["src", "dst"]);
+    s3.put("src", "a.bin", &data(100, 1));
+    s3.put("src", "b.bin", &data(200, 2));
+    let (proxy, heads) = recording_proxy(&s3.moto.endpoint, untouched());
+    let run = s3.sync(
+        "s3://src",
+        "s3://dst",
+        Some(&proxy.endpoint),
+        &["--requester-pays"],
+    );
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(counts(&run.json()), (2, 0, 0));
+    let heads = heads.lock().unwrap();
+    let reads: Vec<&String> = heads.iter().filter(|h| h.contains(" /src")).collect();
+    assert!(
+        reads.len() >= 3,
+        "list + 2 GETs expected through the proxy: {heads:?}"
+    );
+    for h in reads {
+        assert!(
+            h.to_ascii_lowercase()
+                .contains("x-amz-request-payer: requester"),
+            "a source request without the requester-pays header:\n{h}"
+        );
+    }
+}
+
+#[test]
+fn a_big_object_moves_in_parts_and_an_interrupted_run_resumes_without_redoing_parts() {
+    const MIB: usize = 1024 * 1024;
+    let s3 = S3::start(&["src", "dst"]);
+    let big = data(12 * MIB + 12345, 5);
+    s3.put("src", "big.bin", &big);
+    // The destination goes through a proxy that breaks every upload of part 3.
+    let parts_seen = Arc::new(Mutex::new(Vec::new()));
+    let p2 = parts_seen.clone();
+    let breaker: Rewrite = Arc::new(move |head: &str, status, body| {
+        if head.starts_with("PUT ") && head.contains("partNumber=") {
+            let broken = head.contains("partNumber=3");
+            p2.lock().unwrap().push((broken, status));
+            if broken {
+                return (
+                    500,
+                    vec![],
+                    b"<Error><Code>InternalError</Code></Error>".to_vec(),
+                );
+            }
+        }
+        (status, vec![], body)
+    });
+    let (dest_proxy, _) = recording_proxy(&s3.moto.endpoint, breaker);
+    let state = s3.state.path().join("state.db");
+    let args = |dest_endpoint: &str| {
+        vec![
+            "objects".to_string(),
+            "sync".into(),
+            "s3://src".into(),
+            "s3://dst".into(),
+            "--source-endpoint".into(),
+            s3.moto.endpoint.clone(),
+            "--dest-endpoint".into(),
+            dest_endpoint.to_string(),
+            "--multipart-threshold".into(),
+            (6 * MIB).to_string(),
+            "--part-size".into(),
+            (5 * MIB).to_string(),
+            "--concurrency".into(),
+            "1".into(),
+            "--retries".into(),
+            "0".into(),
+            "--output".into(),
+            "json".into(),
+            "--state".into(),
+            state.to_str().unwrap().to_string(),
+        ]
+    };
+    let env = s3.moto.env(REGION);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let a = args(&dest_proxy.endpoint);
+    let first = transfer_hub(&a.iter().map(String::as_str).collect::<Vec<_>>(), &env);
+    assert_eq!(first.code, 1, "{}\n{}", first.stdout, first.stderr);
+    assert_eq!(counts(&first.json()), (0, 0, 1));
+    let seen = parts_seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.iter()
+            .filter(|(broken, st)| !broken && *st == 200)
+            .count(),
+        2,
+        "{seen:?}"
+    );
+    assert_eq!(
+        s3.open_uploads("dst"),
+        1,
+        "the interrupted upload stays open for the resume"
+    );
+
+    // The resume goes through a recording proxy: only the missing part is uploaded.
+    let (again, heads) = recording_proxy(&s3.moto.endpoint, untouched());
+    let a = args(&again.endpoint);
+    let second = transfer_hub(&a.iter().map(String::as_str).collect::<Vec<_>>(), &env);
+    assert_eq!(second.code, 0, "{}\n{}", second.stdout, second.stderr);
+    assert_eq!(counts(&second.json()), (1, 0, 0));
+    let part_puts: Vec<String> = heads
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|h| h.starts_with("PUT ") && h.contains("partNumber="))
+        .map(|h| h.lines().next().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        part_puts.len(),
+        1,
+        "only part 3 is uploaded again: {part_puts:?}"
+    );
+    assert!(part_puts[0].contains("partNumber=3"), "{part_puts:?}");
+    let got = s3.get("dst", "big.bin").unwrap();
+    assert_eq!(
+        Md5::digest(&got),
+        Md5::digest(&big),
+        "the completed object equals the source"
+    );
+    assert_eq!(s3.open_uploads("dst"), 0, "no upload is left open");
+    let etag = second.json()["items"][0]["dest_digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(etag.ends_with("-3"), "three parts: {etag}");
+}
+
+#[test]
+fn a_listing_out_of_key_order_is_sorted_on_disk_and_nothing_is_missed() {
+    let s3 = S3::start(&["src", "dst"]);
+    for k in ["a", "b", "c", "d", "e"] {
+        s3.put("src", k, k.as_bytes());
+    }
+    s3.put("dst", "c", b"c");
+    // A store that lists in reverse order.
+    let reverse: Rewrite = Arc::new(|head: &str, status, body: Vec<u8>| {
+        if !(head.starts_with("GET /src?") || head.starts_with("GET /src/?"))
+            || !head.contains("list-type=2")
+        {
+            return (status, vec![], body);
+        }
+        let text = String::from_utf8(body).unwrap();
+        let Some(first) = text.find("<Contents>") else {
+            return (status, vec![], text.into_bytes());
+        };
+        let last = text.rfind("</Contents>").unwrap() + "</Contents>".len();
+        let blocks: Vec<String> = text[first..last]
+            .split_inclusive("</Contents>")
+            .map(str::to_string)
+            .collect();
+        let reversed: String = blocks.into_iter().rev().collect();
+        (
+            status,
+            vec![],
+            format!("{}{}{}", &text[..first], reversed, &text[last..]).into_bytes(),
+        )
+    });
+    let (proxy, _) = recording_proxy(&s3.moto.endpoint, reverse);
+    let run = s3.sync("s3://src", "s3://dst", Some(&proxy.endpoint), &[]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("not in key order"), "{}", run.stderr);
+    let j = run.json();
+    assert_eq!(counts(&j), (4, 1, 0), "{}", run.stdout);
+    let mut keys = s3.keys("dst");
+    keys.sort();
+    assert_eq!(keys, vec!["a", "b", "c", "d", "e"]);
+}
+
+#[test]
+fn bad_input_is_named_before_anything_runs() {
+    for (args, needle) in [
+        (
+            vec!["objects", "sync", "src-bucket", "s3://dst"],
+            "\"src-bucket\"",
+        ),
+        (
+            vec!["objects", "sync", "s3://src", "s3://Bad_Bucket"],
+            "\"s3://Bad_Bucket\"",
+        ),
+        (
+            vec![
+                "objects",
+                "sync",
+                "s3://src",
+                "s3://dst",
+                "--storage-class",
+                "FAST",
+            ],
+            "\"FAST\"",
+        ),
+        (
+            vec![
+                "objects",
+                "sync",
+                "s3://src",
+                "s3://dst",
+                "--compare",
+                "md5",
+            ],
+            "\"md5\"",
+        ),
+        (
+            vec![
+                "objects",
+                "sync",
+                "s3://src",
+                "s3://dst",
+                "--part-size",
+                "1024",
+            ],
+            "1024",
+        ),
+    ] {
+        let run = transfer_hub(&args, &[]);
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        assert!(run.stderr.contains(needle), "{args:?}: {}", run.stderr);
+    }
+}
