@@ -152,3 +152,107 @@ impl RecordFn {
         handlers::record_status(req, &self.store, &self.sns).await
     }
 }
+
+/// The object functions (`diff-objects`, `transfer-object`, `check-multipart`): one
+/// struct, built once per container from `ObjectsConfig` plus `TABLE_NAME`,
+/// `UPLOADS_TABLE` and `JOB_QUEUE_URL`.
+pub struct ObjectsFn {
+    cfg: crate::objects::suite::ObjectsConfig,
+    src: crate::objects::bucket::Bucket,
+    dst: crate::objects::bucket::Bucket,
+    queue: crate::objects::jobs::JobQueue,
+    store: DynamoStore,
+    ledger: crate::objects::uploads::DynamoLedger,
+}
+
+impl ObjectsFn {
+    pub async fn from_env() -> Result<Self, ConfigError> {
+        Self::from(Env::from_process(), sdk_config().await).await
+    }
+
+    /// From an explicit environment and SDK configuration (tests point it at moto).
+    pub async fn from(mut env: Env, aws: aws_config::SdkConfig) -> Result<Self, ConfigError> {
+        use crate::objects::bucket::{Bucket, connect};
+        let cfg = crate::objects::suite::ObjectsConfig::from_env(&mut env);
+        let table = env.required("TABLE_NAME");
+        let uploads = env.required("UPLOADS_TABLE");
+        let queue = env.required("JOB_QUEUE_URL");
+        env.finish()?;
+        let secrets = aws_sdk_secretsmanager::Client::new(&aws);
+        let mut problems = Vec::new();
+        let mut side = async |ep: &crate::objects::bucket::Endpoint, what: &str| match connect(
+            ep,
+            Some(&secrets),
+        )
+        .await
+        {
+            Ok(c) => Some(c),
+            Err(e) => {
+                problems.push(format!("{what}: {}", e.message));
+                None
+            }
+        };
+        let src = side(&cfg.source_endpoint, "source").await;
+        let dst = side(&cfg.dest_endpoint, "destination").await;
+        let (Some(src), Some(dst)) = (src, dst) else {
+            return Err(ConfigError { problems });
+        };
+        Ok(Self {
+            src: Bucket {
+                client: src,
+                url: cfg.source.clone(),
+                requester_pays: cfg.requester_pays,
+            },
+            dst: Bucket {
+                client: dst,
+                url: cfg.dest.clone(),
+                requester_pays: false,
+            },
+            queue: crate::objects::jobs::JobQueue {
+                client: aws_sdk_sqs::Client::new(&aws),
+                url: queue,
+            },
+            store: DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), table),
+            ledger: crate::objects::uploads::DynamoLedger {
+                client: aws_sdk_dynamodb::Client::new(&aws),
+                table: uploads,
+            },
+            cfg,
+        })
+    }
+
+    fn edges(&self) -> crate::objects::suite::ObjectsEdges<'_> {
+        crate::objects::suite::ObjectsEdges {
+            cfg: &self.cfg,
+            src: &self.src,
+            dst: &self.dst,
+            queue: &self.queue,
+            store: &self.store,
+            ledger: &self.ledger,
+        }
+    }
+
+    /// `diff-objects`.
+    pub async fn diff(
+        &self,
+        req: crate::objects::suite::DiffRequest,
+    ) -> Result<crate::objects::suite::DiffSummary, ItemError> {
+        crate::objects::suite::diff_objects(req, &self.edges()).await
+    }
+
+    /// `transfer-object`.
+    pub async fn transfer(
+        &self,
+        ev: aws_lambda_events::event::sqs::SqsEvent,
+    ) -> Result<aws_lambda_events::event::sqs::SqsBatchResponse, ItemError> {
+        Ok(crate::objects::suite::transfer_batch(ev, &self.edges()).await)
+    }
+
+    /// `check-multipart` (the schedule's input is ignored).
+    pub async fn check(
+        &self,
+        _input: serde_json::Value,
+    ) -> Result<crate::objects::suite::CheckSummary, ItemError> {
+        crate::objects::suite::check_multipart(&self.edges()).await
+    }
+}

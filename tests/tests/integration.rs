@@ -7,6 +7,7 @@ mod integration {
     pub mod ecr;
     pub mod images;
     pub mod objects;
+    pub mod objects_aws;
     pub mod secrets;
     pub mod state_machine;
     pub mod template;

@@ -10,8 +10,10 @@
 pub mod bucket;
 pub mod diff;
 pub mod events;
+pub mod jobs;
 pub mod multipart;
 pub mod run;
+pub mod suite;
 pub mod transfer;
 pub mod uploads;
 pub mod url;

@@ -1,0 +1,549 @@
+//! The handlers of the AWS object suite, over the same edges as the command line:
+//! `diff-objects` (streaming diff → job queue), `transfer-object` (SQS batch: object
+//! jobs, part jobs and S3 event notifications, with partial batch failures), and
+//! `check-multipart` (completes uploads whose parts are all done, re-plans stuck ones,
+//! aborts orphans). Status goes to the DynamoDB status table, uploads to the ledger.
+
+use super::bucket::{Bucket, CredentialSource, DestOptions, Endpoint, parse_storage_class};
+use super::diff::{self, Compare, Decision, MergeError};
+use super::events::{self, EventWork};
+use super::jobs::{Job, JobQueue};
+use super::multipart::{self, MAX_SINGLE, Plan};
+use super::transfer::{Mode, Transfer};
+use super::uploads::{DynamoLedger, Upload, UploadLedger};
+use super::url::S3Url;
+use crate::config::Env;
+use crate::retry::{ErrorClass, ItemError};
+use crate::status::{ItemRecord, RunRecord, Status, StatusStore, StoreError};
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use chrono::{Duration, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Settings of the object suite, from the functions' environment.
+#[derive(Debug, Clone)]
+pub struct ObjectsConfig {
+    pub source: S3Url,
+    pub source_endpoint: Endpoint,
+    pub requester_pays: bool,
+    pub dest: S3Url,
+    pub dest_endpoint: Endpoint,
+    pub dest_opts: DestOptions,
+    pub mode: Mode,
+    pub compare: Compare,
+    pub part_size: u64,
+    pub threshold: u64,
+    pub tags: bool,
+    pub delete_on_events: bool,
+    pub stuck_after: Duration,
+}
+
+impl ObjectsConfig {
+    /// `SOURCE_BUCKET`, `SOURCE_PREFIX`, `SOURCE_REGION`, `SOURCE_ENDPOINT`,
+    /// `SOURCE_SECRET`, `REQUESTER_PAYS`, `DEST_BUCKET`, `DEST_PREFIX`, `DEST_REGION`,
+    /// `DEST_ENDPOINT`, `DEST_SECRET`, `STORAGE_CLASS`, `KMS_KEY`, `COPY_MODE`
+    /// (auto|server|stream), `COMPARE` (size|etag|checksum), `PART_SIZE`,
+    /// `MULTIPART_THRESHOLD`, `INCLUDE_TAGS`, `DELETE_ON_EVENTS`, `STUCK_AFTER_MINUTES`.
+    /// Every problem is reported at once.
+    pub fn from_env(env: &mut Env) -> Self {
+        let url = |env: &mut Env, bucket: &str, prefix: &str| {
+            let b = env.required(bucket);
+            let p = env.optional(prefix).unwrap_or_default();
+            let text = format!("s3://{b}/{p}");
+            match S3Url::parse(&text) {
+                Ok(u) => u,
+                Err(e) => {
+                    if !b.is_empty() {
+                        env.problem(format!("{bucket}/{prefix}: {e}"));
+                    }
+                    S3Url {
+                        bucket: b,
+                        prefix: p,
+                    }
+                }
+            }
+        };
+        let source = url(env, "SOURCE_BUCKET", "SOURCE_PREFIX");
+        let dest = url(env, "DEST_BUCKET", "DEST_PREFIX");
+        let side = |env: &mut Env, region: &str, endpoint: &str, secret: &str| Endpoint {
+            region: env.optional(region),
+            url: env.optional(endpoint),
+            credentials: env
+                .optional(secret)
+                .map(CredentialSource::Secret)
+                .unwrap_or_default(),
+        };
+        let source_endpoint = side(env, "SOURCE_REGION", "SOURCE_ENDPOINT", "SOURCE_SECRET");
+        let dest_endpoint = side(env, "DEST_REGION", "DEST_ENDPOINT", "DEST_SECRET");
+        let storage_class =
+            env.optional("STORAGE_CLASS")
+                .and_then(|s| match parse_storage_class(&s) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        env.problem(format!("STORAGE_CLASS: {e}"));
+                        None
+                    }
+                });
+        let mode = match env
+            .choice("COPY_MODE", &["auto", "server", "stream"], "auto")
+            .as_str()
+        {
+            "server" => Mode::Server,
+            "stream" => Mode::Stream,
+            _ if source_endpoint == dest_endpoint => Mode::Server,
+            _ => Mode::Stream,
+        };
+        let compare = Compare::parse(&env.choice("COMPARE", &["size", "etag", "checksum"], "size"))
+            .unwrap_or_default();
+        let part_size = env.parsed("PART_SIZE", multipart::DEFAULT_PART, "a number of bytes");
+        if multipart::check_part_size(part_size).is_err() {
+            env.problem(format!(
+                "PART_SIZE: {part_size} is outside 5242880..=5368709120 bytes"
+            ));
+        }
+        Self {
+            requester_pays: env.parsed("REQUESTER_PAYS", false, "true or false"),
+            dest_opts: DestOptions {
+                storage_class,
+                kms_key: env.optional("KMS_KEY"),
+            },
+            compare,
+            part_size,
+            threshold: env.parsed(
+                "MULTIPART_THRESHOLD",
+                multipart::DEFAULT_THRESHOLD,
+                "a number of bytes",
+            ),
+            tags: env.parsed("INCLUDE_TAGS", false, "true or false"),
+            delete_on_events: env.parsed("DELETE_ON_EVENTS", false, "true or false"),
+            stuck_after: Duration::minutes(env.parsed(
+                "STUCK_AFTER_MINUTES",
+                60i64,
+                "a number of minutes",
+            )),
+            mode,
+            source,
+            source_endpoint,
+            dest,
+            dest_endpoint,
+        }
+    }
+
+    fn single_limit(&self) -> u64 {
+        match self.mode {
+            Mode::Server => MAX_SINGLE,
+            Mode::Stream => self.part_size,
+        }
+    }
+}
+
+/// The clients and tables the object functions work with.
+pub struct ObjectsEdges<'a> {
+    pub cfg: &'a ObjectsConfig,
+    pub src: &'a Bucket,
+    pub dst: &'a Bucket,
+    pub queue: &'a JobQueue,
+    pub store: &'a dyn StatusStore,
+    pub ledger: &'a DynamoLedger,
+}
+
+impl ObjectsEdges<'_> {
+    fn transfer(&self) -> Transfer<'_> {
+        Transfer {
+            src: self.src,
+            dst: self.dst,
+            mode: self.cfg.mode,
+            opts: &self.cfg.dest_opts,
+            tags: self.cfg.tags,
+        }
+    }
+    async fn record(
+        &self,
+        run: &str,
+        key: &str,
+        size: u64,
+        etag: Option<String>,
+        r: &Result<Option<String>, ItemError>,
+    ) -> Result<(), StoreError> {
+        let now = Utc::now();
+        let rec = ItemRecord {
+            run_id: run.to_string(),
+            source: self.src.url.object(key),
+            dest: self.dst.url.object(key),
+            status: if r.is_ok() {
+                Status::Copied
+            } else {
+                Status::Failed
+            },
+            source_digest: etag,
+            dest_digest: r.as_ref().ok().cloned().flatten(),
+            attempts: 1,
+            error: r.as_ref().err().cloned(),
+            bytes: if r.is_ok() { size } else { 0 },
+            started_at: Some(now),
+            ended_at: Some(now),
+            // Later writes win: a retry that succeeds replaces an earlier failure.
+            version: now.timestamp_micros().max(0) as u64,
+        };
+        self.store.put_item(&rec).await.map(|_| ())
+    }
+}
+
+/// What `diff-objects` found and queued.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiffSummary {
+    pub run_id: String,
+    pub to_copy: u64,
+    pub in_sync: u64,
+    pub only_at_dest: u64,
+    pub bytes_to_copy: u64,
+}
+
+/// Input of `diff-objects` (the schedule sends `{}`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DiffRequest {
+    #[serde(default)]
+    pub run_id: Option<String>,
+}
+
+/// `diff-objects`: streams both listings through the merge and queues a job per object
+/// to copy, ten per SQS call, as it goes. Memory does not grow with the bucket.
+pub async fn diff_objects(
+    req: DiffRequest,
+    e: &ObjectsEdges<'_>,
+) -> Result<DiffSummary, ItemError> {
+    let run_id = req.run_id.unwrap_or_else(crate::sync::new_run_id);
+    let store_err = |x: StoreError| ItemError::new(ErrorClass::Retryable, x.to_string());
+    let started = Utc::now();
+    let mut run = RunRecord {
+        run_id: run_id.clone(),
+        source: e.src.url.to_string(),
+        dest: e.dst.url.to_string(),
+        dry_run: false,
+        started_at: started,
+        ended_at: None,
+        copied: 0,
+        skipped: 0,
+        failed: 0,
+        bytes: 0,
+    };
+    e.store.put_run(&run).await.map_err(store_err)?;
+    let mut sum = DiffSummary {
+        run_id: run_id.clone(),
+        ..Default::default()
+    };
+    let mut batch: Vec<Job> = Vec::with_capacity(100);
+    let r = diff::merge(e.src.list(), e.dst.list(), e.cfg.compare, |d| {
+        let mut flush = None;
+        match d {
+            Decision::Copy(x, _) => {
+                sum.to_copy += 1;
+                sum.bytes_to_copy += x.size;
+                batch.push(Job::object(&run_id, &x));
+                if batch.len() >= 100 {
+                    flush = Some(std::mem::take(&mut batch));
+                }
+            }
+            Decision::InSync(_) => sum.in_sync += 1,
+            Decision::Extra(_) => sum.only_at_dest += 1,
+        }
+        async move {
+            match flush {
+                Some(jobs) => e.queue.send(&jobs).await,
+                None => Ok(()),
+            }
+        }
+    })
+    .await;
+    match r {
+        Ok(()) => {}
+        Err(MergeError::Emit(err)) => return Err(err),
+        Err(MergeError::Diff(d)) => {
+            // A store that lists out of order: the one-machine tool sorts on disk; a
+            // Lambda has 512 MB of /tmp by default, so say so plainly instead.
+            return Err(ItemError::new(
+                ErrorClass::BadInput,
+                format!(
+                    "{d}; run `transfer-hub objects sync` for stores that do not list in key order"
+                ),
+            ));
+        }
+    }
+    e.queue.send(&batch).await?;
+    run.skipped = sum.in_sync;
+    run.ended_at = Some(Utc::now());
+    e.store.put_run(&run).await.map_err(store_err)?;
+    tracing::info!(run = %run_id, to_copy = sum.to_copy, in_sync = sum.in_sync, "diff done");
+    Ok(sum)
+}
+
+/// `transfer-object`: one SQS batch. A message that fails (bad body, failed copy) is
+/// reported in `batchItemFailures` so SQS delivers it again and, after the queue's
+/// `maxReceiveCount`, moves it to the dead-letter queue. Nothing is dropped silently.
+pub async fn transfer_batch(ev: SqsEvent, e: &ObjectsEdges<'_>) -> SqsBatchResponse {
+    let mut resp = SqsBatchResponse::default();
+    for m in ev.records {
+        let id = m.message_id.clone().unwrap_or_default();
+        let body = m.body.unwrap_or_default();
+        if let Err(err) = handle_message(&body, e).await {
+            tracing::error!(message_id = %id, class = %err.class, error = %err.message, "job failed; SQS will deliver it again");
+            resp.add_failure(id);
+        }
+    }
+    resp
+}
+
+async fn handle_message(body: &str, e: &ObjectsEdges<'_>) -> Result<(), ItemError> {
+    if events::is_s3_notification(body) {
+        let works = events::parse(body, &e.cfg.source.prefix).map_err(|x| {
+            ItemError::new(
+                ErrorClass::BadInput,
+                format!("S3 event message is not valid: {x}"),
+            )
+        })?;
+        let mut first_err = None;
+        for w in works {
+            let r = match w {
+                Err(x) => Err(ItemError::new(ErrorClass::BadInput, x.to_string())),
+                Ok(w) => apply_event(w, e).await,
+            };
+            if let Err(x) = r {
+                first_err.get_or_insert(x);
+            }
+        }
+        return first_err.map_or(Ok(()), Err);
+    }
+    let job = Job::parse(body)?;
+    match &job {
+        Job::Object { .. } => object_job(&job, e).await,
+        Job::Part { upload_id, .. } => part_job(&job, upload_id, e).await,
+    }
+}
+
+fn store_err(x: StoreError) -> ItemError {
+    ItemError::new(ErrorClass::Retryable, format!("status store: {x}"))
+}
+
+async fn apply_event(w: EventWork, e: &ObjectsEdges<'_>) -> Result<(), ItemError> {
+    let run = format!("events-{}", Utc::now().format("%Y%m%d"));
+    match w {
+        EventWork::Copy { entry, sequencer } => {
+            if !e
+                .ledger
+                .claim_sequencer(&e.dst.url.object(&entry.key), &sequencer)
+                .await
+                .map_err(store_err)?
+            {
+                tracing::info!(key = %entry.key, "an older event than one already applied; ignored");
+                return Ok(());
+            }
+            // Copy what the source holds now (the event may describe an older version).
+            match e.src.head(&entry.key).await? {
+                None => Ok(()), // deleted since; its delete event decides
+                Some(h) => {
+                    let job = Job::Object {
+                        run,
+                        key: entry.key,
+                        size: h.size,
+                        etag: h.etag,
+                    };
+                    object_job(&job, e).await
+                }
+            }
+        }
+        EventWork::Delete { key, sequencer } => {
+            if !e
+                .ledger
+                .claim_sequencer(&e.dst.url.object(&key), &sequencer)
+                .await
+                .map_err(store_err)?
+            {
+                return Ok(());
+            }
+            if e.cfg.delete_on_events {
+                e.dst.delete(&key).await?;
+                tracing::info!(key = %key, "deleted at the destination (DELETE_ON_EVENTS)");
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn object_job(job: &Job, e: &ObjectsEdges<'_>) -> Result<(), ItemError> {
+    let entry = job.entry();
+    let plan = multipart::plan(
+        entry.size,
+        e.cfg.threshold,
+        e.cfg.part_size,
+        e.cfg.single_limit(),
+    )
+    .map_err(|p| {
+        ItemError::new(
+            ErrorClass::BadInput,
+            format!("{}: {p}", e.src.url.object(&entry.key)),
+        )
+    })?;
+    match plan {
+        Plan::Single => {
+            let r = e.transfer().single(&entry).await;
+            e.record(job.run(), &entry.key, entry.size, entry.etag.clone(), &r)
+                .await
+                .map_err(store_err)?;
+            r.map(|_| ())
+        }
+        Plan::Multipart { part_size, parts } => {
+            let dest = e.dst.url.object(&entry.key);
+            let upload = match e.ledger.find(&dest).await.map_err(store_err)? {
+                Some(u) if u.size == entry.size && u.source_etag == entry.etag => u,
+                stale => {
+                    if let Some(old) = stale {
+                        let _ = e
+                            .dst
+                            .abort_upload(&e.dst.url.key(&old.key), &old.upload_id)
+                            .await;
+                        e.ledger.finish(&old).await.map_err(store_err)?;
+                    }
+                    let upload_id = e.transfer().start_upload(&entry).await?;
+                    let mine = Upload {
+                        dest: dest.clone(),
+                        key: entry.key.clone(),
+                        upload_id: upload_id.clone(),
+                        size: entry.size,
+                        source_etag: entry.etag.clone(),
+                        part_size,
+                        parts: parts.len() as u32,
+                        started_at: Utc::now(),
+                    };
+                    let open = e.ledger.begin(&mine).await.map_err(store_err)?;
+                    if open.upload_id != upload_id {
+                        // Another worker opened it first: ours is not needed.
+                        let _ = e
+                            .dst
+                            .abort_upload(&e.dst.url.key(&entry.key), &upload_id)
+                            .await;
+                    }
+                    open
+                }
+            };
+            let done: std::collections::HashSet<u32> = e
+                .ledger
+                .parts_done(&upload)
+                .await
+                .map_err(store_err)?
+                .into_iter()
+                .map(|p| p.0)
+                .collect();
+            let jobs: Vec<Job> = multipart::parts(upload.size, upload.part_size)
+                .into_iter()
+                .filter(|p| !done.contains(&p.number))
+                .map(|p| Job::Part {
+                    run: job.run().to_string(),
+                    key: entry.key.clone(),
+                    size: entry.size,
+                    etag: entry.etag.clone(),
+                    upload_id: upload.upload_id.clone(),
+                    number: p.number,
+                    start: p.start,
+                    len: p.len,
+                })
+                .collect();
+            e.queue.send(&jobs).await
+        }
+    }
+}
+
+async fn part_job(job: &Job, upload_id: &str, e: &ObjectsEdges<'_>) -> Result<(), ItemError> {
+    let entry = job.entry();
+    let part = job.part().expect("a part job");
+    let dest = e.dst.url.object(&entry.key);
+    let Some(upload) = e
+        .ledger
+        .find(&dest)
+        .await
+        .map_err(store_err)?
+        .filter(|u| u.upload_id == upload_id)
+    else {
+        // The upload was completed, or aborted and re-planned: this job is obsolete.
+        tracing::info!(object = %dest, upload_id, part = part.number, "part of an upload that is no longer open; nothing to do");
+        return Ok(());
+    };
+    let etag = e.transfer().part(&entry, upload_id, &part).await?;
+    e.ledger
+        .part_done(&upload, part.number, &etag)
+        .await
+        .map_err(store_err)
+}
+
+/// What one `check-multipart` pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckSummary {
+    pub completed: u64,
+    pub failed: u64,
+    pub waiting: u64,
+    pub replanned: u64,
+    pub orphans_aborted: u64,
+}
+
+/// `check-multipart`: completes the uploads whose parts are all done (ordered part list,
+/// then the checks of [`Transfer::complete`]), re-plans uploads open longer than
+/// `stuck_after` (abort, forget, queue the object again), and aborts uploads under the
+/// destination prefix that the ledger does not know and that are older than that.
+pub async fn check_multipart(e: &ObjectsEdges<'_>) -> Result<CheckSummary, ItemError> {
+    let mut sum = CheckSummary::default();
+    let now = Utc::now();
+    let open = e.ledger.open().await.map_err(store_err)?;
+    for u in &open {
+        let parts = e.ledger.parts_done(u).await.map_err(store_err)?;
+        let entry = super::diff::Entry {
+            key: u.key.clone(),
+            size: u.size,
+            etag: u.source_etag.clone(),
+            checksum: None,
+        };
+        let run = format!("multipart-{}", now.format("%Y%m%d"));
+        if parts.len() as u32 >= u.parts {
+            let r = e
+                .transfer()
+                .complete(&entry, &u.upload_id, parts, u.parts)
+                .await;
+            match &r {
+                Ok(_) => sum.completed += 1,
+                Err(x) if x.class == ErrorClass::Retryable => {
+                    sum.waiting += 1;
+                    continue;
+                }
+                Err(_) => {
+                    sum.failed += 1;
+                    let _ = e
+                        .dst
+                        .abort_upload(&e.dst.url.key(&u.key), &u.upload_id)
+                        .await;
+                }
+            }
+            e.record(&run, &u.key, u.size, u.source_etag.clone(), &r)
+                .await
+                .map_err(store_err)?;
+            e.ledger.finish(u).await.map_err(store_err)?;
+        } else if now - u.started_at > e.cfg.stuck_after {
+            tracing::warn!(object = %u.dest, upload_id = %u.upload_id, done = parts.len(), of = u.parts, "upload stuck; aborting and planning it again");
+            let _ = e
+                .dst
+                .abort_upload(&e.dst.url.key(&u.key), &u.upload_id)
+                .await;
+            e.ledger.finish(u).await.map_err(store_err)?;
+            e.queue.send(&[Job::object(&run, &entry)]).await?;
+            sum.replanned += 1;
+        } else {
+            sum.waiting += 1;
+        }
+    }
+    let known: std::collections::HashSet<&str> =
+        open.iter().map(|u| u.upload_id.as_str()).collect();
+    for (key, id, started) in e.dst.open_uploads().await? {
+        let old = started.is_none_or(|t| now - t > e.cfg.stuck_after);
+        if !known.contains(id.as_str()) && old {
+            e.dst.abort_upload(&key, &id).await?;
+            sum.orphans_aborted += 1;
+        }
+    }
+    Ok(sum)
+}

@@ -1,0 +1,512 @@
+//! The object suite's handlers (diff-objects, transfer-object, check-multipart) against
+//! moto's S3, SQS, DynamoDB and Secrets Manager on 127.0.0.1, called with SQS events
+//! built like Lambda builds them and with the samples in events/.
+
+use aws_lambda_events::event::sqs::SqsEvent;
+use aws_sdk_s3::primitives::ByteStream;
+use hub_core::config::Env;
+use hub_core::functions::ObjectsFn;
+use hub_tests::{MotoServer, aws_fixtures, event};
+use md5::{Digest, Md5};
+use std::collections::HashMap;
+
+const REGION: &str = "eu-west-1";
+const MIB: usize = 1024 * 1024;
+
+struct Suite {
+    moto: MotoServer,
+    conf: aws_config::SdkConfig,
+    s3: aws_sdk_s3::Client,
+    sqs: aws_sdk_sqs::Client,
+    queue: String,
+    dlq: String,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Suite {
+    fn start() -> Self {
+        let moto = MotoServer::start();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let conf = rt.block_on(moto.sdk_config(REGION));
+        let sqs = aws_sdk_sqs::Client::new(&conf);
+        let (queue, dlq) = rt.block_on(async {
+            for b in ["src", "dst"] {
+                aws_fixtures::bucket(&conf, b).await;
+            }
+            aws_fixtures::status_table(&conf, "status").await;
+            aws_fixtures::status_table(&conf, "uploads").await;
+            let sm = aws_sdk_secretsmanager::Client::new(&conf);
+            for name in ["src-keys", "dst-keys"] {
+                sm.create_secret()
+                    .name(name)
+                    .secret_string(r#"{"access_key_id":"testing","secret_access_key":"testing"}"#)
+                    .send()
+                    .await
+                    .unwrap();
+            }
+            sm.create_secret()
+                .name("no-keys")
+                .secret_string(r#"{"user":"x"}"#)
+                .send()
+                .await
+                .unwrap();
+            let dlq = sqs
+                .create_queue()
+                .queue_name("jobs-dlq")
+                .send()
+                .await
+                .unwrap()
+                .queue_url
+                .unwrap();
+            let dlq_arn = sqs
+                .get_queue_attributes()
+                .queue_url(&dlq)
+                .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+                .send()
+                .await
+                .unwrap()
+                .attributes()
+                .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
+                .clone();
+            let queue = sqs
+                .create_queue()
+                .queue_name("jobs")
+                .attributes(
+                    aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy,
+                    format!(r#"{{"deadLetterTargetArn":"{dlq_arn}","maxReceiveCount":"2"}}"#),
+                )
+                .attributes(
+                    aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
+                    "1",
+                )
+                .send()
+                .await
+                .unwrap()
+                .queue_url
+                .unwrap();
+            (queue, dlq)
+        });
+        Self {
+            s3: aws_sdk_s3::Client::new(&conf),
+            sqs,
+            moto,
+            conf,
+            queue,
+            dlq,
+            rt,
+        }
+    }
+
+    fn env(&self, extra: &[(&str, &str)]) -> Env {
+        let mut m: HashMap<String, String> = [
+            ("SOURCE_BUCKET", "src"),
+            ("SOURCE_PREFIX", "in/"),
+            ("SOURCE_REGION", REGION),
+            ("SOURCE_ENDPOINT", &self.moto.endpoint),
+            ("SOURCE_SECRET", "src-keys"),
+            ("DEST_BUCKET", "dst"),
+            ("DEST_PREFIX", "out/"),
+            ("DEST_REGION", REGION),
+            ("DEST_ENDPOINT", &self.moto.endpoint),
+            ("DEST_SECRET", "dst-keys"),
+            ("TABLE_NAME", "status"),
+            ("UPLOADS_TABLE", "uploads"),
+            ("JOB_QUEUE_URL", &self.queue),
+            ("PART_SIZE", &(5 * MIB).to_string()),
+            ("MULTIPART_THRESHOLD", &(6 * MIB).to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for (k, v) in extra {
+            m.insert(k.to_string(), v.to_string());
+        }
+        Env::from_map(m)
+    }
+
+    fn function(&self, extra: &[(&str, &str)]) -> ObjectsFn {
+        self.rt
+            .block_on(ObjectsFn::from(self.env(extra), self.conf.clone()))
+            .unwrap()
+    }
+
+    fn put(&self, key: &str, body: &[u8]) {
+        self.rt
+            .block_on(
+                self.s3
+                    .put_object()
+                    .bucket("src")
+                    .key(key)
+                    .body(ByteStream::from(body.to_vec()))
+                    .send(),
+            )
+            .unwrap();
+    }
+
+    fn get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        let o = self
+            .rt
+            .block_on(self.s3.get_object().bucket(bucket).key(key).send())
+            .ok()?;
+        Some(self.rt.block_on(o.body.collect()).unwrap().to_vec())
+    }
+
+    /// Receives what is on a queue now (as Lambda's poller would), as an SQS event.
+    fn receive(&self, queue: &str) -> SqsEvent {
+        let mut records = Vec::new();
+        for _ in 0..20 {
+            let out = self
+                .rt
+                .block_on(
+                    self.sqs
+                        .receive_message()
+                        .queue_url(queue)
+                        .max_number_of_messages(10)
+                        .send(),
+                )
+                .unwrap();
+            if out.messages().is_empty() {
+                break;
+            }
+            for m in out.messages() {
+                records.push(serde_json::json!({
+                    "messageId": m.message_id(),
+                    "receiptHandle": m.receipt_handle(),
+                    "body": m.body(),
+                    "attributes": {},
+                    "messageAttributes": {},
+                    "eventSource": "aws:sqs",
+                    "awsRegion": REGION
+                }));
+            }
+        }
+        serde_json::from_value(serde_json::json!({ "Records": records })).unwrap()
+    }
+
+    /// Deletes the messages the handler did not report as failed (what Lambda does).
+    fn ack(&self, queue: &str, ev: &SqsEvent, failed: &[String]) {
+        for r in &ev.records {
+            if !failed.contains(r.message_id.as_ref().unwrap()) {
+                self.rt
+                    .block_on(
+                        self.sqs
+                            .delete_message()
+                            .queue_url(queue)
+                            .receipt_handle(r.receipt_handle.clone().unwrap())
+                            .send(),
+                    )
+                    .unwrap();
+            }
+        }
+    }
+
+    fn bodies(ev: &SqsEvent) -> Vec<serde_json::Value> {
+        ev.records
+            .iter()
+            .map(|r| serde_json::from_str(r.body.as_ref().unwrap()).unwrap())
+            .collect()
+    }
+
+    fn open_uploads(&self) -> usize {
+        self.rt
+            .block_on(self.s3.list_multipart_uploads().bucket("dst").send())
+            .unwrap()
+            .uploads()
+            .len()
+    }
+}
+
+fn data(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(13).wrapping_add(seed))
+        .collect()
+}
+
+#[test]
+fn diff_objects_queues_only_what_differs_and_a_quiet_hour_queues_nothing() {
+    let s = Suite::start();
+    for i in 0..25 {
+        s.put(&format!("in/k{i:02}"), &data(100 + i, 1));
+    }
+    s.put("elsewhere/x", b"not under the prefix");
+    s.rt.block_on(
+        s.s3.put_object()
+            .bucket("dst")
+            .key("out/k03")
+            .body(ByteStream::from(data(103, 1)))
+            .send(),
+    )
+    .unwrap();
+    s.rt.block_on(
+        s.s3.put_object()
+            .bucket("dst")
+            .key("out/k04")
+            .body(ByteStream::from(data(5, 1)))
+            .send(),
+    )
+    .unwrap();
+    let f = s.function(&[]);
+    let input = serde_json::from_value(event("diff-objects.json")).unwrap();
+    let sum = s.rt.block_on(f.diff(input)).unwrap();
+    assert_eq!((sum.to_copy, sum.in_sync), (24, 1), "{sum:?}");
+    let jobs = Suite::bodies(&s.receive(&s.queue));
+    assert_eq!(jobs.len(), 24);
+    let mut keys: Vec<&str> = jobs.iter().map(|j| j["key"].as_str().unwrap()).collect();
+    keys.sort();
+    assert_eq!(keys[0], "k00");
+    assert!(!keys.contains(&"k03") && keys.contains(&"k04"));
+    for j in &jobs {
+        assert_eq!(j["kind"], "object");
+        assert_eq!(j["run"], sum.run_id.as_str());
+        let text = j.to_string();
+        assert!(
+            !text.contains("testing") && !text.contains("secret"),
+            "{text}"
+        );
+    }
+
+    // Everything copied (by the worker) → the next hour queues nothing.
+    let ev = s.receive(&s.queue);
+    assert!(ev.records.is_empty());
+    for i in 0..25 {
+        s.rt.block_on(
+            s.s3.put_object()
+                .bucket("dst")
+                .key(format!("out/k{i:02}"))
+                .body(ByteStream::from(data(100 + i, 1)))
+                .send(),
+        )
+        .unwrap();
+    }
+    let sum = s.rt.block_on(f.diff(Default::default())).unwrap();
+    assert_eq!((sum.to_copy, sum.in_sync), (0, 25));
+    assert!(s.receive(&s.queue).records.is_empty());
+}
+
+#[test]
+fn parts_done_by_several_workers_in_any_order_and_twice_complete_into_the_source_object() {
+    let s = Suite::start();
+    let big = data(16 * MIB + 777, 3);
+    s.put("in/big.bin", &big);
+    s.put("in/small.txt", b"hello");
+    let f = s.function(&[]);
+    s.rt.block_on(f.diff(Default::default())).unwrap();
+    // Worker 1 takes the object jobs: the small one is copied, the big one is split.
+    let ev = s.receive(&s.queue);
+    assert_eq!(ev.records.len(), 2);
+    let r = s.rt.block_on(f.transfer(ev.clone())).unwrap();
+    assert!(r.batch_item_failures.is_empty(), "{r:?}");
+    s.ack(&s.queue, &ev, &[]);
+    assert_eq!(s.get("dst", "out/small.txt").unwrap(), b"hello");
+    let parts = s.receive(&s.queue);
+    assert_eq!(parts.records.len(), 4, "16 MiB in 5 MiB parts");
+    s.ack(&s.queue, &parts, &[]);
+    // Parts go to three workers, out of order, part 2 twice; a worker dies after part 3
+    // (its job was never acknowledged, so it comes again).
+    let mut recs = parts.records.clone();
+    recs.reverse();
+    let dup = recs
+        .iter()
+        .find(|r| r.body.as_ref().unwrap().contains("\"number\":2"))
+        .unwrap()
+        .clone();
+    let batches = [
+        vec![recs[0].clone(), dup.clone()],
+        vec![recs[2].clone(), recs[1].clone()],
+        vec![dup, recs[3].clone()],
+    ];
+    let workers: Vec<ObjectsFn> = (0..3).map(|_| s.function(&[])).collect();
+    for (w, b) in workers.iter().zip(batches) {
+        let ev: SqsEvent = serde_json::from_value(serde_json::json!({ "Records": b })).unwrap();
+        let r = s.rt.block_on(w.transfer(ev)).unwrap();
+        assert!(r.batch_item_failures.is_empty(), "{r:?}");
+    }
+    assert_eq!(s.open_uploads(), 1);
+    let sum =
+        s.rt.block_on(workers[0].check(event("check-multipart.json")))
+            .unwrap();
+    assert_eq!(sum.completed, 1, "{sum:?}");
+    let got = s.get("dst", "out/big.bin").unwrap();
+    assert_eq!(
+        Md5::digest(&got),
+        Md5::digest(&big),
+        "the completed object equals the source"
+    );
+    assert_eq!(s.open_uploads(), 0, "no upload is left open");
+    // A late duplicate of a part job after completion does no harm.
+    let late: SqsEvent =
+        serde_json::from_value(serde_json::json!({ "Records": [parts.records[0].clone()] }))
+            .unwrap();
+    assert!(
+        s.rt.block_on(f.transfer(late))
+            .unwrap()
+            .batch_item_failures
+            .is_empty()
+    );
+    assert_eq!(s.open_uploads(), 0);
+    assert_eq!(s.get("dst", "out/big.bin").unwrap().len(), big.len());
+    // An upload nobody knows about (a crashed run's leftover) is reaped once it is old.
+    let orphan =
+        s.rt.block_on(
+            s.s3.create_multipart_upload()
+                .bucket("dst")
+                .key("out/orphan")
+                .send(),
+        )
+        .unwrap();
+    assert!(orphan.upload_id().is_some());
+    let reaper = s.function(&[("STUCK_AFTER_MINUTES", "0")]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let sum = s.rt.block_on(reaper.check(serde_json::json!({}))).unwrap();
+    assert_eq!(sum.orphans_aborted, 1, "{sum:?}");
+    assert_eq!(s.open_uploads(), 0);
+}
+
+#[test]
+fn a_bad_message_is_reported_and_ends_in_the_dead_letter_queue_while_the_others_go_on() {
+    let s = Suite::start();
+    s.put("in/ok.txt", b"fine");
+    let f = s.function(&[]);
+    let send = |body: &str| {
+        s.rt.block_on(
+            s.sqs
+                .send_message()
+                .queue_url(&s.queue)
+                .message_body(body)
+                .send(),
+        )
+        .unwrap();
+    };
+    send(r#"{"kind":"object","run":"r1","key":"ok.txt","size":4}"#);
+    send(r#"{"kind":"object","run":"r1","size":4}"#);
+    let mut dead = Vec::new();
+    for _ in 0..6 {
+        let ev = s.receive(&s.queue);
+        if ev.records.is_empty() {
+            std::thread::sleep(std::time::Duration::from_millis(1100));
+            dead = Suite::bodies(&s.receive(&s.dlq));
+            if !dead.is_empty() {
+                break;
+            }
+            continue;
+        }
+        let r = s.rt.block_on(f.transfer(ev.clone())).unwrap();
+        let failed: Vec<String> = r
+            .batch_item_failures
+            .iter()
+            .map(|x| x.item_identifier.clone())
+            .collect();
+        for rec in &ev.records {
+            let is_bad = !rec.body.as_ref().unwrap().contains("\"key\"");
+            assert_eq!(
+                failed.contains(rec.message_id.as_ref().unwrap()),
+                is_bad,
+                "{r:?}"
+            );
+        }
+        s.ack(&s.queue, &ev, &failed);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    assert_eq!(s.get("dst", "out/ok.txt").unwrap(), b"fine");
+    assert_eq!(dead.len(), 1, "the bad message is in the DLQ");
+    assert!(dead[0].get("key").is_none());
+}
+
+#[test]
+fn s3_events_out_of_order_and_twice_leave_what_the_newest_sequencer_says() {
+    let s = Suite::start();
+    let f = s.function(&[("DELETE_ON_EVENTS", "true")]);
+    let note = |name: &str, key: &str, size: usize, seq: &str| {
+        serde_json::json!({"Records": [{
+            "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": REGION,
+            "eventTime": "2026-11-23T12:00:00.000Z", "eventName": name,
+            "userIdentity": {"principalId": "EXAMPLE"}, "requestParameters": {"sourceIPAddress": "127.0.0.1"},
+            "responseElements": {},
+            "s3": {"s3SchemaVersion": "1.0", "bucket": {"name": "src", "arn": "arn:aws:s3:::src"},
+                   "object": {"key": key, "size": size, "sequencer": seq}}}]})
+        .to_string()
+    };
+    let deliver = |bodies: Vec<String>| {
+        let recs: Vec<serde_json::Value> = bodies
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| serde_json::json!({"messageId": format!("m{i}"), "body": b, "attributes": {}, "messageAttributes": {}}))
+            .collect();
+        let ev: SqsEvent = serde_json::from_value(serde_json::json!({ "Records": recs })).unwrap();
+        let r = s.rt.block_on(f.transfer(ev)).unwrap();
+        assert!(r.batch_item_failures.is_empty(), "{r:?}");
+    };
+    // a: created (1), then re-created (3): the destination ends with the newest bytes.
+    s.put("in/a", b"version two");
+    // b: created (4) then deleted (5) at the source; the delete arrives first.
+    s.rt.block_on(
+        s.s3.put_object()
+            .bucket("dst")
+            .key("out/b")
+            .body(ByteStream::from_static(b"stale"))
+            .send(),
+    )
+    .unwrap();
+    // c: deleted (6) then created again (7); both delivered twice, newest first.
+    s.put("in/c", b"c is back");
+    deliver(vec![
+        note("ObjectCreated:Put", "in/a", 11, "0000000000000003"),
+        note("ObjectRemoved:Delete", "in/b", 0, "0000000000000005"),
+        note("ObjectCreated:Put", "in/c", 9, "0000000000000007"),
+    ]);
+    deliver(vec![
+        note("ObjectCreated:Put", "in/a", 11, "0000000000000001"),
+        note("ObjectCreated:Put", "in/b", 5, "0000000000000004"),
+        note("ObjectRemoved:Delete", "in/c", 0, "0000000000000006"),
+        note("ObjectCreated:Put", "in/c", 9, "0000000000000007"),
+        note("ObjectRemoved:Delete", "in/c", 0, "0000000000000006"),
+    ]);
+    assert_eq!(s.get("dst", "out/a").unwrap(), b"version two");
+    assert!(
+        s.get("dst", "out/b").is_none(),
+        "the late create of b must not bring it back"
+    );
+    assert_eq!(
+        s.get("dst", "out/c").unwrap(),
+        b"c is back",
+        "the late delete of c must not remove it"
+    );
+    // The sample notification is understood too (its keys are outside this prefix).
+    let sample = event("transfer-object.json");
+    let ev: SqsEvent = serde_json::from_value(sample).unwrap();
+    assert_eq!(ev.records.len(), 3);
+}
+
+#[test]
+fn configuration_problems_are_listed_together_and_a_secret_without_keys_is_named() {
+    let s = Suite::start();
+    let env = s.env(&[
+        ("STORAGE_CLASS", "FAST"),
+        ("SOURCE_BUCKET", "Bad_Bucket"),
+        ("PART_SIZE", "1"),
+    ]);
+    let err =
+        s.rt.block_on(ObjectsFn::from(env, s.conf.clone()))
+            .err()
+            .expect("refused")
+            .to_string();
+    for needle in ["\"FAST\"", "Bad_Bucket", "PART_SIZE"] {
+        assert!(err.contains(needle), "{needle} missing from: {err}");
+    }
+    let err =
+        s.rt.block_on(ObjectsFn::from(
+            s.env(&[("SOURCE_SECRET", "no-keys")]),
+            s.conf.clone(),
+        ))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("\"no-keys\"") && err.contains("access_key_id"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("\"x\""),
+        "a secret's value must not be printed: {err}"
+    );
+}
