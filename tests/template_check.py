@@ -59,7 +59,7 @@ except Exception as e:  # the translator's own errors say what is wrong
 
 res = out["Resources"]
 functions = {k: v for k, v in res.items() if v["Type"] == "AWS::Lambda::Function"}
-check(len(functions) == 4, f"expected 4 functions, found {sorted(functions)}")
+check(len(functions) == 7, f"expected 7 functions (4 images, 3 objects), found {sorted(functions)}")
 for name, fn in functions.items():
     p = fn["Properties"]
     check(p.get("Architectures") == ["arm64"], f"{name}: Architectures must be [arm64]")

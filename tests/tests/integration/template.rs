@@ -120,6 +120,9 @@ fn sam_build_makes_an_arm64_bootstrap_for_every_function() {
         "FindDiffFunction",
         "DispatchFargateFunction",
         "RecordStatusFunction",
+        "DiffObjectsFunction",
+        "TransferObjectFunction",
+        "CheckMultipartFunction",
     ] {
         let bootstrap = build.join(f).join("bootstrap");
         assert!(
