@@ -146,6 +146,8 @@ pub struct Meta {
 pub struct Head {
     pub size: u64,
     pub etag: Option<String>,
+    /// Stored full-object checksums: CRC32, CRC32C, CRC64NVME, SHA-1, SHA-256.
+    pub checksums: [Option<String>; 5],
     pub meta: Meta,
     pub kms: bool,
 }
@@ -264,12 +266,21 @@ impl Bucket {
             .head_object()
             .bucket(&self.url.bucket)
             .key(&key)
+            .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
             .set_request_payer(self.payer())
             .send()
             .await;
         match r {
             Ok(o) => Ok(Some(Head {
                 size: o.content_length().unwrap_or(0).max(0) as u64,
+                checksums: [
+                    o.checksum_crc32(),
+                    o.checksum_crc32_c(),
+                    o.checksum_crc64_nvme(),
+                    o.checksum_sha1(),
+                    o.checksum_sha256(),
+                ]
+                .map(|c| c.map(str::to_string)),
                 etag: o.e_tag().map(bare_etag),
                 kms: o.server_side_encryption() == Some(&ServerSideEncryption::AwsKms),
                 meta: Meta {

@@ -183,9 +183,27 @@ where
     let (in_sync, copies) = (std::cell::Cell::new(0u64), std::cell::Cell::new(0u64));
     let permits = Arc::new(Semaphore::new(spec.concurrency.max(1)));
     let producer = async {
-        let r = diff::merge(src, dst, spec.compare, |d| {
+        // Checksums are not in listings: equal sizes are settled by one HEAD on each side.
+        let listed = match spec.compare {
+            Compare::Checksum => Compare::Size,
+            other => other,
+        };
+        let r = diff::merge(src, dst, listed, |d| {
             let (tx, in_sync, copies) = (&tx, &in_sync, &copies);
             async move {
+                let d = match d {
+                    Decision::InSync(e) if spec.compare == Compare::Checksum => {
+                        match checksums_differ(edges, &e).await {
+                            Ok(false) => Decision::InSync(e),
+                            Ok(true) => Decision::Copy(e, diff::Reason::ChecksumDiffers),
+                            Err(err) => {
+                                tracing::warn!(key = %e.key, error = %err.message, "cannot compare checksums; copying");
+                                Decision::Copy(e, diff::Reason::ChecksumDiffers)
+                            }
+                        }
+                    }
+                    d => d,
+                };
                 match d {
                     Decision::Copy(e, _) => {
                         copies.set(copies.get() + 1);
@@ -231,6 +249,21 @@ where
             message: e.into(),
         })),
     }
+}
+
+/// Whether two same-size objects differ by their stored checksums (CRC32, CRC32C,
+/// CRC64NVME, SHA-1, SHA-256; the first both sides have), else by ETag.
+async fn checksums_differ(edges: &ObjectEdges<'_>, e: &Entry) -> Result<bool, ItemError> {
+    let (a, b) = tokio::try_join!(edges.src.head(&e.key), edges.dst.head(&e.key))?;
+    let (Some(a), Some(b)) = (a, b) else {
+        return Ok(true);
+    };
+    for (x, y) in a.checksums.iter().zip(b.checksums.iter()) {
+        if let (Some(x), Some(y)) = (x, y) {
+            return Ok(x != y);
+        }
+    }
+    Ok(a.etag != b.etag)
 }
 
 fn tokio_stream_of<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {

@@ -253,6 +253,25 @@ fn incremental_sync_copies_only_missing_and_changed_objects_with_their_metadata_
     assert_eq!(j["items"][0]["source"], "s3://src/data/file-2.bin");
     assert_eq!(s3.get("dst", "server/file-2.bin").unwrap(), data(1002, 77));
 
+    // --compare checksum: stored checksums (the SDK stores a CRC32 on PUT) settle equal sizes.
+    s3.put("src", "data/file-3.bin", &data(1003, 55));
+    let run = s3.sync(
+        "s3://src/data/",
+        "s3://dst/server/",
+        None,
+        &["--compare", "checksum"],
+    );
+    let j = run.json();
+    assert_eq!(counts(&j), (1, 5, 0), "{}", run.stdout);
+    assert_eq!(j["items"][0]["source"], "s3://src/data/file-3.bin");
+    let run = s3.sync(
+        "s3://src/data/",
+        "s3://dst/server/",
+        None,
+        &["--compare", "checksum"],
+    );
+    assert_eq!(counts(&run.json()), (0, 6, 0), "{}", run.stdout);
+
     // A dry run says what it would copy and changes nothing.
     s3.put("src", "data/new.bin", b"new");
     let run = s3.sync("s3://src/data/", "s3://dst/server/", None, &["--dry-run"]);
