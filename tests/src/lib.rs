@@ -869,70 +869,91 @@ pub fn lambda_router(port: u16, moto_endpoint: &str, lambda_addr: &str) -> HttpP
     )
 }
 
-/// `cargo lambda watch` serving this workspace's functions on 127.0.0.1 (no reload).
+/// This workspace's functions behind `cargo lambda watch`'s Lambda APIs on 127.0.0.1.
+///
+/// The functions are built once per test process, before any state runs; `cargo lambda
+/// watch --only-lambda-apis` serves the invoke and runtime APIs, and the built binaries
+/// are started here, `CONCURRENCY` instances of each (as `--concurrency` would). Letting
+/// the watcher start them itself means a `cargo run` per instance, at invocation time: it
+/// rebuilds whatever changed in the checkout since, and waits on any other cargo's locks,
+/// so a run could stall for minutes while someone else builds.
 pub struct LambdaWatch {
     pub addr: String,
     child: Child,
+    functions: Vec<Child>,
     _log: tempfile::NamedTempFile,
 }
 
+/// The functions of the image state machine (binary names, as Lambda function names).
+pub const FUNCTIONS: [&str; 4] = [
+    "list-images",
+    "find-diff",
+    "dispatch-fargate",
+    "record-status",
+];
+
 impl LambdaWatch {
+    /// Instances of each function (a Map state runs 10 items at once).
+    pub const CONCURRENCY: usize = 10;
+
+    /// Where the functions are built (once per test process; a later call reuses them).
+    fn built_functions() -> &'static Path {
+        static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+        BUILT.get_or_init(|| {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+            // Its own target dir: the test run holds the main one.
+            let target = root.join("target/lambda-watch");
+            let mut build = Command::new("cargo");
+            build
+                .current_dir(root)
+                .env("CARGO_TARGET_DIR", &target)
+                .args(["build", "--quiet"]);
+            for f in FUNCTIONS {
+                build.args(["-p", f]);
+            }
+            assert!(
+                build.status().unwrap().success(),
+                "building the functions failed"
+            );
+            target.join("debug")
+        })
+    }
+
+    /// Starts the APIs and the functions, each with `env` (and the inherited environment).
     pub fn start(env: &[(String, String)]) -> Self {
+        let bin = Self::built_functions();
         let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
         let log = tempfile::NamedTempFile::new().unwrap();
-        let env_file = log.path().with_extension("env");
-        std::fs::write(
-            &env_file,
-            env.iter()
-                .map(|(k, v)| format!("{k}={v}\n"))
-                .collect::<String>(),
-        )
-        .unwrap();
+        let log_path = log.path().to_path_buf();
+        // Every process appends, so none writes over another.
+        let append = || {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&log_path)
+                .unwrap()
+        };
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        // Its own target dir (the test run holds the main one), built before the first
-        // invocation so no state waits on a compiler.
-        let target = root.join("target/lambda-watch");
-        let built = Command::new("cargo")
-            .current_dir(root)
-            .env("CARGO_TARGET_DIR", &target)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "list-images",
-                "-p",
-                "find-diff",
-                "-p",
-                "dispatch-fargate",
-                "-p",
-                "record-status",
-            ])
-            .status()
-            .unwrap();
-        assert!(built.success(), "building the functions failed");
         let child = Command::new("cargo")
             .current_dir(root)
-            .env("CARGO_TARGET_DIR", &target)
             .args([
                 "lambda",
                 "watch",
+                "--only-lambda-apis",
                 "--ignore-changes",
                 "-A",
                 "127.0.0.1",
                 "-P",
                 &port.to_string(),
-                "--concurrency",
-                "10",
-                "--env-file",
             ])
-            .arg(&env_file)
-            .stdout(log.reopen().unwrap())
-            .stderr(log.reopen().unwrap())
+            .stdout(append())
+            .stderr(append())
             .spawn()
             .expect("cargo lambda watch starts (scripts/install-deps installs cargo-lambda)");
-        let me = Self {
-            addr: format!("127.0.0.1:{port}"),
+        let mut me = Self {
+            addr,
             child,
+            functions: Vec::new(),
             _log: log,
         };
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -944,6 +965,24 @@ impl LambdaWatch {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+        for name in FUNCTIONS {
+            for _ in 0..Self::CONCURRENCY {
+                let f = Command::new(bin.join(name))
+                    .envs(env.iter().cloned())
+                    .env("AWS_LAMBDA_FUNCTION_NAME", name)
+                    .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+                    .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "4096")
+                    .env(
+                        "AWS_LAMBDA_RUNTIME_API",
+                        format!("http://{}/.rt/{name}", me.addr),
+                    )
+                    .stdout(append())
+                    .stderr(append())
+                    .spawn()
+                    .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+                me.functions.push(f);
+            }
+        }
         me
     }
 
@@ -954,8 +993,10 @@ impl LambdaWatch {
 
 impl Drop for LambdaWatch {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for c in self.functions.iter_mut().chain([&mut self.child]) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 

@@ -1,8 +1,12 @@
 //! The image state machine end to end on this machine: the definition the template deploys,
 //! created in moto's Step Functions with its interpreter on; the Lambda states run the real
 //! handlers under `cargo lambda watch` (behind a router, as Lambda would answer); the test
-//! plays Fargate by running the real copy-worker for every `RunTask` moto records.
+//! plays Fargate by running the real copy-worker for every `RunTask` moto records. Each
+//! execution gets a moto of its own (see `Aws`); the registries stay, so the second day
+//! finds what the first one copied.
 
+use hub_core::status::StatusStore as _;
+use hub_core::status::dynamodb::DynamoStore;
 use hub_tests::{
     HttpProxy, LambdaWatch, MotoServer, OciImage, RegistryServer, aws_fixtures, free_port,
     lambda_router, transfer_hub_bin,
@@ -129,101 +133,132 @@ impl Fargate {
     }
 }
 
-#[test]
-#[ignore = "work in progress (issue 4): the first execution passes every assertion here (11 copied with equal digests, the failing image dispatched 4 times, at most 10 workers, one SNS message), but moto answers the second StartExecution in the same server with HTTP 500 (it deep-copies state holding a lock); run with --ignored"]
-fn the_state_machine_copies_eleven_images_records_the_twelfth_as_failed_and_a_quiet_day_starts_no_task()
- {
-    // Servers: registries, moto (its interpreter calls back through the router), the functions.
-    let (src, dst) = (RegistryServer::start(), RegistryServer::start());
-    let broken = head_only(&src.addr);
-    let broken_host = broken.endpoint.trim_start_matches("http://").to_string();
-    let router_port = free_port();
-    let moto = MotoServer::start_with_env(&[("MOTO_PORT", router_port.to_string())]);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let conf = rt.block_on(moto.sdk_config(REGION));
-    let ecs_fix = hub_tests::ecs_types_proxy(&moto.endpoint);
-
-    let images: Vec<OciImage> = (0..11).map(|_| OciImage::single(&[2048])).collect();
-    for (i, img) in images.iter().enumerate() {
-        img.push(&format!("{}/team/app{i}:1", src.addr), None);
+impl Drop for Fargate {
+    /// A failed assertion leaves no worker behind.
+    fn drop(&mut self) {
+        for c in self.started.values_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
-    OciImage::single(&[2048]).push(&format!("{}/team/broken:1", src.addr), None);
-    let mut list: Vec<String> = (0..11).map(|i| format!("team/app{i}:1")).collect();
-    list.push(format!("{broken_host}/team/broken:1"));
+}
 
-    // AWS resources in moto.
-    reqwest::blocking::Client::new()
-        .post(format!("{}/moto-api/config", moto.endpoint))
-        .json(&serde_json::json!({"stepfunctions": {"execute_state_machine": true}, "lambda": {"use_docker": false}}))
-        .send()
-        .unwrap();
-    let (subnet, sg) = moto.network(REGION);
-    let (topic, queue_url) = rt.block_on(async {
-        aws_fixtures::status_table(&conf, "status").await;
-        aws_fixtures::bucket(&conf, "payloads").await;
-        aws_sdk_ssm::Client::new(&conf)
-            .put_parameter()
-            .name("/th/images")
-            .value(list.join("\n"))
-            .r#type(aws_sdk_ssm::types::ParameterType::String)
+/// One AWS side: a moto server holding the resources the template creates, the functions
+/// under `cargo lambda watch` configured against it, and the router its interpreter calls.
+/// moto 5.2 answers a second `StartExecution` in the same server with HTTP 500 (it
+/// deep-copies state that holds a lock, even for a fresh state machine), so every
+/// execution gets its own — the registries, where the images live, are shared.
+struct Aws {
+    moto: MotoServer,
+    conf: aws_config::SdkConfig,
+    sfn: aws_sdk_sfn::Client,
+    ecs: aws_sdk_ecs::Client,
+    worker_env: Vec<(String, String)>,
+    queue_url: String,
+    watch: LambdaWatch,
+    _router: HttpProxy,
+    _ecs_fix: HttpProxy,
+}
+
+impl Aws {
+    fn start(
+        rt: &tokio::runtime::Runtime,
+        src: &RegistryServer,
+        dst: &RegistryServer,
+        list: &[String],
+    ) -> Self {
+        let router_port = free_port();
+        let moto = MotoServer::start_with_env(&[("MOTO_PORT", router_port.to_string())]);
+        let conf = rt.block_on(moto.sdk_config(REGION));
+        let ecs_fix = hub_tests::ecs_types_proxy(&moto.endpoint);
+        reqwest::blocking::Client::new()
+            .post(format!("{}/moto-api/config", moto.endpoint))
+            .json(&serde_json::json!({"stepfunctions": {"execute_state_machine": true}, "lambda": {"use_docker": false}}))
             .send()
-            .await
             .unwrap();
-        aws_fixtures::copy_cluster(&conf).await;
-        aws_fixtures::topic_with_queue(&conf, "alarms").await
-    });
+        let (subnet, sg) = moto.network(REGION);
+        let (topic, queue_url) = rt.block_on(async {
+            aws_fixtures::status_table(&conf, "status").await;
+            aws_fixtures::bucket(&conf, "payloads").await;
+            aws_sdk_ssm::Client::new(&conf)
+                .put_parameter()
+                .name("/th/images")
+                .value(list.join("\n"))
+                .r#type(aws_sdk_ssm::types::ParameterType::String)
+                .send()
+                .await
+                .unwrap();
+            aws_fixtures::copy_cluster(&conf).await;
+            aws_fixtures::topic_with_queue(&conf, "alarms").await
+        });
 
-    // The functions, configured as the template configures them.
-    let mut fn_env = moto.env(REGION);
-    fn_env.retain(|(k, _)| k != "AWS_ENDPOINT_URL");
-    fn_env.push(("AWS_ENDPOINT_URL".into(), ecs_fix.endpoint.clone()));
-    for (k, v) in [
-        ("SOURCE_REGISTRY", src.addr.clone()),
-        ("DEST_REGISTRY", format!("{}/mirror", dst.addr)),
-        ("SELECT_TYPE", "SELECTED".into()),
-        ("LIST_PARAMETER", "/th/images".into()),
-        ("TABLE_NAME", "status".into()),
-        ("PAYLOAD_BUCKET", "payloads".into()),
-        ("CLUSTER", "th".into()),
-        ("TASK_DEFINITION", "th-copy".into()),
-        ("CONTAINER_NAME", "copy".into()),
-        ("SUBNETS", subnet),
-        ("SECURITY_GROUPS", sg),
-        ("TOPIC_ARN", topic),
-        ("RETRIES", "0".into()),
-    ] {
-        fn_env.push((k.into(), v));
+        // The functions, configured as the template configures them.
+        let mut fn_env = moto.env(REGION);
+        fn_env.retain(|(k, _)| k != "AWS_ENDPOINT_URL");
+        fn_env.push(("AWS_ENDPOINT_URL".into(), ecs_fix.endpoint.clone()));
+        for (k, v) in [
+            ("SOURCE_REGISTRY", src.addr.clone()),
+            ("DEST_REGISTRY", format!("{}/mirror", dst.addr)),
+            ("SELECT_TYPE", "SELECTED".into()),
+            ("LIST_PARAMETER", "/th/images".into()),
+            ("TABLE_NAME", "status".into()),
+            ("PAYLOAD_BUCKET", "payloads".into()),
+            ("CLUSTER", "th".into()),
+            ("TASK_DEFINITION", "th-copy".into()),
+            ("CONTAINER_NAME", "copy".into()),
+            ("SUBNETS", subnet),
+            ("SECURITY_GROUPS", sg),
+            ("TOPIC_ARN", topic),
+            ("RETRIES", "0".into()),
+        ] {
+            fn_env.push((k.into(), v));
+        }
+        let watch = LambdaWatch::start(&fn_env);
+        // moto's interpreter calls back on the port it was told about (MOTO_PORT).
+        let router = lambda_router(router_port, &moto.endpoint, &watch.addr);
+
+        let ecs = aws_sdk_ecs::Client::from_conf(
+            aws_sdk_ecs::config::Builder::from(&conf)
+                .endpoint_url(&ecs_fix.endpoint)
+                .build(),
+        );
+        Self {
+            sfn: aws_sdk_sfn::Client::new(&conf),
+            ecs,
+            worker_env: moto.env(REGION),
+            queue_url,
+            watch,
+            _router: router,
+            _ecs_fix: ecs_fix,
+            moto,
+            conf,
+        }
     }
-    let watch = LambdaWatch::start(&fn_env);
-    // moto's interpreter calls back on the port it was told about (MOTO_PORT).
-    let _router = lambda_router(router_port, &moto.endpoint, &watch.addr);
 
-    let sfn = aws_sdk_sfn::Client::new(&conf);
-    // moto deep-copies a state machine with its past executions when it starts one, which
-    // fails once an execution has run; each run here gets its own copy of the definition.
-    let create = |name: &str| {
-        rt.block_on(
-            sfn.create_state_machine()
-                .name(name)
-                .definition(definition())
-                .role_arn(format!("arn:aws:iam::{ACCOUNT}:role/sfn"))
-                .send(),
-        )
-        .unwrap()
-        .state_machine_arn()
-        .to_string()
-    };
-    let ecs = aws_sdk_ecs::Client::from_conf(
-        aws_sdk_ecs::config::Builder::from(&conf)
-            .endpoint_url(&ecs_fix.endpoint)
-            .build(),
-    );
-    let worker_env = moto.env(REGION);
-
-    let run = |name: &str, input: &str, fargate: &mut Fargate| -> (String, String) {
-        let sm = create(&format!("images-{name}"));
+    /// Creates the state machine, starts execution `name` and plays Fargate until it ends;
+    /// returns its status and output (with the last history events when it did not succeed).
+    fn run(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        name: &str,
+        input: &str,
+        fargate: &mut Fargate,
+    ) -> (String, String) {
+        let sm = rt
+            .block_on(
+                self.sfn
+                    .create_state_machine()
+                    .name(format!("images-{name}"))
+                    .definition(definition())
+                    .role_arn(format!("arn:aws:iam::{ACCOUNT}:role/sfn"))
+                    .send(),
+            )
+            .unwrap()
+            .state_machine_arn()
+            .to_string();
         let started = rt.block_on(
-            sfn.start_execution()
+            self.sfn
+                .start_execution()
                 .state_machine_arn(&sm)
                 .name(name)
                 .input(input)
@@ -232,7 +267,7 @@ fn the_state_machine_copies_eleven_images_records_the_twelfth_as_failed_and_a_qu
         let exec = match started {
             Ok(o) => o.execution_arn().to_string(),
             Err(e) => {
-                let log = moto.log();
+                let log = self.moto.log();
                 panic!(
                     "StartExecution {name}: {e:?}\nmoto log (end):\n{}",
                     &log[log.len().saturating_sub(6000)..]
@@ -241,16 +276,17 @@ fn the_state_machine_copies_eleven_images_records_the_twelfth_as_failed_and_a_qu
         };
         let deadline = Instant::now() + Duration::from_secs(600);
         loop {
-            fargate.step(&rt, &ecs, &worker_env);
+            fargate.step(rt, &self.ecs, &self.worker_env);
             let d = rt
-                .block_on(sfn.describe_execution().execution_arn(&exec).send())
+                .block_on(self.sfn.describe_execution().execution_arn(&exec).send())
                 .unwrap();
             if d.status().as_str() != "RUNNING" {
                 let mut out = d.output().unwrap_or_default().to_string();
                 if d.status().as_str() != "SUCCEEDED" {
                     let h = rt
                         .block_on(
-                            sfn.get_execution_history()
+                            self.sfn
+                                .get_execution_history()
                                 .execution_arn(&exec)
                                 .reverse_order(true)
                                 .max_results(15)
@@ -264,19 +300,59 @@ fn the_state_machine_copies_eleven_images_records_the_twelfth_as_failed_and_a_qu
             assert!(
                 Instant::now() < deadline,
                 "execution still running after 10 minutes\n{}",
-                watch.log()
+                self.watch.log()
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-    };
+    }
 
+    /// The tasks moto's ECS holds in the copy cluster (every `RunTask` the run made).
+    fn task_arns(&self, rt: &tokio::runtime::Runtime) -> Vec<String> {
+        rt.block_on(self.ecs.list_tasks().cluster("th").send())
+            .unwrap()
+            .task_arns()
+            .to_vec()
+    }
+
+    /// The run record in the status table: (copied, skipped, failed).
+    fn run_record(&self, rt: &tokio::runtime::Runtime, run_id: &str) -> (u64, u64, u64) {
+        let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&self.conf), "status");
+        let (run, _items) = rt
+            .block_on(store.get_run(Some(run_id)))
+            .unwrap()
+            .unwrap_or_else(|| panic!("run {run_id} has a record"));
+        (run.copied, run.skipped, run.failed)
+    }
+}
+
+#[test]
+fn the_state_machine_copies_eleven_images_records_the_twelfth_as_failed_and_a_quiet_day_starts_no_task()
+ {
+    // Registries (shared by both days), and a broken source host in front of the real one.
+    let (src, dst) = (RegistryServer::start(), RegistryServer::start());
+    let broken = head_only(&src.addr);
+    let broken_host = broken.endpoint.trim_start_matches("http://").to_string();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    let images: Vec<OciImage> = (0..11).map(|_| OciImage::single(&[2048])).collect();
+    for (i, img) in images.iter().enumerate() {
+        img.push(&format!("{}/team/app{i}:1", src.addr), None);
+    }
+    OciImage::single(&[2048]).push(&format!("{}/team/broken:1", src.addr), None);
+    let mut list: Vec<String> = (0..11).map(|i| format!("team/app{i}:1")).collect();
+    list.push(format!("{broken_host}/team/broken:1"));
+
+    // Day 1: the SSM list — eleven images and the one that never copies.
+    let t = Instant::now();
+    let day1 = Aws::start(&rt, &src, &dst, &list);
     let mut fargate = Fargate {
         started: HashMap::new(),
         max_running: 0,
         by_source: HashMap::new(),
     };
-    let (status, output) = run("day-1", "{}", &mut fargate);
-    assert_eq!(status, "SUCCEEDED", "{output}\n{}", watch.log());
+    let (status, output) = day1.run(&rt, "day-1", "{}", &mut fargate);
+    eprintln!("day-1: {status} after {:.1?}", t.elapsed());
+    assert_eq!(status, "SUCCEEDED", "{output}\n{}", day1.watch.log());
     let summary: serde_json::Value = serde_json::from_str(&output).unwrap();
     assert_eq!(
         (
@@ -303,27 +379,64 @@ fn the_state_machine_copies_eleven_images_records_the_twelfth_as_failed_and_a_qu
         "at most 10 workers at once, saw {}",
         fargate.max_running
     );
-    let msgs = rt.block_on(aws_fixtures::messages(&conf, &queue_url));
+    let msgs = rt.block_on(aws_fixtures::messages(&day1.conf, &day1.queue_url));
     assert_eq!(msgs.len(), 1, "one SNS message for the run");
+    assert_eq!(
+        day1.run_record(&rt, "day-1"),
+        (11, 0, 1),
+        "day-1 run record"
+    );
+    drop((fargate, day1));
 
-    // Nothing changed (the broken image left out): no task starts.
-    let tasks_before = fargate.started.len();
+    // Day 2, on a fresh moto (see `Aws`): nothing changed (the broken image left out), so
+    // find-diff finds nothing to move and no task starts.
+    let writes_before = dst.write_requests("").len();
+    assert!(
+        writes_before > 0,
+        "the destination logs the first day's writes"
+    );
+    let t = Instant::now();
+    let day2 = Aws::start(&rt, &src, &dst, &list);
+    let mut fargate = Fargate {
+        started: HashMap::new(),
+        max_running: 0,
+        by_source: HashMap::new(),
+    };
     let good: Vec<String> = (0..11).map(|i| format!("team/app{i}:1")).collect();
-    let (status, output) = run(
+    let (status, output) = day2.run(
+        &rt,
         "day-2",
         &serde_json::json!({"images": good}).to_string(),
         &mut fargate,
     );
-    assert_eq!(status, "SUCCEEDED", "{output}");
-    assert_eq!(
-        fargate.started.len(),
-        tasks_before,
-        "a quiet day starts no Fargate task"
+    eprintln!("day-2: {status} after {:.1?}", t.elapsed());
+    assert_eq!(status, "SUCCEEDED", "{output}\n{}", day2.watch.log());
+    assert!(
+        fargate.started.is_empty() && day2.task_arns(&rt).is_empty(),
+        "a quiet day starts no Fargate task: {:?}",
+        day2.task_arns(&rt)
     );
     let summary: serde_json::Value = serde_json::from_str(&output).unwrap();
     assert_eq!(
-        (summary["skipped"].as_u64(), summary["failed"].as_u64()),
-        (Some(11), Some(0)),
+        (
+            summary["copied"].as_u64(),
+            summary["skipped"].as_u64(),
+            summary["failed"].as_u64(),
+            summary["notified"].as_bool()
+        ),
+        (Some(0), Some(11), Some(0), Some(false)),
         "{summary}"
+    );
+    assert_eq!(
+        day2.run_record(&rt, "day-2"),
+        (0, 11, 0),
+        "day-2 run record"
+    );
+    let msgs = rt.block_on(aws_fixtures::messages(&day2.conf, &day2.queue_url));
+    assert!(msgs.is_empty(), "no SNS message on a quiet day: {msgs:?}");
+    assert_eq!(
+        dst.write_requests("").len(),
+        writes_before,
+        "nothing written to the destination on a quiet day"
     );
 }
