@@ -471,10 +471,25 @@ fn s3_events_out_of_order_and_twice_leave_what_the_newest_sequencer_says() {
         b"c is back",
         "the late delete of c must not remove it"
     );
-    // The sample notification is understood too (its keys are outside this prefix).
-    let sample = event("transfer-object.json");
-    let ev: SqsEvent = serde_json::from_value(sample).unwrap();
+}
+
+#[test]
+fn the_transfer_object_sample_batch_is_handled_whole() {
+    let s = Suite::start();
+    s.put("docs/readme.txt", b"hello world");
+    s.put("incoming/photos/cat 1.jpg", &data(1024, 9));
+    let f = s.function(&[("SOURCE_PREFIX", ""), ("DEST_PREFIX", "")]);
+    let ev: SqsEvent = serde_json::from_value(event("transfer-object.json")).unwrap();
     assert_eq!(ev.records.len(), 3);
+    let r = s.rt.block_on(f.transfer(ev)).unwrap();
+    // The object job copies, the part job of an upload that is not open is obsolete, and
+    // the notification copies the created key and leaves the deleted one (deletion is off).
+    assert!(r.batch_item_failures.is_empty(), "{r:?}");
+    assert_eq!(s.get("dst", "docs/readme.txt").unwrap(), b"hello world");
+    assert_eq!(
+        s.get("dst", "incoming/photos/cat 1.jpg").unwrap(),
+        data(1024, 9)
+    );
 }
 
 #[test]
