@@ -163,6 +163,10 @@ struct SyncArgs {
     /// Every repository under the source prefix, every tag.
     #[arg(long)]
     all_repos: bool,
+    /// With --all-repos from an ECR source: also the images no tag points at (copied by
+    /// digest, without a tag). Other registries cannot list untagged images.
+    #[arg(long, requires = "all_repos")]
+    include_untagged: bool,
     /// Copies at once.
     #[arg(long, default_value = "10")]
     concurrency: NonZeroUsize,
@@ -441,6 +445,7 @@ async fn sync(a: SyncArgs) -> Result<ExitCode> {
         concurrency: a.concurrency.get(),
         resolve_concurrency: a.resolve_concurrency.get(),
         dry_run: a.dry_run,
+        include_untagged: a.include_untagged,
     };
     let progress = output::Live::new(a.output == OutputFormat::Text, a.dry_run);
     let edges = Edges {

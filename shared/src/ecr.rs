@@ -316,6 +316,42 @@ impl Registry for Ecr {
         Ok(out)
     }
 
+    async fn list_untagged(&self, _host: &str, repo: &str) -> Result<Vec<Digest>, ItemError> {
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .list_images()
+            .registry_id(&self.host.account)
+            .repository_name(repo)
+            .filter(
+                aws_sdk_ecr::types::ListImagesFilter::builder()
+                    .tag_status(aws_sdk_ecr::types::TagStatus::Untagged)
+                    .build(),
+            )
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| sdk_err(&format!("ListImages {repo}"), e))?;
+            for id in page.image_ids() {
+                if id.image_tag().is_some() {
+                    continue;
+                }
+                if let Some(d) = id.image_digest() {
+                    let digest = d.parse::<Digest>().map_err(|_| {
+                        ItemError::new(
+                            ErrorClass::BadInput,
+                            format!("ECR answered a bad digest {d:?} for {repo}"),
+                        )
+                    })?;
+                    out.push(digest);
+                }
+            }
+        }
+        out.sort_by(|a, b| a.to_string().cmp(&b.to_string()));
+        out.dedup();
+        Ok(out)
+    }
+
     async fn head_manifest(
         &self,
         _host: &str,
@@ -422,6 +458,12 @@ impl Registry for Registries {
         match self.ecr.get(host) {
             Some(e) => e.image_size(host, repo, digest).await,
             None => self.http.image_size(host, repo, digest).await,
+        }
+    }
+    async fn list_untagged(&self, host: &str, repo: &str) -> Result<Vec<Digest>, ItemError> {
+        match self.ecr.get(host) {
+            Some(e) => e.list_untagged(host, repo).await,
+            None => self.http.list_untagged(host, repo).await,
         }
     }
 }

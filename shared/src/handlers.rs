@@ -62,6 +62,8 @@ pub struct ImagesConfig {
     pub retry: RetryPolicy,
     /// `RESOLVE_CONCURRENCY` (default 32).
     pub resolve_concurrency: usize,
+    /// `INCLUDE_UNTAGGED` (default false): with ALL from ECR, also the untagged images.
+    pub include_untagged: bool,
 }
 
 impl ImagesConfig {
@@ -90,6 +92,7 @@ impl ImagesConfig {
         let kms_key = env.optional("KMS_KEY");
         let retries = env.parsed("RETRIES", 3u32, "a number of retries");
         let resolve_concurrency = env.parsed("RESOLVE_CONCURRENCY", 32usize, "a positive number");
+        let include_untagged = env.parsed("INCLUDE_UNTAGGED", false, "true or false");
         let source_secret = env.optional("SOURCE_SECRET");
         let dest_secret = env.optional("DEST_SECRET");
         env.finish()?;
@@ -113,6 +116,7 @@ impl ImagesConfig {
                 attempt_timeout: Duration::from_secs(60),
             },
             resolve_concurrency: resolve_concurrency.max(1),
+            include_untagged,
         })
     }
 
@@ -126,6 +130,7 @@ impl ImagesConfig {
             concurrency: 1,
             resolve_concurrency: self.resolve_concurrency,
             dry_run: false,
+            include_untagged: self.include_untagged,
         }
     }
 }

@@ -138,6 +138,12 @@ pub trait Registry: Send + Sync {
     ) -> Result<Option<ManifestInfo>, ItemError>;
     /// Total bytes of the blobs an image references (all platforms of an index).
     async fn image_size(&self, host: &str, repo: &str, digest: &Digest) -> Result<u64, ItemError>;
+    /// Digests of the manifests that no tag points at. Only ECR can list them (its
+    /// `ListImages` with `tagStatus=UNTAGGED`); the registry API has no such listing, so
+    /// other registries report none.
+    async fn list_untagged(&self, _host: &str, _repo: &str) -> Result<Vec<Digest>, ItemError> {
+        Ok(Vec::new())
+    }
 }
 
 #[derive(Debug, Clone)]

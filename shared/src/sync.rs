@@ -35,6 +35,8 @@ pub struct SyncSpec {
     /// Manifest HEADs and tag listings at once.
     pub resolve_concurrency: usize,
     pub dry_run: bool,
+    /// With `AllRepos`: also the manifests no tag points at (ECR sources), copied by digest.
+    pub include_untagged: bool,
 }
 
 /// Prepares the destination before copies start (e.g. creates missing ECR repositories).
@@ -360,11 +362,74 @@ pub async fn select(spec: &SyncSpec, registry: &dyn Registry) -> (Vec<Wanted>, V
                         .collect();
                     let keys = under.iter().map(|r| (host.clone(), r.clone())).collect();
                     let tags = list_tags(spec, registry, keys).await;
-                    plan::expand_all_repos(&under, &spec.source, &spec.dest, &tags)
+                    let (mut wanted, mut failed) =
+                        plan::expand_all_repos(&under, &spec.source, &spec.dest, &tags);
+                    if spec.include_untagged {
+                        let (w, f) = untagged(spec, registry, &under).await;
+                        wanted.extend(w);
+                        failed.extend(f);
+                    }
+                    (wanted, failed)
                 }
             }
         }
     }
+}
+
+/// The untagged manifests of each repository, as digest-only images (they land by digest,
+/// with no tag, under the destination prefix).
+async fn untagged(
+    spec: &SyncSpec,
+    registry: &dyn Registry,
+    repos: &[String],
+) -> (Vec<Wanted>, Vec<Unplannable>) {
+    let host = spec.source.host.clone();
+    let lists: Vec<(String, Result<Vec<crate::reference::Digest>, ItemError>)> =
+        stream::iter(repos)
+            .map(|repo| {
+                let host = host.clone();
+                async move {
+                    let (r, _) =
+                        with_retries(&spec.retry, |_| registry.list_untagged(&host, repo)).await;
+                    (repo.clone(), r)
+                }
+            })
+            .buffer_unordered(spec.resolve_concurrency.max(1))
+            .collect()
+            .await;
+    let (mut wanted, mut failed) = (Vec::new(), Vec::new());
+    for (repo, r) in lists {
+        let Some(below) = spec.source.strip(&repo) else {
+            continue;
+        };
+        let dest_repo = spec.dest.join(below);
+        match r {
+            Ok(digests) => {
+                for d in digests {
+                    wanted.push(Wanted {
+                        source: ImageName {
+                            host: host.clone(),
+                            repo: repo.clone(),
+                            tag: None,
+                            digest: Some(d.clone()),
+                        },
+                        dest: ImageName {
+                            host: spec.dest.host.clone(),
+                            repo: dest_repo.clone(),
+                            tag: None,
+                            digest: Some(d),
+                        },
+                    });
+                }
+            }
+            Err(e) => failed.push(Unplannable {
+                what: format!("{host}/{repo} (untagged)"),
+                dest: Some(format!("{}/{dest_repo}", spec.dest.host)),
+                error: ItemError::new(e.class, format!("listing untagged images: {}", e.message)),
+            }),
+        }
+    }
+    (wanted, failed)
 }
 
 async fn list_tags(

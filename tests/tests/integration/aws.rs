@@ -593,3 +593,112 @@ fn the_copy_worker_copies_into_ecr_with_a_registry_secret_and_reports_success_wi
     );
     assert!(backend.tags("mirror/team/other").is_empty());
 }
+
+#[test]
+fn find_diff_with_include_untagged_also_moves_the_ecr_images_no_tag_points_at() {
+    let aws = Aws::start();
+    let dst = RegistryServer::start();
+    let ecr_client = aws_sdk_ecr::Client::new(&aws.conf);
+    let manifest = |n: u8| {
+        serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 10 + n as u64,
+                       "digest": format!("sha256:{}", hex::encode([n; 32]))},
+            "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": 100 + n as u64,
+                        "digest": format!("sha256:{}", hex::encode([n + 100; 32]))}]
+        })
+        .to_string()
+    };
+    let untagged_digest = aws.rt.block_on(async {
+        ecr_client
+            .create_repository()
+            .repository_name("team/app")
+            .send()
+            .await
+            .unwrap();
+        ecr_client
+            .put_image()
+            .repository_name("team/app")
+            .image_manifest(manifest(1))
+            .image_tag("1")
+            .send()
+            .await
+            .unwrap();
+        let out = ecr_client
+            .put_image()
+            .repository_name("team/app")
+            .image_manifest(manifest(2))
+            .send()
+            .await
+            .unwrap();
+        out.image()
+            .unwrap()
+            .image_id()
+            .unwrap()
+            .image_digest()
+            .unwrap()
+            .to_string()
+    });
+    let host = ecr::parse_ecr_host(ECR_HOST).unwrap();
+    let reg = Registries {
+        ecr: [(
+            ECR_HOST.to_string(),
+            Ecr::from_client(ecr_client.clone(), host),
+        )]
+        .into(),
+        http: HttpRegistry::new(Default::default(), Vec::<String>::new()),
+    };
+    let (store, blobs) = (aws.store(), aws.blobs());
+    let ssm = Ssm(aws_sdk_ssm::Client::new(&aws.conf));
+    let diff = |untagged: &str, run: &str| {
+        let cfg = aws.config(
+            ECR_HOST,
+            &dst.addr,
+            &[("SELECT_TYPE", "ALL"), ("INCLUDE_UNTAGGED", untagged)],
+        );
+        let listed = aws
+            .rt
+            .block_on(handlers::list_images(
+                list_request(run),
+                &cfg,
+                &ListEdges {
+                    params: &ssm,
+                    registry: &reg,
+                    blobs: &blobs,
+                    store: &store,
+                },
+            ))
+            .unwrap();
+        aws.rt
+            .block_on(handlers::find_diff(
+                listed,
+                &cfg,
+                &DiffEdges {
+                    registry: &reg,
+                    blobs: &blobs,
+                    store: &store,
+                    prepare: None,
+                },
+            ))
+            .unwrap()
+    };
+    let tagged_only = diff("false", "untagged-off");
+    assert_eq!(tagged_only.copies.count, 1, "{tagged_only:?}");
+    let with_untagged = diff("true", "untagged-on");
+    assert_eq!(with_untagged.copies.count, 2, "{with_untagged:?}");
+    let items = with_untagged.copies.items.unwrap();
+    let by_digest = items
+        .iter()
+        .find(|c| c.source_digest == untagged_digest)
+        .expect("the untagged image is planned");
+    assert_eq!(
+        by_digest.source,
+        format!("{ECR_HOST}/team/app@{untagged_digest}")
+    );
+    assert_eq!(
+        by_digest.dest,
+        format!("{}/team/app@{untagged_digest}", dst.addr),
+        "lands by digest, without a tag"
+    );
+}
