@@ -62,6 +62,8 @@ functions = {k: v for k, v in res.items() if v["Type"] == "AWS::Lambda::Function
 check(len(functions) == 7, f"expected 7 functions (4 images, 3 objects), found {sorted(functions)}")
 for name, fn in functions.items():
     p = fn["Properties"]
+    role = p.get("Role", {})
+    check(isinstance(role, dict) and "Fn::GetAtt" in role, f"{name}: must use its own role from this template (no SAM-generated role with AWSLambdaBasicExecutionRole)")
     check(p.get("Architectures") == ["arm64"], f"{name}: Architectures must be [arm64]")
     check(p.get("Runtime") == "provided.al2023", f"{name}: Runtime must be provided.al2023")
     check(p.get("LoggingConfig", {}).get("LogFormat") == "JSON", f"{name}: LoggingConfig.LogFormat must be JSON")
@@ -100,9 +102,16 @@ for name, r in res.items():
                 actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
                 bad = [a for a in actions if a not in WILDCARD_OK]
                 check(not bad, f"{name}: Resource '*' for {bad}")
-    # SAM's default logging policy is the only managed policy allowed.
-    managed = [m for m in r["Properties"].get("ManagedPolicyArns", []) if not str(m).endswith(":policy/service-role/AWSLambdaBasicExecutionRole")]
+    # No managed policy at all: AWSLambdaBasicExecutionRole alone allows logs on every group.
+    managed = r["Properties"].get("ManagedPolicyArns", [])
     check(not managed, f"{name}: managed policies {managed} are too wide")
+    # A function's role writes its own log group only.
+    if name.endswith("Role") and any(st.get("Sid") == "OwnLogGroup" for pol in r["Properties"].get("Policies", []) for st in statements(pol["PolicyDocument"])):
+        for pol in r["Properties"].get("Policies", []):
+            for st in statements(pol["PolicyDocument"]):
+                acts = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+                if any(a.startswith("logs:") for a in acts):
+                    check(st.get("Sid") == "OwnLogGroup", f"{name}: log actions outside the function's own log group")
 
 # Encryption and exposure.
 tables = [v for v in res.values() if v["Type"] == "AWS::DynamoDB::Table"]

@@ -69,8 +69,8 @@ fn cfn_guard_rules_pass_on_the_template_and_catch_a_loosened_one() {
             "    AllowedValues: [DISABLED, ENABLED]\n    Default: ENABLED",
         )
         .replace(
-            "              Action: sns:Publish\n              Resource: !Ref AlarmTopic",
-            "              Action: [sns:Publish, s3:*]\n              Resource: \"*\"",
+            "                Action: sns:Publish\n                Resource: !Ref AlarmTopic",
+            "                Action: [sns:Publish, s3:*]\n                Resource: \"*\"",
         );
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("template.yaml");
