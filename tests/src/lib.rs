@@ -1324,3 +1324,23 @@ pub fn transfer_hub(args: &[&str], env: &[(&str, &str)]) -> Run {
     }
     c.output().unwrap().into()
 }
+
+/// A proxy answer rewrite for S3: ListObjectsV2 pages of `bucket` come back in reverse key
+/// order (a store that does not list in byte order).
+pub fn reversed_listings(bucket: &str) -> Rewrite {
+    let (a, b) = (format!("GET /{bucket}?"), format!("GET /{bucket}/?"));
+    Arc::new(move |head: &str, status, body: Vec<u8>| {
+        if !(head.starts_with(&a) || head.starts_with(&b)) || !head.contains("list-type=2") {
+            return (status, vec![], body);
+        }
+        let text = String::from_utf8(body).unwrap();
+        let Some(first) = text.find("<Contents>") else {
+            return (status, vec![], text.into_bytes());
+        };
+        let last = text.rfind("</Contents>").unwrap() + "</Contents>".len();
+        let blocks: Vec<&str> = text[first..last].split_inclusive("</Contents>").collect();
+        let reversed: String = blocks.into_iter().rev().collect();
+        let out = format!("{}{}{}", &text[..first], reversed, &text[last..]);
+        (status, vec![], out.into_bytes())
+    })
+}

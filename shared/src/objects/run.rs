@@ -135,7 +135,7 @@ pub enum ObjectsError {
 }
 
 /// A listing sorted on disk, as a stream.
-async fn sorted(
+pub(crate) async fn sorted(
     list: impl futures::Stream<Item = Result<Entry, ItemError>> + Unpin + Send + 'static,
     dir: PathBuf,
 ) -> Result<impl futures::Stream<Item = Result<Entry, std::io::Error>> + Unpin, DiffError> {

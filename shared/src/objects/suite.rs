@@ -231,14 +231,60 @@ pub async fn diff_objects(
         run_id: run_id.clone(),
         ..Default::default()
     };
+    match queue_pass(e.src.list(), e.dst.list(), e, &run_id, &mut sum).await {
+        Ok(()) => {}
+        Err(MergeError::Emit(err)) => return Err(err),
+        Err(MergeError::Diff(d)) => {
+            // A store that does not list in key order: sort both listings on disk (/tmp)
+            // and merge again. Jobs queued before the disorder showed may be queued twice;
+            // a copy done twice is harmless (same bytes, checked again).
+            tracing::warn!(error = %d, "a listing is not in key order; sorting both on disk");
+            sum = DiffSummary {
+                run_id: run_id.clone(),
+                ..Default::default()
+            };
+            let dir = std::env::temp_dir();
+            let sorted = |l| super::run::sorted(l, dir.clone());
+            let (s, d) = tokio::try_join!(sorted(e.src.list()), sorted(e.dst.list()))
+                .map_err(|x| ItemError::new(ErrorClass::Retryable, x.to_string()))?;
+            queue_pass(s, d, e, &run_id, &mut sum)
+                .await
+                .map_err(|x| match x {
+                    MergeError::Emit(err) => err,
+                    MergeError::Diff(d) => ItemError::new(ErrorClass::Retryable, d.to_string()),
+                })?;
+        }
+    }
+    run.skipped = sum.in_sync;
+    run.ended_at = Some(Utc::now());
+    e.store.put_run(&run).await.map_err(store_err)?;
+    tracing::info!(run = %run_id, to_copy = sum.to_copy, in_sync = sum.in_sync, "diff done");
+    Ok(sum)
+}
+
+/// One merge of two listings, queueing a job per object to copy (100 per flush, sent ten
+/// per `SendMessageBatch`).
+async fn queue_pass<S, D, E1, E2>(
+    src: S,
+    dst: D,
+    e: &ObjectsEdges<'_>,
+    run_id: &str,
+    sum: &mut DiffSummary,
+) -> Result<(), MergeError<ItemError>>
+where
+    S: futures::Stream<Item = Result<super::diff::Entry, E1>> + Unpin,
+    D: futures::Stream<Item = Result<super::diff::Entry, E2>> + Unpin,
+    E1: std::fmt::Display,
+    E2: std::fmt::Display,
+{
     let mut batch: Vec<Job> = Vec::with_capacity(100);
-    let r = diff::merge(e.src.list(), e.dst.list(), e.cfg.compare, |d| {
+    diff::merge(src, dst, e.cfg.compare, |d| {
         let mut flush = None;
         match d {
             Decision::Copy(x, _) => {
                 sum.to_copy += 1;
                 sum.bytes_to_copy += x.size;
-                batch.push(Job::object(&run_id, &x));
+                batch.push(Job::object(run_id, &x));
                 if batch.len() >= 100 {
                     flush = Some(std::mem::take(&mut batch));
                 }
@@ -253,27 +299,8 @@ pub async fn diff_objects(
             }
         }
     })
-    .await;
-    match r {
-        Ok(()) => {}
-        Err(MergeError::Emit(err)) => return Err(err),
-        Err(MergeError::Diff(d)) => {
-            // A store that lists out of order: the one-machine tool sorts on disk; a
-            // Lambda has 512 MB of /tmp by default, so say so plainly instead.
-            return Err(ItemError::new(
-                ErrorClass::BadInput,
-                format!(
-                    "{d}; run `transfer-hub objects sync` for stores that do not list in key order"
-                ),
-            ));
-        }
-    }
-    e.queue.send(&batch).await?;
-    run.skipped = sum.in_sync;
-    run.ended_at = Some(Utc::now());
-    e.store.put_run(&run).await.map_err(store_err)?;
-    tracing::info!(run = %run_id, to_copy = sum.to_copy, in_sync = sum.in_sync, "diff done");
-    Ok(sum)
+    .await?;
+    e.queue.send(&batch).await.map_err(MergeError::Emit)
 }
 
 /// `transfer-object`: one SQS batch. A message that fails (bad body, failed copy) is

@@ -490,28 +490,7 @@ fn a_listing_out_of_key_order_is_sorted_on_disk_and_nothing_is_missed() {
     }
     s3.put("dst", "c", b"c");
     // A store that lists in reverse order.
-    let reverse: Rewrite = Arc::new(|head: &str, status, body: Vec<u8>| {
-        if !(head.starts_with("GET /src?") || head.starts_with("GET /src/?"))
-            || !head.contains("list-type=2")
-        {
-            return (status, vec![], body);
-        }
-        let text = String::from_utf8(body).unwrap();
-        let Some(first) = text.find("<Contents>") else {
-            return (status, vec![], text.into_bytes());
-        };
-        let last = text.rfind("</Contents>").unwrap() + "</Contents>".len();
-        let blocks: Vec<String> = text[first..last]
-            .split_inclusive("</Contents>")
-            .map(str::to_string)
-            .collect();
-        let reversed: String = blocks.into_iter().rev().collect();
-        (
-            status,
-            vec![],
-            format!("{}{}{}", &text[..first], reversed, &text[last..]).into_bytes(),
-        )
-    });
+    let reverse = hub_tests::reversed_listings("src");
     let (proxy, _) = recording_proxy(&s3.moto.endpoint, reverse);
     let run = s3.sync("s3://src", "s3://dst", Some(&proxy.endpoint), &[]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);

@@ -525,3 +525,28 @@ fn configuration_problems_are_listed_together_and_a_secret_without_keys_is_named
         "a secret's value must not be printed: {err}"
     );
 }
+
+#[test]
+fn diff_objects_sorts_an_unordered_listing_on_disk_and_queues_each_object_once_at_least() {
+    let s = Suite::start();
+    for k in ["a", "b", "c", "d"] {
+        s.put(&format!("in/{k}"), k.as_bytes());
+    }
+    let proxy = hub_tests::HttpProxy::start(
+        {
+            let up = s.moto.endpoint.trim_start_matches("http://").to_string();
+            std::sync::Arc::new(move |head: &str| (up.clone(), head.to_string()))
+        },
+        hub_tests::reversed_listings("src"),
+    );
+    let f = s.function(&[("SOURCE_ENDPOINT", proxy.endpoint.as_str())]);
+    let sum = s.rt.block_on(f.diff(Default::default())).unwrap();
+    assert_eq!((sum.to_copy, sum.in_sync), (4, 0), "{sum:?}");
+    let mut keys: Vec<String> = Suite::bodies(&s.receive(&s.queue))
+        .iter()
+        .map(|j| j["key"].as_str().unwrap().to_string())
+        .collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys, ["a", "b", "c", "d"]);
+}
