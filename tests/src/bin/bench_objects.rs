@@ -1,0 +1,852 @@
+//! Object benchmarks (not tests): prints a table of scenario, us, peer, ratio, target.
+//! 1. The diff of 1,000,000 source keys against 990,000 destination keys, from listings
+//!    generated in a child process (`bench-objects diff`): its peak RSS (VmHWM) and CPU
+//!    time (user + sys), against the known figures for s5cmd and rclone (not measured).
+//! 2. 10,000 × 16 KiB objects S3→S3 on one s3s-fs server: a cold copy into a fresh bucket,
+//!    then the no-op re-run, `transfer-hub objects sync` vs `s5cmd sync` vs `rclone sync`
+//!    (the same size-only rule for all three; each into its own bucket).
+//! 3. One 6 GiB object S3→S3 (server-side part copies) vs rclone; s5cmd is tried too.
+//!
+//! Run it through `scripts/bench-objects` (release build). Knobs: `BENCH_DIFF_KEYS`
+//! (1000000), `BENCH_OBJECTS` (10000), `BENCH_OBJECT_KIB` (16), `BENCH_TRIALS` (3),
+//! `BENCH_BIG_GIB` (6, 0 skips), `BENCH_DIR` (where s3s-fs keeps its data; the temp dir).
+
+use futures::stream::{self, Stream, StreamExt};
+use hub_core::objects::diff::{Compare, Decision, Entry, merge};
+use hub_tests::{free_port, require, transfer_hub_bin};
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+const ACCESS_KEY: &str = "benchaccesskey";
+const SECRET_KEY: &str = "benchsecretkey0123456789";
+const REGION: &str = "us-east-1";
+/// A tool run that takes longer than this is stopped and reported as failed.
+const LIMIT: Duration = Duration::from_secs(1800);
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. The diff, in a child process of its own so its peak RSS is the merge's alone.
+
+const PAGE: u64 = 1000;
+
+/// Entry `i` of a generated listing. Keys sort like their numbers (zero-padded).
+fn entry(i: u64, bumped: bool) -> Entry {
+    Entry {
+        key: format!("logs/{:04}/part-{:08}.json.gz", i / PAGE, i),
+        size: 1024 + (i.wrapping_mul(7919) % 100_000) + u64::from(bumped),
+        etag: Some(format!(
+            "{:032x}",
+            u128::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
+        )),
+        checksum: None,
+    }
+}
+
+/// A listing of `n` keys arriving in pages of 1,000 (as ListObjectsV2 hands them over),
+/// without the keys `skip` rejects and with the sizes `bump` picks one byte larger.
+fn listing(
+    n: u64,
+    skip: fn(u64) -> bool,
+    bump: fn(u64) -> bool,
+) -> impl Stream<Item = Result<Entry, Infallible>> + Unpin {
+    stream::iter(0..n.div_ceil(PAGE)).flat_map(move |p| {
+        let page: Vec<Result<Entry, Infallible>> = (p * PAGE..((p + 1) * PAGE).min(n))
+            .filter(|i| !skip(*i))
+            .map(|i| Ok(entry(i, bump(i))))
+            .collect();
+        stream::iter(page)
+    })
+}
+
+/// Peak RSS (KiB) and CPU seconds (user + sys, all threads) of this process, from /proc.
+fn self_usage() -> (u64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/self/status");
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command name (which may hold spaces): utime is the 14th, stime the 15th.
+    let rest: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: u64 = rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap();
+    // USER_HZ is 100 on every Linux ABI.
+    (hwm, ticks as f64 / 100.0)
+}
+
+/// `bench-objects diff [SOURCE_KEYS]`: merges SOURCE_KEYS source keys with a destination
+/// that lacks every 100th of them (990,000 of 1,000,000) and has every 1,000th one at
+/// another size; prints one JSON line with the counts, peak RSS and CPU time.
+fn diff_child(n: u64) {
+    let t = Instant::now();
+    let (mut copies, mut in_sync, mut extra) = (0u64, 0u64, 0u64);
+    let src = listing(n, |_| false, |_| false);
+    let dst = listing(n, |i| i % 100 == 0, |i| i % 1000 == 1);
+    futures::executor::block_on(merge(src, dst, Compare::Size, |d| {
+        match d {
+            Decision::Copy(e, _) => {
+                std::hint::black_box(e);
+                copies += 1;
+            }
+            Decision::InSync(e) => {
+                std::hint::black_box(e);
+                in_sync += 1;
+            }
+            Decision::Extra(_) => extra += 1,
+        }
+        async { Ok::<(), Infallible>(()) }
+    }))
+    .expect("the merge of generated listings");
+    let wall = t.elapsed().as_secs_f64();
+    let (rss_kib, cpu_s) = self_usage();
+    let want_missing = n.div_ceil(100);
+    let want_differs = (0..n).filter(|i| i % 1000 == 1 && i % 100 != 0).count() as u64;
+    assert_eq!(copies, want_missing + want_differs, "copies");
+    assert_eq!(in_sync, n - copies, "in sync");
+    assert_eq!(extra, 0, "extra");
+    println!(
+        "{}",
+        serde_json::json!({
+            "source": n, "dest": n - want_missing, "copies": copies, "in_sync": in_sync,
+            "rss_kib": rss_kib, "cpu_s": cpu_s, "wall_s": wall,
+        })
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Running the tools.
+
+/// What one run of a tool did.
+struct Out {
+    dur: Duration,
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    /// The first lines of what the tool said when it failed.
+    fn error_text(&self) -> String {
+        let text = if self.stderr.trim().is_empty() {
+            &self.stdout
+        } else {
+            &self.stderr
+        };
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let tail = &lines[lines.len().saturating_sub(3)..];
+        tail.join(" / ").replace('|', "\\|")
+    }
+}
+
+fn run(rt: &tokio::runtime::Runtime, mut c: tokio::process::Command) -> Out {
+    c.stdin(Stdio::null()).kill_on_drop(true);
+    let what = format!("{:?}", c.as_std());
+    rt.block_on(async {
+        let t = Instant::now();
+        match tokio::time::timeout(LIMIT, c.output()).await {
+            Ok(Ok(o)) => Out {
+                dur: t.elapsed(),
+                ok: o.status.success(),
+                stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+            },
+            Ok(Err(e)) => panic!("cannot run {what}: {e}"),
+            Err(_) => Out {
+                dur: t.elapsed(),
+                ok: false,
+                stdout: String::new(),
+                stderr: format!("stopped after {} s", LIMIT.as_secs()),
+            },
+        }
+    })
+}
+
+/// One s3s-fs server on 127.0.0.1 serving `root` (a bucket is a directory of it).
+struct S3fs {
+    child: Child,
+    root: PathBuf,
+    endpoint: String,
+}
+
+impl S3fs {
+    fn start(root: &Path, log: &Path) -> Self {
+        let port = free_port();
+        let log = std::fs::File::create(log).unwrap();
+        let child = std::process::Command::new(require("s3s-fs"))
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .arg(root)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("s3s-fs starts");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "s3s-fs did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        S3fs {
+            child,
+            root: root.to_path_buf(),
+            endpoint: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// A new empty bucket.
+    fn bucket(&self, name: &str) -> PathBuf {
+        let p = self.root.join(name);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    /// Removes a bucket and the sidecar files s3s-fs keeps for its objects.
+    fn drop_bucket(&self, name: &str) {
+        let _ = std::fs::remove_dir_all(self.root.join(name));
+        let prefix = format!(".bucket-{}.", base64_url(name));
+        for e in std::fs::read_dir(&self.root).unwrap().flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+impl Drop for S3fs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// URL-safe base64 without padding (how s3s-fs names its sidecar files).
+fn base64_url(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+}
+
+/// A command with the S3 credentials of the server and nothing from the user's setup.
+fn tool(program: &Path, home: &Path, endpoint: &str) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(program);
+    for k in [
+        "AWS_PROFILE",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "S3_ENDPOINT_URL",
+        "AWS_SESSION_TOKEN",
+        // The endpoints are plain HTTP; rclone refuses to start with a CA bundle set.
+        "AWS_CA_BUNDLE",
+        "AWS_CONFIG_FILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "RCLONE_CONFIG",
+        "TRANSFER_HUB_STATE",
+    ] {
+        c.env_remove(k);
+    }
+    c.env("HOME", home)
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("AWS_REGION", REGION)
+        .env("AWS_DEFAULT_REGION", REGION)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        // rclone: one remote `s3:` on the server, path-style.
+        .env("RCLONE_CONFIG", home.join("rclone.conf"))
+        .env("RCLONE_CONFIG_S3_TYPE", "s3")
+        .env("RCLONE_CONFIG_S3_PROVIDER", "Other")
+        .env("RCLONE_CONFIG_S3_ENV_AUTH", "false")
+        .env("RCLONE_CONFIG_S3_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("RCLONE_CONFIG_S3_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("RCLONE_CONFIG_S3_REGION", REGION)
+        .env("RCLONE_CONFIG_S3_ENDPOINT", endpoint)
+        .env("RCLONE_CONFIG_S3_FORCE_PATH_STYLE", "true")
+        .env("RCLONE_CONFIG_S3_NO_CHECK_BUCKET", "true");
+    c
+}
+
+struct Tools {
+    us: PathBuf,
+    s5cmd: PathBuf,
+    rclone: PathBuf,
+    home: PathBuf,
+    state_dir: PathBuf,
+}
+
+impl Tools {
+    fn ours(&self, s: &S3fs, src: &str, dst: &str, extra: &[&str]) -> tokio::process::Command {
+        let mut c = tool(&self.us, &self.home, &s.endpoint);
+        c.args(["objects", "sync", src, dst])
+            .args([
+                "--source-endpoint",
+                &s.endpoint,
+                "--dest-endpoint",
+                &s.endpoint,
+            ])
+            .args(["--output", "json", "--state"])
+            .arg(
+                self.state_dir
+                    .join(format!("{}.db", dst.replace(['/', ':'], "_"))),
+            )
+            .args(extra);
+        c
+    }
+    fn s5cmd(&self, s: &S3fs, args: &[&str]) -> tokio::process::Command {
+        let mut c = tool(&self.s5cmd, &self.home, &s.endpoint);
+        c.args(["--endpoint-url", &s.endpoint]).args(args);
+        c
+    }
+    fn rclone(&self, s: &S3fs, args: &[&str]) -> tokio::process::Command {
+        let mut c = tool(&self.rclone, &self.home, &s.endpoint);
+        c.args(args);
+        c
+    }
+}
+
+/// The copies our JSON report counts (None when the output is not our report).
+fn ours_copied(o: &Out) -> Option<(u64, u64, u64)> {
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).ok()?;
+    Some((
+        v["copied"].as_u64()?,
+        v["skipped"].as_u64()?,
+        v["failed"].as_u64()?,
+    ))
+}
+
+/// Every file of `src` is in `dst` with the same bytes, and nothing else is.
+fn same_tree(src: &Path, dst: &Path) -> Result<usize, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                walk(root, &p, out);
+            } else {
+                out.push(p.strip_prefix(root).unwrap().to_path_buf());
+            }
+        }
+    }
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    walk(src, src, &mut a);
+    if dst.is_dir() {
+        walk(dst, dst, &mut b);
+    }
+    a.sort();
+    b.sort();
+    if a != b {
+        return Err(format!(
+            "{} of {} objects at the destination",
+            b.len(),
+            a.len()
+        ));
+    }
+    for k in &a {
+        if std::fs::read(src.join(k)).unwrap() != std::fs::read(dst.join(k)).unwrap() {
+            return Err(format!("{} differs", k.display()));
+        }
+    }
+    Ok(a.len())
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+// ---------------------------------------------------------------------------------------
+// The table.
+
+struct Row {
+    scenario: String,
+    us: String,
+    peer: String,
+    ratio: String,
+    target: String,
+    met: &'static str,
+}
+
+fn row(scenario: &str, us: String, peer: String, ratio: String, target: &str, met: bool) -> Row {
+    Row {
+        scenario: scenario.to_string(),
+        us,
+        peer,
+        ratio,
+        target: target.to_string(),
+        met: if met { "yes" } else { "**no**" },
+    }
+}
+
+fn note(scenario: &str, us: String, peer: String, target: &str) -> Row {
+    Row {
+        scenario: scenario.to_string(),
+        us,
+        peer,
+        ratio: "—".into(),
+        target: target.to_string(),
+        met: "—",
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    println!("| scenario | us | peer | ratio (us/peer) | target | met |");
+    println!("|---|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            r.scenario, r.us, r.peer, r.ratio, r.target, r.met
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+fn bench_diff(rows: &mut Vec<Row>) {
+    let n = env_num("BENCH_DIFF_KEYS", 1_000_000);
+    eprintln!("diff of {n} source keys…");
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["diff", &n.to_string()])
+        .output()
+        .expect("bench-objects diff runs");
+    assert!(
+        out.status.success(),
+        "bench-objects diff failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("diff prints JSON");
+    let rss_mb = v["rss_kib"].as_f64().unwrap() * 1024.0 / 1e6;
+    let cpu = v["cpu_s"].as_f64().unwrap();
+    let scenario = format!(
+        "diff {} src vs {} dst keys ({} to copy), peak RSS",
+        v["source"], v["dest"], v["copies"]
+    );
+    for (peer, peer_mb) in [("s5cmd sync", 1500.0), ("rclone sync", 1000.0)] {
+        rows.push(row(
+            &scenario,
+            format!("{rss_mb:.1} MB"),
+            format!("{peer} ~{peer_mb:.0} MB per 1M keys (known, not measured)"),
+            format!("{:.3}×", rss_mb / (peer_mb * n as f64 / 1e6)),
+            "≤ 100 MB",
+            rss_mb <= 100.0,
+        ));
+    }
+    rows.push(row(
+        &format!(
+            "diff {} src vs {} dst keys, CPU (user+sys)",
+            v["source"], v["dest"]
+        ),
+        format!("{cpu:.2} s (wall {:.2} s)", v["wall_s"].as_f64().unwrap()),
+        "—".into(),
+        "—".into(),
+        "≤ 5 s",
+        cpu <= 5.0,
+    ));
+}
+
+/// Writes `count` objects of `kib` KiB straight into the bucket's directory.
+fn seed_small(bucket: &Path, count: u64, kib: u64) {
+    let mut buf = vec![0u8; (kib * 1024) as usize];
+    for i in 0..count {
+        let dir = bucket.join(format!("d{:03}", i / 1000));
+        if i % 1000 == 0 {
+            std::fs::create_dir_all(&dir).unwrap();
+        }
+        fastrand::fill(&mut buf);
+        std::fs::write(dir.join(format!("obj-{i:06}.bin")), &buf).unwrap();
+    }
+}
+
+fn bench_small(rt: &tokio::runtime::Runtime, s: &S3fs, t: &Tools, rows: &mut Vec<Row>) {
+    let count = env_num("BENCH_OBJECTS", 10_000);
+    let kib = env_num("BENCH_OBJECT_KIB", 16);
+    let trials = env_num("BENCH_TRIALS", 3).max(1);
+    eprintln!("seeding {count} × {kib} KiB…");
+    let src = s.bucket("small-src");
+    seed_small(&src, count, kib);
+    std::process::Command::new("sync").status().ok();
+
+    let names = ["us", "s5cmd", "rclone"];
+    let mut cold: [Vec<Duration>; 3] = Default::default();
+    let mut noop: [Vec<Duration>; 3] = Default::default();
+    let mut failures: [Option<String>; 3] = Default::default();
+    for trial in 0..trials {
+        // Rotate who goes first so no tool always meets a cold or a warm server.
+        for k in 0..3 {
+            let which = (k + trial as usize) % 3;
+            if failures[which].is_some() {
+                continue;
+            }
+            let bucket = format!("small-{}-{trial}", names[which]);
+            let dst = s.bucket(&bucket);
+            let cmd = |_: ()| match which {
+                0 => t.ours(s, "s3://small-src", &format!("s3://{bucket}"), &[]),
+                1 => t.s5cmd(
+                    s,
+                    &[
+                        "sync",
+                        "--size-only",
+                        "s3://small-src/*",
+                        &format!("s3://{bucket}/"),
+                    ],
+                ),
+                _ => t.rclone(
+                    s,
+                    &[
+                        "sync",
+                        "--size-only",
+                        "--transfers",
+                        "64",
+                        "--checkers",
+                        "64",
+                        "-v",
+                        "s3:small-src",
+                        &format!("s3:{bucket}"),
+                    ],
+                ),
+            };
+            eprintln!("trial {}: {} cold…", trial + 1, names[which]);
+            let first = run(rt, cmd(()));
+            let copied_all = same_tree(&src, &dst);
+            match (&first.ok, &copied_all) {
+                (true, Ok(_)) => cold[which].push(first.dur),
+                (_, Err(e)) => {
+                    failures[which] = Some(format!(
+                        "cold copy wrong ({e}); exit ok: {}; {}",
+                        first.ok,
+                        first.error_text()
+                    ));
+                    s.drop_bucket(&bucket);
+                    continue;
+                }
+                (false, Ok(_)) => {
+                    failures[which] = Some(format!("cold copy failed: {}", first.error_text()));
+                    s.drop_bucket(&bucket);
+                    continue;
+                }
+            }
+            if which == 0
+                && let Some((copied, _, failed)) = ours_copied(&first)
+            {
+                assert_eq!((copied, failed), (count, 0), "our cold run's report");
+            }
+            eprintln!("trial {}: {} no-op…", trial + 1, names[which]);
+            let again = run(rt, cmd(()));
+            let copies = match which {
+                0 => ours_copied(&again).map(|c| c.0).unwrap_or(u64::MAX),
+                1 => again
+                    .stdout
+                    .lines()
+                    .filter(|l| l.starts_with("cp "))
+                    .count() as u64,
+                _ => again.stderr.matches(": Copied").count() as u64,
+            };
+            if !again.ok || copies != 0 {
+                failures[which] = Some(format!(
+                    "no-op re-run: exit ok {}, {copies} copies: {}",
+                    again.ok,
+                    again.error_text()
+                ));
+            } else {
+                noop[which].push(again.dur);
+            }
+            s.drop_bucket(&bucket);
+        }
+    }
+    let cell = |which: usize, v: &[Duration]| -> String {
+        match &failures[which] {
+            Some(e) if v.is_empty() => format!("failed: {e}"),
+            _ => {
+                let d = median(v.to_vec());
+                format!(
+                    "{} ({:.0} objects/s)",
+                    secs(d),
+                    count as f64 / d.as_secs_f64()
+                )
+            }
+        }
+    };
+    let peers = [
+        ("s5cmd sync --size-only", 1usize, true),
+        (
+            "rclone sync --size-only --transfers 64 --checkers 64",
+            2,
+            false,
+        ),
+    ];
+    for (label, runs) in [("cold copy", &cold), ("no-op re-run", &noop)] {
+        let scenario = format!("{label}, {count} × {kib} KiB S3→S3 (s3s-fs, median of {trials})");
+        for (peer, which, binding) in peers {
+            let (u, p) = (&runs[0], &runs[which]);
+            let ratio = if u.is_empty() || p.is_empty() {
+                None
+            } else {
+                Some(median(u.clone()).as_secs_f64() / median(p.clone()).as_secs_f64())
+            };
+            let target = if binding {
+                "≤ 1.0× (at least as fast as s5cmd)"
+            } else {
+                "— (reference)"
+            };
+            let peer_cell = format!("{peer}: {}", cell(which, p));
+            let ratio_cell = ratio.map_or("—".into(), |r| format!("{r:.2}×"));
+            let met = match ratio {
+                Some(r) if binding => {
+                    if r <= 1.0 {
+                        "yes"
+                    } else {
+                        "**no**"
+                    }
+                }
+                None if binding => "**no**",
+                _ => "—",
+            };
+            rows.push(Row {
+                scenario: scenario.clone(),
+                us: cell(0, u),
+                peer: peer_cell,
+                ratio: ratio_cell,
+                target: target.into(),
+                met,
+            });
+        }
+    }
+    s.drop_bucket("small-src");
+}
+
+/// Free bytes on the file system of `dir` (from `df`).
+fn free_bytes(dir: &Path) -> u64 {
+    let out = std::process::Command::new("df")
+        .args(["-B1", "--output=avail"])
+        .arg(dir)
+        .output()
+        .expect("df runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The destination file is the source's size and agrees at 64 places spread over it.
+fn same_big(src: &Path, dst: &Path) -> Result<(), String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = std::fs::metadata(src).unwrap().len();
+    let got = std::fs::metadata(dst)
+        .map_err(|e| format!("{}: {e}", dst.display()))?
+        .len();
+    if got != len {
+        return Err(format!(
+            "{got} bytes at the destination, {len} at the source"
+        ));
+    }
+    let (mut a, mut b) = (
+        std::fs::File::open(src).unwrap(),
+        std::fs::File::open(dst).unwrap(),
+    );
+    let (mut x, mut y) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+    for k in 0..=64u64 {
+        let at = (len - x.len() as u64) / 64 * k;
+        a.seek(SeekFrom::Start(at)).unwrap();
+        b.seek(SeekFrom::Start(at)).unwrap();
+        a.read_exact(&mut x).unwrap();
+        b.read_exact(&mut y).unwrap();
+        if x != y {
+            return Err(format!("bytes differ near offset {at}"));
+        }
+    }
+    Ok(())
+}
+
+fn bench_big(rt: &tokio::runtime::Runtime, s: &S3fs, t: &Tools, rows: &mut Vec<Row>) {
+    let gib = env_num("BENCH_BIG_GIB", 6);
+    let scenario = format!("one {gib} GiB object S3→S3 (s3s-fs, server-side)");
+    if gib == 0 {
+        rows.push(note(
+            &scenario,
+            "skipped (BENCH_BIG_GIB=0)".into(),
+            "—".into(),
+            "≤ 1.1× rclone",
+        ));
+        return;
+    }
+    let size = gib << 30;
+    // The source, the parts of one copy and the object they become: 3 × size at the peak.
+    let need = (3 * size).max(20_000_000_000);
+    let free = free_bytes(&s.root);
+    if free < need {
+        rows.push(note(
+            &scenario,
+            format!(
+                "skipped: {:.1} GB free under {}, {:.1} GB needed",
+                free as f64 / 1e9,
+                s.root.display(),
+                need as f64 / 1e9
+            ),
+            "—".into(),
+            "≤ 1.1× rclone",
+        ));
+        return;
+    }
+    eprintln!("writing a {gib} GiB object…");
+    let src = s.bucket("big-src").join("big.bin");
+    {
+        let mut f =
+            std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&src).unwrap());
+        let mut chunk = vec![0u8; 8 << 20];
+        for _ in 0..size / chunk.len() as u64 {
+            fastrand::fill(&mut chunk);
+            f.write_all(&chunk).unwrap();
+        }
+        f.flush().unwrap();
+    }
+    let trials = env_num("BENCH_BIG_TRIALS", 1).max(1);
+    let flush = || {
+        std::process::Command::new("sync").status().ok();
+    };
+    let mut results: [Vec<Result<Duration, String>>; 3] = Default::default();
+    for trial in 0..trials {
+        for which in [0usize, 1, 2] {
+            let bucket = format!("big-{which}-{trial}");
+            let dst = s.bucket(&bucket);
+            flush();
+            let cmd = match which {
+                0 => t.ours(
+                    s,
+                    "s3://big-src",
+                    &format!("s3://{bucket}"),
+                    &["--copy-mode", "server"],
+                ),
+                1 => t.rclone(
+                    s,
+                    &["copy", "-v", "s3:big-src/big.bin", &format!("s3:{bucket}")],
+                ),
+                _ => t.s5cmd(
+                    s,
+                    &[
+                        "cp",
+                        "s3://big-src/big.bin",
+                        &format!("s3://{bucket}/big.bin"),
+                    ],
+                ),
+            };
+            eprintln!(
+                "trial {}: {gib} GiB with {}…",
+                trial + 1,
+                ["us", "rclone", "s5cmd"][which]
+            );
+            let o = run(rt, cmd);
+            let checked = same_big(&src, &dst.join("big.bin"));
+            results[which].push(match (o.ok, checked) {
+                (true, Ok(())) => Ok(o.dur),
+                (true, Err(e)) => Err(format!("exit 0 but {e} after {}", secs(o.dur))),
+                (false, _) => Err(format!("failed after {}: {}", secs(o.dur), o.error_text())),
+            });
+            s.drop_bucket(&bucket);
+            // Parts of a failed upload stay at the root: remove them too.
+            for e in std::fs::read_dir(&s.root).unwrap().flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with(".upload_id-") || n.starts_with(".upload-") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+    s.drop_bucket("big-src");
+    let summary = |v: &[Result<Duration, String>]| -> (Option<Duration>, String) {
+        let ok: Vec<Duration> = v.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
+        match v.iter().find_map(|r| r.as_ref().err()) {
+            Some(e) => (None, e.clone()),
+            None => {
+                let d = median(ok);
+                (
+                    Some(d),
+                    format!(
+                        "{} ({:.0} MiB/s)",
+                        secs(d),
+                        (size >> 20) as f64 / d.as_secs_f64()
+                    ),
+                )
+            }
+        }
+    };
+    let (u, ucell) = summary(&results[0]);
+    let (r, rcell) = summary(&results[1]);
+    let (_, scell) = summary(&results[2]);
+    let ratio = u.zip(r).map(|(u, r)| u.as_secs_f64() / r.as_secs_f64());
+    rows.push(row(
+        &format!("{scenario}, {trials} trial(s)"),
+        format!("{ucell}; UploadPartCopy, 64 MiB parts"),
+        format!("rclone copy (default copy cutoff, parts of 4.656 GiB): {rcell}"),
+        ratio.map_or("—".into(), |r| format!("{r:.2}×")),
+        "≤ 1.1× rclone",
+        ratio.is_some_and(|r| r <= 1.1),
+    ));
+    rows.push(note(
+        &format!("{scenario}, s5cmd"),
+        "—".into(),
+        format!("s5cmd cp (one CopyObject; AWS S3 refuses those over 5 GiB, s3s-fs has no such limit): {scell}"),
+        "known to fail over 5 GiB on AWS",
+    ));
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("diff") {
+        let n = args
+            .get(2)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000_000);
+        diff_child(n);
+        return;
+    }
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    bench_diff(&mut rows);
+
+    let base = std::env::var_os("BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let work = tempfile::Builder::new()
+        .prefix("bench-objects-")
+        .tempdir_in(base)
+        .unwrap();
+    let (data, home, state_dir) = (
+        work.path().join("data"),
+        work.path().join("home"),
+        work.path().join("state"),
+    );
+    for d in [&data, &home, &state_dir] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    // rclone's remote comes from the environment; an empty file keeps it from asking.
+    std::fs::write(home.join("rclone.conf"), "").unwrap();
+    let server = S3fs::start(&data, &work.path().join("s3s-fs.log"));
+    let tools = Tools {
+        us: transfer_hub_bin(),
+        s5cmd: std::env::var_os("S5CMD").map_or_else(|| require("s5cmd"), PathBuf::from),
+        rclone: require("rclone"),
+        home,
+        state_dir,
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    bench_small(&rt, &server, &tools, &mut rows);
+    bench_big(&rt, &server, &tools, &mut rows);
+    drop(server);
+
+    print_table(&rows);
+    println!(
+        "\n(bench-objects: {:.0} s; figures are medians of runs in this process, on loopback)",
+        started.elapsed().as_secs_f64()
+    );
+}
