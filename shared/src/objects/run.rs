@@ -7,8 +7,8 @@ use super::bucket::Bucket;
 use super::bucket::DestOptions;
 use super::diff::{self, Compare, Decision, DiffError, Entry, MergeError};
 use super::multipart::{self, MAX_SINGLE, Plan};
-use super::transfer::{Mode, Transfer};
-use super::uploads::{Upload, UploadLedger};
+use super::transfer::{Mode, Transfer, ledger_error};
+use super::uploads::UploadLedger;
 use super::url::S3Url;
 use crate::retry::{ErrorClass, ItemError, RetryPolicy, with_retries};
 use crate::status::{ItemRecord, RunRecord, Status, StatusStore, StoreError};
@@ -325,7 +325,7 @@ async fn copy_object(
         }
         Ok(Plan::Multipart { part_size, parts }) => {
             with_retries(&spec.retry, |_| {
-                multipart_copy(&t, edges.ledger, &rec.dest, &e, part_size, &parts, &permits)
+                multipart_copy(&t, edges.ledger, &e, part_size, &parts, &permits)
             })
             .await
         }
@@ -346,50 +346,23 @@ async fn copy_object(
     rec
 }
 
-fn store_err(e: StoreError) -> ItemError {
-    ItemError::new(ErrorClass::Retryable, format!("upload ledger: {e}"))
-}
-
 /// One attempt at a multipart copy: reuses the open upload of this object (same size and
 /// source ETag) and skips its finished parts; parts run under the shared permits.
 async fn multipart_copy(
     t: &Transfer<'_>,
     ledger: &dyn UploadLedger,
-    dest: &str,
     e: &Entry,
     part_size: u64,
     parts: &[multipart::Part],
     permits: &Semaphore,
 ) -> Result<Option<String>, ItemError> {
-    let upload = match ledger.find(dest).await.map_err(store_err)? {
-        Some(u) if u.size == e.size && u.source_etag == e.etag && u.part_size == part_size => u,
-        stale => {
-            if let Some(old) = stale {
-                // The source changed since that upload began: it can never complete.
-                let _ = t
-                    .dst
-                    .abort_upload(&t.dst.url.key(&old.key), &old.upload_id)
-                    .await;
-                ledger.finish(&old).await.map_err(store_err)?;
-            }
-            let upload_id = t.start_upload(e).await?;
-            let u = Upload {
-                dest: dest.to_string(),
-                key: e.key.clone(),
-                upload_id,
-                size: e.size,
-                source_etag: e.etag.clone(),
-                part_size,
-                parts: parts.len() as u32,
-                started_at: Utc::now(),
-            };
-            ledger.begin(&u).await.map_err(store_err)?
-        }
-    };
+    let upload = t
+        .open_upload(ledger, e, part_size, parts.len() as u32)
+        .await?;
     let done: std::collections::HashSet<u32> = ledger
         .parts_done(&upload)
         .await
-        .map_err(store_err)?
+        .map_err(ledger_error)?
         .into_iter()
         .map(|p| p.0)
         .collect();
@@ -400,20 +373,20 @@ async fn multipart_copy(
         ledger
             .part_done(&upload, p.number, &etag)
             .await
-            .map_err(store_err)
+            .map_err(ledger_error)
     }))
     .await;
     // Every part that could be done is recorded; the first error decides the attempt.
     if let Some(err) = results.into_iter().find_map(Result::err) {
         return Err(err);
     }
-    let finished = ledger.parts_done(&upload).await.map_err(store_err)?;
+    let finished = ledger.parts_done(&upload).await.map_err(ledger_error)?;
     match t
         .complete(e, &upload.upload_id, finished, upload.parts)
         .await
     {
         Ok(etag) => {
-            ledger.finish(&upload).await.map_err(store_err)?;
+            ledger.finish(&upload).await.map_err(ledger_error)?;
             Ok(etag)
         }
         Err(err) if err.class == ErrorClass::DigestMismatch => {
@@ -422,7 +395,7 @@ async fn multipart_copy(
                 .dst
                 .abort_upload(&t.dst.url.key(&e.key), &upload.upload_id)
                 .await;
-            ledger.finish(&upload).await.map_err(store_err)?;
+            ledger.finish(&upload).await.map_err(ledger_error)?;
             Err(err)
         }
         Err(err) => Err(err),

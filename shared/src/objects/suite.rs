@@ -10,7 +10,7 @@ use super::events::{self, EventWork};
 use super::jobs::{Job, JobQueue};
 use super::multipart::{self, MAX_SINGLE, Plan};
 use super::transfer::{Mode, Transfer};
-use super::uploads::{DynamoLedger, Upload, UploadLedger};
+use super::uploads::{DynamoLedger, UploadLedger};
 use super::url::S3Url;
 use crate::config::Env;
 use crate::retry::{ErrorClass, ItemError};
@@ -418,39 +418,10 @@ async fn object_job(job: &Job, e: &ObjectsEdges<'_>) -> Result<(), ItemError> {
             r.map(|_| ())
         }
         Plan::Multipart { part_size, parts } => {
-            let dest = e.dst.url.object(&entry.key);
-            let upload = match e.ledger.find(&dest).await.map_err(store_err)? {
-                Some(u) if u.size == entry.size && u.source_etag == entry.etag => u,
-                stale => {
-                    if let Some(old) = stale {
-                        let _ = e
-                            .dst
-                            .abort_upload(&e.dst.url.key(&old.key), &old.upload_id)
-                            .await;
-                        e.ledger.finish(&old).await.map_err(store_err)?;
-                    }
-                    let upload_id = e.transfer().start_upload(&entry).await?;
-                    let mine = Upload {
-                        dest: dest.clone(),
-                        key: entry.key.clone(),
-                        upload_id: upload_id.clone(),
-                        size: entry.size,
-                        source_etag: entry.etag.clone(),
-                        part_size,
-                        parts: parts.len() as u32,
-                        started_at: Utc::now(),
-                    };
-                    let open = e.ledger.begin(&mine).await.map_err(store_err)?;
-                    if open.upload_id != upload_id {
-                        // Another worker opened it first: ours is not needed.
-                        let _ = e
-                            .dst
-                            .abort_upload(&e.dst.url.key(&entry.key), &upload_id)
-                            .await;
-                    }
-                    open
-                }
-            };
+            let upload = e
+                .transfer()
+                .open_upload(e.ledger, &entry, part_size, parts.len() as u32)
+                .await?;
             let done: std::collections::HashSet<u32> = e
                 .ledger
                 .parts_done(&upload)

@@ -11,6 +11,7 @@
 use super::bucket::{Bucket, DestOptions, bare_etag, is_md5_etag};
 use super::diff::Entry;
 use super::multipart::{Part, multipart_etag};
+use super::uploads::{Upload, UploadLedger};
 use crate::retry::{ErrorClass, ItemError};
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,11 @@ pub struct Transfer<'a> {
     pub opts: &'a DestOptions,
     /// Carry object tags too.
     pub tags: bool,
+}
+
+/// A ledger (status store) error, as a retryable item error.
+pub fn ledger_error(e: crate::status::StoreError) -> ItemError {
+    ItemError::new(ErrorClass::Retryable, format!("upload ledger: {e}"))
 }
 
 fn mismatch(msg: String) -> ItemError {
@@ -117,6 +123,53 @@ impl Transfer<'_> {
         self.dst
             .create_upload(&e.key, &head.meta, tagging, self.opts)
             .await
+    }
+
+    /// The open multipart upload of this object: the one in the ledger when it was begun
+    /// for the same size, source ETag and part size; otherwise a stale one is aborted and
+    /// forgotten, a new one is started and recorded. When another worker records its
+    /// upload first, ours is aborted and theirs is used.
+    pub async fn open_upload(
+        &self,
+        ledger: &dyn UploadLedger,
+        e: &Entry,
+        part_size: u64,
+        parts: u32,
+    ) -> Result<Upload, ItemError> {
+        let dest = self.dst.url.object(&e.key);
+        let stale = match ledger.find(&dest).await.map_err(ledger_error)? {
+            Some(u) if u.size == e.size && u.source_etag == e.etag && u.part_size == part_size => {
+                return Ok(u);
+            }
+            stale => stale,
+        };
+        if let Some(old) = stale {
+            // The source changed since that upload began: it can never complete.
+            let _ = self
+                .dst
+                .abort_upload(&self.dst.url.key(&old.key), &old.upload_id)
+                .await;
+            ledger.finish(&old).await.map_err(ledger_error)?;
+        }
+        let upload_id = self.start_upload(e).await?;
+        let mine = Upload {
+            dest,
+            key: e.key.clone(),
+            upload_id: upload_id.clone(),
+            size: e.size,
+            source_etag: e.etag.clone(),
+            part_size,
+            parts,
+            started_at: chrono::Utc::now(),
+        };
+        let open = ledger.begin(&mine).await.map_err(ledger_error)?;
+        if open.upload_id != upload_id {
+            let _ = self
+                .dst
+                .abort_upload(&self.dst.url.key(&e.key), &upload_id)
+                .await;
+        }
+        Ok(open)
     }
 
     /// Moves one part. Returns its ETag.
