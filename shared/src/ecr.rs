@@ -77,18 +77,11 @@ pub struct Ecr {
     host: EcrHost,
 }
 
-fn sdk_err<E: std::fmt::Display + std::error::Error + 'static>(
-    what: &str,
-    e: aws_sdk_ecr::error::SdkError<E>,
-) -> ItemError {
-    use aws_sdk_ecr::error::SdkError;
-    let class = match &e {
-        SdkError::ServiceError(s) => ErrorClass::from_http_status(s.raw().status().as_u16()),
-        SdkError::ConstructionFailure(_) => ErrorClass::BadInput,
-        _ => ErrorClass::Retryable,
-    };
-    let detail = aws_sdk_ecr::error::DisplayErrorContext(&e).to_string();
-    ItemError::new(class, format!("ECR {what}: {detail}"))
+fn sdk_err<E>(what: &str, e: aws_sdk_ecr::error::SdkError<E>) -> ItemError
+where
+    E: std::error::Error + aws_sdk_ecr::error::ProvideErrorMetadata + 'static,
+{
+    crate::retry::aws_error(&format!("ECR {what}"), e)
 }
 
 impl Ecr {

@@ -23,20 +23,7 @@ impl ParameterStore for Ssm {
             .with_decryption(true)
             .send()
             .await
-            .map_err(|e| {
-                let class = match e.as_service_error() {
-                    Some(s) if s.is_parameter_not_found() => ErrorClass::NotFound,
-                    Some(_) => ErrorClass::BadInput,
-                    None => ErrorClass::Retryable,
-                };
-                ItemError::new(
-                    class,
-                    format!(
-                        "SSM parameter {name:?}: {}",
-                        aws_sdk_ssm::error::DisplayErrorContext(&e)
-                    ),
-                )
-            })?;
+            .map_err(|e| crate::retry::aws_error(&format!("SSM parameter {name:?}"), e))?;
         out.parameter()
             .and_then(|p| p.value())
             .map(str::to_string)

@@ -1,6 +1,6 @@
 //! Telling people about failed runs: one message per run, never one per image.
 
-use crate::retry::{ErrorClass, ItemError};
+use crate::retry::ItemError;
 use async_trait::async_trait;
 
 /// Sends a message.
@@ -27,15 +27,7 @@ impl Notifier for Sns {
             .message(body)
             .send()
             .await
-            .map_err(|e| {
-                ItemError::new(
-                    ErrorClass::Retryable,
-                    format!(
-                        "SNS Publish: {}",
-                        aws_sdk_sns::error::DisplayErrorContext(&e)
-                    ),
-                )
-            })?;
+            .map_err(|e| crate::retry::aws_error("SNS Publish", e))?;
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! Large lists leave the state payload: [`offload`] keeps a list inline when small and puts
 //! it in S3 otherwise, [`load`] reads it back. A distributed Map can read the same S3 object.
 
+use crate::retry::aws_error;
 use crate::retry::{ErrorClass, ItemError};
 use crate::workflow::{Batch, INLINE_LIMIT_BYTES, S3Pointer};
 use async_trait::async_trait;
@@ -86,16 +87,7 @@ impl BlobStore for S3Blobs {
             .body(body.into())
             .send()
             .await
-            .map_err(|e| {
-                ItemError::new(
-                    ErrorClass::Retryable,
-                    format!(
-                        "S3 PutObject s3://{}/{key}: {}",
-                        self.bucket,
-                        aws_sdk_s3::error::DisplayErrorContext(&e)
-                    ),
-                )
-            })?;
+            .map_err(|e| aws_error(&format!("S3 PutObject s3://{}/{key}", self.bucket), e))?;
         Ok(S3Pointer {
             bucket: self.bucket.clone(),
             key: key.to_string(),
@@ -110,17 +102,7 @@ impl BlobStore for S3Blobs {
             .key(&p.key)
             .send()
             .await
-            .map_err(|e| {
-                ItemError::new(
-                    ErrorClass::Retryable,
-                    format!(
-                        "S3 GetObject s3://{}/{}: {}",
-                        p.bucket,
-                        p.key,
-                        aws_sdk_s3::error::DisplayErrorContext(&e)
-                    ),
-                )
-            })?;
+            .map_err(|e| aws_error(&format!("S3 GetObject s3://{}/{}", p.bucket, p.key), e))?;
         let body = out.body.collect().await.map_err(|e| {
             ItemError::new(
                 ErrorClass::Retryable,

@@ -22,6 +22,29 @@ pub enum ErrorClass {
     Retryable,
 }
 
+/// An AWS SDK error as an item error: "`what`: <the SDK's full error chain>", classed by
+/// the service's error code and HTTP status ([`ErrorClass::from_aws_error`]); a request
+/// that could not be built is bad input, one that got no answer is retryable. Every
+/// `aws-sdk-*` crate re-exports the same smithy `SdkError`, so this serves them all.
+/// (The SDK never prints credentials.)
+pub fn aws_error<E>(what: &str, e: aws_sdk_s3::error::SdkError<E>) -> ItemError
+where
+    E: std::error::Error + aws_sdk_s3::error::ProvideErrorMetadata + 'static,
+{
+    use aws_sdk_s3::error::SdkError;
+    let class = match &e {
+        SdkError::ServiceError(s) => {
+            ErrorClass::from_aws_error(s.err().code(), s.raw().status().as_u16())
+        }
+        SdkError::ConstructionFailure(_) => ErrorClass::BadInput,
+        _ => ErrorClass::Retryable,
+    };
+    ItemError::new(
+        class,
+        format!("{what}: {}", aws_sdk_s3::error::DisplayErrorContext(&e)),
+    )
+}
+
 impl ErrorClass {
     /// Whether an error of this class is worth another attempt.
     pub fn is_retryable(self) -> bool {
@@ -315,6 +338,43 @@ mod tests {
                 "{code}"
             );
         }
+    }
+
+    #[test]
+    fn sdk_errors_of_any_service_are_classed_by_code_and_status() {
+        use aws_sdk_s3::config::http::HttpResponse;
+        use aws_sdk_s3::error::{ErrorMetadata, SdkError};
+        use aws_sdk_s3::primitives::SdkBody;
+        fn meta(code: &str) -> ErrorMetadata {
+            ErrorMetadata::builder().code(code).message("m").build()
+        }
+        fn classed<E>(what: &str, e: E, status: u16) -> ItemError
+        where
+            E: std::error::Error + aws_sdk_s3::error::ProvideErrorMetadata + 'static,
+        {
+            let raw = HttpResponse::new(status.try_into().unwrap(), SdkBody::empty());
+            aws_error(what, SdkError::service_error(e, raw))
+        }
+        use aws_sdk_sns::operation::publish::PublishError;
+        use aws_sdk_sqs::operation::send_message_batch::SendMessageBatchError as SqsError;
+        use aws_sdk_ssm::operation::get_parameter::GetParameterError;
+        let e = classed("SQS", SqsError::generic(meta("AccessDenied")), 403);
+        assert_eq!(e.class, ErrorClass::AuthDenied);
+        assert!(e.message.starts_with("SQS: "), "{}", e.message);
+        assert!(e.message.contains("AccessDenied"), "{}", e.message);
+        let e = classed(
+            "SSM",
+            GetParameterError::generic(meta("ParameterNotFound")),
+            400,
+        );
+        assert_eq!(e.class, ErrorClass::NotFound);
+        let e = classed("SNS", PublishError::generic(meta("Throttling")), 400);
+        assert_eq!(e.class, ErrorClass::Retryable);
+        let e = classed("SNS", PublishError::generic(meta("InvalidParameter")), 400);
+        assert_eq!(e.class, ErrorClass::BadInput);
+        type HeadError = aws_sdk_s3::operation::head_object::HeadObjectError;
+        let e = aws_error("S3", SdkError::<HeadError>::timeout_error("slow"));
+        assert_eq!(e.class, ErrorClass::Retryable);
     }
 
     #[test]

@@ -79,20 +79,7 @@ pub async fn fetch(
         .secret_id(name)
         .send()
         .await
-        .map_err(|e| {
-            let class = match e.as_service_error() {
-                Some(s) if s.is_resource_not_found_exception() => ErrorClass::NotFound,
-                Some(_) => ErrorClass::AuthDenied,
-                None => ErrorClass::Retryable,
-            };
-            ItemError::new(
-                class,
-                format!(
-                    "secret {name:?}: {}",
-                    aws_sdk_secretsmanager::error::DisplayErrorContext(&e)
-                ),
-            )
-        })?;
+        .map_err(|e| crate::retry::aws_error(&format!("secret {name:?}"), e))?;
     let text = out.secret_string().ok_or_else(|| {
         ItemError::new(
             ErrorClass::BadInput,

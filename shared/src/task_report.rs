@@ -1,7 +1,7 @@
 //! How a copy worker answers the state machine: heartbeats while it works, then success
 //! with the digests or failure with the error class as the error name.
 
-use crate::retry::{ErrorClass, ItemError};
+use crate::retry::ItemError;
 use crate::workflow::CopyResult;
 use async_trait::async_trait;
 
@@ -16,17 +16,11 @@ pub trait TaskReporter: Send + Sync {
 /// Step Functions.
 pub struct Sfn(pub aws_sdk_sfn::Client);
 
-fn sfn_err<E: std::error::Error + 'static>(
-    what: &str,
-    e: aws_sdk_sfn::error::SdkError<E>,
-) -> ItemError {
-    ItemError::new(
-        ErrorClass::Retryable,
-        format!(
-            "Step Functions {what}: {}",
-            aws_sdk_sfn::error::DisplayErrorContext(&e)
-        ),
-    )
+fn sfn_err<E>(what: &str, e: aws_sdk_sfn::error::SdkError<E>) -> ItemError
+where
+    E: std::error::Error + aws_sdk_sfn::error::ProvideErrorMetadata + 'static,
+{
+    crate::retry::aws_error(&format!("Step Functions {what}"), e)
 }
 
 #[async_trait]

@@ -92,21 +92,7 @@ impl TaskRunner for EcsRunner {
             )
             .send()
             .await
-            .map_err(|e| {
-                use aws_sdk_ecs::error::ProvideErrorMetadata;
-                let status = e.raw_response().map(|r| r.status().as_u16()).unwrap_or(0);
-                let class = match e.as_service_error() {
-                    Some(x) => ErrorClass::from_aws_error(x.code(), status),
-                    None => ErrorClass::Retryable,
-                };
-                ItemError::new(
-                    class,
-                    format!(
-                        "ECS RunTask: {}",
-                        aws_sdk_ecs::error::DisplayErrorContext(&e)
-                    ),
-                )
-            })?;
+            .map_err(|e| crate::retry::aws_error("ECS RunTask", e))?;
         if let Some(f) = out.failures().first() {
             return Err(ItemError::new(
                 ErrorClass::Retryable,

@@ -7,7 +7,7 @@ use super::url::S3Url;
 use crate::retry::{ErrorClass, ItemError};
 use crate::secrets::{self, SecretCredentials};
 use aws_sdk_s3::Client;
-use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     CompletedMultipartUpload, CompletedPart, RequestPayer, ServerSideEncryption, StorageClass,
@@ -90,23 +90,7 @@ pub async fn connect(
     Ok(Client::from_conf(b.build()))
 }
 
-/// The class and text of an S3 error (never a credential: the SDK does not print them).
-pub fn s3_error<E: std::error::Error + ProvideErrorMetadata + 'static>(
-    what: &str,
-    e: SdkError<E>,
-) -> ItemError {
-    let class = match &e {
-        SdkError::ServiceError(s) => {
-            ErrorClass::from_aws_error(s.err().code(), s.raw().status().as_u16())
-        }
-        SdkError::ConstructionFailure(_) => ErrorClass::BadInput,
-        _ => ErrorClass::Retryable,
-    };
-    ItemError::new(
-        class,
-        format!("{what}: {}", aws_sdk_s3::error::DisplayErrorContext(&e)),
-    )
-}
+pub use crate::retry::aws_error as s3_error;
 
 /// Destination-only settings.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -184,6 +168,25 @@ fn expires_date(s: &Option<String>) -> Option<aws_sdk_s3::primitives::DateTime> 
     })
 }
 
+/// Sets what a new object carries (metadata, tags, storage class, SSE-KMS) on a PutObject
+/// or CreateMultipartUpload request; their builders share the setters but no trait.
+macro_rules! with_object_settings {
+    ($req:expr, $meta:expr, $tagging:expr, $opts:expr) => {{
+        let (meta, opts): (&Meta, &DestOptions) = ($meta, $opts);
+        $req.set_content_type(meta.content_type.clone())
+            .set_cache_control(meta.cache_control.clone())
+            .set_content_disposition(meta.content_disposition.clone())
+            .set_content_encoding(meta.content_encoding.clone())
+            .set_content_language(meta.content_language.clone())
+            .set_expires(expires_date(&meta.expires))
+            .set_metadata(meta.user.clone())
+            .set_tagging($tagging)
+            .set_storage_class(opts.storage_class.clone())
+            .set_server_side_encryption(opts.kms_key.as_ref().map(|_| ServerSideEncryption::AwsKms))
+            .set_ssekms_key_id(opts.kms_key.clone())
+    }};
+}
+
 /// ETag without quotes.
 pub fn bare_etag(e: &str) -> String {
     e.trim_matches('"').to_string()
@@ -194,6 +197,9 @@ pub fn is_md5_etag(e: &str) -> bool {
     let e = bare_etag(e);
     e.len() == 32 && e.bytes().all(|b| b.is_ascii_hexdigit())
 }
+
+/// Listing pages read ahead of the consumer, per listing (1,000 keys a page on S3).
+pub const LIST_PAGES_AHEAD: usize = 2;
 
 impl Bucket {
     fn payer(&self) -> Option<RequestPayer> {
@@ -206,55 +212,59 @@ impl Bucket {
     }
 
     /// Lists every object under the prefix, in S3's key order, keys relative to the
-    /// prefix. Pages are fetched as the consumer goes (one page in memory).
+    /// prefix. A task of its own reads up to [`LIST_PAGES_AHEAD`] pages ahead of the
+    /// consumer, so two listings merged side by side overlap instead of taking turns;
+    /// memory stays a few pages. Must be called inside a Tokio runtime. Dropping the
+    /// stream stops the task after the request in flight.
     pub fn list(&self) -> impl Stream<Item = Result<Entry, ItemError>> + Unpin + Send + 'static {
+        let (tx, mut rx) =
+            tokio::sync::mpsc::channel::<Vec<Result<Entry, ItemError>>>(LIST_PAGES_AHEAD);
         let client = self.client.clone();
         let bucket = self.url.bucket.clone();
         let prefix = self.url.prefix.clone();
         let payer = self.payer();
-        let state = (Some(None::<String>), client, bucket, prefix, payer);
-        let pages =
-            futures::stream::unfold(state, |(token, client, bucket, prefix, payer)| async move {
-                let token = token?;
+        tokio::spawn(async move {
+            let mut token: Option<String> = None;
+            loop {
                 let out = client
                     .list_objects_v2()
                     .bucket(&bucket)
                     .prefix(&prefix)
-                    .set_continuation_token(token)
+                    .set_continuation_token(token.take())
                     .set_request_payer(payer.clone())
                     .send()
                     .await;
-                match out {
+                let page = match out {
                     Err(e) => {
                         let err = s3_error(&format!("listing s3://{bucket}/{prefix}"), e);
-                        Some((vec![Err(err)], (None, client, bucket, prefix, payer)))
+                        let _ = tx.send(vec![Err(err)]).await;
+                        return;
                     }
-                    Ok(page) => {
-                        let entries: Vec<Result<Entry, ItemError>> = page
-                            .contents()
-                            .iter()
-                            .map(|o| {
-                                let key = o.key().unwrap_or_default();
-                                Ok(Entry {
-                                    key: key
-                                        .strip_prefix(prefix.as_str())
-                                        .unwrap_or(key)
-                                        .to_string(),
-                                    size: o.size().unwrap_or(0).max(0) as u64,
-                                    etag: o.e_tag().map(bare_etag),
-                                    checksum: None,
-                                })
-                            })
-                            .collect();
-                        let next = if page.is_truncated() == Some(true) {
-                            page.next_continuation_token().map(|t| Some(t.to_string()))
-                        } else {
-                            None
-                        };
-                        Some((entries, (next, client, bucket, prefix, payer)))
-                    }
+                    Ok(page) => page,
+                };
+                let entries = page
+                    .contents()
+                    .iter()
+                    .map(|o| {
+                        let key = o.key().unwrap_or_default();
+                        Ok(Entry {
+                            key: key.strip_prefix(prefix.as_str()).unwrap_or(key).to_string(),
+                            size: o.size().unwrap_or(0).max(0) as u64,
+                            etag: o.e_tag().map(bare_etag),
+                            checksum: None,
+                        })
+                    })
+                    .collect();
+                if tx.send(entries).await.is_err() {
+                    return; // nobody reads any more
                 }
-            });
+                token = match page.next_continuation_token() {
+                    Some(t) if page.is_truncated() == Some(true) => Some(t.to_string()),
+                    _ => return,
+                };
+            }
+        });
+        let pages = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
         Box::pin(pages.flat_map(futures::stream::iter))
     }
 
@@ -364,25 +374,15 @@ impl Bucket {
         opts: &DestOptions,
     ) -> Result<Option<String>, ItemError> {
         use base64::Engine;
-        let o = self
+        let req = self
             .client
             .put_object()
             .bucket(&self.url.bucket)
             .key(self.url.key(rel))
             .content_md5(base64::engine::general_purpose::STANDARD.encode(md5))
             .content_length(body.len() as i64)
-            .body(ByteStream::from(body))
-            .set_content_type(meta.content_type.clone())
-            .set_cache_control(meta.cache_control.clone())
-            .set_content_disposition(meta.content_disposition.clone())
-            .set_content_encoding(meta.content_encoding.clone())
-            .set_content_language(meta.content_language.clone())
-            .set_expires(expires_date(&meta.expires))
-            .set_metadata(meta.user.clone())
-            .set_tagging(tagging)
-            .set_storage_class(opts.storage_class.clone())
-            .set_server_side_encryption(opts.kms_key.as_ref().map(|_| ServerSideEncryption::AwsKms))
-            .set_ssekms_key_id(opts.kms_key.clone())
+            .body(ByteStream::from(body));
+        let o = with_object_settings!(req, meta, tagging, opts)
             .send()
             .await
             .map_err(|e| s3_error(&format!("PUT {}", self.url.object(rel)), e))?;
@@ -435,22 +435,12 @@ impl Bucket {
         opts: &DestOptions,
     ) -> Result<String, ItemError> {
         let what = format!("create multipart upload of {}", self.url.object(rel));
-        let o = self
+        let req = self
             .client
             .create_multipart_upload()
             .bucket(&self.url.bucket)
-            .key(self.url.key(rel))
-            .set_content_type(meta.content_type.clone())
-            .set_cache_control(meta.cache_control.clone())
-            .set_content_disposition(meta.content_disposition.clone())
-            .set_content_encoding(meta.content_encoding.clone())
-            .set_content_language(meta.content_language.clone())
-            .set_expires(expires_date(&meta.expires))
-            .set_metadata(meta.user.clone())
-            .set_tagging(tagging)
-            .set_storage_class(opts.storage_class.clone())
-            .set_server_side_encryption(opts.kms_key.as_ref().map(|_| ServerSideEncryption::AwsKms))
-            .set_ssekms_key_id(opts.kms_key.clone())
+            .key(self.url.key(rel));
+        let o = with_object_settings!(req, meta, tagging, opts)
             .send()
             .await
             .map_err(|e| s3_error(&what, e))?;

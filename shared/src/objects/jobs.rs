@@ -130,15 +130,7 @@ impl JobQueue {
                     .set_entries(Some(entries))
                     .send()
                     .await
-                    .map_err(|e| {
-                        ItemError::new(
-                            ErrorClass::Retryable,
-                            format!(
-                                "SQS SendMessageBatch: {}",
-                                aws_sdk_sqs::error::DisplayErrorContext(&e)
-                            ),
-                        )
-                    })?;
+                    .map_err(|e| crate::retry::aws_error("SQS SendMessageBatch", e))?;
                 let failed: std::collections::HashSet<&str> =
                     out.failed().iter().map(|f| f.id()).collect();
                 pending.retain(|(id, _)| failed.contains(id.as_str()));

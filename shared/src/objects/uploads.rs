@@ -4,7 +4,7 @@
 //! table: `pk` = destination object URL, `sk` = `upload` or `part#NNNNN`, plus
 //! `seq` items holding the newest S3 event sequencer per key).
 
-use crate::status::dynamodb::{Item, all_pages, get_n, get_s, get_t, n, s, sdk};
+use crate::status::dynamodb::{Item, all_pages, conditional, get_n, get_s, get_t, n, s, sdk};
 use crate::status::{SqliteStore, StoreError};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -186,16 +186,7 @@ impl DynamoLedger {
             .expression_attribute_values(":s", s(&seq))
             .send()
             .await;
-        match out {
-            Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|x| x.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(sdk("PutItem", e)),
-        }
+        conditional("PutItem", out)
     }
 }
 
@@ -223,15 +214,10 @@ impl UploadLedger for DynamoLedger {
             .condition_expression("attribute_not_exists(pk)")
             .send()
             .await;
-        match out {
-            Ok(_) => Ok(u.clone()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|x| x.is_conditional_check_failed_exception()) =>
-            {
-                Ok(self.find(&u.dest).await?.unwrap_or_else(|| u.clone()))
-            }
-            Err(e) => Err(sdk("PutItem", e)),
+        if conditional("PutItem", out)? {
+            Ok(u.clone())
+        } else {
+            Ok(self.find(&u.dest).await?.unwrap_or_else(|| u.clone()))
         }
     }
     async fn part_done(&self, u: &Upload, number: u32, etag: &str) -> Result<(), StoreError> {
@@ -286,7 +272,8 @@ impl UploadLedger for DynamoLedger {
                 .await
                 .map_err(|e| sdk("DeleteItem", e))?;
         }
-        self.client
+        let out = self
+            .client
             .delete_item()
             .table_name(&self.table)
             .key("pk", s(&u.dest))
@@ -294,17 +281,9 @@ impl UploadLedger for DynamoLedger {
             .condition_expression("attribute_not_exists(pk) OR upload_id = :u")
             .expression_attribute_values(":u", s(&u.upload_id))
             .send()
-            .await
-            .map(|_| ())
-            .or_else(|e| {
-                if e.as_service_error()
-                    .is_some_and(|x| x.is_conditional_check_failed_exception())
-                {
-                    Ok(())
-                } else {
-                    Err(sdk("DeleteItem", e))
-                }
-            })
+            .await;
+        // A record of another upload of this object is not ours to delete.
+        conditional("DeleteItem", out).map(|_| ())
     }
     async fn open(&self) -> Result<Vec<Upload>, StoreError> {
         let items = all_pages(|start| async move {

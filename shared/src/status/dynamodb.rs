@@ -49,6 +49,27 @@ pub(crate) fn sdk<E: std::error::Error + 'static>(
     ))
 }
 
+/// The outcome of a conditional write: `Ok(true)` when it was written, `Ok(false)` when
+/// its condition did not hold (someone else's write stands), an error otherwise.
+pub(crate) fn conditional<O, E>(
+    what: &str,
+    out: Result<O, aws_sdk_dynamodb::error::SdkError<E>>,
+) -> Result<bool, StoreError>
+where
+    E: std::error::Error + aws_sdk_dynamodb::error::ProvideErrorMetadata + 'static,
+{
+    match out {
+        Ok(_) => Ok(true),
+        Err(e)
+            if e.as_service_error().and_then(|x| x.code())
+                == Some("ConditionalCheckFailedException") =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(sdk(what, e)),
+    }
+}
+
 /// The sort key of an image record.
 pub fn item_key(source: &str, dest: &str) -> String {
     format!("item#{source}|{dest}")
@@ -220,16 +241,7 @@ impl StatusStore for DynamoStore {
             .expression_attribute_values(":v", n(r.version))
             .send()
             .await;
-        match out {
-            Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|x| x.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(sdk("PutItem", e)),
-        }
+        conditional("PutItem", out)
     }
 
     async fn get_run(
@@ -316,15 +328,6 @@ impl StatusStore for DynamoStore {
             .expression_attribute_values(":t", AttributeValue::Bool(true))
             .send()
             .await;
-        match out {
-            Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|x| x.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(sdk("UpdateItem notified", e)),
-        }
+        conditional("UpdateItem notified", out)
     }
 }
