@@ -73,7 +73,7 @@ for name, r in template["Resources"].items():
 
 # Partition-aware ARNs: the template names no partition literally (the SAM transform fills
 # in its own managed-policy ARNs for the region it deploys to).
-source_text = (ROOT / "template.yaml").read_text() + (ROOT / "statemachine/images.asl.json").read_text()
+source_text = "".join((ROOT / f).read_text() for f in ["template.yaml", "statemachine/images.asl.json", "statemachine/objects-diff.asl.json"])
 check("arn:aws:" not in source_text and "arn:aws-cn:" not in source_text, "an ARN names a partition literally; use ${AWS::Partition}")
 
 # Wildcard resources only where the API has no resource-level permissions.
@@ -145,6 +145,20 @@ for m in maps:
     check("States.ALL" not in retry["ErrorEquals"] and "AuthDenied" not in retry["ErrorEquals"], "CopyImage retries non-retryable errors")
     check(copy_state["Catch"][0]["Next"] == "RecordImageFailure", "a failed image must be recorded, then the others go on")
     check("${" in copy_state["Parameters"]["FunctionName"], "function ARNs come from DefinitionSubstitutions")
+
+# The object diff loop: rounds until `next` is absent, each retried only on retryable errors.
+asl = json.loads((ROOT / "statemachine/objects-diff.asl.json").read_text())
+round_state = asl["States"][asl["StartAt"]]
+check("${DiffObjectsFunctionArn}" == round_state["Parameters"]["FunctionName"], "the diff round must invoke diff-objects")
+check(round_state["Parameters"].get("Payload.$") == "$" and round_state.get("OutputPath") == "$.Payload", "a round's output must be the next round's input")
+check(round_state.get("TimeoutSeconds", 0) > 900, "the round's timeout must exceed the function's 900 s")
+retry = round_state["Retry"][0]
+check("States.ALL" not in retry["ErrorEquals"] and retry.get("JitterStrategy") == "FULL", "diff rounds retry only retryable errors, with full jitter")
+loop = asl["States"][round_state["Next"]]
+check(loop["Type"] == "Choice" and loop["Choices"][0] == {"Variable": "$.next", "IsPresent": True, "Next": asl["StartAt"]}, "the diff must loop while `next` is present")
+machines = {k: v for k, v in template["Resources"].items() if v["Type"] == "AWS::Serverless::StateMachine"}
+check(machines.get("ObjectsDiffStateMachine", {}).get("Properties", {}).get("Events", {}).get("Hourly", {}).get("Type") == "Schedule", "the object diff state machine runs on the schedule")
+check(not template["Resources"]["DiffObjectsFunction"]["Properties"].get("Events"), "diff-objects is started by its state machine, not by a schedule of its own")
 
 for f in failures:
     print("FAIL:", f)

@@ -232,12 +232,20 @@ impl ObjectsFn {
         }
     }
 
-    /// `diff-objects`.
+    /// `diff-objects`: one round, ending by [`round_end`] of the invocation's deadline
+    /// (milliseconds since the epoch, 0 = none) or after `DIFF_ROUND_SECONDS`, whichever
+    /// comes first.
     pub async fn diff(
         &self,
         req: crate::objects::suite::DiffRequest,
+        deadline_ms: u64,
     ) -> Result<crate::objects::suite::DiffSummary, ItemError> {
-        crate::objects::suite::diff_objects(req, &self.edges()).await
+        let by_config = self.cfg.diff_round.map(|d| std::time::Instant::now() + d);
+        let stop_at = [round_end(deadline_ms), by_config]
+            .into_iter()
+            .flatten()
+            .min();
+        crate::objects::suite::diff_objects(req, &self.edges(), stop_at).await
     }
 
     /// `transfer-object`.
@@ -254,5 +262,45 @@ impl ObjectsFn {
         _input: serde_json::Value,
     ) -> Result<crate::objects::suite::CheckSummary, ItemError> {
         crate::objects::suite::check_multipart(&self.edges()).await
+    }
+}
+
+/// When a `diff-objects` round stops deciding: [`DIFF_ROUND_MARGIN`] before the
+/// invocation's deadline (Lambda's context gives it in milliseconds since the epoch; 0 =
+/// none known, the round runs to the end).
+///
+/// [`DIFF_ROUND_MARGIN`]: crate::objects::suite::DIFF_ROUND_MARGIN
+pub fn round_end(deadline_ms: u64) -> Option<std::time::Instant> {
+    if deadline_ms == 0 {
+        return None;
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let left = std::time::Duration::from_millis(deadline_ms.saturating_sub(now_ms));
+    Some(std::time::Instant::now() + left.saturating_sub(crate::objects::suite::DIFF_ROUND_MARGIN))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::round_end;
+    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+    #[test]
+    fn a_round_ends_a_margin_before_the_lambda_deadline() {
+        assert_eq!(round_end(0), None, "no deadline known: run to the end");
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let end = round_end(now_ms + 15 * 60 * 1000).unwrap();
+        let left = end.saturating_duration_since(Instant::now());
+        assert!(
+            left > Duration::from_secs(13 * 60) && left <= Duration::from_secs(14 * 60),
+            "{left:?}"
+        );
+        // A deadline already past (or within the margin) ends the round at once.
+        assert!(round_end(now_ms + 1000).unwrap() <= Instant::now());
     }
 }

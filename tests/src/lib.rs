@@ -892,6 +892,9 @@ pub const FUNCTIONS: [&str; 4] = [
     "record-status",
 ];
 
+/// The function of the object diff state machine.
+pub const OBJECT_FUNCTIONS: [&str; 1] = ["diff-objects"];
+
 impl LambdaWatch {
     /// Instances of each function (a Map state runs 10 items at once).
     pub const CONCURRENCY: usize = 10;
@@ -908,7 +911,7 @@ impl LambdaWatch {
                 .current_dir(root)
                 .env("CARGO_TARGET_DIR", &target)
                 .args(["build", "--quiet"]);
-            for f in FUNCTIONS {
+            for f in FUNCTIONS.iter().chain(&OBJECT_FUNCTIONS) {
                 build.args(["-p", f]);
             }
             assert!(
@@ -919,8 +922,14 @@ impl LambdaWatch {
         })
     }
 
-    /// Starts the APIs and the functions, each with `env` (and the inherited environment).
+    /// Starts the APIs and the image functions, each with `env` (and the inherited
+    /// environment).
     pub fn start(env: &[(String, String)]) -> Self {
+        Self::start_functions(env, &FUNCTIONS)
+    }
+
+    /// Starts the APIs and these functions (of [`FUNCTIONS`] and [`OBJECT_FUNCTIONS`]).
+    pub fn start_functions(env: &[(String, String)], names: &[&str]) -> Self {
         let bin = Self::built_functions();
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
@@ -965,7 +974,7 @@ impl LambdaWatch {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        for name in FUNCTIONS {
+        for name in names {
             for _ in 0..Self::CONCURRENCY {
                 let f = Command::new(bin.join(name))
                     .envs(env.iter().cloned())

@@ -217,6 +217,15 @@ impl Bucket {
     /// memory stays a few pages. Must be called inside a Tokio runtime. Dropping the
     /// stream stops the task after the request in flight.
     pub fn list(&self) -> impl Stream<Item = Result<Entry, ItemError>> + Unpin + Send + 'static {
+        self.list_after(None)
+    }
+
+    /// [`Bucket::list`] from the first key after `after` (relative to the prefix).
+    pub fn list_after(
+        &self,
+        after: Option<&str>,
+    ) -> impl Stream<Item = Result<Entry, ItemError>> + Unpin + Send + 'static {
+        let mut start_after = after.map(|k| self.url.key(k));
         let (tx, mut rx) =
             tokio::sync::mpsc::channel::<Vec<Result<Entry, ItemError>>>(LIST_PAGES_AHEAD);
         let client = self.client.clone();
@@ -231,6 +240,7 @@ impl Bucket {
                     .bucket(&bucket)
                     .prefix(&prefix)
                     .set_continuation_token(token.take())
+                    .set_start_after(start_after.take())
                     .set_request_payer(payer.clone())
                     .send()
                     .await;

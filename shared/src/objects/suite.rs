@@ -35,6 +35,9 @@ pub struct ObjectsConfig {
     pub tags: bool,
     pub delete_on_events: bool,
     pub stuck_after: Duration,
+    /// `DIFF_ROUND_SECONDS`: the longest a `diff-objects` round decides before it hands on
+    /// (`None`: until a minute before the invocation's deadline).
+    pub diff_round: Option<std::time::Duration>,
 }
 
 impl ObjectsConfig {
@@ -42,8 +45,8 @@ impl ObjectsConfig {
     /// `SOURCE_SECRET`, `REQUESTER_PAYS`, `DEST_BUCKET`, `DEST_PREFIX`, `DEST_REGION`,
     /// `DEST_ENDPOINT`, `DEST_SECRET`, `STORAGE_CLASS`, `KMS_KEY`, `COPY_MODE`
     /// (auto|server|stream), `COMPARE` (size|etag|checksum), `PART_SIZE`,
-    /// `MULTIPART_THRESHOLD`, `INCLUDE_TAGS`, `DELETE_ON_EVENTS`, `STUCK_AFTER_MINUTES`.
-    /// Every problem is reported at once.
+    /// `MULTIPART_THRESHOLD`, `INCLUDE_TAGS`, `DELETE_ON_EVENTS`, `STUCK_AFTER_MINUTES`,
+    /// `DIFF_ROUND_SECONDS`. Every problem is reported at once.
     pub fn from_env(env: &mut Env) -> Self {
         let url = |env: &mut Env, bucket: &str, prefix: &str| {
             let b = env.required(bucket);
@@ -120,6 +123,13 @@ impl ObjectsConfig {
                 60i64,
                 "a number of minutes",
             )),
+            diff_round: env.optional("DIFF_ROUND_SECONDS").map(|_| {
+                std::time::Duration::from_secs(env.parsed(
+                    "DIFF_ROUND_SECONDS",
+                    0u64,
+                    "a number of seconds",
+                ))
+            }),
             mode,
             source,
             source_endpoint,
@@ -188,32 +198,54 @@ impl ObjectsEdges<'_> {
     }
 }
 
-/// What `diff-objects` found and queued.
+/// Input and output of `diff-objects`, one round of a run. The schedule starts a run with
+/// `{}`. A round that runs short of time stops after a key and returns it in `next`; the
+/// state machine hands the output back as the next round's input until `next` is absent,
+/// so a bucket of any size is diffed in rounds of one Lambda invocation each. Counts add up
+/// over the rounds. Object keys only: no credential is ever in here.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct DiffSummary {
+    /// Empty on the first round: a new run id is made.
     pub run_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<chrono::DateTime<Utc>>,
     pub to_copy: u64,
     pub in_sync: u64,
     pub only_at_dest: u64,
     pub bytes_to_copy: u64,
+    /// Invocations so far.
+    pub rounds: u32,
+    /// The last key (relative to the prefixes) decided; the next round lists after it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
-/// Input of `diff-objects` (the schedule sends `{}`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct DiffRequest {
-    #[serde(default)]
-    pub run_id: Option<String>,
-}
+/// What `diff-objects` takes: the previous round's output, or `{}` for a new run.
+pub type DiffRequest = DiffSummary;
+
+/// How long before the invocation's deadline a round stops deciding, to queue what it has
+/// and write the run record.
+pub const DIFF_ROUND_MARGIN: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// `diff-objects`: streams both listings through the merge and queues a job per object
-/// to copy, ten per SQS call, as it goes. Memory does not grow with the bucket.
+/// to copy, ten per SQS call, as it goes. Memory does not grow with the bucket. When
+/// `stop_at` passes, the round ends after the key being decided and says where to go on
+/// (`next`); `None` runs to the end.
 pub async fn diff_objects(
     req: DiffRequest,
     e: &ObjectsEdges<'_>,
+    stop_at: Option<std::time::Instant>,
 ) -> Result<DiffSummary, ItemError> {
-    let run_id = req.run_id.unwrap_or_else(crate::sync::new_run_id);
     let store_err = |x: StoreError| ItemError::new(ErrorClass::Retryable, x.to_string());
-    let started = Utc::now();
+    let mut sum = req;
+    if sum.run_id.is_empty() {
+        sum.run_id = crate::sync::new_run_id();
+    }
+    let after = sum.next.take();
+    let started = *sum.started_at.get_or_insert_with(Utc::now);
+    sum.rounds += 1;
+    let run_id = sum.run_id.clone();
     let mut run = RunRecord {
         run_id: run_id.clone(),
         source: e.src.url.to_string(),
@@ -222,32 +254,38 @@ pub async fn diff_objects(
         started_at: started,
         ended_at: None,
         copied: 0,
-        skipped: 0,
+        skipped: sum.in_sync,
         failed: 0,
         bytes: 0,
     };
-    e.store.put_run(&run).await.map_err(store_err)?;
-    let mut sum = DiffSummary {
-        run_id: run_id.clone(),
-        ..Default::default()
-    };
-    match queue_pass(e.src.list(), e.dst.list(), e, &run_id, &mut sum).await {
+    if after.is_none() {
+        e.store.put_run(&run).await.map_err(store_err)?;
+    }
+    let rounds = sum.rounds;
+    let listed = (
+        e.src.list_after(after.as_deref()),
+        e.dst.list_after(after.as_deref()),
+    );
+    match queue_pass(listed.0, listed.1, e, &run_id, &mut sum, stop_at).await {
         Ok(()) => {}
         Err(MergeError::Emit(err)) => return Err(err),
         Err(MergeError::Diff(d)) => {
-            // A store that does not list in key order: sort both listings on disk (/tmp)
-            // and merge again. Jobs queued before the disorder showed may be queued twice;
-            // a copy done twice is harmless (same bytes, checked again).
+            // A store that does not list in key order: sort both whole listings on disk
+            // (/tmp) and merge again, to the end (no rounds: a key to go on from means
+            // nothing in an unordered listing). Jobs queued before the disorder showed may
+            // be queued twice; a copy done twice is harmless (same bytes, checked again).
             tracing::warn!(error = %d, "a listing is not in key order; sorting both on disk");
             sum = DiffSummary {
                 run_id: run_id.clone(),
+                started_at: Some(started),
+                rounds,
                 ..Default::default()
             };
             let dir = std::env::temp_dir();
             let sorted = |l| super::run::sorted(l, dir.clone());
             let (s, d) = tokio::try_join!(sorted(e.src.list()), sorted(e.dst.list()))
                 .map_err(|x| ItemError::new(ErrorClass::Retryable, x.to_string()))?;
-            queue_pass(s, d, e, &run_id, &mut sum)
+            queue_pass(s, d, e, &run_id, &mut sum, None)
                 .await
                 .map_err(|x| match x {
                     MergeError::Emit(err) => err,
@@ -256,20 +294,24 @@ pub async fn diff_objects(
         }
     }
     run.skipped = sum.in_sync;
-    run.ended_at = Some(Utc::now());
+    if sum.next.is_none() {
+        run.ended_at = Some(Utc::now());
+    }
     e.store.put_run(&run).await.map_err(store_err)?;
-    tracing::info!(run = %run_id, to_copy = sum.to_copy, in_sync = sum.in_sync, "diff done");
+    tracing::info!(run = %run_id, round = sum.rounds, to_copy = sum.to_copy, in_sync = sum.in_sync, next = ?sum.next, "diff round done");
     Ok(sum)
 }
 
 /// One merge of two listings, queueing a job per object to copy (100 per flush, sent ten
-/// per `SendMessageBatch`).
+/// per `SendMessageBatch`). Past `stop_at` it stops after the key just decided and puts
+/// that key in `sum.next`.
 async fn queue_pass<S, D, E1, E2>(
     src: S,
     dst: D,
     e: &ObjectsEdges<'_>,
     run_id: &str,
     sum: &mut DiffSummary,
+    stop_at: Option<std::time::Instant>,
 ) -> Result<(), MergeError<ItemError>>
 where
     S: futures::Stream<Item = Result<super::diff::Entry, E1>> + Unpin,
@@ -278,9 +320,10 @@ where
     E2: std::fmt::Display,
 {
     let mut batch: Vec<Job> = Vec::with_capacity(100);
-    diff::merge(src, dst, e.cfg.compare, |d| {
+    let mut stopped_after: Option<String> = None;
+    let merged = diff::merge(src, dst, e.cfg.compare, |d| {
         let mut flush = None;
-        match d {
+        let key = match d {
             Decision::Copy(x, _) => {
                 sum.to_copy += 1;
                 sum.bytes_to_copy += x.size;
@@ -288,18 +331,36 @@ where
                 if batch.len() >= 100 {
                     flush = Some(std::mem::take(&mut batch));
                 }
+                x.key
             }
-            Decision::InSync(_) => sum.in_sync += 1,
-            Decision::Extra(_) => sum.only_at_dest += 1,
+            Decision::InSync(x) => {
+                sum.in_sync += 1;
+                x.key
+            }
+            Decision::Extra(x) => {
+                sum.only_at_dest += 1;
+                x.key
+            }
+        };
+        // Every key up to this one is decided on both sides: a clean place to stop.
+        let stop = stop_at.is_some_and(|t| std::time::Instant::now() >= t);
+        if stop {
+            stopped_after = Some(key);
         }
         async move {
-            match flush {
-                Some(jobs) => e.queue.send(&jobs).await,
-                None => Ok(()),
+            if let Some(jobs) = flush {
+                e.queue.send(&jobs).await.map_err(Some)?;
             }
+            if stop { Err(None) } else { Ok(()) }
         }
     })
-    .await?;
+    .await;
+    match merged {
+        Ok(()) | Err(MergeError::Emit(None)) => {}
+        Err(MergeError::Emit(Some(err))) => return Err(MergeError::Emit(err)),
+        Err(MergeError::Diff(d)) => return Err(MergeError::Diff(d)),
+    }
+    sum.next = stopped_after;
     e.queue.send(&batch).await.map_err(MergeError::Emit)
 }
 

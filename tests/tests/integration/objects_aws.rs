@@ -261,7 +261,7 @@ fn diff_objects_queues_only_what_differs_and_a_quiet_hour_queues_nothing() {
     .unwrap();
     let f = s.function(&[]);
     let input = serde_json::from_value(event("diff-objects.json")).unwrap();
-    let sum = s.rt.block_on(f.diff(input)).unwrap();
+    let sum = s.rt.block_on(f.diff(input, 0)).unwrap();
     assert_eq!((sum.to_copy, sum.in_sync), (24, 1), "{sum:?}");
     let jobs = Suite::bodies(&s.receive(&s.queue));
     assert_eq!(jobs.len(), 24);
@@ -292,9 +292,96 @@ fn diff_objects_queues_only_what_differs_and_a_quiet_hour_queues_nothing() {
         )
         .unwrap();
     }
-    let sum = s.rt.block_on(f.diff(Default::default())).unwrap();
+    let sum = s.rt.block_on(f.diff(Default::default(), 0)).unwrap();
     assert_eq!((sum.to_copy, sum.in_sync), (0, 25));
     assert!(s.receive(&s.queue).records.is_empty());
+}
+
+/// A bucket too big for one invocation: each round stops at its deadline after the key it
+/// is deciding and the next round (the previous output as input, as the state machine
+/// hands it on) lists after that key. Here every round is given no time, so each decides
+/// exactly one key: the worst case for where rounds meet.
+#[test]
+fn diff_objects_in_rounds_queues_each_differing_object_exactly_once() {
+    use hub_core::status::StatusStore as _;
+    let s = Suite::start();
+    for i in 0..30 {
+        s.put(&format!("in/k{i:02}"), &data(100 + i, 1));
+    }
+    for (key, body) in [
+        ("out/k03", data(103, 1)),
+        ("out/k04", data(5, 1)),
+        ("out/k99", data(9, 1)),
+    ] {
+        s.rt.block_on(
+            s.s3.put_object()
+                .bucket("dst")
+                .key(key)
+                .body(ByteStream::from(body))
+                .send(),
+        )
+        .unwrap();
+    }
+    // Rounds of no time at all: each decides one key, then hands on.
+    let f = s.function(&[("DIFF_ROUND_SECONDS", "0")]);
+    let mut input: serde_json::Value = event("diff-objects.json");
+    let mut seen_next: Vec<String> = Vec::new();
+    let last = loop {
+        let req = serde_json::from_value(input).unwrap();
+        let sum = s.rt.block_on(f.diff(req, 0)).unwrap();
+        let out = serde_json::to_value(&sum).unwrap();
+        let text = out.to_string();
+        assert!(
+            !text.contains("testing") && !text.contains("secret"),
+            "{text}"
+        );
+        match sum.next.clone() {
+            Some(k) => {
+                assert!(
+                    seen_next.last().is_none_or(|p| *p < k),
+                    "rounds go forward: {seen_next:?} then {k}"
+                );
+                seen_next.push(k);
+            }
+            None => {
+                assert!(
+                    out.get("next").is_none(),
+                    "a finished run has no `next` at all: {text}"
+                );
+                break sum;
+            }
+        }
+        assert!(seen_next.len() <= 40, "the rounds never end: {seen_next:?}");
+        input = out;
+    };
+    // 30 source keys and one only at the destination: one per round, then an empty round.
+    assert_eq!(seen_next.len(), 31, "{seen_next:?}");
+    assert_eq!(last.rounds, 32);
+    assert_eq!(
+        (last.to_copy, last.in_sync, last.only_at_dest),
+        (29, 1, 1),
+        "{last:?}"
+    );
+    let jobs = Suite::bodies(&s.receive(&s.queue));
+    let mut keys: Vec<&str> = jobs.iter().map(|j| j["key"].as_str().unwrap()).collect();
+    keys.sort();
+    let expected: Vec<String> = (0..30)
+        .filter(|i| *i != 3)
+        .map(|i| format!("k{i:02}"))
+        .collect();
+    assert_eq!(keys, expected, "every differing object once, nothing else");
+    assert!(jobs.iter().all(|j| j["run"] == last.run_id.as_str()));
+    // One run record for all the rounds, finished only by the last.
+    let store = hub_core::status::dynamodb::DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&s.conf),
+        "status",
+    );
+    let (run, _) =
+        s.rt.block_on(store.get_run(Some(&last.run_id)))
+            .unwrap()
+            .unwrap();
+    assert_eq!(run.skipped, 1);
+    assert!(run.ended_at.is_some());
 }
 
 #[test]
@@ -304,7 +391,7 @@ fn parts_done_by_several_workers_in_any_order_and_twice_complete_into_the_source
     s.put("in/big.bin", &big);
     s.put("in/small.txt", b"hello");
     let f = s.function(&[]);
-    s.rt.block_on(f.diff(Default::default())).unwrap();
+    s.rt.block_on(f.diff(Default::default(), 0)).unwrap();
     // Worker 1 takes the object jobs: the small one is copied, the big one is split.
     let ev = s.receive(&s.queue);
     assert_eq!(ev.records.len(), 2);
@@ -513,13 +600,14 @@ fn configuration_problems_are_listed_together_and_a_secret_without_keys_is_named
         ("STORAGE_CLASS", "FAST"),
         ("SOURCE_BUCKET", "Bad_Bucket"),
         ("PART_SIZE", "1"),
+        ("DIFF_ROUND_SECONDS", "soon"),
     ]);
     let err =
         s.rt.block_on(ObjectsFn::from(env, s.conf.clone()))
             .err()
             .expect("refused")
             .to_string();
-    for needle in ["\"FAST\"", "Bad_Bucket", "PART_SIZE"] {
+    for needle in ["\"FAST\"", "Bad_Bucket", "PART_SIZE", "DIFF_ROUND_SECONDS"] {
         assert!(err.contains(needle), "{needle} missing from: {err}");
     }
     let err =
@@ -554,7 +642,7 @@ fn diff_objects_sorts_an_unordered_listing_on_disk_and_queues_each_object_once_a
         hub_tests::reversed_listings("src"),
     );
     let f = s.function(&[("SOURCE_ENDPOINT", proxy.endpoint.as_str())]);
-    let sum = s.rt.block_on(f.diff(Default::default())).unwrap();
+    let sum = s.rt.block_on(f.diff(Default::default(), 0)).unwrap();
     assert_eq!((sum.to_copy, sum.in_sync), (4, 0), "{sum:?}");
     let mut keys: Vec<String> = Suite::bodies(&s.receive(&s.queue))
         .iter()

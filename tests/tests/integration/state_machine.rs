@@ -440,3 +440,164 @@ fn the_state_machine_copies_eleven_images_records_the_twelfth_as_failed_and_a_qu
         "nothing written to the destination on a quiet day"
     );
 }
+
+/// The object diff state machine end to end: the definition the template deploys, in
+/// moto's Step Functions; every round is the real `diff-objects` under `cargo lambda
+/// watch`, given no time (`DIFF_ROUND_SECONDS=0`), so each round decides one key and the
+/// Choice loops, feeding each output back as input, until both listings are done.
+#[test]
+fn the_object_diff_state_machine_runs_rounds_until_both_listings_are_done() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let router_port = free_port();
+    let moto = MotoServer::start_with_env(&[("MOTO_PORT", router_port.to_string())]);
+    let conf = rt.block_on(moto.sdk_config(REGION));
+    reqwest::blocking::Client::new()
+        .post(format!("{}/moto-api/config", moto.endpoint))
+        .json(&serde_json::json!({"stepfunctions": {"execute_state_machine": true}, "lambda": {"use_docker": false}}))
+        .send()
+        .unwrap();
+    let s3 = aws_sdk_s3::Client::new(&conf);
+    let sqs = aws_sdk_sqs::Client::new(&conf);
+    let queue = rt.block_on(async {
+        for b in ["src", "dst"] {
+            aws_fixtures::bucket(&conf, b).await;
+        }
+        aws_fixtures::status_table(&conf, "status").await;
+        aws_fixtures::status_table(&conf, "uploads").await;
+        let put = |bucket: &'static str, key: String, body: String| {
+            s3.put_object()
+                .bucket(bucket)
+                .key(key)
+                .body(body.into_bytes().into())
+                .send()
+        };
+        for i in 0..12 {
+            put("src", format!("in/a{i:02}"), format!("object {i}"))
+                .await
+                .unwrap();
+        }
+        put("dst", "out/a00".into(), "object 0".into())
+            .await
+            .unwrap();
+        put("dst", "out/a01".into(), "changed: another size".into())
+            .await
+            .unwrap();
+        put("dst", "out/zz".into(), "only here".into())
+            .await
+            .unwrap();
+        sqs.create_queue()
+            .queue_name("jobs")
+            .send()
+            .await
+            .unwrap()
+            .queue_url
+            .unwrap()
+    });
+
+    let mut fn_env = moto.env(REGION);
+    for (k, v) in [
+        ("SOURCE_BUCKET", "src"),
+        ("SOURCE_PREFIX", "in/"),
+        ("SOURCE_REGION", REGION),
+        ("SOURCE_ENDPOINT", moto.endpoint.as_str()),
+        ("DEST_BUCKET", "dst"),
+        ("DEST_PREFIX", "out/"),
+        ("DEST_REGION", REGION),
+        ("DEST_ENDPOINT", moto.endpoint.as_str()),
+        ("TABLE_NAME", "status"),
+        ("UPLOADS_TABLE", "uploads"),
+        ("JOB_QUEUE_URL", queue.as_str()),
+        ("DIFF_ROUND_SECONDS", "0"),
+    ] {
+        fn_env.push((k.into(), v.into()));
+    }
+    let watch = LambdaWatch::start_functions(&fn_env, &hub_tests::OBJECT_FUNCTIONS);
+    let _router = lambda_router(router_port, &moto.endpoint, &watch.addr);
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let definition = std::fs::read_to_string(root.join("statemachine/objects-diff.asl.json"))
+        .unwrap()
+        .replace("${Partition}", "aws")
+        .replace(
+            "${DiffObjectsFunctionArn}",
+            &format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:diff-objects"),
+        )
+        .replace("\"IntervalSeconds\": 5", "\"IntervalSeconds\": 1");
+    let sfn = aws_sdk_sfn::Client::new(&conf);
+    let (status, output) = rt.block_on(async {
+        let sm = sfn
+            .create_state_machine()
+            .name("objects-diff")
+            .definition(definition)
+            .role_arn(format!("arn:aws:iam::{ACCOUNT}:role/sfn"))
+            .send()
+            .await
+            .unwrap()
+            .state_machine_arn()
+            .to_string();
+        let exec = sfn
+            .start_execution()
+            .state_machine_arn(&sm)
+            .name("hourly")
+            .input("{}")
+            .send()
+            .await
+            .unwrap()
+            .execution_arn()
+            .to_string();
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let d = sfn
+                .describe_execution()
+                .execution_arn(&exec)
+                .send()
+                .await
+                .unwrap();
+            if d.status().as_str() != "RUNNING" {
+                break (
+                    d.status().as_str().to_string(),
+                    d.output().unwrap_or_default().to_string(),
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running after 5 minutes\n{}",
+                watch.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    assert_eq!(status, "SUCCEEDED", "{output}\n{}", watch.log());
+    let out: serde_json::Value = serde_json::from_str(&output).unwrap();
+    // 12 source keys and 1 only at the destination, one a round, then a round with nothing
+    // left: the loop fed every output back in (the counts and `rounds` add up over them).
+    assert_eq!(out["rounds"], 14, "{out}");
+    assert_eq!(
+        (
+            out["to_copy"].as_u64(),
+            out["in_sync"].as_u64(),
+            out["only_at_dest"].as_u64()
+        ),
+        (Some(11), Some(1), Some(1)),
+        "{out}"
+    );
+    assert!(out.get("next").is_none(), "{out}");
+    let mut keys: Vec<String> = Vec::new();
+    loop {
+        let bodies = rt.block_on(aws_fixtures::messages(&conf, &queue));
+        if bodies.is_empty() {
+            break;
+        }
+        for b in bodies {
+            let j: serde_json::Value = serde_json::from_str(&b).unwrap();
+            keys.push(j["key"].as_str().unwrap().to_string());
+        }
+        assert!(keys.len() <= 50, "more jobs than objects: {keys:?}");
+    }
+    keys.sort();
+    let expected: Vec<String> = (1..12).map(|i| format!("a{i:02}")).collect();
+    assert_eq!(
+        keys, expected,
+        "every differing object queued once, across all rounds"
+    );
+}
