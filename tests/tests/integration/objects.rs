@@ -380,6 +380,48 @@ fn requester_pays_reads_carry_the_header() {
     }
 }
 
+/// `objects sync s3://src s3://dst` one request at a time, the destination at
+/// `dest_endpoint`, parts of 5 MiB above 6 MiB, no retries, JSON out, the test's state file.
+fn multipart_args(s3: &S3, dest_endpoint: &str) -> Vec<String> {
+    const MIB: usize = 1024 * 1024;
+    let state = s3.state.path().join("state.db");
+    [
+        "objects",
+        "sync",
+        "s3://src",
+        "s3://dst",
+        "--source-endpoint",
+        s3.moto.endpoint.as_str(),
+        "--dest-endpoint",
+        dest_endpoint,
+        "--multipart-threshold",
+        (6 * MIB).to_string().as_str(),
+        "--part-size",
+        (5 * MIB).to_string().as_str(),
+        "--concurrency",
+        "1",
+        "--retries",
+        "0",
+        "--output",
+        "json",
+        "--state",
+        state.to_str().unwrap(),
+    ]
+    .map(str::to_string)
+    .to_vec()
+}
+
+/// The part PUTs among recorded request heads, as their request lines.
+fn part_puts(heads: &Mutex<Vec<String>>) -> Vec<String> {
+    heads
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|h| h.starts_with("PUT ") && h.contains("partNumber="))
+        .map(|h| h.lines().next().unwrap().to_string())
+        .collect()
+}
+
 #[test]
 fn a_big_object_moves_in_parts_and_an_interrupted_run_resumes_without_redoing_parts() {
     const MIB: usize = 1024 * 1024;
@@ -404,31 +446,7 @@ fn a_big_object_moves_in_parts_and_an_interrupted_run_resumes_without_redoing_pa
         (status, vec![], body)
     });
     let (dest_proxy, _) = recording_proxy(&s3.moto.endpoint, breaker);
-    let state = s3.state.path().join("state.db");
-    let args = |dest_endpoint: &str| {
-        vec![
-            "objects".to_string(),
-            "sync".into(),
-            "s3://src".into(),
-            "s3://dst".into(),
-            "--source-endpoint".into(),
-            s3.moto.endpoint.clone(),
-            "--dest-endpoint".into(),
-            dest_endpoint.to_string(),
-            "--multipart-threshold".into(),
-            (6 * MIB).to_string(),
-            "--part-size".into(),
-            (5 * MIB).to_string(),
-            "--concurrency".into(),
-            "1".into(),
-            "--retries".into(),
-            "0".into(),
-            "--output".into(),
-            "json".into(),
-            "--state".into(),
-            state.to_str().unwrap().to_string(),
-        ]
-    };
+    let args = |dest_endpoint: &str| multipart_args(&s3, dest_endpoint);
     let env = s3.moto.env(REGION);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let a = args(&dest_proxy.endpoint);
@@ -455,13 +473,7 @@ fn a_big_object_moves_in_parts_and_an_interrupted_run_resumes_without_redoing_pa
     let second = transfer_hub(&a.iter().map(String::as_str).collect::<Vec<_>>(), &env);
     assert_eq!(second.code, 0, "{}\n{}", second.stdout, second.stderr);
     assert_eq!(counts(&second.json()), (1, 0, 0));
-    let part_puts: Vec<String> = heads
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|h| h.starts_with("PUT ") && h.contains("partNumber="))
-        .map(|h| h.lines().next().unwrap().to_string())
-        .collect();
+    let part_puts = part_puts(&heads);
     assert_eq!(
         part_puts.len(),
         1,
@@ -480,6 +492,108 @@ fn a_big_object_moves_in_parts_and_an_interrupted_run_resumes_without_redoing_pa
         .unwrap()
         .to_string();
     assert!(etag.ends_with("-3"), "three parts: {etag}");
+}
+
+/// A run killed outright (SIGKILL, no clean-up) while part 3 of 5 is on the wire: the
+/// parts it finished are in the state file, so the resume sends only parts 3 to 5, leaves
+/// the object copied before it alone, completes the same upload and the object equals the
+/// source byte for byte.
+#[test]
+fn a_run_killed_between_parts_resumes_from_the_state_file() {
+    const MIB: usize = 1024 * 1024;
+    let s3 = S3::start(&["src", "dst"]);
+    // Bytes that differ from part to part, so parts in the wrong place would show.
+    let big: Vec<u8> = (0..22 * MIB + 777)
+        .map(|i| ((i ^ (i >> 9) ^ (i >> 17)) as u8).wrapping_mul(13))
+        .collect();
+    s3.put("src", "a-first.txt", b"copied before the kill");
+    s3.put("src", "big.bin", &big);
+    // The destination proxy holds the answer to part 3 until the run is dead.
+    let (reached, reached_rx) = std::sync::mpsc::channel::<()>();
+    let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let r2 = released.clone();
+    let hold: Rewrite = Arc::new(move |head: &str, status, body| {
+        if head.starts_with("PUT ") && head.contains("partNumber=3") {
+            let _ = reached.send(());
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while !r2.load(std::sync::atomic::Ordering::Relaxed)
+                && std::time::Instant::now() < until
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+        (status, vec![], body)
+    });
+    let (dest_proxy, _) = recording_proxy(&s3.moto.endpoint, hold);
+    let env = s3.moto.env(REGION);
+    let mut run = std::process::Command::new(hub_tests::transfer_hub_bin())
+        .args(multipart_args(&s3, &dest_proxy.endpoint))
+        .envs(env.iter().cloned())
+        .env_remove("REGISTRY_AUTH_FILE")
+        .env("HOME", std::env::temp_dir().join("transfer-hub-test-home"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let got_there = reached_rx.recv_timeout(std::time::Duration::from_secs(120));
+    run.kill().unwrap(); // SIGKILL: nothing of the run's own clean-up happens
+    run.wait().unwrap();
+    released.store(true, std::sync::atomic::Ordering::Relaxed);
+    got_there.expect("the run reached part 3");
+    assert_eq!(
+        s3.get("dst", "a-first.txt").as_deref(),
+        Some(&b"copied before the kill"[..])
+    );
+    assert_eq!(s3.get("dst", "big.bin"), None, "not complete when killed");
+    assert_eq!(s3.open_uploads("dst"), 1);
+
+    let (again, heads) = recording_proxy(&s3.moto.endpoint, untouched());
+    let a = multipart_args(&s3, &again.endpoint);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let second = transfer_hub(&a.iter().map(String::as_str).collect::<Vec<_>>(), &env);
+    assert_eq!(second.code, 0, "{}\n{}", second.stdout, second.stderr);
+    assert_eq!(
+        counts(&second.json()),
+        (1, 1, 0),
+        "big.bin copied, a-first.txt in sync"
+    );
+    let sent: Vec<String> = part_puts(&heads);
+    let numbers: Vec<&str> = sent
+        .iter()
+        .map(|l| {
+            l.split("partNumber=")
+                .nth(1)
+                .unwrap()
+                .split(['&', ' '])
+                .next()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        numbers,
+        ["3", "4", "5"],
+        "parts 1 and 2 are not sent again: {sent:?}"
+    );
+    assert!(
+        !heads
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|h| h.starts_with("PUT ") && h.contains("a-first.txt")),
+        "the object finished before the kill is not copied again"
+    );
+    let got = s3.get("dst", "big.bin").unwrap();
+    assert_eq!(got.len(), big.len());
+    assert_eq!(
+        Md5::digest(&got),
+        Md5::digest(&big),
+        "the completed object equals the source"
+    );
+    assert_eq!(
+        s3.open_uploads("dst"),
+        0,
+        "the same upload was completed, none left open"
+    );
 }
 
 #[test]
