@@ -98,6 +98,10 @@ struct ObjectsArgs {
     /// Part size in bytes for multipart copies (5 MiB to 5 GiB; grown for huge objects).
     #[arg(long, default_value_t = hub_core::objects::multipart::DEFAULT_PART)]
     part_size: u64,
+    /// Bytes of object data streamed copies hold in memory at once (parts or small objects
+    /// read before they are written); at least one part is always let through.
+    #[arg(long, default_value_t = 1 << 30)]
+    stream_buffer: u64,
     /// Objects of at least this many bytes are copied in parts.
     #[arg(long, default_value_t = hub_core::objects::multipart::DEFAULT_THRESHOLD)]
     multipart_threshold: u64,
@@ -292,6 +296,13 @@ async fn objects_sync(a: ObjectsArgs) -> Result<ExitCode> {
     use hub_core::objects::run::{ObjectEdges, ObjectsSpec, run_objects};
     use hub_core::objects::transfer::Mode;
     check_part_size(a.part_size).map_err(config)?;
+    if a.stream_buffer < a.part_size {
+        return Err(config(anyhow::anyhow!(
+            "--stream-buffer {} is less than one part (--part-size {}): expected at least the part size",
+            a.stream_buffer,
+            a.part_size
+        )));
+    }
     let side = |url: &Option<String>, region: &Option<String>, profile: &Option<String>| Endpoint {
         region: region.clone(),
         url: url.clone(),
@@ -351,6 +362,7 @@ async fn objects_sync(a: ObjectsArgs) -> Result<ExitCode> {
         },
         dry_run: a.dry_run,
         spill_dir: None,
+        stream_buffer: a.stream_buffer,
     };
     let progress = output::Live::new(a.output == OutputFormat::Text, a.dry_run);
     progress.streaming("object");

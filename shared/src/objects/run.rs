@@ -1,6 +1,7 @@
 //! The one-machine object sync: list both sides → streaming merge → copy what differs
 //! with bounded concurrency and retries → verify → record. Parts of big objects share
-//! the same concurrency bound as whole objects, and the upload ledger in the state file
+//! the same concurrency bound as whole objects (and, when streamed, one bound on the
+//! bytes held in memory), and the upload ledger in the state file
 //! lets an interrupted run resume without redoing finished parts.
 
 use super::bucket::Bucket;
@@ -18,7 +19,7 @@ use futures::StreamExt;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, SemaphorePermit, mpsc};
 
 /// One object sync run's settings.
 #[derive(Debug, Clone)]
@@ -36,6 +37,45 @@ pub struct ObjectsSpec {
     pub dry_run: bool,
     /// Where an unsorted listing is sorted on disk (default: the system temp dir).
     pub spill_dir: Option<PathBuf>,
+    /// Object bytes streamed copies may hold in memory at once (each part, or small object,
+    /// is read whole before it is written); at least one part is always let through.
+    pub stream_buffer: u64,
+}
+
+/// What bounds the copies of one run: requests in flight, and the bytes streamed copies
+/// hold in memory at once, so memory follows `stream_buffer`, not object sizes.
+struct Permits {
+    requests: Semaphore,
+    /// In KiB.
+    buffer: Semaphore,
+    buffer_kib: u32,
+}
+
+impl Permits {
+    fn new(spec: &ObjectsSpec) -> Self {
+        let buffer_kib = spec.stream_buffer.div_ceil(1024).clamp(1, u32::MAX.into()) as u32;
+        Self {
+            requests: Semaphore::new(spec.concurrency.max(1)),
+            buffer: Semaphore::new(buffer_kib as usize),
+            buffer_kib,
+        }
+    }
+
+    /// A request slot, after `bytes` of buffer when `mode` moves them through memory.
+    async fn take(
+        &self,
+        mode: Mode,
+        bytes: u64,
+    ) -> (SemaphorePermit<'_>, Option<SemaphorePermit<'_>>) {
+        let held = match mode {
+            Mode::Server => None,
+            Mode::Stream => {
+                let kib = bytes.div_ceil(1024).clamp(1, self.buffer_kib.into()) as u32;
+                Some(self.buffer.acquire_many(kib).await.expect("semaphore open"))
+            }
+        };
+        (self.requests.acquire().await.expect("semaphore open"), held)
+    }
 }
 
 /// The edges of an object run.
@@ -181,7 +221,7 @@ where
 {
     let (tx, rx) = mpsc::channel::<Entry>(1024);
     let (in_sync, copies) = (std::cell::Cell::new(0u64), std::cell::Cell::new(0u64));
-    let permits = Arc::new(Semaphore::new(spec.concurrency.max(1)));
+    let permits = Arc::new(Permits::new(spec));
     let producer = async {
         // Checksums are not in listings: equal sizes are settled by one HEAD on each side.
         let listed = match spec.compare {
@@ -275,7 +315,7 @@ async fn copy_object(
     spec: &ObjectsSpec,
     edges: &ObjectEdges<'_>,
     e: Entry,
-    permits: Arc<Semaphore>,
+    permits: Arc<Permits>,
 ) -> ItemRecord {
     let started = Utc::now();
     let mut rec = ItemRecord {
@@ -318,7 +358,7 @@ async fn copy_object(
         ),
         Ok(Plan::Single) => {
             with_retries(&spec.retry, |_| async {
-                let _p = permits.acquire().await.expect("semaphore open");
+                let _p = permits.take(spec.mode, e.size).await;
                 t.single(&e).await
             })
             .await
@@ -354,7 +394,7 @@ async fn multipart_copy(
     e: &Entry,
     part_size: u64,
     parts: &[multipart::Part],
-    permits: &Semaphore,
+    permits: &Permits,
 ) -> Result<Option<String>, ItemError> {
     let upload = t
         .open_upload(ledger, e, part_size, parts.len() as u32)
@@ -368,7 +408,7 @@ async fn multipart_copy(
         .collect();
     let todo = parts.iter().filter(|p| !done.contains(&p.number));
     let results = futures::future::join_all(todo.map(|p| async {
-        let _permit = permits.acquire().await.expect("semaphore open");
+        let _permit = permits.take(t.mode, p.len).await;
         let etag = t.part(e, &upload.upload_id, p).await?;
         ledger
             .part_done(&upload, p.number, &etag)

@@ -596,6 +596,54 @@ fn a_run_killed_between_parts_resumes_from_the_state_file() {
     );
 }
 
+/// Streamed parts are read whole before they are written, so `--stream-buffer` bounds the
+/// parts in flight whatever `--concurrency` allows: 10 MiB of buffer, 5 MiB parts, eight
+/// request slots → never more than two part uploads at once (each held for 300 ms).
+#[test]
+fn streamed_parts_in_flight_stay_within_the_stream_buffer() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const MIB: usize = 1024 * 1024;
+    let s3 = S3::start(&["src", "dst"]);
+    let big: Vec<u8> = (0..30 * MIB + 99).map(|i| (i % 251) as u8).collect();
+    s3.put("src", "big.bin", &big);
+    let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let up = s3.moto.endpoint.trim_start_matches("http://").to_string();
+    let (n1, p1, n2) = (now.clone(), peak.clone(), now.clone());
+    let is_part = |h: &str| h.starts_with("PUT ") && h.contains("partNumber=");
+    let proxy = HttpProxy::start(
+        Arc::new(move |head: &str| {
+            if is_part(head) {
+                let n = n1.fetch_add(1, Ordering::SeqCst) + 1;
+                p1.fetch_max(n, Ordering::SeqCst);
+            }
+            (up.clone(), head.to_string())
+        }),
+        Arc::new(move |head: &str, status, body| {
+            if is_part(head) {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                n2.fetch_sub(1, Ordering::SeqCst);
+            }
+            (status, vec![], body)
+        }),
+    );
+    let mut a = multipart_args(&s3, &proxy.endpoint);
+    let eight = a.iter().position(|x| x == "--concurrency").unwrap() + 1;
+    a[eight] = "8".into();
+    a.extend(["--stream-buffer".to_string(), (10 * MIB).to_string()]);
+    let env = s3.moto.env(REGION);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let run = transfer_hub(&a.iter().map(String::as_str).collect::<Vec<_>>(), &env);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(counts(&run.json()), (1, 0, 0));
+    let most = peak.load(Ordering::SeqCst);
+    assert!(
+        (1..=2).contains(&most),
+        "{most} part uploads at once with room for two"
+    );
+    let got = s3.get("dst", "big.bin").unwrap();
+    assert_eq!(Md5::digest(&got), Md5::digest(&big));
+}
+
 #[test]
 fn a_listing_out_of_key_order_is_sorted_on_disk_and_nothing_is_missed() {
     let s3 = S3::start(&["src", "dst"]);
@@ -659,6 +707,17 @@ fn bad_input_is_named_before_anything_runs() {
                 "1024",
             ],
             "1024",
+        ),
+        (
+            vec![
+                "objects",
+                "sync",
+                "s3://src",
+                "s3://dst",
+                "--stream-buffer",
+                "1000000",
+            ],
+            "--stream-buffer 1000000",
         ),
     ] {
         let run = transfer_hub(&args, &[]);
