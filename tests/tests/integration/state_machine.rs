@@ -71,6 +71,90 @@ fn definition() -> String {
         .replace("\"IntervalSeconds\": 2", "\"IntervalSeconds\": 1")
 }
 
+/// A moto whose Step Functions interpreter runs executions and makes its service calls to
+/// `http://localhost:{router_port}` (MOTO_PORT), where the test's Lambda router listens.
+fn interpreting_moto(router_port: u16) -> MotoServer {
+    let moto = MotoServer::start_with_env(&[("MOTO_PORT", router_port.to_string())]);
+    reqwest::blocking::Client::new()
+        .post(format!("{}/moto-api/config", moto.endpoint))
+        .json(&serde_json::json!({"stepfunctions": {"execute_state_machine": true}, "lambda": {"use_docker": false}}))
+        .send()
+        .unwrap();
+    moto
+}
+
+/// Creates a state machine from `definition`, starts one execution of it named `name`
+/// with `input`, and looks every 200 ms (calling `between` before each look) until it ends or
+/// `limit` passes; returns its status and output, with the last history events when it
+/// did not succeed.
+fn execute(
+    rt: &tokio::runtime::Runtime,
+    moto: &MotoServer,
+    watch: &LambdaWatch,
+    (name, definition, input): (&str, String, &str),
+    limit: Duration,
+    mut between: impl FnMut(),
+) -> (String, String) {
+    let sfn = aws_sdk_sfn::Client::new(&rt.block_on(moto.sdk_config(REGION)));
+    let sm = rt
+        .block_on(
+            sfn.create_state_machine()
+                .name(format!("{name}-machine"))
+                .definition(definition)
+                .role_arn(format!("arn:aws:iam::{ACCOUNT}:role/sfn"))
+                .send(),
+        )
+        .unwrap()
+        .state_machine_arn()
+        .to_string();
+    let started = rt.block_on(
+        sfn.start_execution()
+            .state_machine_arn(&sm)
+            .name(name)
+            .input(input)
+            .send(),
+    );
+    let exec = match started {
+        Ok(o) => o.execution_arn().to_string(),
+        Err(e) => {
+            let log = moto.log();
+            panic!(
+                "StartExecution {name}: {e:?}\nmoto log (end):\n{}",
+                &log[log.len().saturating_sub(6000)..]
+            )
+        }
+    };
+    let deadline = Instant::now() + limit;
+    loop {
+        between();
+        let d = rt
+            .block_on(sfn.describe_execution().execution_arn(&exec).send())
+            .unwrap();
+        if d.status().as_str() != "RUNNING" {
+            let mut out = d.output().unwrap_or_default().to_string();
+            if d.status().as_str() != "SUCCEEDED" {
+                let h = rt
+                    .block_on(
+                        sfn.get_execution_history()
+                            .execution_arn(&exec)
+                            .reverse_order(true)
+                            .max_results(15)
+                            .send(),
+                    )
+                    .unwrap();
+                out.push_str(&format!("\nlast events: {:#?}", h.events()));
+            }
+            return (d.status().as_str().to_string(), out);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "execution {name} still running after {limit:?}\n{}",
+            watch.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 struct Fargate {
     started: HashMap<String, Child>,
     max_running: usize,
@@ -151,7 +235,6 @@ impl Drop for Fargate {
 struct Aws {
     moto: MotoServer,
     conf: aws_config::SdkConfig,
-    sfn: aws_sdk_sfn::Client,
     ecs: aws_sdk_ecs::Client,
     worker_env: Vec<(String, String)>,
     queue_url: String,
@@ -168,14 +251,9 @@ impl Aws {
         list: &[String],
     ) -> Self {
         let router_port = free_port();
-        let moto = MotoServer::start_with_env(&[("MOTO_PORT", router_port.to_string())]);
+        let moto = interpreting_moto(router_port);
         let conf = rt.block_on(moto.sdk_config(REGION));
         let ecs_fix = hub_tests::ecs_types_proxy(&moto.endpoint);
-        reqwest::blocking::Client::new()
-            .post(format!("{}/moto-api/config", moto.endpoint))
-            .json(&serde_json::json!({"stepfunctions": {"execute_state_machine": true}, "lambda": {"use_docker": false}}))
-            .send()
-            .unwrap();
         let (subnet, sg) = moto.network(REGION);
         let (topic, queue_url) = rt.block_on(async {
             aws_fixtures::status_table(&conf, "status").await;
@@ -223,7 +301,6 @@ impl Aws {
                 .build(),
         );
         Self {
-            sfn: aws_sdk_sfn::Client::new(&conf),
             ecs,
             worker_env: moto.env(REGION),
             queue_url,
@@ -244,66 +321,14 @@ impl Aws {
         input: &str,
         fargate: &mut Fargate,
     ) -> (String, String) {
-        let sm = rt
-            .block_on(
-                self.sfn
-                    .create_state_machine()
-                    .name(format!("images-{name}"))
-                    .definition(definition())
-                    .role_arn(format!("arn:aws:iam::{ACCOUNT}:role/sfn"))
-                    .send(),
-            )
-            .unwrap()
-            .state_machine_arn()
-            .to_string();
-        let started = rt.block_on(
-            self.sfn
-                .start_execution()
-                .state_machine_arn(&sm)
-                .name(name)
-                .input(input)
-                .send(),
-        );
-        let exec = match started {
-            Ok(o) => o.execution_arn().to_string(),
-            Err(e) => {
-                let log = self.moto.log();
-                panic!(
-                    "StartExecution {name}: {e:?}\nmoto log (end):\n{}",
-                    &log[log.len().saturating_sub(6000)..]
-                )
-            }
-        };
-        let deadline = Instant::now() + Duration::from_secs(600);
-        loop {
-            fargate.step(rt, &self.ecs, &self.worker_env);
-            let d = rt
-                .block_on(self.sfn.describe_execution().execution_arn(&exec).send())
-                .unwrap();
-            if d.status().as_str() != "RUNNING" {
-                let mut out = d.output().unwrap_or_default().to_string();
-                if d.status().as_str() != "SUCCEEDED" {
-                    let h = rt
-                        .block_on(
-                            self.sfn
-                                .get_execution_history()
-                                .execution_arn(&exec)
-                                .reverse_order(true)
-                                .max_results(15)
-                                .send(),
-                        )
-                        .unwrap();
-                    out.push_str(&format!("\nlast events: {:#?}", h.events()));
-                }
-                return (d.status().as_str().to_string(), out);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "execution still running after 10 minutes\n{}",
-                self.watch.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        execute(
+            rt,
+            &self.moto,
+            &self.watch,
+            (name, definition(), input),
+            Duration::from_secs(600),
+            || fargate.step(rt, &self.ecs, &self.worker_env),
+        )
     }
 
     /// The tasks moto's ECS holds in the copy cluster (every `RunTask` the run made).
@@ -449,13 +474,8 @@ fn the_state_machine_copies_eleven_images_records_the_twelfth_as_failed_and_a_qu
 fn the_object_diff_state_machine_runs_rounds_until_both_listings_are_done() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let router_port = free_port();
-    let moto = MotoServer::start_with_env(&[("MOTO_PORT", router_port.to_string())]);
+    let moto = interpreting_moto(router_port);
     let conf = rt.block_on(moto.sdk_config(REGION));
-    reqwest::blocking::Client::new()
-        .post(format!("{}/moto-api/config", moto.endpoint))
-        .json(&serde_json::json!({"stepfunctions": {"execute_state_machine": true}, "lambda": {"use_docker": false}}))
-        .send()
-        .unwrap();
     let s3 = aws_sdk_s3::Client::new(&conf);
     let sqs = aws_sdk_sqs::Client::new(&conf);
     let queue = rt.block_on(async {
@@ -523,50 +543,14 @@ fn the_object_diff_state_machine_runs_rounds_until_both_listings_are_done() {
             &format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:diff-objects"),
         )
         .replace("\"IntervalSeconds\": 5", "\"IntervalSeconds\": 1");
-    let sfn = aws_sdk_sfn::Client::new(&conf);
-    let (status, output) = rt.block_on(async {
-        let sm = sfn
-            .create_state_machine()
-            .name("objects-diff")
-            .definition(definition)
-            .role_arn(format!("arn:aws:iam::{ACCOUNT}:role/sfn"))
-            .send()
-            .await
-            .unwrap()
-            .state_machine_arn()
-            .to_string();
-        let exec = sfn
-            .start_execution()
-            .state_machine_arn(&sm)
-            .name("hourly")
-            .input("{}")
-            .send()
-            .await
-            .unwrap()
-            .execution_arn()
-            .to_string();
-        let deadline = Instant::now() + Duration::from_secs(300);
-        loop {
-            let d = sfn
-                .describe_execution()
-                .execution_arn(&exec)
-                .send()
-                .await
-                .unwrap();
-            if d.status().as_str() != "RUNNING" {
-                break (
-                    d.status().as_str().to_string(),
-                    d.output().unwrap_or_default().to_string(),
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "still running after 5 minutes\n{}",
-                watch.log()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    });
+    let (status, output) = execute(
+        &rt,
+        &moto,
+        &watch,
+        ("hourly", definition, "{}"),
+        Duration::from_secs(300),
+        || {},
+    );
     assert_eq!(status, "SUCCEEDED", "{output}\n{}", watch.log());
     let out: serde_json::Value = serde_json::from_str(&output).unwrap();
     // 12 source keys and 1 only at the destination, one a round, then a round with nothing
