@@ -6,6 +6,8 @@
 //!    then the no-op re-run, `transfer-hub objects sync` vs `s5cmd sync` vs `rclone sync`
 //!    (the same size-only rule for all three; each into its own bucket).
 //! 3. One 6 GiB object S3→S3 (server-side part copies) vs rclone; s5cmd is tried too.
+//! 4. Peak RSS of `objects sync --copy-mode stream` moving one 1 GiB and one 2 GiB object
+//!    with 64 MiB parts and `--stream-buffer 256 MiB`: bounded by it, not by the object.
 //!
 //!    Ours runs twice: with rclone's part layout (the same requests: the like-for-like row)
 //!    and with our default 64 MiB parts.
@@ -13,7 +15,8 @@
 //! Run it through `scripts/bench-objects` (release build). Knobs: `BENCH_DIFF_KEYS`
 //! (1000000), `BENCH_OBJECTS` (10000), `BENCH_OBJECT_KIB` (16), `BENCH_TRIALS` (3),
 //! `BENCH_BIG_GIB` (6, 0 skips), `BENCH_BIG_TRIALS` (1), `BENCH_BIG_DEFAULT_PARTS` (1; 0
-//! skips our default-parts run, ~11 min on s3s-fs), `BENCH_DIR` (where s3s-fs keeps its
+//! skips our default-parts run, ~11 min on s3s-fs), `BENCH_MEM_GIB` (1, 0 skips),
+//! `BENCH_MEM_BUFFER_MIB` (256), `BENCH_DIR` (where s3s-fs keeps its
 //! data; the temp dir), `S5CMD` (the s5cmd binary; else the one on PATH).
 
 use futures::stream::{self, Stream, StreamExt};
@@ -638,6 +641,144 @@ fn bench_small(rt: &tokio::runtime::Runtime, s: &S3fs, t: &Tools, rows: &mut Vec
     s.drop_bucket("small-src");
 }
 
+/// A file of `size` random bytes (a multiple of 8 MiB).
+fn write_random(path: &Path, size: u64) {
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
+    let mut chunk = vec![0u8; 8 << 20];
+    for _ in 0..size / chunk.len() as u64 {
+        fastrand::fill(&mut chunk);
+        f.write_all(&chunk).unwrap();
+    }
+    f.flush().unwrap();
+}
+
+/// Runs a command to its end, reading its peak RSS (VmHWM, KiB) from /proc every 10 ms;
+/// the last reading before it exits is its peak (VmHWM only grows).
+fn run_with_peak_rss(mut c: std::process::Command) -> (Out, u64) {
+    let t = Instant::now();
+    let mut child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the command starts");
+    let status_file = format!("/proc/{}/status", child.id());
+    // Read the pipes on their own threads so a chatty child never blocks on them.
+    let pipe = |r: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut v = String::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_string(&mut v);
+            }
+            v
+        })
+    };
+    let out = pipe(child.stdout.take().map(|r| Box::new(r) as _));
+    let err = pipe(child.stderr.take().map(|r| Box::new(r) as _));
+    let mut peak = 0u64;
+    let status = loop {
+        if let Some(kib) = std::fs::read_to_string(&status_file).ok().and_then(|st| {
+            st.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        }) {
+            peak = peak.max(kib);
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if t.elapsed() > LIMIT {
+            let _ = child.kill();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let out = Out {
+        dur: t.elapsed(),
+        ok: status.success(),
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    };
+    (out, peak)
+}
+
+/// 4. Memory of one machine moving big objects by streaming (GET a range → PUT a part):
+/// peak RSS for objects of 1× and 2× `BENCH_MEM_GIB` with 64 MiB parts, the default
+/// request slots (64) and `--stream-buffer` of `BENCH_MEM_BUFFER_MIB`. It should follow
+/// the buffer, not the object's size.
+fn bench_memory(s: &S3fs, t: &Tools, rows: &mut Vec<Row>) {
+    let gib = env_num("BENCH_MEM_GIB", 1);
+    let buffer_mib = env_num("BENCH_MEM_BUFFER_MIB", 256);
+    let part_mib = 64u64;
+    let scenario = format!(
+        "peak RSS streaming one object, {part_mib} MiB parts, --stream-buffer {buffer_mib} MiB"
+    );
+    let target = format!("≤ {buffer_mib} MiB + 64 MiB, for both sizes");
+    if gib == 0 {
+        rows.push(note(
+            &scenario,
+            "skipped (BENCH_MEM_GIB=0)".into(),
+            "—".into(),
+            &target,
+        ));
+        return;
+    }
+    let bound_mib = buffer_mib + 64;
+    let mut cells = Vec::new();
+    let mut met = true;
+    for n in [gib, 2 * gib] {
+        let size = n << 30;
+        let src = s.bucket("mem-src").join("big.bin");
+        write_random(&src, size);
+        let dst = s.bucket("mem-dst");
+        let cmd = t.ours(
+            s,
+            "s3://mem-src",
+            "s3://mem-dst",
+            &[
+                "--copy-mode",
+                "stream",
+                "--part-size",
+                &(part_mib << 20).to_string(),
+                "--stream-buffer",
+                &(buffer_mib << 20).to_string(),
+            ],
+        );
+        eprintln!("streaming a {n} GiB object, {buffer_mib} MiB of buffer…");
+        let (o, kib) = run_with_peak_rss(cmd.into_std());
+        let mib = kib / 1024;
+        let checked = same_big(&src, &dst.join("big.bin"));
+        match (o.ok, checked) {
+            (true, Ok(())) => {
+                met &= mib <= bound_mib;
+                cells.push(format!("{n} GiB: {mib} MiB ({})", secs(o.dur)));
+            }
+            (true, Err(e)) => {
+                met = false;
+                cells.push(format!("{n} GiB: exit 0 but {e}"));
+            }
+            (false, _) => {
+                met = false;
+                cells.push(format!(
+                    "{n} GiB: failed after {}: {}",
+                    secs(o.dur),
+                    o.error_text()
+                ));
+            }
+        }
+        s.drop_bucket("mem-src");
+        s.drop_bucket("mem-dst");
+    }
+    rows.push(row(
+        &scenario,
+        cells.join("; "),
+        format!("bound {bound_mib} MiB"),
+        "—".into(),
+        &target,
+        met,
+    ));
+}
+
 /// Free bytes on the file system of `dir` (from `df`).
 fn free_bytes(dir: &Path) -> u64 {
     let out = std::process::Command::new("df")
@@ -714,16 +855,7 @@ fn bench_big(rt: &tokio::runtime::Runtime, s: &S3fs, t: &Tools, rows: &mut Vec<R
     }
     eprintln!("writing a {gib} GiB object…");
     let src = s.bucket("big-src").join("big.bin");
-    {
-        let mut f =
-            std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&src).unwrap());
-        let mut chunk = vec![0u8; 8 << 20];
-        for _ in 0..size / chunk.len() as u64 {
-            fastrand::fill(&mut chunk);
-            f.write_all(&chunk).unwrap();
-        }
-        f.flush().unwrap();
-    }
+    write_random(&src, size);
     let trials = env_num("BENCH_BIG_TRIALS", 1).max(1);
     let default_parts = env_num("BENCH_BIG_DEFAULT_PARTS", 1) != 0;
     let flush = || {
@@ -905,6 +1037,7 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     bench_small(&rt, &server, &tools, &mut rows);
     bench_big(&rt, &server, &tools, &mut rows);
+    bench_memory(&server, &tools, &mut rows);
     drop(server);
 
     print_table(&rows);
