@@ -463,6 +463,95 @@ fn parts_done_by_several_workers_in_any_order_and_twice_complete_into_the_source
     assert_eq!(s.open_uploads(), 0);
 }
 
+/// An upload whose part jobs stopped coming (one of four done) is stuck once it is older
+/// than STUCK_AFTER_MINUTES: check-multipart aborts it and queues the object again; the
+/// old upload's late part jobs do no harm, and the new plan completes into the source.
+#[test]
+fn a_stuck_upload_is_aborted_and_planned_again_into_the_source_object() {
+    let s = Suite::start();
+    let big = data(16 * MIB + 4321, 7);
+    s.put("in/big.bin", &big);
+    let f = s.function(&[]);
+    s.rt.block_on(f.diff(Default::default(), 0)).unwrap();
+    let ev = s.receive(&s.queue);
+    assert!(
+        s.rt.block_on(f.transfer(ev.clone()))
+            .unwrap()
+            .batch_item_failures
+            .is_empty()
+    );
+    s.ack(&s.queue, &ev, &[]);
+    let old_parts = s.receive(&s.queue);
+    assert_eq!(old_parts.records.len(), 4);
+    s.ack(&s.queue, &old_parts, &[]);
+    // Only part 1 is done; the other three jobs are lost for now.
+    let first: SqsEvent =
+        serde_json::from_value(serde_json::json!({ "Records": [old_parts.records[0].clone()] }))
+            .unwrap();
+    assert!(
+        s.rt.block_on(f.transfer(first))
+            .unwrap()
+            .batch_item_failures
+            .is_empty()
+    );
+    // Not yet stuck with the default age: it waits.
+    let sum = s.rt.block_on(f.check(serde_json::json!({}))).unwrap();
+    assert_eq!((sum.waiting, sum.replanned), (1, 0), "{sum:?}");
+    assert_eq!(s.open_uploads(), 1);
+    // Stuck at once with an age of 0 minutes.
+    let impatient = s.function(&[("STUCK_AFTER_MINUTES", "0")]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let sum =
+        s.rt.block_on(impatient.check(serde_json::json!({})))
+            .unwrap();
+    assert_eq!(sum.replanned, 1, "{sum:?}");
+    assert_eq!(s.open_uploads(), 0, "the stuck upload is aborted");
+    let again = s.receive(&s.queue);
+    let jobs = Suite::bodies(&again);
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(
+        (jobs[0]["kind"].as_str(), jobs[0]["key"].as_str()),
+        (Some("object"), Some("big.bin"))
+    );
+    // The old upload's late part jobs come back: harmless, not failures, no upload opened.
+    let late: SqsEvent =
+        serde_json::from_value(serde_json::json!({ "Records": old_parts.records[1..].to_vec() }))
+            .unwrap();
+    assert!(
+        s.rt.block_on(f.transfer(late))
+            .unwrap()
+            .batch_item_failures
+            .is_empty()
+    );
+    assert_eq!(s.open_uploads(), 0);
+    // The new plan runs to the end.
+    assert!(
+        s.rt.block_on(f.transfer(again.clone()))
+            .unwrap()
+            .batch_item_failures
+            .is_empty()
+    );
+    s.ack(&s.queue, &again, &[]);
+    let parts = s.receive(&s.queue);
+    assert_eq!(parts.records.len(), 4);
+    assert!(
+        s.rt.block_on(f.transfer(parts.clone()))
+            .unwrap()
+            .batch_item_failures
+            .is_empty()
+    );
+    s.ack(&s.queue, &parts, &[]);
+    let sum = s.rt.block_on(f.check(serde_json::json!({}))).unwrap();
+    assert_eq!(sum.completed, 1, "{sum:?}");
+    let got = s.get("dst", "out/big.bin").unwrap();
+    assert_eq!(
+        Md5::digest(&got),
+        Md5::digest(&big),
+        "the object equals the source"
+    );
+    assert_eq!(s.open_uploads(), 0);
+}
+
 #[test]
 fn a_bad_message_is_reported_and_ends_in_the_dead_letter_queue_while_the_others_go_on() {
     let s = Suite::start();
