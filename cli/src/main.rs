@@ -296,13 +296,6 @@ async fn objects_sync(a: ObjectsArgs) -> Result<ExitCode> {
     use hub_core::objects::run::{ObjectEdges, ObjectsSpec, run_objects};
     use hub_core::objects::transfer::Mode;
     check_part_size(a.part_size).map_err(config)?;
-    if a.stream_buffer < a.part_size {
-        return Err(config(anyhow::anyhow!(
-            "--stream-buffer {} is less than one part (--part-size {}): expected at least the part size",
-            a.stream_buffer,
-            a.part_size
-        )));
-    }
     let side = |url: &Option<String>, region: &Option<String>, profile: &Option<String>| Endpoint {
         region: region.clone(),
         url: url.clone(),
@@ -321,6 +314,14 @@ async fn objects_sync(a: ObjectsArgs) -> Result<ExitCode> {
         }
         CopyMode::Auto => Mode::Stream,
     };
+    // Streamed parts are read whole: one must fit (server-side copies hold no bytes).
+    if mode == Mode::Stream && a.stream_buffer < a.part_size {
+        return Err(config(anyhow::anyhow!(
+            "--stream-buffer {} is less than one part (--part-size {}): expected at least the part size when streaming",
+            a.stream_buffer,
+            a.part_size
+        )));
+    }
     let src = Bucket {
         client: connect(&src_ep, None)
             .await

@@ -201,6 +201,10 @@ pub fn is_md5_etag(e: &str) -> bool {
 /// Listing pages read ahead of the consumer, per listing (1,000 keys a page on S3).
 pub const LIST_PAGES_AHEAD: usize = 2;
 
+/// The most a GET reserves up front for its body (a single PutObject's limit, 5 GiB); a
+/// larger announced length grows the buffer as bytes arrive.
+const MAX_BUFFERED: i64 = 5 << 30;
+
 impl Bucket {
     fn payer(&self) -> Option<RequestPayer> {
         self.requester_pays.then_some(RequestPayer::Requester)
@@ -364,13 +368,15 @@ impl Bucket {
             user: o.metadata().cloned().filter(|m| !m.is_empty()),
         };
         let etag = o.e_tag().map(bare_etag);
-        let body = o
-            .body
-            .collect()
-            .await
-            .map_err(|e| body_error(&what, &e))?
-            .into_bytes();
-        Ok((body, meta, etag))
+        // Into one buffer of the announced size as the chunks arrive: collecting the
+        // chunks and joining them would hold the body twice at the peak.
+        let announced = o.content_length().unwrap_or(0).clamp(0, MAX_BUFFERED) as usize;
+        let mut buf = Vec::with_capacity(announced);
+        let mut stream = o.body;
+        while let Some(chunk) = stream.try_next().await.map_err(|e| body_error(&what, &e))? {
+            buf.extend_from_slice(&chunk);
+        }
+        Ok((buf.into(), meta, etag))
     }
 
     /// PutObject with Content-MD5 (S3 refuses a body that does not match). Returns the ETag.

@@ -714,6 +714,8 @@ fn bad_input_is_named_before_anything_runs() {
                 "sync",
                 "s3://src",
                 "s3://dst",
+                "--copy-mode",
+                "stream",
                 "--stream-buffer",
                 "1000000",
             ],
