@@ -2,7 +2,7 @@
 //! moto's S3, SQS, DynamoDB and Secrets Manager on 127.0.0.1, called with SQS events
 //! built like Lambda builds them and with the samples in events/.
 
-use aws_lambda_events::event::sqs::SqsEvent;
+use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use aws_sdk_s3::primitives::ByteStream;
 use hub_core::config::Env;
 use hub_core::functions::ObjectsFn;
@@ -214,6 +214,17 @@ impl Suite {
         }
     }
 
+    /// An SQS event of these records (as one Lambda batch).
+    fn batch(records: &[SqsMessage]) -> SqsEvent {
+        serde_json::from_value(serde_json::json!({ "Records": records })).unwrap()
+    }
+
+    /// Hands a batch to `f` (transfer-object) and asserts no message of it failed.
+    fn handled(&self, f: &ObjectsFn, ev: SqsEvent) {
+        let r = self.rt.block_on(f.transfer(ev)).unwrap();
+        assert!(r.batch_item_failures.is_empty(), "{r:?}");
+    }
+
     fn bodies(ev: &SqsEvent) -> Vec<serde_json::Value> {
         ev.records
             .iter()
@@ -395,8 +406,7 @@ fn parts_done_by_several_workers_in_any_order_and_twice_complete_into_the_source
     // Worker 1 takes the object jobs: the small one is copied, the big one is split.
     let ev = s.receive(&s.queue);
     assert_eq!(ev.records.len(), 2);
-    let r = s.rt.block_on(f.transfer(ev.clone())).unwrap();
-    assert!(r.batch_item_failures.is_empty(), "{r:?}");
+    s.handled(&f, ev.clone());
     s.ack(&s.queue, &ev, &[]);
     assert_eq!(s.get("dst", "out/small.txt").unwrap(), b"hello");
     let parts = s.receive(&s.queue);
@@ -418,9 +428,7 @@ fn parts_done_by_several_workers_in_any_order_and_twice_complete_into_the_source
     ];
     let workers: Vec<ObjectsFn> = (0..3).map(|_| s.function(&[])).collect();
     for (w, b) in workers.iter().zip(batches) {
-        let ev: SqsEvent = serde_json::from_value(serde_json::json!({ "Records": b })).unwrap();
-        let r = s.rt.block_on(w.transfer(ev)).unwrap();
-        assert!(r.batch_item_failures.is_empty(), "{r:?}");
+        s.handled(w, Suite::batch(&b));
     }
     assert_eq!(s.open_uploads(), 1);
     let sum =
@@ -435,15 +443,8 @@ fn parts_done_by_several_workers_in_any_order_and_twice_complete_into_the_source
     );
     assert_eq!(s.open_uploads(), 0, "no upload is left open");
     // A late duplicate of a part job after completion does no harm.
-    let late: SqsEvent =
-        serde_json::from_value(serde_json::json!({ "Records": [parts.records[0].clone()] }))
-            .unwrap();
-    assert!(
-        s.rt.block_on(f.transfer(late))
-            .unwrap()
-            .batch_item_failures
-            .is_empty()
-    );
+    let late = Suite::batch(&parts.records[..1]);
+    s.handled(&f, late);
     assert_eq!(s.open_uploads(), 0);
     assert_eq!(s.get("dst", "out/big.bin").unwrap().len(), big.len());
     // An upload nobody knows about (a crashed run's leftover) is reaped once it is old.
@@ -474,26 +475,14 @@ fn a_stuck_upload_is_aborted_and_planned_again_into_the_source_object() {
     let f = s.function(&[]);
     s.rt.block_on(f.diff(Default::default(), 0)).unwrap();
     let ev = s.receive(&s.queue);
-    assert!(
-        s.rt.block_on(f.transfer(ev.clone()))
-            .unwrap()
-            .batch_item_failures
-            .is_empty()
-    );
+    s.handled(&f, ev.clone());
     s.ack(&s.queue, &ev, &[]);
     let old_parts = s.receive(&s.queue);
     assert_eq!(old_parts.records.len(), 4);
     s.ack(&s.queue, &old_parts, &[]);
     // Only part 1 is done; the other three jobs are lost for now.
-    let first: SqsEvent =
-        serde_json::from_value(serde_json::json!({ "Records": [old_parts.records[0].clone()] }))
-            .unwrap();
-    assert!(
-        s.rt.block_on(f.transfer(first))
-            .unwrap()
-            .batch_item_failures
-            .is_empty()
-    );
+    let first = Suite::batch(&old_parts.records[..1]);
+    s.handled(&f, first);
     // Not yet stuck with the default age: it waits.
     let sum = s.rt.block_on(f.check(serde_json::json!({}))).unwrap();
     assert_eq!((sum.waiting, sum.replanned), (1, 0), "{sum:?}");
@@ -514,32 +503,15 @@ fn a_stuck_upload_is_aborted_and_planned_again_into_the_source_object() {
         (Some("object"), Some("big.bin"))
     );
     // The old upload's late part jobs come back: harmless, not failures, no upload opened.
-    let late: SqsEvent =
-        serde_json::from_value(serde_json::json!({ "Records": old_parts.records[1..].to_vec() }))
-            .unwrap();
-    assert!(
-        s.rt.block_on(f.transfer(late))
-            .unwrap()
-            .batch_item_failures
-            .is_empty()
-    );
+    let late = Suite::batch(&old_parts.records[1..]);
+    s.handled(&f, late);
     assert_eq!(s.open_uploads(), 0);
     // The new plan runs to the end.
-    assert!(
-        s.rt.block_on(f.transfer(again.clone()))
-            .unwrap()
-            .batch_item_failures
-            .is_empty()
-    );
+    s.handled(&f, again.clone());
     s.ack(&s.queue, &again, &[]);
     let parts = s.receive(&s.queue);
     assert_eq!(parts.records.len(), 4);
-    assert!(
-        s.rt.block_on(f.transfer(parts.clone()))
-            .unwrap()
-            .batch_item_failures
-            .is_empty()
-    );
+    s.handled(&f, parts.clone());
     s.ack(&s.queue, &parts, &[]);
     let sum = s.rt.block_on(f.check(serde_json::json!({}))).unwrap();
     assert_eq!(sum.completed, 1, "{sum:?}");
