@@ -100,7 +100,7 @@ struct ObjectsArgs {
     part_size: u64,
     /// Bytes of object data streamed copies hold in memory at once (parts or small objects
     /// read before they are written); at least one part is always let through.
-    #[arg(long, default_value_t = 1 << 30)]
+    #[arg(long, default_value_t = hub_core::objects::run::DEFAULT_STREAM_BUFFER)]
     stream_buffer: u64,
     /// Objects of at least this many bytes are copied in parts.
     #[arg(long, default_value_t = hub_core::objects::multipart::DEFAULT_THRESHOLD)]

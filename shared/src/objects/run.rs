@@ -42,36 +42,33 @@ pub struct ObjectsSpec {
     pub stream_buffer: u64,
 }
 
-/// What bounds the copies of one run: requests in flight, and the bytes streamed copies
-/// hold in memory at once, so memory follows `stream_buffer`, not object sizes.
+/// `--stream-buffer`'s default: 1 GiB.
+pub const DEFAULT_STREAM_BUFFER: u64 = 1 << 30;
+
+/// What bounds the copies of one run: requests in flight, and, when the run streams, the
+/// bytes held in memory at once, so memory follows `stream_buffer`, not object sizes.
 struct Permits {
     requests: Semaphore,
-    /// In KiB.
-    buffer: Semaphore,
-    buffer_kib: u32,
+    /// In KiB; `None` for server-side copies (they hold no bytes).
+    buffer: Option<(Semaphore, u32)>,
 }
 
 impl Permits {
     fn new(spec: &ObjectsSpec) -> Self {
-        let buffer_kib = spec.stream_buffer.div_ceil(1024).clamp(1, u32::MAX.into()) as u32;
+        let kib = spec.stream_buffer.div_ceil(1024).clamp(1, u32::MAX.into()) as u32;
         Self {
             requests: Semaphore::new(spec.concurrency.max(1)),
-            buffer: Semaphore::new(buffer_kib as usize),
-            buffer_kib,
+            buffer: (spec.mode == Mode::Stream).then(|| (Semaphore::new(kib as usize), kib)),
         }
     }
 
-    /// A request slot, after `bytes` of buffer when `mode` moves them through memory.
-    async fn take(
-        &self,
-        mode: Mode,
-        bytes: u64,
-    ) -> (SemaphorePermit<'_>, Option<SemaphorePermit<'_>>) {
-        let held = match mode {
-            Mode::Server => None,
-            Mode::Stream => {
-                let kib = bytes.div_ceil(1024).clamp(1, self.buffer_kib.into()) as u32;
-                Some(self.buffer.acquire_many(kib).await.expect("semaphore open"))
+    /// A request slot, after `bytes` of buffer when the run streams.
+    async fn take(&self, bytes: u64) -> (SemaphorePermit<'_>, Option<SemaphorePermit<'_>>) {
+        let held = match &self.buffer {
+            None => None,
+            Some((buffer, total)) => {
+                let kib = bytes.div_ceil(1024).clamp(1, (*total).into()) as u32;
+                Some(buffer.acquire_many(kib).await.expect("semaphore open"))
             }
         };
         (self.requests.acquire().await.expect("semaphore open"), held)
@@ -358,7 +355,7 @@ async fn copy_object(
         ),
         Ok(Plan::Single) => {
             with_retries(&spec.retry, |_| async {
-                let _p = permits.take(spec.mode, e.size).await;
+                let _p = permits.take(e.size).await;
                 t.single(&e).await
             })
             .await
@@ -408,7 +405,7 @@ async fn multipart_copy(
         .collect();
     let todo = parts.iter().filter(|p| !done.contains(&p.number));
     let results = futures::future::join_all(todo.map(|p| async {
-        let _permit = permits.take(t.mode, p.len).await;
+        let _permit = permits.take(p.len).await;
         let etag = t.part(e, &upload.upload_id, p).await?;
         ledger
             .part_done(&upload, p.number, &etag)

@@ -214,6 +214,23 @@ impl Suite {
         }
     }
 
+    /// Runs check-multipart with `f`: exactly one upload completes, into `out/{key}` with the
+    /// bytes of `source`, and no upload is left open.
+    fn completes(&self, f: &ObjectsFn, key: &str, source: &[u8]) {
+        let sum = self
+            .rt
+            .block_on(f.check(event("check-multipart.json")))
+            .unwrap();
+        assert_eq!(sum.completed, 1, "{sum:?}");
+        let got = self.get("dst", &format!("out/{key}")).unwrap();
+        assert_eq!(
+            Md5::digest(&got),
+            Md5::digest(source),
+            "the completed object equals the source"
+        );
+        assert_eq!(self.open_uploads(), 0, "no upload is left open");
+    }
+
     /// An SQS event of these records (as one Lambda batch).
     fn batch(records: &[SqsMessage]) -> SqsEvent {
         serde_json::from_value(serde_json::json!({ "Records": records })).unwrap()
@@ -431,17 +448,7 @@ fn parts_done_by_several_workers_in_any_order_and_twice_complete_into_the_source
         s.handled(w, Suite::batch(&b));
     }
     assert_eq!(s.open_uploads(), 1);
-    let sum =
-        s.rt.block_on(workers[0].check(event("check-multipart.json")))
-            .unwrap();
-    assert_eq!(sum.completed, 1, "{sum:?}");
-    let got = s.get("dst", "out/big.bin").unwrap();
-    assert_eq!(
-        Md5::digest(&got),
-        Md5::digest(&big),
-        "the completed object equals the source"
-    );
-    assert_eq!(s.open_uploads(), 0, "no upload is left open");
+    s.completes(&workers[0], "big.bin", &big);
     // A late duplicate of a part job after completion does no harm.
     let late = Suite::batch(&parts.records[..1]);
     s.handled(&f, late);
@@ -513,15 +520,7 @@ fn a_stuck_upload_is_aborted_and_planned_again_into_the_source_object() {
     assert_eq!(parts.records.len(), 4);
     s.handled(&f, parts.clone());
     s.ack(&s.queue, &parts, &[]);
-    let sum = s.rt.block_on(f.check(serde_json::json!({}))).unwrap();
-    assert_eq!(sum.completed, 1, "{sum:?}");
-    let got = s.get("dst", "out/big.bin").unwrap();
-    assert_eq!(
-        Md5::digest(&got),
-        Md5::digest(&big),
-        "the object equals the source"
-    );
-    assert_eq!(s.open_uploads(), 0);
+    s.completes(&f, "big.bin", &big);
 }
 
 #[test]
