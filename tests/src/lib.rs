@@ -615,6 +615,11 @@ pub type Route = Arc<dyn Fn(&str) -> (String, String) + Send + Sync>;
 pub type Rewrite =
     Arc<dyn Fn(&str, u16, Vec<u8>) -> (u16, Vec<(String, String)>, Vec<u8>) + Send + Sync>;
 
+/// Answers a request in the proxy itself (given its head), instead of forwarding it:
+/// the status, extra headers and body, or `None` to forward.
+pub type Intercept =
+    Arc<dyn Fn(&str) -> Option<(u16, Vec<(String, String)>, Vec<u8>)> + Send + Sync>;
+
 /// A small HTTP/1.1 proxy on 127.0.0.1, one request per connection, for fitting emulators
 /// together in tests (routing, and fixing what an emulator answers wrongly).
 pub struct HttpProxy {
@@ -629,6 +634,12 @@ impl HttpProxy {
 
     /// The same on a given port of 127.0.0.1 (0: any free port).
     pub fn start_on(port: u16, route: Route, rewrite: Rewrite) -> Self {
+        Self::start_full(port, Arc::new(|_: &str| None), route, rewrite)
+    }
+
+    /// A proxy that first asks `intercept` whether to answer a request itself (what an
+    /// emulator does not enforce, the rig does), then routes and rewrites the rest.
+    pub fn start_full(port: u16, intercept: Intercept, route: Route, rewrite: Rewrite) -> Self {
         let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         listener.set_nonblocking(true).unwrap();
@@ -639,8 +650,9 @@ impl HttpProxy {
                 match listener.accept() {
                     Ok((client, _)) => {
                         let (route, rewrite) = (route.clone(), rewrite.clone());
+                        let intercept = intercept.clone();
                         std::thread::spawn(move || {
-                            let _ = forward_one(client, &route, &rewrite);
+                            let _ = forward_one(client, &intercept, &route, &rewrite);
                         });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
@@ -724,11 +736,25 @@ fn strip_framing(head: &str) -> Vec<String> {
         .collect()
 }
 
-fn forward_one(mut client: TcpStream, route: &Route, rewrite: &Rewrite) -> std::io::Result<()> {
+fn forward_one(
+    mut client: TcpStream,
+    intercept: &Intercept,
+    route: &Route,
+    rewrite: &Rewrite,
+) -> std::io::Result<()> {
     client.set_read_timeout(Some(Duration::from_secs(300)))?;
     let head = read_head(&mut client)?;
     let body = read_body(&mut client, &head, false)?;
     let head_text = String::from_utf8_lossy(&head).to_string();
+    if let Some((status, headers, body)) = intercept(&head_text) {
+        let mut lines = vec![format!("HTTP/1.1 {status} Status")];
+        lines.extend(headers.into_iter().map(|(k, v)| format!("{k}: {v}")));
+        lines.push(format!("Content-Length: {}", body.len()));
+        lines.push("Connection: close".into());
+        client.write_all(format!("{}\r\n\r\n", lines.join("\r\n")).as_bytes())?;
+        client.write_all(&body)?;
+        return client.shutdown(std::net::Shutdown::Both);
+    }
     let (upstream, new_head) = route(&head_text);
     let mut up = TcpStream::connect(&upstream)?;
     let mut lines = strip_framing(&new_head);
@@ -1010,6 +1036,8 @@ impl Drop for LambdaWatch {
 }
 
 /// The resources the AWS suite's template creates, made in moto for tests.
+pub mod s3_rig;
+
 pub mod aws_fixtures {
     use aws_config::SdkConfig;
 
