@@ -62,10 +62,12 @@ enum CopyMode {
 
 #[derive(Args)]
 struct ObjectsArgs {
-    /// Source: s3://BUCKET[/PREFIX].
+    /// Source: s3://BUCKET[/PREFIX]. A prefix is a folder, as in `aws s3 sync`:
+    /// s3://b/data means the objects under data/, never data2/ or database/.
     #[arg(value_parser = hub_core::objects::run::parse_url)]
     source: hub_core::objects::url::S3Url,
-    /// Destination: s3://BUCKET[/PREFIX].
+    /// Destination: s3://BUCKET[/PREFIX]. Keys land under PREFIX/ (a folder, as for the
+    /// source): s3://src/data/a → s3://dst/backup/a.
     #[arg(value_parser = hub_core::objects::run::parse_url)]
     dest: hub_core::objects::url::S3Url,
     /// S3-compatible endpoint of the source (path-style addressing).

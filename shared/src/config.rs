@@ -68,11 +68,15 @@ impl Env {
     /// A variable that must be one of `choices`.
     pub fn choice(&mut self, name: &str, choices: &[&str], default: &str) -> String {
         let v = self.optional(name).unwrap_or_else(|| default.to_string());
-        if !choices.iter().any(|c| c.eq_ignore_ascii_case(&v)) {
-            self.problems
-                .push(format!("{name}={v:?} is not one of {}", choices.join(", ")));
+        match choices.iter().find(|c| c.eq_ignore_ascii_case(&v)) {
+            // Spelled as the choices are (any case accepted), so callers match one form.
+            Some(c) => c.to_string(),
+            None => {
+                self.problems
+                    .push(format!("{name}={v:?} is not one of {}", choices.join(", ")));
+                default.to_string()
+            }
         }
-        v.to_ascii_uppercase()
     }
 
     /// Records a problem found while checking a value.

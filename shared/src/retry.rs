@@ -20,6 +20,10 @@ pub enum ErrorClass {
     DigestMismatch,
     /// Network error, 5xx, 429 or timeout. Retried.
     Retryable,
+    /// The source object changed since it was listed (a pinned read answered 412
+    /// Precondition Failed). Not retried as is: the object is planned again from what the
+    /// source holds now, and never recorded as copied from the old listing.
+    SourceChanged,
 }
 
 /// An AWS SDK error as an item error: "`what`: <the SDK's full error chain>", classed by
@@ -58,6 +62,7 @@ impl ErrorClass {
             ErrorClass::BadInput => "BadInput",
             ErrorClass::DigestMismatch => "DigestMismatch",
             ErrorClass::Retryable => "Retryable",
+            ErrorClass::SourceChanged => "SourceChanged",
         }
     }
     /// Parses a stable name.
@@ -68,6 +73,7 @@ impl ErrorClass {
             Self::BadInput,
             Self::DigestMismatch,
             Self::Retryable,
+            Self::SourceChanged,
         ]
         .into_iter()
         .find(|c| c.as_str() == s)
@@ -104,6 +110,8 @@ impl ErrorClass {
             ErrorClass::AuthDenied
         } else if code.contains("NotFound") && !code.starts_with("Invalid") || status == 404 {
             ErrorClass::NotFound
+        } else if code == "PreconditionFailed" || status == 412 {
+            ErrorClass::SourceChanged
         } else if (400..500).contains(&status) {
             ErrorClass::BadInput
         } else {

@@ -187,6 +187,11 @@ macro_rules! with_object_settings {
     }};
 }
 
+/// An ETag in quotes, as `If-Match` and `x-amz-copy-source-if-match` take it.
+pub fn quoted_etag(e: &str) -> String {
+    format!("\"{}\"", bare_etag(e))
+}
+
 /// ETag without quotes.
 pub fn bare_etag(e: &str) -> String {
     e.trim_matches('"').to_string()
@@ -341,11 +346,16 @@ impl Bucket {
         Ok((!tags.is_empty()).then(|| tags.join("&")))
     }
 
-    /// Reads an object, or a range of it, into memory with its metadata and ETag.
+    /// Reads an object, or a range of it, into memory with its metadata and ETag. The read
+    /// is pinned to the listed version: `if_match` (the listed ETag) goes as `If-Match`, so
+    /// a changed object answers 412 ([`ErrorClass::SourceChanged`]) instead of other bytes,
+    /// and no more than `len` bytes (what the listing or the part plan announced) are read.
     pub async fn get(
         &self,
         rel: &str,
         range: Option<String>,
+        if_match: Option<&str>,
+        len: u64,
     ) -> Result<(bytes::Bytes, Meta, Option<String>), ItemError> {
         let what = format!("GET {}", self.url.object(rel));
         let o = self
@@ -354,10 +364,18 @@ impl Bucket {
             .bucket(&self.url.bucket)
             .key(self.url.key(rel))
             .set_range(range)
+            .set_if_match(if_match.map(quoted_etag))
             .set_request_payer(self.payer())
             .send()
             .await
             .map_err(|e| s3_error(&what, e))?;
+        let announced = o.content_length().unwrap_or(0);
+        if announced > len as i64 {
+            return Err(ItemError::new(
+                ErrorClass::SourceChanged,
+                format!("{what}: announces {announced} bytes, the listing {len}"),
+            ));
+        }
         let meta = Meta {
             content_type: o.content_type().map(str::to_string),
             cache_control: o.cache_control().map(str::to_string),
@@ -370,10 +388,16 @@ impl Bucket {
         let etag = o.e_tag().map(bare_etag);
         // Into one buffer of the announced size as the chunks arrive: collecting the
         // chunks and joining them would hold the body twice at the peak.
-        let announced = o.content_length().unwrap_or(0).clamp(0, MAX_BUFFERED) as usize;
+        let announced = announced.clamp(0, MAX_BUFFERED) as usize;
         let mut buf = Vec::with_capacity(announced);
         let mut stream = o.body;
         while let Some(chunk) = stream.try_next().await.map_err(|e| body_error(&what, &e))? {
+            if (buf.len() + chunk.len()) as u64 > len {
+                return Err(ItemError::new(
+                    ErrorClass::SourceChanged,
+                    format!("{what}: more than the {len} bytes the listing announced"),
+                ));
+            }
             buf.extend_from_slice(&chunk);
         }
         Ok((buf.into(), meta, etag))
@@ -405,11 +429,14 @@ impl Bucket {
         Ok(o.e_tag().map(bare_etag))
     }
 
-    /// Server-side CopyObject from `src` (metadata and tags copied by S3). Returns the ETag.
+    /// Server-side CopyObject from `src` (metadata and tags copied by S3), pinned to the
+    /// listed ETag (`x-amz-copy-source-if-match`; 412 when the source changed). Returns
+    /// the ETag.
     pub async fn copy_from(
         &self,
         rel: &str,
         src: &Bucket,
+        if_match: Option<&str>,
         opts: &DestOptions,
         tags: bool,
     ) -> Result<Option<String>, ItemError> {
@@ -420,6 +447,7 @@ impl Bucket {
             .bucket(&self.url.bucket)
             .key(self.url.key(rel))
             .copy_source(src.copy_source(rel))
+            .set_copy_source_if_match(if_match.map(quoted_etag))
             .set_request_payer(src.payer())
             .tagging_directive(if tags {
                 TaggingDirective::Copy
@@ -494,7 +522,8 @@ impl Bucket {
             .ok_or_else(|| ItemError::new(ErrorClass::Retryable, format!("{what}: no ETag")))
     }
 
-    /// UploadPartCopy of a byte range of `src`. Returns the part's ETag.
+    /// UploadPartCopy of a byte range of `src`, pinned to the listed ETag like
+    /// [`Bucket::copy_from`]. Returns the part's ETag.
     pub async fn copy_part(
         &self,
         rel: &str,
@@ -502,6 +531,7 @@ impl Bucket {
         number: u32,
         range: String,
         src: &Bucket,
+        if_match: Option<&str>,
     ) -> Result<String, ItemError> {
         let what = format!("part {number} of {}", self.url.object(rel));
         let o = self
@@ -513,6 +543,7 @@ impl Bucket {
             .part_number(number as i32)
             .copy_source(src.copy_source(rel))
             .copy_source_range(range)
+            .set_copy_source_if_match(if_match.map(quoted_etag))
             .set_request_payer(src.payer())
             .send()
             .await

@@ -93,6 +93,24 @@ pub struct JobQueue {
 }
 
 impl JobQueue {
+    /// Makes a message that failed visible again after `after` instead of the queue's
+    /// whole visibility timeout (90 min), so a part job whose try failed comes back soon.
+    pub async fn retry_after(
+        &self,
+        receipt_handle: &str,
+        after: std::time::Duration,
+    ) -> Result<(), ItemError> {
+        self.client
+            .change_message_visibility()
+            .queue_url(&self.url)
+            .receipt_handle(receipt_handle)
+            .visibility_timeout(after.as_secs().min(43_200) as i32)
+            .send()
+            .await
+            .map_err(|e| crate::retry::aws_error("SQS ChangeMessageVisibility", e))?;
+        Ok(())
+    }
+
     pub async fn send(&self, jobs: &[Job]) -> Result<(), ItemError> {
         use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
         for chunk in jobs.chunks(10) {

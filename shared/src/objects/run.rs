@@ -344,30 +344,58 @@ async fn copy_object(
         Mode::Server => MAX_SINGLE,
         Mode::Stream => spec.part_size,
     };
-    let (r, attempts) = match multipart::plan(e.size, spec.threshold, spec.part_size, single_limit)
-    {
-        Err(p) => (
-            Err(ItemError::new(
-                ErrorClass::BadInput,
-                format!("{}: {p}", rec.source),
-            )),
-            0,
-        ),
-        Ok(Plan::Single) => {
-            with_retries(&spec.retry, |_| async {
-                let _p = permits.take(e.size).await;
-                t.single(&e).await
-            })
-            .await
-        }
-        Ok(Plan::Multipart { part_size, parts }) => {
-            with_retries(&spec.retry, |_| {
-                multipart_copy(&t, edges.ledger, &e, part_size, &parts, &permits)
-            })
-            .await
+    let mut e = e;
+    let mut replans = 0;
+    let r = loop {
+        let (r, attempts) =
+            match multipart::plan(e.size, spec.threshold, spec.part_size, single_limit) {
+                Err(p) => (
+                    Err(ItemError::new(
+                        ErrorClass::BadInput,
+                        format!("{}: {p}", rec.source),
+                    )),
+                    0,
+                ),
+                Ok(Plan::Single) => {
+                    with_retries(&spec.retry, |_| async {
+                        let _p = permits.take(e.size).await;
+                        t.single(&e).await
+                    })
+                    .await
+                }
+                Ok(Plan::Multipart { part_size, parts }) => {
+                    with_retries(&spec.retry, |_| {
+                        multipart_copy(&t, edges.ledger, &e, part_size, &parts, &permits)
+                    })
+                    .await
+                }
+            };
+        rec.attempts += attempts;
+        // The source changed since it was listed: plan it again from what it holds now
+        // (a few times; an object rewritten faster than it copies fails, named).
+        match &r {
+            Err(err) if err.class == ErrorClass::SourceChanged && replans < MAX_REPLANS => {
+                replans += 1;
+                match edges.src.head(&e.key).await {
+                    Ok(Some(h)) => {
+                        tracing::info!(object = %rec.source, etag = ?h.etag, size = h.size, "the source changed since it was listed; planning it again");
+                        e.size = h.size;
+                        e.etag = h.etag;
+                        continue;
+                    }
+                    Ok(None) => {
+                        break Err(ItemError::new(
+                            ErrorClass::NotFound,
+                            format!("{} was deleted since it was listed", rec.source),
+                        ));
+                    }
+                    Err(x) => break Err(x),
+                }
+            }
+            _ => break r,
         }
     };
-    rec.attempts = attempts;
+    rec.source_digest = e.etag.clone();
     rec.ended_at = Some(Utc::now());
     match r {
         Ok(etag) => {
@@ -382,6 +410,9 @@ async fn copy_object(
     }
     rec
 }
+
+/// How often one object is planned again because its source changed while it was copied.
+const MAX_REPLANS: u32 = 3;
 
 /// One attempt at a multipart copy: reuses the open upload of this object (same size and
 /// source ETag) and skips its finished parts; parts run under the shared permits.
@@ -414,8 +445,22 @@ async fn multipart_copy(
     }))
     .await;
     // Every part that could be done is recorded; the first error decides the attempt.
-    if let Some(err) = results.into_iter().find_map(Result::err) {
-        return Err(err);
+    // A part read from a newer version of the source (412) means the upload can never
+    // complete into the listed object: abort it, so no part of two versions survives.
+    let errors: Vec<ItemError> = results.into_iter().filter_map(Result::err).collect();
+    if let Some(err) = errors
+        .iter()
+        .find(|x| x.class == ErrorClass::SourceChanged)
+        .or(errors.first())
+    {
+        if err.class == ErrorClass::SourceChanged {
+            let _ = t
+                .dst
+                .abort_upload(&t.dst.url.key(&e.key), &upload.upload_id)
+                .await;
+            ledger.finish(&upload).await.map_err(ledger_error)?;
+        }
+        return Err(err.clone());
     }
     let finished = ledger.parts_done(&upload).await.map_err(ledger_error)?;
     match t

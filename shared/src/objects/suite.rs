@@ -19,6 +19,12 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use chrono::{Duration, Utc};
 use serde::{Deserialize, Serialize};
 
+/// How long an upload may go without a finished part before check-multipart calls it
+/// stuck: longer than the job queue's visibility timeout (5400 s = 90 min in
+/// template.yaml), so a part job that failed once and comes back is never overtaken by an
+/// abort of its upload.
+pub const DEFAULT_STUCK_AFTER_MINUTES: i64 = 100;
+
 /// Settings of the object suite, from the functions' environment.
 #[derive(Debug, Clone)]
 pub struct ObjectsConfig {
@@ -35,6 +41,9 @@ pub struct ObjectsConfig {
     pub tags: bool,
     pub delete_on_events: bool,
     pub stuck_after: Duration,
+    /// `RETRY_DELAY_SECONDS` (default 30): how soon a failed job comes back, doubled per
+    /// receive (see [`retry_delay`]).
+    pub retry_delay: std::time::Duration,
     /// `DIFF_ROUND_SECONDS`: the longest a `diff-objects` round decides before it hands on
     /// (`None`: until a minute before the invocation's deadline).
     pub diff_round: Option<std::time::Duration>,
@@ -46,7 +55,7 @@ impl ObjectsConfig {
     /// `DEST_ENDPOINT`, `DEST_SECRET`, `STORAGE_CLASS`, `KMS_KEY`, `COPY_MODE`
     /// (auto|server|stream), `COMPARE` (size|etag|checksum), `PART_SIZE`,
     /// `MULTIPART_THRESHOLD`, `INCLUDE_TAGS`, `DELETE_ON_EVENTS`, `STUCK_AFTER_MINUTES`,
-    /// `DIFF_ROUND_SECONDS`. Every problem is reported at once.
+    /// `RETRY_DELAY_SECONDS`, `DIFF_ROUND_SECONDS`. Every problem is reported at once.
     pub fn from_env(env: &mut Env) -> Self {
         let url = |env: &mut Env, bucket: &str, prefix: &str| {
             let b = env.required(bucket);
@@ -120,8 +129,13 @@ impl ObjectsConfig {
             delete_on_events: env.parsed("DELETE_ON_EVENTS", false, "true or false"),
             stuck_after: Duration::minutes(env.parsed(
                 "STUCK_AFTER_MINUTES",
-                60i64,
+                DEFAULT_STUCK_AFTER_MINUTES,
                 "a number of minutes",
+            )),
+            retry_delay: std::time::Duration::from_secs(env.parsed(
+                "RETRY_DELAY_SECONDS",
+                30u64,
+                "a number of seconds",
             )),
             diff_round: env.optional("DIFF_ROUND_SECONDS").map(|_| {
                 std::time::Duration::from_secs(env.parsed(
@@ -373,11 +387,30 @@ pub async fn transfer_batch(ev: SqsEvent, e: &ObjectsEdges<'_>) -> SqsBatchRespo
         let id = m.message_id.clone().unwrap_or_default();
         let body = m.body.unwrap_or_default();
         if let Err(err) = handle_message(&body, e).await {
-            tracing::error!(message_id = %id, class = %err.class, error = %err.message, "job failed; SQS will deliver it again");
+            let receives: u32 = m
+                .attributes
+                .get("ApproximateReceiveCount")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1);
+            let after = retry_delay(e.cfg.retry_delay, receives);
+            tracing::error!(message_id = %id, class = %err.class, error = %err.message, retry_in_s = after.as_secs(), "job failed; SQS will deliver it again");
+            if let Some(handle) = &m.receipt_handle
+                && let Err(x) = e.queue.retry_after(handle, after).await
+            {
+                // It still comes back, after the queue's visibility timeout.
+                tracing::warn!(message_id = %id, error = %x.message, "could not shorten the failed job's visibility");
+            }
             resp.add_failure(id);
         }
     }
     resp
+}
+
+/// When a failed job comes back: `base` doubled per earlier receive, at most 15 minutes
+/// (well inside the queue's 90-minute visibility timeout and check-multipart's patience).
+pub fn retry_delay(base: std::time::Duration, receives: u32) -> std::time::Duration {
+    let factor = 1u32 << receives.saturating_sub(1).min(10);
+    (base * factor).min(std::time::Duration::from_secs(900))
 }
 
 async fn handle_message(body: &str, e: &ObjectsEdges<'_>) -> Result<(), ItemError> {
@@ -473,16 +506,27 @@ async fn object_job(job: &Job, e: &ObjectsEdges<'_>) -> Result<(), ItemError> {
     match plan {
         Plan::Single => {
             let r = e.transfer().single(&entry).await;
+            if let Err(x) = &r
+                && x.class == ErrorClass::SourceChanged
+            {
+                return replan(job.run(), &entry.key, x, e).await;
+            }
             e.record(job.run(), &entry.key, entry.size, entry.etag.clone(), &r)
                 .await
                 .map_err(store_err)?;
             r.map(|_| ())
         }
         Plan::Multipart { part_size, parts } => {
-            let upload = e
+            let upload = match e
                 .transfer()
                 .open_upload(e.ledger, &entry, part_size, parts.len() as u32)
-                .await?;
+                .await
+            {
+                Err(x) if x.class == ErrorClass::SourceChanged => {
+                    return replan(job.run(), &entry.key, &x, e).await;
+                }
+                r => r?,
+            };
             let done: std::collections::HashSet<u32> = e
                 .ledger
                 .parts_done(&upload)
@@ -525,11 +569,47 @@ async fn part_job(job: &Job, upload_id: &str, e: &ObjectsEdges<'_>) -> Result<()
         tracing::info!(object = %dest, upload_id, part = part.number, "part of an upload that is no longer open; nothing to do");
         return Ok(());
     };
-    let etag = e.transfer().part(&entry, upload_id, &part).await?;
+    let etag = match e.transfer().part(&entry, upload_id, &part).await {
+        Err(x) if x.class == ErrorClass::SourceChanged => {
+            // The upload can never complete into the listed version: free it and plan the
+            // object again, so no object is ever made of parts of two versions.
+            let _ = e
+                .dst
+                .abort_upload(&e.dst.url.key(&upload.key), &upload.upload_id)
+                .await;
+            e.ledger.finish(&upload).await.map_err(store_err)?;
+            return replan(job.run(), &entry.key, &x, e).await;
+        }
+        r => r?,
+    };
     e.ledger
         .part_done(&upload, part.number, &etag)
         .await
         .map_err(store_err)
+}
+
+/// The source of `key` changed since its job was made (a pinned read answered 412): queue
+/// a job for what the source holds now. Nothing is recorded as copied from the old one.
+async fn replan(
+    run: &str,
+    key: &str,
+    why: &ItemError,
+    e: &ObjectsEdges<'_>,
+) -> Result<(), ItemError> {
+    tracing::info!(object = %e.src.url.object(key), reason = %why.message, "the source changed since it was listed; planning it again");
+    match e.src.head(key).await? {
+        // Deleted since: a later diff (or its delete event) decides.
+        None => Ok(()),
+        Some(h) => {
+            let job = Job::Object {
+                run: run.to_string(),
+                key: key.to_string(),
+                size: h.size,
+                etag: h.etag,
+            };
+            e.queue.send(&[job]).await
+        }
+    }
 }
 
 /// What one `check-multipart` pass did.
@@ -540,59 +620,24 @@ pub struct CheckSummary {
     pub waiting: u64,
     pub replanned: u64,
     pub orphans_aborted: u64,
+    /// Uploads whose check failed this pass (logged; the next pass tries again).
+    pub errors: u64,
 }
 
 /// `check-multipart`: completes the uploads whose parts are all done (ordered part list,
-/// then the checks of [`Transfer::complete`]), re-plans uploads open longer than
-/// `stuck_after` (abort, forget, queue the object again), and aborts uploads under the
-/// destination prefix that the ledger does not know and that are older than that.
+/// then the checks of [`Transfer::complete`]), re-plans uploads that made no progress (no
+/// part finished) for longer than `stuck_after` (abort, forget, queue the object again),
+/// and aborts uploads under the destination prefix that the ledger does not know and that
+/// are older than that. An upload whose parts keep finishing is never aborted, and an
+/// error on one upload is counted and logged; the pass goes on with the others.
 pub async fn check_multipart(e: &ObjectsEdges<'_>) -> Result<CheckSummary, ItemError> {
     let mut sum = CheckSummary::default();
     let now = Utc::now();
     let open = e.ledger.open().await.map_err(store_err)?;
     for u in &open {
-        let parts = e.ledger.parts_done(u).await.map_err(store_err)?;
-        let entry = super::diff::Entry {
-            key: u.key.clone(),
-            size: u.size,
-            etag: u.source_etag.clone(),
-            checksum: None,
-        };
-        let run = format!("multipart-{}", now.format("%Y%m%d"));
-        if parts.len() as u32 >= u.parts {
-            let r = e
-                .transfer()
-                .complete(&entry, &u.upload_id, parts, u.parts)
-                .await;
-            match &r {
-                Ok(_) => sum.completed += 1,
-                Err(x) if x.class == ErrorClass::Retryable => {
-                    sum.waiting += 1;
-                    continue;
-                }
-                Err(_) => {
-                    sum.failed += 1;
-                    let _ = e
-                        .dst
-                        .abort_upload(&e.dst.url.key(&u.key), &u.upload_id)
-                        .await;
-                }
-            }
-            e.record(&run, &u.key, u.size, u.source_etag.clone(), &r)
-                .await
-                .map_err(store_err)?;
-            e.ledger.finish(u).await.map_err(store_err)?;
-        } else if now - u.started_at > e.cfg.stuck_after {
-            tracing::warn!(object = %u.dest, upload_id = %u.upload_id, done = parts.len(), of = u.parts, "upload stuck; aborting and planning it again");
-            let _ = e
-                .dst
-                .abort_upload(&e.dst.url.key(&u.key), &u.upload_id)
-                .await;
-            e.ledger.finish(u).await.map_err(store_err)?;
-            e.queue.send(&[Job::object(&run, &entry)]).await?;
-            sum.replanned += 1;
-        } else {
-            sum.waiting += 1;
+        if let Err(x) = check_upload(u, now, e, &mut sum).await {
+            sum.errors += 1;
+            tracing::error!(object = %u.dest, upload_id = %u.upload_id, class = %x.class, error = %x.message, "checking this upload failed; the next pass tries again");
         }
     }
     let known: std::collections::HashSet<&str> =
@@ -600,9 +645,135 @@ pub async fn check_multipart(e: &ObjectsEdges<'_>) -> Result<CheckSummary, ItemE
     for (key, id, started) in e.dst.open_uploads().await? {
         let old = started.is_none_or(|t| now - t > e.cfg.stuck_after);
         if !known.contains(id.as_str()) && old {
-            e.dst.abort_upload(&key, &id).await?;
-            sum.orphans_aborted += 1;
+            match e.dst.abort_upload(&key, &id).await {
+                Ok(()) => sum.orphans_aborted += 1,
+                Err(x) => {
+                    sum.errors += 1;
+                    tracing::error!(key = %key, upload_id = %id, error = %x.message, "aborting an orphan upload failed; the next pass tries again");
+                }
+            }
         }
     }
     Ok(sum)
+}
+
+/// One open upload of a `check-multipart` pass.
+async fn check_upload(
+    u: &super::uploads::Upload,
+    now: chrono::DateTime<Utc>,
+    e: &ObjectsEdges<'_>,
+    sum: &mut CheckSummary,
+) -> Result<(), ItemError> {
+    let parts = e.ledger.parts_done(u).await.map_err(store_err)?;
+    let entry = super::diff::Entry {
+        key: u.key.clone(),
+        size: u.size,
+        etag: u.source_etag.clone(),
+        checksum: None,
+    };
+    let run = format!("multipart-{}", now.format("%Y%m%d"));
+    if parts.len() as u32 >= u.parts {
+        let r = e
+            .transfer()
+            .complete(&entry, &u.upload_id, parts, u.parts)
+            .await;
+        match &r {
+            Ok(_) => sum.completed += 1,
+            Err(x) if x.class == ErrorClass::Retryable => {
+                sum.waiting += 1;
+                return Ok(());
+            }
+            Err(_) => {
+                sum.failed += 1;
+                let _ = e
+                    .dst
+                    .abort_upload(&e.dst.url.key(&u.key), &u.upload_id)
+                    .await;
+            }
+        }
+        e.record(&run, &u.key, u.size, u.source_etag.clone(), &r)
+            .await
+            .map_err(store_err)?;
+        e.ledger.finish(u).await.map_err(store_err)?;
+    } else if now - e.ledger.last_progress(u).await.map_err(store_err)? > e.cfg.stuck_after {
+        tracing::warn!(object = %u.dest, upload_id = %u.upload_id, done = parts.len(), of = u.parts, "upload stuck (no part finished for longer than STUCK_AFTER_MINUTES); aborting and planning it again");
+        let _ = e
+            .dst
+            .abort_upload(&e.dst.url.key(&u.key), &u.upload_id)
+            .await;
+        e.ledger.finish(u).await.map_err(store_err)?;
+        e.queue.send(&[Job::object(&run, &entry)]).await?;
+        sum.replanned += 1;
+    } else {
+        sum.waiting += 1;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration as D;
+
+    #[test]
+    fn a_failed_job_comes_back_sooner_than_the_queue_would_send_it_and_later_each_time() {
+        let base = D::from_secs(30);
+        assert_eq!(retry_delay(base, 1), D::from_secs(30));
+        assert_eq!(retry_delay(base, 2), D::from_secs(60));
+        assert_eq!(retry_delay(base, 4), D::from_secs(240));
+        assert_eq!(
+            retry_delay(base, 9),
+            D::from_secs(900),
+            "at most 15 minutes"
+        );
+        assert_eq!(retry_delay(base, u32::MAX), D::from_secs(900));
+        assert_eq!(retry_delay(base, 0), D::from_secs(30));
+        // Always well inside the queue's visibility timeout and check-multipart's patience.
+        assert!(retry_delay(base, 5) < D::from_secs(DEFAULT_STUCK_AFTER_MINUTES as u64 * 60));
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+
+    fn config(pairs: &[(&str, &str)]) -> (ObjectsConfig, Result<(), crate::config::ConfigError>) {
+        let mut m: std::collections::HashMap<String, String> =
+            [("SOURCE_BUCKET", "src"), ("DEST_BUCKET", "dst")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        for (k, v) in pairs {
+            m.insert(k.to_string(), v.to_string());
+        }
+        let mut env = Env::from_map(m);
+        let cfg = ObjectsConfig::from_env(&mut env);
+        (cfg, env.finish())
+    }
+
+    #[test]
+    fn copy_mode_and_compare_are_taken_as_written_in_any_case() {
+        for (mode, compare) in [("server", "etag"), ("STREAM", "Checksum")] {
+            let (cfg, ok) = config(&[("COPY_MODE", mode), ("COMPARE", compare)]);
+            assert!(ok.is_ok(), "{ok:?}");
+            let want_mode = if mode == "server" {
+                Mode::Server
+            } else {
+                Mode::Stream
+            };
+            assert_eq!(cfg.mode, want_mode, "COPY_MODE={mode}");
+            let want = if compare == "etag" {
+                Compare::Etag
+            } else {
+                Compare::Checksum
+            };
+            assert_eq!(cfg.compare, want, "COMPARE={compare}");
+        }
+        let (_, err) = config(&[("COMPARE", "md5")]);
+        let err = err.unwrap_err().to_string();
+        assert!(
+            err.contains("COMPARE=\"md5\"") && err.contains("size, etag, checksum"),
+            "{err}"
+        );
+    }
 }

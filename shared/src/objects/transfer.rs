@@ -57,7 +57,7 @@ impl Transfer<'_> {
             Mode::Server => {
                 let etag = self
                     .dst
-                    .copy_from(&e.key, self.src, self.opts, self.tags)
+                    .copy_from(&e.key, self.src, e.etag.as_deref(), self.opts, self.tags)
                     .await?;
                 let mut proven = false;
                 if self.opts.kms_key.is_none()
@@ -75,7 +75,10 @@ impl Transfer<'_> {
                 (etag, proven)
             }
             Mode::Stream => {
-                let (body, meta, src_etag) = self.src.get(&e.key, None).await?;
+                let (body, meta, src_etag) = self
+                    .src
+                    .get(&e.key, None, e.etag.as_deref(), e.size)
+                    .await?;
                 let md5 = md5_of(&body);
                 let src_etag = src_etag.or_else(|| e.etag.clone());
                 check_read(
@@ -118,14 +121,26 @@ impl Transfer<'_> {
         Ok(etag)
     }
 
-    /// Starts a multipart upload with the source's metadata (and tags).
+    /// Starts a multipart upload with the source's metadata (and tags), for the listed
+    /// version only: a source whose ETag or size changed since the listing is
+    /// `SourceChanged`.
     pub async fn start_upload(&self, e: &Entry) -> Result<String, ItemError> {
+        let url = self.src.url.object(&e.key);
         let head = self.src.head(&e.key).await?.ok_or_else(|| {
-            ItemError::new(
-                ErrorClass::NotFound,
-                format!("{} no longer exists", self.src.url.object(&e.key)),
-            )
+            ItemError::new(ErrorClass::NotFound, format!("{url} no longer exists"))
         })?;
+        if head.size != e.size
+            || (e.etag.is_some()
+                && head.etag.as_deref().map(bare_etag) != e.etag.as_deref().map(bare_etag))
+        {
+            return Err(ItemError::new(
+                ErrorClass::SourceChanged,
+                format!(
+                    "{url} changed since it was listed ({} bytes, ETag {:?}; listed {} bytes, ETag {:?})",
+                    head.size, head.etag, e.size, e.etag
+                ),
+            ));
+        }
         let tagging = if self.tags {
             self.src.tagging(&e.key).await?
         } else {
@@ -188,11 +203,21 @@ impl Transfer<'_> {
         match self.mode {
             Mode::Server => {
                 self.dst
-                    .copy_part(&e.key, upload_id, p.number, p.range(), self.src)
+                    .copy_part(
+                        &e.key,
+                        upload_id,
+                        p.number,
+                        p.range(),
+                        self.src,
+                        e.etag.as_deref(),
+                    )
                     .await
             }
             Mode::Stream => {
-                let (body, _, _) = self.src.get(&e.key, Some(p.range())).await?;
+                let (body, _, _) = self
+                    .src
+                    .get(&e.key, Some(p.range()), e.etag.as_deref(), p.len)
+                    .await?;
                 if body.len() as u64 != p.len {
                     return Err(mismatch(format!(
                         "{}: part {} read {} bytes, expected {}",

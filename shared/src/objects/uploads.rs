@@ -43,6 +43,11 @@ pub trait UploadLedger: Send + Sync {
     async fn finish(&self, u: &Upload) -> Result<(), StoreError>;
     /// Every open upload.
     async fn open(&self) -> Result<Vec<Upload>, StoreError>;
+    /// When the upload last made progress: its newest finished part, else its start.
+    /// (What "stuck" is measured from: an upload whose parts keep finishing is never stuck.)
+    async fn last_progress(&self, u: &Upload) -> Result<DateTime<Utc>, StoreError> {
+        Ok(u.started_at)
+    }
 }
 
 #[async_trait]
@@ -169,9 +174,14 @@ fn part_sk(number: u32) -> String {
     format!("part#{number:05}")
 }
 
+/// How long the newest sequencer of a key is kept: longer than SQS keeps a message (14
+/// days), so an older event can never arrive after its key's record expired.
+pub const SEQUENCER_TTL: chrono::Duration = chrono::Duration::days(15);
+
 impl DynamoLedger {
-    /// Records the sequencer of an S3 event for a key if it is newer than the stored one.
-    /// Returns false when a newer (or the same) event was already applied.
+    /// Records the sequencer of an S3 event for a key unless a newer one is stored.
+    /// Returns false only when a newer event was claimed: the same event claims again, so
+    /// an event whose first handling failed is applied when SQS delivers it again.
     pub async fn claim_sequencer(&self, dest: &str, sequencer: &str) -> Result<bool, StoreError> {
         let seq = super::events::sortable_sequencer(sequencer);
         let out = self
@@ -181,7 +191,14 @@ impl DynamoLedger {
             .item("pk", s(dest))
             .item("sk", s("seq"))
             .item("seq", s(&seq))
-            .condition_expression("attribute_not_exists(pk) OR #s < :s")
+            // DynamoDB's TTL removes it once no older event can still be in the queue.
+            .item(
+                "expires_at",
+                n((Utc::now() + SEQUENCER_TTL).timestamp().max(0) as u64),
+            )
+            // `<=`: the same event delivered again (its first handling failed, or SQS sent
+            // it twice) is applied again; only an older sequencer is refused.
+            .condition_expression("attribute_not_exists(pk) OR #s <= :s")
             .expression_attribute_names("#s", "seq")
             .expression_attribute_values(":s", s(&seq))
             .send()
@@ -228,31 +245,17 @@ impl UploadLedger for DynamoLedger {
             .item("sk", s(part_sk(number)))
             .item("upload_id", s(&u.upload_id))
             .item("etag", s(etag))
+            .item("done_at", s(Utc::now().to_rfc3339()))
             .send()
             .await
             .map_err(|e| sdk("PutItem", e))?;
         Ok(())
     }
     async fn parts_done(&self, u: &Upload) -> Result<Vec<(u32, String)>, StoreError> {
-        let items = all_pages(|start| async move {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
-                .expression_attribute_values(":pk", s(&u.dest))
-                .expression_attribute_values(":p", s("part#"))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| sdk("Query", e))?;
-            Ok((out.items().to_vec(), out.last_evaluated_key().cloned()))
-        })
-        .await?;
-        let mut parts: Vec<(u32, String)> = items
+        let mut parts: Vec<(u32, String)> = self
+            .part_items(u)
+            .await?
             .iter()
-            .filter(|i| get_s(i, "upload_id").as_deref() == Some(u.upload_id.as_str()))
             .filter_map(|i| {
                 let n = get_s(i, "sk")?.strip_prefix("part#")?.parse().ok()?;
                 Some((n, get_s(i, "etag")?))
@@ -261,6 +264,16 @@ impl UploadLedger for DynamoLedger {
         parts.sort();
         Ok(parts)
     }
+    async fn last_progress(&self, u: &Upload) -> Result<DateTime<Utc>, StoreError> {
+        let newest = self
+            .part_items(u)
+            .await?
+            .iter()
+            .filter_map(|i| get_t(i, "done_at"))
+            .max();
+        Ok(newest.map_or(u.started_at, |t| t.max(u.started_at)))
+    }
+
     async fn finish(&self, u: &Upload) -> Result<(), StoreError> {
         for (number, _) in self.parts_done(u).await? {
             self.client
@@ -302,6 +315,32 @@ impl UploadLedger for DynamoLedger {
         })
         .await?;
         Ok(items.iter().map(upload_from).collect())
+    }
+}
+
+impl DynamoLedger {
+    /// The part items of an upload (of this upload id only), every page.
+    async fn part_items(&self, u: &Upload) -> Result<Vec<Item>, StoreError> {
+        let items = all_pages(|start| async move {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
+                .expression_attribute_values(":pk", s(&u.dest))
+                .expression_attribute_values(":p", s("part#"))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| sdk("Query", e))?;
+            Ok((out.items().to_vec(), out.last_evaluated_key().cloned()))
+        })
+        .await?;
+        Ok(items
+            .into_iter()
+            .filter(|i| get_s(i, "upload_id").as_deref() == Some(u.upload_id.as_str()))
+            .collect())
     }
 }
 

@@ -3,7 +3,10 @@
 
 use std::fmt;
 
-/// A bucket and a key prefix (possibly empty). The prefix never starts with `/`.
+/// A bucket and a key prefix (possibly empty). The prefix is a folder, as in `aws s3 sync`
+/// and rclone: it never starts with `/` and, when not empty, always ends with one, so
+/// `s3://b/data` means the keys under `data/` (never `database/…`), and a relative key is
+/// never glued to the prefix without its `/`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct S3Url {
     pub bucket: String,
@@ -56,9 +59,13 @@ impl S3Url {
         if prefix.starts_with('/') {
             return Err(bad("the prefix starts with '/' (keys never do)"));
         }
+        let mut prefix = prefix.to_string();
+        if !prefix.is_empty() && !prefix.ends_with('/') {
+            prefix.push('/');
+        }
         Ok(Self {
             bucket: bucket.to_string(),
-            prefix: prefix.to_string(),
+            prefix,
         })
     }
 
@@ -102,6 +109,16 @@ mod tests {
         assert_eq!(u.key("a.txt"), "logs/2026/a.txt");
         assert_eq!(u.to_string(), "s3://my-bucket/logs/2026/");
         assert_eq!(S3Url::parse("s3://b.c.d").unwrap().prefix, "");
+        assert_eq!(S3Url::parse("s3://b.c.d/").unwrap().prefix, "");
+    }
+
+    #[test]
+    fn a_prefix_is_a_folder() {
+        let u = S3Url::parse("s3://my-bucket/data").unwrap();
+        assert_eq!(u.prefix, "data/");
+        assert_eq!(u.key("a.txt"), "data/a.txt");
+        assert_eq!(u.to_string(), "s3://my-bucket/data/");
+        assert_eq!(S3Url::parse("s3://my-bucket/a/b").unwrap().prefix, "a/b/");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The status store in DynamoDB (the AWS suite). One table, on-demand:
-//! `pk` = run id, `sk` = `run` for the run record or `item#<source>|<dest>` for an image.
+//! `pk` = run id, `sk` = `run` for the run record or `item#<source>|<dest>` for an item
+//! (hashed when longer than DynamoDB allows, see [`item_key`]).
 //! Item writes are conditional on `version` (attribute_not_exists(pk) OR version < :v), so a
 //! retried or late write never overwrites a newer result. No secret is ever written.
 
@@ -70,9 +71,21 @@ where
     }
 }
 
-/// The sort key of an image record.
+/// DynamoDB's limit on a sort key, in bytes.
+pub const MAX_SORT_KEY: usize = 1024;
+
+/// The sort key of an item record: `item#<source>|<dest>`, or, when that would pass
+/// DynamoDB's 1,024-byte limit (S3 keys alone may be 1,024 bytes), `item#sha256:<hex>` of
+/// the same text. The URLs themselves are always kept as the `source` and `dest`
+/// attributes, which is what readers use.
 pub fn item_key(source: &str, dest: &str) -> String {
-    format!("item#{source}|{dest}")
+    let plain = format!("item#{source}|{dest}");
+    if plain.len() <= MAX_SORT_KEY {
+        return plain;
+    }
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(format!("{source}|{dest}").as_bytes());
+    format!("item#sha256:{}", hex::encode(digest))
 }
 
 /// Collects every page of a Query or Scan: `page` sends one request from a start key and
@@ -329,5 +342,34 @@ impl StatusStore for DynamoStore {
             .send()
             .await;
         conditional("UpdateItem notified", out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn item_sort_keys_stay_within_dynamodbs_limit_and_stay_distinct() {
+        let short = item_key("s3://a/k", "s3://b/k");
+        assert_eq!(short, "item#s3://a/k|s3://b/k");
+        // An S3 key may be 1,024 bytes: source and destination URLs of it pass the limit.
+        let long = "k".repeat(1024);
+        let (src, dst) = (format!("s3://a/{long}"), format!("s3://b/{long}"));
+        let hashed = item_key(&src, &dst);
+        assert!(
+            hashed.len() <= MAX_SORT_KEY && hashed.starts_with("item#sha256:"),
+            "{hashed}"
+        );
+        assert_eq!(
+            hashed,
+            item_key(&src, &dst),
+            "the same item gets the same key"
+        );
+        assert_ne!(hashed, item_key(&src, &format!("{dst}x")));
+        // Exactly at the limit stays readable.
+        let fits = "x".repeat(MAX_SORT_KEY - "item#|".len() - 1);
+        assert_eq!(item_key(&fits, "y").len(), MAX_SORT_KEY);
+        assert!(!item_key(&fits, "y").contains("sha256"));
     }
 }

@@ -727,3 +727,104 @@ fn bad_input_is_named_before_anything_runs() {
         assert!(run.stderr.contains(needle), "{args:?}: {}", run.stderr);
     }
 }
+
+#[test]
+fn a_prefix_is_a_folder_on_both_sides() {
+    let s3 = S3::start(&["src", "dst"]);
+    s3.put("src", "data/a.txt", b"in the folder");
+    s3.put("src", "data/sub/b.txt", b"deeper in the folder");
+    s3.put(
+        "src",
+        "database/c.txt",
+        b"another folder that starts with the same letters",
+    );
+    s3.put(
+        "src",
+        "data2",
+        b"a key that starts with the prefix's letters",
+    );
+    s3.put("dst", "backupx", b"a destination key beside the folder");
+    let run = s3.sync("s3://src/data", "s3://dst/backup", None, &[]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(counts(&run.json()), (2, 0, 0), "{}", run.stdout);
+    let mut keys = s3.keys("dst");
+    keys.sort();
+    assert_eq!(keys, vec!["backup/a.txt", "backup/sub/b.txt", "backupx"]);
+    assert_eq!(s3.get("dst", "backup/a.txt").unwrap(), b"in the folder");
+    // The re-run sees the same folders: nothing to copy.
+    let again = s3.sync("s3://src/data", "s3://dst/backup", None, &[]);
+    assert_eq!(counts(&again.json()), (0, 2, 0), "{}", again.stdout);
+}
+
+/// The source is overwritten (same size, other bytes) right after the first part of its
+/// copy: every later read is pinned to the listed ETag, so S3 answers 412, the torn upload
+/// is aborted and the object is planned again from the new version. What lands is one
+/// version whole, never parts of two.
+#[test]
+fn an_object_overwritten_while_its_parts_are_copied_lands_whole_from_one_version() {
+    const MIB: usize = 1024 * 1024;
+    for mode in ["server", "stream"] {
+        let s3 = S3::start(&["src", "dst"]);
+        let (v1, v2) = (data(12 * MIB + 7, 1), data(12 * MIB + 7, 2));
+        s3.put("src", "big.bin", &v1);
+        let overwritten = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (o2, moto, v2c) = (overwritten.clone(), s3.moto.endpoint.clone(), v2.clone());
+        let overwrite_after_part_one: Rewrite = Arc::new(move |head: &str, status, body| {
+            let part_one = (head.starts_with("PUT ")
+                && head.contains("partNumber=1&")
+                && hub_tests::s3_rig::header(head, "x-amz-copy-source").is_some())
+                || (head.starts_with("GET ")
+                    && hub_tests::s3_rig::header(head, "range")
+                        .is_some_and(|r| r.starts_with("bytes=0-")));
+            if part_one && !o2.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                let put = reqwest::blocking::Client::new()
+                    .put(format!("{moto}/src/big.bin"))
+                    .header("Authorization", hub_tests::s3_rig::RIG_AUTHORIZATION)
+                    .body(v2c.clone())
+                    .send()
+                    .unwrap();
+                assert!(put.status().is_success(), "{put:?}");
+            }
+            (status, vec![], body)
+        });
+        let strict =
+            hub_tests::s3_rig::StrictS3::start_with(&s3.moto.endpoint, overwrite_after_part_one);
+        let mut args = multipart_args(&s3, strict.endpoint());
+        args[5] = strict.endpoint().to_string(); // the source through the strict proxy too
+        args.extend(["--copy-mode".to_string(), mode.to_string()]);
+        let env = s3.moto.env(REGION);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let run = transfer_hub(&args.iter().map(String::as_str).collect::<Vec<_>>(), &env);
+        assert!(
+            overwritten.load(std::sync::atomic::Ordering::SeqCst),
+            "{mode}: the source was overwritten mid-copy"
+        );
+        assert_eq!(run.code, 0, "{mode}: {}\n{}", run.stdout, run.stderr);
+        let j = run.json();
+        assert_eq!(counts(&j), (1, 0, 0), "{mode}: {}", run.stdout);
+        let got = s3.get("dst", "big.bin").unwrap();
+        assert!(
+            Md5::digest(&got) == Md5::digest(&v2),
+            "{mode}: the destination must be the new version whole (v1 whole: {}, torn: {})",
+            Md5::digest(&got) == Md5::digest(&v1),
+            Md5::digest(&got) != Md5::digest(&v1)
+        );
+        assert_eq!(
+            j["items"][0]["source_digest"].as_str(),
+            Some(hex::encode(Md5::digest(&v2)).as_str()),
+            "{mode}: recorded as a copy of the version that landed: {}",
+            run.stdout
+        );
+        assert_eq!(
+            s3.open_uploads("dst"),
+            0,
+            "{mode}: the torn upload was aborted"
+        );
+        if mode == "server" {
+            assert!(
+                strict.refused.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+                "the rig refused the stale part copy"
+            );
+        }
+    }
+}

@@ -712,3 +712,190 @@ fn diff_objects_sorts_an_unordered_listing_on_disk_and_queues_each_object_once_a
     keys.dedup();
     assert_eq!(keys, ["a", "b", "c", "d"]);
 }
+
+#[test]
+fn an_s3_event_whose_first_handling_failed_is_applied_when_sqs_delivers_it_again() {
+    let s = Suite::start();
+    s.put("in/late.txt", b"arrives on the second delivery");
+    // The destination bucket does not exist yet: the first handling fails.
+    let f = s.function(&[("DEST_BUCKET", "dst-later")]);
+    let body = serde_json::json!({"Records": [{
+        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": REGION,
+        "eventTime": "2026-11-23T12:00:00.000Z", "eventName": "ObjectCreated:Put",
+        "userIdentity": {"principalId": "EXAMPLE"}, "requestParameters": {"sourceIPAddress": "127.0.0.1"},
+        "responseElements": {},
+        "s3": {"s3SchemaVersion": "1.0", "bucket": {"name": "src", "arn": "arn:aws:s3:::src"},
+               "object": {"key": "in/late.txt", "size": 30, "sequencer": "00000000000000A1"}}}]})
+    .to_string();
+    let deliver = || {
+        let ev: SqsEvent = serde_json::from_value(serde_json::json!({"Records": [
+            {"messageId": "m1", "body": body, "attributes": {}, "messageAttributes": {}}]}))
+        .unwrap();
+        s.rt.block_on(f.transfer(ev)).unwrap()
+    };
+    let first = deliver();
+    assert_eq!(first.batch_item_failures.len(), 1, "{first:?}");
+    s.rt.block_on(aws_fixtures::bucket(&s.conf, "dst-later"));
+    // SQS delivers the same message again: its sequencer was claimed by the failed try.
+    let second = deliver();
+    assert!(second.batch_item_failures.is_empty(), "{second:?}");
+    assert_eq!(
+        s.get("dst-later", "out/late.txt").unwrap(),
+        b"arrives on the second delivery"
+    );
+}
+
+/// The source is overwritten after its object job split it into part jobs: the part
+/// copies are pinned to the listed ETag, so the strict rig answers 412; the upload is
+/// aborted, the object is planned again from the new version, and check-multipart
+/// completes that one whole. No object is made of parts of two versions.
+#[test]
+fn parts_of_an_object_overwritten_after_its_plan_never_complete_into_a_torn_object() {
+    let s = Suite::start();
+    let (v1, v2) = (data(16 * MIB + 99, 1), data(16 * MIB + 99, 2));
+    s.put("in/big.bin", &v1);
+    let strict = hub_tests::s3_rig::StrictS3::start(&s.moto.endpoint);
+    let f = s.function(&[
+        ("SOURCE_ENDPOINT", strict.endpoint()),
+        ("DEST_ENDPOINT", strict.endpoint()),
+        ("COPY_MODE", "server"),
+    ]);
+    s.rt.block_on(f.diff(Default::default(), 0)).unwrap();
+    let ev = s.receive(&s.queue);
+    s.handled(&f, ev.clone());
+    s.ack(&s.queue, &ev, &[]);
+    let old_parts = s.receive(&s.queue);
+    assert_eq!(old_parts.records.len(), 4);
+    s.ack(&s.queue, &old_parts, &[]);
+    // Part 1 is copied from v1, then the source becomes v2.
+    s.handled(&f, Suite::batch(&old_parts.records[..1]));
+    s.put("in/big.bin", &v2);
+    s.handled(&f, Suite::batch(&old_parts.records[1..]));
+    assert!(strict.refused.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    assert_eq!(s.open_uploads(), 0, "the torn upload is aborted");
+    let again = s.receive(&s.queue);
+    let jobs = Suite::bodies(&again);
+    assert_eq!(jobs.len(), 1, "the object is planned again: {jobs:?}");
+    assert_eq!(
+        jobs[0]["etag"].as_str(),
+        Some(hex::encode(Md5::digest(&v2)).as_str()),
+        "{jobs:?}"
+    );
+    // Nothing was completed or recorded from the old plan; the new one completes v2.
+    let sum = s.rt.block_on(f.check(serde_json::json!({}))).unwrap();
+    assert_eq!(sum.completed, 0, "{sum:?}");
+    s.handled(&f, again.clone());
+    s.ack(&s.queue, &again, &[]);
+    let parts = s.receive(&s.queue);
+    assert_eq!(parts.records.len(), 4);
+    s.handled(&f, parts.clone());
+    s.ack(&s.queue, &parts, &[]);
+    s.completes(&f, "big.bin", &v2);
+}
+
+/// "Stuck" is measured from the last finished part, not from the upload's start: an
+/// upload begun hours ago whose parts keep finishing is left alone; once no part has
+/// finished for longer than STUCK_AFTER_MINUTES it is aborted and planned again.
+#[test]
+fn an_upload_that_makes_progress_is_never_aborted_as_stuck() {
+    let s = Suite::start();
+    let big = data(16 * MIB + 5, 4);
+    s.put("in/big.bin", &big);
+    let f = s.function(&[("STUCK_AFTER_MINUTES", "60")]);
+    s.rt.block_on(f.diff(Default::default(), 0)).unwrap();
+    let ev = s.receive(&s.queue);
+    s.handled(&f, ev.clone());
+    s.ack(&s.queue, &ev, &[]);
+    let parts = s.receive(&s.queue);
+    assert_eq!(parts.records.len(), 4);
+    s.ack(&s.queue, &parts, &[]);
+    let ddb = aws_sdk_dynamodb::Client::new(&s.conf);
+    let set = |sk: &str, attr: &str, hours_ago: i64| {
+        let t = (chrono::Utc::now() - chrono::Duration::hours(hours_ago)).to_rfc3339();
+        s.rt.block_on(
+            ddb.update_item()
+                .table_name("uploads")
+                .key(
+                    "pk",
+                    aws_sdk_dynamodb::types::AttributeValue::S("s3://dst/out/big.bin".into()),
+                )
+                .key("sk", aws_sdk_dynamodb::types::AttributeValue::S(sk.into()))
+                .update_expression("SET #a = :t")
+                .expression_attribute_names("#a", attr)
+                .expression_attribute_values(":t", aws_sdk_dynamodb::types::AttributeValue::S(t))
+                .send(),
+        )
+        .unwrap();
+    };
+    // Begun three hours ago; part 1 has just finished.
+    set("upload", "started_at", 3);
+    s.handled(&f, Suite::batch(&parts.records[..1]));
+    let sum = s.rt.block_on(f.check(serde_json::json!({}))).unwrap();
+    assert_eq!((sum.waiting, sum.replanned), (1, 0), "{sum:?}");
+    assert_eq!(s.open_uploads(), 1, "a progressing upload stays open");
+    // No part for two hours: now it is stuck.
+    set("part#00001", "done_at", 2);
+    let sum = s.rt.block_on(f.check(serde_json::json!({}))).unwrap();
+    assert_eq!((sum.waiting, sum.replanned), (0, 1), "{sum:?}");
+    assert_eq!(s.open_uploads(), 0);
+}
+
+/// A job that failed comes back after RETRY_DELAY_SECONDS (doubled per receive), not after
+/// the queue's whole visibility timeout.
+#[test]
+fn a_failed_job_comes_back_soon_not_after_the_visibility_timeout() {
+    let s = Suite::start();
+    // The source object of this job does not exist: the job fails.
+    s.rt.block_on(
+        s.sqs
+            .send_message()
+            .queue_url(&s.queue)
+            .message_body(r#"{"kind":"object","run":"r1","key":"gone.txt","size":5,"etag":null}"#)
+            .send(),
+    )
+    .unwrap();
+    let f = s.function(&[("RETRY_DELAY_SECONDS", "0")]);
+    // Received with a visibility of 60 s (see `receive`): without a shorter one it would
+    // stay hidden for the rest of the test.
+    let ev = s.receive(&s.queue);
+    assert_eq!(ev.records.len(), 1);
+    let r = s.rt.block_on(f.transfer(ev)).unwrap();
+    assert_eq!(r.batch_item_failures.len(), 1, "{r:?}");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let again = s.receive(&s.queue);
+    assert_eq!(
+        again.records.len(),
+        1,
+        "the failed job is visible again at once"
+    );
+}
+
+/// S3 keys go up to 1,024 bytes; the status record's sort key may not be longer than
+/// that, so the record of such an object is still written (moto enforces the limit).
+#[test]
+fn an_object_with_a_key_of_a_thousand_bytes_is_copied_and_recorded() {
+    let s = Suite::start();
+    let name = format!("{}.txt", "n".repeat(1000));
+    s.put(&format!("in/{name}"), b"long name");
+    let f = s.function(&[]);
+    s.rt.block_on(f.diff(Default::default(), 0)).unwrap();
+    let ev = s.receive(&s.queue);
+    assert_eq!(ev.records.len(), 1);
+    s.handled(&f, ev);
+    assert_eq!(s.get("dst", &format!("out/{name}")).unwrap(), b"long name");
+    let ddb = aws_sdk_dynamodb::Client::new(&s.conf);
+    let items =
+        s.rt.block_on(ddb.scan().table_name("status").send())
+            .unwrap();
+    let rec = items
+        .items()
+        .iter()
+        .find(|i| {
+            i.get("source")
+                .and_then(|v| v.as_s().ok())
+                .is_some_and(|v| v.ends_with(&name))
+        })
+        .expect("the copy is recorded with its source URL");
+    assert_eq!(rec["status"].as_s().unwrap(), "copied");
+    assert!(rec["sk"].as_s().unwrap().len() <= 1024);
+}
