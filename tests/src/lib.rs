@@ -1041,6 +1041,69 @@ pub mod s3_rig;
 pub mod aws_fixtures {
     use aws_config::SdkConfig;
 
+    /// Uploads `body` to `bucket/key` as a multipart upload of `part_size` parts (as the
+    /// AWS CLI or a backup tool writes big objects): its ETag is `…-N`, not an MD5.
+    /// Returns the ETag.
+    pub async fn multipart_object(
+        s3: &aws_sdk_s3::Client,
+        bucket: &str,
+        key: &str,
+        body: &[u8],
+        part_size: usize,
+    ) -> String {
+        use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+        let up = s3
+            .create_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+        let id = up.upload_id().unwrap();
+        let mut parts = Vec::new();
+        for (i, chunk) in body.chunks(part_size).enumerate() {
+            let n = i as i32 + 1;
+            let p = s3
+                .upload_part()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(id)
+                .part_number(n)
+                .body(chunk.to_vec().into())
+                .send()
+                .await
+                .unwrap();
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(n)
+                    .e_tag(p.e_tag().unwrap())
+                    .build(),
+            );
+        }
+        // moto 5.2 answers with a `CompleteMultipartUploadResponse` root, which the SDK
+        // cannot read; the upload is complete all the same, and HEAD tells its ETag.
+        let _ = s3
+            .complete_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await;
+        let head = s3
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+        head.e_tag().unwrap().trim_matches('"').to_string()
+    }
+
     /// The status table (`pk`/`sk` strings, on-demand), as template.yaml defines it.
     pub async fn status_table(conf: &SdkConfig, name: &str) {
         use aws_sdk_dynamodb::types::*;

@@ -6,6 +6,9 @@
 //!   `x-amz-copy-source-if-match` on CopyObject and UploadPartCopy. The proxy HEADs the copy
 //!   source and answers `412 PreconditionFailed` (S3's XML error) when its ETag is not the
 //!   one asked for, or the source is gone, as AWS documents.
+//! - **Answers S3 gives.** moto's CompleteMultipartUpload answer has another root element
+//!   than S3's (the SDK cannot read it, so every completion looked like a lost answer);
+//!   the proxy names it as S3 does.
 
 use crate::{HttpProxy, Intercept, Rewrite, Route};
 use std::sync::Arc;
@@ -43,6 +46,22 @@ impl StrictS3 {
 
     /// The same, with moto's answers passed through `rewrite` (to spoil or watch them).
     pub fn start_with(moto: &str, rewrite: Rewrite) -> Self {
+        // moto 5.2 names the root of a CompleteMultipartUpload answer
+        // `CompleteMultipartUploadResponse`; S3's is `CompleteMultipartUploadResult`, the
+        // only one the SDK reads. Answered as S3 does, so completion takes its normal path.
+        let rewrite: Rewrite = Arc::new(move |head: &str, status, body: Vec<u8>| {
+            let body = if head.starts_with("POST ") && head.contains("uploadId=") {
+                String::from_utf8_lossy(&body)
+                    .replace(
+                        "CompleteMultipartUploadResponse",
+                        "CompleteMultipartUploadResult",
+                    )
+                    .into_bytes()
+            } else {
+                body
+            };
+            rewrite(head, status, body)
+        });
         let refused = Arc::new(AtomicUsize::new(0));
         let upstream = moto.trim_start_matches("http://").to_string();
         let route: Route = {

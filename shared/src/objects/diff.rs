@@ -62,6 +62,15 @@ pub enum Reason {
 pub enum Decision {
     /// The source object must be copied.
     Copy(Entry, Reason),
+    /// Present on both sides with the same size, but the ETags (or checksums) differ. The
+    /// caller may still find them in sync: a copy it verified earlier gave the destination
+    /// this ETag from a source with that ETag (other part sizes, SSE-KMS), see
+    /// `UploadLedger::verified`. Otherwise the source object must be copied.
+    Changed {
+        src: Entry,
+        dest: Entry,
+        reason: Reason,
+    },
     /// Present and equal on both sides.
     InSync(Entry),
     /// Only at the destination (deleted there only when the user asks).
@@ -101,6 +110,19 @@ pub fn compare_entries(src: &Entry, dst: &Entry, how: Compare) -> Option<Reason>
             _ => (!etag_eq(&src.etag, &dst.etag)).then_some(Reason::ChecksumDiffers),
         },
     }
+}
+
+/// Whether a verified copy recorded earlier (`pair` = the source and destination ETags it
+/// saw) proves two same-size objects with different ETags equal: both still carry the
+/// ETags of that copy.
+pub fn settled_by(pair: Option<&(String, String)>, src: &Entry, dest: &Entry) -> bool {
+    let Some((s, d)) = pair else {
+        return false;
+    };
+    let bare = |x: &str| x.trim_matches('"').to_string();
+    src.size == dest.size
+        && src.etag.as_deref().map(bare) == Some(bare(s))
+        && dest.etag.as_deref().map(bare) == Some(bare(d))
 }
 
 /// A stream that must go forwards: remembers the last key only.
@@ -193,7 +215,12 @@ where
                     a = s.next().await?;
                     b = d.next().await?;
                     match compare_entries(&x, &y, how) {
-                        Some(r) => Decision::Copy(x, r),
+                        Some(Reason::SizeDiffers) => Decision::Copy(x, Reason::SizeDiffers),
+                        Some(reason) => Decision::Changed {
+                            src: x,
+                            dest: y,
+                            reason,
+                        },
                         None => Decision::InSync(x),
                     }
                 }
@@ -377,8 +404,35 @@ mod tests {
             ]
         );
         let d = run(src, dst, Compare::Etag).unwrap();
-        assert_eq!(d[1], Decision::Copy(e("b", 2, "y"), Reason::EtagDiffers));
+        assert_eq!(
+            d[1],
+            Decision::Changed {
+                src: e("b", 2, "y"),
+                dest: e("b", 2, "\"other\""),
+                reason: Reason::EtagDiffers
+            }
+        );
         assert!(etag_eq(&Some("\"q\"".into()), &Some("q".into())));
+    }
+
+    #[test]
+    fn a_recorded_verified_copy_settles_only_the_etags_it_saw() {
+        let pair = ("s-3".to_string(), "\"d-2\"".to_string());
+        let (src, dst) = (e("k", 9, "\"s-3\""), e("k", 9, "d-2"));
+        assert!(settled_by(Some(&pair), &src, &dst));
+        assert!(!settled_by(None, &src, &dst));
+        assert!(
+            !settled_by(Some(&pair), &e("k", 9, "s-4"), &dst),
+            "the source changed"
+        );
+        assert!(
+            !settled_by(Some(&pair), &src, &e("k", 9, "d-9")),
+            "the destination changed"
+        );
+        assert!(
+            !settled_by(Some(&pair), &src, &e("k", 8, "d-2")),
+            "another size"
+        );
     }
 
     #[test]
@@ -428,8 +482,15 @@ mod tests {
                         copies += 1;
                         match dst.get(&x.key) {
                             None => prop_assert_eq!(*r, Reason::Missing),
-                            Some((s, t)) => prop_assert!(*s != x.size || (etag && t.to_string() != *x.etag.as_ref().unwrap())),
+                            Some((s, _)) => prop_assert!(*s != x.size && *r == Reason::SizeDiffers),
                         }
+                    }
+                    Decision::Changed { src: x, dest: y, reason } => {
+                        copies += 1;
+                        let (s, t) = dst[&x.key];
+                        prop_assert_eq!(*reason, Reason::EtagDiffers);
+                        prop_assert!(etag && s == x.size && t.to_string() != *x.etag.as_ref().unwrap());
+                        prop_assert_eq!(&y.key, &x.key);
                     }
                     Decision::InSync(x) => {
                         let (s, t) = dst[&x.key];

@@ -4,8 +4,7 @@
 //! bytes held in memory), and the upload ledger in the state file
 //! lets an interrupted run resume without redoing finished parts.
 
-use super::bucket::Bucket;
-use super::bucket::DestOptions;
+use super::bucket::{Bucket, DestOptions, bare_etag};
 use super::diff::{self, Compare, Decision, DiffError, Entry, MergeError};
 use super::multipart::{self, MAX_SINGLE, Plan};
 use super::transfer::{Mode, Transfer, ledger_error};
@@ -229,6 +228,20 @@ where
             let (tx, in_sync, copies) = (&tx, &in_sync, &copies);
             async move {
                 let d = match d {
+                    // Other ETags than the source's may still be a copy verified earlier.
+                    Decision::Changed { src, dest, reason } => {
+                        let url = edges.dst.url.object(&src.key);
+                        match edges.ledger.verified(&url).await {
+                            Ok(p) if diff::settled_by(p.as_ref(), &src, &dest) => {
+                                Decision::InSync(src)
+                            }
+                            Ok(_) => Decision::Copy(src, reason),
+                            Err(err) => {
+                                tracing::warn!(key = %src.key, error = %err, "cannot read the verified copies; copying");
+                                Decision::Copy(src, reason)
+                            }
+                        }
+                    }
                     Decision::InSync(e) if spec.compare == Compare::Checksum => {
                         match checksums_differ(edges, &e).await {
                             Ok(false) => Decision::InSync(e),
@@ -247,7 +260,7 @@ where
                         tx.send(e).await.map_err(|_| "the copy workers stopped")?;
                     }
                     Decision::InSync(_) => in_sync.set(in_sync.get() + 1),
-                    Decision::Extra(_) => {}
+                    Decision::Extra(_) | Decision::Changed { .. } => {}
                 }
                 Ok::<(), &'static str>(())
             }
@@ -300,7 +313,22 @@ async fn checksums_differ(edges: &ObjectEdges<'_>, e: &Entry) -> Result<bool, It
             return Ok(x != y);
         }
     }
-    Ok(a.etag != b.etag)
+    if a.etag == b.etag {
+        return Ok(false);
+    }
+    // No checksum on both sides and other ETags: equal only if a verified copy says so.
+    let pair = edges
+        .ledger
+        .verified(&edges.dst.url.object(&e.key))
+        .await
+        .map_err(ledger_error)?;
+    let entry = |h: &super::bucket::Head| Entry {
+        key: e.key.clone(),
+        size: h.size,
+        etag: h.etag.clone(),
+        checksum: None,
+    };
+    Ok(!diff::settled_by(pair.as_ref(), &entry(&a), &entry(&b)))
 }
 
 fn tokio_stream_of<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
@@ -397,6 +425,17 @@ async fn copy_object(
     };
     rec.source_digest = e.etag.clone();
     rec.ended_at = Some(Utc::now());
+    // A verified copy whose ETag is not the source's (other part sizes, SSE-KMS) is
+    // remembered, so the next run with --compare etag|checksum finds the two in sync.
+    if let (Ok(Some(dest_etag)), Some(src_etag)) = (&r, &e.etag)
+        && bare_etag(dest_etag) != bare_etag(src_etag)
+        && let Err(err) = edges
+            .ledger
+            .remember_verified(&rec.dest, src_etag, dest_etag)
+            .await
+    {
+        tracing::warn!(object = %rec.dest, error = %err, "cannot remember the verified copy; the next run with --compare etag copies it again");
+    }
     match r {
         Ok(etag) => {
             rec.status = Status::Copied;

@@ -180,6 +180,24 @@ impl ObjectsEdges<'_> {
             tags: self.cfg.tags,
         }
     }
+    /// Remembers a verified copy whose ETag is not the source's (see
+    /// [`UploadLedger::verified`]), so the next diff finds the two in sync.
+    async fn remember(
+        &self,
+        entry: &super::diff::Entry,
+        r: &Result<Option<String>, ItemError>,
+    ) -> Result<(), ItemError> {
+        if let (Ok(Some(dest_etag)), Some(src_etag)) = (r, &entry.etag)
+            && super::bucket::bare_etag(dest_etag) != super::bucket::bare_etag(src_etag)
+        {
+            self.ledger
+                .remember_verified(&self.dst.url.object(&entry.key), src_etag, dest_etag)
+                .await
+                .map_err(store_err)?;
+        }
+        Ok(())
+    }
+
     async fn record(
         &self,
         run: &str,
@@ -333,35 +351,53 @@ where
     E1: std::fmt::Display,
     E2: std::fmt::Display,
 {
-    let mut batch: Vec<Job> = Vec::with_capacity(100);
+    // The merge awaits each decision before the next: one borrow at a time.
+    let state = std::cell::RefCell::new((&mut *sum, Vec::<Job>::with_capacity(100)));
     let mut stopped_after: Option<String> = None;
     let merged = diff::merge(src, dst, e.cfg.compare, |d| {
-        let mut flush = None;
-        let key = match d {
-            Decision::Copy(x, _) => {
-                sum.to_copy += 1;
-                sum.bytes_to_copy += x.size;
-                batch.push(Job::object(run_id, &x));
-                if batch.len() >= 100 {
-                    flush = Some(std::mem::take(&mut batch));
-                }
-                x.key
-            }
-            Decision::InSync(x) => {
-                sum.in_sync += 1;
-                x.key
-            }
-            Decision::Extra(x) => {
-                sum.only_at_dest += 1;
-                x.key
-            }
+        let key = match &d {
+            Decision::Copy(x, _) | Decision::InSync(x) | Decision::Extra(x) => x.key.clone(),
+            Decision::Changed { src, .. } => src.key.clone(),
         };
         // Every key up to this one is decided on both sides: a clean place to stop.
         let stop = stop_at.is_some_and(|t| std::time::Instant::now() >= t);
         if stop {
             stopped_after = Some(key);
         }
+        let state = &state;
         async move {
+            let copy = match d {
+                Decision::Copy(x, _) => Some(x),
+                // Other ETags than the source's may still be a copy verified earlier.
+                Decision::Changed { src, dest, .. } => {
+                    let pair = e
+                        .ledger
+                        .verified(&e.dst.url.object(&src.key))
+                        .await
+                        .map_err(|x| Some(store_err(x)))?;
+                    if diff::settled_by(pair.as_ref(), &src, &dest) {
+                        state.borrow_mut().0.in_sync += 1;
+                        None
+                    } else {
+                        Some(src)
+                    }
+                }
+                Decision::InSync(_) => {
+                    state.borrow_mut().0.in_sync += 1;
+                    None
+                }
+                Decision::Extra(_) => {
+                    state.borrow_mut().0.only_at_dest += 1;
+                    None
+                }
+            };
+            let flush = copy.and_then(|x| {
+                let mut st = state.borrow_mut();
+                st.0.to_copy += 1;
+                st.0.bytes_to_copy += x.size;
+                st.1.push(Job::object(run_id, &x));
+                (st.1.len() >= 100).then(|| std::mem::take(&mut st.1))
+            });
             if let Some(jobs) = flush {
                 e.queue.send(&jobs).await.map_err(Some)?;
             }
@@ -374,6 +410,7 @@ where
         Err(MergeError::Emit(Some(err))) => return Err(MergeError::Emit(err)),
         Err(MergeError::Diff(d)) => return Err(MergeError::Diff(d)),
     }
+    let (_, batch) = state.into_inner();
     sum.next = stopped_after;
     e.queue.send(&batch).await.map_err(MergeError::Emit)
 }
@@ -435,7 +472,7 @@ async fn handle_message(body: &str, e: &ObjectsEdges<'_>) -> Result<(), ItemErro
     }
     let job = Job::parse(body)?;
     match &job {
-        Job::Object { .. } => object_job(&job, e).await,
+        Job::Object { .. } => object_job(&job, e.cfg.compare, e).await,
         Job::Part { upload_id, .. } => part_job(&job, upload_id, e).await,
     }
 }
@@ -467,7 +504,8 @@ async fn apply_event(w: EventWork, e: &ObjectsEdges<'_>) -> Result<(), ItemError
                         size: h.size,
                         etag: h.etag,
                     };
-                    object_job(&job, e).await
+                    // An event says the object changed: a same-size copy is not enough.
+                    object_job(&job, Compare::Etag, e).await
                 }
             }
         }
@@ -489,8 +527,15 @@ async fn apply_event(w: EventWork, e: &ObjectsEdges<'_>) -> Result<(), ItemError
     }
 }
 
-async fn object_job(job: &Job, e: &ObjectsEdges<'_>) -> Result<(), ItemError> {
+/// Copies one object (small: here; big: opens its upload and queues its part jobs),
+/// unless the destination already holds it under `compare` (a job queued twice, or runs
+/// that overlap): then nothing is written.
+async fn object_job(job: &Job, compare: Compare, e: &ObjectsEdges<'_>) -> Result<(), ItemError> {
     let entry = job.entry();
+    if already_there(&entry, compare, e).await? {
+        tracing::info!(object = %e.dst.url.object(&entry.key), "the destination already holds it; nothing to copy");
+        return Ok(());
+    }
     let plan = multipart::plan(
         entry.size,
         e.cfg.threshold,
@@ -514,6 +559,7 @@ async fn object_job(job: &Job, e: &ObjectsEdges<'_>) -> Result<(), ItemError> {
             e.record(job.run(), &entry.key, entry.size, entry.etag.clone(), &r)
                 .await
                 .map_err(store_err)?;
+            e.remember(&entry, &r).await?;
             r.map(|_| ())
         }
         Plan::Multipart { part_size, parts } => {
@@ -586,6 +632,36 @@ async fn part_job(job: &Job, upload_id: &str, e: &ObjectsEdges<'_>) -> Result<()
         .part_done(&upload, part.number, &etag)
         .await
         .map_err(store_err)
+}
+
+/// Whether the destination holds `entry` already: same size and, unless comparing by
+/// size, the same ETag or the ETag of a copy verified earlier from this source ETag.
+async fn already_there(
+    entry: &super::diff::Entry,
+    compare: Compare,
+    e: &ObjectsEdges<'_>,
+) -> Result<bool, ItemError> {
+    let Some(h) = e.dst.head(&entry.key).await? else {
+        return Ok(false);
+    };
+    let dest = super::diff::Entry {
+        key: entry.key.clone(),
+        size: h.size,
+        etag: h.etag,
+        checksum: None,
+    };
+    match super::diff::compare_entries(entry, &dest, compare) {
+        None => Ok(true),
+        Some(super::diff::Reason::SizeDiffers) => Ok(false),
+        Some(_) => {
+            let pair = e
+                .ledger
+                .verified(&e.dst.url.object(&entry.key))
+                .await
+                .map_err(store_err)?;
+            Ok(diff::settled_by(pair.as_ref(), entry, &dest))
+        }
+    }
 }
 
 /// The source of `key` changed since its job was made (a pinned read answered 412): queue
@@ -694,6 +770,7 @@ async fn check_upload(
         e.record(&run, &u.key, u.size, u.source_etag.clone(), &r)
             .await
             .map_err(store_err)?;
+        e.remember(&entry, &r).await?;
         e.ledger.finish(u).await.map_err(store_err)?;
     } else if now - e.ledger.last_progress(u).await.map_err(store_err)? > e.cfg.stuck_after {
         tracing::warn!(object = %u.dest, upload_id = %u.upload_id, done = parts.len(), of = u.parts, "upload stuck (no part finished for longer than STUCK_AFTER_MINUTES); aborting and planning it again");

@@ -2,7 +2,8 @@
 //! share one object, a duplicated part job do no harm, and an interrupted run resume
 //! without redoing finished parts. SQLite on one machine, DynamoDB on AWS (its own
 //! table: `pk` = destination object URL, `sk` = `upload` or `part#NNNNN`, plus
-//! `seq` items holding the newest S3 event sequencer per key).
+//! `seq` items holding the newest S3 event sequencer per key and `verified` items holding
+//! the source and destination ETags of the last verified copy).
 
 use crate::status::dynamodb::{Item, all_pages, conditional, get_n, get_s, get_t, n, s, sdk};
 use crate::status::{SqliteStore, StoreError};
@@ -43,6 +44,17 @@ pub trait UploadLedger: Send + Sync {
     async fn finish(&self, u: &Upload) -> Result<(), StoreError>;
     /// Every open upload.
     async fn open(&self) -> Result<Vec<Upload>, StoreError>;
+    /// The ETags of the last verified copy into `dest`: (source ETag, destination ETag).
+    /// A destination whose ETag differs from its source's (other part sizes, SSE-KMS) is in
+    /// sync while both still carry these ETags.
+    async fn verified(&self, dest: &str) -> Result<Option<(String, String)>, StoreError>;
+    /// Remembers a verified copy into `dest` (replacing the previous one).
+    async fn remember_verified(
+        &self,
+        dest: &str,
+        source_etag: &str,
+        dest_etag: &str,
+    ) -> Result<(), StoreError>;
     /// When the upload last made progress: its newest finished part, else its start.
     /// (What "stuck" is measured from: an upload whose parts keep finishing is never stuck.)
     async fn last_progress(&self, u: &Upload) -> Result<DateTime<Utc>, StoreError> {
@@ -104,6 +116,28 @@ impl UploadLedger for SqliteStore {
         c.execute(
             "DELETE FROM uploads WHERE dest = ?1 AND upload_id = ?2",
             params![u.dest, u.upload_id],
+        )?;
+        Ok(())
+    }
+    async fn verified(&self, dest: &str) -> Result<Option<(String, String)>, StoreError> {
+        let c = self.conn.lock().expect("state lock");
+        Ok(c.query_row(
+            "SELECT source_etag, dest_etag FROM verified WHERE dest = ?1",
+            params![dest],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?)
+    }
+    async fn remember_verified(
+        &self,
+        dest: &str,
+        source_etag: &str,
+        dest_etag: &str,
+    ) -> Result<(), StoreError> {
+        let c = self.conn.lock().expect("state lock");
+        c.execute(
+            "INSERT OR REPLACE INTO verified VALUES (?1, ?2, ?3)",
+            params![dest, source_etag, dest_etag],
         )?;
         Ok(())
     }
@@ -263,6 +297,38 @@ impl UploadLedger for DynamoLedger {
             .collect();
         parts.sort();
         Ok(parts)
+    }
+    async fn verified(&self, dest: &str) -> Result<Option<(String, String)>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(dest))
+            .key("sk", s("verified"))
+            .send()
+            .await
+            .map_err(|e| sdk("GetItem", e))?;
+        Ok(out
+            .item()
+            .and_then(|i| Some((get_s(i, "source_etag")?, get_s(i, "dest_etag")?))))
+    }
+    async fn remember_verified(
+        &self,
+        dest: &str,
+        source_etag: &str,
+        dest_etag: &str,
+    ) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(dest))
+            .item("sk", s("verified"))
+            .item("source_etag", s(source_etag))
+            .item("dest_etag", s(dest_etag))
+            .send()
+            .await
+            .map_err(|e| sdk("PutItem", e))?;
+        Ok(())
     }
     async fn last_progress(&self, u: &Upload) -> Result<DateTime<Utc>, StoreError> {
         let newest = self

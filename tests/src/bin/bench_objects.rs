@@ -102,7 +102,7 @@ fn diff_child(n: u64) {
     let dst = listing(n, |i| i % 100 == 0, |i| i % 1000 == 1);
     futures::executor::block_on(merge(src, dst, Compare::Size, |d| {
         match d {
-            Decision::Copy(e, _) => {
+            Decision::Copy(e, _) | Decision::Changed { src: e, .. } => {
                 std::hint::black_box(e);
                 copies += 1;
             }

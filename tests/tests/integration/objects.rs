@@ -828,3 +828,76 @@ fn an_object_overwritten_while_its_parts_are_copied_lands_whole_from_one_version
         }
     }
 }
+
+/// A source uploaded in parts of another size than ours: after one verified copy the two
+/// ETags differ for good (`…-3` and `…-2`). `--compare etag` and `--compare checksum`
+/// still find them in sync on the next run (the verified pair is in the state file), and
+/// a real change at the source is still copied.
+#[test]
+fn compare_etag_and_checksum_converge_for_a_source_uploaded_in_other_parts() {
+    const MIB: usize = 1024 * 1024;
+    let s3 = S3::start(&["src", "dst"]);
+    let body = data(10 * MIB + 1, 3);
+    let src_etag = s3.rt.block_on(hub_tests::aws_fixtures::multipart_object(
+        &s3.client,
+        "src",
+        "big.bin",
+        &body,
+        5 * MIB,
+    ));
+    assert!(src_etag.ends_with("-3"), "{src_etag}");
+    let run = |compare: &str| {
+        let state = s3.state.path().join("state.db");
+        let args = [
+            "objects",
+            "sync",
+            "s3://src",
+            "s3://dst",
+            "--source-endpoint",
+            &s3.moto.endpoint,
+            "--dest-endpoint",
+            &s3.moto.endpoint,
+            "--multipart-threshold",
+            "6291456",
+            "--part-size",
+            "7340032",
+            "--compare",
+            compare,
+            "--output",
+            "json",
+            "--state",
+            state.to_str().unwrap(),
+        ];
+        let env = s3.moto.env(REGION);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let r = transfer_hub(&args, &env);
+        assert_eq!(r.code, 0, "{compare}: {}\n{}", r.stdout, r.stderr);
+        counts(&r.json())
+    };
+    assert_eq!(run("etag"), (1, 0, 0));
+    assert_eq!(
+        Md5::digest(s3.get("dst", "big.bin").unwrap()),
+        Md5::digest(&body)
+    );
+    for compare in ["etag", "checksum", "etag"] {
+        assert_eq!(
+            run(compare),
+            (0, 1, 0),
+            "--compare {compare} after a verified copy"
+        );
+    }
+    // A change of the same size at the source is still seen.
+    let changed = data(10 * MIB + 1, 4);
+    s3.rt.block_on(hub_tests::aws_fixtures::multipart_object(
+        &s3.client,
+        "src",
+        "big.bin",
+        &changed,
+        5 * MIB,
+    ));
+    assert_eq!(run("etag"), (1, 0, 0));
+    assert_eq!(
+        Md5::digest(s3.get("dst", "big.bin").unwrap()),
+        Md5::digest(&changed)
+    );
+}

@@ -899,3 +899,38 @@ fn an_object_with_a_key_of_a_thousand_bytes_is_copied_and_recorded() {
     assert_eq!(rec["status"].as_s().unwrap(), "copied");
     assert!(rec["sk"].as_s().unwrap().len() <= 1024);
 }
+
+/// The AWS twin of the CLI's convergence test: a source uploaded in 5 MiB parts copied in
+/// 7 MiB parts keeps another ETag; diff-objects with COMPARE=etag queues it once, never
+/// again after the verified copy. A duplicate of the job writes nothing.
+#[test]
+fn diff_objects_with_compare_etag_converges_and_a_duplicate_job_writes_nothing() {
+    let s = Suite::start();
+    let body = data(10 * MIB + 1, 5);
+    s.rt.block_on(hub_tests::aws_fixtures::multipart_object(
+        &s.s3,
+        "src",
+        "in/big.bin",
+        &body,
+        5 * MIB,
+    ));
+    let f = s.function(&[("COMPARE", "etag"), ("PART_SIZE", &(7 * MIB).to_string())]);
+    let sum = s.rt.block_on(f.diff(Default::default(), 0)).unwrap();
+    assert_eq!((sum.to_copy, sum.in_sync), (1, 0), "{sum:?}");
+    let job = s.receive(&s.queue);
+    s.handled(&f, job.clone());
+    s.ack(&s.queue, &job, &[]);
+    let parts = s.receive(&s.queue);
+    assert_eq!(parts.records.len(), 2, "10 MiB in 7 MiB parts");
+    s.handled(&f, parts.clone());
+    s.ack(&s.queue, &parts, &[]);
+    s.completes(&f, "big.bin", &body);
+    // The next hour: in sync, nothing queued.
+    let sum = s.rt.block_on(f.diff(Default::default(), 0)).unwrap();
+    assert_eq!((sum.to_copy, sum.in_sync), (0, 1), "{sum:?}");
+    assert!(s.receive(&s.queue).records.is_empty());
+    // The first job delivered again (SQS delivers at least once): no upload, no parts.
+    s.handled(&f, job);
+    assert_eq!(s.open_uploads(), 0, "no upload opened for what is there");
+    assert!(s.receive(&s.queue).records.is_empty(), "no part job queued");
+}
