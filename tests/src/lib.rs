@@ -615,11 +615,6 @@ pub type Route = Arc<dyn Fn(&str) -> (String, String) + Send + Sync>;
 pub type Rewrite =
     Arc<dyn Fn(&str, u16, Vec<u8>) -> (u16, Vec<(String, String)>, Vec<u8>) + Send + Sync>;
 
-/// Answers a request in the proxy itself (given its head), instead of forwarding it:
-/// the status, extra headers and body, or `None` to forward.
-pub type Intercept =
-    Arc<dyn Fn(&str) -> Option<(u16, Vec<(String, String)>, Vec<u8>)> + Send + Sync>;
-
 /// A small HTTP/1.1 proxy on 127.0.0.1, one request per connection, for fitting emulators
 /// together in tests (routing, and fixing what an emulator answers wrongly).
 pub struct HttpProxy {
@@ -634,12 +629,6 @@ impl HttpProxy {
 
     /// The same on a given port of 127.0.0.1 (0: any free port).
     pub fn start_on(port: u16, route: Route, rewrite: Rewrite) -> Self {
-        Self::start_full(port, Arc::new(|_: &str| None), route, rewrite)
-    }
-
-    /// A proxy that first asks `intercept` whether to answer a request itself (what an
-    /// emulator does not enforce, the rig does), then routes and rewrites the rest.
-    pub fn start_full(port: u16, intercept: Intercept, route: Route, rewrite: Rewrite) -> Self {
         let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         listener.set_nonblocking(true).unwrap();
@@ -650,9 +639,8 @@ impl HttpProxy {
                 match listener.accept() {
                     Ok((client, _)) => {
                         let (route, rewrite) = (route.clone(), rewrite.clone());
-                        let intercept = intercept.clone();
                         std::thread::spawn(move || {
-                            let _ = forward_one(client, &intercept, &route, &rewrite);
+                            let _ = forward_one(client, &route, &rewrite);
                         });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
@@ -681,7 +669,7 @@ fn content_length(head: &[u8]) -> usize {
 }
 
 /// Reads a whole HTTP/1.1 body: by Content-Length, chunked, or to the end of the stream.
-fn read_body(s: &mut TcpStream, head: &[u8], to_eof: bool) -> std::io::Result<Vec<u8>> {
+pub(crate) fn read_body(s: &mut TcpStream, head: &[u8], to_eof: bool) -> std::io::Result<Vec<u8>> {
     let h = String::from_utf8_lossy(head).to_ascii_lowercase();
     if h.contains("transfer-encoding: chunked") {
         let mut out = Vec::new();
@@ -723,7 +711,7 @@ fn read_body(s: &mut TcpStream, head: &[u8], to_eof: bool) -> std::io::Result<Ve
     Ok(body)
 }
 
-fn strip_framing(head: &str) -> Vec<String> {
+pub(crate) fn strip_framing(head: &str) -> Vec<String> {
     head.split("\r\n")
         .filter(|l| !l.is_empty())
         .filter(|l| {
@@ -736,25 +724,11 @@ fn strip_framing(head: &str) -> Vec<String> {
         .collect()
 }
 
-fn forward_one(
-    mut client: TcpStream,
-    intercept: &Intercept,
-    route: &Route,
-    rewrite: &Rewrite,
-) -> std::io::Result<()> {
+fn forward_one(mut client: TcpStream, route: &Route, rewrite: &Rewrite) -> std::io::Result<()> {
     client.set_read_timeout(Some(Duration::from_secs(300)))?;
     let head = read_head(&mut client)?;
     let body = read_body(&mut client, &head, false)?;
     let head_text = String::from_utf8_lossy(&head).to_string();
-    if let Some((status, headers, body)) = intercept(&head_text) {
-        let mut lines = vec![format!("HTTP/1.1 {status} Status")];
-        lines.extend(headers.into_iter().map(|(k, v)| format!("{k}: {v}")));
-        lines.push(format!("Content-Length: {}", body.len()));
-        lines.push("Connection: close".into());
-        client.write_all(format!("{}\r\n\r\n", lines.join("\r\n")).as_bytes())?;
-        client.write_all(&body)?;
-        return client.shutdown(std::net::Shutdown::Both);
-    }
     let (upstream, new_head) = route(&head_text);
     let mut up = TcpStream::connect(&upstream)?;
     let mut lines = strip_framing(&new_head);
@@ -1035,9 +1009,10 @@ impl Drop for LambdaWatch {
     }
 }
 
-/// The resources the AWS suite's template creates, made in moto for tests.
+/// S3 as strict as AWS: moto behind a proxy that enforces what moto forgives.
 pub mod s3_rig;
 
+/// The resources the AWS suite's template creates, made in moto for tests.
 pub mod aws_fixtures {
     use aws_config::SdkConfig;
 
@@ -1317,7 +1292,7 @@ impl Drop for CutWritesProxy {
     }
 }
 
-fn read_head(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+pub(crate) fn read_head(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {

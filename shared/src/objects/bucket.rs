@@ -192,6 +192,16 @@ pub fn quoted_etag(e: &str) -> String {
     format!("\"{}\"", bare_etag(e))
 }
 
+/// Whether an answer's encryption headers say its ETag is not the MD5 of the bytes:
+/// SSE-KMS, DSSE-KMS or SSE-C (a customer key). SSE-S3 (AES256) and no encryption keep
+/// MD5 ETags for single-part objects.
+pub fn etag_not_md5(sse: Option<&ServerSideEncryption>, customer_key: Option<&str>) -> bool {
+    matches!(
+        sse,
+        Some(ServerSideEncryption::AwsKms) | Some(ServerSideEncryption::AwsKmsDsse)
+    ) || customer_key.is_some()
+}
+
 /// ETag without quotes.
 pub fn bare_etag(e: &str) -> String {
     e.trim_matches('"').to_string()
@@ -311,7 +321,7 @@ impl Bucket {
                 ]
                 .map(|c| c.map(str::to_string)),
                 etag: o.e_tag().map(bare_etag),
-                kms: o.server_side_encryption() == Some(&ServerSideEncryption::AwsKms),
+                kms: etag_not_md5(o.server_side_encryption(), o.sse_customer_algorithm()),
                 meta: Meta {
                     content_type: o.content_type().map(str::to_string),
                     cache_control: o.cache_control().map(str::to_string),
@@ -346,7 +356,8 @@ impl Bucket {
         Ok((!tags.is_empty()).then(|| tags.join("&")))
     }
 
-    /// Reads an object, or a range of it, into memory with its metadata and ETag. The read
+    /// Reads an object, or a range of it, into memory with its metadata, its ETag and
+    /// whether that ETag is not an MD5 ([`etag_not_md5`]). The read
     /// is pinned to the listed version: `if_match` (the listed ETag) goes as `If-Match`, so
     /// a changed object answers 412 ([`ErrorClass::SourceChanged`]) instead of other bytes,
     /// and no more than `len` bytes (what the listing or the part plan announced) are read.
@@ -356,7 +367,7 @@ impl Bucket {
         range: Option<String>,
         if_match: Option<&str>,
         len: u64,
-    ) -> Result<(bytes::Bytes, Meta, Option<String>), ItemError> {
+    ) -> Result<(bytes::Bytes, Meta, Option<String>, bool), ItemError> {
         let what = format!("GET {}", self.url.object(rel));
         let o = self
             .client
@@ -386,6 +397,7 @@ impl Bucket {
             user: o.metadata().cloned().filter(|m| !m.is_empty()),
         };
         let etag = o.e_tag().map(bare_etag);
+        let encrypted = etag_not_md5(o.server_side_encryption(), o.sse_customer_algorithm());
         // Into one buffer of the announced size as the chunks arrive: collecting the
         // chunks and joining them would hold the body twice at the peak.
         let announced = announced.clamp(0, MAX_BUFFERED) as usize;
@@ -400,10 +412,11 @@ impl Bucket {
             }
             buf.extend_from_slice(&chunk);
         }
-        Ok((buf.into(), meta, etag))
+        Ok((buf.into(), meta, etag, encrypted))
     }
 
-    /// PutObject with Content-MD5 (S3 refuses a body that does not match). Returns the ETag.
+    /// PutObject with Content-MD5 (S3 refuses a body that does not match). Returns the ETag
+    /// and whether it is not an MD5 (the destination encrypts with KMS).
     pub async fn put(
         &self,
         rel: &str,
@@ -412,7 +425,7 @@ impl Bucket {
         meta: &Meta,
         tagging: Option<String>,
         opts: &DestOptions,
-    ) -> Result<Option<String>, ItemError> {
+    ) -> Result<(Option<String>, bool), ItemError> {
         use base64::Engine;
         let req = self
             .client
@@ -426,12 +439,15 @@ impl Bucket {
             .send()
             .await
             .map_err(|e| s3_error(&format!("PUT {}", self.url.object(rel)), e))?;
-        Ok(o.e_tag().map(bare_etag))
+        Ok((
+            o.e_tag().map(bare_etag),
+            etag_not_md5(o.server_side_encryption(), o.sse_customer_algorithm()),
+        ))
     }
 
     /// Server-side CopyObject from `src` (metadata and tags copied by S3), pinned to the
     /// listed ETag (`x-amz-copy-source-if-match`; 412 when the source changed). Returns
-    /// the ETag.
+    /// the new ETag and whether it is not an MD5 (the destination encrypts with KMS).
     pub async fn copy_from(
         &self,
         rel: &str,
@@ -439,7 +455,7 @@ impl Bucket {
         if_match: Option<&str>,
         opts: &DestOptions,
         tags: bool,
-    ) -> Result<Option<String>, ItemError> {
+    ) -> Result<(Option<String>, bool), ItemError> {
         use aws_sdk_s3::types::TaggingDirective;
         let o = self
             .client
@@ -465,9 +481,12 @@ impl Bucket {
                     e,
                 )
             })?;
-        Ok(o.copy_object_result()
-            .and_then(|r| r.e_tag())
-            .map(bare_etag))
+        Ok((
+            o.copy_object_result()
+                .and_then(|r| r.e_tag())
+                .map(bare_etag),
+            etag_not_md5(o.server_side_encryption(), o.sse_customer_algorithm()),
+        ))
     }
 
     /// Starts a multipart upload carrying the source's metadata. Returns the upload id.
@@ -493,7 +512,7 @@ impl Bucket {
             .ok_or_else(|| ItemError::new(ErrorClass::Retryable, format!("{what}: no upload id")))
     }
 
-    /// UploadPart with Content-MD5. Returns the part's ETag.
+    /// UploadPart with Content-MD5. Returns the part's ETag and whether it is not an MD5.
     pub async fn upload_part(
         &self,
         rel: &str,
@@ -501,7 +520,7 @@ impl Bucket {
         number: u32,
         body: bytes::Bytes,
         md5: &[u8; 16],
-    ) -> Result<String, ItemError> {
+    ) -> Result<(String, bool), ItemError> {
         use base64::Engine;
         let what = format!("part {number} of {}", self.url.object(rel));
         let o = self
@@ -517,8 +536,9 @@ impl Bucket {
             .send()
             .await
             .map_err(|e| s3_error(&what, e))?;
+        let encrypted = etag_not_md5(o.server_side_encryption(), o.sse_customer_algorithm());
         o.e_tag()
-            .map(bare_etag)
+            .map(|e| (bare_etag(e), encrypted))
             .ok_or_else(|| ItemError::new(ErrorClass::Retryable, format!("{what}: no ETag")))
     }
 
@@ -554,13 +574,14 @@ impl Bucket {
             .ok_or_else(|| ItemError::new(ErrorClass::Retryable, format!("{what}: no ETag")))
     }
 
-    /// Completes an upload with its parts in order. Returns the object's ETag.
+    /// Completes an upload with its parts in order. Returns the object's ETag and whether
+    /// the object is encrypted so that its part ETags are not MD5s.
     pub async fn complete_upload(
         &self,
         rel: &str,
         upload_id: &str,
         parts: &[(u32, String)],
-    ) -> Result<Option<String>, ItemError> {
+    ) -> Result<(Option<String>, bool), ItemError> {
         let completed = CompletedMultipartUpload::builder()
             .set_parts(Some(
                 parts
@@ -584,7 +605,10 @@ impl Bucket {
             .send()
             .await
             .map_err(|e| s3_error(&format!("complete upload of {}", self.url.object(rel)), e))?;
-        Ok(o.e_tag().map(bare_etag))
+        Ok((
+            o.e_tag().map(bare_etag),
+            etag_not_md5(o.server_side_encryption(), None),
+        ))
     }
 
     /// Aborts an upload (its parts are freed).

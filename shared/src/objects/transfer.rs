@@ -51,31 +51,38 @@ fn md5_of(b: &[u8]) -> [u8; 16] {
 
 impl Transfer<'_> {
     /// Copies an object in one request and verifies it. Returns the destination ETag.
+    ///
+    /// An ETag counts as the MD5 of the bytes only when the answer's encryption headers
+    /// say so (not SSE-KMS, DSSE-KMS or SSE-C) and the object is single-part; the listing
+    /// says nothing of encryption, so a source ETag that disagrees is settled by a HEAD of
+    /// the source. Otherwise S3 checked our Content-MD5 (stream) or copied inside, and the
+    /// size is checked.
     pub async fn single(&self, e: &Entry) -> Result<Option<String>, ItemError> {
         let dest_url = self.dst.url.object(&e.key);
         let (etag, proven) = match self.mode {
             Mode::Server => {
-                let etag = self
+                let (etag, dest_encrypted) = self
                     .dst
                     .copy_from(&e.key, self.src, e.etag.as_deref(), self.opts, self.tags)
                     .await?;
                 let mut proven = false;
-                if self.opts.kms_key.is_none()
+                if !dest_encrypted
                     && let (Some(src), Some(got)) = (&e.etag, &etag)
                     && is_md5_etag(src)
                 {
-                    if bare_etag(src) != *got {
+                    if bare_etag(src) == *got {
+                        // The copy's MD5 is the listed object's MD5: same bytes, same size.
+                        proven = true;
+                    } else if !self.source_encrypted(e).await? {
                         return Err(mismatch(format!(
                             "{dest_url}: ETag {got} after the copy, source ETag {src}"
                         )));
                     }
-                    // The copy's MD5 is the listed object's MD5: same bytes, same size.
-                    proven = true;
                 }
                 (etag, proven)
             }
             Mode::Stream => {
-                let (body, meta, src_etag) = self
+                let (body, meta, src_etag, src_encrypted) = self
                     .src
                     .get(&e.key, None, e.etag.as_deref(), e.size)
                     .await?;
@@ -86,19 +93,19 @@ impl Transfer<'_> {
                     body.len() as u64,
                     e.size,
                     &md5,
-                    src_etag.as_deref(),
+                    src_etag.as_deref().filter(|_| !src_encrypted),
                 )?;
                 let tagging = if self.tags {
                     self.src.tagging(&e.key).await?
                 } else {
                     None
                 };
-                let etag = self
+                let (etag, dest_encrypted) = self
                     .dst
                     .put(&e.key, body, &md5, &meta, tagging, self.opts)
                     .await?;
                 let mut proven = false;
-                if self.opts.kms_key.is_none()
+                if !dest_encrypted
                     && let Some(got) = &etag
                     && is_md5_etag(got)
                 {
@@ -119,6 +126,12 @@ impl Transfer<'_> {
             self.verify_size(e).await?;
         }
         Ok(etag)
+    }
+
+    /// Whether the source object's ETag is not an MD5 (it is encrypted with KMS or a
+    /// customer key): asked only when a listed ETag disagrees with a copy's.
+    async fn source_encrypted(&self, e: &Entry) -> Result<bool, ItemError> {
+        Ok(self.src.head(&e.key).await?.is_some_and(|h| h.kms))
     }
 
     /// Starts a multipart upload with the source's metadata (and tags), for the listed
@@ -214,7 +227,7 @@ impl Transfer<'_> {
                     .await
             }
             Mode::Stream => {
-                let (body, _, _) = self
+                let (body, _, _, _) = self
                     .src
                     .get(&e.key, Some(p.range()), e.etag.as_deref(), p.len)
                     .await?;
@@ -228,11 +241,12 @@ impl Transfer<'_> {
                     )));
                 }
                 let md5 = md5_of(&body);
-                let etag = self
+                let (etag, encrypted) = self
                     .dst
                     .upload_part(&e.key, upload_id, p.number, body, &md5)
                     .await?;
-                if self.opts.kms_key.is_none() && is_md5_etag(&etag) && etag != hex::encode(md5) {
+                // S3 checked the part against its Content-MD5; an MD5 ETag must say the same.
+                if !encrypted && is_md5_etag(&etag) && etag != hex::encode(md5) {
                     return Err(mismatch(format!(
                         "part {} of {}: ETag {etag}, MD5 sent {}",
                         p.number,
@@ -268,8 +282,8 @@ impl Transfer<'_> {
             ));
         }
         let dest_url = self.dst.url.object(&e.key);
-        let etag = match self.dst.complete_upload(&e.key, upload_id, &parts).await {
-            Ok(etag) => etag,
+        let (etag, encrypted) = match self.dst.complete_upload(&e.key, upload_id, &parts).await {
+            Ok(done) => done,
             // The answer was lost or unreadable: the upload may have completed. What the
             // destination holds decides (the checks below), so a retry is not needed.
             Err(err) if err.class == ErrorClass::Retryable => match self.dst.head(&e.key).await? {
@@ -280,13 +294,14 @@ impl Transfer<'_> {
                             .is_some_and(|t| t.ends_with(&format!("-{expected}"))) =>
                 {
                     tracing::warn!(object = %dest_url, error = %err.message, "completing answered badly; the object is there, checking it");
-                    h.etag
+                    (h.etag, h.kms)
                 }
                 _ => return Err(err),
             },
             Err(err) => return Err(err),
         };
-        // Part ETags are their MD5s (no KMS): the object's ETag must be their multipart ETag.
+        // Part ETags are their MD5s (not encrypted with KMS or a customer key): the
+        // object's ETag must be their multipart ETag.
         let md5s: Option<Vec<[u8; 16]>> = parts
             .iter()
             .map(|(_, t)| {
@@ -295,19 +310,19 @@ impl Transfer<'_> {
                     .and_then(|v| <[u8; 16]>::try_from(v).ok())
             })
             .collect();
-        if self.opts.kms_key.is_none()
-            && let (Some(md5s), Some(got)) = (md5s, &etag)
-        {
+        if !encrypted && let (Some(md5s), Some(got)) = (md5s, &etag) {
             let want = multipart_etag(&md5s);
             if *got != want {
                 return Err(mismatch(format!(
                     "{dest_url}: ETag {got} after completing, expected {want} from the parts"
                 )));
             }
-            // Same layout as the source (same part count): the ETags must agree too.
+            // Same layout as the source (same part count): the ETags must agree too,
+            // unless the source's ETags are not MD5s (encrypted; asked only then).
             if let Some(src) = &e.etag
                 && src.ends_with(&format!("-{expected}"))
                 && bare_etag(src) != *got
+                && !self.source_encrypted(e).await?
             {
                 return Err(mismatch(format!(
                     "{dest_url}: ETag {got}, source ETag {src} with the same part count"
