@@ -11,6 +11,7 @@ pub mod copy;
 pub mod ecr;
 pub mod functions;
 pub mod handlers;
+pub mod hosts;
 pub mod list_source;
 pub mod notify;
 pub mod objects;
