@@ -373,6 +373,13 @@ pub async fn find_diff(
             }
         }
     }
+    let (wanted, collided) = plan::refuse_dest_collisions(wanted);
+    for u in collided {
+        let mut r = record(&run_id, u.what, u.dest.unwrap_or_default(), Status::Failed);
+        r.error = Some(u.error);
+        e.store.put_item(&r).await?;
+        failed += 1;
+    }
     let spec = cfg.spec(&run_id, Selecting::AllRepos);
     let (src, dst, attempts) = sync::resolve(&spec, e.registry, &wanted).await;
     let planned = plan::plan(&wanted, &src, &dst);
