@@ -7,6 +7,7 @@ mod integration {
     pub mod ecr;
     pub mod hostile;
     pub mod images;
+    pub mod interrupt;
     pub mod objects;
     pub mod objects_aws;
     pub mod secrets;
