@@ -126,8 +126,9 @@ fn error_of<'a>(j: &'a serde_json::Value, suffix: &str) -> (&'a str, &'a str) {
     )
 }
 
-#[test]
-fn a_hostile_registry_fails_each_bad_answer_by_name_with_bounded_memory_and_the_rest_copies() {
+/// Syncs these lines (plus one good image from a real registry) from the hostile
+/// registry; returns the JSON report and the run's peak RSS in KiB.
+fn sync_from_hostile(lines: &str) -> (serde_json::Value, u64) {
     let (bad, good, dst, dir) = (
         hostile(),
         RegistryServer::start(),
@@ -136,13 +137,7 @@ fn a_hostile_registry_fails_each_bad_answer_by_name_with_bounded_memory_and_the_
     );
     let img = OciImage::single(&[2048]);
     img.push(&format!("{}/good/app:1", good.addr), None);
-    let l = list(
-        dir.path(),
-        &format!(
-            "linkbad/app:ALL_TAGS\nloop/app:ALL_TAGS\nfloodtags/app:ALL_TAGS\nhuge/app:1\ndigestbad/app:1\nlenbad/app:1\nauthbad/app:1\n{}/good/app:1\n",
-            good.addr
-        ),
-    );
+    let l = list(dir.path(), &format!("{lines}{}/good/app:1\n", good.addr));
     let (r, peak_kib) = sync_measured(
         dir.path(),
         &[
@@ -157,19 +152,24 @@ fn a_hostile_registry_fails_each_bad_answer_by_name_with_bounded_memory_and_the_
         ],
     );
     eprintln!("peak RSS of the run: {} MiB", peak_kib / 1024);
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
     assert_eq!(r.code, 1, "the run finishes, failing the bad images\n{}", r.stderr);
     let j = r.json();
+    assert_eq!(item(&j, "good/app:1")["status"], "copied", "the other images still copy");
+    assert_eq!(dst.digest("good/app", "1").as_deref(), Some(img.digest.as_str()));
+    (j, peak_kib)
+}
 
+#[test]
+fn malformed_registry_headers_fail_their_image_by_name_and_the_rest_copies() {
+    let (j, _) = sync_from_hostile(
+        "linkbad/app:ALL_TAGS\nloop/app:ALL_TAGS\ndigestbad/app:1\nlenbad/app:1\nauthbad/app:1\n",
+    );
     let (class, msg) = error_of(&j, "linkbad/app:ALL_TAGS");
     assert_eq!(class, "BadInput");
     assert!(msg.contains("malformed Link header"), "{msg}");
     let (_, msg) = error_of(&j, "loop/app:ALL_TAGS");
     assert!(msg.contains("the page chain loops"), "{msg}");
-    let (_, msg) = error_of(&j, "floodtags/app:ALL_TAGS");
-    assert!(msg.contains("tag list larger than 8 MiB"), "{msg}");
-    let (class, msg) = error_of(&j, "huge/app:1");
-    assert_eq!(class, "BadInput");
-    assert!(msg.contains("manifest larger than 4 MiB"), "{msg}");
     let (_, msg) = error_of(&j, "digestbad/app:1");
     assert!(
         msg.contains("malformed Docker-Content-Digest header \"sha256:not-hex\""),
@@ -179,10 +179,16 @@ fn a_hostile_registry_fails_each_bad_answer_by_name_with_bounded_memory_and_the_
     assert!(msg.to_ascii_lowercase().contains("content-length"), "{msg}");
     let (_, msg) = error_of(&j, "authbad/app:1");
     assert!(msg.contains("malformed WWW-Authenticate header"), "{msg}");
+}
 
-    assert_eq!(item(&j, "good/app:1")["status"], "copied");
-    assert_eq!(dst.digest("good/app", "1").as_deref(), Some(img.digest.as_str()));
-    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+#[test]
+fn a_registry_flooding_a_manifest_and_a_tag_list_is_cut_off_at_the_caps_with_bounded_memory() {
+    let (j, peak_kib) = sync_from_hostile("floodtags/app:ALL_TAGS\nhuge/app:1\n");
+    let (_, msg) = error_of(&j, "floodtags/app:ALL_TAGS");
+    assert!(msg.contains("tag list larger than 8 MiB"), "{msg}");
+    let (class, msg) = error_of(&j, "huge/app:1");
+    assert_eq!(class, "BadInput");
+    assert!(msg.contains("manifest larger than 4 MiB"), "{msg}");
     // The registry sent 2 × 384 MiB; what we hold is bounded by the caps, not by that.
     assert!(
         peak_kib < 200 * 1024,
