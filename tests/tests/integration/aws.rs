@@ -865,6 +865,7 @@ fn the_copy_worker_refuses_to_use_the_source_secret_for_a_registry_it_was_not_co
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_no_login_reached(&foreign, &canary);
     assert!(out.status.success(), "the refusal was reported: {stderr}");
     assert!(
         stderr.contains("reported failure") && stderr.contains("BadInput"),
@@ -875,7 +876,6 @@ fn the_copy_worker_refuses_to_use_the_source_secret_for_a_registry_it_was_not_co
         "the failure names why: {stderr}"
     );
     assert!(!stderr.contains(&canary));
-    assert_no_login_reached(&foreign, &canary);
     assert!(backend.tags("mirror/team/app").is_empty());
 
     // A secret without the registry it belongs to is a configuration error, before any work.
