@@ -4,9 +4,9 @@
 //! secrets before it goes anywhere.
 
 use crate::authfile::{AuthFileError, Credentials, TempAuthFile};
+use crate::interrupt::{Stop, interrupted};
 use crate::plan::ImageName;
 use crate::registry::HttpRegistry;
-use crate::interrupt::{Stop, interrupted};
 use crate::retry::{ErrorClass, ItemError};
 use async_trait::async_trait;
 use std::collections::HashMap;

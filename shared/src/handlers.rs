@@ -4,8 +4,8 @@
 //! stable class name as the Lambda error type, which the state machine's Retry/Catch match.
 
 use crate::config::{ConfigError, Env};
-use crate::hosts::{self, HostRules};
 use crate::ecr::{self, Ecr, Registries};
+use crate::hosts::{self, HostRules};
 use crate::list_source::ParameterStore;
 use crate::notify::Notifier;
 use crate::offload::{self, BlobStore};

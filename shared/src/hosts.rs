@@ -122,17 +122,30 @@ mod tests {
     fn only_the_source_and_the_allowed_extra_hosts_are_sources() {
         let r = rules();
         assert!(r.check_source("line 1", "registry.corp:5000").is_ok());
-        assert!(r.check_source("line 2", "index.docker.io").is_ok(), "alias of docker.io");
+        assert!(
+            r.check_source("line 2", "index.docker.io").is_ok(),
+            "alias of docker.io"
+        );
         assert!(r.is_source("registry.corp:5000") && !r.is_source("docker.io"));
-        let e = r.check_source("line 3: quay.io/org/app:1", "quay.io").unwrap_err();
+        let e = r
+            .check_source("line 3: quay.io/org/app:1", "quay.io")
+            .unwrap_err();
         let text = e.to_string();
         assert!(
-            text.starts_with("unconfigured source registry: line 3: quay.io/org/app:1 names registry quay.io"),
+            text.starts_with(
+                "unconfigured source registry: line 3: quay.io/org/app:1 names registry quay.io"
+            ),
             "{text}"
         );
-        assert!(text.contains("registry.corp:5000") && text.contains("docker.io"), "{text}");
+        assert!(
+            text.contains("registry.corp:5000") && text.contains("docker.io"),
+            "{text}"
+        );
         assert_eq!(ItemError::from(e).class, ErrorClass::BadInput);
-        assert!(r.check_dest("x", "123456789012.dkr.ecr.eu-west-1.amazonaws.com").is_ok());
+        assert!(
+            r.check_dest("x", "123456789012.dkr.ecr.eu-west-1.amazonaws.com")
+                .is_ok()
+        );
         assert!(r.check_dest("x", "evil.example").is_err());
     }
 

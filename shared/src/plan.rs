@@ -405,7 +405,12 @@ mod tests {
         let sel = parse_list(&format!(
             "quay.io/org/app:1\ndocker.io/org/app:1\norg/app:2\norg/app:2@{d}\nother.io/org/app@{d}\nquay.io/org/app@{d}\n"
         ));
-        let (w, f) = expand_entries(&sel.entries, &loc("src.io"), &loc("dst.io/pre"), &TagListings::new());
+        let (w, f) = expand_entries(
+            &sel.entries,
+            &loc("src.io"),
+            &loc("dst.io/pre"),
+            &TagListings::new(),
+        );
         let kept: Vec<String> = w.iter().map(|w| w.source.to_string()).collect();
         assert_eq!(
             kept,
@@ -428,7 +433,11 @@ mod tests {
             "{}",
             f[0].error.message
         );
-        assert!(f[1].error.message.contains(&format!("src.io/org/app:2@{d} and src.io/org/app:2")));
+        assert!(
+            f[1].error
+                .message
+                .contains(&format!("src.io/org/app:2@{d} and src.io/org/app:2"))
+        );
     }
 
     #[test]

@@ -331,17 +331,19 @@ impl HttpRegistry {
                 None => {
                     return Err(ItemError::new(
                         ErrorClass::AuthDenied,
-                        format!("{method} {url}: 401 Unauthorized without a WWW-Authenticate challenge"),
+                        format!(
+                            "{method} {url}: 401 Unauthorized without a WWW-Authenticate challenge"
+                        ),
                     ));
                 }
-                Some(v) => parse_challenge(v.as_bytes()).map_err(|expected| {
-                    ResponseError::BadHeader {
+                Some(v) => {
+                    parse_challenge(v.as_bytes()).map_err(|expected| ResponseError::BadHeader {
                         url: url.clone(),
                         header: "WWW-Authenticate",
                         value: shown(v.as_bytes()),
                         expected,
-                    }
-                })?,
+                    })?
+                }
             };
             if let Challenge::Bearer { realm, service } = &challenge {
                 self.check_realm(host, realm)?;
@@ -447,7 +449,10 @@ impl HttpRegistry {
         let next = next_link(resp.headers(), &url)?;
         let body = read_capped(resp, limit, what, &url).await?;
         let v = serde_json::from_slice::<T>(&body).map_err(|e| {
-            ItemError::new(ErrorClass::Retryable, format!("{url}: unreadable body: {e}"))
+            ItemError::new(
+                ErrorClass::Retryable,
+                format!("{url}: unreadable body: {e}"),
+            )
         })?;
         Ok((v, next, body.len()))
     }
@@ -535,7 +540,10 @@ async fn read_capped(
     }
     let mut body = Vec::with_capacity(announced.unwrap_or(0) as usize);
     while let Some(chunk) = resp.chunk().await.map_err(|e| {
-        ItemError::new(ErrorClass::Retryable, format!("{url}: reading the body: {}", error_chain(&e)))
+        ItemError::new(
+            ErrorClass::Retryable,
+            format!("{url}: reading the body: {}", error_chain(&e)),
+        )
     })? {
         if body.len() + chunk.len() > limit {
             return Err(too_large().into());
@@ -591,13 +599,14 @@ fn check(resp: reqwest::Response, host: &str, path: &str) -> Result<reqwest::Res
     Err(ItemError::new(class, format!("{host}{path}: {status}")))
 }
 
-const CHALLENGE_EXPECTED: &str =
-    "Basic realm=\"…\" or Bearer realm=\"https://…\",service=\"…\"";
+const CHALLENGE_EXPECTED: &str = "Basic realm=\"…\" or Bearer realm=\"https://…\",service=\"…\"";
 
 /// Parses a `WWW-Authenticate` header: `Basic realm="…"` or `Bearer realm="…",service="…",scope="…"`.
 /// Anything else is refused with what was expected.
 fn parse_challenge(raw: &[u8]) -> Result<Challenge, &'static str> {
-    let h = std::str::from_utf8(raw).map_err(|_| CHALLENGE_EXPECTED)?.trim();
+    let h = std::str::from_utf8(raw)
+        .map_err(|_| CHALLENGE_EXPECTED)?
+        .trim();
     let (scheme, rest) = h.split_once(' ').unwrap_or((h, ""));
     if scheme.eq_ignore_ascii_case("basic") {
         return Ok(Challenge::Basic);
@@ -755,7 +764,13 @@ impl Registry for HttpRegistry {
                     host,
                     &path,
                 )?;
-                let body = read_capped(resp, MANIFEST_LIMIT, "manifest", &format!("GET {host}{path}")).await?;
+                let body = read_capped(
+                    resp,
+                    MANIFEST_LIMIT,
+                    "manifest",
+                    &format!("GET {host}{path}"),
+                )
+                .await?;
                 Digest::sha256_of(&body)
             }
         };
@@ -914,7 +929,9 @@ mod tests {
     #[test]
     fn follows_link_headers() {
         assert_eq!(
-            link(b"</v2/_catalog?last=b&n=2>; rel=\"next\"").unwrap().as_deref(),
+            link(b"</v2/_catalog?last=b&n=2>; rel=\"next\"")
+                .unwrap()
+                .as_deref(),
             Some("/v2/_catalog?last=b&n=2")
         );
         assert_eq!(
@@ -939,7 +956,9 @@ mod tests {
             b"<\xe9/v2/x>; rel=\"next\"",
         ] {
             match link(hostile) {
-                Err(ResponseError::BadHeader { header, expected, .. }) => {
+                Err(ResponseError::BadHeader {
+                    header, expected, ..
+                }) => {
                     assert_eq!((header, expected), ("Link", LINK_EXPECTED));
                 }
                 other => panic!("{}: {other:?}", String::from_utf8_lossy(hostile)),
@@ -959,7 +978,13 @@ mod tests {
         for bad in ["-1", "12x", "99999999999999999999999", ""] {
             h.insert(header::CONTENT_LENGTH, bad.parse().unwrap());
             assert!(
-                matches!(declared_length(&h, "u"), Err(ResponseError::BadHeader { header: "Content-Length", .. })),
+                matches!(
+                    declared_length(&h, "u"),
+                    Err(ResponseError::BadHeader {
+                        header: "Content-Length",
+                        ..
+                    })
+                ),
                 "{bad}"
             );
         }
@@ -971,15 +996,30 @@ mod tests {
         assert!(realm_allowed("https://auth.docker.io/token", false, none));
         assert!(!realm_allowed("http://auth.example/token", false, none));
         assert!(realm_allowed("http://auth.example/token", true, none));
-        assert!(realm_allowed("http://127.0.0.1:9/token", false, is_loopback_host));
-        for odd in ["ftp://x/token", "file:///etc/passwd", "not a url", "/token", ""] {
+        assert!(realm_allowed(
+            "http://127.0.0.1:9/token",
+            false,
+            is_loopback_host
+        ));
+        for odd in [
+            "ftp://x/token",
+            "file:///etc/passwd",
+            "not a url",
+            "/token",
+            "",
+        ] {
             assert!(!realm_allowed(odd, true, none), "{odd}");
         }
         let r = HttpRegistry::new(Credentials::default(), Vec::<String>::new());
-        let e = r.check_realm("quay.io", "http://quay.io/v2/auth").unwrap_err();
+        let e = r
+            .check_realm("quay.io", "http://quay.io/v2/auth")
+            .unwrap_err();
         assert!(matches!(e, ResponseError::InsecureRealm { .. }));
         assert!(e.to_string().contains("must be https"), "{e}");
-        assert!(r.check_realm("127.0.0.1:5000", "http://127.0.0.1:5001/token").is_ok());
+        assert!(
+            r.check_realm("127.0.0.1:5000", "http://127.0.0.1:5001/token")
+                .is_ok()
+        );
         assert!(r.check_realm("quay.io", "https://quay.io/v2/auth").is_ok());
     }
 

@@ -3,9 +3,9 @@
 //! [`Copier`], [`StatusStore`], [`Prepare`], [`Progress`]), so the same pipeline runs
 //! against real registries from the CLI and, later, inside the AWS functions.
 
+use crate::interrupt::{Stop, interrupted};
 use crate::plan::{self, Action, ImageName, Observation, TagListings, Unplannable, Wanted};
 use crate::registry::{Location, Registry};
-use crate::interrupt::{Stop, interrupted};
 use crate::retry::{ErrorClass, ItemError, RetryPolicy, with_retries, with_retries_until};
 use crate::selection::{Selection, TagSpec};
 use crate::status::{ItemRecord, RunRecord, Status, StatusStore, StoreError};
@@ -304,10 +304,8 @@ async fn copy_one(
     digest: &crate::reference::Digest,
     stop: &Stop,
 ) -> (Result<(String, u64), ItemError>, u32) {
-    let (copied, attempts) = with_retries_until(&spec.retry, stop, |_| {
-        edges.copier.copy(&w.source, &w.dest)
-    })
-    .await;
+    let (copied, attempts) =
+        with_retries_until(&spec.retry, stop, |_| edges.copier.copy(&w.source, &w.dest)).await;
     if let Err(e) = copied {
         return (Err(e), attempts);
     }

@@ -103,7 +103,11 @@ impl WorkerConfig {
             }),
             (None, None) => None,
             (s, _) => {
-                let missing = if s.is_none() { "SOURCE_REGISTRY" } else { "DEST_REGISTRY" };
+                let missing = if s.is_none() {
+                    "SOURCE_REGISTRY"
+                } else {
+                    "DEST_REGISTRY"
+                };
                 env.problem(format!(
                     "{missing} is not set: SOURCE_REGISTRY and DEST_REGISTRY go together"
                 ));
@@ -146,9 +150,14 @@ pub async fn copy_and_verify(
     let (source_secret, dest_secret) = match &cfg.rules {
         Some(rules) => {
             rules.check_source(&format!("the task's source {}", cfg.task.source), &src.host)?;
-            rules.check_dest(&format!("the task's destination {}", cfg.task.dest), &dst.host)?;
+            rules.check_dest(
+                &format!("the task's destination {}", cfg.task.dest),
+                &dst.host,
+            )?;
             (
-                cfg.source_secret.clone().filter(|_| rules.is_source(&src.host)),
+                cfg.source_secret
+                    .clone()
+                    .filter(|_| rules.is_source(&src.host)),
                 cfg.dest_secret.clone(),
             )
         }

@@ -750,14 +750,22 @@ fn list_images_refuses_lines_naming_an_unconfigured_registry_unless_it_is_allowe
         format!("{}/other/app:ALL_TAGS", foreign.addr),
         format!("{}/team/app:1", src.addr),
     ]);
-    let cfg = aws.config(&src.addr, &format!("{ECR_HOST}/mirror"), &[("LIST_PARAMETER", "/th/none")]);
+    let cfg = aws.config(
+        &src.addr,
+        &format!("{ECR_HOST}/mirror"),
+        &[("LIST_PARAMETER", "/th/none")],
+    );
     let listed = aws
         .rt
         .block_on(handlers::list_images(req.clone(), &cfg, &edges))
         .unwrap();
     assert_eq!(listed.failed, 1);
     let items = listed.images.items.unwrap();
-    assert_eq!(items.len(), 1, "the two lines of the source are one image: {items:?}");
+    assert_eq!(
+        items.len(),
+        1,
+        "the two lines of the source are one image: {items:?}"
+    );
     assert_eq!(items[0].source, format!("{}/team/app:1", src.addr));
     let (_, recs) = aws
         .rt
@@ -775,25 +783,38 @@ fn list_images_refuses_lines_naming_an_unconfigured_registry_unless_it_is_allowe
         "{}",
         err.message
     );
-    assert!(foreign.requests().is_empty(), "a refused line is never listed");
+    assert!(
+        foreign.requests().is_empty(),
+        "a refused line is never listed"
+    );
 
     // Allowed explicitly: the line is read, and without any login.
     let cfg = aws.config(
         &src.addr,
         &format!("{ECR_HOST}/mirror"),
-        &[("LIST_PARAMETER", "/th/none"), ("EXTRA_SOURCE_REGISTRIES", &foreign.addr)],
+        &[
+            ("LIST_PARAMETER", "/th/none"),
+            ("EXTRA_SOURCE_REGISTRIES", &foreign.addr),
+        ],
     );
     req.run_id = "foreign-2".into();
     let listed = aws
         .rt
         .block_on(handlers::list_images(req, &cfg, &edges))
         .unwrap();
-    assert_eq!(listed.failed, 1, "the foreign registry refuses us anonymous access");
+    assert_eq!(
+        listed.failed, 1,
+        "the foreign registry refuses us anonymous access"
+    );
     assert!(!foreign.requests().is_empty());
     assert_no_login_reached(&foreign, "none");
 
     // find-diff refuses a job with an unconfigured host even when handed one directly.
-    let cfg = aws.config(&src.addr, &format!("{ECR_HOST}/mirror"), &[("LIST_PARAMETER", "/th/none")]);
+    let cfg = aws.config(
+        &src.addr,
+        &format!("{ECR_HOST}/mirror"),
+        &[("LIST_PARAMETER", "/th/none")],
+    );
     let forged = Listed {
         run_id: "foreign-3".into(),
         images: hub_core::workflow::Batch {
@@ -880,7 +901,10 @@ fn the_copy_worker_refuses_to_use_the_source_secret_for_a_registry_it_was_not_co
 
     // A secret without the registry it belongs to is a configuration error, before any work.
     env.retain(|(k, _)| k != "SOURCE_REGISTRY" && k != "DEST_REGISTRY");
-    let out = std::process::Command::new(&worker).envs(env).output().unwrap();
+    let out = std::process::Command::new(&worker)
+        .envs(env)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(

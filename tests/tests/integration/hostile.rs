@@ -28,20 +28,26 @@ fn hostile() -> FakeRegistry {
             // '>' before '<': the old parser sliced out of order and panicked.
             (_, p) if p.starts_with("/v2/linkbad/app/tags/list") => {
                 let mut r = Reply::json(r#"{"name":"linkbad/app","tags":["1"]}"#);
-                r.headers
-                    .push(("Link".into(), ">; rel=\"next\" </v2/linkbad/app/tags/list?last=1".into()));
+                r.headers.push((
+                    "Link".into(),
+                    ">; rel=\"next\" </v2/linkbad/app/tags/list?last=1".into(),
+                ));
                 r
             }
             // A next page that is this page again.
             (_, p) if p.starts_with("/v2/loop/app/tags/list") => {
                 let mut r = Reply::json(r#"{"name":"loop/app","tags":["1"]}"#);
-                r.headers
-                    .push(("Link".into(), "</v2/loop/app/tags/list?n=1000>; rel=\"next\"".into()));
+                r.headers.push((
+                    "Link".into(),
+                    "</v2/loop/app/tags/list?n=1000>; rel=\"next\"".into(),
+                ));
                 r
             }
-            (_, p) if p.starts_with("/v2/floodtags/app/tags/list") => {
-                Reply::new(200, &[("Content-Type", "application/json")], Body::Flood(FLOOD))
-            }
+            (_, p) if p.starts_with("/v2/floodtags/app/tags/list") => Reply::new(
+                200,
+                &[("Content-Type", "application/json")],
+                Body::Flood(FLOOD),
+            ),
             // No digest header on HEAD, then a manifest that never ends.
             ("HEAD", "/v2/huge/app/manifests/1") => {
                 Reply::new(200, &[("Content-Type", OCI_MANIFEST)], Body::Flood(0))
@@ -51,7 +57,10 @@ fn hostile() -> FakeRegistry {
             }
             ("HEAD", "/v2/digestbad/app/manifests/1") => Reply::new(
                 200,
-                &[("Content-Type", OCI_MANIFEST), ("Docker-Content-Digest", "sha256:not-hex")],
+                &[
+                    ("Content-Type", OCI_MANIFEST),
+                    ("Docker-Content-Digest", "sha256:not-hex"),
+                ],
                 Body::Flood(0),
             ),
             ("HEAD", "/v2/lenbad/app/manifests/1") => Reply::new(
@@ -77,7 +86,15 @@ fn hostile() -> FakeRegistry {
 fn sync_measured(dir: &Path, args: &[&str]) -> (Run, u64) {
     let state = dir.join("state.db");
     let mut child = Command::new(transfer_hub_bin())
-        .args(["images", "sync", "--output", "json", "--retry-base-ms", "20", "--state"])
+        .args([
+            "images",
+            "sync",
+            "--output",
+            "json",
+            "--retry-base-ms",
+            "20",
+            "--state",
+        ])
         .arg(&state)
         .args(args)
         .env_remove("REGISTRY_AUTH_FILE")
@@ -153,10 +170,21 @@ fn sync_from_hostile(lines: &str) -> (serde_json::Value, u64) {
     );
     eprintln!("peak RSS of the run: {} MiB", peak_kib / 1024);
     assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
-    assert_eq!(r.code, 1, "the run finishes, failing the bad images\n{}", r.stderr);
+    assert_eq!(
+        r.code, 1,
+        "the run finishes, failing the bad images\n{}",
+        r.stderr
+    );
     let j = r.json();
-    assert_eq!(item(&j, "good/app:1")["status"], "copied", "the other images still copy");
-    assert_eq!(dst.digest("good/app", "1").as_deref(), Some(img.digest.as_str()));
+    assert_eq!(
+        item(&j, "good/app:1")["status"],
+        "copied",
+        "the other images still copy"
+    );
+    assert_eq!(
+        dst.digest("good/app", "1").as_deref(),
+        Some(img.digest.as_str())
+    );
     (j, peak_kib)
 }
 
@@ -176,7 +204,10 @@ fn malformed_registry_headers_fail_their_image_by_name_and_the_rest_copies() {
         "{msg}"
     );
     let (_, msg) = error_of(&j, "lenbad/app:1");
-    assert!(msg.to_ascii_lowercase().contains("content-length"), "{msg}");
+    assert!(
+        msg.contains("malformed Content-Length header \"12x\": a number of bytes"),
+        "{msg}"
+    );
     let (_, msg) = error_of(&j, "authbad/app:1");
     assert!(msg.contains("malformed WWW-Authenticate header"), "{msg}");
 }

@@ -98,7 +98,10 @@ fn sigterm_mid_copy_kills_skopeo_removes_the_auth_file_and_a_rerun_copies_the_re
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(Instant::now() < deadline, "the CLI did not exit after SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "the CLI did not exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     let mut stderr = String::new();
@@ -120,10 +123,8 @@ fn sigterm_mid_copy_kills_skopeo_removes_the_auth_file_and_a_rerun_copies_the_re
     let report: serde_json::Value = serde_json::from_str(&stdout).expect("a report on stdout");
     let items = report["items"].as_array().unwrap();
     assert_eq!(items.len(), 3, "{report:#}");
-    let interrupted: Vec<&serde_json::Value> = items
-        .iter()
-        .filter(|i| i["status"] == "failed")
-        .collect();
+    let interrupted: Vec<&serde_json::Value> =
+        items.iter().filter(|i| i["status"] == "failed").collect();
     assert!(!interrupted.is_empty(), "{report:#}");
     for i in &interrupted {
         assert!(
@@ -138,7 +139,14 @@ fn sigterm_mid_copy_kills_skopeo_removes_the_auth_file_and_a_rerun_copies_the_re
     // The same command again (without the slow proxy in the way) copies the rest.
     let r = sync(
         dir.path(),
-        &["--source", &src.addr, "--dest", &dst.addr, "--list", l.to_str().unwrap()],
+        &[
+            "--source",
+            &src.addr,
+            "--dest",
+            &dst.addr,
+            "--list",
+            l.to_str().unwrap(),
+        ],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let j = r.json();
