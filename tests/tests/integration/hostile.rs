@@ -43,6 +43,22 @@ fn hostile() -> FakeRegistry {
                 ));
                 r
             }
+            // A chain of pages that never ends, each a new page of long tags.
+            (_, p) if p.starts_with("/v2/chain/app/tags/list") => {
+                let n: u64 = p
+                    .split("last=")
+                    .nth(1)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let tags: Vec<String> = (0..1000).map(|i| format!("{n:0>100}-{i:0>20}")).collect();
+                let body = serde_json::json!({"name": "chain/app", "tags": tags}).to_string();
+                let mut r = Reply::json(&body);
+                r.headers.push((
+                    "Link".into(),
+                    format!("</v2/chain/app/tags/list?n=1000&last={}>; rel=\"next\"", n + 1),
+                ));
+                r
+            }
             (_, p) if p.starts_with("/v2/floodtags/app/tags/list") => Reply::new(
                 200,
                 &[("Content-Type", "application/json")],
@@ -224,6 +240,19 @@ fn a_registry_flooding_a_manifest_and_a_tag_list_is_cut_off_at_the_caps_with_bou
     assert!(
         peak_kib < 200 * 1024,
         "peak RSS {} MiB: a flooding answer was held in memory",
+        peak_kib / 1024
+    );
+}
+
+#[test]
+fn an_endless_chain_of_tag_pages_stops_at_the_listing_cap_with_bounded_memory() {
+    let (j, peak_kib) = sync_from_hostile("chain/app:ALL_TAGS\n");
+    let (class, msg) = error_of(&j, "chain/app:ALL_TAGS");
+    assert_eq!(class, "BadInput");
+    assert!(msg.contains("tag list larger than 64 MiB"), "{msg}");
+    assert!(
+        peak_kib < 400 * 1024,
+        "peak RSS {} MiB: the listing grew past its cap",
         peak_kib / 1024
     );
 }
