@@ -3,6 +3,7 @@
 
 mod integration {
     pub mod aws;
+    pub mod aws_hosts;
     pub mod cli;
     pub mod ecr;
     pub mod hostile;
