@@ -317,12 +317,10 @@ impl HttpRegistry {
             if let Some(h) = self.auth_header(host, scope) {
                 req = req.header(header::AUTHORIZATION, h);
             }
-            let resp = req.send().await.map_err(|e| {
-                ItemError::new(
-                    ErrorClass::Retryable,
-                    format!("{method} {url}: {}", error_chain(&e)),
-                )
-            })?;
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| send_error(&method, &url, &error_chain(&e)))?;
             if resp.status() != StatusCode::UNAUTHORIZED || authed {
                 return Ok(resp);
             }
@@ -577,6 +575,27 @@ fn basic(l: &Login) -> String {
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", l.username, l.password))
     )
+}
+
+/// A request that got no usable answer: the HTTP client's own refusals of a malformed
+/// answer (a bad `Content-Length` or header line) are named and not retried; everything
+/// else (refused, reset, timed out) is retryable.
+fn send_error(method: &Method, url: &str, chain: &str) -> ItemError {
+    let malformed = [
+        ("invalid content-length", "Content-Length"),
+        ("invalid http header", "header line"),
+    ]
+    .into_iter()
+    .find(|(needle, _)| chain.to_ascii_lowercase().contains(needle));
+    match malformed {
+        Some((_, what)) => ItemError::new(
+            ErrorClass::BadInput,
+            format!(
+                "{method} {url}: malformed {what} in the answer (refused by the HTTP client): {chain}"
+            ),
+        ),
+        None => ItemError::new(ErrorClass::Retryable, format!("{method} {url}: {chain}")),
+    }
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -988,6 +1007,27 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn answers_the_http_client_refuses_are_named_and_other_send_errors_retried() {
+        let e = send_error(
+            &Method::GET,
+            "http://r/v2/a/tags/list",
+            "error sending request: client error (SendRequest): invalid content-length parsed",
+        );
+        assert_eq!(e.class, ErrorClass::BadInput);
+        assert!(
+            e.message.contains("malformed Content-Length in the answer"),
+            "{}",
+            e.message
+        );
+        let e = send_error(
+            &Method::HEAD,
+            "http://r/v2/",
+            "tcp connect error: Connection refused",
+        );
+        assert_eq!(e.class, ErrorClass::Retryable);
     }
 
     #[test]

@@ -55,7 +55,10 @@ fn hostile() -> FakeRegistry {
                 let mut r = Reply::json(&body);
                 r.headers.push((
                     "Link".into(),
-                    format!("</v2/chain/app/tags/list?n=1000&last={}>; rel=\"next\"", n + 1),
+                    format!(
+                        "</v2/chain/app/tags/list?n=1000&last={}>; rel=\"next\"",
+                        n + 1
+                    ),
                 ));
                 r
             }
@@ -87,6 +90,14 @@ fn hostile() -> FakeRegistry {
                     ("Content-Length", "12x"),
                 ],
                 Body::Flood(0),
+            ),
+            (_, p) if p.starts_with("/v2/lenbadtags/app/tags/list") => Reply::new(
+                200,
+                &[
+                    ("Content-Type", "application/json"),
+                    ("Content-Length", "12x"),
+                ],
+                Body::Bytes(br#"{"name":"lenbadtags/app","tags":["1"]}"#.to_vec()),
             ),
             (_, p) if p.starts_with("/v2/authbad/") => Reply::new(
                 401,
@@ -207,7 +218,7 @@ fn sync_from_hostile(lines: &str) -> (serde_json::Value, u64) {
 #[test]
 fn malformed_registry_headers_fail_their_image_by_name_and_the_rest_copies() {
     let (j, _) = sync_from_hostile(
-        "linkbad/app:ALL_TAGS\nloop/app:ALL_TAGS\ndigestbad/app:1\nlenbad/app:1\nauthbad/app:1\n",
+        "linkbad/app:ALL_TAGS\nloop/app:ALL_TAGS\ndigestbad/app:1\nlenbad/app:1\nlenbadtags/app:ALL_TAGS\nauthbad/app:1\n",
     );
     let (class, msg) = error_of(&j, "linkbad/app:ALL_TAGS");
     assert_eq!(class, "BadInput");
@@ -222,6 +233,13 @@ fn malformed_registry_headers_fail_their_image_by_name_and_the_rest_copies() {
     let (_, msg) = error_of(&j, "lenbad/app:1");
     assert!(
         msg.contains("malformed Content-Length header \"12x\": a number of bytes"),
+        "{msg}"
+    );
+    // On a GET the HTTP client refuses it first; still named, and not retried.
+    let (class, msg) = error_of(&j, "lenbadtags/app:ALL_TAGS");
+    assert_eq!(class, "BadInput");
+    assert!(
+        msg.contains("malformed Content-Length in the answer"),
         "{msg}"
     );
     let (_, msg) = error_of(&j, "authbad/app:1");
