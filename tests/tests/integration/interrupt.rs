@@ -1,5 +1,5 @@
 //! Ctrl-C / SIGTERM in the middle of copies: the CLI kills its skopeo children, removes the
-//! temp auth file, records what it did not finish, exits 143, and a re-run copies the rest.
+//! temp auth file, records what it did not finish, exits 130/143, and a re-run copies the rest.
 
 use super::images::{list, sync};
 use hub_tests::{HttpProxy, OciImage, RegistryServer, transfer_hub_bin, write_authfile};
@@ -36,6 +36,18 @@ fn slow_blobs(upstream: &str, delay: Duration) -> HttpProxy {
 
 #[test]
 fn sigterm_mid_copy_kills_skopeo_removes_the_auth_file_and_a_rerun_copies_the_rest() {
+    interrupt_mid_copy("TERM", 143);
+}
+
+#[test]
+fn ctrl_c_mid_copy_does_the_same_and_exits_130() {
+    interrupt_mid_copy("INT", 130);
+}
+
+/// Sends SIG`signal` to a run in the middle of a (held) blob download; checks the exit code,
+/// that no skopeo is left, the temp auth file is gone, what is recorded, and the re-run.
+fn interrupt_mid_copy(signal: &str, code: i32) {
+    let name = format!("SIG{signal}");
     let (src, dst, dir) = (
         RegistryServer::start(),
         RegistryServer::start(),
@@ -88,7 +100,7 @@ fn sigterm_mid_copy_kills_skopeo_removes_the_auth_file_and_a_rerun_copies_the_re
     assert!(auth_file.exists());
     std::thread::sleep(Duration::from_millis(500)); // inside the held blob download
     let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args([&format!("-{signal}"), &child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
@@ -100,7 +112,7 @@ fn sigterm_mid_copy_kills_skopeo_removes_the_auth_file_and_a_rerun_copies_the_re
         }
         assert!(
             Instant::now() < deadline,
-            "the CLI did not exit after SIGTERM"
+            "the CLI did not exit after {name}"
         );
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -108,7 +120,7 @@ fn sigterm_mid_copy_kills_skopeo_removes_the_auth_file_and_a_rerun_copies_the_re
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     let mut stdout = String::new();
     std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
-    assert_eq!(status.code(), Some(143), "128 + SIGTERM\n{stderr}");
+    assert_eq!(status.code(), Some(code), "128 + {name}\n{stderr}");
     let auth_text = auth_file.display().to_string();
     let left: Vec<String> = command_lines()
         .into_iter()
@@ -117,7 +129,10 @@ fn sigterm_mid_copy_kills_skopeo_removes_the_auth_file_and_a_rerun_copies_the_re
     assert!(left.is_empty(), "skopeo outlived the run: {left:?}");
     assert!(!auth_file.exists(), "the temp auth file is still there");
     assert!(!auth_file.parent().unwrap().exists(), "its private dir too");
-    assert!(stderr.contains("interrupted by SIGTERM"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("interrupted by {name}")),
+        "{stderr}"
+    );
 
     // What was not finished is recorded as interrupted.
     let report: serde_json::Value = serde_json::from_str(&stdout).expect("a report on stdout");
@@ -131,7 +146,7 @@ fn sigterm_mid_copy_kills_skopeo_removes_the_auth_file_and_a_rerun_copies_the_re
             i["error"]["message"]
                 .as_str()
                 .unwrap()
-                .contains("interrupted by SIGTERM"),
+                .contains(&format!("interrupted by {name}")),
             "{i}"
         );
     }
