@@ -8,11 +8,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use hub_core::authfile::{Credentials, default_auth_file};
 use hub_core::copy::Skopeo;
 use hub_core::ecr::{self, Ecr, EcrRepos, RepoSettings};
+use hub_core::interrupt::{self, Stop};
 use hub_core::registry::{HttpRegistry, Location};
 use hub_core::retry::RetryPolicy;
 use hub_core::selection::parse_list;
 use hub_core::status::{SqliteStore, StatusStore};
-use hub_core::sync::{Edges, Prepare, Selecting, SyncSpec, new_run_id, run_sync};
+use hub_core::sync::{Edges, Prepare, Selecting, SyncSpec, new_run_id, run_sync_until};
 use std::collections::BTreeSet;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
@@ -389,7 +390,40 @@ async fn objects_sync(a: ObjectsArgs) -> Result<ExitCode> {
     })
 }
 
+/// Ctrl-C (SIGINT) and SIGTERM stop the run: copies are killed, the temp auth file is
+/// removed, interrupted images are recorded, and the exit code is 130 or 143. A second
+/// signal exits at once.
+fn stop_on_signals() -> std::io::Result<Stop> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (handle, stop) = interrupt::channel();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        let first = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        eprintln!("{first}: stopping the copies (again to exit at once)");
+        handle.stop(first);
+        let second = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        std::process::exit(signal_exit_code(second).into());
+    });
+    Ok(stop)
+}
+
+/// The shell's convention: 128 + the signal's number.
+fn signal_exit_code(signal: &str) -> u8 {
+    match signal {
+        "SIGINT" => 130,
+        _ => 143,
+    }
+}
+
 async fn sync(a: SyncArgs) -> Result<ExitCode> {
+    let stop = stop_on_signals().context("cannot listen for SIGINT/SIGTERM")?;
     let selecting = match &a.list {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -437,7 +471,9 @@ async fn sync(a: SyncArgs) -> Result<ExitCode> {
     }
 
     let hosts: Vec<String> = hosts.into_iter().collect();
-    let copier = Skopeo::new(&registry, &hosts).map_err(config)?;
+    let copier = Skopeo::new(&registry, &hosts)
+        .map_err(config)?
+        .with_stop(stop.clone());
     let state_path = a.state.clone().unwrap_or_else(default_state);
     // A dry run changes nothing, the state file included.
     let store = if a.dry_run {
@@ -470,11 +506,21 @@ async fn sync(a: SyncArgs) -> Result<ExitCode> {
         prepare: prepare.as_ref().map(|p| p as &dyn Prepare),
         progress: &progress,
     };
-    let report = run_sync(&spec, &edges).await?;
+    let report = run_sync_until(&spec, &edges, &stop).await?;
     progress.done();
     match a.output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         OutputFormat::Text => output::summary(&report.run, &report.items, Some(&state_path)),
+    }
+    if let Some(why) = stop.reason() {
+        eprintln!(
+            "interrupted by {why}: {} image(s) not finished are recorded as failed; run the same command again to copy them",
+            report.run.failed
+        );
+        // The temp auth file goes with the copier, before we exit.
+        drop(edges);
+        drop(copier);
+        return Ok(ExitCode::from(signal_exit_code(why)));
     }
     Ok(if report.all_in_sync() {
         ExitCode::SUCCESS

@@ -4,6 +4,7 @@
 //! secrets before it goes anywhere.
 
 use crate::authfile::{AuthFileError, Credentials, TempAuthFile};
+use crate::interrupt::{Stop, interrupted};
 use crate::plan::ImageName;
 use crate::registry::HttpRegistry;
 use crate::retry::{ErrorClass, ItemError};
@@ -30,6 +31,7 @@ pub struct Skopeo {
     endpoints: HashMap<String, Endpoint>,
     auth: TempAuthFile,
     credentials: Credentials,
+    stop: Stop,
 }
 
 impl Skopeo {
@@ -66,7 +68,20 @@ impl Skopeo {
             endpoints,
             auth,
             credentials: creds,
+            stop: Stop::never(),
         })
+    }
+
+    /// Copies end when `stop` fires: the running skopeo is killed and waited for, so none
+    /// outlives the run (and the temp auth file can be removed).
+    pub fn with_stop(mut self, stop: Stop) -> Self {
+        self.stop = stop;
+        self
+    }
+
+    /// The private auth file skopeo reads (removed when this is dropped).
+    pub fn auth_file(&self) -> &std::path::Path {
+        self.auth.path()
     }
 
     fn transport_ref(&self, n: &ImageName) -> (String, bool) {
@@ -115,20 +130,46 @@ impl Copier for Skopeo {
     async fn copy(&self, source: &ImageName, dest: &ImageName) -> Result<(), ItemError> {
         let args = self.args(source, dest);
         tracing::debug!(?args, "skopeo");
-        let out = tokio::process::Command::new(&self.binary)
+        if let Some(why) = self.stop.reason() {
+            return Err(interrupted(why));
+        }
+        let mut child = tokio::process::Command::new(&self.binary)
             .args(&args)
             .env_remove("REGISTRY_AUTH_FILE")
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
-            .output()
-            .await
+            .spawn()
             .map_err(|e| ItemError::new(ErrorClass::BadInput, format!("cannot run {}: {e} (is skopeo installed? scripts/install-deps installs it)", self.binary.display())))?;
-        if out.status.success() {
+        let stderr_pipe = child.stderr.take();
+        let read_stderr = tokio::spawn(async move {
+            let mut buf = Vec::new();
+            if let Some(mut p) = stderr_pipe {
+                let _ = tokio::io::AsyncReadExt::read_to_end(&mut p, &mut buf).await;
+            }
+            buf
+        });
+        let ended = tokio::select! {
+            status = child.wait() => Ok(status),
+            why = self.stop.stopped() => Err(why),
+        };
+        let status = match ended {
+            Ok(status) => status.map_err(|e| {
+                ItemError::new(ErrorClass::Retryable, format!("waiting for skopeo: {e}"))
+            })?,
+            Err(why) => {
+                // Killed and reaped before we return: no skopeo outlives an interrupted run.
+                let _ = child.kill().await;
+                read_stderr.abort();
+                return Err(interrupted(why));
+            }
+        };
+        let stderr_bytes = read_stderr.await.unwrap_or_default();
+        if status.success() {
             return Ok(());
         }
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = String::from_utf8_lossy(&stderr_bytes);
         let text = self.credentials.redact(stderr.trim());
         let last = text
             .lines()

@@ -5,10 +5,11 @@
 
 use crate::config::{ConfigError, Env};
 use crate::ecr::{self, Ecr, Registries};
+use crate::hosts::{self, HostRules};
 use crate::list_source::ParameterStore;
 use crate::notify::Notifier;
 use crate::offload::{self, BlobStore};
-use crate::plan::{self, Action, Wanted};
+use crate::plan::{self, Action, Unplannable, Wanted};
 use crate::registry::{HttpRegistry, Location, Registry};
 use crate::retry::{ErrorClass, ItemError, RetryPolicy};
 use crate::secrets::{self, SecretCredentials};
@@ -64,6 +65,9 @@ pub struct ImagesConfig {
     pub resolve_concurrency: usize,
     /// `INCLUDE_UNTAGGED` (default false): with ALL from ECR, also the untagged images.
     pub include_untagged: bool,
+    /// `EXTRA_SOURCE_REGISTRIES`: other registry hosts selection lines may name (read
+    /// without a login); a line naming any other host is refused.
+    pub extra_sources: Vec<String>,
 }
 
 impl ImagesConfig {
@@ -95,8 +99,18 @@ impl ImagesConfig {
         let include_untagged = env.parsed("INCLUDE_UNTAGGED", false, "true or false");
         let source_secret = env.optional("SOURCE_SECRET");
         let dest_secret = env.optional("DEST_SECRET");
+        let extra_sources = match hosts::parse_extra_sources(
+            &env.optional("EXTRA_SOURCE_REGISTRIES").unwrap_or_default(),
+        ) {
+            Ok(v) => v,
+            Err(e) => {
+                env.problem(e);
+                Vec::new()
+            }
+        };
         env.finish()?;
         Ok(Self {
+            extra_sources,
             source: source.expect("checked"),
             dest: dest.expect("checked"),
             select_all: select == "ALL",
@@ -118,6 +132,15 @@ impl ImagesConfig {
             resolve_concurrency: resolve_concurrency.max(1),
             include_untagged,
         })
+    }
+
+    /// The registries this configuration's secrets belong to.
+    pub fn rules(&self) -> HostRules {
+        HostRules {
+            source: self.source.host.clone(),
+            dest: self.dest.host.clone(),
+            extra_sources: self.extra_sources.clone(),
+        }
     }
 
     fn spec(&self, run_id: &str, selecting: Selecting) -> SyncSpec {
@@ -233,8 +256,34 @@ pub async fn list_images(
             bytes: 0,
         })
         .await?;
+    // A line may name its own registry only if it is the source or an allowed extra one.
+    let mut refused = Vec::new();
+    let selecting = match selecting {
+        Selecting::List(mut sel) => {
+            let rules = cfg.rules();
+            sel.entries.retain(|entry| match &entry.registry {
+                None => true,
+                Some(host) => match rules
+                    .check_source(&format!("line {}: {}", entry.line, entry.text), host)
+                {
+                    Ok(()) => true,
+                    Err(err) => {
+                        refused.push(Unplannable {
+                            what: format!("line {}: {}", entry.line, entry.text),
+                            dest: None,
+                            error: err.into(),
+                        });
+                        false
+                    }
+                },
+            });
+            Selecting::List(sel)
+        }
+        other => other,
+    };
     let spec = cfg.spec(&req.run_id, selecting);
-    let (wanted, unplannable) = sync::select(&spec, e.registry).await;
+    let (wanted, mut unplannable) = sync::select(&spec, e.registry).await;
+    unplannable.extend(refused);
     let failed = unplannable.len();
     for u in unplannable {
         tracing::warn!(item = %u.what, error = %u.error, "cannot select");
@@ -302,16 +351,34 @@ pub async fn find_diff(
     let jobs = offload::load(e.blobs, listed.images).await?;
     let mut failed = listed.failed;
     let mut wanted = Vec::new();
+    let rules = cfg.rules();
     for j in jobs {
-        match (image_name(&j.source), image_name(&j.dest)) {
-            (Ok(source), Ok(dest)) => wanted.push(Wanted { source, dest }),
+        let checked = match (image_name(&j.source), image_name(&j.dest)) {
+            (Ok(source), Ok(dest)) => rules
+                .check_source(&j.source, &source.host)
+                .and_then(|()| rules.check_dest(&j.dest, &dest.host))
+                .map(|()| Wanted { source, dest })
+                .map_err(ItemError::from),
             (Err(err), _) | (_, Err(err)) => {
+                Err(ItemError::new(ErrorClass::BadInput, err.to_string()))
+            }
+        };
+        match checked {
+            Ok(w) => wanted.push(w),
+            Err(err) => {
                 let mut r = record(&run_id, j.source, j.dest, Status::Failed);
-                r.error = Some(ItemError::new(ErrorClass::BadInput, err.to_string()));
+                r.error = Some(err);
                 e.store.put_item(&r).await?;
                 failed += 1;
             }
         }
+    }
+    let (wanted, collided) = plan::refuse_dest_collisions(wanted);
+    for u in collided {
+        let mut r = record(&run_id, u.what, u.dest.unwrap_or_default(), Status::Failed);
+        r.error = Some(u.error);
+        e.store.put_item(&r).await?;
+        failed += 1;
     }
     let spec = cfg.spec(&run_id, Selecting::AllRepos);
     let (src, dst, attempts) = sync::resolve(&spec, e.registry, &wanted).await;

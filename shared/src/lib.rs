@@ -11,6 +11,8 @@ pub mod copy;
 pub mod ecr;
 pub mod functions;
 pub mod handlers;
+pub mod hosts;
+pub mod interrupt;
 pub mod list_source;
 pub mod notify;
 pub mod objects;

@@ -148,7 +148,44 @@ pub fn expand_entries(
             },
         }
     }
-    (dedup(wanted), failed)
+    let (wanted, collided) = refuse_dest_collisions(dedup(wanted));
+    failed.extend(collided);
+    (wanted, failed)
+}
+
+/// Two sources never land on one destination tag: when several images map to the same
+/// tagged destination (`quay.io/org/app:1` and `docker.io/org/app:1` under one prefix), the
+/// first keeps it and every later one fails with an error naming both. Digest-only
+/// destinations cannot conflict (the same digest is the same content).
+pub fn refuse_dest_collisions(wanted: Vec<Wanted>) -> (Vec<Wanted>, Vec<Unplannable>) {
+    let mut first: HashMap<ImageName, ImageName> = HashMap::new();
+    let mut kept = Vec::new();
+    let mut failed = Vec::new();
+    for w in wanted {
+        if w.dest.tag.is_none() {
+            kept.push(w);
+            continue;
+        }
+        match first.get(&w.dest) {
+            Some(earlier) if *earlier != w.source => failed.push(Unplannable {
+                what: w.source.to_string(),
+                dest: Some(w.dest.to_string()),
+                error: ItemError::new(
+                    ErrorClass::BadInput,
+                    format!(
+                        "destination conflict: {} and {earlier} both map to {}; {earlier} (selected first) is copied there, {} is not (give one of them another destination)",
+                        w.source, w.dest, w.source
+                    ),
+                ),
+            }),
+            Some(_) => {}
+            None => {
+                first.insert(w.dest.clone(), w.source.clone());
+                kept.push(w);
+            }
+        }
+    }
+    (kept, failed)
 }
 
 /// Expands `--all-repos`: every repository under the source prefix, every tag, mapped
@@ -359,6 +396,47 @@ mod tests {
                     "dst.io/pre/ubuntu:latest".into()
                 ),
             ]
+        );
+    }
+
+    #[test]
+    fn two_sources_for_one_destination_tag_fail_the_later_naming_both() {
+        let d = dg(3);
+        let sel = parse_list(&format!(
+            "quay.io/org/app:1\ndocker.io/org/app:1\norg/app:2\norg/app:2@{d}\nother.io/org/app@{d}\nquay.io/org/app@{d}\n"
+        ));
+        let (w, f) = expand_entries(
+            &sel.entries,
+            &loc("src.io"),
+            &loc("dst.io/pre"),
+            &TagListings::new(),
+        );
+        let kept: Vec<String> = w.iter().map(|w| w.source.to_string()).collect();
+        assert_eq!(
+            kept,
+            [
+                "quay.io/org/app:1".to_string(),
+                "src.io/org/app:2".into(),
+                format!("other.io/org/app@{d}"),
+                format!("quay.io/org/app@{d}"),
+            ],
+            "digest-only destinations hold the same content: no conflict"
+        );
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert_eq!(f[0].what, "docker.io/org/app:1");
+        assert_eq!(f[0].dest.as_deref(), Some("dst.io/pre/org/app:1"));
+        assert_eq!(f[0].error.class, ErrorClass::BadInput);
+        assert!(
+            f[0].error.message.starts_with(
+                "destination conflict: docker.io/org/app:1 and quay.io/org/app:1 both map to dst.io/pre/org/app:1"
+            ),
+            "{}",
+            f[0].error.message
+        );
+        assert!(
+            f[1].error
+                .message
+                .contains(&format!("src.io/org/app:2@{d} and src.io/org/app:2"))
         );
     }
 

@@ -19,6 +19,67 @@ use std::time::Duration;
 /// Manifest media types we ask for, most capable first.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
 
+/// The largest manifest we read: 4 MiB, the limit the distribution spec suggests and
+/// registries enforce on push.
+pub const MANIFEST_LIMIT: usize = 4 << 20;
+/// The largest page of a tag list or catalog we read.
+pub const LIST_PAGE_LIMIT: usize = 8 << 20;
+/// The largest tag list or catalog we read across all its pages.
+pub const LISTING_LIMIT: usize = 64 << 20;
+/// The largest token response we read.
+pub const TOKEN_LIMIT: usize = 1 << 20;
+
+/// A registry answer we refuse: a malformed header, a body over its limit, a token realm
+/// that would carry a login in the clear, a page chain that loops. Each fails the one image
+/// or listing it belongs to (class `BadInput`, never retried); the message names the URL,
+/// the header and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResponseError {
+    #[error("{url}: malformed {header} header {value:?}: {expected}")]
+    BadHeader {
+        url: String,
+        header: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("{url}: {what} larger than {} (refused; a registry should not serve more)", human(*.limit))]
+    TooLarge {
+        url: String,
+        what: &'static str,
+        limit: usize,
+    },
+    #[error(
+        "registry {host} names token realm {realm:?}: the login would travel in the clear; a realm must be https unless the registry itself is plain HTTP (loopback or --insecure-registry)"
+    )]
+    InsecureRealm { host: String, realm: String },
+    #[error("{url}: the Link header's next page {next:?} was already read (the page chain loops)")]
+    LinkLoop { url: String, next: String },
+}
+
+impl From<ResponseError> for ItemError {
+    fn from(e: ResponseError) -> Self {
+        ItemError::new(ErrorClass::BadInput, e.to_string())
+    }
+}
+
+fn human(bytes: usize) -> String {
+    if bytes >= 1 << 20 && bytes % (1 << 20) == 0 {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
+/// A header value as printed in an error: at most 200 characters, control characters escaped.
+fn shown(v: &[u8]) -> String {
+    let s = String::from_utf8_lossy(v);
+    let mut out: String = s.chars().take(200).collect();
+    if s.chars().count() > 200 {
+        out.push('…');
+    }
+    out
+}
+
 /// The kind of manifest a registry returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ManifestKind {
@@ -256,23 +317,34 @@ impl HttpRegistry {
             if let Some(h) = self.auth_header(host, scope) {
                 req = req.header(header::AUTHORIZATION, h);
             }
-            let resp = req.send().await.map_err(|e| {
-                ItemError::new(
-                    ErrorClass::Retryable,
-                    format!("{method} {url}: {}", error_chain(&e)),
-                )
-            })?;
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| send_error(&method, &url, &error_chain(&e)))?;
             if resp.status() != StatusCode::UNAUTHORIZED || authed {
                 return Ok(resp);
             }
             authed = true;
-            let challenge = resp
-                .headers()
-                .get(header::WWW_AUTHENTICATE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_challenge)
-                .ok_or_else(|| ItemError::new(ErrorClass::AuthDenied, format!("{method} {url}: 401 Unauthorized without a usable WWW-Authenticate challenge")))?;
+            let challenge = match resp.headers().get(header::WWW_AUTHENTICATE) {
+                None => {
+                    return Err(ItemError::new(
+                        ErrorClass::AuthDenied,
+                        format!(
+                            "{method} {url}: 401 Unauthorized without a WWW-Authenticate challenge"
+                        ),
+                    ));
+                }
+                Some(v) => {
+                    parse_challenge(v.as_bytes()).map_err(|expected| ResponseError::BadHeader {
+                        url: url.clone(),
+                        header: "WWW-Authenticate",
+                        value: shown(v.as_bytes()),
+                        expected,
+                    })?
+                }
+            };
             if let Challenge::Bearer { realm, service } = &challenge {
+                self.check_realm(host, realm)?;
                 let token = self
                     .fetch_token(host, realm, service.as_deref(), scope)
                     .await?;
@@ -292,6 +364,21 @@ impl HttpRegistry {
                 .lock()
                 .unwrap()
                 .insert(host.to_string(), challenge);
+        }
+    }
+
+    /// A token realm gets the registry's login (as Docker sends it), so it must be https;
+    /// plain http only when the registry itself is plain HTTP (loopback, or named with
+    /// `--insecure-registry`), or the realm's own host is named insecure.
+    fn check_realm(&self, host: &str, realm: &str) -> Result<(), ResponseError> {
+        let insecure = |h: &str| self.insecure.contains(h) || is_loopback_host(h);
+        if realm_allowed(realm, self.plain_http(host), insecure) {
+            Ok(())
+        } else {
+            Err(ResponseError::InsecureRealm {
+                host: host.to_string(),
+                realm: shown(realm.as_bytes()),
+            })
         }
     }
 
@@ -329,7 +416,8 @@ impl HttpRegistry {
             token: Option<String>,
             access_token: Option<String>,
         }
-        let t: Tok = resp.json().await.map_err(|e| {
+        let body = read_capped(resp, TOKEN_LIMIT, "token response", realm).await?;
+        let t: Tok = serde_json::from_slice(&body).map_err(|e| {
             ItemError::new(
                 ErrorClass::Retryable,
                 format!("token response from {realm}: {e}"),
@@ -343,29 +431,38 @@ impl HttpRegistry {
         })
     }
 
+    /// GETs a JSON body of at most `limit` bytes; returns it parsed, with the path of the
+    /// next page (`Link`) and the body's size.
     async fn get_json<T: serde::de::DeserializeOwned>(
         &self,
         host: &str,
         path: &str,
         scope: &str,
-    ) -> Result<(T, Option<String>), ItemError> {
+        limit: usize,
+        what: &'static str,
+    ) -> Result<(T, Option<String>, usize), ItemError> {
         let resp = self.send(Method::GET, host, path, scope).await?;
         let resp = check(resp, host, path)?;
-        let next = next_link(resp.headers());
-        let v = resp.json::<T>().await.map_err(|e| {
+        let url = format!("GET {host}{path}");
+        let next = next_link(resp.headers(), &url)?;
+        let body = read_capped(resp, limit, what, &url).await?;
+        let v = serde_json::from_slice::<T>(&body).map_err(|e| {
             ItemError::new(
                 ErrorClass::Retryable,
-                format!("GET {host}{path}: unreadable body: {e}"),
+                format!("{url}: unreadable body: {e}"),
             )
         })?;
-        Ok((v, next))
+        Ok((v, next, body.len()))
     }
 
+    /// Reads every page of a listing: each page at most [`LIST_PAGE_LIMIT`], all of them
+    /// together at most [`LISTING_LIMIT`], and no page twice.
     async fn paginate<T, F>(
         &self,
         host: &str,
         first: String,
         scope: &str,
+        what: &'static str,
         mut take: F,
     ) -> Result<(), ItemError>
     where
@@ -373,16 +470,102 @@ impl HttpRegistry {
         F: FnMut(T),
     {
         let mut path = first;
-        let mut pages = 0;
+        let mut seen = HashSet::new();
+        let mut total = 0usize;
         loop {
-            let (page, next) = self.get_json::<T>(host, &path, scope).await?;
+            seen.insert(path.clone());
+            let (page, next, size) = self
+                .get_json::<T>(host, &path, scope, LIST_PAGE_LIMIT, what)
+                .await?;
+            total += size;
+            if total > LISTING_LIMIT {
+                return Err(ResponseError::TooLarge {
+                    url: format!("GET {host}{path}"),
+                    what,
+                    limit: LISTING_LIMIT,
+                }
+                .into());
+            }
             take(page);
-            pages += 1;
             match next {
-                Some(n) if pages < 100_000 => path = n,
-                _ => return Ok(()),
+                Some(n) if seen.contains(&n) => {
+                    return Err(ResponseError::LinkLoop {
+                        url: format!("GET {host}{path}"),
+                        next: n,
+                    }
+                    .into());
+                }
+                Some(n) => path = n,
+                None => return Ok(()),
             }
         }
+    }
+}
+
+/// The body's length as announced: absent, or a number (a malformed value is refused).
+fn declared_length(h: &header::HeaderMap, url: &str) -> Result<Option<u64>, ResponseError> {
+    let Some(v) = h.get(header::CONTENT_LENGTH) else {
+        return Ok(None);
+    };
+    v.to_str()
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(Some)
+        .ok_or_else(|| ResponseError::BadHeader {
+            url: url.to_string(),
+            header: "Content-Length",
+            value: shown(v.as_bytes()),
+            expected: "a number of bytes",
+        })
+}
+
+/// Reads a body of at most `limit` bytes, chunk by chunk: an announced or actual length
+/// over the limit stops the read at once (memory stays at the limit, whatever is sent).
+async fn read_capped(
+    mut resp: reqwest::Response,
+    limit: usize,
+    what: &'static str,
+    url: &str,
+) -> Result<Vec<u8>, ItemError> {
+    let too_large = || ResponseError::TooLarge {
+        url: url.to_string(),
+        what,
+        limit,
+    };
+    let announced = declared_length(resp.headers(), url)?;
+    if announced.is_some_and(|n| n > limit as u64) {
+        return Err(too_large().into());
+    }
+    let mut body = Vec::with_capacity(announced.unwrap_or(0) as usize);
+    while let Some(chunk) = resp.chunk().await.map_err(|e| {
+        ItemError::new(
+            ErrorClass::Retryable,
+            format!("{url}: reading the body: {}", error_chain(&e)),
+        )
+    })? {
+        if body.len() + chunk.len() > limit {
+            return Err(too_large().into());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Whether a token realm may receive the registry's login: https always; http only when the
+/// registry is plain HTTP or the realm's host is one we speak plain HTTP to.
+fn realm_allowed(realm: &str, registry_plain_http: bool, insecure: impl Fn(&str) -> bool) -> bool {
+    let Ok(u) = reqwest::Url::parse(realm) else {
+        return false;
+    };
+    let authority = match (u.host_str(), u.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_string(),
+        (None, _) => return false,
+    };
+    match u.scheme() {
+        "https" => true,
+        "http" => registry_plain_http || insecure(&authority),
+        _ => false,
     }
 }
 
@@ -392,6 +575,27 @@ fn basic(l: &Login) -> String {
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", l.username, l.password))
     )
+}
+
+/// A request that got no usable answer: the HTTP client's own refusals of a malformed
+/// answer (a bad `Content-Length` or header line) are named and not retried; everything
+/// else (refused, reset, timed out) is retryable.
+fn send_error(method: &Method, url: &str, chain: &str) -> ItemError {
+    let malformed = [
+        ("invalid content-length", "Content-Length"),
+        ("invalid http header", "header line"),
+    ]
+    .into_iter()
+    .find(|(needle, _)| chain.to_ascii_lowercase().contains(needle));
+    match malformed {
+        Some((_, what)) => ItemError::new(
+            ErrorClass::BadInput,
+            format!(
+                "{method} {url}: malformed {what} in the answer (refused by the HTTP client): {chain}"
+            ),
+        ),
+        None => ItemError::new(ErrorClass::Retryable, format!("{method} {url}: {chain}")),
+    }
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -414,22 +618,28 @@ fn check(resp: reqwest::Response, host: &str, path: &str) -> Result<reqwest::Res
     Err(ItemError::new(class, format!("{host}{path}: {status}")))
 }
 
+const CHALLENGE_EXPECTED: &str = "Basic realm=\"…\" or Bearer realm=\"https://…\",service=\"…\"";
+
 /// Parses a `WWW-Authenticate` header: `Basic realm="…"` or `Bearer realm="…",service="…",scope="…"`.
-fn parse_challenge(h: &str) -> Option<Challenge> {
-    let (scheme, rest) = h.trim().split_once(' ').unwrap_or((h.trim(), ""));
+/// Anything else is refused with what was expected.
+fn parse_challenge(raw: &[u8]) -> Result<Challenge, &'static str> {
+    let h = std::str::from_utf8(raw)
+        .map_err(|_| CHALLENGE_EXPECTED)?
+        .trim();
+    let (scheme, rest) = h.split_once(' ').unwrap_or((h, ""));
     if scheme.eq_ignore_ascii_case("basic") {
-        return Some(Challenge::Basic);
+        return Ok(Challenge::Basic);
     }
     if !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
+        return Err(CHALLENGE_EXPECTED);
     }
     let mut params = HashMap::new();
-    let mut s = rest;
+    let mut s = rest.trim();
     while !s.is_empty() {
-        let (k, after) = s.split_once('=')?;
+        let (k, after) = s.split_once('=').ok_or(CHALLENGE_EXPECTED)?;
         let after = after.trim_start();
         let (v, remain) = if let Some(q) = after.strip_prefix('"') {
-            let end = q.find('"')?;
+            let end = q.find('"').ok_or(CHALLENGE_EXPECTED)?;
             (&q[..end], &q[end + 1..])
         } else {
             let end = after.find(',').unwrap_or(after.len());
@@ -438,29 +648,52 @@ fn parse_challenge(h: &str) -> Option<Challenge> {
         params.insert(k.trim().to_ascii_lowercase(), v.to_string());
         s = remain.trim_start_matches([',', ' ']);
     }
-    Some(Challenge::Bearer {
-        realm: params.remove("realm")?,
+    let realm = params
+        .remove("realm")
+        .filter(|r| !r.is_empty())
+        .ok_or(CHALLENGE_EXPECTED)?;
+    Ok(Challenge::Bearer {
+        realm,
         service: params.remove("service"),
     })
 }
 
-/// The target of a `Link: <…>; rel="next"` header.
-fn next_link(h: &header::HeaderMap) -> Option<String> {
-    let v = h.get(header::LINK)?.to_str().ok()?;
-    v.split(',')
+const LINK_EXPECTED: &str = "<PATH>; rel=\"next\" with a /v2/ path on the same registry";
+
+/// The path of the next page from a `Link: <…>; rel="next"` header (absolute links keep
+/// only their path and query: we never follow a page to another host). A `Link` with a
+/// next page we cannot read is refused, so a listing is never cut short unnoticed.
+fn next_link(h: &header::HeaderMap, url: &str) -> Result<Option<String>, ResponseError> {
+    let Some(raw) = h.get(header::LINK) else {
+        return Ok(None);
+    };
+    let bad = || ResponseError::BadHeader {
+        url: url.to_string(),
+        header: "Link",
+        value: shown(raw.as_bytes()),
+        expected: LINK_EXPECTED,
+    };
+    let v = raw.to_str().map_err(|_| bad())?;
+    let Some(part) = v
+        .split(',')
         .find(|p| p.contains("rel=\"next\"") || p.contains("rel=next"))
-        .and_then(|p| {
-            let start = p.find('<')? + 1;
-            let end = p.find('>')?;
-            let target = &p[start..end];
-            // Absolute links keep only their path and query.
-            Some(match target.find("://") {
-                Some(i) => target[i + 3..]
-                    .find('/')
-                    .map(|j| target[i + 3 + j..].to_string())?,
-                None => target.to_string(),
-            })
-        })
+    else {
+        return Ok(None);
+    };
+    let start = part.find('<').ok_or_else(bad)? + 1;
+    let len = part[start..].find('>').ok_or_else(bad)?;
+    let target = part[start..start + len].trim();
+    let path = match target.find("://") {
+        Some(i) => {
+            let rest = &target[i + 3..];
+            &rest[rest.find('/').ok_or_else(bad)?..]
+        }
+        None => target,
+    };
+    if !path.starts_with("/v2/") {
+        return Err(bad());
+    }
+    Ok(Some(path.to_string()))
 }
 
 #[async_trait]
@@ -476,6 +709,7 @@ impl Registry for HttpRegistry {
             host,
             "/v2/_catalog?n=1000".into(),
             "registry:catalog:*",
+            "repository catalog",
             |c| out.extend(c.repositories.unwrap_or_default()),
         )
         .await?;
@@ -490,9 +724,13 @@ impl Registry for HttpRegistry {
         }
         let mut out = Vec::new();
         let scope = format!("repository:{repo}:pull");
-        self.paginate::<Tags, _>(host, format!("/v2/{repo}/tags/list?n=1000"), &scope, |t| {
-            out.extend(t.tags.unwrap_or_default())
-        })
+        self.paginate::<Tags, _>(
+            host,
+            format!("/v2/{repo}/tags/list?n=1000"),
+            &scope,
+            "tag list",
+            |t| out.extend(t.tags.unwrap_or_default()),
+        )
         .await?;
         out.sort();
         out.dedup();
@@ -512,19 +750,32 @@ impl Registry for HttpRegistry {
             return Ok(None);
         }
         let resp = check(resp, host, &path)?;
+        let url = format!("HEAD {host}{path}");
+        if declared_length(resp.headers(), &url)?.is_some_and(|n| n > MANIFEST_LIMIT as u64) {
+            return Err(ResponseError::TooLarge {
+                url,
+                what: "manifest",
+                limit: MANIFEST_LIMIT,
+            }
+            .into());
+        }
         let media_type = resp
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
-        let digest = resp
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<Digest>().ok());
-        let digest = match digest {
-            Some(d) => d,
+        let digest = match resp.headers().get("docker-content-digest") {
+            Some(v) => v
+                .to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<Digest>().ok())
+                .ok_or_else(|| ResponseError::BadHeader {
+                    url: url.clone(),
+                    header: "Docker-Content-Digest",
+                    value: shown(v.as_bytes()),
+                    expected: "sha256: followed by 64 lowercase hex digits",
+                })?,
             None => {
                 // Some registries omit the header on HEAD: hash the manifest body instead.
                 let resp = check(
@@ -532,9 +783,13 @@ impl Registry for HttpRegistry {
                     host,
                     &path,
                 )?;
-                let body = resp.bytes().await.map_err(|e| {
-                    ItemError::new(ErrorClass::Retryable, format!("GET {host}{path}: {e}"))
-                })?;
+                let body = read_capped(
+                    resp,
+                    MANIFEST_LIMIT,
+                    "manifest",
+                    &format!("GET {host}{path}"),
+                )
+                .await?;
                 Digest::sha256_of(&body)
             }
         };
@@ -559,8 +814,14 @@ impl Registry for HttpRegistry {
             manifests: Vec<Desc>,
         }
         let scope = format!("repository:{repo}:pull");
-        let (m, _) = self
-            .get_json::<Manifest>(host, &format!("/v2/{repo}/manifests/{digest}"), &scope)
+        let (m, _, _) = self
+            .get_json::<Manifest>(
+                host,
+                &format!("/v2/{repo}/manifests/{digest}"),
+                &scope,
+                MANIFEST_LIMIT,
+                "manifest",
+            )
             .await?;
         let mut total: u64 =
             m.config.map_or(0, |c| c.size) + m.layers.iter().map(|l| l.size).sum::<u64>();
@@ -573,8 +834,14 @@ impl Registry for HttpRegistry {
                 continue;
             };
             total += child.size;
-            let (cm, _) = self
-                .get_json::<Manifest>(host, &format!("/v2/{repo}/manifests/{d}"), &scope)
+            let (cm, _, _) = self
+                .get_json::<Manifest>(
+                    host,
+                    &format!("/v2/{repo}/manifests/{d}"),
+                    &scope,
+                    MANIFEST_LIMIT,
+                    "manifest",
+                )
                 .await?;
             total +=
                 cm.config.map_or(0, |c| c.size) + cm.layers.iter().map(|l| l.size).sum::<u64>();
@@ -642,38 +909,158 @@ mod tests {
     #[test]
     fn parses_auth_challenges() {
         assert!(matches!(
-            parse_challenge("Basic realm=\"Registry Realm\""),
-            Some(Challenge::Basic)
+            parse_challenge(b"Basic realm=\"Registry Realm\""),
+            Ok(Challenge::Basic)
         ));
         match parse_challenge(
-            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/ubuntu:pull""#,
+            br#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/ubuntu:pull""#,
         ) {
-            Some(Challenge::Bearer { realm, service }) => {
+            Ok(Challenge::Bearer { realm, service }) => {
                 assert_eq!(realm, "https://auth.docker.io/token");
                 assert_eq!(service.as_deref(), Some("registry.docker.io"));
             }
             other => panic!("{other:?}"),
         }
-        assert!(parse_challenge("Bearer service=x").is_none(), "no realm");
-        assert!(parse_challenge("Negotiate abc").is_none());
+        for hostile in [
+            &b"Bearer service=x"[..],
+            b"Negotiate abc",
+            b"Bearer realm",
+            b"Bearer realm=\"unterminated",
+            b"Bearer realm=\"\"",
+            b"Bearer \xff\xfe",
+            b"",
+        ] {
+            assert_eq!(
+                parse_challenge(hostile).unwrap_err(),
+                CHALLENGE_EXPECTED,
+                "{}",
+                String::from_utf8_lossy(hostile)
+            );
+        }
+    }
+
+    fn link(v: &[u8]) -> Result<Option<String>, ResponseError> {
+        let mut h = header::HeaderMap::new();
+        h.insert(header::LINK, header::HeaderValue::from_bytes(v).unwrap());
+        next_link(&h, "GET r/v2/a/tags/list")
     }
 
     #[test]
     fn follows_link_headers() {
+        assert_eq!(
+            link(b"</v2/_catalog?last=b&n=2>; rel=\"next\"")
+                .unwrap()
+                .as_deref(),
+            Some("/v2/_catalog?last=b&n=2")
+        );
+        assert_eq!(
+            link(b"<https://r.example/v2/a/tags/list?last=x>; rel=\"next\"")
+                .unwrap()
+                .as_deref(),
+            Some("/v2/a/tags/list?last=x")
+        );
+        assert_eq!(link(b"</v2/x>; rel=\"prev\"").unwrap(), None);
+        assert_eq!(next_link(&header::HeaderMap::new(), "u"), Ok(None));
+    }
+
+    #[test]
+    fn hostile_link_headers_are_named_errors_not_panics() {
+        for hostile in [
+            &b">; rel=\"next\" </v2/x"[..], // '>' before '<': used to slice out of order
+            b"</v2/x; rel=\"next\"",        // never closed
+            b"rel=\"next\"",                // no target
+            b"<.evil.example/v2/x>; rel=\"next\"", // would glue onto the registry's host name
+            b"<//evil.example/v2/x>; rel=\"next\"",
+            b"<https://evil.example>; rel=\"next\"",
+            b"<\xe9/v2/x>; rel=\"next\"",
+        ] {
+            match link(hostile) {
+                Err(ResponseError::BadHeader {
+                    header, expected, ..
+                }) => {
+                    assert_eq!((header, expected), ("Link", LINK_EXPECTED));
+                }
+                other => panic!("{}: {other:?}", String::from_utf8_lossy(hostile)),
+            }
+        }
+        let e = ItemError::from(link(b">; rel=\"next\" <").unwrap_err());
+        assert_eq!(e.class, ErrorClass::BadInput);
+        assert!(e.message.contains("malformed Link header"), "{}", e.message);
+    }
+
+    #[test]
+    fn content_lengths_parse_or_are_named_errors() {
         let mut h = header::HeaderMap::new();
-        h.insert(
-            header::LINK,
-            "</v2/_catalog?last=b&n=2>; rel=\"next\"".parse().unwrap(),
+        assert_eq!(declared_length(&h, "u"), Ok(None));
+        h.insert(header::CONTENT_LENGTH, "123".parse().unwrap());
+        assert_eq!(declared_length(&h, "u"), Ok(Some(123)));
+        for bad in ["-1", "12x", "99999999999999999999999", ""] {
+            h.insert(header::CONTENT_LENGTH, bad.parse().unwrap());
+            assert!(
+                matches!(
+                    declared_length(&h, "u"),
+                    Err(ResponseError::BadHeader {
+                        header: "Content-Length",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn answers_the_http_client_refuses_are_named_and_other_send_errors_retried() {
+        let e = send_error(
+            &Method::GET,
+            "http://r/v2/a/tags/list",
+            "error sending request: client error (SendRequest): invalid content-length parsed",
         );
-        assert_eq!(next_link(&h).as_deref(), Some("/v2/_catalog?last=b&n=2"));
-        h.insert(
-            header::LINK,
-            "<https://r.example/v2/a/tags/list?last=x>; rel=\"next\""
-                .parse()
-                .unwrap(),
+        assert_eq!(e.class, ErrorClass::BadInput);
+        assert!(
+            e.message.contains("malformed Content-Length in the answer"),
+            "{}",
+            e.message
         );
-        assert_eq!(next_link(&h).as_deref(), Some("/v2/a/tags/list?last=x"));
-        assert_eq!(next_link(&header::HeaderMap::new()), None);
+        let e = send_error(
+            &Method::HEAD,
+            "http://r/v2/",
+            "tcp connect error: Connection refused",
+        );
+        assert_eq!(e.class, ErrorClass::Retryable);
+    }
+
+    #[test]
+    fn a_token_realm_must_be_https_unless_the_registry_is_plain_http() {
+        let none = |_: &str| false;
+        assert!(realm_allowed("https://auth.docker.io/token", false, none));
+        assert!(!realm_allowed("http://auth.example/token", false, none));
+        assert!(realm_allowed("http://auth.example/token", true, none));
+        assert!(realm_allowed(
+            "http://127.0.0.1:9/token",
+            false,
+            is_loopback_host
+        ));
+        for odd in [
+            "ftp://x/token",
+            "file:///etc/passwd",
+            "not a url",
+            "/token",
+            "",
+        ] {
+            assert!(!realm_allowed(odd, true, none), "{odd}");
+        }
+        let r = HttpRegistry::new(Credentials::default(), Vec::<String>::new());
+        let e = r
+            .check_realm("quay.io", "http://quay.io/v2/auth")
+            .unwrap_err();
+        assert!(matches!(e, ResponseError::InsecureRealm { .. }));
+        assert!(e.to_string().contains("must be https"), "{e}");
+        assert!(
+            r.check_realm("127.0.0.1:5000", "http://127.0.0.1:5001/token")
+                .is_ok()
+        );
+        assert!(r.check_realm("quay.io", "https://quay.io/v2/auth").is_ok());
     }
 
     #[test]

@@ -245,13 +245,30 @@ impl RetryPolicy {
 /// Runs `op` until it succeeds, fails with a class that is not retried, or the retries
 /// are spent. Returns the result and the number of attempts made. Each attempt is
 /// bounded by the policy's timeout.
-pub async fn with_retries<T, F, Fut>(policy: &RetryPolicy, mut op: F) -> (Result<T, ItemError>, u32)
+pub async fn with_retries<T, F, Fut>(policy: &RetryPolicy, op: F) -> (Result<T, ItemError>, u32)
+where
+    F: FnMut(u32) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ItemError>>,
+{
+    with_retries_until(policy, &crate::interrupt::Stop::never(), op).await
+}
+
+/// [`with_retries`] that also ends when `stop` fires: no attempt starts after it, and the
+/// wait before a retry is cut short (the result is then [`crate::interrupt::interrupted`]).
+pub async fn with_retries_until<T, F, Fut>(
+    policy: &RetryPolicy,
+    stop: &crate::interrupt::Stop,
+    mut op: F,
+) -> (Result<T, ItemError>, u32)
 where
     F: FnMut(u32) -> Fut,
     Fut: std::future::Future<Output = Result<T, ItemError>>,
 {
     let mut attempts = 0;
     loop {
+        if let Some(why) = stop.reason() {
+            return (Err(crate::interrupt::interrupted(why)), attempts);
+        }
         attempts += 1;
         let result = match tokio::time::timeout(policy.attempt_timeout, op(attempts)).await {
             Ok(r) => r,
@@ -265,9 +282,12 @@ where
         };
         match result {
             Ok(v) => return (Ok(v), attempts),
-            Err(e) if policy.should_retry(e.class, attempts) => {
+            Err(e) if policy.should_retry(e.class, attempts) && stop.reason().is_none() => {
                 tracing::warn!(attempt = attempts, class = %e.class, error = %e.message, "attempt failed; retrying");
-                tokio::time::sleep(policy.backoff(attempts - 1)).await;
+                tokio::select! {
+                    () = tokio::time::sleep(policy.backoff(attempts - 1)) => {}
+                    _ = stop.stopped() => {}
+                }
             }
             Err(e) => return (Err(e), attempts),
         }

@@ -3,9 +3,10 @@
 //! [`Copier`], [`StatusStore`], [`Prepare`], [`Progress`]), so the same pipeline runs
 //! against real registries from the CLI and, later, inside the AWS functions.
 
+use crate::interrupt::{Stop, interrupted};
 use crate::plan::{self, Action, ImageName, Observation, TagListings, Unplannable, Wanted};
 use crate::registry::{Location, Registry};
-use crate::retry::{ErrorClass, ItemError, RetryPolicy, with_retries};
+use crate::retry::{ErrorClass, ItemError, RetryPolicy, with_retries, with_retries_until};
 use crate::selection::{Selection, TagSpec};
 use crate::status::{ItemRecord, RunRecord, Status, StatusStore, StoreError};
 use async_trait::async_trait;
@@ -97,6 +98,19 @@ const FINAL: u64 = 2;
 /// Runs one sync. Store errors end the run (results could not be kept); every other
 /// failure is recorded on its image and the others go on.
 pub async fn run_sync(spec: &SyncSpec, edges: &Edges<'_>) -> Result<SyncReport, StoreError> {
+    run_sync_until(spec, edges, &Stop::never()).await
+}
+
+/// [`run_sync`] that ends early when `stop` fires (Ctrl-C, SIGTERM): listing and lookups
+/// are abandoned, copies in flight are killed, copies not started do not start; every
+/// image not finished is recorded as interrupted and the run record is closed, so a re-run
+/// copies exactly what is missing. The copier must hear the same `stop` (see
+/// [`crate::copy::Skopeo::with_stop`]).
+pub async fn run_sync_until(
+    spec: &SyncSpec,
+    edges: &Edges<'_>,
+    stop: &Stop,
+) -> Result<SyncReport, StoreError> {
     let mut run = RunRecord {
         run_id: spec.run_id.clone(),
         source: spec.source.to_string(),
@@ -114,8 +128,22 @@ pub async fn run_sync(spec: &SyncSpec, edges: &Edges<'_>) -> Result<SyncReport, 
         edges.store.put_run(&run).await?;
     }
 
-    let (wanted, unplannable) = select(spec, edges.registry).await;
-    let (source_obs, dest_obs, attempts) = resolve(spec, edges.registry, &wanted).await;
+    let looked_up = async {
+        let (wanted, unplannable) = select(spec, edges.registry).await;
+        let observed = resolve(spec, edges.registry, &wanted).await;
+        (wanted, unplannable, observed)
+    };
+    let (wanted, unplannable, (source_obs, dest_obs, attempts)) = tokio::select! {
+        r = looked_up => r,
+        why = stop.stopped() => {
+            tracing::warn!(why, "interrupted before the plan was made; nothing was copied");
+            let report = finish(run, Vec::new());
+            if keep {
+                edges.store.put_run(&report.run).await?;
+            }
+            return Ok(report);
+        }
+    };
     let planned = plan::plan(&wanted, &source_obs, &dest_obs);
     let to_copy = planned.iter().filter(|p| p.action == Action::Copy).count();
     edges
@@ -200,9 +228,10 @@ pub async fn run_sync(spec: &SyncSpec, edges: &Edges<'_>) -> Result<SyncReport, 
             let ready = ready.get(&w.dest.repo).cloned().unwrap_or(Ok(()));
             async move {
                 rec.started_at = Some(Utc::now());
-                let outcome = match ready {
-                    Err(e) => (Err(e), 0),
-                    Ok(()) => copy_one(spec, edges, &w, &digest).await,
+                let outcome = match (ready, stop.reason()) {
+                    (_, Some(why)) => (Err(interrupted(why)), 0),
+                    (Err(e), None) => (Err(e), 0),
+                    (Ok(()), None) => copy_one(spec, edges, &w, &digest, stop).await,
                 };
                 rec.attempts = outcome.1;
                 rec.ended_at = Some(Utc::now());
@@ -273,9 +302,10 @@ async fn copy_one(
     edges: &Edges<'_>,
     w: &Wanted,
     digest: &crate::reference::Digest,
+    stop: &Stop,
 ) -> (Result<(String, u64), ItemError>, u32) {
     let (copied, attempts) =
-        with_retries(&spec.retry, |_| edges.copier.copy(&w.source, &w.dest)).await;
+        with_retries_until(&spec.retry, stop, |_| edges.copier.copy(&w.source, &w.dest)).await;
     if let Err(e) = copied {
         return (Err(e), attempts);
     }

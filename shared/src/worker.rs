@@ -6,7 +6,8 @@
 use crate::config::{ConfigError, Env};
 use crate::copy::{Copier, Skopeo};
 use crate::handlers::registries_for;
-use crate::registry::Registry;
+use crate::hosts::HostRules;
+use crate::registry::{Location, Registry};
 use crate::retry::{ErrorClass, ItemError, RetryPolicy, with_retries};
 use crate::task_report::TaskReporter;
 use crate::workflow::{CopyResult, CopyTask};
@@ -24,6 +25,10 @@ pub struct WorkerConfig {
     /// `SOURCE_SECRET`, `DEST_SECRET`: Secrets Manager names (optional).
     pub source_secret: Option<String>,
     pub dest_secret: Option<String>,
+    /// `SOURCE_REGISTRY`, `DEST_REGISTRY` (`REGISTRY[/PREFIX]`, as the functions get them):
+    /// the registries the secrets belong to, and `EXTRA_SOURCE_REGISTRIES`. Required with a
+    /// secret; when set, a task naming another host is refused and no secret is used.
+    pub rules: Option<HostRules>,
     /// `RETRIES` (default 3), `ATTEMPT_TIMEOUT_SECS` (default 1800).
     pub retry: RetryPolicy,
     /// `HEARTBEAT_SECS` (default 60; the state's HeartbeatSeconds must be larger).
@@ -63,6 +68,52 @@ impl WorkerConfig {
             .unwrap_or_default();
         let source_secret = env.optional("SOURCE_SECRET");
         let dest_secret = env.optional("DEST_SECRET");
+        let registry = |name: &str, secret: &Option<String>, env: &mut Env| {
+            let v = env.optional(name);
+            if v.is_none() && secret.is_some() {
+                let s = name.replace("REGISTRY", "SECRET");
+                env.problem(format!(
+                    "{s} is set but {name} is not: a secret is used only for the registry it belongs to, so name it (REGISTRY[/PREFIX])"
+                ));
+            }
+            v.and_then(|v| match Location::parse(&v) {
+                Ok(l) => Some(l.host),
+                Err(e) => {
+                    env.problem(format!("{name}: {e}"));
+                    None
+                }
+            })
+        };
+        let source_registry = registry("SOURCE_REGISTRY", &source_secret, &mut env);
+        let dest_registry = registry("DEST_REGISTRY", &dest_secret, &mut env);
+        let extra_sources = match crate::hosts::parse_extra_sources(
+            &env.optional("EXTRA_SOURCE_REGISTRIES").unwrap_or_default(),
+        ) {
+            Ok(v) => v,
+            Err(e) => {
+                env.problem(e);
+                Vec::new()
+            }
+        };
+        let rules = match (source_registry, dest_registry) {
+            (Some(source), Some(dest)) => Some(HostRules {
+                source,
+                dest,
+                extra_sources,
+            }),
+            (None, None) => None,
+            (s, _) => {
+                let missing = if s.is_none() {
+                    "SOURCE_REGISTRY"
+                } else {
+                    "DEST_REGISTRY"
+                };
+                env.problem(format!(
+                    "{missing} is not set: SOURCE_REGISTRY and DEST_REGISTRY go together"
+                ));
+                None
+            }
+        };
         env.finish()?;
         Ok(Self {
             token,
@@ -74,6 +125,7 @@ impl WorkerConfig {
             },
             source_secret,
             dest_secret,
+            rules,
             retry: RetryPolicy {
                 retries,
                 base_delay: Duration::from_secs(2),
@@ -92,10 +144,29 @@ pub async fn copy_and_verify(
     secrets: Option<&aws_sdk_secretsmanager::Client>,
 ) -> Result<CopyResult, ItemError> {
     let (src, dst, digest) = cfg.task.parts()?;
+    // Each secret goes only to the registry it was configured for: a task naming another
+    // host is refused before anything is fetched or sent (an allowed extra source is read
+    // without a login).
+    let (source_secret, dest_secret) = match &cfg.rules {
+        Some(rules) => {
+            rules.check_source(&format!("the task's source {}", cfg.task.source), &src.host)?;
+            rules.check_dest(
+                &format!("the task's destination {}", cfg.task.dest),
+                &dst.host,
+            )?;
+            (
+                cfg.source_secret
+                    .clone()
+                    .filter(|_| rules.is_source(&src.host)),
+                cfg.dest_secret.clone(),
+            )
+        }
+        None => (None, None), // no secret is configured without its registry
+    };
     let registries = registries_for(
         &[
-            (src.host.clone(), cfg.source_secret.clone()),
-            (dst.host.clone(), cfg.dest_secret.clone()),
+            (src.host.clone(), source_secret),
+            (dst.host.clone(), dest_secret),
         ],
         secrets,
         cfg.insecure.clone(),

@@ -1419,3 +1419,150 @@ pub fn reversed_listings(bucket: &str) -> Rewrite {
         (status, vec![], out.into_bytes())
     })
 }
+
+/// What a [`FakeRegistry`] sends back.
+pub enum Body {
+    /// These bytes, with their Content-Length.
+    Bytes(Vec<u8>),
+    /// `n` bytes of JSON whitespace and no Content-Length: the body ends when the connection
+    /// closes (a registry that sends far more than any manifest or page should be).
+    Flood(u64),
+}
+
+/// One answer of a [`FakeRegistry`]: status, headers as given (nothing checked), body.
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Body,
+}
+
+impl Reply {
+    pub fn new(status: u16, headers: &[(&str, &str)], body: Body) -> Self {
+        Self {
+            status,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body,
+        }
+    }
+    pub fn json(body: &str) -> Self {
+        Self::new(
+            200,
+            &[("Content-Type", "application/json")],
+            Body::Bytes(body.as_bytes().to_vec()),
+        )
+    }
+}
+
+/// Answers a request from its head (`GET /v2/… HTTP/1.1` and the header lines).
+pub type Handler = Arc<dyn Fn(&str) -> Reply + Send + Sync>;
+
+/// A registry that answers whatever the test's handler says (malformed headers, endless
+/// bodies, a login challenge for everything): a small HTTP/1.1 server on 127.0.0.1, one
+/// request per connection, stopped on drop. Every request head it receives is kept, so a
+/// test can prove what was (not) sent to it, e.g. no `Authorization` header.
+pub struct FakeRegistry {
+    pub addr: String,
+    stop: Arc<AtomicBool>,
+    requests: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FakeRegistry {
+    pub fn start(handler: Handler) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (stop2, requests2) = (stop.clone(), requests.clone());
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        let (handler, requests, stop) =
+                            (handler.clone(), requests2.clone(), stop2.clone());
+                        std::thread::spawn(move || {
+                            let _ = answer_one(client, &handler, &requests, &stop);
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        Self {
+            addr,
+            stop,
+            requests,
+        }
+    }
+
+    /// Every request head received so far.
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for FakeRegistry {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn answer_one(
+    mut client: TcpStream,
+    handler: &Handler,
+    requests: &std::sync::Mutex<Vec<String>>,
+    stop: &AtomicBool,
+) -> std::io::Result<()> {
+    client.set_nonblocking(false)?;
+    client.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let head = read_head(&mut client)?;
+    let _ = read_body(&mut client, &head, false)?;
+    let head = String::from_utf8_lossy(&head).to_string();
+    requests.lock().unwrap().push(head.clone());
+    let reply = handler(&head);
+    let mut out = format!("HTTP/1.1 {} Status\r\n", reply.status).into_bytes();
+    for (k, v) in &reply.headers {
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let is_head = head.starts_with("HEAD ");
+    let has_length = reply
+        .headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-length"));
+    if let Body::Bytes(b) = &reply.body {
+        if !has_length {
+            out.extend_from_slice(format!("Content-Length: {}\r\n", b.len()).as_bytes());
+        }
+    }
+    out.extend_from_slice(b"Connection: close\r\n\r\n");
+    client.write_all(&out)?;
+    if !is_head {
+        match reply.body {
+            Body::Bytes(b) => client.write_all(&b)?,
+            Body::Flood(n) => {
+                let chunk = vec![b' '; 1 << 16];
+                let mut left = n;
+                while left > 0 && !stop.load(Ordering::Relaxed) {
+                    let k = left.min(chunk.len() as u64) as usize;
+                    client.write_all(&chunk[..k])?;
+                    left -= k as u64;
+                }
+            }
+        }
+    }
+    client.shutdown(std::net::Shutdown::Both)
+}
+
+/// The peak resident memory (VmHWM, KiB) of a running process, if it is still there.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}

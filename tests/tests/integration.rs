@@ -3,9 +3,12 @@
 
 mod integration {
     pub mod aws;
+    pub mod aws_hosts;
     pub mod cli;
     pub mod ecr;
+    pub mod hostile;
     pub mod images;
+    pub mod interrupt;
     pub mod objects;
     pub mod objects_aws;
     pub mod secrets;

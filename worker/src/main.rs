@@ -1,6 +1,7 @@
 //! The Fargate copy worker: one image, then `SendTaskSuccess`/`SendTaskFailure`.
 //! Env: TASK_TOKEN, RUN_ID, SOURCE, DEST, SOURCE_DIGEST (overrides); SOURCE_SECRET,
-//! DEST_SECRET, RETRIES, HEARTBEAT_SECS (task definition). Exit 0 when the outcome was
+//! DEST_SECRET with the registries they belong to (SOURCE_REGISTRY, DEST_REGISTRY,
+//! EXTRA_SOURCE_REGISTRIES), RETRIES, HEARTBEAT_SECS (task definition). Exit 0 when the outcome was
 //! reported (even a failed copy), 1 when it could not be.
 use hub_core::config::Env;
 use hub_core::task_report::Sfn;

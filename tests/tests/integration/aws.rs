@@ -549,6 +549,8 @@ fn the_copy_worker_copies_into_ecr_with_a_registry_secret_and_reports_success_wi
             ("DEST", &format!("{ECR_HOST}/mirror/team/app:7")),
             ("SOURCE_DIGEST", img.digest.as_str()),
             ("SOURCE_SECRET", "th/source"),
+            ("SOURCE_REGISTRY", src.addr.as_str()),
+            ("DEST_REGISTRY", &format!("{ECR_HOST}/mirror")),
             ("HEARTBEAT_SECS", "1"),
             ("TRANSFER_HUB_ECR_REGISTRY_ADDRESS", backend.addr.as_str()),
         ]

@@ -585,3 +585,53 @@ fn copies_run_at_most_concurrency_at_once() {
         "never more than 2 copies at once: {seen:?}"
     );
 }
+
+#[test]
+fn two_sources_for_one_destination_tag_copy_the_first_and_fail_the_later_naming_both() {
+    let (a, b, dst, dir) = (
+        RegistryServer::start(),
+        RegistryServer::start(),
+        RegistryServer::start(),
+        tempfile::tempdir().unwrap(),
+    );
+    let (img_a, img_b) = (small(), small());
+    img_a.push(&format!("{}/org/app:1", a.addr), None);
+    img_b.push(&format!("{}/org/app:1", b.addr), None);
+    let l = list(
+        dir.path(),
+        &format!("{}/org/app:1\n{}/org/app:1\n", a.addr, b.addr),
+    );
+    let r = sync(
+        dir.path(),
+        &[
+            "--source",
+            &a.addr,
+            "--dest",
+            &format!("{}/mirror", dst.addr),
+            "--list",
+            l.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let j = r.json();
+    assert_eq!(counts(&j), (1, 0, 1), "{j:#}");
+    let later = item(&j, &format!("{}/org/app:1", b.addr));
+    assert_eq!(later["status"], "failed");
+    assert_eq!(later["error"]["class"], "BadInput");
+    let msg = later["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!("{}/org/app:1", a.addr))
+            && msg.contains(&format!("{}/org/app:1", b.addr))
+            && msg.contains(&format!("{}/mirror/org/app:1", dst.addr)),
+        "the error names both sources and the destination: {msg}"
+    );
+    assert_eq!(
+        dst.digest("mirror/org/app", "1").as_deref(),
+        Some(img_a.digest.as_str()),
+        "the first source keeps the tag"
+    );
+    assert!(
+        !b.access_log().contains("\"GET /v2/org/app/blobs/"),
+        "nothing was copied from the later source"
+    );
+}

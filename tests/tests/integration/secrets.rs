@@ -184,3 +184,55 @@ fn a_wrong_password_fails_that_image_with_an_auth_error_and_no_retries_while_oth
     );
     assert!(!r.stdout.contains(&canary) && !r.stderr.contains(&canary));
 }
+
+#[test]
+fn each_login_goes_only_to_its_own_registry_even_when_another_one_asks_for_one() {
+    use hub_tests::{Body, FakeRegistry, Reply};
+    let canary = format!("own-host-{}-pw", fastrand::u64(..));
+    let (src, dst, dir) = (
+        RegistryServer::start_with_login("alice", &canary),
+        RegistryServer::start(),
+        tempfile::tempdir().unwrap(),
+    );
+    // Another registry on a line of its own asks every request for a login.
+    let other = FakeRegistry::start(Arc::new(|_: &str| {
+        Reply::new(
+            401,
+            &[("WWW-Authenticate", "Basic realm=\"other\"")],
+            Body::Bytes(Vec::new()),
+        )
+    }));
+    let auth = dir.path().join("auth.json");
+    write_authfile(&auth, &[(&src.addr, "alice", &canary)]);
+    let img = OciImage::single(&[1024]);
+    img.push(&format!("{}/private/app:1", src.addr), Some(&auth));
+    let l = list(
+        dir.path(),
+        &format!("private/app:1\n{}/team/app:1\n", other.addr),
+    );
+    let r = super::images::sync(
+        dir.path(),
+        &[
+            "--source",
+            &src.addr,
+            "--dest",
+            &dst.addr,
+            "--list",
+            l.to_str().unwrap(),
+            "--authfile",
+            auth.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let j = r.json();
+    assert_eq!(item(&j, "private/app:1")["status"], "copied");
+    let refused = item(&j, &format!("{}/team/app:1", other.addr));
+    assert_eq!(refused["error"]["class"], "AuthDenied");
+    assert!(!other.requests().is_empty());
+    for req in other.requests() {
+        assert!(
+            !req.to_ascii_lowercase().contains("authorization:"),
+            "another registry got a login: {req}"
+        );
+    }
+}

@@ -249,6 +249,7 @@ impl Aws {
         src: &RegistryServer,
         dst: &RegistryServer,
         list: &[String],
+        extra_sources: &str,
     ) -> Self {
         let router_port = free_port();
         let moto = interpreting_moto(router_port);
@@ -288,6 +289,8 @@ impl Aws {
             ("SECURITY_GROUPS", sg),
             ("TOPIC_ARN", topic),
             ("RETRIES", "0".into()),
+            // Lines may name only the source, or a host allowed here.
+            ("EXTRA_SOURCE_REGISTRIES", extra_sources.into()),
         ] {
             fn_env.push((k.into(), v));
         }
@@ -369,7 +372,7 @@ fn the_state_machine_copies_eleven_images_records_the_twelfth_as_failed_and_a_qu
 
     // Day 1: the SSM list — eleven images and the one that never copies.
     let t = Instant::now();
-    let day1 = Aws::start(&rt, &src, &dst, &list);
+    let day1 = Aws::start(&rt, &src, &dst, &list, &broken_host);
     let mut fargate = Fargate {
         started: HashMap::new(),
         max_running: 0,
@@ -421,7 +424,7 @@ fn the_state_machine_copies_eleven_images_records_the_twelfth_as_failed_and_a_qu
         "the destination logs the first day's writes"
     );
     let t = Instant::now();
-    let day2 = Aws::start(&rt, &src, &dst, &list);
+    let day2 = Aws::start(&rt, &src, &dst, &list, &broken_host);
     let mut fargate = Fargate {
         started: HashMap::new(),
         max_running: 0,

@@ -1,0 +1,276 @@
+//! Registries that answer malformed headers, endless bodies and loops: each bad answer fails
+//! the one image or listing it belongs to with a named error, nothing panics, memory stays
+//! bounded, and the other images still copy.
+
+use super::images::{item, list};
+use hub_tests::{
+    Body, FakeRegistry, OciImage, RegistryServer, Reply, Run, peak_rss_kib, transfer_hub_bin,
+};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// Bytes a flooding answer sends: far past every cap, small enough for this machine.
+const FLOOD: u64 = 384 << 20;
+
+/// The hostile source: every repository misbehaves in its own way.
+fn hostile() -> FakeRegistry {
+    let good_digest = format!("sha256:{}", "ab".repeat(32));
+    FakeRegistry::start(Arc::new(move |head: &str| {
+        let line = head.lines().next().unwrap_or("");
+        let (method, path) = {
+            let mut w = line.split_whitespace();
+            (w.next().unwrap_or(""), w.next().unwrap_or(""))
+        };
+        match (method, path) {
+            (_, "/v2/") => Reply::json("{}"),
+            // '>' before '<': the old parser sliced out of order and panicked.
+            (_, p) if p.starts_with("/v2/linkbad/app/tags/list") => {
+                let mut r = Reply::json(r#"{"name":"linkbad/app","tags":["1"]}"#);
+                r.headers.push((
+                    "Link".into(),
+                    ">; rel=\"next\" </v2/linkbad/app/tags/list?last=1".into(),
+                ));
+                r
+            }
+            // A next page that is this page again.
+            (_, p) if p.starts_with("/v2/loop/app/tags/list") => {
+                let mut r = Reply::json(r#"{"name":"loop/app","tags":["1"]}"#);
+                r.headers.push((
+                    "Link".into(),
+                    "</v2/loop/app/tags/list?n=1000>; rel=\"next\"".into(),
+                ));
+                r
+            }
+            // A chain of pages that never ends, each a new page of long tags.
+            (_, p) if p.starts_with("/v2/chain/app/tags/list") => {
+                let n: u64 = p
+                    .split("last=")
+                    .nth(1)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let tags: Vec<String> = (0..1000).map(|i| format!("{n:0>100}-{i:0>20}")).collect();
+                let body = serde_json::json!({"name": "chain/app", "tags": tags}).to_string();
+                let mut r = Reply::json(&body);
+                r.headers.push((
+                    "Link".into(),
+                    format!(
+                        "</v2/chain/app/tags/list?n=1000&last={}>; rel=\"next\"",
+                        n + 1
+                    ),
+                ));
+                r
+            }
+            (_, p) if p.starts_with("/v2/floodtags/app/tags/list") => Reply::new(
+                200,
+                &[("Content-Type", "application/json")],
+                Body::Flood(FLOOD),
+            ),
+            // No digest header on HEAD, then a manifest that never ends.
+            ("HEAD", "/v2/huge/app/manifests/1") => {
+                Reply::new(200, &[("Content-Type", OCI_MANIFEST)], Body::Flood(0))
+            }
+            ("GET", "/v2/huge/app/manifests/1") => {
+                Reply::new(200, &[("Content-Type", OCI_MANIFEST)], Body::Flood(FLOOD))
+            }
+            ("HEAD", "/v2/digestbad/app/manifests/1") => Reply::new(
+                200,
+                &[
+                    ("Content-Type", OCI_MANIFEST),
+                    ("Docker-Content-Digest", "sha256:not-hex"),
+                ],
+                Body::Flood(0),
+            ),
+            ("HEAD", "/v2/lenbad/app/manifests/1") => Reply::new(
+                200,
+                &[
+                    ("Content-Type", OCI_MANIFEST),
+                    ("Docker-Content-Digest", good_digest.as_str()),
+                    ("Content-Length", "12x"),
+                ],
+                Body::Flood(0),
+            ),
+            (_, p) if p.starts_with("/v2/lenbadtags/app/tags/list") => Reply::new(
+                200,
+                &[
+                    ("Content-Type", "application/json"),
+                    ("Content-Length", "12x"),
+                ],
+                Body::Bytes(br#"{"name":"lenbadtags/app","tags":["1"]}"#.to_vec()),
+            ),
+            (_, p) if p.starts_with("/v2/authbad/") => Reply::new(
+                401,
+                &[("WWW-Authenticate", "Bearer realm")],
+                Body::Bytes(Vec::new()),
+            ),
+            _ => Reply::new(404, &[], Body::Bytes(b"{\"errors\":[]}".to_vec())),
+        }
+    }))
+}
+
+/// Runs the CLI, sampling its peak resident memory (VmHWM) until it exits.
+fn sync_measured(dir: &Path, args: &[&str]) -> (Run, u64) {
+    let state = dir.join("state.db");
+    let mut child = Command::new(transfer_hub_bin())
+        .args([
+            "images",
+            "sync",
+            "--output",
+            "json",
+            "--retry-base-ms",
+            "20",
+            "--state",
+        ])
+        .arg(&state)
+        .args(args)
+        .env_remove("REGISTRY_AUTH_FILE")
+        .env("HOME", std::env::temp_dir().join("transfer-hub-test-home"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut out, &mut s).unwrap();
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut err, &mut s).unwrap();
+        s
+    });
+    let mut peak = 0;
+    let status = loop {
+        if let Some(kib) = peak_rss_kib(pid) {
+            peak = peak.max(kib);
+        }
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    let run = Run {
+        code: status.code().unwrap_or(-1),
+        stdout: reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+    };
+    (run, peak)
+}
+
+fn error_of<'a>(j: &'a serde_json::Value, suffix: &str) -> (&'a str, &'a str) {
+    let i = item(j, suffix);
+    assert_eq!(i["status"], "failed", "{i}");
+    (
+        i["error"]["class"].as_str().unwrap(),
+        i["error"]["message"].as_str().unwrap(),
+    )
+}
+
+/// Syncs these lines (plus one good image from a real registry) from the hostile
+/// registry; returns the JSON report and the run's peak RSS in KiB.
+fn sync_from_hostile(lines: &str) -> (serde_json::Value, u64) {
+    let (bad, good, dst, dir) = (
+        hostile(),
+        RegistryServer::start(),
+        RegistryServer::start(),
+        tempfile::tempdir().unwrap(),
+    );
+    let img = OciImage::single(&[2048]);
+    img.push(&format!("{}/good/app:1", good.addr), None);
+    let l = list(dir.path(), &format!("{lines}{}/good/app:1\n", good.addr));
+    let (r, peak_kib) = sync_measured(
+        dir.path(),
+        &[
+            "--source",
+            &bad.addr,
+            "--dest",
+            &dst.addr,
+            "--list",
+            l.to_str().unwrap(),
+            "--retries",
+            "1",
+        ],
+    );
+    eprintln!("peak RSS of the run: {} MiB", peak_kib / 1024);
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    assert_eq!(
+        r.code, 1,
+        "the run finishes, failing the bad images\n{}",
+        r.stderr
+    );
+    let j = r.json();
+    assert_eq!(
+        item(&j, "good/app:1")["status"],
+        "copied",
+        "the other images still copy"
+    );
+    assert_eq!(
+        dst.digest("good/app", "1").as_deref(),
+        Some(img.digest.as_str())
+    );
+    (j, peak_kib)
+}
+
+#[test]
+fn malformed_registry_headers_fail_their_image_by_name_and_the_rest_copies() {
+    let (j, _) = sync_from_hostile(
+        "linkbad/app:ALL_TAGS\nloop/app:ALL_TAGS\ndigestbad/app:1\nlenbad/app:1\nlenbadtags/app:ALL_TAGS\nauthbad/app:1\n",
+    );
+    let (class, msg) = error_of(&j, "linkbad/app:ALL_TAGS");
+    assert_eq!(class, "BadInput");
+    assert!(msg.contains("malformed Link header"), "{msg}");
+    let (_, msg) = error_of(&j, "loop/app:ALL_TAGS");
+    assert!(msg.contains("the page chain loops"), "{msg}");
+    let (_, msg) = error_of(&j, "digestbad/app:1");
+    assert!(
+        msg.contains("malformed Docker-Content-Digest header \"sha256:not-hex\""),
+        "{msg}"
+    );
+    let (_, msg) = error_of(&j, "lenbad/app:1");
+    assert!(
+        msg.contains("malformed Content-Length header \"12x\": a number of bytes"),
+        "{msg}"
+    );
+    // On a GET the HTTP client refuses it first; still named, and not retried.
+    let (class, msg) = error_of(&j, "lenbadtags/app:ALL_TAGS");
+    assert_eq!(class, "BadInput");
+    assert!(
+        msg.contains("malformed Content-Length in the answer"),
+        "{msg}"
+    );
+    let (_, msg) = error_of(&j, "authbad/app:1");
+    assert!(msg.contains("malformed WWW-Authenticate header"), "{msg}");
+}
+
+#[test]
+fn a_registry_flooding_a_manifest_and_a_tag_list_is_cut_off_at_the_caps_with_bounded_memory() {
+    let (j, peak_kib) = sync_from_hostile("floodtags/app:ALL_TAGS\nhuge/app:1\n");
+    let (_, msg) = error_of(&j, "floodtags/app:ALL_TAGS");
+    assert!(msg.contains("tag list larger than 8 MiB"), "{msg}");
+    let (class, msg) = error_of(&j, "huge/app:1");
+    assert_eq!(class, "BadInput");
+    assert!(msg.contains("manifest larger than 4 MiB"), "{msg}");
+    // The registry sent 2 × 384 MiB; what we hold is bounded by the caps, not by that.
+    assert!(
+        peak_kib < 200 * 1024,
+        "peak RSS {} MiB: a flooding answer was held in memory",
+        peak_kib / 1024
+    );
+}
+
+#[test]
+fn an_endless_chain_of_tag_pages_stops_at_the_listing_cap_with_bounded_memory() {
+    let (j, peak_kib) = sync_from_hostile("chain/app:ALL_TAGS\n");
+    let (class, msg) = error_of(&j, "chain/app:ALL_TAGS");
+    assert_eq!(class, "BadInput");
+    assert!(msg.contains("tag list larger than 64 MiB"), "{msg}");
+    assert!(
+        peak_kib < 400 * 1024,
+        "peak RSS {} MiB: the listing grew past its cap",
+        peak_kib / 1024
+    );
+}

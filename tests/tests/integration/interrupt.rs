@@ -1,0 +1,180 @@
+//! Ctrl-C / SIGTERM in the middle of copies: the CLI kills its skopeo children, removes the
+//! temp auth file, records what it did not finish, exits 130/143, and a re-run copies the rest.
+
+use super::images::{list, sync};
+use hub_tests::{HttpProxy, OciImage, RegistryServer, transfer_hub_bin, write_authfile};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Command lines of every process now.
+fn command_lines() -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(b) = std::fs::read(e.path().join("cmdline")) {
+            if !b.is_empty() {
+                out.push(String::from_utf8_lossy(&b).replace('\0', " "));
+            }
+        }
+    }
+    out
+}
+
+/// A proxy in front of a registry that holds every blob download for a while.
+fn slow_blobs(upstream: &str, delay: Duration) -> HttpProxy {
+    let up = upstream.to_string();
+    HttpProxy::start(
+        Arc::new(move |head: &str| {
+            if head.starts_with("GET /v2/") && head.contains("/blobs/") {
+                std::thread::sleep(delay);
+            }
+            (up.clone(), head.to_string())
+        }),
+        Arc::new(|_: &str, status, body| (status, Vec::new(), body)),
+    )
+}
+
+#[test]
+fn sigterm_mid_copy_kills_skopeo_removes_the_auth_file_and_a_rerun_copies_the_rest() {
+    interrupt_mid_copy("TERM", 143);
+}
+
+#[test]
+fn ctrl_c_mid_copy_does_the_same_and_exits_130() {
+    interrupt_mid_copy("INT", 130);
+}
+
+/// Sends SIG`signal` to a run in the middle of a (held) blob download; checks the exit code,
+/// that no skopeo is left, the temp auth file is gone, what is recorded, and the re-run.
+fn interrupt_mid_copy(signal: &str, code: i32) {
+    let name = format!("SIG{signal}");
+    let (src, dst, dir) = (
+        RegistryServer::start(),
+        RegistryServer::start(),
+        tempfile::tempdir().unwrap(),
+    );
+    let imgs: Vec<OciImage> = (0..3).map(|_| OciImage::single(&[64 * 1024])).collect();
+    for (i, img) in imgs.iter().enumerate() {
+        img.push(&format!("{}/app:{i}", src.addr), None);
+    }
+    let slow = slow_blobs(&src.addr, Duration::from_secs(3));
+    let source = slow.endpoint.trim_start_matches("http://").to_string();
+    // A login, so the temp auth file has something to protect.
+    let auth = dir.path().join("auth.json");
+    write_authfile(&auth, &[(&source, "someone", "sigterm-canary-pw")]);
+    let l = list(dir.path(), "app:ALL_TAGS\n");
+    let state = dir.path().join("state.db");
+    let mut child = Command::new(transfer_hub_bin())
+        .args(["images", "sync", "--output", "json", "--concurrency", "1"])
+        .args(["--source", &source, "--dest", &dst.addr, "--list"])
+        .arg(&l)
+        .arg("--authfile")
+        .arg(&auth)
+        .arg("--state")
+        .arg(&state)
+        .env("HOME", dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // Wait until a skopeo copy runs, and learn the auth file it was handed.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let auth_file = loop {
+        let found = command_lines().into_iter().find_map(|c| {
+            let mut w = c.split_whitespace();
+            if !w.next().is_some_and(|p| p.ends_with("skopeo")) {
+                return None;
+            }
+            let mut w = c.split_whitespace();
+            w.find(|a| *a == "--authfile")?;
+            w.next().map(std::path::PathBuf::from)
+        });
+        if let Some(p) = found {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "no skopeo copy started");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(auth_file.exists());
+    std::thread::sleep(Duration::from_millis(500)); // inside the held blob download
+    let killed = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the CLI did not exit after {name}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
+    assert_eq!(status.code(), Some(code), "128 + {name}\n{stderr}");
+    let auth_text = auth_file.display().to_string();
+    let left: Vec<String> = command_lines()
+        .into_iter()
+        .filter(|c| c.contains(&auth_text))
+        .collect();
+    assert!(left.is_empty(), "skopeo outlived the run: {left:?}");
+    assert!(!auth_file.exists(), "the temp auth file is still there");
+    assert!(!auth_file.parent().unwrap().exists(), "its private dir too");
+    assert!(
+        stderr.contains(&format!("interrupted by {name}")),
+        "{stderr}"
+    );
+
+    // What was not finished is recorded as interrupted.
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("a report on stdout");
+    let items = report["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3, "{report:#}");
+    let interrupted: Vec<&serde_json::Value> =
+        items.iter().filter(|i| i["status"] == "failed").collect();
+    assert!(!interrupted.is_empty(), "{report:#}");
+    for i in &interrupted {
+        assert!(
+            i["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("interrupted by {name}")),
+            "{i}"
+        );
+    }
+
+    // The same command again (without the slow proxy in the way) copies the rest.
+    let r = sync(
+        dir.path(),
+        &[
+            "--source",
+            &src.addr,
+            "--dest",
+            &dst.addr,
+            "--list",
+            l.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let j = r.json();
+    assert_eq!(
+        j["copied"].as_u64().unwrap() + j["skipped"].as_u64().unwrap(),
+        3,
+        "{j:#}"
+    );
+    assert_eq!(j["copied"].as_u64().unwrap(), interrupted.len() as u64);
+    for (i, img) in imgs.iter().enumerate() {
+        assert_eq!(
+            dst.digest("app", &i.to_string()).as_deref(),
+            Some(img.digest.as_str())
+        );
+    }
+}
