@@ -135,6 +135,7 @@ CREATE TABLE IF NOT EXISTS uploads (
   source_etag TEXT, part_size INTEGER NOT NULL, parts INTEGER NOT NULL, started_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS parts (
   upload_id TEXT NOT NULL, number INTEGER NOT NULL, etag TEXT NOT NULL, PRIMARY KEY (upload_id, number));
+CREATE TABLE IF NOT EXISTS intents (dest TEXT PRIMARY KEY, at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS verified (
   dest TEXT PRIMARY KEY, source_etag TEXT NOT NULL, dest_etag TEXT NOT NULL);
 ";

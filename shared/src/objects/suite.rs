@@ -698,13 +698,16 @@ pub struct CheckSummary {
     pub orphans_aborted: u64,
     /// Uploads whose check failed this pass (logged; the next pass tries again).
     pub errors: u64,
+    /// Open uploads under the prefix that we did not start (left alone).
+    pub foreign: u64,
 }
 
 /// `check-multipart`: completes the uploads whose parts are all done (ordered part list,
 /// then the checks of [`Transfer::complete`]), re-plans uploads that made no progress (no
 /// part finished) for longer than `stuck_after` (abort, forget, queue the object again),
-/// and aborts uploads under the destination prefix that the ledger does not know and that
-/// are older than that. An upload whose parts keep finishing is never aborted, and an
+/// and aborts uploads under the destination prefix that the ledger does not know, that
+/// are older than that and that we started (an intent was recorded before their
+/// CreateMultipartUpload); somebody else's uploads are left alone. An upload whose parts keep finishing is never aborted, and an
 /// error on one upload is counted and logged; the pass goes on with the others.
 pub async fn check_multipart(e: &ObjectsEdges<'_>) -> Result<CheckSummary, ItemError> {
     let mut sum = CheckSummary::default();
@@ -720,7 +723,24 @@ pub async fn check_multipart(e: &ObjectsEdges<'_>) -> Result<CheckSummary, ItemE
         open.iter().map(|u| u.upload_id.as_str()).collect();
     for (key, id, started) in e.dst.open_uploads().await? {
         let old = started.is_none_or(|t| now - t > e.cfg.stuck_after);
-        if !known.contains(id.as_str()) && old {
+        if known.contains(id.as_str()) || !old {
+            continue;
+        }
+        // Only an upload we started: somebody else's upload under the prefix is theirs.
+        let dest = format!("s3://{}/{key}", e.dst.url.bucket);
+        match e.ledger.intended(&dest).await {
+            Ok(true) => {}
+            Ok(false) => {
+                sum.foreign += 1;
+                continue;
+            }
+            Err(x) => {
+                sum.errors += 1;
+                tracing::error!(key = %key, error = %x, "cannot tell whether this upload is ours; left alone");
+                continue;
+            }
+        }
+        {
             match e.dst.abort_upload(&key, &id).await {
                 Ok(()) => sum.orphans_aborted += 1,
                 Err(x) => {

@@ -190,6 +190,8 @@ impl Transfer<'_> {
                 .await;
             ledger.finish(&old).await.map_err(ledger_error)?;
         }
+        // The intent goes first: an upload a crash leaves unrecorded is still known as ours.
+        ledger.intend(&dest).await.map_err(ledger_error)?;
         let upload_id = self.start_upload(e).await?;
         let mine = Upload {
             dest,

@@ -44,6 +44,12 @@ pub trait UploadLedger: Send + Sync {
     async fn finish(&self, u: &Upload) -> Result<(), StoreError>;
     /// Every open upload.
     async fn open(&self) -> Result<Vec<Upload>, StoreError>;
+    /// Records that we are about to start a multipart upload into `dest`: written before
+    /// CreateMultipartUpload, so an upload of ours that a crash left unrecorded can be told
+    /// from somebody else's (check-multipart aborts only ours).
+    async fn intend(&self, dest: &str) -> Result<(), StoreError>;
+    /// Whether we started (or were about to start) an upload into `dest` recently.
+    async fn intended(&self, dest: &str) -> Result<bool, StoreError>;
     /// The ETags of the last verified copy into `dest`: (source ETag, destination ETag).
     /// A destination whose ETag differs from its source's (other part sizes, SSE-KMS) is in
     /// sync while both still carry these ETags.
@@ -118,6 +124,24 @@ impl UploadLedger for SqliteStore {
             params![u.dest, u.upload_id],
         )?;
         Ok(())
+    }
+    async fn intend(&self, dest: &str) -> Result<(), StoreError> {
+        let c = self.conn.lock().expect("state lock");
+        c.execute(
+            "INSERT OR REPLACE INTO intents VALUES (?1, ?2)",
+            params![dest, Utc::now().to_rfc3339()],
+        )?;
+        Ok(())
+    }
+    async fn intended(&self, dest: &str) -> Result<bool, StoreError> {
+        let c = self.conn.lock().expect("state lock");
+        Ok(c.query_row(
+            "SELECT 1 FROM intents WHERE dest = ?1",
+            params![dest],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
     }
     async fn verified(&self, dest: &str) -> Result<Option<(String, String)>, StoreError> {
         let c = self.conn.lock().expect("state lock");
@@ -208,6 +232,9 @@ fn part_sk(number: u32) -> String {
     format!("part#{number:05}")
 }
 
+/// How long the intent to start an upload is kept (see [`UploadLedger::intend`]).
+pub const INTENT_TTL: chrono::Duration = chrono::Duration::days(2);
+
 /// How long the newest sequencer of a key is kept: longer than SQS keeps a message (14
 /// days), so an older event can never arrive after its key's record expired.
 pub const SEQUENCER_TTL: chrono::Duration = chrono::Duration::days(15);
@@ -297,6 +324,37 @@ impl UploadLedger for DynamoLedger {
             .collect();
         parts.sort();
         Ok(parts)
+    }
+    async fn intend(&self, dest: &str) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(dest))
+            .item("sk", s("intent"))
+            .item("at", s(Utc::now().to_rfc3339()))
+            // Long after any upload of ours is reaped (check-multipart runs every minute
+            // and reaps at STUCK_AFTER_MINUTES); DynamoDB's TTL removes it then.
+            .item(
+                "expires_at",
+                n((Utc::now() + INTENT_TTL).timestamp().max(0) as u64),
+            )
+            .send()
+            .await
+            .map_err(|e| sdk("PutItem", e))?;
+        Ok(())
+    }
+    async fn intended(&self, dest: &str) -> Result<bool, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(dest))
+            .key("sk", s("intent"))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk("GetItem", e))?;
+        Ok(out.item().is_some())
     }
     async fn verified(&self, dest: &str) -> Result<Option<(String, String)>, StoreError> {
         let out = self

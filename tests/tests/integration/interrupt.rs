@@ -9,11 +9,28 @@ use std::time::{Duration, Instant};
 
 /// Command lines of every process now.
 fn command_lines() -> Vec<String> {
+    processes().into_iter().map(|(_, c)| c).collect()
+}
+
+/// Every process: its parent's pid and its command line.
+fn processes() -> Vec<(u32, String)> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         if let Ok(b) = std::fs::read(e.path().join("cmdline")) {
             if !b.is_empty() {
-                out.push(String::from_utf8_lossy(&b).replace('\0', " "));
+                // `pid (comm) state ppid …`; comm may hold spaces and parentheses.
+                let ppid = std::fs::read_to_string(e.path().join("stat"))
+                    .ok()
+                    .and_then(|st| {
+                        st.rsplit_once(')')?
+                            .1
+                            .split_whitespace()
+                            .nth(1)?
+                            .parse()
+                            .ok()
+                    })
+                    .unwrap_or(0);
+                out.push((ppid, String::from_utf8_lossy(&b).replace('\0', " ")));
             }
         }
     }
@@ -82,7 +99,11 @@ fn interrupt_mid_copy(signal: &str, code: i32) {
     // Wait until a skopeo copy runs, and learn the auth file it was handed.
     let deadline = Instant::now() + Duration::from_secs(60);
     let auth_file = loop {
-        let found = command_lines().into_iter().find_map(|c| {
+        // This run's own skopeo (tests running beside it start theirs).
+        let found = processes().into_iter().find_map(|(ppid, c)| {
+            if ppid != child.id() {
+                return None;
+            }
             let mut w = c.split_whitespace();
             if !w.next().is_some_and(|p| p.ends_with("skopeo")) {
                 return None;

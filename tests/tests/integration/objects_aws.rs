@@ -454,21 +454,30 @@ fn parts_done_by_several_workers_in_any_order_and_twice_complete_into_the_source
     s.handled(&f, late);
     assert_eq!(s.open_uploads(), 0);
     assert_eq!(s.get("dst", "out/big.bin").unwrap().len(), big.len());
-    // An upload nobody knows about (a crashed run's leftover) is reaped once it is old.
-    let orphan =
-        s.rt.block_on(
-            s.s3.create_multipart_upload()
-                .bucket("dst")
-                .key("out/orphan")
-                .send(),
-        )
-        .unwrap();
-    assert!(orphan.upload_id().is_some());
+    // An upload of ours that a crash left unrecorded (its intent was written before
+    // CreateMultipartUpload, the ledger never got its id) is reaped once it is old; an
+    // upload somebody else started under the prefix is left alone.
+    use hub_core::objects::uploads::UploadLedger as _;
+    let ledger = hub_core::objects::uploads::DynamoLedger {
+        client: aws_sdk_dynamodb::Client::new(&s.conf),
+        table: "uploads".into(),
+    };
+    s.rt.block_on(ledger.intend("s3://dst/out/orphan")).unwrap();
+    for key in ["out/orphan", "out/theirs"] {
+        let up =
+            s.rt.block_on(s.s3.create_multipart_upload().bucket("dst").key(key).send())
+                .unwrap();
+        assert!(up.upload_id().is_some());
+    }
     let reaper = s.function(&[("STUCK_AFTER_MINUTES", "0")]);
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let sum = s.rt.block_on(reaper.check(serde_json::json!({}))).unwrap();
-    assert_eq!(sum.orphans_aborted, 1, "{sum:?}");
-    assert_eq!(s.open_uploads(), 0);
+    assert_eq!((sum.orphans_aborted, sum.foreign), (1, 1), "{sum:?}");
+    let left =
+        s.rt.block_on(s.s3.list_multipart_uploads().bucket("dst").send())
+            .unwrap();
+    let keys: Vec<&str> = left.uploads().iter().filter_map(|u| u.key()).collect();
+    assert_eq!(keys, ["out/theirs"], "only somebody else's upload is left");
 }
 
 /// An upload whose part jobs stopped coming (one of four done) is stuck once it is older
