@@ -399,15 +399,49 @@ impl UploadLedger for DynamoLedger {
     }
 
     async fn finish(&self, u: &Upload) -> Result<(), StoreError> {
-        for (number, _) in self.parts_done(u).await? {
-            self.client
-                .delete_item()
-                .table_name(&self.table)
-                .key("pk", s(&u.dest))
-                .key("sk", s(part_sk(number)))
-                .send()
-                .await
-                .map_err(|e| sdk("DeleteItem", e))?;
+        // The part items go 25 to a BatchWriteItem (its limit), what it leaves unprocessed
+        // is sent again.
+        use aws_sdk_dynamodb::types::{DeleteRequest, WriteRequest};
+        let parts = self.parts_done(u).await?;
+        for chunk in parts.chunks(25) {
+            let mut pending: Vec<WriteRequest> = chunk
+                .iter()
+                .map(|(number, _)| {
+                    let del = DeleteRequest::builder()
+                        .key("pk", s(&u.dest))
+                        .key("sk", s(part_sk(*number)))
+                        .build()
+                        .expect("the key is set");
+                    WriteRequest::builder().delete_request(del).build()
+                })
+                .collect();
+            for attempt in 0..5 {
+                if pending.is_empty() {
+                    break;
+                }
+                if attempt > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
+                }
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .request_items(&self.table, std::mem::take(&mut pending))
+                    .send()
+                    .await
+                    .map_err(|e| sdk("BatchWriteItem", e))?;
+                pending = out
+                    .unprocessed_items()
+                    .and_then(|m| m.get(&self.table))
+                    .cloned()
+                    .unwrap_or_default();
+            }
+            if !pending.is_empty() {
+                return Err(StoreError::Remote(format!(
+                    "BatchWriteItem left {} part item(s) of {} unprocessed after 5 attempts",
+                    pending.len(),
+                    u.dest
+                )));
+            }
         }
         let out = self
             .client

@@ -1010,3 +1010,61 @@ fn the_object_suite_copies_and_verifies_sse_kms_objects_and_converges() {
         assert!(s.receive(&s.queue).records.is_empty(), "{mode}");
     }
 }
+
+/// Finishing an upload of many parts deletes its part items in batches of 25 (the
+/// BatchWriteItem limit), every one of them, and keeps other uploads' items.
+#[test]
+fn finishing_an_upload_of_sixty_parts_leaves_no_part_item() {
+    use hub_core::objects::uploads::{DynamoLedger, Upload, UploadLedger as _};
+    let s = Suite::start();
+    let ddb = aws_sdk_dynamodb::Client::new(&s.conf);
+    let ledger = DynamoLedger {
+        client: ddb.clone(),
+        table: "uploads".into(),
+    };
+    let upload = |dest: &str, id: &str| Upload {
+        dest: dest.into(),
+        key: "k".into(),
+        upload_id: id.into(),
+        size: 60 * 5 * MIB as u64,
+        source_etag: Some("e".into()),
+        part_size: 5 * MIB as u64,
+        parts: 60,
+        started_at: chrono::Utc::now(),
+    };
+    let (a, b) = (
+        upload("s3://dst/out/a", "u-a"),
+        upload("s3://dst/out/b", "u-b"),
+    );
+    s.rt.block_on(async {
+        ledger.begin(&a).await.unwrap();
+        ledger.begin(&b).await.unwrap();
+        for n in 1..=60 {
+            ledger.part_done(&a, n, &format!("etag{n}")).await.unwrap();
+        }
+        ledger.part_done(&b, 1, "other").await.unwrap();
+        ledger.finish(&a).await.unwrap();
+    });
+    let items =
+        s.rt.block_on(ddb.scan().table_name("uploads").send())
+            .unwrap();
+    let mut keys: Vec<(String, String)> = items
+        .items()
+        .iter()
+        .map(|i| {
+            (
+                i["pk"].as_s().unwrap().clone(),
+                i["sk"].as_s().unwrap().clone(),
+            )
+        })
+        .filter(|(_, sk)| sk == "upload" || sk.starts_with("part#"))
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            ("s3://dst/out/b".to_string(), "part#00001".to_string()),
+            ("s3://dst/out/b".to_string(), "upload".to_string())
+        ]
+    );
+}
