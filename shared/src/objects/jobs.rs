@@ -111,6 +111,28 @@ impl JobQueue {
         Ok(())
     }
 
+    /// Jobs in the queue now: waiting and in flight (SQS's approximate counts).
+    pub async fn depth(&self) -> Result<u64, ItemError> {
+        use aws_sdk_sqs::types::QueueAttributeName as A;
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(A::ApproximateNumberOfMessages)
+            .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .map_err(|e| crate::retry::aws_error("SQS GetQueueAttributes", e))?;
+        let attrs = out.attributes();
+        let n = |a: A| {
+            attrs
+                .and_then(|m| m.get(&a))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        Ok(n(A::ApproximateNumberOfMessages) + n(A::ApproximateNumberOfMessagesNotVisible))
+    }
+
     pub async fn send(&self, jobs: &[Job]) -> Result<(), ItemError> {
         use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
         for chunk in jobs.chunks(10) {

@@ -44,6 +44,9 @@ pub struct ObjectsConfig {
     /// `RETRY_DELAY_SECONDS` (default 30): how soon a failed job comes back, doubled per
     /// receive (see [`retry_delay`]).
     pub retry_delay: std::time::Duration,
+    /// `MAX_QUEUED_JOBS` (default 1000): a scheduled diff does not start while at least
+    /// this many jobs (visible or in flight) are in the job queue.
+    pub max_queued: u64,
     /// `DIFF_ROUND_SECONDS`: the longest a `diff-objects` round decides before it hands on
     /// (`None`: until a minute before the invocation's deadline).
     pub diff_round: Option<std::time::Duration>,
@@ -55,7 +58,8 @@ impl ObjectsConfig {
     /// `DEST_ENDPOINT`, `DEST_SECRET`, `STORAGE_CLASS`, `KMS_KEY`, `COPY_MODE`
     /// (auto|server|stream), `COMPARE` (size|etag|checksum), `PART_SIZE`,
     /// `MULTIPART_THRESHOLD`, `INCLUDE_TAGS`, `DELETE_ON_EVENTS`, `STUCK_AFTER_MINUTES`,
-    /// `RETRY_DELAY_SECONDS`, `DIFF_ROUND_SECONDS`. Every problem is reported at once.
+    /// `RETRY_DELAY_SECONDS`, `MAX_QUEUED_JOBS`, `DIFF_ROUND_SECONDS`. Every problem is
+    /// reported at once.
     pub fn from_env(env: &mut Env) -> Self {
         let url = |env: &mut Env, bucket: &str, prefix: &str| {
             let b = env.required(bucket);
@@ -132,6 +136,7 @@ impl ObjectsConfig {
                 DEFAULT_STUCK_AFTER_MINUTES,
                 "a number of minutes",
             )),
+            max_queued: env.parsed("MAX_QUEUED_JOBS", 1000u64, "a number of jobs"),
             retry_delay: std::time::Duration::from_secs(env.parsed(
                 "RETRY_DELAY_SECONDS",
                 30u64,
@@ -251,6 +256,9 @@ pub struct DiffSummary {
     /// The last key (relative to the prefixes) decided; the next round lists after it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
+    /// Why this run did not start (the previous run's jobs still fill the queue).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deferred: Option<String>,
 }
 
 /// What `diff-objects` takes: the previous round's output, or `{}` for a new run.
@@ -272,6 +280,18 @@ pub async fn diff_objects(
     let store_err = |x: StoreError| ItemError::new(ErrorClass::Retryable, x.to_string());
     let mut sum = req;
     if sum.run_id.is_empty() {
+        // A new run starts only when the previous one's copies are (nearly) done: a diff
+        // over a queue still holding its jobs would queue most objects a second time.
+        let queued = e.queue.depth().await?;
+        if queued >= e.cfg.max_queued {
+            let why = format!(
+                "{queued} jobs are still queued (MAX_QUEUED_JOBS={}): the previous run is still copying; this run starts at the next schedule",
+                e.cfg.max_queued
+            );
+            tracing::warn!(queued, "{why}");
+            sum.deferred = Some(why);
+            return Ok(sum);
+        }
         sum.run_id = crate::sync::new_run_id();
     }
     let after = sum.next.take();

@@ -1068,3 +1068,35 @@ fn finishing_an_upload_of_sixty_parts_leaves_no_part_item() {
         ]
     );
 }
+
+/// A scheduled diff does not start while the previous run's jobs still fill the queue: it
+/// says why, queues nothing and writes no run record; once the queue drains it runs.
+#[test]
+fn a_diff_waits_while_the_previous_runs_jobs_fill_the_queue() {
+    let s = Suite::start();
+    for i in 0..3 {
+        s.put(&format!("in/k{i}"), b"x");
+    }
+    let f = s.function(&[("MAX_QUEUED_JOBS", "3")]);
+    let first = s.rt.block_on(f.diff(Default::default(), 0)).unwrap();
+    assert_eq!(first.to_copy, 3, "{first:?}");
+    // The three jobs are still queued: the next hour's diff waits.
+    let waited = s.rt.block_on(f.diff(Default::default(), 0)).unwrap();
+    assert!(
+        waited
+            .deferred
+            .as_deref()
+            .is_some_and(|w| w.contains("3 jobs are still queued")),
+        "{waited:?}"
+    );
+    assert_eq!(
+        (waited.to_copy, waited.run_id.as_str()),
+        (0, ""),
+        "{waited:?}"
+    );
+    let jobs = s.receive(&s.queue);
+    assert_eq!(jobs.records.len(), 3, "nothing was queued a second time");
+    s.ack(&s.queue, &jobs, &[]);
+    let again = s.rt.block_on(f.diff(Default::default(), 0)).unwrap();
+    assert!(again.deferred.is_none() && again.to_copy == 3, "{again:?}");
+}
