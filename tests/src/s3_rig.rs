@@ -69,6 +69,9 @@ struct State {
 }
 
 struct Shared {
+    /// Keys the proxy signs its own requests to moto with (any keys when IAM is not
+    /// enforced; an admin's when it is).
+    keys: (String, String),
     moto: String,
     upstream: String,
     rewrite: Rewrite,
@@ -95,11 +98,18 @@ impl StrictS3 {
 
     /// The same, with every answer passed through `rewrite` last (to spoil or watch it).
     pub fn start_with(moto: &str, rewrite: Rewrite) -> Self {
+        Self::start_signed(moto, rewrite, ("testing", "testing"))
+    }
+
+    /// The same, signing the proxy's own requests to moto (HEADs of copy sources and of
+    /// listed objects, bucket encryption) with `keys`: an admin's when moto enforces IAM.
+    pub fn start_signed(moto: &str, rewrite: Rewrite, keys: (&str, &str)) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         listener.set_nonblocking(true).unwrap();
         let refused = Arc::new(AtomicUsize::new(0));
         let shared = Arc::new(Shared {
+            keys: (keys.0.to_string(), keys.1.to_string()),
             moto: moto.to_string(),
             upstream: moto.trim_start_matches("http://").to_string(),
             rewrite,
@@ -196,35 +206,72 @@ fn query_value(query: &str, name: &str) -> Option<String> {
 }
 
 impl Shared {
-    /// A request of the rig's own to moto (HEAD or GET), with its status, head and body.
-    fn ask(&self, method: &str, path: &str) -> Option<(u16, String, Vec<u8>)> {
-        let c = reqwest::blocking::Client::new();
-        let url = format!("{}/{}", self.moto, path.trim_start_matches('/'));
-        let r = c
-            .request(method.parse().ok()?, &url)
-            .header("Authorization", RIG_AUTHORIZATION)
-            .send()
-            .ok()?;
-        let status = r.status().as_u16();
-        let head = r
-            .headers()
-            .iter()
-            .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("")))
-            .collect::<Vec<_>>()
-            .join("\r\n");
-        let body = r.bytes().ok()?.to_vec();
-        Some((status, format!("HTTP/1.1 {status} X\r\n{head}"), body))
+    /// The proxy's own S3 client, signed with its keys, on a runtime of this thread.
+    fn s3<T>(&self, f: impl AsyncFnOnce(aws_sdk_s3::Client) -> T) -> T {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let conf = aws_sdk_s3::config::Builder::new()
+                .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+                .region(aws_sdk_s3::config::Region::new("us-east-1"))
+                .endpoint_url(&self.moto)
+                .force_path_style(true)
+                .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                    &self.keys.0,
+                    &self.keys.1,
+                    None,
+                    None,
+                    "rig",
+                ))
+                .build();
+            f(aws_sdk_s3::Client::from_conf(conf)).await
+        })
+    }
+
+    /// HEAD of an object as moto holds it: (its ETag, whether moto says aws:kms), or
+    /// `None` when it is not there.
+    fn head(&self, bucket: &str, key: &str, version: Option<String>) -> Option<(String, bool)> {
+        self.s3(async |c| {
+            let h = c
+                .head_object()
+                .bucket(bucket)
+                .key(key)
+                .set_version_id(version)
+                .send()
+                .await
+                .ok()?;
+            Some((
+                h.e_tag().unwrap_or("").trim_matches('"').to_string(),
+                h.server_side_encryption()
+                    == Some(&aws_sdk_s3::types::ServerSideEncryption::AwsKms),
+            ))
+        })
     }
 
     fn bucket_is_kms(&self, bucket: &str) -> bool {
         if let Some(k) = self.state.lock().unwrap().kms_buckets.get(bucket) {
             return *k;
         }
-        let kms = self
-            .ask("GET", &format!("{bucket}?encryption"))
-            .is_some_and(|(st, _, body)| {
-                st == 200 && String::from_utf8_lossy(&body).contains("aws:kms")
-            });
+        let kms = self.s3(async |c| {
+            c.get_bucket_encryption()
+                .bucket(bucket)
+                .send()
+                .await
+                .ok()
+                .and_then(|o| {
+                    let rules = o.server_side_encryption_configuration()?.rules();
+                    Some(rules.iter().any(|r| {
+                        r.apply_server_side_encryption_by_default()
+                            .is_some_and(|d| {
+                                d.sse_algorithm()
+                                    == &aws_sdk_s3::types::ServerSideEncryption::AwsKms
+                            })
+                    }))
+                })
+                .unwrap_or(false)
+        });
         self.state
             .lock()
             .unwrap()
@@ -234,12 +281,7 @@ impl Shared {
     }
 
     fn object_is_kms(&self, bucket: &str, key: &str) -> bool {
-        self.bucket_is_kms(bucket)
-            || self
-                .ask("HEAD", &format!("{bucket}/{}", encode_path(key)))
-                .is_some_and(|(_, head, _)| {
-                    header(&head, "x-amz-server-side-encryption").as_deref() == Some("aws:kms")
-                })
+        self.bucket_is_kms(bucket) || self.head(bucket, key, None).is_some_and(|(_, kms)| kms)
     }
 
     /// The ETag handed out for moto's `real` one of object `scope`, remembered for the
@@ -265,18 +307,6 @@ impl Shared {
             .cloned()
             .unwrap_or_else(|| bare.to_string())
     }
-}
-
-fn encode_path(key: &str) -> String {
-    let mut out = String::new();
-    for b in key.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// Replaces every `<ETag>…</ETag>` value of an XML body (quoted or `&quot;`-quoted).
@@ -521,15 +551,10 @@ fn copy_precondition_fails(s: &Shared, head: &str) -> Option<(u16, Vec<String>, 
     let wanted = header(head, "x-amz-copy-source-if-match")?;
     let source = header(head, "x-amz-copy-source")?;
     let (path, query) = source.split_once('?').unwrap_or((&source, ""));
-    let path = format!(
-        "{}{}{query}",
-        path.trim_start_matches('/'),
-        if query.is_empty() { "" } else { "?" }
-    );
-    let (status, now, _) = s.ask("HEAD", &path)?;
-    let current = header(&now, "etag").map(|v| v.trim_matches('"').to_string());
-    let holds =
-        (200..300).contains(&status) && current.as_deref() == Some(wanted.trim_matches('"'));
+    let path = percent_decode(path.trim_start_matches('/'));
+    let (bucket, key) = path.split_once('/').unwrap_or((&path, ""));
+    let current = s.head(bucket, key, query_value(query, "versionId"));
+    let holds = current.is_some_and(|(etag, _)| etag == wanted.trim_matches('"'));
     if holds {
         return None;
     }
