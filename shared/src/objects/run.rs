@@ -15,7 +15,6 @@ use crate::status::{ItemRecord, RunRecord, Status, StatusStore, StoreError};
 use crate::sync::{Progress, SyncReport};
 use chrono::Utc;
 use futures::StreamExt;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::{Semaphore, SemaphorePermit, mpsc};
@@ -113,8 +112,8 @@ pub async fn run_objects(
     if !spec.dry_run {
         edges.store.put_run(&run).await?;
     }
-    let mut items: BTreeMap<String, ItemRecord> = BTreeMap::new();
-    let first = pass(spec, edges, edges.src.list(), edges.dst.list(), &mut items).await;
+    let mut kept = Kept::default();
+    let first = pass(spec, edges, edges.src.list(), edges.dst.list(), &mut kept).await;
     let counts = match first {
         Err(ObjectsError::Diff(DiffError::OutOfOrder {
             side,
@@ -132,33 +131,95 @@ pub async fn run_objects(
                 sorted(edges.src.list(), dir.clone()),
                 sorted(edges.dst.list(), dir)
             )?;
-            let mut c = pass(spec, edges, s, d, &mut items).await?;
-            // Objects copied before the disorder was seen are in sync now; count them once.
-            let done_earlier = items
-                .values()
+            // What the first pass copied is in sync now; what it failed is tried again.
+            let mut again = Kept {
+                copied: kept.copied,
+                bytes: kept.bytes,
+                ..Default::default()
+            };
+            again.items = std::mem::take(&mut kept.items)
+                .into_iter()
                 .filter(|i| i.status == Status::Copied)
-                .count() as u64;
+                .collect();
+            again.omitted = kept.omitted_copied;
+            again.omitted_copied = kept.omitted_copied;
+            kept = again;
+            let mut c = pass(spec, edges, s, d, &mut kept).await?;
             c.in_sync = c
                 .in_sync
-                .saturating_sub(done_earlier.saturating_sub(c.copies));
+                .saturating_sub(kept.copied.saturating_sub(c.copies));
             c
         }
         other => other?,
     };
-    let items: Vec<ItemRecord> = items.into_values().collect();
-    run.copied = items.iter().filter(|i| i.status == Status::Copied).count() as u64;
-    run.failed = items.iter().filter(|i| i.status == Status::Failed).count() as u64;
+    run.copied = kept.copied;
+    run.failed = kept.failed;
     run.skipped = counts.in_sync;
-    run.bytes = items
-        .iter()
-        .filter(|i| i.status == Status::Copied)
-        .map(|i| i.bytes)
-        .sum();
+    run.bytes = kept.bytes;
     run.ended_at = Some(Utc::now());
     if !spec.dry_run {
         edges.store.put_run(&run).await?;
     }
-    Ok(SyncReport { run, items })
+    if kept.omitted > 0 {
+        tracing::warn!(omitted = kept.omitted, run = %run.run_id, "more objects than the report lists; every one is in the state file (transfer-hub status --run)");
+    }
+    Ok(SyncReport {
+        run,
+        items: kept.items,
+    })
+}
+
+/// The most copied (and, apart, failed) object records a run keeps in memory for its
+/// report; every record goes to the status store as it finishes, so memory does not grow
+/// with the bucket. `transfer-hub status --run ID` lists them all.
+pub const MAX_REPORTED_ITEMS: usize = 10_000;
+
+/// The counts of a run, and the records its report lists (bounded, failures first kept).
+#[derive(Default)]
+struct Kept {
+    items: Vec<ItemRecord>,
+    copied: u64,
+    failed: u64,
+    bytes: u64,
+    kept_copied: usize,
+    kept_failed: usize,
+    omitted: u64,
+    omitted_copied: u64,
+}
+
+impl Kept {
+    fn add(&mut self, rec: ItemRecord) {
+        match rec.status {
+            Status::Copied => {
+                self.copied += 1;
+                self.bytes += rec.bytes;
+                if self.kept_copied < MAX_REPORTED_ITEMS {
+                    self.kept_copied += 1;
+                    self.items.push(rec);
+                } else {
+                    self.omitted += 1;
+                    self.omitted_copied += 1;
+                }
+            }
+            Status::Failed => {
+                self.failed += 1;
+                if self.kept_failed < MAX_REPORTED_ITEMS {
+                    self.kept_failed += 1;
+                    self.items.push(rec);
+                } else {
+                    self.omitted += 1;
+                }
+            }
+            // Dry runs: what would be copied.
+            _ => {
+                if self.items.len() < 2 * MAX_REPORTED_ITEMS {
+                    self.items.push(rec);
+                } else {
+                    self.omitted += 1;
+                }
+            }
+        }
+    }
 }
 
 /// What ends a run early.
@@ -207,7 +268,7 @@ async fn pass<S, D, E1, E2>(
     edges: &ObjectEdges<'_>,
     src: S,
     dst: D,
-    items: &mut BTreeMap<String, ItemRecord>,
+    kept: &mut Kept,
 ) -> Result<Counts, ObjectsError>
 where
     S: futures::Stream<Item = Result<Entry, E1>> + Unpin,
@@ -282,12 +343,19 @@ where
             edges.progress.finished(&rec);
             Ok::<ItemRecord, StoreError>(rec)
         })
-        .collect::<Vec<_>>();
-    let (merged, recs) = tokio::join!(producer, consumer);
-    for r in recs {
-        let r = r?;
-        items.insert(r.source.clone(), r);
-    }
+        // Each record is in the store as it finishes; only counts and a bounded report stay.
+        .fold(Ok::<(), StoreError>(()), |acc, r| {
+            let out = match (acc, r) {
+                (Ok(()), Ok(rec)) => {
+                    kept.add(rec);
+                    Ok(())
+                }
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            };
+            futures::future::ready(out)
+        });
+    let (merged, stored) = tokio::join!(producer, consumer);
+    stored?;
     match merged {
         Ok(()) => Ok(Counts {
             in_sync: in_sync.get(),
@@ -526,4 +594,51 @@ async fn multipart_copy(
 /// Parses `s3://…` for the command line.
 pub fn parse_url(s: &str) -> Result<S3Url, String> {
     S3Url::parse(s).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(i: u64, status: Status) -> ItemRecord {
+        ItemRecord {
+            run_id: "r".into(),
+            source: format!("s3://a/{i}"),
+            dest: format!("s3://b/{i}"),
+            status,
+            source_digest: None,
+            dest_digest: None,
+            attempts: 1,
+            error: None,
+            bytes: 10,
+            started_at: None,
+            ended_at: None,
+            version: FINAL,
+        }
+    }
+
+    #[test]
+    fn a_run_keeps_counts_of_everything_and_a_bounded_report() {
+        let mut k = Kept::default();
+        for i in 0..25_000 {
+            k.add(rec(i, Status::Copied));
+        }
+        for i in 0..5 {
+            k.add(rec(100_000 + i, Status::Failed));
+        }
+        assert_eq!((k.copied, k.failed, k.bytes), (25_000, 5, 250_000));
+        assert_eq!(
+            k.items.len(),
+            MAX_REPORTED_ITEMS + 5,
+            "every failure is listed"
+        );
+        assert_eq!(k.omitted, 25_000 - MAX_REPORTED_ITEMS as u64);
+        assert_eq!(
+            k.items
+                .iter()
+                .filter(|i| i.status == Status::Failed)
+                .count(),
+            5
+        );
+    }
 }
