@@ -1109,6 +1109,51 @@ pub mod aws_fixtures {
             .unwrap();
     }
 
+    /// The uploads table, as template.yaml defines it: the status table's keys plus the
+    /// sparse index of open uploads (`open` is set on upload items only).
+    pub async fn uploads_table(conf: &SdkConfig, name: &str) {
+        use aws_sdk_dynamodb::types::*;
+        let attr = |n: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(n)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap()
+        };
+        let key = |n: &str, t: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(n)
+                .key_type(t)
+                .build()
+                .unwrap()
+        };
+        aws_sdk_dynamodb::Client::new(conf)
+            .create_table()
+            .table_name(name)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(attr("pk"))
+            .attribute_definitions(attr("sk"))
+            .attribute_definitions(attr("open"))
+            .key_schema(key("pk", KeyType::Hash))
+            .key_schema(key("sk", KeyType::Range))
+            .global_secondary_indexes(
+                GlobalSecondaryIndex::builder()
+                    .index_name(hub_core::objects::uploads::OPEN_UPLOADS_INDEX)
+                    .key_schema(key("open", KeyType::Hash))
+                    .key_schema(key("pk", KeyType::Range))
+                    .projection(
+                        Projection::builder()
+                            .projection_type(ProjectionType::All)
+                            .build(),
+                    )
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
+
     /// A bucket in the configuration's region.
     pub async fn bucket(conf: &SdkConfig, name: &str) {
         let region = conf.region().unwrap().to_string();

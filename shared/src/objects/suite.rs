@@ -780,6 +780,17 @@ async fn check_upload(
     e: &ObjectsEdges<'_>,
     sum: &mut CheckSummary,
 ) -> Result<(), ItemError> {
+    // The list of open uploads may lag (an index): act only on what the ledger holds now.
+    if e.ledger
+        .find(&u.dest)
+        .await
+        .map_err(store_err)?
+        .as_ref()
+        .map(|x| &x.upload_id)
+        != Some(&u.upload_id)
+    {
+        return Ok(());
+    }
     let parts = e.ledger.parts_done(u).await.map_err(store_err)?;
     let entry = super::diff::Entry {
         key: u.key.clone(),

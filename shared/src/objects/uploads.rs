@@ -8,7 +8,6 @@
 use crate::status::dynamodb::{Item, all_pages, conditional, get_n, get_s, get_t, n, s, sdk};
 use crate::status::{SqliteStore, StoreError};
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -205,6 +204,8 @@ fn upload_item(u: &Upload) -> Item {
         ("part_size", n(u.part_size)),
         ("parts", n(u.parts)),
         ("started_at", s(u.started_at.to_rfc3339())),
+        // The key of the sparse index of open uploads: only upload items carry it.
+        ("open", s("upload")),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -231,6 +232,9 @@ fn upload_from(i: &Item) -> Upload {
 fn part_sk(number: u32) -> String {
     format!("part#{number:05}")
 }
+
+/// The uploads table's sparse index of open uploads (partition key `open`, sort key `pk`).
+pub const OPEN_UPLOADS_INDEX: &str = "open-uploads";
 
 /// How long the intent to start an upload is kept (see [`UploadLedger::intend`]).
 pub const INTENT_TTL: chrono::Duration = chrono::Duration::days(2);
@@ -457,18 +461,22 @@ impl UploadLedger for DynamoLedger {
         conditional("DeleteItem", out).map(|_| ())
     }
     async fn open(&self) -> Result<Vec<Upload>, StoreError> {
+        // A Query of the sparse index (upload items only), not a Scan of every part,
+        // sequencer and verified-copy item each minute. The index is eventually
+        // consistent: check-multipart reads each upload again before acting on it.
         let items = all_pages(|start| async move {
             let out = self
                 .client
-                .scan()
+                .query()
                 .table_name(&self.table)
-                .filter_expression("sk = :u")
-                .expression_attribute_values(":u", AttributeValue::S("upload".into()))
-                .consistent_read(true)
+                .index_name(OPEN_UPLOADS_INDEX)
+                .key_condition_expression("#o = :u")
+                .expression_attribute_names("#o", "open")
+                .expression_attribute_values(":u", s("upload"))
                 .set_exclusive_start_key(start)
                 .send()
                 .await
-                .map_err(|e| sdk("Scan", e))?;
+                .map_err(|e| sdk("Query", e))?;
             Ok((out.items().to_vec(), out.last_evaluated_key().cloned()))
         })
         .await?;

@@ -34,7 +34,7 @@ impl Suite {
                 aws_fixtures::bucket(&conf, b).await;
             }
             aws_fixtures::status_table(&conf, "status").await;
-            aws_fixtures::status_table(&conf, "uploads").await;
+            aws_fixtures::uploads_table(&conf, "uploads").await;
             let sm = aws_sdk_secretsmanager::Client::new(&conf);
             for name in ["src-keys", "dst-keys"] {
                 sm.create_secret()

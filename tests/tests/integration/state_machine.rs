@@ -486,7 +486,7 @@ fn the_object_diff_state_machine_runs_rounds_until_both_listings_are_done() {
             aws_fixtures::bucket(&conf, b).await;
         }
         aws_fixtures::status_table(&conf, "status").await;
-        aws_fixtures::status_table(&conf, "uploads").await;
+        aws_fixtures::uploads_table(&conf, "uploads").await;
         let put = |bucket: &'static str, key: String, body: String| {
             s3.put_object()
                 .bucket(bucket)
