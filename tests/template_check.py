@@ -6,7 +6,6 @@ permissions, encryption on, no public IP by default, and the state machine's sha
 (MaxConcurrency 10, 3 retries with full jitter on retryable errors only, Catch, heartbeat).
 Exit 0 when every check holds; every failure is printed."""
 
-import copy
 import json
 import os
 import shutil
@@ -14,13 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-from samtranslator.public.translator import ManagedPolicyLoader  # noqa: F401  (import check)
-from samtranslator.translator.transform import transform
-from samtranslator.yaml_helper import yaml_parse
-
-ROOT = Path(__file__).resolve().parent.parent
-os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")  # the translator needs one; nothing is called
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sam_template import ROOT, source_template, transformed  # noqa: E402
 failures = []
 
 
@@ -35,27 +29,11 @@ lint = subprocess.run([cfn_lint, str(ROOT / "template.yaml")], capture_output=Tr
 check(lint.returncode == 0, f"cfn-lint reported problems:\n{lint.stdout}{lint.stderr}")
 
 # 2. The SAM transform (local code paths stand in for the S3 locations `sam package` makes).
-template = yaml_parse((ROOT / "template.yaml").read_text())
-for res in template["Resources"].values():
-    props = res.get("Properties", {})
-    if res["Type"] == "AWS::Serverless::StateMachine":
-        definition = json.loads((ROOT / props.pop("DefinitionUri")).read_text())
-        props["Definition"] = definition
-globals_fn = template.get("Globals", {}).get("Function", {})
-globals_fn["CodeUri"] = "s3://bucket/code.zip"
-
-
-class NoManagedPolicies:
-    def load(self):
-        return {}
-
-
-params = {"WorkerImage": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/copy-worker:1", "SubnetIds": "subnet-1", "SecurityGroupIds": "sg-1"}
 try:
-    out = transform(copy.deepcopy(template), params, NoManagedPolicies())
+    template, out = transformed()
 except Exception as e:  # the translator's own errors say what is wrong
     failures.append(f"SAM transform failed: {e}")
-    out = {"Resources": {}}
+    template, out = source_template(), {"Resources": {}}
 
 res = out["Resources"]
 functions = {k: v for k, v in res.items() if v["Type"] == "AWS::Lambda::Function"}

@@ -2,9 +2,12 @@
 //! - [`RegistryServer`]: Debian's `docker-registry` (Distribution 2.8) on a free port, in a
 //!   temp dir, optionally with htpasswd auth; its access log counts requests.
 //! - [`OciImage`]: test images with random layers written as OCI layouts, pushed with skopeo.
-//! - [`MotoServer`]: the AWS API emulator (moto) for ECR.
+//! - [`MotoServer`]: the AWS API emulator (moto); [`iam::IamMoto`]: moto with IAM enforced,
+//!   each function running with its template role's statements.
 //! - [`CutWritesProxy`]: a TCP proxy that lets reads through and cuts every write, to make
 //!   a destination fail in the middle of a run.
+
+pub mod iam;
 
 use anyhow::{Context, Result, bail};
 use sha2::{Digest as _, Sha256};
@@ -475,18 +478,22 @@ impl MotoServer {
     /// moto with extra environment (e.g. `MOTO_PORT`, where its Step Functions interpreter
     /// sends the service calls of the states it runs).
     pub fn start_with_env(env: &[(&str, String)]) -> Self {
+        // `python3 -m moto.server` is the same server as the `moto_server` script, and needs no PATH entry.
+        Self::launch(&["-m", "moto.server"], env)
+    }
+
+    /// moto started by a Python script that wraps its server (e.g. `tests/moto_iam.py`),
+    /// with the same arguments.
+    pub fn start_script(script: &Path, env: &[(&str, String)]) -> Self {
+        Self::launch(&[script.to_str().unwrap()], env)
+    }
+
+    fn launch(program: &[&str], env: &[(&str, String)]) -> Self {
         let port = free_port();
         let log = tempfile::NamedTempFile::new().unwrap();
-        // `python3 -m moto.server` is the same server as the `moto_server` script, and needs no PATH entry.
         let child = Command::new("python3")
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
+            .args(program)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .envs(env.iter().map(|(k, v)| (k.to_string(), v.clone())))
             .stdout(log.reopen().unwrap())
             .stderr(log.reopen().unwrap())

@@ -5,6 +5,7 @@ mod integration {
     pub mod aws;
     pub mod cli;
     pub mod ecr;
+    pub mod iam;
     pub mod images;
     pub mod objects;
     pub mod objects_aws;

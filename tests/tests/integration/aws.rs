@@ -1,5 +1,8 @@
 //! The AWS functions' handlers against moto (SSM, S3, DynamoDB, ECR, ECS, SNS, SQS,
-//! Secrets Manager) and real registries; the copy worker binary end to end.
+//! Secrets Manager) with IAM enforced and real registries; the copy worker binary end to end.
+//! Each function (and the worker) runs as its role: a user whose only policy is that role's
+//! statements in the SAM-transformed template.yaml (hub_tests::iam), so a call the template
+//! does not allow fails the test. Setup and checks use the rig's admin user.
 
 use hub_core::config::Env;
 use hub_core::ecr::{self, Ecr, EcrRepos, Registries};
@@ -12,16 +15,16 @@ use hub_core::status::dynamodb::DynamoStore;
 use hub_core::status::{Status, StatusStore};
 use hub_core::tasks::{EcsRunner, EcsSettings};
 use hub_core::workflow::{DispatchRequest, ListRequest, Listed, RecordRequest};
-use hub_tests::{
-    MotoServer, OciImage, RegistryServer, aws_fixtures, event, transfer_hub_bin, write_authfile,
-};
+use hub_tests::iam::{Deployment, IamMoto};
+use hub_tests::{OciImage, RegistryServer, aws_fixtures, event, transfer_hub_bin, write_authfile};
 use std::collections::HashMap;
 
 const REGION: &str = "eu-west-1";
 const ECR_HOST: &str = "123456789012.dkr.ecr.eu-west-1.amazonaws.com";
 
 struct Aws {
-    moto: MotoServer,
+    iam: IamMoto,
+    /// The admin's: setup and checks.
     conf: aws_config::SdkConfig,
     table: String,
     bucket: String,
@@ -29,10 +32,10 @@ struct Aws {
 }
 
 impl Aws {
-    fn start() -> Self {
-        let moto = MotoServer::start();
+    fn start(test: &str) -> Self {
+        let iam = IamMoto::start(test);
         let rt = tokio::runtime::Runtime::new().unwrap();
-        let conf = rt.block_on(moto.sdk_config(REGION));
+        let conf = rt.block_on(iam.admin_config(REGION));
         let (table, bucket) = (
             "transfer-hub-status".to_string(),
             "transfer-hub-payloads".to_string(),
@@ -42,7 +45,7 @@ impl Aws {
             aws_fixtures::bucket(&conf, &bucket).await;
         });
         Self {
-            moto,
+            iam,
             conf,
             table,
             bucket,
@@ -50,15 +53,37 @@ impl Aws {
         }
     }
 
-    fn store(&self) -> DynamoStore {
-        DynamoStore::new(
-            aws_sdk_dynamodb::Client::new(&self.conf),
-            self.table.clone(),
-        )
+    /// The template deployed with these parameters, with this test's table and bucket.
+    fn deployment(&self, params: &[(&str, &str)]) -> Deployment {
+        let mut d = Deployment::new(REGION)
+            .table("StatusTable", &self.table)
+            .bucket("PayloadBucket", &self.bucket);
+        for (k, v) in params {
+            d = d.param(k, v);
+        }
+        d
     }
-    fn blobs(&self) -> S3Blobs {
+
+    /// The SDK configuration of `role` in a deployment with these parameters.
+    fn role(&self, role: &str, params: &[(&str, &str)]) -> aws_config::SdkConfig {
+        self.role_in(role, &self.deployment(params))
+    }
+
+    fn role_in(&self, role: &str, d: &Deployment) -> aws_config::SdkConfig {
+        let keys = self.iam.role(role, d);
+        self.rt.block_on(self.iam.config(&keys, REGION))
+    }
+
+    /// The admin's view of the status table.
+    fn store(&self) -> DynamoStore {
+        self.store_as(&self.conf)
+    }
+    fn store_as(&self, conf: &aws_config::SdkConfig) -> DynamoStore {
+        DynamoStore::new(aws_sdk_dynamodb::Client::new(conf), self.table.clone())
+    }
+    fn blobs_as(&self, conf: &aws_config::SdkConfig) -> S3Blobs {
         S3Blobs {
-            client: aws_sdk_s3::Client::new(&self.conf),
+            client: aws_sdk_s3::Client::new(conf),
             bucket: self.bucket.clone(),
         }
     }
@@ -94,7 +119,7 @@ fn list_request(run_id: &str) -> ListRequest {
 
 #[test]
 fn list_images_reads_the_ssm_list_reports_bad_lines_and_puts_large_lists_in_s3() {
-    let aws = Aws::start();
+    let aws = Aws::start("aws-list_images_reads_the_ssm_list");
     let src = RegistryServer::start();
     for t in ["1", "2"] {
         OciImage::single(&[1024]).push(&format!("{}/team/app:{t}", src.addr), None);
@@ -114,7 +139,20 @@ fn list_images_reads_the_ssm_list_reports_bad_lines_and_puts_large_lists_in_s3()
         &format!("{ECR_HOST}/mirror"),
         &[("SELECT_TYPE", "SELECTED"), ("LIST_PARAMETER", "/th/list")],
     );
-    let (store, blobs, reg, params) = (aws.store(), aws.blobs(), http_only(), Ssm(ssm));
+    let deployed = [
+        ("SourceType", "Registry"),
+        ("SourceRegistry", src.addr.as_str()),
+        ("SelectType", "SELECTED"),
+        ("ListParameterName", "/th/list"),
+        ("DestPrefix", "mirror"),
+    ];
+    let list_role = aws.role("ListImagesRole", &deployed);
+    let (store, blobs, reg, params) = (
+        aws.store_as(&list_role),
+        aws.blobs_as(&list_role),
+        http_only(),
+        Ssm(aws_sdk_ssm::Client::new(&list_role)),
+    );
     let edges = ListEdges {
         params: &params,
         registry: &reg,
@@ -143,7 +181,7 @@ fn list_images_reads_the_ssm_list_reports_bad_lines_and_puts_large_lists_in_s3()
     );
     let (run, recs) = aws
         .rt
-        .block_on(store.get_run(Some("run-a")))
+        .block_on(aws.store().get_run(Some("run-a")))
         .unwrap()
         .unwrap();
     assert_eq!(run.source, src.addr);
@@ -166,14 +204,19 @@ fn list_images_reads_the_ssm_list_reports_bad_lines_and_puts_large_lists_in_s3()
         serde_json::to_vec(&big).unwrap().len() < 1024,
         "the payload is a pointer"
     );
-    let back = aws.rt.block_on(offload::load(&blobs, big.images)).unwrap();
+    // find-diff reads it back.
+    let diff_blobs = aws.blobs_as(&aws.role("FindDiffRole", &deployed));
+    let back = aws
+        .rt
+        .block_on(offload::load(&diff_blobs, big.images))
+        .unwrap();
     assert_eq!(back.len(), 3000);
     assert_eq!(back[2999].source, format!("{}/team/app:v2999", src.addr));
 }
 
 #[test]
 fn find_diff_on_a_day_without_change_starts_nothing_and_a_changed_tag_is_the_only_copy() {
-    let aws = Aws::start();
+    let aws = Aws::start("aws-find_diff_on_a_day_without_change");
     let (src, dst) = (RegistryServer::start(), RegistryServer::start());
     for t in ["1", "2"] {
         let img = OciImage::single(&[1024]);
@@ -181,18 +224,30 @@ fn find_diff_on_a_day_without_change_starts_nothing_and_a_changed_tag_is_the_onl
         img.push(&format!("{}/app:{t}", dst.addr), None);
     }
     let cfg = aws.config(&src.addr, &dst.addr, &[("SELECT_TYPE", "ALL")]);
-    let (store, blobs, reg) = (aws.store(), aws.blobs(), http_only());
-    let ssm = Ssm(aws_sdk_ssm::Client::new(&aws.conf));
+    let deployed = [
+        ("SourceType", "Registry"),
+        ("SourceRegistry", src.addr.as_str()),
+        ("SelectType", "ALL"),
+    ];
+    let (list_role, diff_role) = (
+        aws.role("ListImagesRole", &deployed),
+        aws.role("FindDiffRole", &deployed),
+    );
+    let reg = http_only();
+    let (list_store, list_blobs) = (aws.store_as(&list_role), aws.blobs_as(&list_role));
+    let (diff_store, diff_blobs) = (aws.store_as(&diff_role), aws.blobs_as(&diff_role));
+    let store = aws.store();
+    let ssm = Ssm(aws_sdk_ssm::Client::new(&list_role));
     let list = ListEdges {
         params: &ssm,
         registry: &reg,
-        blobs: &blobs,
-        store: &store,
+        blobs: &list_blobs,
+        store: &list_store,
     };
     let diff = DiffEdges {
         registry: &reg,
-        blobs: &blobs,
-        store: &store,
+        blobs: &diff_blobs,
+        store: &diff_store,
         prepare: None,
     };
 
@@ -244,7 +299,7 @@ fn find_diff_on_a_day_without_change_starts_nothing_and_a_changed_tag_is_the_onl
 
 #[test]
 fn find_diff_creates_missing_ecr_repositories_before_any_copy() {
-    let aws = Aws::start();
+    let aws = Aws::start("aws-find_diff_creates_missing_ecr_repositories");
     let src = RegistryServer::start();
     OciImage::single(&[1024]).push(&format!("{}/team/app:1", src.addr), None);
     let cfg = aws.config(
@@ -252,22 +307,31 @@ fn find_diff_creates_missing_ecr_repositories_before_any_copy() {
         &format!("{ECR_HOST}/mirror"),
         &[("SELECT_TYPE", "ALL")],
     );
-    let ecr_client = aws_sdk_ecr::Client::new(&aws.conf);
+    let deployed = [
+        ("SourceType", "Registry"),
+        ("SourceRegistry", src.addr.as_str()),
+        ("SelectType", "ALL"),
+        ("DestPrefix", "mirror"),
+    ];
+    let (list_role, diff_role) = (
+        aws.role("ListImagesRole", &deployed),
+        aws.role("FindDiffRole", &deployed),
+    );
     let host = ecr::parse_ecr_host(ECR_HOST).unwrap();
-    let reg = Registries {
+    let registries = |conf: &aws_config::SdkConfig| Registries {
         ecr: [(
             ECR_HOST.to_string(),
-            Ecr::from_client(ecr_client.clone(), host.clone()),
+            Ecr::from_client(aws_sdk_ecr::Client::new(conf), host.clone()),
         )]
         .into(),
         http: HttpRegistry::new(Default::default(), Vec::<String>::new()),
     };
     let prepare = EcrRepos {
-        ecr: Ecr::from_client(ecr_client.clone(), host),
+        ecr: Ecr::from_client(aws_sdk_ecr::Client::new(&diff_role), host.clone()),
         settings: cfg.repo_settings.clone(),
     };
-    let (store, blobs) = (aws.store(), aws.blobs());
-    let ssm = Ssm(aws_sdk_ssm::Client::new(&aws.conf));
+    let ecr_client = aws_sdk_ecr::Client::new(&aws.conf);
+    let ssm = Ssm(aws_sdk_ssm::Client::new(&list_role));
     let listed = aws
         .rt
         .block_on(handlers::list_images(
@@ -275,9 +339,9 @@ fn find_diff_creates_missing_ecr_repositories_before_any_copy() {
             &cfg,
             &ListEdges {
                 params: &ssm,
-                registry: &reg,
-                blobs: &blobs,
-                store: &store,
+                registry: &registries(&list_role),
+                blobs: &aws.blobs_as(&list_role),
+                store: &aws.store_as(&list_role),
             },
         ))
         .unwrap();
@@ -287,9 +351,9 @@ fn find_diff_creates_missing_ecr_repositories_before_any_copy() {
             listed,
             &cfg,
             &DiffEdges {
-                registry: &reg,
-                blobs: &blobs,
-                store: &store,
+                registry: &registries(&diff_role),
+                blobs: &aws.blobs_as(&diff_role),
+                store: &aws.store_as(&diff_role),
                 prepare: Some(&prepare),
             },
         ))
@@ -312,16 +376,33 @@ fn find_diff_creates_missing_ecr_repositories_before_any_copy() {
 
 #[test]
 fn dispatch_starts_one_fargate_task_with_the_image_and_no_secret_in_the_overrides() {
-    let aws = Aws::start();
-    let proxy = hub_tests::ecs_types_proxy(&aws.moto.endpoint);
-    let ecs_conf = aws_sdk_ecs::config::Builder::from(&aws.conf)
-        .endpoint_url(&proxy.endpoint)
-        .build();
-    let ecs = aws_sdk_ecs::Client::from_conf(ecs_conf);
+    let aws = Aws::start("aws-dispatch_starts_one_fargate_task");
+    let proxy = hub_tests::ecs_types_proxy(&aws.iam.moto.endpoint);
+    let ecs_at_proxy = |conf: &aws_config::SdkConfig| {
+        aws_sdk_ecs::Client::from_conf(
+            aws_sdk_ecs::config::Builder::from(conf)
+                .endpoint_url(&proxy.endpoint)
+                .build(),
+        )
+    };
+    let ecs = ecs_at_proxy(&aws.conf);
     aws.rt.block_on(aws_fixtures::copy_cluster(&aws.conf));
-    let (subnet, sg) = aws.moto.network(REGION);
+    let (subnet, sg) = aws.iam.network(REGION);
+    let arn = |what: &str| format!("arn:aws:{what}");
+    let deployed = Deployment::new(REGION)
+        .resource(
+            "CopyTaskDefinition",
+            &arn("ecs:eu-west-1:123456789012:task-definition/th-copy:1"),
+            &arn("ecs:eu-west-1:123456789012:task-definition/th-copy:1"),
+        )
+        .resource(
+            "CopyCluster",
+            "th",
+            &arn("ecs:eu-west-1:123456789012:cluster/th"),
+        );
+    let dispatch_role = aws.role_in("DispatchFargateRole", &deployed);
     let runner = EcsRunner {
-        client: ecs.clone(),
+        client: ecs_at_proxy(&dispatch_role),
         settings: EcsSettings {
             cluster: "th".into(),
             task_definition: "th-copy".into(),
@@ -387,19 +468,20 @@ fn dispatch_starts_one_fargate_task_with_the_image_and_no_secret_in_the_override
 
 #[test]
 fn record_status_keeps_the_newest_result_and_sends_one_message_per_failed_run() {
-    let aws = Aws::start();
-    let store = aws.store();
-    let sns = aws_sdk_sns::Client::new(&aws.conf);
+    let aws = Aws::start("aws-record_status_keeps_the_newest_result");
     let (topic, queue_url) = aws
         .rt
         .block_on(aws_fixtures::topic_with_queue(&aws.conf, "th-alarms"));
+    let deployed = aws.deployment(&[]).resource("AlarmTopic", &topic, &topic);
+    let record_role = aws.role_in("RecordStatusRole", &deployed);
+    let store = aws.store_as(&record_role);
     let notifier = Sns {
-        client: sns,
+        client: aws_sdk_sns::Client::new(&record_role),
         topic_arn: topic,
     };
     let run_id = "sample-run-0001";
     aws.rt
-        .block_on(store.put_run(&hub_core::status::RunRecord {
+        .block_on(aws.store().put_run(&hub_core::status::RunRecord {
             run_id: run_id.into(),
             source: "registry.example.com:5000".into(),
             dest: ECR_HOST.into(),
@@ -487,7 +569,7 @@ fn record_status_keeps_the_newest_result_and_sends_one_message_per_failed_run() 
     );
     let (_, items) = aws
         .rt
-        .block_on(store.get_run(Some(run_id)))
+        .block_on(aws.store().get_run(Some(run_id)))
         .unwrap()
         .unwrap();
     let statuses: Vec<(&str, Status)> = items
@@ -519,7 +601,7 @@ fn record_status_keeps_the_newest_result_and_sends_one_message_per_failed_run() 
 
 #[test]
 fn the_copy_worker_copies_into_ecr_with_a_registry_secret_and_reports_success_without_leaking_it() {
-    let aws = Aws::start();
+    let aws = Aws::start("aws-the_copy_worker_copies_into_ecr");
     let canary = format!("worker-canary-{}", fastrand::u64(..));
     let (src, backend) = (
         RegistryServer::start_with_login("puller", &canary),
@@ -540,7 +622,16 @@ fn the_copy_worker_copies_into_ecr_with_a_registry_secret_and_reports_success_wi
         )
         .unwrap();
 
-    let mut env = aws.moto.env(REGION);
+    let task_role = aws.iam.role(
+        "CopyTaskRole",
+        &aws.deployment(&[
+            ("SourceType", "Registry"),
+            ("SourceRegistry", src.addr.as_str()),
+            ("SourceCredentialSecret", "th/source"),
+            ("DestPrefix", "mirror"),
+        ]),
+    );
+    let mut env = aws.iam.env(&task_role, REGION);
     env.extend(
         [
             ("TASK_TOKEN", "token-123"),
@@ -596,7 +687,7 @@ fn the_copy_worker_copies_into_ecr_with_a_registry_secret_and_reports_success_wi
 
 #[test]
 fn find_diff_with_include_untagged_also_moves_the_ecr_images_no_tag_points_at() {
-    let aws = Aws::start();
+    let aws = Aws::start("aws-find_diff_with_include_untagged");
     let dst = RegistryServer::start();
     let ecr_client = aws_sdk_ecr::Client::new(&aws.conf);
     let manifest = |n: u8| {
@@ -641,22 +732,32 @@ fn find_diff_with_include_untagged_also_moves_the_ecr_images_no_tag_points_at() 
             .to_string()
     });
     let host = ecr::parse_ecr_host(ECR_HOST).unwrap();
-    let reg = Registries {
+    let registries = |conf: &aws_config::SdkConfig| Registries {
         ecr: [(
             ECR_HOST.to_string(),
-            Ecr::from_client(ecr_client.clone(), host),
+            Ecr::from_client(aws_sdk_ecr::Client::new(conf), host.clone()),
         )]
         .into(),
         http: HttpRegistry::new(Default::default(), Vec::<String>::new()),
     };
-    let (store, blobs) = (aws.store(), aws.blobs());
-    let ssm = Ssm(aws_sdk_ssm::Client::new(&aws.conf));
     let diff = |untagged: &str, run: &str| {
         let cfg = aws.config(
             ECR_HOST,
             &dst.addr,
             &[("SELECT_TYPE", "ALL"), ("INCLUDE_UNTAGGED", untagged)],
         );
+        let deployed = [
+            ("SourceType", "ECR"),
+            ("SourceRegion", REGION),
+            ("SourceAccountId", "123456789012"),
+            ("SelectType", "ALL"),
+            ("IncludeUntagged", untagged),
+        ];
+        let (list_role, diff_role) = (
+            aws.role("ListImagesRole", &deployed),
+            aws.role("FindDiffRole", &deployed),
+        );
+        let ssm = Ssm(aws_sdk_ssm::Client::new(&list_role));
         let listed = aws
             .rt
             .block_on(handlers::list_images(
@@ -664,9 +765,9 @@ fn find_diff_with_include_untagged_also_moves_the_ecr_images_no_tag_points_at() 
                 &cfg,
                 &ListEdges {
                     params: &ssm,
-                    registry: &reg,
-                    blobs: &blobs,
-                    store: &store,
+                    registry: &registries(&list_role),
+                    blobs: &aws.blobs_as(&list_role),
+                    store: &aws.store_as(&list_role),
                 },
             ))
             .unwrap();
@@ -675,9 +776,9 @@ fn find_diff_with_include_untagged_also_moves_the_ecr_images_no_tag_points_at() 
                 listed,
                 &cfg,
                 &DiffEdges {
-                    registry: &reg,
-                    blobs: &blobs,
-                    store: &store,
+                    registry: &registries(&diff_role),
+                    blobs: &aws.blobs_as(&diff_role),
+                    store: &aws.store_as(&diff_role),
                     prepare: None,
                 },
             ))
