@@ -479,8 +479,11 @@ pub async fn record_status(
             run.bytes = items.iter().map(|i| i.bytes).sum();
             run.ended_at = Some(Utc::now());
             store.put_run(&run).await?;
+            // Publish first, then mark the run notified: a publish that fails leaves the run
+            // unmarked, so the retried step publishes again (a rare duplicate, when the mark
+            // itself fails or two attempts race, beats a lost alarm).
             let mut notified = false;
-            if run.failed > 0 && store.claim_notification(&run_id).await? {
+            if run.failed > 0 && !store.is_notified(&run_id).await? {
                 let mut body = format!(
                     "transfer-hub run {run_id}: {} copied, {} in sync, {} failed.\n\nFailed images:\n",
                     run.copied, run.skipped, run.failed
@@ -512,6 +515,7 @@ pub async fn record_status(
                         &body,
                     )
                     .await?;
+                store.claim_notification(&run_id).await?;
                 notified = true;
             }
             let s = RunSummary {

@@ -599,6 +599,76 @@ fn record_status_keeps_the_newest_result_and_sends_one_message_per_failed_run() 
     );
 }
 
+/// SNS that is down: every publish fails.
+struct SnsDown;
+
+#[async_trait::async_trait]
+impl hub_core::notify::Notifier for SnsDown {
+    async fn publish(&self, _: &str, _: &str) -> Result<(), hub_core::retry::ItemError> {
+        Err(hub_core::retry::ItemError::new(
+            hub_core::retry::ErrorClass::Retryable,
+            "SNS Publish: service unavailable",
+        ))
+    }
+}
+
+#[test]
+fn a_failure_mail_that_could_not_be_sent_is_sent_by_the_next_attempt() {
+    let aws = Aws::start("aws-a_failure_mail_that_could_not_be_sent");
+    let (topic, queue_url) = aws
+        .rt
+        .block_on(aws_fixtures::topic_with_queue(&aws.conf, "th-alarms"));
+    let deployed = aws.deployment(&[]).resource("AlarmTopic", &topic, &topic);
+    let record_role = aws.role_in("RecordStatusRole", &deployed);
+    let store = aws.store_as(&record_role);
+    let run_id = "sample-run-0001";
+    aws.rt
+        .block_on(aws.store().put_run(&hub_core::status::RunRecord {
+            run_id: run_id.into(),
+            source: "registry.example.com:5000".into(),
+            dest: ECR_HOST.into(),
+            dry_run: false,
+            started_at: chrono::Utc::now(),
+            ended_at: None,
+            copied: 0,
+            skipped: 0,
+            failed: 0,
+            bytes: 0,
+        }))
+        .unwrap();
+    let failed: RecordRequest = serde_json::from_value(event("record-status-failed.json")).unwrap();
+    aws.rt
+        .block_on(handlers::record_status(failed, &store, &SnsDown))
+        .unwrap();
+    let run: RecordRequest = serde_json::from_value(event("record-status-run.json")).unwrap();
+    // The publish fails: the step fails (Step Functions retries it) and nothing is marked.
+    let e = aws
+        .rt
+        .block_on(handlers::record_status(run.clone(), &store, &SnsDown))
+        .unwrap_err();
+    assert!(e.message.contains("SNS"), "{e}");
+    // The retry publishes.
+    let sns = Sns {
+        client: aws_sdk_sns::Client::new(&record_role),
+        topic_arn: topic,
+    };
+    let retry = aws
+        .rt
+        .block_on(handlers::record_status(run.clone(), &store, &sns))
+        .unwrap();
+    assert_eq!(retry["notified"], true, "{retry}");
+    let again = aws
+        .rt
+        .block_on(handlers::record_status(run, &store, &sns))
+        .unwrap();
+    assert_eq!(again["notified"], false, "sent once: {again}");
+    let msgs = aws
+        .rt
+        .block_on(aws_fixtures::messages(&aws.conf, &queue_url));
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    assert!(msgs[0].contains("failed"), "{}", msgs[0]);
+}
+
 #[test]
 fn the_copy_worker_copies_into_ecr_with_a_registry_secret_and_reports_success_without_leaking_it() {
     let aws = Aws::start("aws-the_copy_worker_copies_into_ecr");
