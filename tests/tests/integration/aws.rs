@@ -599,6 +599,84 @@ fn record_status_keeps_the_newest_result_and_sends_one_message_per_failed_run() 
     );
 }
 
+/// A destination registry that needs a login (DestCredentialSecret): list-images and
+/// find-diff read the secret with their roles and find-diff sees the destination's digest
+/// through it (an unchanged image is skipped, not copied again).
+#[test]
+fn list_images_and_find_diff_log_in_to_the_destination_with_its_secret() {
+    let aws = Aws::start("aws-list_images_and_find_diff_log_in_to_the_destination");
+    let canary = format!("dest-canary-{}", fastrand::u64(..));
+    let (src, dst) = (
+        RegistryServer::start(),
+        RegistryServer::start_with_login("pusher", &canary),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let auth = dir.path().join("auth.json");
+    write_authfile(&auth, &[(&dst.addr, "pusher", &canary)]);
+    let img = OciImage::single(&[1024]);
+    img.push(&format!("{}/app:1", src.addr), None);
+    img.push(&format!("{}/app:1", dst.addr), Some(&auth));
+    aws.rt
+        .block_on(
+            aws_sdk_secretsmanager::Client::new(&aws.conf)
+                .create_secret()
+                .name("th/dest")
+                .secret_string(format!(r#"{{"username":"pusher","password":"{canary}"}}"#))
+                .send(),
+        )
+        .unwrap();
+    let cfg = aws.config(&src.addr, &dst.addr, &[("SELECT_TYPE", "ALL")]);
+    let deployed = [
+        ("SourceType", "Registry"),
+        ("SourceRegistry", src.addr.as_str()),
+        ("SelectType", "ALL"),
+        ("DestCredentialSecret", "th/dest"),
+    ];
+    let hosts = [
+        (src.addr.clone(), None),
+        (dst.addr.clone(), Some("th/dest".to_string())),
+    ];
+    let registries = |conf: &aws_config::SdkConfig| {
+        let secrets = aws_sdk_secretsmanager::Client::new(conf);
+        aws.rt
+            .block_on(handlers::registries_for(&hosts, Some(&secrets), Vec::new()))
+            .unwrap()
+    };
+    let (list_role, diff_role) = (
+        aws.role("ListImagesRole", &deployed),
+        aws.role("FindDiffRole", &deployed),
+    );
+    let ssm = Ssm(aws_sdk_ssm::Client::new(&list_role));
+    let listed = aws
+        .rt
+        .block_on(handlers::list_images(
+            list_request("dest-login"),
+            &cfg,
+            &ListEdges {
+                params: &ssm,
+                registry: &registries(&list_role),
+                blobs: &aws.blobs_as(&list_role),
+                store: &aws.store_as(&list_role),
+            },
+        ))
+        .unwrap();
+    let d = aws
+        .rt
+        .block_on(handlers::find_diff(
+            listed,
+            &cfg,
+            &DiffEdges {
+                registry: &registries(&diff_role),
+                blobs: &aws.blobs_as(&diff_role),
+                store: &aws.store_as(&diff_role),
+                prepare: None,
+            },
+        ))
+        .unwrap();
+    assert_eq!((d.copies.count, d.skipped, d.failed), (0, 1, 0), "{d:?}");
+    assert!(!format!("{d:?}").contains(&canary));
+}
+
 /// SNS that is down: every publish fails.
 struct SnsDown;
 
