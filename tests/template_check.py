@@ -91,6 +91,51 @@ for name, r in res.items():
                 if any(a.startswith("logs:") for a in acts):
                     check(st.get("Sid") == "OwnLogGroup", f"{name}: log actions outside the function's own log group")
 
+# Resources name exactly what each role needs. A secret's ARN is its name plus a dash and six
+# random characters: `name-*` would also match `name-other-AbCdEf`, so `name-??????`. An SSM
+# parameter is named exactly. The state machine's own executions only.
+def resource_texts(st):
+    rs = st.get("Resource")
+    rs = rs if isinstance(rs, list) else [rs]
+    out = []
+
+    def walk(v):
+        if isinstance(v, str):
+            out.append(v)
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                if k == "Fn::If":
+                    walk(x[1])
+                    walk(x[2])
+                elif k == "Fn::Sub":
+                    walk(x if isinstance(x, str) else x[0])
+                elif k in ("Ref", "Fn::GetAtt"):
+                    out.append(json.dumps({k: x}))
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+
+    walk(rs)
+    return out
+
+
+for name, r in res.items():
+    if r["Type"] != "AWS::IAM::Role":
+        continue
+    for pol in r["Properties"].get("Policies", []):
+        for st in statements(pol["PolicyDocument"]):
+            acts = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+            texts = resource_texts(st)
+            if "secretsmanager:GetSecretValue" in acts:
+                bad = [x for x in texts if not x.endswith("-??????")]
+                check(not bad, f"{name}: a secret ARN must end in -?????? (its name, a dash, six characters): {bad}")
+            if any(a.startswith("ssm:") for a in acts):
+                bad = [x for x in texts if "*" in x]
+                check(not bad, f"{name}: an SSM parameter ARN must name the parameter exactly: {bad}")
+            if any(a.startswith("states:") and a not in WILDCARD_OK for a in acts):
+                bad = [x for x in texts if ":stateMachine:*" in x or ":execution:*" in x]
+                check(not bad, f"{name}: states actions on every state machine/execution: {bad}")
+
 # Encryption and exposure.
 tables = [v for v in res.values() if v["Type"] == "AWS::DynamoDB::Table"]
 check(tables and all(t["Properties"].get("SSESpecification", {}).get("SSEEnabled") for t in tables), "DynamoDB table without SSE")

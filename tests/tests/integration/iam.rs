@@ -27,7 +27,26 @@ fn a_role_gets_only_its_template_statements_and_a_refused_call_fails_the_test() 
         aws_fixtures::bucket(&admin, "dst").await;
         aws_fixtures::status_table(&admin, "status").await;
     });
+    let sm = aws_sdk_secretsmanager::Client::new(&admin);
+    for name in ["src-keys", "src-keys-other"] {
+        rt.block_on(sm.create_secret().name(name).secret_string("{}").send())
+            .unwrap();
+    }
     let diff = rt.block_on(iam.config(&iam.role("DiffObjectsRole", &objects_deployment()), REGION));
+    // Its source secret, and only that one: `src-keys-*` would also match `src-keys-other-…`.
+    let secrets = aws_sdk_secretsmanager::Client::new(&diff);
+    rt.block_on(secrets.get_secret_value().secret_id("src-keys").send())
+        .expect("the source secret is held");
+    assert!(
+        rt.block_on(
+            secrets
+                .get_secret_value()
+                .secret_id("src-keys-other")
+                .send()
+        )
+        .is_err(),
+        "a secret whose name only starts like the source secret's must be refused"
+    );
     let s3 = aws_sdk_s3::Client::new(&diff);
     // Held: listing the buckets.
     rt.block_on(s3.list_objects_v2().bucket("dst").send())
@@ -60,6 +79,13 @@ fn a_role_gets_only_its_template_statements_and_a_refused_call_fails_the_test() 
             .iter()
             .any(|d| d
                 .contains("dynamodb:Scan arn:aws:dynamodb:eu-west-1:123456789012:table/status")),
+        "{denied:?}"
+    );
+    assert!(
+        denied
+            .iter()
+            .any(|d| d.contains("secretsmanager:GetSecretValue")
+                && d.contains(":secret:src-keys-other-")),
         "{denied:?}"
     );
 
