@@ -10,6 +10,8 @@
       deployment (see role_policies.py), or the statements given. Prints
       {"access_key_id", "secret_access_key", "statements"}.
 
+  python3 tests/iam_rig.py kms-key ENDPOINT REGION
+      Signed with the admin keys: a customer-managed KMS key; prints its ARN.
   python3 tests/iam_rig.py network ENDPOINT REGION
       Signed with the admin keys: a VPC, a subnet and a security group for copy tasks.
 
@@ -60,5 +62,10 @@ elif cmd == "network":
     subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.42.1.0/24")["Subnet"]["SubnetId"]
     sg = ec2.create_security_group(VpcId=vpc, GroupName="copy", Description="copy tasks")["GroupId"]
     json.dump({"subnet": subnet, "security_group": sg}, sys.stdout)
+elif cmd == "kms-key":
+    # A customer-managed KMS key, made by the admin. Prints {"arn"}.
+    region = sys.argv[3]
+    kms = boto3.client("kms", aws_access_key_id=os.environ["RIG_ADMIN_KEY_ID"], aws_secret_access_key=os.environ["RIG_ADMIN_SECRET"], endpoint_url=endpoint, region_name=region)
+    json.dump({"arn": kms.create_key(Description="transfer-hub test key")["KeyMetadata"]["Arn"]}, sys.stdout)
 else:
     sys.exit(f"unknown command {cmd}")

@@ -323,6 +323,24 @@ impl IamMoto {
         )
     }
 
+    /// A customer-managed KMS key made by the admin; its ARN.
+    pub fn kms_key(&self, region: &str) -> String {
+        let out = python(
+            &[
+                tests_dir().join("iam_rig.py").to_str().unwrap(),
+                "kms-key",
+                &self.moto.endpoint,
+                region,
+            ],
+            &[
+                ("RIG_ADMIN_KEY_ID", &self.admin.access_key_id),
+                ("RIG_ADMIN_SECRET", &self.admin.secret_access_key),
+            ],
+            None,
+        );
+        out["arn"].as_str().unwrap().to_string()
+    }
+
     /// Every decision so far.
     pub fn decisions(&self) -> Vec<Decision> {
         std::fs::read_to_string(self.log.path())

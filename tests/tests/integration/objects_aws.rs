@@ -329,7 +329,12 @@ impl Suite {
             .rt
             .block_on(f.check(event("check-multipart.json")))
             .unwrap();
-        assert_eq!(sum.completed, 1, "{sum:?}");
+        assert_eq!(
+            sum.completed,
+            1,
+            "{sum:?}; refused calls: {:?}",
+            self.iam.denied()
+        );
         let got = self.get("dst", &format!("out/{key}")).unwrap();
         assert_eq!(
             Md5::digest(&got),
@@ -864,4 +869,30 @@ fn a_same_account_source_is_read_with_the_roles_and_copied_server_side() {
         used["TransferObjectRole"].1.contains("s3:GetObject"),
         "the copies read the source as the role: {used:?}"
     );
+}
+
+/// Copies encrypted with a customer-managed key (ObjectDestKmsKeyArn): the parts and the
+/// completion of a multipart upload need kms:GenerateDataKey and kms:Decrypt on that key, for
+/// transfer-object (which opens the upload and writes the parts) and check-multipart (which
+/// completes it).
+#[test]
+fn a_big_object_into_a_kms_destination_completes_with_the_roles_key_permissions() {
+    let s = Suite::start("objects_aws-a_big_object_into_a_kms_destination");
+    let key = s.iam.kms_key(REGION);
+    let big = data(11 * MIB + 5, 2);
+    s.put("in/big.bin", &big);
+    let f = s.function(&[("KMS_KEY", key.as_str())]);
+    s.rt.block_on(f.diff(Default::default(), 0)).unwrap();
+    let ev = s.receive(&s.queue);
+    s.handled(&f, ev.clone());
+    s.ack(&s.queue, &ev, &[]);
+    let parts = s.receive(&s.queue);
+    assert_eq!(parts.records.len(), 3, "11 MiB in 5 MiB parts");
+    s.handled(&f, parts.clone());
+    s.ack(&s.queue, &parts, &[]);
+    s.completes(&f, "big.bin", &big);
+    let head =
+        s.rt.block_on(s.s3.head_object().bucket("dst").key("out/big.bin").send())
+            .unwrap();
+    assert_eq!(head.ssekms_key_id(), Some(key.as_str()));
 }
