@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sam_template import ROOT, source_template, transformed  # noqa: E402
+from sam_template import ROOT, role_statements, source_template, transformed  # noqa: E402
 failures = []
 
 
@@ -64,15 +64,33 @@ WILDCARD_OK = {
 }
 
 
+def policies(role):
+    """A role's inline policies; one kept by `Fn::If` counts in either branch."""
+    out = []
+    for pol in role["Properties"].get("Policies", []):
+        if isinstance(pol, dict) and "Fn::If" in pol:
+            out += [b for b in pol["Fn::If"][1:] if isinstance(b, dict) and "PolicyDocument" in b]
+        else:
+            out.append(pol)
+    return out
+
+
 def statements(doc):
+    """The statements of a policy document; one kept by `Fn::If` counts in either branch."""
     s = doc.get("Statement", [])
-    return s if isinstance(s, list) else [s]
+    out = []
+    for st in s if isinstance(s, list) else [s]:
+        if isinstance(st, dict) and "Fn::If" in st:
+            out += [b for b in st["Fn::If"][1:] if isinstance(b, dict) and "Effect" in b]
+        else:
+            out.append(st)
+    return out
 
 
 for name, r in res.items():
     if r["Type"] != "AWS::IAM::Role":
         continue
-    for pol in r["Properties"].get("Policies", []):
+    for pol in policies(r):
         for st in statements(pol["PolicyDocument"]):
             resources = st.get("Resource")
             resources = resources if isinstance(resources, list) else [resources]
@@ -84,8 +102,8 @@ for name, r in res.items():
     managed = r["Properties"].get("ManagedPolicyArns", [])
     check(not managed, f"{name}: managed policies {managed} are too wide")
     # A function's role writes its own log group only.
-    if name.endswith("Role") and any(st.get("Sid") == "OwnLogGroup" for pol in r["Properties"].get("Policies", []) for st in statements(pol["PolicyDocument"])):
-        for pol in r["Properties"].get("Policies", []):
+    if name.endswith("Role") and any(st.get("Sid") == "OwnLogGroup" for pol in policies(r) for st in statements(pol["PolicyDocument"])):
+        for pol in policies(r):
             for st in statements(pol["PolicyDocument"]):
                 acts = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
                 if any(a.startswith("logs:") for a in acts):
@@ -122,7 +140,7 @@ def resource_texts(st):
 for name, r in res.items():
     if r["Type"] != "AWS::IAM::Role":
         continue
-    for pol in r["Properties"].get("Policies", []):
+    for pol in policies(r):
         for st in statements(pol["PolicyDocument"]):
             acts = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
             texts = resource_texts(st)
@@ -135,6 +153,23 @@ for name, r in res.items():
             if any(a.startswith("states:") and a not in WILDCARD_OK for a in acts):
                 bad = [x for x in texts if ":stateMachine:*" in x or ":execution:*" in x]
                 check(not bad, f"{name}: states actions on every state machine/execution: {bad}")
+
+# Deletion at the destination is granted only to a deployment that deletes (S3 events on,
+# ObjectDeleteOnEvents=true); S3 may send the source bucket's notifications to the job queue,
+# and only from that bucket in its owner's account.
+def transfer_actions(**params):
+    base = {"ObjectSourceBucket": "src", "ObjectDestBucket": "dst", **params}
+    sts = role_statements(base, {}, "eu-west-1", "123456789012")["TransferObjectRole"]
+    return {a for st in sts for a in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"])}
+
+
+check("s3:DeleteObject" not in transfer_actions(ObjectEvents="true", ObjectDeleteOnEvents="false"), "TransferObjectRole may delete at the destination although ObjectDeleteOnEvents is off")
+check("s3:DeleteObject" not in transfer_actions(ObjectEvents="false", ObjectDeleteOnEvents="true"), "TransferObjectRole may delete at the destination although no S3 events reach it")
+check("s3:DeleteObject" in transfer_actions(ObjectEvents="true", ObjectDeleteOnEvents="true"), "TransferObjectRole cannot apply ObjectRemoved events although ObjectDeleteOnEvents is on")
+for st in statements(res.get("JobQueuePolicy", {}).get("Properties", {}).get("PolicyDocument", {})):
+    keys = {k for cond in st.get("Condition", {}).values() for k in cond}
+    check({"aws:SourceArn", "aws:SourceAccount"} <= keys, f"JobQueuePolicy {st.get('Sid')}: S3 notifications must be limited by aws:SourceArn and aws:SourceAccount, has {sorted(keys)}")
+check("JobQueuePolicy" in res, "no JobQueuePolicy in the transformed template")
 
 # Encryption and exposure.
 tables = [v for v in res.values() if v["Type"] == "AWS::DynamoDB::Table"]

@@ -194,7 +194,9 @@ impl Suite {
             .table("StatusTable", "status")
             .table("UploadsTable", "uploads")
             .queue("JobQueue", &self.queue)
-            .queue("JobDeadLetterQueue", &self.dlq);
+            .queue("JobDeadLetterQueue", &self.dlq)
+            // The tests hand transfer-object S3 notifications too.
+            .param("ObjectEvents", "true");
         for (var, param) in [
             ("SOURCE_BUCKET", "ObjectSourceBucket"),
             ("SOURCE_PREFIX", "ObjectSourcePrefix"),
