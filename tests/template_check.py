@@ -171,6 +171,23 @@ for st in statements(res.get("JobQueuePolicy", {}).get("Properties", {}).get("Po
     check({"aws:SourceArn", "aws:SourceAccount"} <= keys, f"JobQueuePolicy {st.get('Sid')}: S3 notifications must be limited by aws:SourceArn and aws:SourceAccount, has {sorted(keys)}")
 check("JobQueuePolicy" in res, "no JobQueuePolicy in the transformed template")
 
+# CloudWatch alarms cannot publish to a topic encrypted with the AWS-managed SNS key (its key
+# policy cannot be changed): the alarm topic's key is one of this template whose key policy
+# lets CloudWatch use it, and record-status may use that key only.
+for tname, topic in res.items():
+    if topic["Type"] != "AWS::SNS::Topic":
+        continue
+    key_ref = topic["Properties"].get("KmsMasterKeyId")
+    key = res.get(key_ref.get("Ref"), {}) if isinstance(key_ref, dict) else {}
+    check(key.get("Type") == "AWS::KMS::Key", f"{tname}: encrypted with {key_ref!r}, not a key of this template that CloudWatch may use")
+    kp = key.get("Properties", {})
+    cw = [st for st in statements(kp.get("KeyPolicy", {})) if st.get("Principal", {}).get("Service") == "cloudwatch.amazonaws.com"]
+    cw_actions = {a for st in cw for a in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"])}
+    check({"kms:Decrypt", "kms:GenerateDataKey*"} <= cw_actions, f"{tname}: its key policy must let cloudwatch.amazonaws.com kms:Decrypt and kms:GenerateDataKey*, has {sorted(cw_actions)}")
+    check(kp.get("EnableKeyRotation") is True, f"{tname}: its key must rotate")
+kms_resources = [st.get("Resource") for pol in policies(res.get("RecordStatusRole", {"Properties": {}})) for st in statements(pol["PolicyDocument"]) if any(str(a).startswith("kms:") for a in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"]))]
+check(kms_resources == [{"Fn::GetAtt": ["AlarmTopicKey", "Arn"]}], f"RecordStatusRole: KMS only on the alarm topic's key, has {kms_resources}")
+
 # Encryption and exposure.
 tables = [v for v in res.values() if v["Type"] == "AWS::DynamoDB::Table"]
 check(tables and all(t["Properties"].get("SSESpecification", {}).get("SSEEnabled") for t in tables), "DynamoDB table without SSE")
