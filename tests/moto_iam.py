@@ -11,7 +11,8 @@ least as strict as AWS for the calls transfer-hub makes:
 - Resources. moto passes the resource "*" for every service but S3, SQS, IAM and STS, so a
   statement naming an ARN never matches there. Here the request's resource ARN is derived
   for the services the functions call (DynamoDB table, Secrets Manager secret with its
-  suffix, SSM parameter, ECR repository, ECS task definition, SNS topic, KMS key, Step
+  suffix, SSM parameter, ECR repository, ECS task definition, task and cluster (ListTasks is
+  authorized on the cluster's container instances), SNS topic, KMS key, Step
   Functions state machine/execution); calls without resource-level permissions (e.g.
   ecr:GetAuthorizationToken, states:SendTask*) stay "*", as on AWS.
 - Wildcards. Policy patterns are IAM globs: `*` any run, `?` one character, everything else
@@ -162,6 +163,12 @@ def _resource(resp, service, action):
         return f"arn:{part}:ecr:{region}:{registry}:repository/{name or '*'}"
     if service == "ecs" and action == "RunTask" and body.get("taskDefinition"):
         return _task_definition_arn(resp, body["taskDefinition"])
+    if service == "ecs" and action in ("ListTasks", "StopTask"):
+        cluster = (body.get("cluster") or "default").split("/")[-1]
+        if action == "ListTasks":
+            return f"arn:{part}:ecs:{region}:{account}:container-instance/{cluster}/*"
+        task = str(body.get("task", "")).split("/")[-1]
+        return f"arn:{part}:ecs:{region}:{account}:task/{cluster}/{task}"
     if service == "sns" and _param(resp, "TopicArn"):
         return _param(resp, "TopicArn")
     if service == "kms" and body.get("KeyId"):

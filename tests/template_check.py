@@ -218,7 +218,21 @@ for m in maps:
     retry = copy_state["Retry"][0]
     check(retry["MaxAttempts"] == 3 and retry.get("JitterStrategy") == "FULL", "CopyImage: 3 retries with full jitter")
     check("States.ALL" not in retry["ErrorEquals"] and "AuthDenied" not in retry["ErrorEquals"], "CopyImage retries non-retryable errors")
-    check(copy_state["Catch"][0]["Next"] == "RecordImageFailure", "a failed image must be recorded, then the others go on")
+    check(copy_state["Catch"][-1] == {"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": "RecordImageFailure"}, "a failed image must be recorded, then the others go on")
+    # A copy that timed out may still run: its ECS task is stopped before another starts.
+    timeouts = {"States.HeartbeatTimeout", "States.Timeout"}
+    check(not timeouts & set(retry["ErrorEquals"]), "CopyImage retries a timeout without stopping its task first")
+    states = m["ItemProcessor"]["States"]
+    on_timeout = [c for c in copy_state["Catch"] if timeouts <= set(c["ErrorEquals"])]
+    stop = states.get(on_timeout[0]["Next"], {}) if on_timeout else {}
+    check(stop.get("Parameters", {}).get("FunctionName") == "${DispatchFargateFunctionArn}" and stop.get("Parameters", {}).get("Payload", {}).get("action") == "stop", "a timed-out copy must go to a state that stops its task (dispatch-fargate, action stop)")
+    seen, nxt = [], stop.get("Next")
+    while nxt and nxt not in seen and nxt != "CopyImage":
+        seen.append(nxt)
+        s = states.get(nxt, {})
+        nxt = s.get("Next") or next((c["Next"] for c in s.get("Choices", []) if c["Next"] != "RecordImageFailure"), None)
+    check(nxt == "CopyImage", f"after stopping a timed-out task the copy must be tried again (path {seen})")
+    check(m.get("ItemSelector", {}).get("timeouts") == 0, "each image starts with no timeouts counted")
     check("${" in copy_state["Parameters"]["FunctionName"], "function ARNs come from DefinitionSubstitutions")
 
 # The object diff loop: rounds until `next` is absent, each retried only on retryable errors.

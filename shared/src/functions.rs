@@ -12,7 +12,7 @@ use crate::retry::ItemError;
 use crate::status::dynamodb::DynamoStore;
 use crate::sync::Prepare;
 use crate::tasks::{EcsRunner, EcsSettings};
-use crate::workflow::{Diff, DispatchRequest, ListRequest, Listed, RecordRequest};
+use crate::workflow::{Diff, DispatchInput, ListRequest, Listed, RecordRequest};
 
 async fn sdk_config() -> aws_config::SdkConfig {
     aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
@@ -120,8 +120,12 @@ impl DispatchFn {
         })
     }
 
-    pub async fn handle(&self, req: DispatchRequest) -> Result<serde_json::Value, ItemError> {
-        handlers::dispatch_fargate(req, &self.runner).await
+    /// Starts a copy task, or stops a timed-out one (`{"action": "stop", ...}`).
+    pub async fn handle(&self, req: DispatchInput) -> Result<serde_json::Value, ItemError> {
+        match req {
+            DispatchInput::Start(r) => handlers::dispatch_fargate(r, &self.runner).await,
+            DispatchInput::Stop(r) => handlers::stop_copy_tasks(r, &self.runner).await,
+        }
     }
 }
 

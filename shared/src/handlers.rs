@@ -18,7 +18,7 @@ use crate::sync::{self, Prepare, Selecting, SyncSpec};
 use crate::tasks::TaskRunner;
 use crate::workflow::{
     CopyTask, Diff, DispatchRequest, ImageJob, ListRequest, Listed, RecordRequest, RunSummary,
-    image_name,
+    StopRequest, image_name,
 };
 use chrono::Utc;
 use std::collections::BTreeSet;
@@ -396,6 +396,18 @@ pub async fn dispatch_fargate(
     let arn = runner.start(&req).await?;
     tracing::info!(task = %arn, source = %req.task.source, "started copy task");
     Ok(serde_json::json!({ "task_arn": arn }))
+}
+
+/// `dispatch-fargate` after a copy timed out: stops that image's copy tasks still running, so
+/// the retry's task is the only one copying it.
+pub async fn stop_copy_tasks(
+    req: StopRequest,
+    runner: &dyn TaskRunner,
+) -> Result<serde_json::Value, ItemError> {
+    req.task.parts()?;
+    let stopped = runner.stop(&req.run_id, &req.task).await?;
+    tracing::info!(stopped, source = %req.task.source, "stopped timed-out copy tasks");
+    Ok(serde_json::json!({ "stopped": stopped }))
 }
 
 /// `record-status`: writes one image's final result (conditional: a late or repeated write

@@ -809,7 +809,7 @@ pub fn quote_numbers(body: &str, keys: &[&str]) -> String {
     out
 }
 
-/// moto answers `RunTask`/`DescribeTasks` with a container's `cpu` and `memory` as JSON
+/// moto answers `RunTask`/`DescribeTasks`/`StopTask` with a container's `cpu` and `memory` as JSON
 /// numbers where the ECS API (and so the Rust SDK) has strings: this proxy in front of moto
 /// quotes those two fields and passes everything else as is.
 pub fn ecs_types_proxy(moto_endpoint: &str) -> HttpProxy {
@@ -817,7 +817,9 @@ pub fn ecs_types_proxy(moto_endpoint: &str) -> HttpProxy {
     HttpProxy::start(
         Arc::new(move |head: &str| (upstream.clone(), head.to_string())),
         Arc::new(|head: &str, status, body| {
-            let ecs_task_call = head.contains("RunTask") || head.contains("DescribeTasks");
+            let ecs_task_call = ["RunTask", "DescribeTasks", "StopTask"]
+                .iter()
+                .any(|c| head.contains(c));
             let body = if ecs_task_call {
                 quote_numbers(&String::from_utf8_lossy(&body), &["cpu", "memory"]).into_bytes()
             } else {

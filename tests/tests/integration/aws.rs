@@ -466,6 +466,88 @@ fn dispatch_starts_one_fargate_task_with_the_image_and_no_secret_in_the_override
     );
 }
 
+/// A copy that stopped sending heartbeats may still be running: the state machine asks
+/// dispatch-fargate to stop that image's task before the retry starts another. Only that
+/// image's task stops; another image's copy goes on.
+#[test]
+fn a_timed_out_copy_has_its_task_stopped_and_no_other() {
+    let aws = Aws::start("aws-a_timed_out_copy_has_its_task_stopped");
+    let proxy = hub_tests::ecs_types_proxy(&aws.iam.moto.endpoint);
+    let ecs_at_proxy = |conf: &aws_config::SdkConfig| {
+        aws_sdk_ecs::Client::from_conf(
+            aws_sdk_ecs::config::Builder::from(conf)
+                .endpoint_url(&proxy.endpoint)
+                .build(),
+        )
+    };
+    aws.rt.block_on(aws_fixtures::copy_cluster(&aws.conf));
+    let (subnet, sg) = aws.iam.network(REGION);
+    let arn = |what: &str| format!("arn:aws:ecs:eu-west-1:123456789012:{what}");
+    let deployed = Deployment::new(REGION)
+        .resource(
+            "CopyTaskDefinition",
+            &arn("task-definition/th-copy:1"),
+            &arn("task-definition/th-copy:1"),
+        )
+        .resource("CopyCluster", "th", &arn("cluster/th"));
+    let runner = EcsRunner {
+        client: ecs_at_proxy(&aws.role_in("DispatchFargateRole", &deployed)),
+        settings: EcsSettings {
+            cluster: "th".into(),
+            task_definition: "th-copy".into(),
+            container: "copy".into(),
+            subnets: vec![subnet],
+            security_groups: vec![sg],
+            assign_public_ip: false,
+        },
+    };
+    let start: DispatchRequest = serde_json::from_value(event("dispatch-fargate.json")).unwrap();
+    let mut other = start.clone();
+    other.task.dest = format!("{ECR_HOST}/mirror/team/other:1");
+    let (timed_out, going_on) = aws.rt.block_on(async {
+        let a = handlers::dispatch_fargate(start.clone(), &runner)
+            .await
+            .unwrap();
+        let b = handlers::dispatch_fargate(other, &runner).await.unwrap();
+        (
+            a["task_arn"].as_str().unwrap().to_string(),
+            b["task_arn"].as_str().unwrap().to_string(),
+        )
+    });
+    // The sample stop input, as the state machine sends it.
+    let stop = match serde_json::from_value(event("dispatch-fargate-stop.json")).unwrap() {
+        hub_core::workflow::DispatchInput::Stop(s) => s,
+        other => panic!("the stop sample parsed as {other:?}"),
+    };
+    assert!(matches!(
+        serde_json::from_value(event("dispatch-fargate.json")).unwrap(),
+        hub_core::workflow::DispatchInput::Start(_)
+    ));
+    let out = aws
+        .rt
+        .block_on(handlers::stop_copy_tasks(stop.clone(), &runner))
+        .unwrap();
+    assert_eq!(out["stopped"], 1, "{out}");
+    let admin = ecs_at_proxy(&aws.conf);
+    let status = |task: &str| {
+        let d = aws
+            .rt
+            .block_on(admin.describe_tasks().cluster("th").tasks(task).send())
+            .unwrap();
+        d.tasks()[0]
+            .desired_status()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(status(&timed_out), "STOPPED");
+    assert_eq!(status(&going_on), "RUNNING", "another image's copy goes on");
+    let again = aws
+        .rt
+        .block_on(handlers::stop_copy_tasks(stop, &runner))
+        .unwrap();
+    assert_eq!(again["stopped"], 0, "nothing left to stop: {again}");
+}
+
 #[test]
 fn record_status_keeps_the_newest_result_and_sends_one_message_per_failed_run() {
     let aws = Aws::start("aws-record_status_keeps_the_newest_result");
