@@ -12,7 +12,7 @@ use crate::retry::ItemError;
 use crate::status::dynamodb::DynamoStore;
 use crate::sync::Prepare;
 use crate::tasks::{EcsRunner, EcsSettings};
-use crate::workflow::{Diff, DispatchRequest, ListRequest, Listed, RecordRequest};
+use crate::workflow::{Diff, DispatchInput, ListRequest, Listed, RecordRequest};
 
 async fn sdk_config() -> aws_config::SdkConfig {
     aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
@@ -120,8 +120,12 @@ impl DispatchFn {
         })
     }
 
-    pub async fn handle(&self, req: DispatchRequest) -> Result<serde_json::Value, ItemError> {
-        handlers::dispatch_fargate(req, &self.runner).await
+    /// Starts a copy task, or stops a timed-out one (`{"action": "stop", ...}`).
+    pub async fn handle(&self, req: DispatchInput) -> Result<serde_json::Value, ItemError> {
+        match req {
+            DispatchInput::Start(r) => handlers::dispatch_fargate(r, &self.runner).await,
+            DispatchInput::Stop(r) => handlers::stop_copy_tasks(r, &self.runner).await,
+        }
     }
 }
 
@@ -172,7 +176,7 @@ impl ObjectsFn {
 
     /// From an explicit environment and SDK configuration (tests point it at moto).
     pub async fn from(mut env: Env, aws: aws_config::SdkConfig) -> Result<Self, ConfigError> {
-        use crate::objects::bucket::{Bucket, connect};
+        use crate::objects::bucket::{Bucket, CredentialSource, connect};
         let cfg = crate::objects::suite::ObjectsConfig::from_env(&mut env);
         let table = env.required("TABLE_NAME");
         let uploads = env.required("UPLOADS_TABLE");
@@ -180,16 +184,18 @@ impl ObjectsFn {
         env.finish()?;
         let secrets = aws_sdk_secretsmanager::Client::new(&aws);
         let mut problems = Vec::new();
-        let mut side = async |ep: &crate::objects::bucket::Endpoint, what: &str| match connect(
-            ep,
-            Some(&secrets),
-        )
-        .await
-        {
-            Ok(c) => Some(c),
-            Err(e) => {
-                problems.push(format!("{what}: {}", e.message));
-                None
+        let mut side = async |ep: &crate::objects::bucket::Endpoint, what: &str| {
+            // A side without a secret or profile acts as the function (its role): the
+            // credentials of `aws`, not whatever the process environment holds.
+            if ep.credentials == CredentialSource::Default {
+                return Some(s3_client_as(&aws, ep));
+            }
+            match connect(ep, Some(&secrets)).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    problems.push(format!("{what}: {}", e.message));
+                    None
+                }
             }
         };
         let src = side(&cfg.source_endpoint, "source").await;
@@ -263,6 +269,25 @@ impl ObjectsFn {
     ) -> Result<crate::objects::suite::CheckSummary, ItemError> {
         crate::objects::suite::check_multipart(&self.edges()).await
     }
+}
+
+/// The S3 client of a side that uses the function's own credentials (`aws`), in the side's
+/// region and at its endpoint (path-style there, as [`crate::objects::bucket::connect`] does).
+fn s3_client_as(
+    aws: &aws_config::SdkConfig,
+    ep: &crate::objects::bucket::Endpoint,
+) -> aws_sdk_s3::Client {
+    let mut b = aws_sdk_s3::config::Builder::from(aws);
+    if let Some(r) = &ep.region {
+        b = b.region(aws_config::Region::new(r.clone()));
+    }
+    if let Some(url) = &ep.url {
+        b = b.endpoint_url(url).force_path_style(true);
+    }
+    if aws.region().is_none() && ep.region.is_none() {
+        b = b.region(aws_config::Region::new("us-east-1"));
+    }
+    aws_sdk_s3::Client::from_conf(b.build())
 }
 
 /// When a `diff-objects` round stops deciding: [`DIFF_ROUND_MARGIN`] before the

@@ -19,7 +19,7 @@ use crate::sync::{self, Prepare, Selecting, SyncSpec};
 use crate::tasks::TaskRunner;
 use crate::workflow::{
     CopyTask, Diff, DispatchRequest, ImageJob, ListRequest, Listed, RecordRequest, RunSummary,
-    image_name,
+    StopRequest, image_name,
 };
 use chrono::Utc;
 use std::collections::BTreeSet;
@@ -465,6 +465,18 @@ pub async fn dispatch_fargate(
     Ok(serde_json::json!({ "task_arn": arn }))
 }
 
+/// `dispatch-fargate` after a copy timed out: stops that image's copy tasks still running, so
+/// the retry's task is the only one copying it.
+pub async fn stop_copy_tasks(
+    req: StopRequest,
+    runner: &dyn TaskRunner,
+) -> Result<serde_json::Value, ItemError> {
+    req.task.parts()?;
+    let stopped = runner.stop(&req.run_id, &req.task).await?;
+    tracing::info!(stopped, source = %req.task.source, "stopped timed-out copy tasks");
+    Ok(serde_json::json!({ "stopped": stopped }))
+}
+
 /// `record-status`: writes one image's final result (conditional: a late or repeated write
 /// never wins over a newer one), or closes the run: counts, run record, and one SNS message
 /// when anything failed.
@@ -546,8 +558,11 @@ pub async fn record_status(
             run.bytes = items.iter().map(|i| i.bytes).sum();
             run.ended_at = Some(Utc::now());
             store.put_run(&run).await?;
+            // Publish first, then mark the run notified: a publish that fails leaves the run
+            // unmarked, so the retried step publishes again (a rare duplicate, when the mark
+            // itself fails or two attempts race, beats a lost alarm).
             let mut notified = false;
-            if run.failed > 0 && store.claim_notification(&run_id).await? {
+            if run.failed > 0 && !store.is_notified(&run_id).await? {
                 let mut body = format!(
                     "transfer-hub run {run_id}: {} copied, {} in sync, {} failed.\n\nFailed images:\n",
                     run.copied, run.skipped, run.failed
@@ -579,6 +594,7 @@ pub async fn record_status(
                         &body,
                     )
                     .await?;
+                store.claim_notification(&run_id).await?;
                 notified = true;
             }
             let s = RunSummary {

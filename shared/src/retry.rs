@@ -89,13 +89,23 @@ impl ErrorClass {
         }
     }
 
-    /// The class of an AWS service error from its code and HTTP status: throttling and
-    /// server errors are retried, access errors are auth, other client errors are bad input.
+    /// The class of an AWS service error from its code and HTTP status: throttling, timeouts
+    /// and server errors are retried, access errors are auth, other client errors are bad
+    /// input. Some retryable errors come with a 400: S3's `RequestTimeout` (and `SlowDown`,
+    /// usually a 503), DynamoDB's `ProvisionedThroughputExceededException`, and
+    /// `Throttling`/`ThrottlingException` on any service.
     pub fn from_aws_error(code: Option<&str>, status: u16) -> Self {
         let code = code.unwrap_or("");
         if code.contains("Throttl")
             || code.contains("TooManyRequests")
             || code.contains("RequestLimitExceeded")
+            || matches!(
+                code,
+                "RequestTimeout"
+                    | "RequestTimeoutException"
+                    | "SlowDown"
+                    | "ProvisionedThroughputExceededException"
+            )
             || code == "ServerException"
             || status >= 500
             || status == 429
@@ -353,6 +363,13 @@ mod tests {
         use ErrorClass::*;
         for (code, status, class) in [
             ("ThrottlingException", 400, Retryable),
+            // S3: the connection sat idle too long / too many requests to a prefix.
+            ("RequestTimeout", 400, Retryable),
+            ("SlowDown", 400, Retryable),
+            ("SlowDown", 503, Retryable),
+            // DynamoDB (provisioned tables) and other services' throttling.
+            ("ProvisionedThroughputExceededException", 400, Retryable),
+            ("Throttling", 400, Retryable),
             ("ServerException", 500, Retryable),
             ("AccessDeniedException", 400, AuthDenied),
             ("InvalidSubnetID.NotFound", 400, BadInput),
@@ -403,6 +420,18 @@ mod tests {
         type HeadError = aws_sdk_s3::operation::head_object::HeadObjectError;
         let e = aws_error("S3", SdkError::<HeadError>::timeout_error("slow"));
         assert_eq!(e.class, ErrorClass::Retryable);
+        // Retryable although a 400, on whichever service answers it.
+        for code in [
+            "RequestTimeout",
+            "SlowDown",
+            "ProvisionedThroughputExceededException",
+            "ThrottlingException",
+        ] {
+            let e = classed("S3", HeadError::generic(meta(code)), 400);
+            assert_eq!(e.class, ErrorClass::Retryable, "{code}");
+            let e = classed("SQS", SqsError::generic(meta(code)), 400);
+            assert_eq!(e.class, ErrorClass::Retryable, "{code}");
+        }
     }
 
     #[test]

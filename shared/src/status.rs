@@ -113,6 +113,8 @@ pub trait StatusStore: Send + Sync {
     async fn list_runs(&self, limit: usize) -> Result<Vec<RunRecord>, StoreError>;
     /// Marks the run as notified; true only for the first caller (one message per run).
     async fn claim_notification(&self, run_id: &str) -> Result<bool, StoreError>;
+    /// Whether the run was marked notified (a message about it went out).
+    async fn is_notified(&self, run_id: &str) -> Result<bool, StoreError>;
 }
 
 /// SQLite-backed store for one machine.
@@ -318,6 +320,18 @@ impl StatusStore for SqliteStore {
             [run_id],
         )? > 0)
     }
+
+    async fn is_notified(&self, run_id: &str) -> Result<bool, StoreError> {
+        let c = self.conn.lock().unwrap();
+        let n: Option<i64> = c
+            .query_row(
+                "SELECT notified FROM runs WHERE run_id = ?1",
+                [run_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(n.unwrap_or(0) != 0)
+    }
 }
 
 #[cfg(test)]
@@ -410,7 +424,9 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["b", "a"]
         );
+        assert!(!store.is_notified("a").await.unwrap());
         assert!(store.claim_notification("a").await.unwrap());
+        assert!(store.is_notified("a").await.unwrap());
         assert!(
             !store.claim_notification("a").await.unwrap(),
             "one notification per run"

@@ -3,7 +3,7 @@
 //! carry the image and the token, never a credential: the worker fetches those itself.
 
 use crate::retry::{ErrorClass, ItemError};
-use crate::workflow::DispatchRequest;
+use crate::workflow::{CopyTask, DispatchRequest};
 use async_trait::async_trait;
 use aws_sdk_ecs::types::{
     AssignPublicIp, AwsVpcConfiguration, ContainerOverride, KeyValuePair, LaunchType,
@@ -14,6 +14,16 @@ use aws_sdk_ecs::types::{
 #[async_trait]
 pub trait TaskRunner: Send + Sync {
     async fn start(&self, req: &DispatchRequest) -> Result<String, ItemError>;
+    /// Stops the workers still running for this image of this run; returns how many.
+    async fn stop(&self, run_id: &str, task: &CopyTask) -> Result<usize, ItemError>;
+}
+
+/// The `startedBy` of an image's copy tasks: one per run and destination (ECS allows 36
+/// characters), so a timed-out copy's task can be found and stopped.
+pub fn started_by(run_id: &str, task: &CopyTask) -> String {
+    use sha2::{Digest as _, Sha256};
+    let h = Sha256::digest(format!("{run_id}\n{}", task.dest).as_bytes());
+    format!("th-{}", &hex::encode(h)[..32])
 }
 
 /// Where and how Fargate tasks run.
@@ -71,10 +81,7 @@ impl TaskRunner for EcsRunner {
             .task_definition(&s.task_definition)
             .launch_type(LaunchType::Fargate)
             .count(1)
-            .started_by(format!(
-                "transfer-hub-{}",
-                req.run_id.chars().take(24).collect::<String>()
-            ))
+            .started_by(started_by(&req.run_id, &req.task))
             .network_configuration(
                 NetworkConfiguration::builder()
                     .awsvpc_configuration(vpc)
@@ -108,5 +115,39 @@ impl TaskRunner for EcsRunner {
             .and_then(|t| t.task_arn())
             .map(str::to_string)
             .ok_or_else(|| ItemError::new(ErrorClass::Retryable, "ECS RunTask started no task"))
+    }
+
+    async fn stop(&self, run_id: &str, task: &CopyTask) -> Result<usize, ItemError> {
+        let s = &self.settings;
+        let mut arns = Vec::new();
+        let mut next = None;
+        loop {
+            let out = self
+                .client
+                .list_tasks()
+                .cluster(&s.cluster)
+                .started_by(started_by(run_id, task))
+                .desired_status(aws_sdk_ecs::types::DesiredStatus::Running)
+                .set_next_token(next)
+                .send()
+                .await
+                .map_err(|e| crate::retry::aws_error("ECS ListTasks", e))?;
+            arns.extend(out.task_arns().iter().cloned());
+            next = out.next_token().map(str::to_string);
+            if next.is_none() {
+                break;
+            }
+        }
+        for arn in &arns {
+            self.client
+                .stop_task()
+                .cluster(&s.cluster)
+                .task(arn)
+                .reason("transfer-hub: the copy timed out (no heartbeat); a retry starts another")
+                .send()
+                .await
+                .map_err(|e| crate::retry::aws_error("ECS StopTask", e))?;
+        }
+        Ok(arns.len())
     }
 }

@@ -90,6 +90,30 @@ pub struct DispatchRequest {
     pub task: CopyTask,
 }
 
+/// `dispatch-fargate` input when a copy timed out (`{"action": "stop", "run_id", "task"}`):
+/// stop that image's copy task before the retry starts another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopRequest {
+    pub action: StopAction,
+    pub run_id: String,
+    pub task: CopyTask,
+}
+
+/// The one action of a [`StopRequest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StopAction {
+    Stop,
+}
+
+/// What `dispatch-fargate` is asked: start a copy task, or stop a timed-out one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DispatchInput {
+    Stop(StopRequest),
+    Start(DispatchRequest),
+}
+
 /// What the copy worker reports with `SendTaskSuccess`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CopyResult {

@@ -2,9 +2,12 @@
 //! - [`RegistryServer`]: Debian's `docker-registry` (Distribution 2.8) on a free port, in a
 //!   temp dir, optionally with htpasswd auth; its access log counts requests.
 //! - [`OciImage`]: test images with random layers written as OCI layouts, pushed with skopeo.
-//! - [`MotoServer`]: the AWS API emulator (moto) for ECR.
+//! - [`MotoServer`]: the AWS API emulator (moto); [`iam::IamMoto`]: moto with IAM enforced,
+//!   each function running with its template role's statements.
 //! - [`CutWritesProxy`]: a TCP proxy that lets reads through and cuts every write, to make
 //!   a destination fail in the middle of a run.
+
+pub mod iam;
 
 use anyhow::{Context, Result, bail};
 use sha2::{Digest as _, Sha256};
@@ -475,18 +478,22 @@ impl MotoServer {
     /// moto with extra environment (e.g. `MOTO_PORT`, where its Step Functions interpreter
     /// sends the service calls of the states it runs).
     pub fn start_with_env(env: &[(&str, String)]) -> Self {
+        // `python3 -m moto.server` is the same server as the `moto_server` script, and needs no PATH entry.
+        Self::launch(&["-m", "moto.server"], env)
+    }
+
+    /// moto started by a Python script that wraps its server (e.g. `tests/moto_iam.py`),
+    /// with the same arguments.
+    pub fn start_script(script: &Path, env: &[(&str, String)]) -> Self {
+        Self::launch(&[script.to_str().unwrap()], env)
+    }
+
+    fn launch(program: &[&str], env: &[(&str, String)]) -> Self {
         let port = free_port();
         let log = tempfile::NamedTempFile::new().unwrap();
-        // `python3 -m moto.server` is the same server as the `moto_server` script, and needs no PATH entry.
         let child = Command::new("python3")
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
+            .args(program)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .envs(env.iter().map(|(k, v)| (k.to_string(), v.clone())))
             .stdout(log.reopen().unwrap())
             .stderr(log.reopen().unwrap())
@@ -802,7 +809,7 @@ pub fn quote_numbers(body: &str, keys: &[&str]) -> String {
     out
 }
 
-/// moto answers `RunTask`/`DescribeTasks` with a container's `cpu` and `memory` as JSON
+/// moto answers `RunTask`/`DescribeTasks`/`StopTask` with a container's `cpu` and `memory` as JSON
 /// numbers where the ECS API (and so the Rust SDK) has strings: this proxy in front of moto
 /// quotes those two fields and passes everything else as is.
 pub fn ecs_types_proxy(moto_endpoint: &str) -> HttpProxy {
@@ -810,7 +817,9 @@ pub fn ecs_types_proxy(moto_endpoint: &str) -> HttpProxy {
     HttpProxy::start(
         Arc::new(move |head: &str| (upstream.clone(), head.to_string())),
         Arc::new(|head: &str, status, body| {
-            let ecs_task_call = head.contains("RunTask") || head.contains("DescribeTasks");
+            let ecs_task_call = ["RunTask", "DescribeTasks", "StopTask"]
+                .iter()
+                .any(|c| head.contains(c));
             let body = if ecs_task_call {
                 quote_numbers(&String::from_utf8_lossy(&body), &["cpu", "memory"]).into_bytes()
             } else {

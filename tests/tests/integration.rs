@@ -7,6 +7,7 @@ mod integration {
     pub mod cli;
     pub mod ecr;
     pub mod hostile;
+    pub mod iam;
     pub mod images;
     pub mod interrupt;
     pub mod objects;

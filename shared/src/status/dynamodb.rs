@@ -343,6 +343,24 @@ impl StatusStore for DynamoStore {
             .await;
         conditional("UpdateItem notified", out)
     }
+
+    async fn is_notified(&self, run_id: &str) -> Result<bool, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(run_id))
+            .key("sk", s("run"))
+            .projection_expression("notified")
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk("GetItem notified", e))?;
+        Ok(matches!(
+            out.item().and_then(|i| i.get("notified")),
+            Some(AttributeValue::Bool(true))
+        ))
+    }
 }
 
 #[cfg(test)]

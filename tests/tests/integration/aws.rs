@@ -1,5 +1,8 @@
 //! The AWS functions' handlers against moto (SSM, S3, DynamoDB, ECR, ECS, SNS, SQS,
-//! Secrets Manager) and real registries; the copy worker binary end to end.
+//! Secrets Manager) with IAM enforced and real registries; the copy worker binary end to end.
+//! Each function (and the worker) runs as its role: a user whose only policy is that role's
+//! statements in the SAM-transformed template.yaml (hub_tests::iam), so a call the template
+//! does not allow fails the test. Setup and checks use the rig's admin user.
 
 use hub_core::config::Env;
 use hub_core::ecr::{self, Ecr, EcrRepos, Registries};
@@ -12,16 +15,16 @@ use hub_core::status::dynamodb::DynamoStore;
 use hub_core::status::{Status, StatusStore};
 use hub_core::tasks::{EcsRunner, EcsSettings};
 use hub_core::workflow::{DispatchRequest, ListRequest, Listed, RecordRequest};
-use hub_tests::{
-    MotoServer, OciImage, RegistryServer, aws_fixtures, event, transfer_hub_bin, write_authfile,
-};
+use hub_tests::iam::{Deployment, IamMoto};
+use hub_tests::{OciImage, RegistryServer, aws_fixtures, event, transfer_hub_bin, write_authfile};
 use std::collections::HashMap;
 
 const REGION: &str = "eu-west-1";
 const ECR_HOST: &str = "123456789012.dkr.ecr.eu-west-1.amazonaws.com";
 
 struct Aws {
-    moto: MotoServer,
+    iam: IamMoto,
+    /// The admin's: setup and checks.
     conf: aws_config::SdkConfig,
     table: String,
     bucket: String,
@@ -29,10 +32,10 @@ struct Aws {
 }
 
 impl Aws {
-    fn start() -> Self {
-        let moto = MotoServer::start();
+    fn start(test: &str) -> Self {
+        let iam = IamMoto::start(test);
         let rt = tokio::runtime::Runtime::new().unwrap();
-        let conf = rt.block_on(moto.sdk_config(REGION));
+        let conf = rt.block_on(iam.admin_config(REGION));
         let (table, bucket) = (
             "transfer-hub-status".to_string(),
             "transfer-hub-payloads".to_string(),
@@ -42,7 +45,7 @@ impl Aws {
             aws_fixtures::bucket(&conf, &bucket).await;
         });
         Self {
-            moto,
+            iam,
             conf,
             table,
             bucket,
@@ -50,15 +53,37 @@ impl Aws {
         }
     }
 
-    fn store(&self) -> DynamoStore {
-        DynamoStore::new(
-            aws_sdk_dynamodb::Client::new(&self.conf),
-            self.table.clone(),
-        )
+    /// The template deployed with these parameters, with this test's table and bucket.
+    fn deployment(&self, params: &[(&str, &str)]) -> Deployment {
+        let mut d = Deployment::new(REGION)
+            .table("StatusTable", &self.table)
+            .bucket("PayloadBucket", &self.bucket);
+        for (k, v) in params {
+            d = d.param(k, v);
+        }
+        d
     }
-    fn blobs(&self) -> S3Blobs {
+
+    /// The SDK configuration of `role` in a deployment with these parameters.
+    fn role(&self, role: &str, params: &[(&str, &str)]) -> aws_config::SdkConfig {
+        self.role_in(role, &self.deployment(params))
+    }
+
+    fn role_in(&self, role: &str, d: &Deployment) -> aws_config::SdkConfig {
+        let keys = self.iam.role(role, d);
+        self.rt.block_on(self.iam.config(&keys, REGION))
+    }
+
+    /// The admin's view of the status table.
+    fn store(&self) -> DynamoStore {
+        self.store_as(&self.conf)
+    }
+    fn store_as(&self, conf: &aws_config::SdkConfig) -> DynamoStore {
+        DynamoStore::new(aws_sdk_dynamodb::Client::new(conf), self.table.clone())
+    }
+    fn blobs_as(&self, conf: &aws_config::SdkConfig) -> S3Blobs {
         S3Blobs {
-            client: aws_sdk_s3::Client::new(&self.conf),
+            client: aws_sdk_s3::Client::new(conf),
             bucket: self.bucket.clone(),
         }
     }
@@ -94,7 +119,7 @@ fn list_request(run_id: &str) -> ListRequest {
 
 #[test]
 fn list_images_reads_the_ssm_list_reports_bad_lines_and_puts_large_lists_in_s3() {
-    let aws = Aws::start();
+    let aws = Aws::start("aws-list_images_reads_the_ssm_list");
     let src = RegistryServer::start();
     for t in ["1", "2"] {
         OciImage::single(&[1024]).push(&format!("{}/team/app:{t}", src.addr), None);
@@ -114,7 +139,20 @@ fn list_images_reads_the_ssm_list_reports_bad_lines_and_puts_large_lists_in_s3()
         &format!("{ECR_HOST}/mirror"),
         &[("SELECT_TYPE", "SELECTED"), ("LIST_PARAMETER", "/th/list")],
     );
-    let (store, blobs, reg, params) = (aws.store(), aws.blobs(), http_only(), Ssm(ssm));
+    let deployed = [
+        ("SourceType", "Registry"),
+        ("SourceRegistry", src.addr.as_str()),
+        ("SelectType", "SELECTED"),
+        ("ListParameterName", "/th/list"),
+        ("DestPrefix", "mirror"),
+    ];
+    let list_role = aws.role("ListImagesRole", &deployed);
+    let (store, blobs, reg, params) = (
+        aws.store_as(&list_role),
+        aws.blobs_as(&list_role),
+        http_only(),
+        Ssm(aws_sdk_ssm::Client::new(&list_role)),
+    );
     let edges = ListEdges {
         params: &params,
         registry: &reg,
@@ -143,7 +181,7 @@ fn list_images_reads_the_ssm_list_reports_bad_lines_and_puts_large_lists_in_s3()
     );
     let (run, recs) = aws
         .rt
-        .block_on(store.get_run(Some("run-a")))
+        .block_on(aws.store().get_run(Some("run-a")))
         .unwrap()
         .unwrap();
     assert_eq!(run.source, src.addr);
@@ -166,14 +204,19 @@ fn list_images_reads_the_ssm_list_reports_bad_lines_and_puts_large_lists_in_s3()
         serde_json::to_vec(&big).unwrap().len() < 1024,
         "the payload is a pointer"
     );
-    let back = aws.rt.block_on(offload::load(&blobs, big.images)).unwrap();
+    // find-diff reads it back.
+    let diff_blobs = aws.blobs_as(&aws.role("FindDiffRole", &deployed));
+    let back = aws
+        .rt
+        .block_on(offload::load(&diff_blobs, big.images))
+        .unwrap();
     assert_eq!(back.len(), 3000);
     assert_eq!(back[2999].source, format!("{}/team/app:v2999", src.addr));
 }
 
 #[test]
 fn find_diff_on_a_day_without_change_starts_nothing_and_a_changed_tag_is_the_only_copy() {
-    let aws = Aws::start();
+    let aws = Aws::start("aws-find_diff_on_a_day_without_change");
     let (src, dst) = (RegistryServer::start(), RegistryServer::start());
     for t in ["1", "2"] {
         let img = OciImage::single(&[1024]);
@@ -181,18 +224,30 @@ fn find_diff_on_a_day_without_change_starts_nothing_and_a_changed_tag_is_the_onl
         img.push(&format!("{}/app:{t}", dst.addr), None);
     }
     let cfg = aws.config(&src.addr, &dst.addr, &[("SELECT_TYPE", "ALL")]);
-    let (store, blobs, reg) = (aws.store(), aws.blobs(), http_only());
-    let ssm = Ssm(aws_sdk_ssm::Client::new(&aws.conf));
+    let deployed = [
+        ("SourceType", "Registry"),
+        ("SourceRegistry", src.addr.as_str()),
+        ("SelectType", "ALL"),
+    ];
+    let (list_role, diff_role) = (
+        aws.role("ListImagesRole", &deployed),
+        aws.role("FindDiffRole", &deployed),
+    );
+    let reg = http_only();
+    let (list_store, list_blobs) = (aws.store_as(&list_role), aws.blobs_as(&list_role));
+    let (diff_store, diff_blobs) = (aws.store_as(&diff_role), aws.blobs_as(&diff_role));
+    let store = aws.store();
+    let ssm = Ssm(aws_sdk_ssm::Client::new(&list_role));
     let list = ListEdges {
         params: &ssm,
         registry: &reg,
-        blobs: &blobs,
-        store: &store,
+        blobs: &list_blobs,
+        store: &list_store,
     };
     let diff = DiffEdges {
         registry: &reg,
-        blobs: &blobs,
-        store: &store,
+        blobs: &diff_blobs,
+        store: &diff_store,
         prepare: None,
     };
 
@@ -244,7 +299,7 @@ fn find_diff_on_a_day_without_change_starts_nothing_and_a_changed_tag_is_the_onl
 
 #[test]
 fn find_diff_creates_missing_ecr_repositories_before_any_copy() {
-    let aws = Aws::start();
+    let aws = Aws::start("aws-find_diff_creates_missing_ecr_repositories");
     let src = RegistryServer::start();
     OciImage::single(&[1024]).push(&format!("{}/team/app:1", src.addr), None);
     let cfg = aws.config(
@@ -252,22 +307,31 @@ fn find_diff_creates_missing_ecr_repositories_before_any_copy() {
         &format!("{ECR_HOST}/mirror"),
         &[("SELECT_TYPE", "ALL")],
     );
-    let ecr_client = aws_sdk_ecr::Client::new(&aws.conf);
+    let deployed = [
+        ("SourceType", "Registry"),
+        ("SourceRegistry", src.addr.as_str()),
+        ("SelectType", "ALL"),
+        ("DestPrefix", "mirror"),
+    ];
+    let (list_role, diff_role) = (
+        aws.role("ListImagesRole", &deployed),
+        aws.role("FindDiffRole", &deployed),
+    );
     let host = ecr::parse_ecr_host(ECR_HOST).unwrap();
-    let reg = Registries {
+    let registries = |conf: &aws_config::SdkConfig| Registries {
         ecr: [(
             ECR_HOST.to_string(),
-            Ecr::from_client(ecr_client.clone(), host.clone()),
+            Ecr::from_client(aws_sdk_ecr::Client::new(conf), host.clone()),
         )]
         .into(),
         http: HttpRegistry::new(Default::default(), Vec::<String>::new()),
     };
     let prepare = EcrRepos {
-        ecr: Ecr::from_client(ecr_client.clone(), host),
+        ecr: Ecr::from_client(aws_sdk_ecr::Client::new(&diff_role), host.clone()),
         settings: cfg.repo_settings.clone(),
     };
-    let (store, blobs) = (aws.store(), aws.blobs());
-    let ssm = Ssm(aws_sdk_ssm::Client::new(&aws.conf));
+    let ecr_client = aws_sdk_ecr::Client::new(&aws.conf);
+    let ssm = Ssm(aws_sdk_ssm::Client::new(&list_role));
     let listed = aws
         .rt
         .block_on(handlers::list_images(
@@ -275,9 +339,9 @@ fn find_diff_creates_missing_ecr_repositories_before_any_copy() {
             &cfg,
             &ListEdges {
                 params: &ssm,
-                registry: &reg,
-                blobs: &blobs,
-                store: &store,
+                registry: &registries(&list_role),
+                blobs: &aws.blobs_as(&list_role),
+                store: &aws.store_as(&list_role),
             },
         ))
         .unwrap();
@@ -287,9 +351,9 @@ fn find_diff_creates_missing_ecr_repositories_before_any_copy() {
             listed,
             &cfg,
             &DiffEdges {
-                registry: &reg,
-                blobs: &blobs,
-                store: &store,
+                registry: &registries(&diff_role),
+                blobs: &aws.blobs_as(&diff_role),
+                store: &aws.store_as(&diff_role),
                 prepare: Some(&prepare),
             },
         ))
@@ -312,16 +376,33 @@ fn find_diff_creates_missing_ecr_repositories_before_any_copy() {
 
 #[test]
 fn dispatch_starts_one_fargate_task_with_the_image_and_no_secret_in_the_overrides() {
-    let aws = Aws::start();
-    let proxy = hub_tests::ecs_types_proxy(&aws.moto.endpoint);
-    let ecs_conf = aws_sdk_ecs::config::Builder::from(&aws.conf)
-        .endpoint_url(&proxy.endpoint)
-        .build();
-    let ecs = aws_sdk_ecs::Client::from_conf(ecs_conf);
+    let aws = Aws::start("aws-dispatch_starts_one_fargate_task");
+    let proxy = hub_tests::ecs_types_proxy(&aws.iam.moto.endpoint);
+    let ecs_at_proxy = |conf: &aws_config::SdkConfig| {
+        aws_sdk_ecs::Client::from_conf(
+            aws_sdk_ecs::config::Builder::from(conf)
+                .endpoint_url(&proxy.endpoint)
+                .build(),
+        )
+    };
+    let ecs = ecs_at_proxy(&aws.conf);
     aws.rt.block_on(aws_fixtures::copy_cluster(&aws.conf));
-    let (subnet, sg) = aws.moto.network(REGION);
+    let (subnet, sg) = aws.iam.network(REGION);
+    let arn = |what: &str| format!("arn:aws:{what}");
+    let deployed = Deployment::new(REGION)
+        .resource(
+            "CopyTaskDefinition",
+            &arn("ecs:eu-west-1:123456789012:task-definition/th-copy:1"),
+            &arn("ecs:eu-west-1:123456789012:task-definition/th-copy:1"),
+        )
+        .resource(
+            "CopyCluster",
+            "th",
+            &arn("ecs:eu-west-1:123456789012:cluster/th"),
+        );
+    let dispatch_role = aws.role_in("DispatchFargateRole", &deployed);
     let runner = EcsRunner {
-        client: ecs.clone(),
+        client: ecs_at_proxy(&dispatch_role),
         settings: EcsSettings {
             cluster: "th".into(),
             task_definition: "th-copy".into(),
@@ -385,21 +466,104 @@ fn dispatch_starts_one_fargate_task_with_the_image_and_no_secret_in_the_override
     );
 }
 
+/// A copy that stopped sending heartbeats may still be running: the state machine asks
+/// dispatch-fargate to stop that image's task before the retry starts another. Only that
+/// image's task stops; another image's copy goes on.
+#[test]
+fn a_timed_out_copy_has_its_task_stopped_and_no_other() {
+    let aws = Aws::start("aws-a_timed_out_copy_has_its_task_stopped");
+    let proxy = hub_tests::ecs_types_proxy(&aws.iam.moto.endpoint);
+    let ecs_at_proxy = |conf: &aws_config::SdkConfig| {
+        aws_sdk_ecs::Client::from_conf(
+            aws_sdk_ecs::config::Builder::from(conf)
+                .endpoint_url(&proxy.endpoint)
+                .build(),
+        )
+    };
+    aws.rt.block_on(aws_fixtures::copy_cluster(&aws.conf));
+    let (subnet, sg) = aws.iam.network(REGION);
+    let arn = |what: &str| format!("arn:aws:ecs:eu-west-1:123456789012:{what}");
+    let deployed = Deployment::new(REGION)
+        .resource(
+            "CopyTaskDefinition",
+            &arn("task-definition/th-copy:1"),
+            &arn("task-definition/th-copy:1"),
+        )
+        .resource("CopyCluster", "th", &arn("cluster/th"));
+    let runner = EcsRunner {
+        client: ecs_at_proxy(&aws.role_in("DispatchFargateRole", &deployed)),
+        settings: EcsSettings {
+            cluster: "th".into(),
+            task_definition: "th-copy".into(),
+            container: "copy".into(),
+            subnets: vec![subnet],
+            security_groups: vec![sg],
+            assign_public_ip: false,
+        },
+    };
+    let start: DispatchRequest = serde_json::from_value(event("dispatch-fargate.json")).unwrap();
+    let mut other = start.clone();
+    other.task.dest = format!("{ECR_HOST}/mirror/team/other:1");
+    let (timed_out, going_on) = aws.rt.block_on(async {
+        let a = handlers::dispatch_fargate(start.clone(), &runner)
+            .await
+            .unwrap();
+        let b = handlers::dispatch_fargate(other, &runner).await.unwrap();
+        (
+            a["task_arn"].as_str().unwrap().to_string(),
+            b["task_arn"].as_str().unwrap().to_string(),
+        )
+    });
+    // The sample stop input, as the state machine sends it.
+    let stop = match serde_json::from_value(event("dispatch-fargate-stop.json")).unwrap() {
+        hub_core::workflow::DispatchInput::Stop(s) => s,
+        other => panic!("the stop sample parsed as {other:?}"),
+    };
+    assert!(matches!(
+        serde_json::from_value(event("dispatch-fargate.json")).unwrap(),
+        hub_core::workflow::DispatchInput::Start(_)
+    ));
+    let out = aws
+        .rt
+        .block_on(handlers::stop_copy_tasks(stop.clone(), &runner))
+        .unwrap();
+    assert_eq!(out["stopped"], 1, "{out}");
+    let admin = ecs_at_proxy(&aws.conf);
+    let status = |task: &str| {
+        let d = aws
+            .rt
+            .block_on(admin.describe_tasks().cluster("th").tasks(task).send())
+            .unwrap();
+        d.tasks()[0]
+            .desired_status()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(status(&timed_out), "STOPPED");
+    assert_eq!(status(&going_on), "RUNNING", "another image's copy goes on");
+    let again = aws
+        .rt
+        .block_on(handlers::stop_copy_tasks(stop, &runner))
+        .unwrap();
+    assert_eq!(again["stopped"], 0, "nothing left to stop: {again}");
+}
+
 #[test]
 fn record_status_keeps_the_newest_result_and_sends_one_message_per_failed_run() {
-    let aws = Aws::start();
-    let store = aws.store();
-    let sns = aws_sdk_sns::Client::new(&aws.conf);
+    let aws = Aws::start("aws-record_status_keeps_the_newest_result");
     let (topic, queue_url) = aws
         .rt
         .block_on(aws_fixtures::topic_with_queue(&aws.conf, "th-alarms"));
+    let deployed = aws.deployment(&[]).resource("AlarmTopic", &topic, &topic);
+    let record_role = aws.role_in("RecordStatusRole", &deployed);
+    let store = aws.store_as(&record_role);
     let notifier = Sns {
-        client: sns,
+        client: aws_sdk_sns::Client::new(&record_role),
         topic_arn: topic,
     };
     let run_id = "sample-run-0001";
     aws.rt
-        .block_on(store.put_run(&hub_core::status::RunRecord {
+        .block_on(aws.store().put_run(&hub_core::status::RunRecord {
             run_id: run_id.into(),
             source: "registry.example.com:5000".into(),
             dest: ECR_HOST.into(),
@@ -487,7 +651,7 @@ fn record_status_keeps_the_newest_result_and_sends_one_message_per_failed_run() 
     );
     let (_, items) = aws
         .rt
-        .block_on(store.get_run(Some(run_id)))
+        .block_on(aws.store().get_run(Some(run_id)))
         .unwrap()
         .unwrap();
     let statuses: Vec<(&str, Status)> = items
@@ -517,9 +681,157 @@ fn record_status_keeps_the_newest_result_and_sends_one_message_per_failed_run() 
     );
 }
 
+/// A destination registry that needs a login (DestCredentialSecret): list-images and
+/// find-diff read the secret with their roles and find-diff sees the destination's digest
+/// through it (an unchanged image is skipped, not copied again).
+#[test]
+fn list_images_and_find_diff_log_in_to_the_destination_with_its_secret() {
+    let aws = Aws::start("aws-list_images_and_find_diff_log_in_to_the_destination");
+    let canary = format!("dest-canary-{}", fastrand::u64(..));
+    let (src, dst) = (
+        RegistryServer::start(),
+        RegistryServer::start_with_login("pusher", &canary),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let auth = dir.path().join("auth.json");
+    write_authfile(&auth, &[(&dst.addr, "pusher", &canary)]);
+    let img = OciImage::single(&[1024]);
+    img.push(&format!("{}/app:1", src.addr), None);
+    img.push(&format!("{}/app:1", dst.addr), Some(&auth));
+    aws.rt
+        .block_on(
+            aws_sdk_secretsmanager::Client::new(&aws.conf)
+                .create_secret()
+                .name("th/dest")
+                .secret_string(format!(r#"{{"username":"pusher","password":"{canary}"}}"#))
+                .send(),
+        )
+        .unwrap();
+    let cfg = aws.config(&src.addr, &dst.addr, &[("SELECT_TYPE", "ALL")]);
+    let deployed = [
+        ("SourceType", "Registry"),
+        ("SourceRegistry", src.addr.as_str()),
+        ("SelectType", "ALL"),
+        ("DestCredentialSecret", "th/dest"),
+    ];
+    let hosts = [
+        (src.addr.clone(), None),
+        (dst.addr.clone(), Some("th/dest".to_string())),
+    ];
+    let registries = |conf: &aws_config::SdkConfig| {
+        let secrets = aws_sdk_secretsmanager::Client::new(conf);
+        aws.rt
+            .block_on(handlers::registries_for(&hosts, Some(&secrets), Vec::new()))
+            .unwrap()
+    };
+    let (list_role, diff_role) = (
+        aws.role("ListImagesRole", &deployed),
+        aws.role("FindDiffRole", &deployed),
+    );
+    let ssm = Ssm(aws_sdk_ssm::Client::new(&list_role));
+    let listed = aws
+        .rt
+        .block_on(handlers::list_images(
+            list_request("dest-login"),
+            &cfg,
+            &ListEdges {
+                params: &ssm,
+                registry: &registries(&list_role),
+                blobs: &aws.blobs_as(&list_role),
+                store: &aws.store_as(&list_role),
+            },
+        ))
+        .unwrap();
+    let d = aws
+        .rt
+        .block_on(handlers::find_diff(
+            listed,
+            &cfg,
+            &DiffEdges {
+                registry: &registries(&diff_role),
+                blobs: &aws.blobs_as(&diff_role),
+                store: &aws.store_as(&diff_role),
+                prepare: None,
+            },
+        ))
+        .unwrap();
+    assert_eq!((d.copies.count, d.skipped, d.failed), (0, 1, 0), "{d:?}");
+    assert!(!format!("{d:?}").contains(&canary));
+}
+
+/// SNS that is down: every publish fails.
+struct SnsDown;
+
+#[async_trait::async_trait]
+impl hub_core::notify::Notifier for SnsDown {
+    async fn publish(&self, _: &str, _: &str) -> Result<(), hub_core::retry::ItemError> {
+        Err(hub_core::retry::ItemError::new(
+            hub_core::retry::ErrorClass::Retryable,
+            "SNS Publish: service unavailable",
+        ))
+    }
+}
+
+#[test]
+fn a_failure_mail_that_could_not_be_sent_is_sent_by_the_next_attempt() {
+    let aws = Aws::start("aws-a_failure_mail_that_could_not_be_sent");
+    let (topic, queue_url) = aws
+        .rt
+        .block_on(aws_fixtures::topic_with_queue(&aws.conf, "th-alarms"));
+    let deployed = aws.deployment(&[]).resource("AlarmTopic", &topic, &topic);
+    let record_role = aws.role_in("RecordStatusRole", &deployed);
+    let store = aws.store_as(&record_role);
+    let run_id = "sample-run-0001";
+    aws.rt
+        .block_on(aws.store().put_run(&hub_core::status::RunRecord {
+            run_id: run_id.into(),
+            source: "registry.example.com:5000".into(),
+            dest: ECR_HOST.into(),
+            dry_run: false,
+            started_at: chrono::Utc::now(),
+            ended_at: None,
+            copied: 0,
+            skipped: 0,
+            failed: 0,
+            bytes: 0,
+        }))
+        .unwrap();
+    let failed: RecordRequest = serde_json::from_value(event("record-status-failed.json")).unwrap();
+    aws.rt
+        .block_on(handlers::record_status(failed, &store, &SnsDown))
+        .unwrap();
+    let run: RecordRequest = serde_json::from_value(event("record-status-run.json")).unwrap();
+    // The publish fails: the step fails (Step Functions retries it) and nothing is marked.
+    let e = aws
+        .rt
+        .block_on(handlers::record_status(run.clone(), &store, &SnsDown))
+        .unwrap_err();
+    assert!(e.message.contains("SNS"), "{e}");
+    // The retry publishes.
+    let sns = Sns {
+        client: aws_sdk_sns::Client::new(&record_role),
+        topic_arn: topic,
+    };
+    let retry = aws
+        .rt
+        .block_on(handlers::record_status(run.clone(), &store, &sns))
+        .unwrap();
+    assert_eq!(retry["notified"], true, "{retry}");
+    let again = aws
+        .rt
+        .block_on(handlers::record_status(run, &store, &sns))
+        .unwrap();
+    assert_eq!(again["notified"], false, "sent once: {again}");
+    let msgs = aws
+        .rt
+        .block_on(aws_fixtures::messages(&aws.conf, &queue_url));
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    assert!(msgs[0].contains("failed"), "{}", msgs[0]);
+}
+
 #[test]
 fn the_copy_worker_copies_into_ecr_with_a_registry_secret_and_reports_success_without_leaking_it() {
-    let aws = Aws::start();
+    let aws = Aws::start("aws-the_copy_worker_copies_into_ecr");
     let canary = format!("worker-canary-{}", fastrand::u64(..));
     let (src, backend) = (
         RegistryServer::start_with_login("puller", &canary),
@@ -540,7 +852,16 @@ fn the_copy_worker_copies_into_ecr_with_a_registry_secret_and_reports_success_wi
         )
         .unwrap();
 
-    let mut env = aws.moto.env(REGION);
+    let task_role = aws.iam.role(
+        "CopyTaskRole",
+        &aws.deployment(&[
+            ("SourceType", "Registry"),
+            ("SourceRegistry", src.addr.as_str()),
+            ("SourceCredentialSecret", "th/source"),
+            ("DestPrefix", "mirror"),
+        ]),
+    );
+    let mut env = aws.iam.env(&task_role, REGION);
     env.extend(
         [
             ("TASK_TOKEN", "token-123"),
@@ -598,7 +919,7 @@ fn the_copy_worker_copies_into_ecr_with_a_registry_secret_and_reports_success_wi
 
 #[test]
 fn find_diff_with_include_untagged_also_moves_the_ecr_images_no_tag_points_at() {
-    let aws = Aws::start();
+    let aws = Aws::start("aws-find_diff_with_include_untagged");
     let dst = RegistryServer::start();
     let ecr_client = aws_sdk_ecr::Client::new(&aws.conf);
     let manifest = |n: u8| {
@@ -643,22 +964,32 @@ fn find_diff_with_include_untagged_also_moves_the_ecr_images_no_tag_points_at() 
             .to_string()
     });
     let host = ecr::parse_ecr_host(ECR_HOST).unwrap();
-    let reg = Registries {
+    let registries = |conf: &aws_config::SdkConfig| Registries {
         ecr: [(
             ECR_HOST.to_string(),
-            Ecr::from_client(ecr_client.clone(), host),
+            Ecr::from_client(aws_sdk_ecr::Client::new(conf), host.clone()),
         )]
         .into(),
         http: HttpRegistry::new(Default::default(), Vec::<String>::new()),
     };
-    let (store, blobs) = (aws.store(), aws.blobs());
-    let ssm = Ssm(aws_sdk_ssm::Client::new(&aws.conf));
     let diff = |untagged: &str, run: &str| {
         let cfg = aws.config(
             ECR_HOST,
             &dst.addr,
             &[("SELECT_TYPE", "ALL"), ("INCLUDE_UNTAGGED", untagged)],
         );
+        let deployed = [
+            ("SourceType", "ECR"),
+            ("SourceRegion", REGION),
+            ("SourceAccountId", "123456789012"),
+            ("SelectType", "ALL"),
+            ("IncludeUntagged", untagged),
+        ];
+        let (list_role, diff_role) = (
+            aws.role("ListImagesRole", &deployed),
+            aws.role("FindDiffRole", &deployed),
+        );
+        let ssm = Ssm(aws_sdk_ssm::Client::new(&list_role));
         let listed = aws
             .rt
             .block_on(handlers::list_images(
@@ -666,9 +997,9 @@ fn find_diff_with_include_untagged_also_moves_the_ecr_images_no_tag_points_at() 
                 &cfg,
                 &ListEdges {
                     params: &ssm,
-                    registry: &reg,
-                    blobs: &blobs,
-                    store: &store,
+                    registry: &registries(&list_role),
+                    blobs: &aws.blobs_as(&list_role),
+                    store: &aws.store_as(&list_role),
                 },
             ))
             .unwrap();
@@ -677,9 +1008,9 @@ fn find_diff_with_include_untagged_also_moves_the_ecr_images_no_tag_points_at() 
                 listed,
                 &cfg,
                 &DiffEdges {
-                    registry: &reg,
-                    blobs: &blobs,
-                    store: &store,
+                    registry: &registries(&diff_role),
+                    blobs: &aws.blobs_as(&diff_role),
+                    store: &aws.store_as(&diff_role),
                     prepare: None,
                 },
             ))

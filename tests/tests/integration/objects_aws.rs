@@ -1,12 +1,22 @@
 //! The object suite's handlers (diff-objects, transfer-object, check-multipart) against
-//! moto's S3, SQS, DynamoDB and Secrets Manager on 127.0.0.1, called with SQS events
-//! built like Lambda builds them and with the samples in events/.
+//! moto's S3, SQS, DynamoDB and Secrets Manager on 127.0.0.1 with IAM enforced, called with
+//! SQS events built like Lambda builds them and with the samples in events/.
+//!
+//! Each function runs as its role: a user whose policy is exactly that role's statements in
+//! the SAM-transformed template.yaml (hub_tests::iam), so a call the template does not allow
+//! fails the test. The destination is reached with the role's own credentials, as on AWS.
+//! The source is read with the keys in the `src-keys` secret (ObjectSourceCredentialSecret:
+//! another account's bucket): they belong to a user holding what that bucket's owner would
+//! grant, read-only (s3:ListBucket on the bucket; s3:GetObject, s3:GetObjectVersion and
+//! s3:GetObjectTagging on its objects); one test reads a same-account source with the role.
+//! Setup and checks use the rig's admin user.
 
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use aws_sdk_s3::primitives::ByteStream;
 use hub_core::config::Env;
 use hub_core::functions::ObjectsFn;
-use hub_tests::{MotoServer, aws_fixtures, event};
+use hub_tests::iam::{Deployment, IamMoto};
+use hub_tests::{aws_fixtures, event};
 use md5::{Digest, Md5};
 use std::collections::HashMap;
 
@@ -14,7 +24,7 @@ const REGION: &str = "eu-west-1";
 const MIB: usize = 1024 * 1024;
 
 struct Suite {
-    moto: MotoServer,
+    iam: IamMoto,
     conf: aws_config::SdkConfig,
     s3: aws_sdk_s3::Client,
     sqs: aws_sdk_sqs::Client,
@@ -23,12 +33,53 @@ struct Suite {
     rt: tokio::runtime::Runtime,
 }
 
+/// The three object functions of one configuration, each with its own role.
+struct Fns {
+    diff_fn: ObjectsFn,
+    transfer_fn: ObjectsFn,
+    check_fn: ObjectsFn,
+}
+
+impl Fns {
+    async fn diff(
+        &self,
+        req: hub_core::objects::suite::DiffRequest,
+        deadline_ms: u64,
+    ) -> Result<hub_core::objects::suite::DiffSummary, hub_core::retry::ItemError> {
+        self.diff_fn.diff(req, deadline_ms).await
+    }
+
+    async fn transfer(
+        &self,
+        ev: SqsEvent,
+    ) -> Result<aws_lambda_events::event::sqs::SqsBatchResponse, hub_core::retry::ItemError> {
+        self.transfer_fn.transfer(ev).await
+    }
+
+    async fn check(
+        &self,
+        input: serde_json::Value,
+    ) -> Result<hub_core::objects::suite::CheckSummary, hub_core::retry::ItemError> {
+        self.check_fn.check(input).await
+    }
+}
+
+/// What a bucket owner in another account grants the copy: reading its bucket, nothing else.
+fn source_owner_grant(bucket: &str) -> serde_json::Value {
+    serde_json::json!([
+        {"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": format!("arn:aws:s3:::{bucket}")},
+        {"Effect": "Allow", "Action": ["s3:GetObject", "s3:GetObjectVersion", "s3:GetObjectTagging"],
+         "Resource": format!("arn:aws:s3:::{bucket}/*")}
+    ])
+}
+
 impl Suite {
-    fn start() -> Self {
-        let moto = MotoServer::start();
+    fn start(test: &str) -> Self {
+        let iam = IamMoto::start(test);
         let rt = tokio::runtime::Runtime::new().unwrap();
-        let conf = rt.block_on(moto.sdk_config(REGION));
+        let conf = rt.block_on(iam.admin_config(REGION));
         let sqs = aws_sdk_sqs::Client::new(&conf);
+        let reader = iam.grant("source-owner", source_owner_grant("src"));
         let (queue, dlq) = rt.block_on(async {
             for b in ["src", "dst"] {
                 aws_fixtures::bucket(&conf, b).await;
@@ -36,14 +87,18 @@ impl Suite {
             aws_fixtures::status_table(&conf, "status").await;
             aws_fixtures::uploads_table(&conf, "uploads").await;
             let sm = aws_sdk_secretsmanager::Client::new(&conf);
-            for name in ["src-keys", "dst-keys"] {
-                sm.create_secret()
-                    .name(name)
-                    .secret_string(r#"{"access_key_id":"testing","secret_access_key":"testing"}"#)
-                    .send()
-                    .await
-                    .unwrap();
-            }
+            sm.create_secret()
+                .name("src-keys")
+                .secret_string(
+                    serde_json::json!({
+                        "access_key_id": reader.access_key_id,
+                        "secret_access_key": reader.secret_access_key
+                    })
+                    .to_string(),
+                )
+                .send()
+                .await
+                .unwrap();
             sm.create_secret()
                 .name("no-keys")
                 .secret_string(r#"{"user":"x"}"#)
@@ -89,7 +144,7 @@ impl Suite {
         Self {
             s3: aws_sdk_s3::Client::new(&conf),
             sqs,
-            moto,
+            iam,
             conf,
             queue,
             dlq,
@@ -97,18 +152,17 @@ impl Suite {
         }
     }
 
-    fn env(&self, extra: &[(&str, &str)]) -> Env {
+    fn vars(&self, extra: &[(&str, &str)]) -> HashMap<String, String> {
         let mut m: HashMap<String, String> = [
             ("SOURCE_BUCKET", "src"),
             ("SOURCE_PREFIX", "in/"),
             ("SOURCE_REGION", REGION),
-            ("SOURCE_ENDPOINT", &self.moto.endpoint),
+            ("SOURCE_ENDPOINT", &self.iam.moto.endpoint),
             ("SOURCE_SECRET", "src-keys"),
             ("DEST_BUCKET", "dst"),
             ("DEST_PREFIX", "out/"),
             ("DEST_REGION", REGION),
-            ("DEST_ENDPOINT", &self.moto.endpoint),
-            ("DEST_SECRET", "dst-keys"),
+            ("DEST_ENDPOINT", &self.iam.moto.endpoint),
             ("TABLE_NAME", "status"),
             ("UPLOADS_TABLE", "uploads"),
             ("JOB_QUEUE_URL", &self.queue),
@@ -119,15 +173,81 @@ impl Suite {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         for (k, v) in extra {
-            m.insert(k.to_string(), v.to_string());
+            if v.is_empty() && k.ends_with("_SECRET") {
+                m.remove(*k);
+            } else {
+                m.insert(k.to_string(), v.to_string());
+            }
         }
-        Env::from_map(m)
+        m
     }
 
-    fn function(&self, extra: &[(&str, &str)]) -> ObjectsFn {
+    fn env(&self, extra: &[(&str, &str)]) -> Env {
+        Env::from_map(self.vars(extra))
+    }
+
+    /// The template deployed with the parameters this environment stands for, and the
+    /// tables and queue of this test.
+    fn deployment(&self, extra: &[(&str, &str)]) -> Deployment {
+        let vars = self.vars(extra);
+        let mut d = Deployment::new(REGION)
+            .table("StatusTable", "status")
+            .table("UploadsTable", "uploads")
+            .queue("JobQueue", &self.queue)
+            .queue("JobDeadLetterQueue", &self.dlq)
+            // The tests hand transfer-object S3 notifications too.
+            .param("ObjectEvents", "true");
+        for (var, param) in [
+            ("SOURCE_BUCKET", "ObjectSourceBucket"),
+            ("SOURCE_PREFIX", "ObjectSourcePrefix"),
+            ("SOURCE_REGION", "ObjectSourceRegion"),
+            ("SOURCE_ENDPOINT", "ObjectSourceEndpoint"),
+            ("SOURCE_SECRET", "ObjectSourceCredentialSecret"),
+            ("REQUESTER_PAYS", "ObjectRequesterPays"),
+            ("DEST_BUCKET", "ObjectDestBucket"),
+            ("DEST_PREFIX", "ObjectDestPrefix"),
+            ("KMS_KEY", "ObjectDestKmsKeyArn"),
+            ("INCLUDE_TAGS", "ObjectIncludeTags"),
+            ("DELETE_ON_EVENTS", "ObjectDeleteOnEvents"),
+        ] {
+            if let Some(v) = vars.get(var) {
+                d = d.param(param, v);
+            }
+        }
+        d
+    }
+
+    /// The SDK configuration of `role` deployed for this environment.
+    fn role_config(&self, role: &str, extra: &[(&str, &str)]) -> aws_config::SdkConfig {
+        let keys = self.iam.role(role, &self.deployment(extra));
+        self.rt.block_on(self.iam.config(&keys, REGION))
+    }
+
+    /// One function built as `role` for this environment.
+    fn function_as(&self, role: &str, extra: &[(&str, &str)]) -> Result<ObjectsFn, String> {
+        let conf = self.role_config(role, extra);
         self.rt
-            .block_on(ObjectsFn::from(self.env(extra), self.conf.clone()))
-            .unwrap()
+            .block_on(ObjectsFn::from(self.env(extra), conf))
+            .map_err(|e| e.to_string())
+    }
+
+    /// diff-objects, transfer-object and check-multipart for this environment, each as its role.
+    fn function(&self, extra: &[(&str, &str)]) -> Fns {
+        Fns {
+            diff_fn: self.function_as("DiffObjectsRole", extra).unwrap(),
+            transfer_fn: self.function_as("TransferObjectRole", extra).unwrap(),
+            check_fn: self.function_as("CheckMultipartRole", extra).unwrap(),
+        }
+    }
+
+    /// moto behind the strict S3 proxy (tests/src/s3_rig.rs), its own calls made as the
+    /// admin.
+    fn strict(&self) -> hub_tests::s3_rig::StrictS3 {
+        hub_tests::s3_rig::StrictS3::start_signed(
+            &self.iam.moto.endpoint,
+            std::sync::Arc::new(|_: &str, status, body| (status, vec![], body)),
+            self.iam.admin_keys(),
+        )
     }
 
     fn put(&self, key: &str, body: &[u8]) {
@@ -216,12 +336,17 @@ impl Suite {
 
     /// Runs check-multipart with `f`: exactly one upload completes, into `out/{key}` with the
     /// bytes of `source`, and no upload is left open.
-    fn completes(&self, f: &ObjectsFn, key: &str, source: &[u8]) {
+    fn completes(&self, f: &Fns, key: &str, source: &[u8]) {
         let sum = self
             .rt
             .block_on(f.check(event("check-multipart.json")))
             .unwrap();
-        assert_eq!(sum.completed, 1, "{sum:?}");
+        assert_eq!(
+            sum.completed,
+            1,
+            "{sum:?}; refused calls: {:?}",
+            self.iam.denied()
+        );
         let got = self.get("dst", &format!("out/{key}")).unwrap();
         assert_eq!(
             Md5::digest(&got),
@@ -237,7 +362,7 @@ impl Suite {
     }
 
     /// Hands a batch to `f` (transfer-object) and asserts no message of it failed.
-    fn handled(&self, f: &ObjectsFn, ev: SqsEvent) {
+    fn handled(&self, f: &Fns, ev: SqsEvent) {
         let r = self.rt.block_on(f.transfer(ev)).unwrap();
         assert!(r.batch_item_failures.is_empty(), "{r:?}");
     }
@@ -266,7 +391,9 @@ fn data(n: usize, seed: u8) -> Vec<u8> {
 
 #[test]
 fn diff_objects_queues_only_what_differs_and_a_quiet_hour_queues_nothing() {
-    let s = Suite::start();
+    let s = Suite::start(
+        "objects_aws-diff_objects_queues_only_what_differs_and_a_quiet_hour_queues_nothing",
+    );
     for i in 0..25 {
         s.put(&format!("in/k{i:02}"), &data(100 + i, 1));
     }
@@ -332,7 +459,9 @@ fn diff_objects_queues_only_what_differs_and_a_quiet_hour_queues_nothing() {
 #[test]
 fn diff_objects_in_rounds_queues_each_differing_object_exactly_once() {
     use hub_core::status::StatusStore as _;
-    let s = Suite::start();
+    let s = Suite::start(
+        "objects_aws-diff_objects_in_rounds_queues_each_differing_object_exactly_once",
+    );
     for i in 0..30 {
         s.put(&format!("in/k{i:02}"), &data(100 + i, 1));
     }
@@ -414,7 +543,9 @@ fn diff_objects_in_rounds_queues_each_differing_object_exactly_once() {
 
 #[test]
 fn parts_done_by_several_workers_in_any_order_and_twice_complete_into_the_source_object() {
-    let s = Suite::start();
+    let s = Suite::start(
+        "objects_aws-parts_done_by_several_workers_in_any_order_and_twice_complete_into_the_source_object",
+    );
     let big = data(16 * MIB + 777, 3);
     s.put("in/big.bin", &big);
     s.put("in/small.txt", b"hello");
@@ -443,7 +574,7 @@ fn parts_done_by_several_workers_in_any_order_and_twice_complete_into_the_source
         vec![recs[2].clone(), recs[1].clone()],
         vec![dup, recs[3].clone()],
     ];
-    let workers: Vec<ObjectsFn> = (0..3).map(|_| s.function(&[])).collect();
+    let workers: Vec<Fns> = (0..3).map(|_| s.function(&[])).collect();
     for (w, b) in workers.iter().zip(batches) {
         s.handled(w, Suite::batch(&b));
     }
@@ -485,7 +616,9 @@ fn parts_done_by_several_workers_in_any_order_and_twice_complete_into_the_source
 /// old upload's late part jobs do no harm, and the new plan completes into the source.
 #[test]
 fn a_stuck_upload_is_aborted_and_planned_again_into_the_source_object() {
-    let s = Suite::start();
+    let s = Suite::start(
+        "objects_aws-a_stuck_upload_is_aborted_and_planned_again_into_the_source_object",
+    );
     let big = data(16 * MIB + 4321, 7);
     s.put("in/big.bin", &big);
     let f = s.function(&[]);
@@ -534,7 +667,9 @@ fn a_stuck_upload_is_aborted_and_planned_again_into_the_source_object() {
 
 #[test]
 fn a_bad_message_is_reported_and_ends_in_the_dead_letter_queue_while_the_others_go_on() {
-    let s = Suite::start();
+    let s = Suite::start(
+        "objects_aws-a_bad_message_is_reported_and_ends_in_the_dead_letter_queue_while_the_others_go_on",
+    );
     s.put("in/ok.txt", b"fine");
     let f = s.function(&[]);
     let send = |body: &str| {
@@ -584,7 +719,9 @@ fn a_bad_message_is_reported_and_ends_in_the_dead_letter_queue_while_the_others_
 
 #[test]
 fn s3_events_out_of_order_and_twice_leave_what_the_newest_sequencer_says() {
-    let s = Suite::start();
+    let s = Suite::start(
+        "objects_aws-s3_events_out_of_order_and_twice_leave_what_the_newest_sequencer_says",
+    );
     let f = s.function(&[("DELETE_ON_EVENTS", "true")]);
     let note = |name: &str, key: &str, size: usize, seq: &str| {
         serde_json::json!({"Records": [{
@@ -645,7 +782,7 @@ fn s3_events_out_of_order_and_twice_leave_what_the_newest_sequencer_says() {
 
 #[test]
 fn the_transfer_object_sample_batch_is_handled_whole() {
-    let s = Suite::start();
+    let s = Suite::start("objects_aws-the_transfer_object_sample_batch_is_handled_whole");
     s.put("docs/readme.txt", b"hello world");
     s.put("incoming/photos/cat 1.jpg", &data(1024, 9));
     let f = s.function(&[("SOURCE_PREFIX", ""), ("DEST_PREFIX", "")]);
@@ -664,7 +801,9 @@ fn the_transfer_object_sample_batch_is_handled_whole() {
 
 #[test]
 fn configuration_problems_are_listed_together_and_a_secret_without_keys_is_named() {
-    let s = Suite::start();
+    let s = Suite::start(
+        "objects_aws-configuration_problems_are_listed_together_and_a_secret_without_keys_is_named",
+    );
     let env = s.env(&[
         ("STORAGE_CLASS", "FAST"),
         ("SOURCE_BUCKET", "Bad_Bucket"),
@@ -672,21 +811,17 @@ fn configuration_problems_are_listed_together_and_a_secret_without_keys_is_named
         ("DIFF_ROUND_SECONDS", "soon"),
     ]);
     let err =
-        s.rt.block_on(ObjectsFn::from(env, s.conf.clone()))
+        s.rt.block_on(ObjectsFn::from(env, s.role_config("DiffObjectsRole", &[])))
             .err()
             .expect("refused")
             .to_string();
     for needle in ["\"FAST\"", "Bad_Bucket", "PART_SIZE", "DIFF_ROUND_SECONDS"] {
         assert!(err.contains(needle), "{needle} missing from: {err}");
     }
-    let err =
-        s.rt.block_on(ObjectsFn::from(
-            s.env(&[("SOURCE_SECRET", "no-keys")]),
-            s.conf.clone(),
-        ))
+    let err = s
+        .function_as("DiffObjectsRole", &[("SOURCE_SECRET", "no-keys")])
         .err()
-        .expect("refused")
-        .to_string();
+        .expect("refused");
     assert!(
         err.contains("\"no-keys\"") && err.contains("access_key_id"),
         "{err}"
@@ -699,13 +834,20 @@ fn configuration_problems_are_listed_together_and_a_secret_without_keys_is_named
 
 #[test]
 fn diff_objects_sorts_an_unordered_listing_on_disk_and_queues_each_object_once_at_least() {
-    let s = Suite::start();
+    let s = Suite::start(
+        "objects_aws-diff_objects_sorts_an_unordered_listing_on_disk_and_queues_each_object_once_at_least",
+    );
     for k in ["a", "b", "c", "d"] {
         s.put(&format!("in/{k}"), k.as_bytes());
     }
     let proxy = hub_tests::HttpProxy::start(
         {
-            let up = s.moto.endpoint.trim_start_matches("http://").to_string();
+            let up = s
+                .iam
+                .moto
+                .endpoint
+                .trim_start_matches("http://")
+                .to_string();
             std::sync::Arc::new(move |head: &str| (up.clone(), head.to_string()))
         },
         hub_tests::reversed_listings("src"),
@@ -722,9 +864,65 @@ fn diff_objects_sorts_an_unordered_listing_on_disk_and_queues_each_object_once_a
     assert_eq!(keys, ["a", "b", "c", "d"]);
 }
 
+/// A source in the stack's own account (no ObjectSourceCredentialSecret): the functions read
+/// it with their roles and copy server-side (CopyObject, UploadPartCopy), which needs
+/// s3:GetObject on the source object beside s3:PutObject on the destination.
+#[test]
+fn a_same_account_source_is_read_with_the_roles_and_copied_server_side() {
+    let s = Suite::start("objects_aws-a_same_account_source_is_read_with_the_roles");
+    let big = data(16 * MIB + 99, 5);
+    s.put("in/big.bin", &big);
+    s.put("in/small.txt", b"hello");
+    let f = s.function(&[("SOURCE_SECRET", "")]);
+    let sum = s.rt.block_on(f.diff(Default::default(), 0)).unwrap();
+    assert_eq!(sum.to_copy, 2, "{sum:?}");
+    let ev = s.receive(&s.queue);
+    s.handled(&f, ev.clone());
+    s.ack(&s.queue, &ev, &[]);
+    assert_eq!(s.get("dst", "out/small.txt").unwrap(), b"hello");
+    let parts = s.receive(&s.queue);
+    assert_eq!(parts.records.len(), 4, "16 MiB in 5 MiB parts");
+    s.handled(&f, parts.clone());
+    s.ack(&s.queue, &parts, &[]);
+    s.completes(&f, "big.bin", &big);
+    let used = s.iam.usage();
+    assert!(
+        used["TransferObjectRole"].1.contains("s3:GetObject"),
+        "the copies read the source as the role: {used:?}"
+    );
+}
+
+/// Copies encrypted with a customer-managed key (ObjectDestKmsKeyArn): the parts and the
+/// completion of a multipart upload need kms:GenerateDataKey and kms:Decrypt on that key, for
+/// transfer-object (which opens the upload and writes the parts) and check-multipart (which
+/// completes it).
+#[test]
+fn a_big_object_into_a_kms_destination_completes_with_the_roles_key_permissions() {
+    let s = Suite::start("objects_aws-a_big_object_into_a_kms_destination");
+    let key = s.iam.kms_key(REGION);
+    let big = data(11 * MIB + 5, 2);
+    s.put("in/big.bin", &big);
+    let f = s.function(&[("KMS_KEY", key.as_str())]);
+    s.rt.block_on(f.diff(Default::default(), 0)).unwrap();
+    let ev = s.receive(&s.queue);
+    s.handled(&f, ev.clone());
+    s.ack(&s.queue, &ev, &[]);
+    let parts = s.receive(&s.queue);
+    assert_eq!(parts.records.len(), 3, "11 MiB in 5 MiB parts");
+    s.handled(&f, parts.clone());
+    s.ack(&s.queue, &parts, &[]);
+    s.completes(&f, "big.bin", &big);
+    let head =
+        s.rt.block_on(s.s3.head_object().bucket("dst").key("out/big.bin").send())
+            .unwrap();
+    assert_eq!(head.ssekms_key_id(), Some(key.as_str()));
+}
+
 #[test]
 fn an_s3_event_whose_first_handling_failed_is_applied_when_sqs_delivers_it_again() {
-    let s = Suite::start();
+    let s = Suite::start(
+        "an_s3_event_whose_first_handling_failed_is_applied_when_sqs_delivers_it_again",
+    );
     s.put("in/late.txt", b"arrives on the second delivery");
     // The destination bucket does not exist yet: the first handling fails.
     let f = s.function(&[("DEST_BUCKET", "dst-later")]);
@@ -760,10 +958,12 @@ fn an_s3_event_whose_first_handling_failed_is_applied_when_sqs_delivers_it_again
 /// completes that one whole. No object is made of parts of two versions.
 #[test]
 fn parts_of_an_object_overwritten_after_its_plan_never_complete_into_a_torn_object() {
-    let s = Suite::start();
+    let s = Suite::start(
+        "parts_of_an_object_overwritten_after_its_plan_never_complete_into_a_torn_object",
+    );
     let (v1, v2) = (data(16 * MIB + 99, 1), data(16 * MIB + 99, 2));
     s.put("in/big.bin", &v1);
-    let strict = hub_tests::s3_rig::StrictS3::start(&s.moto.endpoint);
+    let strict = s.strict();
     let f = s.function(&[
         ("SOURCE_ENDPOINT", strict.endpoint()),
         ("DEST_ENDPOINT", strict.endpoint()),
@@ -807,7 +1007,7 @@ fn parts_of_an_object_overwritten_after_its_plan_never_complete_into_a_torn_obje
 /// finished for longer than STUCK_AFTER_MINUTES it is aborted and planned again.
 #[test]
 fn an_upload_that_makes_progress_is_never_aborted_as_stuck() {
-    let s = Suite::start();
+    let s = Suite::start("an_upload_that_makes_progress_is_never_aborted_as_stuck");
     let big = data(16 * MIB + 5, 4);
     s.put("in/big.bin", &big);
     let f = s.function(&[("STUCK_AFTER_MINUTES", "60")]);
@@ -853,7 +1053,7 @@ fn an_upload_that_makes_progress_is_never_aborted_as_stuck() {
 /// the queue's whole visibility timeout.
 #[test]
 fn a_failed_job_comes_back_soon_not_after_the_visibility_timeout() {
-    let s = Suite::start();
+    let s = Suite::start("a_failed_job_comes_back_soon_not_after_the_visibility_timeout");
     // The source object of this job does not exist: the job fails.
     s.rt.block_on(
         s.sqs
@@ -883,7 +1083,7 @@ fn a_failed_job_comes_back_soon_not_after_the_visibility_timeout() {
 /// that, so the record of such an object is still written (moto enforces the limit).
 #[test]
 fn an_object_with_a_key_of_a_thousand_bytes_is_copied_and_recorded() {
-    let s = Suite::start();
+    let s = Suite::start("an_object_with_a_key_of_a_thousand_bytes_is_copied_and_recorded");
     let name = format!("{}.txt", "n".repeat(1000));
     s.put(&format!("in/{name}"), b"long name");
     let f = s.function(&[]);
@@ -914,7 +1114,8 @@ fn an_object_with_a_key_of_a_thousand_bytes_is_copied_and_recorded() {
 /// again after the verified copy. A duplicate of the job writes nothing.
 #[test]
 fn diff_objects_with_compare_etag_converges_and_a_duplicate_job_writes_nothing() {
-    let s = Suite::start();
+    let s =
+        Suite::start("diff_objects_with_compare_etag_converges_and_a_duplicate_job_writes_nothing");
     let body = data(10 * MIB + 1, 5);
     s.rt.block_on(hub_tests::aws_fixtures::multipart_object(
         &s.s3,
@@ -954,7 +1155,7 @@ fn the_object_suite_copies_and_verifies_sse_kms_objects_and_converges() {
         ServerSideEncryption, ServerSideEncryptionByDefault, ServerSideEncryptionConfiguration,
         ServerSideEncryptionRule,
     };
-    let s = Suite::start();
+    let s = Suite::start("the_object_suite_copies_and_verifies_sse_kms_objects_and_converges");
     for bucket in ["src", "dst"] {
         let rule = ServerSideEncryptionRule::builder()
             .apply_server_side_encryption_by_default(
@@ -980,7 +1181,7 @@ fn the_object_suite_copies_and_verifies_sse_kms_objects_and_converges() {
     let (small, big) = (data(3000, 1), data(11 * MIB, 2));
     s.put("in/small.txt", &small);
     s.put("in/big.bin", &big);
-    let strict = hub_tests::s3_rig::StrictS3::start(&s.moto.endpoint);
+    let strict = s.strict();
     for mode in ["server", "stream"] {
         let dest_prefix = format!("out-{mode}/");
         let f = s.function(&[
@@ -1016,7 +1217,7 @@ fn the_object_suite_copies_and_verifies_sse_kms_objects_and_converges() {
 #[test]
 fn finishing_an_upload_of_sixty_parts_leaves_no_part_item() {
     use hub_core::objects::uploads::{DynamoLedger, Upload, UploadLedger as _};
-    let s = Suite::start();
+    let s = Suite::start("finishing_an_upload_of_sixty_parts_leaves_no_part_item");
     let ddb = aws_sdk_dynamodb::Client::new(&s.conf);
     let ledger = DynamoLedger {
         client: ddb.clone(),
@@ -1073,7 +1274,7 @@ fn finishing_an_upload_of_sixty_parts_leaves_no_part_item() {
 /// says why, queues nothing and writes no run record; once the queue drains it runs.
 #[test]
 fn a_diff_waits_while_the_previous_runs_jobs_fill_the_queue() {
-    let s = Suite::start();
+    let s = Suite::start("a_diff_waits_while_the_previous_runs_jobs_fill_the_queue");
     for i in 0..3 {
         s.put(&format!("in/k{i}"), b"x");
     }

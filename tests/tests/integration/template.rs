@@ -86,6 +86,22 @@ fn cfn_guard_rules_pass_on_the_template_and_catch_a_loosened_one() {
             "{rule} did not fail:\n{text}"
         );
     }
+
+    // A statement in a policy kept by Fn::If is checked too.
+    let loosened = std::fs::read_to_string(root().join("template.yaml"))
+        .unwrap()
+        .replace(
+            "                  Action: s3:DeleteObject\n                  Resource: !Sub \"arn:${AWS::Partition}:s3:::${ObjectDestBucket}/*\"",
+            "                  Action: s3:DeleteObject\n                  Resource: \"*\"",
+        );
+    std::fs::write(&bad, loosened).unwrap();
+    let (ok, text) = guard(&bad);
+    assert!(!ok, "the loosened conditional policy passed:\n{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("wildcard_resources_only_where_unavoidable") && l.contains("FAIL")),
+        "{text}"
+    );
 }
 
 /// ELF machine of a binary (183 = AArch64).
