@@ -1090,37 +1090,16 @@ pub mod aws_fixtures {
 
     /// The status table (`pk`/`sk` strings, on-demand), as template.yaml defines it.
     pub async fn status_table(conf: &SdkConfig, name: &str) {
-        use aws_sdk_dynamodb::types::*;
-        let attr = |n: &str| {
-            AttributeDefinition::builder()
-                .attribute_name(n)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .unwrap()
-        };
-        let key = |n: &str, t: KeyType| {
-            KeySchemaElement::builder()
-                .attribute_name(n)
-                .key_type(t)
-                .build()
-                .unwrap()
-        };
-        aws_sdk_dynamodb::Client::new(conf)
-            .create_table()
-            .table_name(name)
-            .billing_mode(BillingMode::PayPerRequest)
-            .attribute_definitions(attr("pk"))
-            .attribute_definitions(attr("sk"))
-            .key_schema(key("pk", KeyType::Hash))
-            .key_schema(key("sk", KeyType::Range))
-            .send()
-            .await
-            .unwrap();
+        table(conf, name, false).await
     }
 
     /// The uploads table, as template.yaml defines it: the status table's keys plus the
     /// sparse index of open uploads (`open` is set on upload items only).
     pub async fn uploads_table(conf: &SdkConfig, name: &str) {
+        table(conf, name, true).await
+    }
+
+    async fn table(conf: &SdkConfig, name: &str, open_uploads_index: bool) {
         use aws_sdk_dynamodb::types::*;
         let attr = |n: &str| {
             AttributeDefinition::builder()
@@ -1136,25 +1115,54 @@ pub mod aws_fixtures {
                 .build()
                 .unwrap()
         };
-        aws_sdk_dynamodb::Client::new(conf)
+        let mut req = aws_sdk_dynamodb::Client::new(conf)
             .create_table()
             .table_name(name)
             .billing_mode(BillingMode::PayPerRequest)
             .attribute_definitions(attr("pk"))
             .attribute_definitions(attr("sk"))
-            .attribute_definitions(attr("open"))
             .key_schema(key("pk", KeyType::Hash))
-            .key_schema(key("sk", KeyType::Range))
-            .global_secondary_indexes(
-                GlobalSecondaryIndex::builder()
-                    .index_name(hub_core::objects::uploads::OPEN_UPLOADS_INDEX)
-                    .key_schema(key("open", KeyType::Hash))
-                    .key_schema(key("pk", KeyType::Range))
-                    .projection(
-                        Projection::builder()
-                            .projection_type(ProjectionType::All)
-                            .build(),
-                    )
+            .key_schema(key("sk", KeyType::Range));
+        if open_uploads_index {
+            req = req
+                .attribute_definitions(attr("open"))
+                .global_secondary_indexes(
+                    GlobalSecondaryIndex::builder()
+                        .index_name(hub_core::objects::uploads::OPEN_UPLOADS_INDEX)
+                        .key_schema(key("open", KeyType::Hash))
+                        .key_schema(key("pk", KeyType::Range))
+                        .projection(
+                            Projection::builder()
+                                .projection_type(ProjectionType::All)
+                                .build(),
+                        )
+                        .build()
+                        .unwrap(),
+                );
+        }
+        req.send().await.unwrap();
+    }
+
+    /// Makes SSE-KMS the default encryption of `bucket` (objects written without
+    /// encryption headers are encrypted with KMS, as S3 does).
+    pub async fn kms_by_default(s3: &aws_sdk_s3::Client, bucket: &str) {
+        use aws_sdk_s3::types::{
+            ServerSideEncryption, ServerSideEncryptionByDefault, ServerSideEncryptionConfiguration,
+            ServerSideEncryptionRule,
+        };
+        let rule = ServerSideEncryptionRule::builder()
+            .apply_server_side_encryption_by_default(
+                ServerSideEncryptionByDefault::builder()
+                    .sse_algorithm(ServerSideEncryption::AwsKms)
+                    .build()
+                    .unwrap(),
+            )
+            .build();
+        s3.put_bucket_encryption()
+            .bucket(bucket)
+            .server_side_encryption_configuration(
+                ServerSideEncryptionConfiguration::builder()
+                    .rules(rule)
                     .build()
                     .unwrap(),
             )

@@ -909,38 +909,15 @@ fn compare_etag_and_checksum_converge_for_a_source_uploaded_in_other_parts() {
 /// nothing.
 #[test]
 fn objects_under_sse_kms_are_copied_verified_and_converge() {
-    use aws_sdk_s3::types::{
-        ServerSideEncryption, ServerSideEncryptionByDefault, ServerSideEncryptionConfiguration,
-        ServerSideEncryptionRule,
-    };
+    use aws_sdk_s3::types::ServerSideEncryption;
     const MIB: usize = 1024 * 1024;
     for case in ["kms-source", "kms-dest", "kms-default-dest"] {
         for mode in ["server", "stream"] {
             let what = format!("{case}/{mode}");
             let s3 = S3::start(&["src", "dst"]);
             let kms_default = |bucket: &str| {
-                let rule = ServerSideEncryptionRule::builder()
-                    .apply_server_side_encryption_by_default(
-                        ServerSideEncryptionByDefault::builder()
-                            .sse_algorithm(ServerSideEncryption::AwsKms)
-                            .build()
-                            .unwrap(),
-                    )
-                    .build();
                 s3.rt
-                    .block_on(
-                        s3.client
-                            .put_bucket_encryption()
-                            .bucket(bucket)
-                            .server_side_encryption_configuration(
-                                ServerSideEncryptionConfiguration::builder()
-                                    .rules(rule)
-                                    .build()
-                                    .unwrap(),
-                            )
-                            .send(),
-                    )
-                    .unwrap();
+                    .block_on(hub_tests::aws_fixtures::kms_by_default(&s3.client, bucket))
             };
             match case {
                 "kms-source" => kms_default("src"),

@@ -1151,32 +1151,9 @@ fn diff_objects_with_compare_etag_converges_and_a_duplicate_job_writes_nothing()
 /// the next diff with COMPARE=etag queues nothing.
 #[test]
 fn the_object_suite_copies_and_verifies_sse_kms_objects_and_converges() {
-    use aws_sdk_s3::types::{
-        ServerSideEncryption, ServerSideEncryptionByDefault, ServerSideEncryptionConfiguration,
-        ServerSideEncryptionRule,
-    };
     let s = Suite::start("the_object_suite_copies_and_verifies_sse_kms_objects_and_converges");
     for bucket in ["src", "dst"] {
-        let rule = ServerSideEncryptionRule::builder()
-            .apply_server_side_encryption_by_default(
-                ServerSideEncryptionByDefault::builder()
-                    .sse_algorithm(ServerSideEncryption::AwsKms)
-                    .build()
-                    .unwrap(),
-            )
-            .build();
-        s.rt.block_on(
-            s.s3.put_bucket_encryption()
-                .bucket(bucket)
-                .server_side_encryption_configuration(
-                    ServerSideEncryptionConfiguration::builder()
-                        .rules(rule)
-                        .build()
-                        .unwrap(),
-                )
-                .send(),
-        )
-        .unwrap();
+        s.rt.block_on(aws_fixtures::kms_by_default(&s.s3, bucket));
     }
     let (small, big) = (data(3000, 1), data(11 * MIB, 2));
     s.put("in/small.txt", &small);
