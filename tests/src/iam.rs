@@ -15,7 +15,7 @@ use aws_config::SdkConfig;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Mutex;
 
 /// The account moto puts everything in.
@@ -125,7 +125,7 @@ fn tests_dir() -> PathBuf {
 }
 
 fn python(args: &[&str], env: &[(&str, &str)], stdin: Option<&Value>) -> Value {
-    let mut c = Command::new("python3");
+    let mut c = crate::tool("python3");
     c.args(args)
         .envs(env.iter().copied())
         .stdin(Stdio::piped())

@@ -45,6 +45,30 @@ fn wait_http(url: &str, what: &str, log: Option<&Path>) -> Result<()> {
     bail!("{what} did not answer at {url} within 30 s\n{log}")
 }
 
+/// A command for one of the project's own tools (`python3` with moto, `checkov`, `sam`,
+/// `cfn-guard`, `cargo` for `cargo lambda`): scripts/install-deps puts them in `.venv/` and
+/// `.tools/`, never the global pip. Those folders come first on the command's PATH, so what
+/// the tool starts in turn (zig under cargo-lambda, python3 under sam) comes from there too.
+pub fn tool(program: &str) -> Command {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let dirs = [root.join(".venv/bin"), root.join(".tools/bin")];
+    let path = std::env::join_paths(dirs.iter().cloned().chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))
+    .unwrap();
+    let exe = dirs
+        .iter()
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(program));
+    let mut c = Command::new(exe);
+    c.env("PATH", path);
+    if root.join(".venv").is_dir() {
+        c.env("VIRTUAL_ENV", root.join(".venv"));
+    }
+    c
+}
+
 /// Finds a program or explains how to install it.
 pub fn require(program: &str) -> PathBuf {
     for dir in std::env::var("PATH")
@@ -491,7 +515,7 @@ impl MotoServer {
     fn launch(program: &[&str], env: &[(&str, String)]) -> Self {
         let port = free_port();
         let log = tempfile::NamedTempFile::new().unwrap();
-        let child = Command::new("python3")
+        let child = tool("python3")
             .args(program)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .envs(env.iter().map(|(k, v)| (k.to_string(), v.clone())))
@@ -915,7 +939,7 @@ impl LambdaWatch {
             let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
             // Its own target dir: the test run holds the main one.
             let target = root.join("target/lambda-watch");
-            let mut build = Command::new("cargo");
+            let mut build = tool("cargo");
             build
                 .current_dir(root)
                 .env("CARGO_TARGET_DIR", &target)
@@ -952,7 +976,7 @@ impl LambdaWatch {
                 .unwrap()
         };
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        let child = Command::new("cargo")
+        let child = tool("cargo")
             .current_dir(root)
             .args([
                 "lambda",

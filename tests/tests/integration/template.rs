@@ -28,13 +28,13 @@ fn run(cmd: &mut Command) -> (bool, String) {
 
 #[test]
 fn the_sam_template_passes_cfn_lint_the_sam_transform_and_the_project_rules() {
-    let (ok, text) = run(Command::new("python3").arg(root().join("tests/template_check.py")));
+    let (ok, text) = run(hub_tests::tool("python3").arg(root().join("tests/template_check.py")));
     assert!(ok && text.contains("template checks: ok"), "{text}");
 }
 
 #[test]
 fn checkov_finds_nothing_beyond_the_documented_skips() {
-    let (ok, text) = run(Command::new("checkov").current_dir(root()).args([
+    let (ok, text) = run(hub_tests::tool("checkov").current_dir(root()).args([
         "--config-file",
         ".checkov.yaml",
         "-f",
@@ -49,7 +49,7 @@ fn checkov_finds_nothing_beyond_the_documented_skips() {
 #[test]
 fn cfn_guard_rules_pass_on_the_template_and_catch_a_loosened_one() {
     let guard = |data: &Path| {
-        run(Command::new("cfn-guard")
+        run(hub_tests::tool("cfn-guard")
             .current_dir(root())
             .args(["validate", "-r", "policy", "--show-summary", "all", "-d"])
             .arg(data))
@@ -119,7 +119,7 @@ fn elf_machine(path: &Path) -> u16 {
 #[test]
 fn sam_build_makes_an_arm64_bootstrap_for_every_function() {
     let build = root().join("target/sam-build");
-    let (ok, text) = run(Command::new("sam")
+    let (ok, text) = run(hub_tests::tool("sam")
         .current_dir(root())
         .env("SAM_CLI_TELEMETRY", "0")
         .args([
