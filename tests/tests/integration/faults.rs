@@ -2,9 +2,12 @@
 //! through the fault proxy (`hub_tests::faults`) in front of the real servers.
 
 use super::images::{list, sync};
-use hub_tests::faults::{Fault, FaultProxy, Faults, Flavor};
-use hub_tests::{MotoServer, OciImage, RegistryServer, aws_fixtures, transfer_hub};
+use hub_tests::faults::{Fault, FaultProxy, Faults, Flavor, Hold};
+use hub_tests::{
+    MotoServer, OciImage, RegistryServer, aws_fixtures, transfer_hub, transfer_hub_bin,
+};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// A 429's `Retry-After` is a floor under the wait before the retry. Found by the fault
 /// report: the SDK retried S3 calls after its own jittered backoff (0–1 s) and our retry
@@ -114,4 +117,88 @@ fn a_retry_after_from_a_registry_is_waited_for() {
         "retried {:?} after a 429 that said Retry-After: 2",
         c.shortest
     );
+}
+
+/// A CLI killed outright (SIGKILL: no handler runs) takes its skopeo copies with it. Found
+/// by the fault report: every running skopeo of a killed run went on writing to the
+/// destination (with the temp auth file) beside the next run.
+#[test]
+fn a_sigkilled_run_leaves_no_skopeo_running() {
+    let (src, dst, dir) = (
+        RegistryServer::start(),
+        RegistryServer::start(),
+        tempfile::tempdir().unwrap(),
+    );
+    for i in 0..3 {
+        OciImage::single(&[32 * 1024]).push(&format!("{}/app:{i}", src.addr), None);
+    }
+    // Every blob write to the destination is held until the proxy is released.
+    let proxy = FaultProxy::start(&dst.addr, Faults::none(Flavor::Registry));
+    let held = proxy.trap(
+        Arc::new(|h: &str| h.starts_with("PATCH /v2/") || h.starts_with("PUT /v2/")),
+        Hold::Before,
+    );
+    let l = list(dir.path(), "app:ALL_TAGS\n");
+    let mut child = std::process::Command::new(transfer_hub_bin())
+        .args(["images", "sync", "--output", "json", "--source", &src.addr])
+        .args(["--dest", &proxy.addr, "--list"])
+        .arg(&l)
+        .arg("--state")
+        .arg(dir.path().join("state.db"))
+        .env("HOME", dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    held.recv_timeout(Duration::from_secs(120))
+        .expect("a copy reached the destination");
+    let skopeos: Vec<u32> = children(child.id())
+        .into_iter()
+        .filter(|(_, c)| c.contains("skopeo"))
+        .map(|(p, _)| p)
+        .collect();
+    assert!(!skopeos.is_empty(), "a skopeo copy runs");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The held request is never answered while we look: only the parent's death can end them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while skopeos.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left: Vec<&u32> = skopeos.iter().filter(|p| alive(**p)).collect();
+    proxy.release();
+    assert!(left.is_empty(), "skopeo outlived its killed CLI: {left:?}");
+}
+
+fn children(pid: u32) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let ppid = std::fs::read_to_string(e.path().join("stat"))
+            .ok()
+            .and_then(|st| {
+                st.rsplit_once(')')?
+                    .1
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse()
+                    .ok()
+            });
+        if ppid == Some(pid) {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            out.push((p, String::from_utf8_lossy(&cmd).replace('\0', " ")));
+        }
+    }
+    out
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
 }
