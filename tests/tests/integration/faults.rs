@@ -119,6 +119,54 @@ fn a_retry_after_from_a_registry_is_waited_for() {
     );
 }
 
+/// A manifest changed on the way from the source never lands under the destination tag.
+/// Found by the fault report: the copy read the manifest by tag, so skopeo could not check
+/// it and pushed the altered bytes under `app:1`; our check after the copy then failed the
+/// image, but the destination tag already pointed at the altered manifest. The copy now
+/// reads the digest the plan saw. (The change here keeps the JSON valid: one space added.)
+#[test]
+fn a_manifest_altered_on_the_way_is_refused_before_it_lands() {
+    let (src, dst, dir) = (
+        RegistryServer::start(),
+        RegistryServer::start(),
+        tempfile::tempdir().unwrap(),
+    );
+    let img = OciImage::single(&[2048]);
+    img.push(&format!("{}/app:1", src.addr), None);
+    let up = src.addr.clone();
+    let proxy = hub_tests::HttpProxy::start(
+        Arc::new(move |head: &str| (up.clone(), head.to_string())),
+        Arc::new(|head: &str, status, mut body: Vec<u8>| {
+            if head.starts_with("GET /v2/app/manifests/") && status == 200 {
+                body.push(b' ');
+            }
+            (status, vec![], body)
+        }),
+    );
+    let source = proxy.endpoint.trim_start_matches("http://").to_string();
+    let l = list(dir.path(), "app:1\n");
+    let r = sync(
+        dir.path(),
+        &[
+            "--source",
+            &source,
+            "--dest",
+            &dst.addr,
+            "--list",
+            l.to_str().unwrap(),
+            "--retries",
+            "0",
+        ],
+    );
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.json()["items"][0]["status"], "failed", "{}", r.stdout);
+    assert_eq!(
+        dst.digest("app", "1"),
+        None,
+        "an altered manifest landed under the destination tag"
+    );
+}
+
 /// A CLI killed outright (SIGKILL: no handler runs) takes its skopeo copies with it. Found
 /// by the fault report: every running skopeo of a killed run went on writing to the
 /// destination (with the temp auth file) beside the next run.
