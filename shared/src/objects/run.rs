@@ -152,6 +152,9 @@ pub async fn run_objects(
         }
         other => other?,
     };
+    if !spec.dry_run {
+        abort_unrecorded_uploads(edges).await;
+    }
     run.copied = kept.copied;
     run.failed = kept.failed;
     run.skipped = counts.in_sync;
@@ -167,6 +170,49 @@ pub async fn run_objects(
         run,
         items: kept.items,
     })
+}
+
+/// Aborts the destination's open uploads that a run of ours started but never recorded:
+/// killed between CreateMultipartUpload and writing the upload down, or a create sent
+/// again after its answer was lost. Nothing can complete them (their id is known to no
+/// one), and S3 bills their parts until they are aborted. The intent written before every
+/// create says they are ours; an upload without one is somebody else's and left alone,
+/// as check-multipart does on AWS. Errors are logged; the run's result stands.
+async fn abort_unrecorded_uploads(edges: &ObjectEdges<'_>) {
+    let known: std::collections::HashSet<String> = match edges.ledger.open().await {
+        Ok(open) => open.into_iter().map(|u| u.upload_id).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open uploads; unrecorded uploads are left for the next run");
+            return;
+        }
+    };
+    let open = match edges.dst.open_uploads().await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(error = %e.message, "cannot list the destination's open uploads; unrecorded uploads are left for the next run");
+            return;
+        }
+    };
+    for (key, id, _) in open {
+        if known.contains(&id) {
+            continue;
+        }
+        let dest = format!("s3://{}/{key}", edges.dst.url.bucket);
+        match edges.ledger.intended(&dest).await {
+            Ok(true) => match edges.dst.abort_upload(&key, &id).await {
+                Ok(()) => {
+                    tracing::info!(object = %dest, upload_id = %id, "aborted an upload of ours that was never recorded")
+                }
+                Err(e) => {
+                    tracing::warn!(object = %dest, upload_id = %id, error = %e.message, "cannot abort an unrecorded upload of ours; the next run tries again")
+                }
+            },
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(object = %dest, error = %e, "cannot tell whether this upload is ours; left alone")
+            }
+        }
+    }
 }
 
 /// The most copied (and, apart, failed) object records a run keeps in memory for its

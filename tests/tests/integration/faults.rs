@@ -167,6 +167,112 @@ fn a_manifest_altered_on_the_way_is_refused_before_it_lands() {
     );
 }
 
+/// A run killed after S3 created a multipart upload but before the CLI wrote it down leaves
+/// that upload open; the next run copies the object through a new upload and aborts the
+/// one nobody can complete (the intent in the state file says it was ours). Found by the
+/// fault report: it stayed open (and billed) for ever.
+#[test]
+fn an_upload_a_killed_run_never_recorded_is_aborted_by_the_next_run() {
+    const MIB: usize = 1024 * 1024;
+    let moto = MotoServer::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let conf = rt.block_on(moto.sdk_config("eu-west-1"));
+    for b in ["src", "dst"] {
+        rt.block_on(aws_fixtures::bucket(&conf, b));
+    }
+    let s3 = aws_sdk_s3::Client::new(&conf);
+    let big: Vec<u8> = (0..12 * MIB).map(|i| (i % 253) as u8).collect();
+    rt.block_on(
+        s3.put_object()
+            .bucket("src")
+            .key("big.bin")
+            .body(big.clone().into())
+            .send(),
+    )
+    .unwrap();
+    // Someone else's upload into the destination: not ours to abort.
+    let theirs = rt
+        .block_on(
+            s3.create_multipart_upload()
+                .bucket("dst")
+                .key("theirs.bin")
+                .send(),
+        )
+        .unwrap()
+        .upload_id()
+        .unwrap()
+        .to_string();
+    let open = || {
+        let o = rt
+            .block_on(s3.list_multipart_uploads().bucket("dst").send())
+            .unwrap();
+        o.uploads()
+            .iter()
+            .map(|u| u.upload_id().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let proxy = FaultProxy::start(&moto.endpoint, Faults::none(Flavor::S3));
+    let created = proxy.trap(
+        Arc::new(|h: &str| h.starts_with("POST /dst/big.bin?uploads")),
+        Hold::After,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.db");
+    let ep = proxy.endpoint();
+    let args = [
+        "objects",
+        "sync",
+        "s3://src",
+        "s3://dst",
+        "--source-endpoint",
+        moto.endpoint.as_str(),
+        "--dest-endpoint",
+        ep.as_str(),
+        "--multipart-threshold",
+        &(6 * MIB).to_string(),
+        "--part-size",
+        &(5 * MIB).to_string(),
+        "--output",
+        "json",
+        "--state",
+        db.to_str().unwrap(),
+    ]
+    .map(str::to_string);
+    let env = moto.env("eu-west-1");
+    let mut child = std::process::Command::new(transfer_hub_bin())
+        .args(&args)
+        .envs(env.iter().cloned())
+        .env("HOME", dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    created
+        .recv_timeout(Duration::from_secs(120))
+        .expect("S3 created the upload");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    proxy.release();
+    assert_eq!(open().len(), 2, "the killed run's upload and theirs");
+
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let again = transfer_hub(&a, &env);
+    assert_eq!(again.code, 0, "{}\n{}", again.stdout, again.stderr);
+    let got = rt
+        .block_on(async {
+            let o = s3.get_object().bucket("dst").key("big.bin").send().await?;
+            Ok::<_, Box<dyn std::error::Error>>(o.body.collect().await?.to_vec())
+        })
+        .unwrap();
+    assert!(got == big, "the object equals the source");
+    assert_eq!(
+        open(),
+        vec![theirs],
+        "only somebody else's upload is left open"
+    );
+}
+
 /// A CLI killed outright (SIGKILL: no handler runs) takes its skopeo copies with it. Found
 /// by the fault report: every running skopeo of a killed run went on writing to the
 /// destination (with the temp auth file) beside the next run.
