@@ -630,6 +630,11 @@ async fn multipart_copy(
                 .dst
                 .abort_upload(&t.dst.url.key(&e.key), &upload.upload_id)
                 .await;
+            // The checks run on the completed object: remove it, so wrong bytes are not
+            // left under the key (what was there before was replaced by the completion).
+            if let Err(x) = t.dst.delete(&e.key).await {
+                tracing::warn!(object = %t.dst.url.object(&e.key), error = %x.message, "cannot delete the object that failed its check");
+            }
             ledger.finish(&upload).await.map_err(ledger_error)?;
             Err(err)
         }

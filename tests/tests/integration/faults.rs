@@ -273,6 +273,74 @@ fn an_upload_a_killed_run_never_recorded_is_aborted_by_the_next_run() {
     );
 }
 
+/// A byte flipped in a part read from a source written in parts (same layout) is caught
+/// when the completed object's ETag disagrees with the source's, and the wrong object is
+/// not left under the key. Found by the fault report: it was failed, but the corrupt
+/// completed object stayed at the destination.
+#[test]
+fn a_corrupt_part_does_not_stay_at_the_destination() {
+    const MIB: usize = 1024 * 1024;
+    let moto = MotoServer::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let conf = rt.block_on(moto.sdk_config("eu-west-1"));
+    for b in ["src", "dst"] {
+        rt.block_on(aws_fixtures::bucket(&conf, b));
+    }
+    let s3 = aws_sdk_s3::Client::new(&conf);
+    let big: Vec<u8> = (0..11 * MIB).map(|i| (i % 241) as u8).collect();
+    rt.block_on(aws_fixtures::multipart_object(
+        &s3,
+        "src",
+        "big.bin",
+        &big,
+        5 * MIB,
+    ));
+    let mut f = Faults::none(Flavor::S3);
+    f.flip = Some(Arc::new(|h: &str| h.starts_with("GET /src/big.bin")));
+    let proxy = FaultProxy::start(&moto.endpoint, f);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.db");
+    let ep = proxy.endpoint();
+    let env = moto.env("eu-west-1");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let run = transfer_hub(
+        &[
+            "objects",
+            "sync",
+            "s3://src",
+            "s3://dst",
+            "--source-endpoint",
+            &ep,
+            "--dest-endpoint",
+            &moto.endpoint,
+            "--multipart-threshold",
+            &(6 * MIB).to_string(),
+            "--part-size",
+            &(5 * MIB).to_string(),
+            "--retries",
+            "0",
+            "--output",
+            "json",
+            "--state",
+            db.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let item = &run.json()["items"][0];
+    assert_eq!(item["status"], "failed", "{item}");
+    assert_eq!(item["error"]["class"], "DigestMismatch", "{item}");
+    let at_dst = rt.block_on(s3.head_object().bucket("dst").key("big.bin").send());
+    assert!(
+        at_dst.is_err(),
+        "the corrupt object stayed at the destination"
+    );
+    let open = rt
+        .block_on(s3.list_multipart_uploads().bucket("dst").send())
+        .unwrap();
+    assert!(open.uploads().is_empty());
+}
+
 /// A CLI killed outright (SIGKILL: no handler runs) takes its skopeo copies with it. Found
 /// by the fault report: every running skopeo of a killed run went on writing to the
 /// destination (with the temp auth file) beside the next run.
