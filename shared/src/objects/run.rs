@@ -506,8 +506,10 @@ async fn copy_object(
                     .await
                 }
                 Ok(Plan::Multipart { part_size, parts }) => {
+                    // CRC32s of the parts read in this run, across attempts.
+                    let crcs = std::sync::Mutex::new(std::collections::HashMap::new());
                     with_retries(&spec.retry, |_| {
-                        multipart_copy(&t, edges.ledger, &e, part_size, &parts, &permits)
+                        multipart_copy(&t, edges.ledger, &e, part_size, &parts, &permits, &crcs)
                     })
                     .await
                 }
@@ -576,6 +578,7 @@ async fn multipart_copy(
     part_size: u64,
     parts: &[multipart::Part],
     permits: &Permits,
+    crcs: &std::sync::Mutex<std::collections::HashMap<u32, crc32fast::Hasher>>,
 ) -> Result<Option<String>, ItemError> {
     let upload = t
         .open_upload(ledger, e, part_size, parts.len() as u32)
@@ -590,7 +593,10 @@ async fn multipart_copy(
     let todo = parts.iter().filter(|p| !done.contains(&p.number));
     let results = futures::future::join_all(todo.map(|p| async {
         let _permit = permits.take(p.len).await;
-        let etag = t.part(e, &upload.upload_id, p).await?;
+        let (etag, crc) = t.part_read(e, &upload.upload_id, p).await?;
+        if let Some(c) = crc {
+            crcs.lock().expect("crc lock").insert(p.number, c);
+        }
         ledger
             .part_done(&upload, p.number, &etag)
             .await
@@ -616,6 +622,20 @@ async fn multipart_copy(
         return Err(err.clone());
     }
     let finished = ledger.parts_done(&upload).await.map_err(ledger_error)?;
+    // Streamed parts are checked together against the source before the upload completes:
+    // wrong bytes never become the object.
+    let read = crcs.lock().expect("crc lock").clone();
+    if let Err(err) = t.check_parts_crc(e, &read, upload.parts).await {
+        if err.class == ErrorClass::DigestMismatch {
+            let _ = t
+                .dst
+                .abort_upload(&t.dst.url.key(&e.key), &upload.upload_id)
+                .await;
+            ledger.finish(&upload).await.map_err(ledger_error)?;
+            crcs.lock().expect("crc lock").clear();
+        }
+        return Err(err);
+    }
     match t
         .complete(e, &upload.upload_id, finished, upload.parts)
         .await
