@@ -227,9 +227,14 @@ impl FaultProxy {
         let wait = Duration::from_secs(self.shared.faults.retry_after_secs);
         let mut c = RetryAfterCheck::default();
         for (i, e) in log.iter().enumerate() {
-            // The registry ping (`GET /v2/`) starts every client's session: the next one
-            // may be anybody's, not a retry.
-            if e.fault != Some(Fault::TooMany) || e.kind.starts_with("GET /v2/?") {
+            // Kinds many clients share, the registry ping (`GET /v2/`) and a repository's
+            // upload sessions (`POST …/blobs/uploads/`, PATCH/PUT of a session id): the
+            // next one of the kind may be anybody's, not the retry. Counted apart.
+            if e.fault != Some(Fault::TooMany) {
+                continue;
+            }
+            if e.kind.starts_with("GET /v2/?") || e.kind.contains("/blobs/uploads/") {
+                c.unmatched += 1;
                 continue;
             }
             c.answered += 1;
@@ -282,7 +287,10 @@ impl Drop for FaultProxy {
 /// What [`FaultProxy::retry_after_check`] found.
 #[derive(Debug, Default, Clone)]
 pub struct RetryAfterCheck {
+    /// 429s whose retry could be told apart (see [`FaultProxy::retry_after_check`]).
     pub answered: usize,
+    /// 429s on requests many clients share (registry pings, upload sessions): not matched.
+    pub unmatched: usize,
     pub retried: usize,
     pub too_soon: usize,
     pub shortest: Option<Duration>,

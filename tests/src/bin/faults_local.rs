@@ -214,12 +214,13 @@ fn describe(p: &[&FaultProxy]) -> String {
 }
 
 fn check_retry_after(row: &mut Row, proxies: &[&FaultProxy]) -> String {
-    let (mut answered, mut retried, mut soon) = (0, 0, 0);
+    let (mut answered, mut retried, mut soon, mut unmatched) = (0, 0, 0, 0);
     let mut shortest: Option<Duration> = None;
     let mut examples = Vec::new();
     for p in proxies {
         let c = p.retry_after_check();
         answered += c.answered;
+        unmatched += c.unmatched;
         retried += c.retried;
         soon += c.too_soon;
         shortest = match (shortest, c.shortest) {
@@ -235,8 +236,13 @@ fn check_retry_after(row: &mut Row, proxies: &[&FaultProxy]) -> String {
             examples.first().cloned().unwrap_or_default()
         ));
     }
+    let apart = if unmatched > 0 {
+        format!(", {unmatched} on shared upload sessions not matched")
+    } else {
+        String::new()
+    };
     format!(
-        "; Retry-After: {}/{retried} retries waited ≥ {RETRY_AFTER} s ({answered} 429s)",
+        "; Retry-After: {}/{retried} retries waited ≥ {RETRY_AFTER} s ({answered} 429s matched{apart})",
         retried - soon
     )
 }
@@ -535,7 +541,15 @@ fn run_and_kill(
     while kids.iter().any(|(p, _)| alive(*p)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let line = sprung.map_err(|_| anyhow!("the kill point was never reached"))?;
+    let mut line = sprung.map_err(|_| anyhow!("the kill point was never reached"))?;
+    if line.len() > 90 {
+        let cut = (0..=90)
+            .rev()
+            .find(|i| line.is_char_boundary(*i))
+            .unwrap_or(0);
+        line.truncate(cut);
+        line.push('…');
+    }
     Ok((line, left))
 }
 
@@ -836,7 +850,7 @@ impl ObjectSet {
 }
 
 fn transient_s3(row: &mut Row, server: bool) -> Result<()> {
-    let set = object_set(40, &["dst"]);
+    let set = object_set(120, &["dst"]);
     let sp = FaultProxy::start(
         set.strict.endpoint(),
         Faults::transient(Flavor::S3, SEED, RATE, RETRY_AFTER),
@@ -992,7 +1006,8 @@ fn kill_objects(row: &mut Row, at: KillAt) -> Result<()> {
             &dp,
             Arc::new(|h: &str| {
                 let l = h.lines().next().unwrap_or("");
-                l.starts_with("PUT /dst/data/") && !l.contains('?')
+                l.starts_with("PUT /dst/data/")
+                    && (!l.contains('?') || l.contains("x-id=PutObject"))
             }),
             Hold::Before,
             "SIGKILL when the first object PUT arrives (held)",
@@ -1080,12 +1095,25 @@ fn compare_objects_state(
         .filter(|k| k["run_id"] != rerun_j["run_id"])
         .map(item_statuses)
         .unwrap_or_default();
+    // Objects found in sync are counted, not recorded: one the killed run wrote but did
+    // not record is in sync for the re-run (its bytes are checked by the caller).
     let mut diffs = Vec::new();
+    let mut unrecorded = 0;
     for (k, want) in &clean {
-        let got = rerun.get(k).or(first.get(k));
-        if got != Some(want) {
-            diffs.push(format!("{k}: {got:?}, clean {want}"));
+        match rerun.get(k).or(first.get(k)) {
+            Some(got) if got == want => {}
+            None => unrecorded += 1,
+            got => diffs.push(format!("{k}: {got:?}, clean {want}")),
         }
+    }
+    let in_sync = rerun_j["skipped"].as_u64().unwrap_or(0) as usize;
+    if unrecorded > in_sync {
+        diffs.push(format!(
+            "{unrecorded} object(s) recorded by neither run, {in_sync} found in sync"
+        ));
+    }
+    if rerun_j["failed"].as_u64().unwrap_or(0) > 0 {
+        diffs.push(format!("the re-run recorded {} failed", rerun_j["failed"]));
     }
     let twice = first
         .iter()
