@@ -28,6 +28,10 @@ struct Endpoint {
 /// Runs `skopeo copy`.
 pub struct Skopeo {
     binary: PathBuf,
+    /// util-linux's `setpriv`, when there: skopeo is started through it with a parent-death
+    /// signal, so a CLI killed outright (SIGKILL, OOM) takes its copies with it instead of
+    /// leaving them writing to the destination beside the next run.
+    setpriv: Option<PathBuf>,
     endpoints: HashMap<String, Endpoint>,
     auth: TempAuthFile,
     credentials: Credentials,
@@ -63,8 +67,13 @@ impl Skopeo {
         }
         let addresses: Vec<&str> = endpoints.values().map(|e| e.address.as_str()).collect();
         let auth = creds.write_temp(&addresses)?;
+        let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file());
         Ok(Self {
             binary,
+            setpriv,
             endpoints,
             auth,
             credentials: creds,
@@ -133,7 +142,16 @@ impl Copier for Skopeo {
         if let Some(why) = self.stop.reason() {
             return Err(interrupted(why));
         }
-        let mut child = tokio::process::Command::new(&self.binary)
+        let mut command = match &self.setpriv {
+            // setpriv sets PR_SET_PDEATHSIG and execs skopeo (same process, same arguments).
+            Some(setpriv) => {
+                let mut c = tokio::process::Command::new(setpriv);
+                c.args(["--pdeathsig", "KILL", "--"]).arg(&self.binary);
+                c
+            }
+            None => tokio::process::Command::new(&self.binary),
+        };
+        let mut child = command
             .args(&args)
             .env_remove("REGISTRY_AUTH_FILE")
             .stdin(Stdio::null())

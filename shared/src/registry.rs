@@ -615,7 +615,12 @@ fn check(resp: reqwest::Response, host: &str, path: &str) -> Result<reqwest::Res
         return Ok(resp);
     }
     let class = ErrorClass::from_http_status(status.as_u16());
-    Err(ItemError::new(class, format!("{host}{path}: {status}")))
+    let retry_after = resp
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| crate::retry::parse_retry_after(v, chrono::Utc::now()));
+    Err(ItemError::new(class, format!("{host}{path}: {status}")).with_retry_after(retry_after))
 }
 
 const CHALLENGE_EXPECTED: &str = "Basic realm=\"…\" or Bearer realm=\"https://…\",service=\"…\"";

@@ -43,10 +43,19 @@ where
         SdkError::ConstructionFailure(_) => ErrorClass::BadInput,
         _ => ErrorClass::Retryable,
     };
+    let retry_after = match &e {
+        SdkError::ServiceError(s) => s
+            .raw()
+            .headers()
+            .get("retry-after")
+            .and_then(|v| parse_retry_after(v, chrono::Utc::now())),
+        _ => None,
+    };
     ItemError::new(
         class,
         format!("{what}: {}", aws_sdk_s3::error::DisplayErrorContext(&e)),
     )
+    .with_retry_after(retry_after)
 }
 
 impl ErrorClass {
@@ -194,6 +203,10 @@ impl fmt::Display for ErrorClass {
 pub struct ItemError {
     pub class: ErrorClass,
     pub message: String,
+    /// How long the server asked us to wait before another attempt (`Retry-After` of a
+    /// 429 or 503): the next retry waits at least this long. Not stored.
+    #[serde(skip)]
+    pub retry_after: Option<Duration>,
 }
 
 impl ItemError {
@@ -201,8 +214,33 @@ impl ItemError {
         Self {
             class,
             message: message.into(),
+            retry_after: None,
         }
     }
+
+    /// The same error, with the wait the server asked for.
+    pub fn with_retry_after(mut self, wait: Option<Duration>) -> Self {
+        self.retry_after = wait;
+        self
+    }
+}
+
+/// The longest `Retry-After` we wait for; a server asking for more gets this much.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// Parses a `Retry-After` value (RFC 9110: delay-seconds, or an HTTP date, measured from
+/// `now`), capped at [`MAX_RETRY_AFTER`]. `None` for anything else.
+pub fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    let v = value.trim();
+    let wait = if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        Duration::from_secs(v.parse().unwrap_or(u64::MAX))
+    } else {
+        let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+        (at.with_timezone(&chrono::Utc) - now)
+            .to_std()
+            .unwrap_or_default()
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 /// How often and how patiently a failed step is tried again.
@@ -294,8 +332,12 @@ where
             Ok(v) => return (Ok(v), attempts),
             Err(e) if policy.should_retry(e.class, attempts) && stop.reason().is_none() => {
                 tracing::warn!(attempt = attempts, class = %e.class, error = %e.message, "attempt failed; retrying");
+                // A server's Retry-After is a floor under the backoff.
+                let wait = policy
+                    .backoff(attempts - 1)
+                    .max(e.retry_after.unwrap_or_default());
                 tokio::select! {
-                    () = tokio::time::sleep(policy.backoff(attempts - 1)) => {}
+                    () = tokio::time::sleep(wait) => {}
                     _ = stop.stopped() => {}
                 }
             }
@@ -316,6 +358,49 @@ mod tests {
             max_delay: Duration::from_secs(1),
             attempt_timeout: Duration::from_millis(200),
         }
+    }
+
+    #[test]
+    fn retry_after_is_seconds_or_an_http_date_and_capped() {
+        let now = chrono::DateTime::parse_from_rfc2822("Wed, 02 Dec 2026 01:00:00 GMT")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert_eq!(parse_retry_after("2", now), Some(Duration::from_secs(2)));
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 02 Dec 2026 01:00:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 02 Dec 2026 00:59:00 GMT", now),
+            Some(Duration::ZERO),
+            "a date in the past: no wait"
+        );
+        assert_eq!(parse_retry_after("86400", now), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-1", now), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_waits_at_least_the_retry_after() {
+        let p = RetryPolicy {
+            retries: 1,
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(1),
+            attempt_timeout: Duration::from_secs(60),
+        };
+        let start = tokio::time::Instant::now();
+        let (r, attempts) = with_retries(&p, |n| async move {
+            if n == 1 {
+                Err(ItemError::new(ErrorClass::Retryable, "429")
+                    .with_retry_after(Some(Duration::from_secs(7))))
+            } else {
+                Ok(start.elapsed())
+            }
+        })
+        .await;
+        assert_eq!(attempts, 2);
+        assert!(r.unwrap() >= Duration::from_secs(7));
     }
 
     #[test]

@@ -304,8 +304,15 @@ async fn copy_one(
     digest: &crate::reference::Digest,
     stop: &Stop,
 ) -> (Result<(String, u64), ItemError>, u32) {
+    // Copy exactly the digest the plan read, not whatever the tag names by now: skopeo then
+    // checks the manifest it reads against that digest, so a manifest changed on the way
+    // (or a tag moved meanwhile) is refused before anything lands under the destination tag.
+    let source = ImageName {
+        digest: Some(digest.clone()),
+        ..w.source.clone()
+    };
     let (copied, attempts) =
-        with_retries_until(&spec.retry, stop, |_| edges.copier.copy(&w.source, &w.dest)).await;
+        with_retries_until(&spec.retry, stop, |_| edges.copier.copy(&source, &w.dest)).await;
     if let Err(e) = copied {
         return (Err(e), attempts);
     }

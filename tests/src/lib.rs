@@ -4,9 +4,12 @@
 //! - [`OciImage`]: test images with random layers written as OCI layouts, pushed with skopeo.
 //! - [`MotoServer`]: the AWS API emulator (moto); [`iam::IamMoto`]: moto with IAM enforced,
 //!   each function running with its template role's statements.
+//! - [`faults::FaultProxy`]: seeded 429/503/resets, flipped bytes and traps that hold a
+//!   request while a test kills the client (the fault report, `scripts/faults`).
 //! - [`CutWritesProxy`]: a TCP proxy that lets reads through and cuts every write, to make
 //!   a destination fail in the middle of a run.
 
+pub mod faults;
 pub mod iam;
 
 use anyhow::{Context, Result, bail};

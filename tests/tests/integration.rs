@@ -6,6 +6,7 @@ mod integration {
     pub mod aws_hosts;
     pub mod cli;
     pub mod ecr;
+    pub mod faults;
     pub mod hostile;
     pub mod iam;
     pub mod images;

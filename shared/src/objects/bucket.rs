@@ -87,7 +87,74 @@ pub async fn connect(
     if conf.region().is_none() {
         b = b.region(aws_config::Region::new("us-east-1"));
     }
-    Ok(Client::from_conf(b.build()))
+    Ok(Client::from_conf(
+        b.retry_classifier(HonourRetryAfter).build(),
+    ))
+}
+
+/// The SDK's own retries wait at least what a 429 or 503 answer's `Retry-After` says
+/// (the SDK reads only `x-amz-retry-after`). A wait longer than the SDK would keep to
+/// (it bounds a server's delay to its backoff + 5 s) is left to our retry layer: the SDK
+/// gives up on that attempt and [`crate::retry::with_retries`] waits the full time.
+#[derive(Debug)]
+pub struct HonourRetryAfter;
+
+impl HonourRetryAfter {
+    const SDK_KEEPS_TO: std::time::Duration = std::time::Duration::from_secs(5);
+}
+
+impl aws_sdk_s3::config::retry::ClassifyRetry for HonourRetryAfter {
+    fn classify_retry(
+        &self,
+        ctx: &aws_sdk_s3::config::interceptors::InterceptorContext,
+    ) -> aws_sdk_s3::config::retry::RetryAction {
+        self.classify_retry_v2(
+            ctx,
+            &aws_sdk_s3::config::retry::RetryAction::NoActionIndicated,
+        )
+    }
+
+    fn classify_retry_v2(
+        &self,
+        ctx: &aws_sdk_s3::config::interceptors::InterceptorContext,
+        previous: &aws_sdk_s3::config::retry::RetryAction,
+    ) -> aws_sdk_s3::config::retry::RetryAction {
+        use aws_sdk_s3::config::retry::RetryAction;
+        use aws_smithy_runtime_api::client::retries::classifiers::RetryReason;
+        use aws_smithy_types::retry::ErrorKind;
+        let Some(resp) = ctx.response() else {
+            return RetryAction::NoActionIndicated;
+        };
+        let Some(wait) = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| crate::retry::parse_retry_after(v, chrono::Utc::now()))
+        else {
+            return RetryAction::NoActionIndicated;
+        };
+        let kind = match previous {
+            RetryAction::RetryIndicated(RetryReason::RetryableError { kind, .. }) => *kind,
+            RetryAction::NoActionIndicated if matches!(resp.status().as_u16(), 429 | 503) => {
+                ErrorKind::ThrottlingError
+            }
+            _ => return RetryAction::NoActionIndicated,
+        };
+        if wait > Self::SDK_KEEPS_TO {
+            return RetryAction::RetryForbidden;
+        }
+        RetryAction::retryable_error_with_explicit_delay(kind, wait)
+    }
+
+    fn name(&self) -> &'static str {
+        "Retry-After"
+    }
+
+    fn priority(
+        &self,
+    ) -> aws_smithy_runtime_api::client::retries::classifiers::RetryClassifierPriority {
+        use aws_smithy_runtime_api::client::retries::classifiers::RetryClassifierPriority;
+        RetryClassifierPriority::run_after(RetryClassifierPriority::transient_error_classifier())
+    }
 }
 
 pub use crate::retry::aws_error as s3_error;

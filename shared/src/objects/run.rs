@@ -152,6 +152,9 @@ pub async fn run_objects(
         }
         other => other?,
     };
+    if !spec.dry_run {
+        abort_unrecorded_uploads(edges).await;
+    }
     run.copied = kept.copied;
     run.failed = kept.failed;
     run.skipped = counts.in_sync;
@@ -167,6 +170,49 @@ pub async fn run_objects(
         run,
         items: kept.items,
     })
+}
+
+/// Aborts the destination's open uploads that a run of ours started but never recorded:
+/// killed between CreateMultipartUpload and writing the upload down, or a create sent
+/// again after its answer was lost. Nothing can complete them (their id is known to no
+/// one), and S3 bills their parts until they are aborted. The intent written before every
+/// create says they are ours; an upload without one is somebody else's and left alone,
+/// as check-multipart does on AWS. Errors are logged; the run's result stands.
+async fn abort_unrecorded_uploads(edges: &ObjectEdges<'_>) {
+    let known: std::collections::HashSet<String> = match edges.ledger.open().await {
+        Ok(open) => open.into_iter().map(|u| u.upload_id).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open uploads; unrecorded uploads are left for the next run");
+            return;
+        }
+    };
+    let open = match edges.dst.open_uploads().await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(error = %e.message, "cannot list the destination's open uploads; unrecorded uploads are left for the next run");
+            return;
+        }
+    };
+    for (key, id, _) in open {
+        if known.contains(&id) {
+            continue;
+        }
+        let dest = format!("s3://{}/{key}", edges.dst.url.bucket);
+        match edges.ledger.intended(&dest).await {
+            Ok(true) => match edges.dst.abort_upload(&key, &id).await {
+                Ok(()) => {
+                    tracing::info!(object = %dest, upload_id = %id, "aborted an upload of ours that was never recorded")
+                }
+                Err(e) => {
+                    tracing::warn!(object = %dest, upload_id = %id, error = %e.message, "cannot abort an unrecorded upload of ours; the next run tries again")
+                }
+            },
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(object = %dest, error = %e, "cannot tell whether this upload is ours; left alone")
+            }
+        }
+    }
 }
 
 /// The most copied (and, apart, failed) object records a run keeps in memory for its
@@ -460,8 +506,10 @@ async fn copy_object(
                     .await
                 }
                 Ok(Plan::Multipart { part_size, parts }) => {
+                    // CRC32s of the parts read in this run, across attempts.
+                    let crcs = std::sync::Mutex::new(std::collections::HashMap::new());
                     with_retries(&spec.retry, |_| {
-                        multipart_copy(&t, edges.ledger, &e, part_size, &parts, &permits)
+                        multipart_copy(&t, edges.ledger, &e, part_size, &parts, &permits, &crcs)
                     })
                     .await
                 }
@@ -530,6 +578,7 @@ async fn multipart_copy(
     part_size: u64,
     parts: &[multipart::Part],
     permits: &Permits,
+    crcs: &std::sync::Mutex<std::collections::HashMap<u32, crc32fast::Hasher>>,
 ) -> Result<Option<String>, ItemError> {
     let upload = t
         .open_upload(ledger, e, part_size, parts.len() as u32)
@@ -544,7 +593,10 @@ async fn multipart_copy(
     let todo = parts.iter().filter(|p| !done.contains(&p.number));
     let results = futures::future::join_all(todo.map(|p| async {
         let _permit = permits.take(p.len).await;
-        let etag = t.part(e, &upload.upload_id, p).await?;
+        let (etag, crc) = t.part_read(e, &upload.upload_id, p).await?;
+        if let Some(c) = crc {
+            crcs.lock().expect("crc lock").insert(p.number, c);
+        }
         ledger
             .part_done(&upload, p.number, &etag)
             .await
@@ -570,6 +622,20 @@ async fn multipart_copy(
         return Err(err.clone());
     }
     let finished = ledger.parts_done(&upload).await.map_err(ledger_error)?;
+    // Streamed parts are checked together against the source before the upload completes:
+    // wrong bytes never become the object.
+    let read = crcs.lock().expect("crc lock").clone();
+    if let Err(err) = t.check_parts_crc(e, &read, upload.parts).await {
+        if err.class == ErrorClass::DigestMismatch {
+            let _ = t
+                .dst
+                .abort_upload(&t.dst.url.key(&e.key), &upload.upload_id)
+                .await;
+            ledger.finish(&upload).await.map_err(ledger_error)?;
+            crcs.lock().expect("crc lock").clear();
+        }
+        return Err(err);
+    }
     match t
         .complete(e, &upload.upload_id, finished, upload.parts)
         .await
@@ -584,6 +650,11 @@ async fn multipart_copy(
                 .dst
                 .abort_upload(&t.dst.url.key(&e.key), &upload.upload_id)
                 .await;
+            // The checks run on the completed object: remove it, so wrong bytes are not
+            // left under the key (what was there before was replaced by the completion).
+            if let Err(x) = t.dst.delete(&e.key).await {
+                tracing::warn!(object = %t.dst.url.object(&e.key), error = %x.message, "cannot delete the object that failed its check");
+            }
             ledger.finish(&upload).await.map_err(ledger_error)?;
             Err(err)
         }

@@ -215,19 +215,31 @@ impl Transfer<'_> {
 
     /// Moves one part. Returns its ETag.
     pub async fn part(&self, e: &Entry, upload_id: &str, p: &Part) -> Result<String, ItemError> {
+        Ok(self.part_read(e, upload_id, p).await?.0)
+    }
+
+    /// Moves one part. Returns its ETag and, when the bytes came through here (stream), the
+    /// CRC32 of what was read, so the parts can be checked together against the source's
+    /// stored full-object CRC32 before the upload is completed.
+    pub async fn part_read(
+        &self,
+        e: &Entry,
+        upload_id: &str,
+        p: &Part,
+    ) -> Result<(String, Option<crc32fast::Hasher>), ItemError> {
         match self.mode {
-            Mode::Server => {
-                self.dst
-                    .copy_part(
-                        &e.key,
-                        upload_id,
-                        p.number,
-                        p.range(),
-                        self.src,
-                        e.etag.as_deref(),
-                    )
-                    .await
-            }
+            Mode::Server => self
+                .dst
+                .copy_part(
+                    &e.key,
+                    upload_id,
+                    p.number,
+                    p.range(),
+                    self.src,
+                    e.etag.as_deref(),
+                )
+                .await
+                .map(|etag| (etag, None)),
             Mode::Stream => {
                 let (body, _, _, _) = self
                     .src
@@ -243,6 +255,8 @@ impl Transfer<'_> {
                     )));
                 }
                 let md5 = md5_of(&body);
+                let mut crc = crc32fast::Hasher::new();
+                crc.update(&body);
                 let (etag, encrypted) = self
                     .dst
                     .upload_part(&e.key, upload_id, p.number, body, &md5)
@@ -256,9 +270,54 @@ impl Transfer<'_> {
                         hex::encode(md5)
                     )));
                 }
-                Ok(etag)
+                Ok((etag, Some(crc)))
             }
         }
+    }
+
+    /// Before completing a streamed upload: the CRC32 of every part read, in order, must be
+    /// the source's stored full-object CRC32 (S3 and the SDK keep one for most objects
+    /// written in one PUT). This is what catches a byte changed on the way in a part of a
+    /// source whose ETag (the MD5 of the whole) cannot be checked from parts. `Ok` when
+    /// the source has no full-object CRC32 or a part's CRC is not known (read by an
+    /// earlier run).
+    pub async fn check_parts_crc(
+        &self,
+        e: &Entry,
+        crcs: &std::collections::HashMap<u32, crc32fast::Hasher>,
+        parts: u32,
+    ) -> Result<(), ItemError> {
+        if self.mode != Mode::Stream || (1..=parts).any(|n| !crcs.contains_key(&n)) {
+            return Ok(());
+        }
+        let Some(head) = self.src.head(&e.key).await? else {
+            return Ok(());
+        };
+        // A composite checksum of a source written in parts ends in -N: not the whole's.
+        let Some(stored) = head.checksums[0].as_deref().filter(|c| !c.contains('-')) else {
+            return Ok(());
+        };
+        use base64::Engine as _;
+        let Some(want) = base64::engine::general_purpose::STANDARD
+            .decode(stored)
+            .ok()
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(u32::from_be_bytes)
+        else {
+            return Ok(());
+        };
+        let mut whole = crc32fast::Hasher::new();
+        for n in 1..=parts {
+            whole.combine(&crcs[&n]);
+        }
+        let got = whole.finalize();
+        if got != want {
+            return Err(mismatch(format!(
+                "{}: the parts read have CRC32 {got:08x}, the source's stored CRC32 is {want:08x}",
+                self.src.url.object(&e.key)
+            )));
+        }
+        Ok(())
     }
 
     /// Completes an upload from its finished parts (all of them, any order) and verifies
