@@ -6,8 +6,8 @@
 use crate::authfile::{AuthFileError, Credentials, TempAuthFile};
 use crate::interrupt::{Stop, interrupted};
 use crate::plan::ImageName;
-use crate::registry::HttpRegistry;
-use crate::retry::{ErrorClass, ItemError};
+use crate::registry::{HttpRegistry, Part, Registry};
+use crate::retry::{ErrorClass, ItemError, RetryPolicy, with_progress_retries_until, with_retries};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -17,6 +17,77 @@ use std::process::Stdio;
 #[async_trait]
 pub trait Copier: Send + Sync {
     async fn copy(&self, source: &ImageName, dest: &ImageName) -> Result<(), ItemError>;
+}
+
+/// Copies `source` (pinned by digest) to `dest` with `copier`, retrying as
+/// [`with_progress_retries_until`] does: an attempt that failed after getting one more of the
+/// image's blobs or manifests to the destination than any attempt before did not use up a
+/// retry. Progress is what the destination holds, asked of it after each failed attempt
+/// (`HEAD` of each blob and manifest of the image, through `registry`): skopeo stops at its
+/// first failed request and prints, when not on a terminal, only which blob it *starts*;
+/// the destination says what actually landed (and what the next attempt will reuse). Where
+/// it cannot be asked (an ECR side, a source manifest that cannot be read), every failure
+/// counts, as before. The same for the CLI's sync and the copy worker.
+pub async fn copy_with_retries(
+    copier: &dyn Copier,
+    registry: &dyn Registry,
+    policy: &RetryPolicy,
+    stop: &Stop,
+    source: &ImageName,
+    dest: &ImageName,
+) -> (Result<(), ItemError>, u32) {
+    let parts: tokio::sync::OnceCell<Option<Vec<Part>>> = tokio::sync::OnceCell::new();
+    let parts = &parts;
+    let probe = || async move {
+        let digest = source.digest.as_ref()?;
+        let parts = parts
+            .get_or_init(|| async {
+                let (r, _) = with_retries(policy, |_| {
+                    registry.image_parts(&source.host, &source.repo, digest)
+                })
+                .await;
+                r.ok().flatten()
+            })
+            .await
+            .as_ref()?;
+        landed(registry, policy, dest, parts).await
+    };
+    with_progress_retries_until(policy, stop, |_| copier.copy(source, dest), probe).await
+}
+
+/// How many of `parts` the destination repository holds; a piece whose `HEAD` keeps
+/// failing counts as absent (so progress is never overstated). `None` when the registry
+/// client cannot tell.
+async fn landed(
+    registry: &dyn Registry,
+    policy: &RetryPolicy,
+    dest: &ImageName,
+    parts: &[Part],
+) -> Option<u64> {
+    let mut n = 0;
+    for p in parts {
+        let here = match p {
+            Part::Manifest(d) => {
+                let reference = d.to_string();
+                let (r, _) = with_retries(policy, |_| {
+                    registry.head_manifest(&dest.host, &dest.repo, &reference)
+                })
+                .await;
+                r.map(|m| Some(m.is_some_and(|m| m.digest == *d)))
+            }
+            Part::Blob(d) => {
+                with_retries(policy, |_| registry.has_blob(&dest.host, &dest.repo, d))
+                    .await
+                    .0
+            }
+        };
+        match here {
+            Ok(Some(true)) => n += 1,
+            Ok(Some(false)) | Err(_) => {}
+            Ok(None) => return None,
+        }
+    }
+    Some(n)
 }
 
 #[derive(Debug, Clone)]

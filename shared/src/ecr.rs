@@ -459,6 +459,28 @@ impl Registry for Registries {
             None => self.http.list_untagged(host, repo).await,
         }
     }
+    async fn image_parts(
+        &self,
+        host: &str,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<Option<Vec<crate::registry::Part>>, ItemError> {
+        match self.ecr.get(host) {
+            Some(e) => e.image_parts(host, repo, digest).await,
+            None => self.http.image_parts(host, repo, digest).await,
+        }
+    }
+    async fn has_blob(
+        &self,
+        host: &str,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<Option<bool>, ItemError> {
+        match self.ecr.get(host) {
+            Some(e) => e.has_blob(host, repo, digest).await,
+            None => self.http.has_blob(host, repo, digest).await,
+        }
+    }
 }
 
 /// Creates missing destination repositories before copies start.

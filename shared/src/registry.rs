@@ -205,6 +205,34 @@ pub trait Registry: Send + Sync {
     async fn list_untagged(&self, _host: &str, _repo: &str) -> Result<Vec<Digest>, ItemError> {
         Ok(Vec::new())
     }
+    /// What an image is made of: its manifests (the index and each platform's) and the
+    /// blobs they reference (configs, layers), each once. `None` when this registry client
+    /// cannot tell (then copies are retried without progress accounting).
+    async fn image_parts(
+        &self,
+        _host: &str,
+        _repo: &str,
+        _digest: &Digest,
+    ) -> Result<Option<Vec<Part>>, ItemError> {
+        Ok(None)
+    }
+    /// Whether the repository holds the blob (a `HEAD` of it); `None` when this registry
+    /// client cannot tell.
+    async fn has_blob(
+        &self,
+        _host: &str,
+        _repo: &str,
+        _digest: &Digest,
+    ) -> Result<Option<bool>, ItemError> {
+        Ok(None)
+    }
+}
+
+/// One piece of an image, as [`Registry::image_parts`] lists them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Part {
+    Manifest(Digest),
+    Blob(Digest),
 }
 
 #[derive(Debug, Clone)]
@@ -852,6 +880,76 @@ impl Registry for HttpRegistry {
                 cm.config.map_or(0, |c| c.size) + cm.layers.iter().map(|l| l.size).sum::<u64>();
         }
         Ok(total)
+    }
+
+    async fn image_parts(
+        &self,
+        host: &str,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<Option<Vec<Part>>, ItemError> {
+        #[derive(Deserialize)]
+        struct Desc {
+            #[serde(default)]
+            digest: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct Manifest {
+            #[serde(default)]
+            config: Option<Desc>,
+            #[serde(default)]
+            layers: Vec<Desc>,
+            #[serde(default)]
+            manifests: Vec<Desc>,
+        }
+        let scope = format!("repository:{repo}:pull");
+        let parse = |d: &Desc| d.digest.as_deref().and_then(|d| d.parse::<Digest>().ok());
+        let mut parts = vec![Part::Manifest(digest.clone())];
+        let mut todo = vec![digest.clone()];
+        let mut seen = HashSet::new();
+        while let Some(d) = todo.pop() {
+            if !seen.insert(d.clone()) {
+                continue;
+            }
+            let (m, _, _) = self
+                .get_json::<Manifest>(
+                    host,
+                    &format!("/v2/{repo}/manifests/{d}"),
+                    &scope,
+                    MANIFEST_LIMIT,
+                    "manifest",
+                )
+                .await?;
+            // Only an index's own children are followed (one level, as the registry nests).
+            for child in m.manifests.iter().filter_map(parse) {
+                if d == *digest {
+                    parts.push(Part::Manifest(child.clone()));
+                    todo.push(child);
+                }
+            }
+            for b in m.config.iter().chain(&m.layers).filter_map(parse) {
+                parts.push(Part::Blob(b));
+            }
+        }
+        let mut once = HashSet::new();
+        parts.retain(|p| once.insert(p.clone()));
+        Ok(Some(parts))
+    }
+
+    async fn has_blob(
+        &self,
+        host: &str,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<Option<bool>, ItemError> {
+        let path = format!("/v2/{repo}/blobs/{digest}");
+        let scope = format!("repository:{repo}:pull");
+        let resp = self.send(Method::HEAD, host, &path, &scope).await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(Some(false));
+        }
+        check(resp, host, &path)?;
+        Ok(Some(true))
     }
 }
 

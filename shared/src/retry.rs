@@ -346,6 +346,83 @@ where
     }
 }
 
+/// The most failed attempts of one item that [`with_progress_retries_until`] forgives for
+/// having made progress; after that every failure counts against the retries again, so an
+/// item always ends.
+pub const MAX_FORGIVEN: u32 = 32;
+
+/// [`with_retries_until`] for work that keeps what it did (an image copy: blobs already at
+/// the destination are reused by the next attempt). After a retryable failure `progress`
+/// reports how much is done (e.g. how many of the image's blobs and manifests the
+/// destination has; `None` when it cannot tell). A failed attempt after which more is done
+/// than after any attempt before it made progress: it does not use up a retry, and the
+/// count of failures in a row starts again. So `policy.retries` bounds the attempts *in a
+/// row that got nothing further*, and the backoff grows with them. Bounded: at most
+/// [`MAX_FORGIVEN`] attempts are forgiven (and at most one per newly done piece, since
+/// progress is measured against the most seen), so at most
+/// `(MAX_FORGIVEN + 1) × (retries + 1)` attempts in all.
+pub async fn with_progress_retries_until<T, F, Fut, P, PFut>(
+    policy: &RetryPolicy,
+    stop: &crate::interrupt::Stop,
+    mut op: F,
+    mut progress: P,
+) -> (Result<T, ItemError>, u32)
+where
+    F: FnMut(u32) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ItemError>>,
+    P: FnMut() -> PFut,
+    PFut: std::future::Future<Output = Option<u64>>,
+{
+    let mut attempts = 0;
+    // Failures in a row without progress, forgiven failures, the most ever seen done.
+    let (mut in_a_row, mut forgiven, mut most) = (0u32, 0u32, 0u64);
+    loop {
+        if let Some(why) = stop.reason() {
+            return (Err(crate::interrupt::interrupted(why)), attempts);
+        }
+        attempts += 1;
+        let result = match tokio::time::timeout(policy.attempt_timeout, op(attempts)).await {
+            Ok(r) => r,
+            Err(_) => Err(ItemError::new(
+                ErrorClass::Retryable,
+                format!(
+                    "attempt {attempts} timed out after {:?}",
+                    policy.attempt_timeout
+                ),
+            )),
+        };
+        let e = match result {
+            Ok(v) => return (Ok(v), attempts),
+            Err(e) => e,
+        };
+        if !e.class.is_retryable() || stop.reason().is_some() {
+            return (Err(e), attempts);
+        }
+        in_a_row += 1;
+        if forgiven < MAX_FORGIVEN
+            && let Some(done) = progress().await
+            && done > most
+        {
+            most = done;
+            forgiven += 1;
+            in_a_row = 0;
+            tracing::info!(attempt = attempts, done, error = %e.message, "attempt failed after making progress; not counted against the retries");
+        }
+        if in_a_row > policy.retries {
+            return (Err(e), attempts);
+        }
+        tracing::warn!(attempt = attempts, class = %e.class, error = %e.message, "attempt failed; retrying");
+        // A server's Retry-After is a floor under the backoff.
+        let wait = policy
+            .backoff(in_a_row.saturating_sub(1))
+            .max(e.retry_after.unwrap_or_default());
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = stop.stopped() => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

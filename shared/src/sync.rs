@@ -6,7 +6,7 @@
 use crate::interrupt::{Stop, interrupted};
 use crate::plan::{self, Action, ImageName, Observation, TagListings, Unplannable, Wanted};
 use crate::registry::{Location, Registry};
-use crate::retry::{ErrorClass, ItemError, RetryPolicy, with_retries, with_retries_until};
+use crate::retry::{ErrorClass, ItemError, RetryPolicy, with_retries};
 use crate::selection::{Selection, TagSpec};
 use crate::status::{ItemRecord, RunRecord, Status, StatusStore, StoreError};
 use async_trait::async_trait;
@@ -311,8 +311,15 @@ async fn copy_one(
         digest: Some(digest.clone()),
         ..w.source.clone()
     };
-    let (copied, attempts) =
-        with_retries_until(&spec.retry, stop, |_| edges.copier.copy(&source, &w.dest)).await;
+    let (copied, attempts) = crate::copy::copy_with_retries(
+        edges.copier,
+        edges.registry,
+        &spec.retry,
+        stop,
+        &source,
+        &w.dest,
+    )
+    .await;
     if let Err(e) = copied {
         return (Err(e), attempts);
     }

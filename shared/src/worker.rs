@@ -4,7 +4,7 @@
 //! from the task's overrides, and never leave the process but through the 0600 auth file.
 
 use crate::config::{ConfigError, Env};
-use crate::copy::{Copier, Skopeo};
+use crate::copy::Skopeo;
 use crate::handlers::registries_for;
 use crate::hosts::HostRules;
 use crate::registry::{Location, Registry};
@@ -195,7 +195,15 @@ pub async fn copy_and_verify(
         digest: Some(digest.clone()),
         ..src.clone()
     };
-    let (copied, attempts) = with_retries(&cfg.retry, |_| skopeo.copy(&pinned, &dst)).await;
+    let (copied, attempts) = crate::copy::copy_with_retries(
+        &skopeo,
+        &registries,
+        &cfg.retry,
+        &crate::interrupt::Stop::never(),
+        &pinned,
+        &dst,
+    )
+    .await;
     copied?;
     let (seen, _) = with_retries(&cfg.retry, |_| {
         http.head_manifest(&dst.host, &dst.repo, &dest_ref)
