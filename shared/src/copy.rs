@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Moves one image from `source` to `dest` (one attempt; retries are the caller's).
 #[async_trait]
@@ -25,9 +26,17 @@ pub trait Copier: Send + Sync {
 /// retry. Progress is what the destination holds, asked of it after each failed attempt
 /// (`HEAD` of each blob and manifest of the image, through `registry`): skopeo stops at its
 /// first failed request and prints, when not on a terminal, only which blob it *starts*;
-/// the destination says what actually landed (and what the next attempt will reuse). Where
-/// it cannot be asked (an ECR side, a source manifest that cannot be read), every failure
-/// counts, as before. The same for the CLI's sync and the copy worker.
+/// the destination says what actually landed (and what the next attempt will reuse).
+///
+/// When everything but the image's own manifest has landed, the next attempt stores that
+/// manifest itself (its bytes read from the source by digest and checked, one `PUT`, each
+/// request retried on its own and after any `Retry-After`) instead of running the whole
+/// copy again for it (an index's whole copy is some 14 requests, any of which fails it).
+/// The registry refuses a manifest whose parts are missing, and the destination digest is
+/// checked after the copy as always.
+///
+/// Where the destination cannot be asked (an ECR side, a source manifest that cannot be
+/// read), every failure counts, as before. The same for the CLI's sync and the copy worker.
 pub async fn copy_with_retries(
     copier: &dyn Copier,
     registry: &dyn Registry,
@@ -38,6 +47,7 @@ pub async fn copy_with_retries(
 ) -> (Result<(), ItemError>, u32) {
     let parts: tokio::sync::OnceCell<Option<Vec<Part>>> = tokio::sync::OnceCell::new();
     let parts = &parts;
+    let only_manifest_missing = &AtomicBool::new(false);
     let probe = || async move {
         let digest = source.digest.as_ref()?;
         let parts = parts
@@ -50,21 +60,64 @@ pub async fn copy_with_retries(
             })
             .await
             .as_ref()?;
-        landed(registry, policy, dest, parts).await
+        let (n, top_missing) = landed(registry, policy, dest, parts).await?;
+        only_manifest_missing.store(top_missing, Ordering::SeqCst);
+        Some(n)
     };
-    with_progress_retries_until(policy, stop, |_| copier.copy(source, dest), probe).await
+    let attempt = |_| async move {
+        if only_manifest_missing.load(Ordering::SeqCst)
+            && let Some(digest) = &source.digest
+        {
+            match put_manifest(registry, policy, source, digest, dest).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        copier.copy(source, dest).await
+    };
+    with_progress_retries_until(policy, stop, attempt, probe).await
 }
 
-/// How many of `parts` the destination repository holds; a piece whose `HEAD` keeps
-/// failing counts as absent (so progress is never overstated). `None` when the registry
-/// client cannot tell.
+/// Copies the image's own manifest from the source to the destination reference; `false`
+/// when this registry client cannot (then the copier runs).
+async fn put_manifest(
+    registry: &dyn Registry,
+    policy: &RetryPolicy,
+    source: &ImageName,
+    digest: &crate::reference::Digest,
+    dest: &ImageName,
+) -> Result<bool, ItemError> {
+    let (got, _) = with_retries(policy, |_| {
+        registry.get_manifest(&source.host, &source.repo, digest)
+    })
+    .await;
+    let Some((bytes, media_type)) = got? else {
+        return Ok(false);
+    };
+    if media_type.is_empty() {
+        return Ok(false);
+    }
+    tracing::info!(%dest, %digest, "only the manifest is missing at the destination; storing it");
+    let reference = dest.reference();
+    let (put, _) = with_retries(policy, |_| {
+        registry.put_manifest(&dest.host, &dest.repo, &reference, &media_type, &bytes)
+    })
+    .await;
+    Ok(put?.is_some())
+}
+
+/// How many of `parts` the destination repository holds, and whether every part but the
+/// first (the image's own manifest) is there and the first is not. A part whose `HEAD`
+/// keeps failing counts as absent (so progress is never overstated). `None` when the
+/// registry client cannot tell.
 async fn landed(
     registry: &dyn Registry,
     policy: &RetryPolicy,
     dest: &ImageName,
     parts: &[Part],
-) -> Option<u64> {
-    let mut n = 0;
+) -> Option<(u64, bool)> {
+    let mut present = Vec::with_capacity(parts.len());
     for p in parts {
         let here = match p {
             Part::Manifest(d) => {
@@ -82,13 +135,18 @@ async fn landed(
             }
         };
         match here {
-            Ok(Some(true)) => n += 1,
-            Ok(Some(false)) | Err(_) => {}
+            Ok(Some(yes)) => present.push(yes),
+            Err(_) => present.push(false),
             Ok(None) => return None,
         }
     }
-    Some(n)
+    let n = present.iter().filter(|p| **p).count() as u64;
+    let top_missing = present.first() == Some(&false) && present[1..].iter().all(|p| *p);
+    Some((n, top_missing))
 }
+
+/// `skopeo copy --retry-times` (skopeo 1.9 has no `--retry-delay`).
+const SKOPEO_RETRY_TIMES: &str = "3";
 
 #[derive(Debug, Clone)]
 struct Endpoint {
@@ -186,8 +244,11 @@ impl Skopeo {
             "copy",
             "--all",
             "--preserve-digests",
+            // skopeo's own retries redo the copy in the same process after 1, 2, 4 s, only
+            // for errors it deems transient (a reset, a refused connection; not a 429, whose
+            // Retry-After it would not honour); what is left comes back to our retries.
             "--retry-times",
-            "0",
+            SKOPEO_RETRY_TIMES,
             "--authfile",
         ]
         .map(String::from)

@@ -470,6 +470,37 @@ impl Registry for Registries {
             None => self.http.image_parts(host, repo, digest).await,
         }
     }
+    async fn get_manifest(
+        &self,
+        host: &str,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<Option<(Vec<u8>, String)>, ItemError> {
+        match self.ecr.get(host) {
+            Some(e) => e.get_manifest(host, repo, digest).await,
+            None => self.http.get_manifest(host, repo, digest).await,
+        }
+    }
+    async fn put_manifest(
+        &self,
+        host: &str,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> Result<Option<()>, ItemError> {
+        match self.ecr.get(host) {
+            Some(e) => {
+                e.put_manifest(host, repo, reference, media_type, bytes)
+                    .await
+            }
+            None => {
+                self.http
+                    .put_manifest(host, repo, reference, media_type, bytes)
+                    .await
+            }
+        }
+    }
     async fn has_blob(
         &self,
         host: &str,

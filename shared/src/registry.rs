@@ -216,6 +216,28 @@ pub trait Registry: Send + Sync {
     ) -> Result<Option<Vec<Part>>, ItemError> {
         Ok(None)
     }
+    /// The bytes and media type of the manifest `digest`, checked against it; `None` when
+    /// this registry client cannot read manifests.
+    async fn get_manifest(
+        &self,
+        _host: &str,
+        _repo: &str,
+        _digest: &Digest,
+    ) -> Result<Option<(Vec<u8>, String)>, ItemError> {
+        Ok(None)
+    }
+    /// Stores a manifest under `reference` (a tag or its digest); `None` when this registry
+    /// client cannot write manifests.
+    async fn put_manifest(
+        &self,
+        _host: &str,
+        _repo: &str,
+        _reference: &str,
+        _media_type: &str,
+        _bytes: &[u8],
+    ) -> Result<Option<()>, ItemError> {
+        Ok(None)
+    }
     /// Whether the repository holds the blob (a `HEAD` of it); `None` when this registry
     /// client cannot tell.
     async fn has_blob(
@@ -335,6 +357,18 @@ impl HttpRegistry {
         path: &str,
         scope: &str,
     ) -> Result<reqwest::Response, ItemError> {
+        self.send_with(method, host, path, scope, None).await
+    }
+
+    /// [`Self::send`] with a body (its content type and bytes).
+    async fn send_with(
+        &self,
+        method: Method,
+        host: &str,
+        path: &str,
+        scope: &str,
+        body: Option<(&str, &[u8])>,
+    ) -> Result<reqwest::Response, ItemError> {
         let url = self.url(host, path);
         let mut authed = false;
         loop {
@@ -342,6 +376,9 @@ impl HttpRegistry {
                 .http
                 .request(method.clone(), &url)
                 .header(header::ACCEPT, MANIFEST_ACCEPT);
+            if let Some((ctype, bytes)) = body {
+                req = req.header(header::CONTENT_TYPE, ctype).body(bytes.to_vec());
+            }
             if let Some(h) = self.auth_header(host, scope) {
                 req = req.header(header::AUTHORIZATION, h);
             }
@@ -934,6 +971,54 @@ impl Registry for HttpRegistry {
         let mut once = HashSet::new();
         parts.retain(|p| once.insert(p.clone()));
         Ok(Some(parts))
+    }
+
+    async fn get_manifest(
+        &self,
+        host: &str,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<Option<(Vec<u8>, String)>, ItemError> {
+        let path = format!("/v2/{repo}/manifests/{digest}");
+        let scope = format!("repository:{repo}:pull");
+        let resp = check(
+            self.send(Method::GET, host, &path, &scope).await?,
+            host,
+            &path,
+        )?;
+        let media_type = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let url = format!("GET {host}{path}");
+        let body = read_capped(resp, MANIFEST_LIMIT, "manifest", &url).await?;
+        let got = Digest::sha256_of(&body);
+        if got != *digest {
+            return Err(ItemError::new(
+                ErrorClass::DigestMismatch,
+                format!("{url}: the manifest read has digest {got}"),
+            ));
+        }
+        Ok(Some((body, media_type)))
+    }
+
+    async fn put_manifest(
+        &self,
+        host: &str,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> Result<Option<()>, ItemError> {
+        let path = format!("/v2/{repo}/manifests/{reference}");
+        let scope = format!("repository:{repo}:pull,push");
+        let resp = self
+            .send_with(Method::PUT, host, &path, &scope, Some((media_type, bytes)))
+            .await?;
+        check(resp, host, &path)?;
+        Ok(Some(()))
     }
 
     async fn has_blob(

@@ -651,6 +651,33 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn progress_does_not_use_up_retries_but_the_forgiven_are_capped() {
+        let stop = crate::interrupt::Stop::never();
+        let fail = |_| async { Err::<(), _>(ItemError::new(ErrorClass::Retryable, "mid-way")) };
+        // Progress after each of the first 5 failures, then none: 5 forgiven + 1 + 3 retries.
+        let done = std::cell::Cell::new(0u64);
+        let probe = || {
+            done.set((done.get() + 1).min(5));
+            let d = done.get();
+            async move { Some(d) }
+        };
+        let (r, n) = with_progress_retries_until(&policy(), &stop, fail, probe).await;
+        assert_eq!((r.is_err(), n), (true, 5 + 4));
+        // Progress after every failure, for ever: still ends.
+        let done = std::cell::Cell::new(0u64);
+        let probe = || {
+            done.set(done.get() + 1);
+            let d = done.get();
+            async move { Some(d) }
+        };
+        let (_, n) = with_progress_retries_until(&policy(), &stop, fail, probe).await;
+        assert_eq!(n, MAX_FORGIVEN + 4);
+        // No way to tell: the retries count as before.
+        let (_, n) = with_progress_retries_until(&policy(), &stop, fail, || async { None }).await;
+        assert_eq!(n, 4);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn does_not_retry_auth_errors() {
         let (r, n) = with_retries::<(), _, _>(&policy(), |_| async {
             Err(ItemError::new(ErrorClass::AuthDenied, "no"))
