@@ -12,7 +12,6 @@ use async_trait::async_trait;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Moves one image from `source` to `dest` (one attempt; retries are the caller's).
 #[async_trait]
@@ -28,8 +27,8 @@ pub trait Copier: Send + Sync {
 /// first failed request and prints, when not on a terminal, only which blob it *starts*;
 /// the destination says what actually landed (and what the next attempt will reuse).
 ///
-/// When everything but the image's own manifest has landed, the next attempt stores that
-/// manifest itself (its bytes read from the source by digest and checked, one `PUT`, each
+/// When every blob has landed and only manifests are missing, the next attempt stores them
+/// itself (the platforms', then the image's own) (its bytes read from the source by digest and checked, one `PUT`, each
 /// request retried on its own and after any `Retry-After`) instead of running the whole
 /// copy again for it (an index's whole copy is some 14 requests, any of which fails it).
 /// The registry refuses a manifest whose parts are missing, and the destination digest is
@@ -47,7 +46,7 @@ pub async fn copy_with_retries(
 ) -> (Result<(), ItemError>, u32) {
     let parts: tokio::sync::OnceCell<Option<Vec<Part>>> = tokio::sync::OnceCell::new();
     let parts = &parts;
-    let only_manifest_missing = &AtomicBool::new(false);
+    let missing: &std::sync::Mutex<Vec<crate::reference::Digest>> = &Default::default();
     let probe = || async move {
         let digest = source.digest.as_ref()?;
         let parts = parts
@@ -60,18 +59,29 @@ pub async fn copy_with_retries(
             })
             .await
             .as_ref()?;
-        let (n, top_missing) = landed(registry, policy, dest, parts).await?;
-        only_manifest_missing.store(top_missing, Ordering::SeqCst);
+        let (n, left) = landed(registry, policy, dest, parts).await?;
+        *missing.lock().unwrap() = left;
         Some(n)
     };
     let attempt = |_| async move {
-        if only_manifest_missing.load(Ordering::SeqCst)
-            && let Some(digest) = &source.digest
-        {
-            match put_manifest(registry, policy, source, digest, dest).await {
-                Ok(true) => return Ok(()),
-                Ok(false) => {}
-                Err(e) => return Err(e),
+        let left = missing.lock().unwrap().clone();
+        if !left.is_empty() {
+            let mut all = true;
+            for d in &left {
+                // The image's own manifest goes under the destination reference, the
+                // platforms' (stored first) under their digests.
+                let top = source.digest.as_ref() == Some(d);
+                match put_manifest(registry, policy, source, d, dest, top).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        all = false;
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if all {
+                return Ok(());
             }
         }
         copier.copy(source, dest).await
@@ -87,6 +97,7 @@ async fn put_manifest(
     source: &ImageName,
     digest: &crate::reference::Digest,
     dest: &ImageName,
+    top: bool,
 ) -> Result<bool, ItemError> {
     let (got, _) = with_retries(policy, |_| {
         registry.get_manifest(&source.host, &source.repo, digest)
@@ -99,7 +110,11 @@ async fn put_manifest(
         return Ok(false);
     }
     tracing::info!(%dest, %digest, "only the manifest is missing at the destination; storing it");
-    let reference = dest.reference();
+    let reference = if top {
+        dest.reference()
+    } else {
+        digest.to_string()
+    };
     let (put, _) = with_retries(policy, |_| {
         registry.put_manifest(&dest.host, &dest.repo, &reference, &media_type, &bytes)
     })
@@ -116,7 +131,7 @@ async fn landed(
     policy: &RetryPolicy,
     dest: &ImageName,
     parts: &[Part],
-) -> Option<(u64, bool)> {
+) -> Option<(u64, Vec<crate::reference::Digest>)> {
     let mut present = Vec::with_capacity(parts.len());
     for p in parts {
         let here = match p {
@@ -141,8 +156,25 @@ async fn landed(
         }
     }
     let n = present.iter().filter(|p| **p).count() as u64;
-    let top_missing = present.first() == Some(&false) && present[1..].iter().all(|p| *p);
-    Some((n, top_missing))
+    let blobs_all_here = parts
+        .iter()
+        .zip(&present)
+        .all(|(p, here)| *here || matches!(p, Part::Manifest(_)));
+    // Platforms first (they follow the image's own manifest in `parts`), the image's last.
+    let mut left: Vec<crate::reference::Digest> = Vec::new();
+    if blobs_all_here {
+        for (p, here) in parts
+            .iter()
+            .zip(&present)
+            .skip(1)
+            .chain(parts.iter().zip(&present).take(1))
+        {
+            if let (Part::Manifest(d), false) = (p, *here) {
+                left.push(d.clone());
+            }
+        }
+    }
+    Some((n, left))
 }
 
 /// `skopeo copy --retry-times` (skopeo 1.9 has no `--retry-delay`).
