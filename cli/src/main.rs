@@ -271,8 +271,13 @@ fn main() -> ExitCode {
 fn init_tracing() {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    // Colour only on a terminal, and never under NO_COLOR (https://no-color.org).
+    use std::io::IsTerminal as _;
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     if std::env::var("TRANSFER_HUB_LOG_FORMAT").is_ok_and(|v| v == "json") {
         b.json().init();

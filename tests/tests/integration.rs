@@ -5,6 +5,7 @@ mod integration {
     pub mod aws;
     pub mod aws_hosts;
     pub mod cli;
+    pub mod demo;
     pub mod ecr;
     pub mod faults;
     pub mod hostile;

@@ -354,7 +354,7 @@ impl Transfer<'_> {
                             .as_deref()
                             .is_some_and(|t| t.ends_with(&format!("-{expected}"))) =>
                 {
-                    tracing::warn!(object = %dest_url, error = %err.message, "completing answered badly; the object is there, checking it");
+                    tracing::warn!(object = %dest_url, error = %crate::retry::clip(&err.message, 160), "completing answered badly; the object is there, checking it");
                     (h.etag, h.kms)
                 }
                 _ => return Err(err),
