@@ -414,7 +414,8 @@ fn stop_on_signals() -> std::io::Result<Stop> {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
         };
-        std::process::exit(signal_exit_code(second).into());
+        // At once, but not without removing the temp auth file (no destructor runs).
+        interrupt::exit_now(signal_exit_code(second).into());
     });
     Ok(stop)
 }

@@ -10,6 +10,7 @@
 //!   a destination fail in the middle of a run.
 
 pub mod faults;
+pub mod faults_aws;
 pub mod iam;
 
 use anyhow::{Context, Result, bail};

@@ -1278,3 +1278,101 @@ fn a_diff_waits_while_the_previous_runs_jobs_fill_the_queue() {
     let again = s.rt.block_on(f.diff(Default::default(), 0)).unwrap();
     assert!(again.deferred.is_none() && again.to_copy == 3, "{again:?}");
 }
+
+/// The strict S3 proxy in front of this suite's moto, logging every write it passes on
+/// (the request line of each PUT, POST and DELETE answered with a success).
+fn logged_strict(
+    s: &Suite,
+) -> (
+    hub_tests::s3_rig::StrictS3,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = log.clone();
+    let strict = hub_tests::s3_rig::StrictS3::start_signed(
+        &s.iam.moto.endpoint,
+        std::sync::Arc::new(move |head: &str, status, body| {
+            let line = head.lines().next().unwrap_or("").to_string();
+            if ["PUT ", "POST ", "DELETE "]
+                .iter()
+                .any(|m| line.starts_with(m))
+                && status < 300
+            {
+                seen.lock().unwrap().push(line);
+            }
+            (status, vec![], body)
+        }),
+        s.iam.admin_keys(),
+    );
+    (strict, log)
+}
+
+/// SQS delivers at least once: an object job handled twice queues its part jobs twice, and
+/// each part job may come again. Every part is uploaded once all the same (a part the
+/// ledger has is not written again), and the object completes into the source.
+#[test]
+fn part_jobs_delivered_twice_upload_each_part_once() {
+    let s = Suite::start("objects_aws-part_jobs_delivered_twice_upload_each_part_once");
+    let big = data(16 * MIB + 777, 4);
+    s.put("in/big.bin", &big);
+    let (strict, log) = logged_strict(&s);
+    let f = s.function(&[("DEST_ENDPOINT", strict.endpoint())]);
+    s.rt.block_on(f.diff(Default::default(), 0)).unwrap();
+    let job = s.receive(&s.queue);
+    assert_eq!(job.records.len(), 1);
+    s.handled(&f, job.clone());
+    s.handled(&f, job.clone());
+    s.ack(&s.queue, &job, &[]);
+    let parts = s.receive(&s.queue);
+    assert!(parts.records.len() >= 4, "{}", parts.records.len());
+    s.handled(&f, parts.clone());
+    s.handled(&f, parts.clone());
+    s.ack(&s.queue, &parts, &[]);
+    s.completes(&f, "big.bin", &big);
+    let writes = log.lock().unwrap().clone();
+    let count = |what: &str| writes.iter().filter(|l| l.contains(what)).count();
+    assert_eq!(count("?uploads"), 1, "one upload: {writes:#?}");
+    assert_eq!(count("UploadPart"), 4, "each of 4 parts once: {writes:#?}");
+}
+
+/// A delete event delivered twice deletes once: the second finds nothing at the
+/// destination and writes nothing (on a versioned bucket it would add a delete marker).
+#[test]
+fn a_delete_event_delivered_twice_deletes_once() {
+    let s = Suite::start("objects_aws-a_delete_event_delivered_twice_deletes_once");
+    let (strict, log) = logged_strict(&s);
+    let f = s.function(&[
+        ("DELETE_ON_EVENTS", "true"),
+        ("DEST_ENDPOINT", strict.endpoint()),
+    ]);
+    s.rt.block_on(
+        s.s3.put_object()
+            .bucket("dst")
+            .key("out/gone")
+            .body(ByteStream::from_static(b"stale"))
+            .send(),
+    )
+    .unwrap();
+    let note = serde_json::json!({"Records": [{
+        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": REGION,
+        "eventTime": "2026-11-23T12:00:00.000Z", "eventName": "ObjectRemoved:Delete",
+        "userIdentity": {"principalId": "EXAMPLE"}, "requestParameters": {"sourceIPAddress": "127.0.0.1"},
+        "responseElements": {},
+        "s3": {"s3SchemaVersion": "1.0", "bucket": {"name": "src", "arn": "arn:aws:s3:::src"},
+               "object": {"key": "in/gone", "size": 0, "sequencer": "00000000000000B1"}}}]})
+    .to_string();
+    for i in 0..2 {
+        let ev: SqsEvent = serde_json::from_value(serde_json::json!({"Records": [
+            {"messageId": format!("d{i}"), "body": note, "attributes": {}, "messageAttributes": {}}
+        ]}))
+        .unwrap();
+        s.handled(&f, ev);
+    }
+    assert!(s.get("dst", "out/gone").is_none());
+    let writes = log.lock().unwrap().clone();
+    assert_eq!(
+        writes.iter().filter(|l| l.starts_with("DELETE ")).count(),
+        1,
+        "{writes:#?}"
+    );
+}
