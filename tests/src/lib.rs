@@ -491,9 +491,17 @@ impl MotoServer {
     fn launch(program: &[&str], env: &[(&str, String)]) -> Self {
         let port = free_port();
         let log = tempfile::NamedTempFile::new().unwrap();
+        // moto computes CRC32C with a `crc32c` module when it can import one, and answers
+        // CRC32s named CRC32C otherwise: tests/moto_shim gives it one.
+        let shim = Path::new(env!("CARGO_MANIFEST_DIR")).join("moto_shim");
+        let python_path = match std::env::var("PYTHONPATH") {
+            Ok(p) if !p.is_empty() => format!("{}:{p}", shim.display()),
+            _ => shim.display().to_string(),
+        };
         let child = Command::new("python3")
             .args(program)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .env("PYTHONPATH", python_path)
             .envs(env.iter().map(|(k, v)| (k.to_string(), v.clone())))
             .stdout(log.reopen().unwrap())
             .stderr(log.reopen().unwrap())
