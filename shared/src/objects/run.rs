@@ -571,7 +571,13 @@ async fn multipart_copy(
     }
     let finished = ledger.parts_done(&upload).await.map_err(ledger_error)?;
     match t
-        .complete(e, &upload.upload_id, finished, upload.parts)
+        .complete(
+            e,
+            &upload.upload_id,
+            finished,
+            upload.parts,
+            upload.part_size,
+        )
         .await
     {
         Ok(etag) => {

@@ -802,7 +802,7 @@ async fn check_upload(
     if parts.len() as u32 >= u.parts {
         let r = e
             .transfer()
-            .complete(&entry, &u.upload_id, parts, u.parts)
+            .complete(&entry, &u.upload_id, parts, u.parts, u.part_size)
             .await;
         match &r {
             Ok(_) => sum.completed += 1,
