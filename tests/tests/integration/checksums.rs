@@ -276,6 +276,20 @@ fn the_strict_rig_checks_and_answers_checksums_as_s3_does() {
             .unwrap();
         assert_eq!(h.checksum_crc32_c(), Some(want.as_str()), "{kind:?}");
         assert_eq!(h.checksum_type(), Some(&kind));
+        let attrs =
+            r.rt.block_on(
+                c.get_object_attributes()
+                    .bucket("src")
+                    .key(&key)
+                    .object_attributes(aws_sdk_s3::types::ObjectAttributes::Checksum)
+                    .send(),
+            )
+            .unwrap();
+        let sum = attrs
+            .checksum()
+            .expect("GetObjectAttributes names the checksum");
+        assert_eq!(sum.checksum_crc32_c(), Some(want.as_str()), "{kind:?}");
+        assert_eq!(sum.checksum_type(), Some(&kind));
     }
     // CopyObject computes the checksum asked for over the copied bytes.
     let copied =
@@ -325,11 +339,28 @@ fn a_part_spoiled_on_the_way_from_the_source_fails_the_object_by_its_checksum() 
             .await
             .unwrap();
     });
+    // And one whose PUT is spoiled on the way to S3: S3 refuses it (BadDigest).
+    let sent = data(2000, 4);
+    r.put_crc32c("sent.bin", &sent);
     r.strict.faults().corrupt_reads.insert("src/big.bin".into());
+    r.strict
+        .faults()
+        .corrupt_writes
+        .insert("dst/sent.bin".into());
     let run = r.sync(&["--copy-mode", "stream"]);
     assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
     let j = run.json();
-    assert_eq!(counts(&j), (2, 0, 1), "{j}");
+    assert_eq!(counts(&j), (2, 0, 2), "{j}");
+    let refused = item(&j, "sent.bin");
+    assert_eq!(refused["error"]["class"], "DigestMismatch", "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("BadDigest"),
+        "{refused}"
+    );
+    assert!(r.get("dst", "sent.bin").is_none());
     let victim = item(&j, "big.bin");
     assert_eq!(victim["status"], "failed", "{victim}");
     assert_eq!(victim["error"]["class"], "DigestMismatch", "{victim}");
