@@ -452,6 +452,7 @@ impl Bucket {
     /// refuses a body that matches neither). Returns the ETag, whether it is not an MD5
     /// (the destination encrypts with KMS), and the checksum S3 stored (in `sum`'s
     /// algorithm, when it reports one).
+    #[allow(clippy::too_many_arguments)]
     pub async fn put(
         &self,
         rel: &str,

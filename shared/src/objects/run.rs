@@ -435,6 +435,7 @@ async fn copy_object(
         mode: spec.mode,
         opts: &spec.dest_opts,
         tags: spec.tags,
+        remove_bad_copies: true,
     };
     let single_limit = match spec.mode {
         Mode::Server => MAX_SINGLE,

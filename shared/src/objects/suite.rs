@@ -183,6 +183,7 @@ impl ObjectsEdges<'_> {
             mode: self.cfg.mode,
             opts: &self.cfg.dest_opts,
             tags: self.cfg.tags,
+            remove_bad_copies: false,
         }
     }
     /// Remembers a verified copy whose ETag is not the source's (see

@@ -40,6 +40,8 @@ pub struct Transfer<'a> {
     pub opts: &'a DestOptions,
     /// Carry object tags too.
     pub tags: bool,
+    /// Delete a server-side copy that fails its check (see [`Transfer::remove_bad_copy`]).
+    pub remove_bad_copies: bool,
 }
 
 /// A ledger (status store) error, as a retryable item error.
@@ -83,13 +85,16 @@ impl Transfer<'_> {
                     )
                     .await?;
                 let (etag, dest_encrypted) = (w.etag, w.encrypted);
-                let mut proven = compare_checksums(
+                let mut proven = match compare_checksums(
                     &dest_url,
                     "after the copy",
                     algo,
                     w.checksum.as_deref(),
                     source.as_ref(),
-                )?;
+                ) {
+                    Ok(p) => p,
+                    Err(err) => return Err(self.remove_bad_copy(e, err).await),
+                };
                 if !dest_encrypted
                     && let (Some(src), Some(got)) = (&e.etag, &etag)
                     && is_md5_etag(src)
@@ -98,9 +103,10 @@ impl Transfer<'_> {
                         // The copy's MD5 is the listed object's MD5: same bytes, same size.
                         proven = true;
                     } else if !self.source_encrypted(e).await? {
-                        return Err(mismatch(format!(
+                        let err = mismatch(format!(
                             "{dest_url}: ETag {got} after the copy, source ETag {src}"
-                        )));
+                        ));
+                        return Err(self.remove_bad_copy(e, err).await);
                     }
                 }
                 (etag, proven)
@@ -184,6 +190,19 @@ impl Transfer<'_> {
             self.verify_size(e).await?;
         }
         Ok(etag)
+    }
+
+    /// A server-side copy that S3 already wrote is not the source's bytes: with
+    /// `remove_bad_copies` (the CLI) it is deleted, so no run ever takes it for a copy (a
+    /// later `--compare size` would); the AWS roles hold no s3:DeleteObject unless deletion
+    /// is on, so there it stays, recorded as failed, until the retry overwrites it.
+    async fn remove_bad_copy(&self, e: &Entry, err: ItemError) -> ItemError {
+        if self.remove_bad_copies
+            && let Err(x) = self.dst.delete(&e.key).await
+        {
+            tracing::warn!(object = %self.dst.url.object(&e.key), error = %x.message, "cannot delete the copy that failed its check");
+        }
+        err
     }
 
     /// The checksum the source stores (HEAD with ChecksumMode), for the listed version: a

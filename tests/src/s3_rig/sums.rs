@@ -68,6 +68,9 @@ pub struct SumState {
     pub sse_c: HashMap<String, String>,
 }
 
+/// An answer the rig gives itself: status, head lines, body.
+type Answer = (u16, Vec<String>, Vec<u8>);
+
 pub const ALGOS: [&str; 5] = ["CRC32", "CRC32C", "CRC64NVME", "SHA1", "SHA256"];
 
 /// The base64 checksum of `bytes` in `algo` (`CRC32C`…).
@@ -95,7 +98,7 @@ fn digest_len(algo: &str) -> usize {
     }
 }
 
-fn error(status: u16, code: &str, message: &str) -> (u16, Vec<String>, Vec<u8>) {
+fn error(status: u16, code: &str, message: &str) -> Answer {
     let body = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message></Error>"
     );
@@ -164,7 +167,7 @@ fn check_sent(
     head: &str,
     data: &[u8],
     trailers: &[(String, String)],
-) -> Result<Option<(String, String)>, (u16, Vec<String>, Vec<u8>)> {
+) -> Result<Option<(String, String)>, Answer> {
     if let Some(md5) = header(head, "content-md5")
         && STANDARD.encode(Md5::digest(data)) != md5
     {
@@ -208,7 +211,7 @@ fn customer_key_md5(head: &str, copy: bool) -> Option<String> {
     header(head, &format!("{p}key-md5"))
 }
 
-fn sse_c_refusal(is_head: bool) -> (u16, Vec<String>, Vec<u8>) {
+fn sse_c_refusal(is_head: bool) -> Answer {
     if is_head {
         (400, vec!["HTTP/1.1 400 Bad Request".into()], vec![])
     } else {
@@ -231,7 +234,7 @@ fn copy_source(head: &str) -> Option<String> {
 /// body to forward (spoiled when a test asked) and what to remember once moto accepted.
 pub(super) enum Before {
     Forward(Vec<u8>, Pending),
-    Refuse((u16, Vec<String>, Vec<u8>)),
+    Refuse(Answer),
 }
 
 /// What a write that moto accepts leaves for the rig to record.
@@ -394,12 +397,7 @@ fn part_list(xml: &str) -> Vec<(u32, Vec<(String, String)>)> {
 
 /// A CompleteMultipartUpload whose part list does not name the stored part checksums is
 /// refused, as S3 refuses it.
-fn check_part_list(
-    s: &Shared,
-    t: &Target,
-    _head: &str,
-    body: &[u8],
-) -> Option<(u16, Vec<String>, Vec<u8>)> {
+fn check_part_list(s: &Shared, t: &Target, _head: &str, body: &[u8]) -> Option<Answer> {
     let id = query_value(&t.query, "uploadId")?;
     let st = s.state.lock().unwrap();
     let (algo, _) = st.sums.uploads.get(&id)?;
@@ -514,7 +512,7 @@ pub(super) fn after(
     status: u16,
     mut lines: Vec<String>,
     mut body: Vec<u8>,
-) -> (u16, Vec<String>, Vec<u8>) {
+) -> Answer {
     if !(200..300).contains(&status) {
         return (status, lines, body);
     }
@@ -745,7 +743,7 @@ fn complete(
     status: u16,
     lines: Vec<String>,
     body: Vec<u8>,
-) -> (u16, Vec<String>, Vec<u8>) {
+) -> Answer {
     let id = query_value(&t.query, "uploadId").unwrap_or_default();
     let text = String::from_utf8_lossy(&body).to_string();
     let etag = xml_etag(&text);

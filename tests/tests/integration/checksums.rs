@@ -124,9 +124,7 @@ fn counts(j: &serde_json::Value) -> (u64, u64, u64) {
 }
 
 fn crc32c(b: &[u8]) -> String {
-    STANDARD.encode(
-        crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, b).to_be_bytes()[4..].to_vec(),
-    )
+    STANDARD.encode(&crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, b).to_be_bytes()[4..])
 }
 
 /// The rig answers checksums as S3 does: a wrong one (or a wrong Content-MD5) is refused
@@ -418,6 +416,12 @@ fn server_side_copies_that_differ_from_the_source_checksum_are_failed() {
         let i = item(&j, key);
         assert_eq!(i["status"], "failed", "{i}");
         assert_eq!(i["error"]["class"], "DigestMismatch", "{i}");
+        // Nothing wrong is left: the multipart one was never completed, the single
+        // copies S3 had written are removed.
+        assert!(
+            r.get("dst", key).is_none(),
+            "{key} was left at the destination"
+        );
     }
     assert_eq!(r.get("dst", "fine.bin").unwrap(), fine);
 }
