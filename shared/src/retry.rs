@@ -120,6 +120,13 @@ impl ErrorClass {
     /// `Throttling`/`ThrottlingException` on any service.
     pub fn from_aws_error(code: Option<&str>, status: u16) -> Self {
         let code = code.unwrap_or("");
+        // S3 found the bytes it received not to match the Content-MD5 or checksum sent.
+        if matches!(
+            code,
+            "BadDigest" | "InvalidDigest" | "XAmzContentChecksumMismatch"
+        ) {
+            return ErrorClass::DigestMismatch;
+        }
         if code.contains("Throttl")
             || code.contains("TooManyRequests")
             || code.contains("RequestLimitExceeded")

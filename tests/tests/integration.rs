@@ -4,6 +4,7 @@
 mod integration {
     pub mod aws;
     pub mod aws_hosts;
+    pub mod checksums;
     pub mod cli;
     pub mod demo;
     pub mod ecr;

@@ -183,6 +183,7 @@ impl ObjectsEdges<'_> {
             mode: self.cfg.mode,
             opts: &self.cfg.dest_opts,
             tags: self.cfg.tags,
+            remove_bad_copies: false,
         }
     }
     /// Remembers a verified copy whose ETag is not the source's (see
@@ -818,7 +819,7 @@ async fn check_upload(
     if parts.len() as u32 >= u.parts {
         let r = e
             .transfer()
-            .complete(&entry, &u.upload_id, parts, u.parts)
+            .complete(&entry, &u.upload_id, parts, u.parts, u.part_size)
             .await;
         match &r {
             Ok(_) => sum.completed += 1,

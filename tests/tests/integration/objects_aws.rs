@@ -1376,3 +1376,84 @@ fn a_delete_event_delivered_twice_deletes_once() {
         "{writes:#?}"
     );
 }
+
+/// transfer-object and check-multipart verify by checksum too. Server-side copies into a
+/// KMS destination (its ETags are not MD5s) where what S3 stores is not the source's bytes
+/// (the strict rig spoils a CopyObject and the UploadPartCopy parts): the copy's CRC32C is
+/// not the source's, so the small object is recorded as failed (DigestMismatch) and its
+/// job fails, and the big one is never completed (its parts do not add up to the source's
+/// CRC32C; the upload is aborted). Before, both were recorded as copied.
+#[test]
+fn server_side_copies_that_differ_from_the_source_checksum_fail_on_aws_too() {
+    let s = Suite::start("objects_aws-server_side_copies_that_differ_from_the_source_checksum");
+    let key = s.iam.kms_key(REGION);
+    let strict = s.strict();
+    let via_rig = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&s.conf)
+            .endpoint_url(strict.endpoint())
+            .force_path_style(true)
+            .build(),
+    );
+    let (one, big) = (data(4000, 1), data(11 * MIB + 5, 2));
+    for (k, body) in [("in/one.bin", &one), ("in/big.bin", &big)] {
+        s.rt.block_on(
+            via_rig
+                .put_object()
+                .bucket("src")
+                .key(k)
+                .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32C)
+                .body(ByteStream::from(body.to_vec()))
+                .send(),
+        )
+        .unwrap();
+    }
+    {
+        let mut faults = strict.faults();
+        faults.corrupt_copies.insert("dst/out/one.bin".into());
+        faults.corrupt_copies.insert("dst/out/big.bin".into());
+    }
+    let f = s.function(&[
+        ("SOURCE_ENDPOINT", strict.endpoint()),
+        ("DEST_ENDPOINT", strict.endpoint()),
+        ("COPY_MODE", "server"),
+        ("KMS_KEY", key.as_str()),
+    ]);
+    let run = s.rt.block_on(f.diff(Default::default(), 0)).unwrap();
+    let ev = s.receive(&s.queue);
+    assert_eq!(ev.records.len(), 2);
+    let r = s.rt.block_on(f.transfer(ev.clone())).unwrap();
+    assert_eq!(r.batch_item_failures.len(), 1, "one.bin fails: {r:?}");
+    s.ack(&s.queue, &ev, &[]);
+    let parts = s.receive(&s.queue);
+    assert_eq!(parts.records.len(), 3, "11 MiB in 5 MiB parts");
+    s.handled(&f, parts.clone());
+    s.ack(&s.queue, &parts, &[]);
+    let sum = s.rt.block_on(f.check(serde_json::json!({}))).unwrap();
+    assert_eq!((sum.completed, sum.failed), (0, 1), "{sum:?}");
+    assert_eq!(s.open_uploads(), 0, "the upload is aborted");
+    assert!(
+        s.get("dst", "out/big.bin").is_none(),
+        "nothing was completed"
+    );
+    use hub_core::status::StatusStore as _;
+    let store = hub_core::status::dynamodb::DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&s.conf),
+        "status",
+    );
+    let (_, items) =
+        s.rt.block_on(store.get_run(Some(&run.run_id)))
+            .unwrap()
+            .unwrap();
+    let rec = items
+        .iter()
+        .find(|i| i.source.ends_with("/one.bin"))
+        .expect("one.bin is recorded");
+    assert_eq!(rec.status, hub_core::status::Status::Failed, "{rec:?}");
+    let err = rec.error.as_ref().unwrap();
+    assert_eq!(
+        err.class,
+        hub_core::retry::ErrorClass::DigestMismatch,
+        "{err:?}"
+    );
+    assert!(err.message.contains("CRC32C"), "{err:?}");
+}
