@@ -6,6 +6,7 @@
 //! (logins). [`sync`] wires them into the pipeline.
 
 pub mod authfile;
+pub mod aws;
 pub mod config;
 pub mod copy;
 pub mod ecr;
@@ -26,6 +27,6 @@ pub mod selection;
 pub mod status;
 pub mod sync;
 pub mod task_report;
-pub mod tasks;
+
 pub mod worker;
 pub mod workflow;
