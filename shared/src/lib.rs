@@ -8,6 +8,7 @@
 pub mod authfile;
 pub mod aws;
 pub mod config;
+pub mod console;
 pub mod copy;
 pub mod ecr;
 pub mod functions;
@@ -27,6 +28,7 @@ pub mod selection;
 pub mod status;
 pub mod sync;
 pub mod task_report;
+pub mod tasks;
 
 pub mod worker;
 pub mod workflow;
