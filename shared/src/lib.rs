@@ -29,6 +29,5 @@ pub mod status;
 pub mod sync;
 pub mod task_report;
 pub mod tasks;
-
 pub mod worker;
 pub mod workflow;

@@ -5,6 +5,7 @@ mod integration {
     pub mod aws;
     pub mod aws_hosts;
     pub mod cli;
+    pub mod console;
     pub mod ecr;
     pub mod hostile;
     pub mod iam;

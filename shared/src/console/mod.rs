@@ -422,16 +422,16 @@ async fn task_page(
     runs.truncate(PAGE);
     let next = runner::next_run(&*c.tasks, &t).await.ok().flatten();
     let running = c.runner.running(&name);
-    html(pages::task(
-        &t,
-        &runs,
+    let view = pages::TaskView {
+        task: &t,
+        runs: &runs,
         page_no,
         more,
-        running.as_deref(),
+        running: running.as_deref(),
         next,
-        &s.csrf,
-        q.notice.as_deref(),
-    ))
+        notice: q.notice.as_deref(),
+    };
+    html(pages::task(&view, &s.csrf))
 }
 
 async fn edit_page(State(c): State<Console>, h: HeaderMap, Path(name): Path<String>) -> Response {

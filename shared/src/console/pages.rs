@@ -2,7 +2,7 @@
 //! without JavaScript. A page of a run still going refreshes itself (a meta refresh).
 
 use super::runner::Live;
-use crate::status::{ItemRecord, RunRecord, Status};
+use crate::status::{ItemRecord, RunRecord};
 use crate::tasks::{Fields, Invalid, Kind, Task};
 use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
@@ -403,17 +403,28 @@ pub fn task_form(
     )
 }
 
+/// What a task's page shows.
+pub struct TaskView<'a> {
+    pub task: &'a Task,
+    pub runs: &'a [RunRecord],
+    pub page_no: usize,
+    pub more: bool,
+    pub running: Option<&'a str>,
+    pub next: Option<DateTime<Utc>>,
+    pub notice: Option<&'a str>,
+}
+
 /// A task's page: its settings and its runs.
-pub fn task(
-    t: &Task,
-    runs: &[RunRecord],
-    page_no: usize,
-    more: bool,
-    running: Option<&str>,
-    next: Option<DateTime<Utc>>,
-    csrf: &str,
-    notice: Option<&str>,
-) -> Markup {
+pub fn task(v: &TaskView<'_>, csrf: &str) -> Markup {
+    let TaskView {
+        task: t,
+        runs,
+        page_no,
+        more,
+        running,
+        next,
+        notice,
+    } = *v;
     page(
         &t.name,
         running.is_some(),
@@ -553,9 +564,4 @@ pub fn error(title: &str, message: &str) -> Markup {
         false,
         html! { h1 { (title) } p.err #error { (message) } p { a href="/tasks" { "Tasks" } } },
     )
-}
-
-/// Status values, for the filter.
-pub fn is_failed(s: Status) -> bool {
-    s == Status::Failed
 }

@@ -300,3 +300,73 @@ async fn record_start_failure(store: &SqliteStore, task: &Task, run_id: &str, wh
         tracing::error!(run_id, "cannot record the run's failure");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tasks::{Kind, default_fields};
+
+    fn task(schedule: &str, saved: DateTime<Utc>) -> Task {
+        let mut f = default_fields(Kind::Images);
+        f.insert("source".into(), "127.0.0.1:1".into());
+        f.insert("dest".into(), "127.0.0.1:2".into());
+        f.insert("list".into(), "a:1".into());
+        f.insert("schedule".into(), schedule.into());
+        f.insert("retries".into(), "0".into());
+        Task::from_fields("t", Kind::Images, &f, saved).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_schedule_missed_while_down_is_due_once() {
+        let store = SqliteStore::in_memory().unwrap();
+        let now = Utc::now();
+        let t = task("rate(1 hour)", now - chrono::Duration::days(3));
+        store.create(&t).await.unwrap();
+        assert!(due(&store, &t, now).await.unwrap(), "72 runs missed: due");
+        store.set_last_scheduled("t", now).await.unwrap();
+        assert!(!due(&store, &t, now).await.unwrap(), "once");
+        let next = next_run(&store, &t).await.unwrap().unwrap();
+        assert!(next > now && next - now <= chrono::Duration::hours(1));
+        assert!(
+            due(&store, &t, next).await.unwrap(),
+            "due again at its next run"
+        );
+    }
+
+    #[tokio::test]
+    async fn disabled_or_unscheduled_tasks_are_never_due() {
+        let store = SqliteStore::in_memory().unwrap();
+        let old = Utc::now() - chrono::Duration::days(3);
+        let mut t = task("rate(1 hour)", old);
+        t.enabled = false;
+        assert_eq!(next_run(&store, &t).await.unwrap(), None);
+        let mut t = task("", old);
+        t.schedule = None;
+        assert_eq!(next_run(&store, &t).await.unwrap(), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn one_run_per_task_at_a_time() {
+        let store = Arc::new(SqliteStore::in_memory().unwrap());
+        let runner = LocalRunner::new(store.clone(), 1);
+        let t = task("", Utc::now());
+        store.create(&t).await.unwrap();
+        // Hold the only slot so the run waits and stays "running".
+        let held = runner.limit.clone().acquire_owned().await.unwrap();
+        let id = runner.start(&t, None).await.unwrap();
+        assert_eq!(runner.running("t").as_deref(), Some(id.as_str()));
+        assert!(matches!(
+            runner.start(&t, None).await,
+            Err(StartError::Busy(_, ref other)) if *other == id
+        ));
+        drop(held);
+        runner
+            .shutdown(std::time::Duration::from_secs(60), "test")
+            .await;
+        assert!(matches!(
+            runner.start(&t, None).await,
+            Err(StartError::ShuttingDown)
+        ));
+        assert_eq!(runner.running("t"), None);
+    }
+}
