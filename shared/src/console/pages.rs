@@ -515,9 +515,8 @@ pub fn run(v: &RunView<'_>, csrf: &str) -> Markup {
             } @else if v.live.is_none() { p { "No such run." } }
             h2 { "Items" }
             p {
-                @if v.failed_only { a href={ "/runs/" (v.run_id) } { "All items" } " · " b { "Failed only" } }
-                @else { b { "All items" } " · " a #failed-filter href={ "/runs/" (v.run_id) "?failed=1" } { "Failed only" } }
-                " (" (v.total) ")"
+                @if v.failed_only { a href={ "/runs/" (v.run_id) } { "All items" } " · " b { "Failed only (" (v.total) ")" } }
+                @else { b { "All items (" (v.total) ")" } " · " a #failed-filter href={ "/runs/" (v.run_id) "?failed=1" } { "Failed only" } }
             }
             table #items {
                 tr { th { "Source" } th { "Destination" } th { "Status" } th { "Digest / ETag" } th { "Attempts" } th { "Error" } }
