@@ -91,6 +91,8 @@ struct Session {
     csrf: String,
 }
 
+// A handler's early answer is a Response; they are few and short-lived.
+#[allow(clippy::result_large_err)]
 fn session(c: &Console, h: &HeaderMap) -> Result<Session, Response> {
     cookie(h, SESSION_COOKIE)
         .and_then(|id| c.auth.csrf(id))
@@ -99,6 +101,7 @@ fn session(c: &Console, h: &HeaderMap) -> Result<Session, Response> {
 }
 
 /// A logged-in POST whose form carries the session's CSRF token.
+#[allow(clippy::result_large_err)]
 fn checked(c: &Console, h: &HeaderMap, form: &[(String, String)]) -> Result<Session, Response> {
     let s = session(c, h)?;
     let sent = form

@@ -163,7 +163,6 @@ pub async fn run_images(o: &ImagesOptions, ctx: &RunContext<'_>) -> Result<SyncR
     };
     let report = run_sync_until(&spec, &edges, &ctx.stop).await?;
     // The temp auth file goes with the copier.
-    drop(edges);
     drop(copier);
     Ok(report)
 }
