@@ -6,6 +6,7 @@ mod integration {
     pub mod aws_hosts;
     pub mod checksums;
     pub mod cli;
+    pub mod console;
     pub mod demo;
     pub mod ecr;
     pub mod faults;

@@ -774,9 +774,9 @@ fn canary_aws_images() -> Result<Row> {
                 .build(),
         )
     };
-    let runner = hub_core::tasks::EcsRunner {
+    let runner = hub_core::aws::ecs_runner::EcsRunner {
         client: ecs(&dispatch_conf),
-        settings: hub_core::tasks::EcsSettings {
+        settings: hub_core::aws::ecs_runner::EcsSettings {
             cluster: "th".into(),
             task_definition: "th-copy".into(),
             container: "copy".into(),

@@ -4,6 +4,7 @@
 //! statements in the SAM-transformed template.yaml (hub_tests::iam), so a call the template
 //! does not allow fails the test. Setup and checks use the rig's admin user.
 
+use hub_core::aws::ecs_runner::{EcsRunner, EcsSettings};
 use hub_core::config::Env;
 use hub_core::ecr::{self, Ecr, EcrRepos, Registries};
 use hub_core::handlers::{self, DiffEdges, ImagesConfig, ListEdges};
@@ -13,7 +14,6 @@ use hub_core::offload::{self, S3Blobs};
 use hub_core::registry::HttpRegistry;
 use hub_core::status::dynamodb::DynamoStore;
 use hub_core::status::{Status, StatusStore};
-use hub_core::tasks::{EcsRunner, EcsSettings};
 use hub_core::workflow::{DispatchRequest, ListRequest, Listed, RecordRequest};
 use hub_tests::iam::{Deployment, IamMoto};
 use hub_tests::{OciImage, RegistryServer, aws_fixtures, event, transfer_hub_bin, write_authfile};

@@ -25,7 +25,10 @@ fn processes_with(marker: &str) -> Vec<(u32, String)> {
 #[test]
 fn the_demo_syncs_both_halves_and_leaves_nothing_running() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let bin_dir = hub_tests::transfer_hub_bin().parent().unwrap().to_path_buf();
+    let bin_dir = hub_tests::transfer_hub_bin()
+        .parent()
+        .unwrap()
+        .to_path_buf();
     let marker = format!("TRANSFER_HUB_DEMO_TEST={}", std::process::id());
     let (k, v) = marker.split_once('=').unwrap();
     let out = Command::new(root.join("scripts/demo"))
