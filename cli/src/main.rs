@@ -2,23 +2,21 @@
 //! A thin shell over `hub-core`: parse arguments, build the edges, run, print.
 
 mod output;
+mod serve;
+mod task;
 
 use anyhow::{Context, Result, anyhow};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use hub_core::authfile::{Credentials, default_auth_file};
-use hub_core::copy::Skopeo;
-use hub_core::ecr::{self, Ecr, EcrRepos, RepoSettings};
 use hub_core::interrupt::{self, Stop};
-use hub_core::registry::{HttpRegistry, Location};
-use hub_core::retry::RetryPolicy;
-use hub_core::selection::parse_list;
+use hub_core::objects::diff::Compare;
+use hub_core::registry::Location;
 use hub_core::status::{SqliteStore, StatusStore};
-use hub_core::sync::{Edges, Prepare, Selecting, SyncSpec, new_run_id, run_sync_until};
-use std::collections::BTreeSet;
+use hub_core::sync::{SyncReport, new_run_id};
+use hub_core::tasks::run::{self, RunContext, RunError};
+use hub_core::tasks::{ImageSelection, ImagesOptions, ObjectsOptions};
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 /// Keep container images in sync between registries (Docker Hub, Quay, GHCR, Harbor,
 /// JFrog, Amazon ECR, any OCI registry), from one machine.
@@ -43,6 +41,13 @@ enum Cmd {
     },
     /// Show a past run from the state file.
     Status(StatusArgs),
+    /// Tasks: transfers kept by name in the state file, run by hand or on a schedule.
+    Task {
+        #[command(subcommand)]
+        cmd: task::TaskCmd,
+    },
+    /// Run the enabled tasks on their schedules and serve the web console.
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Subcommand)]
@@ -62,7 +67,7 @@ enum CopyMode {
 }
 
 #[derive(Args)]
-struct ObjectsArgs {
+pub(crate) struct ObjectsArgs {
     /// Source: s3://BUCKET[/PREFIX]. A prefix is a folder, as in `aws s3 sync`:
     /// s3://b/data means the objects under data/, never data2/ or database/.
     #[arg(value_parser = hub_core::objects::run::parse_url)]
@@ -147,14 +152,14 @@ enum ImagesCmd {
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
-enum OutputFormat {
+pub(crate) enum OutputFormat {
     Text,
     Json,
 }
 
 #[derive(Args)]
 #[command(group = clap::ArgGroup::new("what").required(true).args(["list", "all_repos"]))]
-struct SyncArgs {
+pub(crate) struct SyncArgs {
     /// Source registry, optionally with a repository prefix: REGISTRY[/PREFIX].
     #[arg(long, value_parser = Location::parse)]
     source: Location,
@@ -230,7 +235,7 @@ struct StatusArgs {
 }
 
 /// Marks an error as a problem the user must fix before anything can run (exit code 2).
-fn config<E: Into<anyhow::Error>>(e: E) -> anyhow::Error {
+pub(crate) fn config<E: Into<anyhow::Error>>(e: E) -> anyhow::Error {
     anyhow::Error::new(ConfigErrorMarker(format!("{:#}", e.into())))
 }
 
@@ -243,7 +248,7 @@ impl std::fmt::Display for ConfigErrorMarker {
 }
 impl std::error::Error for ConfigErrorMarker {}
 
-fn default_state() -> PathBuf {
+pub(crate) fn default_state() -> PathBuf {
     let base = std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
@@ -271,8 +276,13 @@ fn main() -> ExitCode {
 fn init_tracing() {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    // Colour only on a terminal, and never under NO_COLOR (https://no-color.org).
+    use std::io::IsTerminal as _;
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     if std::env::var("TRANSFER_HUB_LOG_FORMAT").is_ok_and(|v| v == "json") {
         b.json().init();
@@ -290,55 +300,48 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             cmd: ObjectsCmd::Sync(args),
         } => objects_sync(args).await,
         Cmd::Status(args) => status(args).await,
+        Cmd::Task { cmd } => task::run(cmd).await,
+        Cmd::Serve(args) => serve::run(args).await,
+    }
+}
+
+fn objects_options(a: &ObjectsArgs) -> ObjectsOptions {
+    ObjectsOptions {
+        source: a.source.to_string(),
+        dest: a.dest.to_string(),
+        source_endpoint: a.source_endpoint.clone(),
+        dest_endpoint: a.dest_endpoint.clone(),
+        source_region: a.source_region.clone(),
+        dest_region: a.dest_region.clone(),
+        source_profile: a.source_profile.clone(),
+        dest_profile: a.dest_profile.clone(),
+        requester_pays: a.requester_pays,
+        compare: match a.compare {
+            Compare::Size => "size",
+            Compare::Etag => "etag",
+            Compare::Checksum => "checksum",
+        }
+        .into(),
+        concurrency: a.concurrency.get(),
+        part_size: a.part_size,
+        stream_buffer: a.stream_buffer,
+        multipart_threshold: a.multipart_threshold,
+        copy_mode: a
+            .copy_mode
+            .to_possible_value()
+            .expect("no skipped variants")
+            .get_name()
+            .into(),
+        storage_class: a.storage_class.as_ref().map(|c| c.as_str().to_string()),
+        sse_kms_key: a.sse_kms_key.clone(),
+        tags: a.tags,
+        retries: a.retries,
+        retry_base_ms: a.retry_base_ms,
+        attempt_timeout_secs: a.attempt_timeout_secs,
     }
 }
 
 async fn objects_sync(a: ObjectsArgs) -> Result<ExitCode> {
-    use hub_core::objects::bucket::{Bucket, CredentialSource, DestOptions, Endpoint, connect};
-    use hub_core::objects::multipart::check_part_size;
-    use hub_core::objects::run::{ObjectEdges, ObjectsSpec, run_objects};
-    use hub_core::objects::transfer::Mode;
-    check_part_size(a.part_size).map_err(config)?;
-    let side = |url: &Option<String>, region: &Option<String>, profile: &Option<String>| Endpoint {
-        region: region.clone(),
-        url: url.clone(),
-        credentials: profile
-            .clone()
-            .map(CredentialSource::Profile)
-            .unwrap_or_default(),
-    };
-    let src_ep = side(&a.source_endpoint, &a.source_region, &a.source_profile);
-    let dst_ep = side(&a.dest_endpoint, &a.dest_region, &a.dest_profile);
-    let mode = match a.copy_mode {
-        CopyMode::Server => Mode::Server,
-        CopyMode::Stream => Mode::Stream,
-        CopyMode::Auto if src_ep.url == dst_ep.url && src_ep.credentials == dst_ep.credentials => {
-            Mode::Server
-        }
-        CopyMode::Auto => Mode::Stream,
-    };
-    // Streamed parts are read whole: one must fit (server-side copies hold no bytes).
-    if mode == Mode::Stream && a.stream_buffer < a.part_size {
-        return Err(config(anyhow::anyhow!(
-            "--stream-buffer {} is less than one part (--part-size {}): expected at least the part size when streaming",
-            a.stream_buffer,
-            a.part_size
-        )));
-    }
-    let src = Bucket {
-        client: connect(&src_ep, None)
-            .await
-            .map_err(|e| config(anyhow!("{}", e.message)))?,
-        url: a.source.clone(),
-        requester_pays: a.requester_pays,
-    };
-    let dst = Bucket {
-        client: connect(&dst_ep, None)
-            .await
-            .map_err(|e| config(anyhow!("{}", e.message)))?,
-        url: a.dest.clone(),
-        requester_pays: false,
-    };
     let state_path = a.state.clone().unwrap_or_else(default_state);
     let store = if a.dry_run {
         SqliteStore::in_memory()
@@ -346,42 +349,49 @@ async fn objects_sync(a: ObjectsArgs) -> Result<ExitCode> {
         SqliteStore::open(&state_path)
     }
     .map_err(config)?;
-    let spec = ObjectsSpec {
-        run_id: new_run_id(),
-        compare: a.compare,
-        concurrency: a.concurrency.get(),
-        part_size: a.part_size,
-        threshold: a.multipart_threshold,
-        mode,
-        tags: a.tags,
-        dest_opts: DestOptions {
-            storage_class: a.storage_class.clone(),
-            kms_key: a.sse_kms_key.clone(),
-        },
-        retry: RetryPolicy {
-            retries: a.retries,
-            base_delay: Duration::from_millis(a.retry_base_ms),
-            max_delay: Duration::from_secs(30),
-            attempt_timeout: Duration::from_secs(a.attempt_timeout_secs),
-        },
-        dry_run: a.dry_run,
-        spill_dir: None,
-        stream_buffer: a.stream_buffer,
-    };
     let progress = output::Live::new(a.output == OutputFormat::Text, a.dry_run);
     progress.streaming("object");
-    let edges = ObjectEdges {
-        src: &src,
-        dst: &dst,
-        store: &store,
+    let (_handle, stop) = interrupt::channel();
+    let ctx = RunContext {
+        run_id: new_run_id(),
+        status: &store,
         ledger: &store,
         progress: &progress,
+        stop,
+        dry_run: a.dry_run,
     };
-    let report = run_objects(&spec, &edges).await?;
+    let report = run::run_objects(&objects_options(&a), &ctx)
+        .await
+        .map_err(run_error)?;
     progress.done();
-    match a.output {
+    finish(report, a.output, &state_path, None)
+}
+
+/// A run error as the CLI reports it: settings problems exit with 2.
+pub(crate) fn run_error(e: RunError) -> anyhow::Error {
+    match e {
+        RunError::Config(m) => config(anyhow!(m)),
+        e => e.into(),
+    }
+}
+
+/// Prints a report and picks the exit code.
+pub(crate) fn finish(
+    report: SyncReport,
+    output: OutputFormat,
+    state_path: &std::path::Path,
+    stop: Option<&Stop>,
+) -> Result<ExitCode> {
+    match output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        OutputFormat::Text => output::summary(&report.run, &report.items, Some(&state_path)),
+        OutputFormat::Text => output::summary(&report.run, &report.items, Some(state_path)),
+    }
+    if let Some(why) = stop.and_then(|s| s.reason()) {
+        eprintln!(
+            "interrupted by {why}: {} image(s) not finished are recorded as failed; run the same command again to copy them",
+            report.run.failed
+        );
+        return Ok(ExitCode::from(signal_exit_code(why)));
     }
     Ok(if report.all_in_sync() {
         ExitCode::SUCCESS
@@ -393,7 +403,7 @@ async fn objects_sync(a: ObjectsArgs) -> Result<ExitCode> {
 /// Ctrl-C (SIGINT) and SIGTERM stop the run: copies are killed, the temp auth file is
 /// removed, interrupted images are recorded, and the exit code is 130 or 143. A second
 /// signal exits at once.
-fn stop_on_signals() -> std::io::Result<Stop> {
+pub(crate) fn stop_on_signals() -> std::io::Result<Stop> {
     use tokio::signal::unix::{SignalKind, signal};
     let (handle, stop) = interrupt::channel();
     let mut term = signal(SignalKind::terminate())?;
@@ -409,7 +419,8 @@ fn stop_on_signals() -> std::io::Result<Stop> {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
         };
-        std::process::exit(signal_exit_code(second).into());
+        // At once, but not without removing the temp auth file (no destructor runs).
+        interrupt::exit_now(signal_exit_code(second).into());
     });
     Ok(stop)
 }
@@ -422,58 +433,39 @@ fn signal_exit_code(signal: &str) -> u8 {
     }
 }
 
+pub(crate) fn read_list(path: &std::path::Path) -> Result<String> {
+    std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the selection list {}", path.display()))
+        .map_err(config)
+}
+
+fn images_options(a: &SyncArgs) -> Result<ImagesOptions> {
+    let selection = match &a.list {
+        Some(path) => ImageSelection::List(read_list(path)?),
+        None => ImageSelection::AllRepos {
+            include_untagged: a.include_untagged,
+        },
+    };
+    Ok(ImagesOptions {
+        source: a.source.to_string(),
+        dest: a.dest.to_string(),
+        selection,
+        concurrency: a.concurrency.get(),
+        resolve_concurrency: a.resolve_concurrency.get(),
+        retries: a.retries,
+        retry_base_ms: a.retry_base_ms,
+        retry_max_secs: a.retry_max_secs,
+        attempt_timeout_secs: a.attempt_timeout_secs,
+        authfile: a.authfile.as_ref().map(|p| p.display().to_string()),
+        insecure_registries: a.insecure_registries.clone(),
+        no_scan_on_push: a.no_scan_on_push,
+        ecr_kms_key: a.ecr_kms_key.clone(),
+    })
+}
+
 async fn sync(a: SyncArgs) -> Result<ExitCode> {
     let stop = stop_on_signals().context("cannot listen for SIGINT/SIGTERM")?;
-    let selecting = match &a.list {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the selection list {}", path.display()))
-                .map_err(config)?;
-            Selecting::List(parse_list(&text))
-        }
-        None => Selecting::AllRepos,
-    };
-    let credentials = match default_auth_file(a.authfile.as_deref()) {
-        Some(p) => Credentials::from_file(&p).map_err(config)?,
-        None => Credentials::default(),
-    };
-    let mut registry = HttpRegistry::new(credentials, a.insecure_registries.clone());
-
-    // Every registry this run talks to.
-    let mut hosts: BTreeSet<String> = [a.source.host.clone(), a.dest.host.clone()].into();
-    if let Selecting::List(sel) = &selecting {
-        hosts.extend(sel.entries.iter().filter_map(|e| e.registry.clone()));
-    }
-    let mut prepare: Option<EcrRepos> = None;
-    for host in &hosts {
-        let Some(e) = ecr::parse_ecr_host(host) else {
-            continue;
-        };
-        let client = Ecr::connect(e).await;
-        let login = client
-            .login()
-            .await
-            .map_err(|e| config(anyhow!("cannot log in to ECR registry {host}: {e}")))?;
-        registry.add_login(host, login);
-        if let Ok(addr) = std::env::var(ecr::ADDRESS_OVERRIDE_ENV) {
-            registry.route(host, &addr);
-        }
-        if *host == a.dest.host {
-            let settings = RepoSettings {
-                scan_on_push: !a.no_scan_on_push,
-                kms_key: a.ecr_kms_key.clone(),
-            };
-            prepare = Some(EcrRepos {
-                ecr: client,
-                settings,
-            });
-        }
-    }
-
-    let hosts: Vec<String> = hosts.into_iter().collect();
-    let copier = Skopeo::new(&registry, &hosts)
-        .map_err(config)?
-        .with_stop(stop.clone());
+    let options = images_options(&a)?;
     let state_path = a.state.clone().unwrap_or_else(default_state);
     // A dry run changes nothing, the state file included.
     let store = if a.dry_run {
@@ -482,51 +474,18 @@ async fn sync(a: SyncArgs) -> Result<ExitCode> {
         SqliteStore::open(&state_path)
     }
     .map_err(config)?;
-    let spec = SyncSpec {
-        run_id: new_run_id(),
-        source: a.source.clone(),
-        dest: a.dest.clone(),
-        selecting,
-        retry: RetryPolicy {
-            retries: a.retries,
-            base_delay: Duration::from_millis(a.retry_base_ms),
-            max_delay: Duration::from_secs(a.retry_max_secs),
-            attempt_timeout: Duration::from_secs(a.attempt_timeout_secs),
-        },
-        concurrency: a.concurrency.get(),
-        resolve_concurrency: a.resolve_concurrency.get(),
-        dry_run: a.dry_run,
-        include_untagged: a.include_untagged,
-    };
     let progress = output::Live::new(a.output == OutputFormat::Text, a.dry_run);
-    let edges = Edges {
-        registry: &registry,
-        copier: &copier,
-        store: &store,
-        prepare: prepare.as_ref().map(|p| p as &dyn Prepare),
+    let ctx = RunContext {
+        run_id: new_run_id(),
+        status: &store,
+        ledger: &store,
         progress: &progress,
+        stop: stop.clone(),
+        dry_run: a.dry_run,
     };
-    let report = run_sync_until(&spec, &edges, &stop).await?;
+    let report = run::run_images(&options, &ctx).await.map_err(run_error)?;
     progress.done();
-    match a.output {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        OutputFormat::Text => output::summary(&report.run, &report.items, Some(&state_path)),
-    }
-    if let Some(why) = stop.reason() {
-        eprintln!(
-            "interrupted by {why}: {} image(s) not finished are recorded as failed; run the same command again to copy them",
-            report.run.failed
-        );
-        // The temp auth file goes with the copier, before we exit.
-        drop(edges);
-        drop(copier);
-        return Ok(ExitCode::from(signal_exit_code(why)));
-    }
-    Ok(if report.all_in_sync() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    finish(report, a.output, &state_path, Some(&stop))
 }
 
 async fn status(a: StatusArgs) -> Result<ExitCode> {

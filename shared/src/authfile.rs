@@ -8,6 +8,21 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// The private dirs of the temp auth files alive now, so that a process about to exit
+/// without unwinding (a second Ctrl-C) can still remove them ([`remove_live_temp_files`]).
+static LIVE_TEMP_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Removes every temp auth file (and its private dir) this process still holds. For exit
+/// paths that skip destructors (`std::process::exit`); a dropped [`TempAuthFile`] removes
+/// its own.
+pub fn remove_live_temp_files() {
+    let dirs = std::mem::take(&mut *LIVE_TEMP_DIRS.lock().unwrap_or_else(|p| p.into_inner()));
+    for d in dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
 
 /// A username and password (or token) for one registry. `Debug` does not print the secret.
 #[derive(Clone, PartialEq, Eq)]
@@ -173,6 +188,10 @@ impl Credentials {
             .prefix("transfer-hub-auth-")
             .tempdir()
             .map_err(AuthFileError::Write)?;
+        LIVE_TEMP_DIRS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(dir.path().to_path_buf());
         let path = dir.path().join("auth.json");
         let mut json = AuthFileJson::default();
         for h in hosts {
@@ -222,6 +241,17 @@ pub struct TempAuthFile {
 impl TempAuthFile {
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+impl Drop for TempAuthFile {
+    fn drop(&mut self) {
+        // The dir itself goes with `_dir`, right after.
+        let dir = self._dir.path();
+        LIVE_TEMP_DIRS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|d| d != dir);
     }
 }
 
@@ -297,5 +327,22 @@ mod tests {
         drop(f);
         assert!(!path.exists());
         assert!(!path.parent().unwrap().exists());
+    }
+
+    #[test]
+    fn live_temp_auth_files_are_removed_on_an_exit_that_skips_destructors() {
+        let mut c = Credentials::default();
+        c.insert(
+            "h:1",
+            Login {
+                username: "u".into(),
+                password: "p4ss".into(),
+            },
+        );
+        let f = c.write_temp(&["h:1"]).unwrap();
+        let path = f.path().to_path_buf();
+        remove_live_temp_files();
+        assert!(!path.parent().unwrap().exists());
+        drop(f); // its dir is gone already: nothing to do, no panic
     }
 }

@@ -315,6 +315,14 @@ impl Copier for Skopeo {
             }
             None => tokio::process::Command::new(&self.binary),
         };
+        // skopeo needs no AWS credentials (its logins come from the auth file): keys,
+        // session tokens and container-credential URIs in our environment stay ours,
+        // out of a child's /proc/PID/environ.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("AWS_") {
+                command.env_remove(name);
+            }
+        }
         let mut child = command
             .args(&args)
             .env_remove("REGISTRY_AUTH_FILE")

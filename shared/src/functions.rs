@@ -2,6 +2,7 @@
 //! once per container; `handle` runs one invocation through [`crate::handlers`]. The binaries
 //! in `functions/` are a few lines around these.
 
+use crate::aws::ecs_runner::{EcsRunner, EcsSettings};
 use crate::config::{ConfigError, Env};
 use crate::ecr::{self, Ecr, EcrRepos};
 use crate::handlers::{self, DiffEdges, ImagesConfig, ListEdges};
@@ -11,7 +12,6 @@ use crate::offload::S3Blobs;
 use crate::retry::ItemError;
 use crate::status::dynamodb::DynamoStore;
 use crate::sync::Prepare;
-use crate::tasks::{EcsRunner, EcsSettings};
 use crate::workflow::{Diff, DispatchInput, ListRequest, Listed, RecordRequest};
 
 async fn sdk_config() -> aws_config::SdkConfig {

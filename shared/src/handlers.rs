@@ -3,6 +3,7 @@
 //! ([`crate::workflow`]) and call the same pure planning code as the CLI; errors carry the
 //! stable class name as the Lambda error type, which the state machine's Retry/Catch match.
 
+use crate::aws::ecs_runner::TaskRunner;
 use crate::config::{ConfigError, Env};
 use crate::ecr::{self, Ecr, Registries};
 use crate::hosts::{self, HostRules};
@@ -16,7 +17,6 @@ use crate::secrets::{self, SecretCredentials};
 use crate::selection::parse_list;
 use crate::status::{ItemRecord, RunRecord, Status, StatusStore, StoreError};
 use crate::sync::{self, Prepare, Selecting, SyncSpec};
-use crate::tasks::TaskRunner;
 use crate::workflow::{
     CopyTask, Diff, DispatchRequest, ImageJob, ListRequest, Listed, RecordRequest, RunSummary,
     StopRequest, image_name,

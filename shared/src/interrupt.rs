@@ -55,6 +55,14 @@ impl Stop {
     }
 }
 
+/// Exits now with `code`, without unwinding (a second Ctrl-C), after removing every temp
+/// auth file the process still holds: destructors do not run on this path, so without
+/// this the file with the logins would stay behind.
+pub fn exit_now(code: i32) -> ! {
+    crate::authfile::remove_live_temp_files();
+    std::process::exit(code)
+}
+
 /// The error of an image whose copy was interrupted or never started.
 pub fn interrupted(why: &str) -> ItemError {
     ItemError::new(

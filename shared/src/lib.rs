@@ -6,7 +6,9 @@
 //! (logins). [`sync`] wires them into the pipeline.
 
 pub mod authfile;
+pub mod aws;
 pub mod config;
+pub mod console;
 pub mod copy;
 pub mod ecr;
 pub mod functions;

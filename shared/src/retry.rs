@@ -51,11 +51,26 @@ where
             .and_then(|v| parse_retry_after(v, chrono::Utc::now())),
         _ => None,
     };
-    ItemError::new(
-        class,
-        format!("{what}: {}", aws_sdk_s3::error::DisplayErrorContext(&e)),
-    )
-    .with_retry_after(retry_after)
+    let text = aws_sdk_s3::error::DisplayErrorContext(&e).to_string();
+    ItemError::new(class, format!("{what}: {}", clip(&text, MAX_SDK_MESSAGE)))
+        .with_retry_after(retry_after)
+}
+
+/// How much of an SDK error's text an item error keeps. An unreadable answer's error carries
+/// the whole raw response, whose body the server chose: unclipped, one hostile answer would
+/// make a status record larger than a DynamoDB item may be, and a log line as long.
+pub const MAX_SDK_MESSAGE: usize = 1024;
+
+/// `text` cut to at most `max` bytes at a character boundary, saying how much was left out.
+pub fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} more bytes)", &text[..end], text.len() - end).into()
 }
 
 impl ErrorClass {
@@ -105,6 +120,13 @@ impl ErrorClass {
     /// `Throttling`/`ThrottlingException` on any service.
     pub fn from_aws_error(code: Option<&str>, status: u16) -> Self {
         let code = code.unwrap_or("");
+        // S3 found the bytes it received not to match the Content-MD5 or checksum sent.
+        if matches!(
+            code,
+            "BadDigest" | "InvalidDigest" | "XAmzContentChecksumMismatch"
+        ) {
+            return ErrorClass::DigestMismatch;
+        }
         if code.contains("Throttl")
             || code.contains("TooManyRequests")
             || code.contains("RequestLimitExceeded")
@@ -425,6 +447,15 @@ where
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn clip_keeps_short_text_and_cuts_long_text_at_a_character_boundary() {
+        assert_eq!(super::clip("short", 10), "short");
+        let long = "é".repeat(600); // 1200 bytes, 2 per character
+        let cut = super::clip(&long, 1023);
+        assert!(cut.starts_with(&"é".repeat(511)));
+        assert!(cut.ends_with("… (178 more bytes)"), "{cut}");
+    }
+
     use super::*;
     use proptest::prelude::*;
 

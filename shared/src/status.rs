@@ -140,6 +140,12 @@ CREATE TABLE IF NOT EXISTS parts (
 CREATE TABLE IF NOT EXISTS intents (dest TEXT PRIMARY KEY, at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS verified (
   dest TEXT PRIMARY KEY, source_etag TEXT NOT NULL, dest_etag TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks (
+  name TEXT PRIMARY KEY, spec TEXT NOT NULL, schedule TEXT, enabled INTEGER NOT NULL,
+  created_at TEXT NOT NULL, updated_at TEXT NOT NULL, last_scheduled TEXT);
+CREATE TABLE IF NOT EXISTS task_runs (
+  run_id TEXT PRIMARY KEY, task TEXT NOT NULL, started_at TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS task_runs_by_task ON task_runs (task, started_at);
 ";
 
 impl SqliteStore {

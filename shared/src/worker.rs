@@ -2,13 +2,17 @@
 //! auth file, copy with skopeo, verify the digest, heartbeat meanwhile, and answer the
 //! state machine on the task token. Credentials come from Secrets Manager and ECR, never
 //! from the task's overrides, and never leave the process but through the 0600 auth file.
+//! When ECS stops the task (SIGTERM, then SIGKILL after the container's `stopTimeout`),
+//! [`run_until`] kills and reaps skopeo, removes the auth file and reports the copy failed
+//! as `Retryable` before the worker exits.
 
 use crate::config::{ConfigError, Env};
 use crate::copy::Skopeo;
 use crate::handlers::registries_for;
 use crate::hosts::HostRules;
+use crate::interrupt::{Stop, interrupted};
 use crate::registry::{Location, Registry};
-use crate::retry::{ErrorClass, ItemError, RetryPolicy, with_retries};
+use crate::retry::{ErrorClass, ItemError, RetryPolicy, with_retries, with_retries_until};
 use crate::task_report::TaskReporter;
 use crate::workflow::{CopyResult, CopyTask};
 use std::time::Duration;
@@ -142,6 +146,7 @@ impl WorkerConfig {
 pub async fn copy_and_verify(
     cfg: &WorkerConfig,
     secrets: Option<&aws_sdk_secretsmanager::Client>,
+    stop: &Stop,
 ) -> Result<CopyResult, ItemError> {
     let (src, dst, digest) = cfg.task.parts()?;
     // Each secret goes only to the registry it was configured for: a task naming another
@@ -188,22 +193,20 @@ pub async fn copy_and_verify(
             return Ok(result(0, 0));
         }
     }
+    // On a stop the running skopeo is killed and reaped, and no retry starts.
     let skopeo = Skopeo::new(http, &[src.host.clone(), dst.host.clone()])
-        .map_err(|e| ItemError::new(ErrorClass::Retryable, e.to_string()))?;
+        .map_err(|e| ItemError::new(ErrorClass::Retryable, e.to_string()))?
+        .with_stop(stop.clone());
     // Copy exactly the digest find-diff planned, even if the tag has moved since.
     let pinned = crate::plan::ImageName {
         digest: Some(digest.clone()),
         ..src.clone()
     };
-    let (copied, attempts) = crate::copy::copy_with_retries(
-        &skopeo,
-        &registries,
-        &cfg.retry,
-        &crate::interrupt::Stop::never(),
-        &pinned,
-        &dst,
-    )
-    .await;
+    let (copied, attempts) =
+        crate::copy::copy_with_retries(&skopeo, &registries, &cfg.retry, stop, &pinned, &dst)
+            .await;
+    // The auth file goes now, not at the end of the task.
+    drop(skopeo);
     copied?;
     let (seen, _) = with_retries(&cfg.retry, |_| {
         http.head_manifest(&dst.host, &dst.repo, &dest_ref)
@@ -242,13 +245,29 @@ pub async fn run(
     secrets: Option<&aws_sdk_secretsmanager::Client>,
     reporter: &dyn TaskReporter,
 ) -> Result<Result<CopyResult, ItemError>, ItemError> {
-    let work = copy_and_verify(cfg, secrets);
-    tokio::pin!(work);
+    run_until(cfg, secrets, reporter, &Stop::never()).await
+}
+
+/// [`run`] that ends early when `stop` fires (ECS stopping the task sends SIGTERM): the
+/// running skopeo is killed and reaped (the copy waits for that; a lookup or secret fetch
+/// in flight is abandoned), the temp auth file is removed, and the copy is reported
+/// failed as `Retryable` ("interrupted by SIGTERM …"), so the state machine's retry
+/// starts another task rather than waiting for the heartbeat timeout.
+pub async fn run_until(
+    cfg: &WorkerConfig,
+    secrets: Option<&aws_sdk_secretsmanager::Client>,
+    reporter: &dyn TaskReporter,
+    stop: &Stop,
+) -> Result<Result<CopyResult, ItemError>, ItemError> {
+    let mut work = Box::pin(copy_and_verify(cfg, secrets, stop));
     let mut ticker = tokio::time::interval(cfg.heartbeat);
     ticker.tick().await;
     let outcome = loop {
         tokio::select! {
+            // The work first: a copy that hears the stop itself ends with its own error.
+            biased;
             r = &mut work => break r,
+            why = stop.stopped() => break Err(interrupted(why)),
             _ = ticker.tick() => {
                 if let Err(e) = reporter.heartbeat(&cfg.token).await {
                     tracing::warn!(error = %e, "heartbeat failed");
@@ -256,6 +275,9 @@ pub async fn run(
             }
         }
     };
+    // Dropping what is left of the work kills a skopeo still running (kill on drop) and
+    // removes the temp auth file, before the outcome is reported.
+    drop(work);
     match &outcome {
         Ok(r) => {
             reporter.success(&cfg.token, r).await?;

@@ -9,7 +9,9 @@
 //! - [`CutWritesProxy`]: a TCP proxy that lets reads through and cuts every write, to make
 //!   a destination fail in the middle of a run.
 
+pub mod browser;
 pub mod faults;
+pub mod faults_aws;
 pub mod iam;
 
 use anyhow::{Context, Result, bail};

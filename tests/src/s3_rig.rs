@@ -18,6 +18,13 @@
 //! - **Answers S3 gives.** moto's CompleteMultipartUpload answer has another root element
 //!   than S3's (the SDK cannot read it, so every completion looked like a lost answer);
 //!   the proxy names it as S3 does.
+//! - **Checksums, SSE-C and DSSE-KMS** (see [`sums`]): sent checksums and Content-MD5 are
+//!   checked against the bytes (400 BadDigest), stored, and answered as S3 answers them
+//!   (full-object and composite); objects under a customer key are served only with it;
+//!   DSSE-KMS objects (`aws:kms:dsse`) get non-MD5 ETags like SSE-KMS ones. A test can
+//!   spoil bytes or checksums on the way ([`StrictS3::faults`]).
+
+pub mod sums;
 
 use crate::{Rewrite, read_body, read_head, strip_framing};
 use md5::{Digest, Md5};
@@ -66,6 +73,8 @@ struct State {
     kms_uploads: HashSet<String>,
     /// Every ETag handed out, back to moto's.
     real: HashMap<String, String>,
+    /// Checksums and customer keys of objects, uploads and parts.
+    sums: sums::SumState,
 }
 
 struct Shared {
@@ -77,6 +86,7 @@ struct Shared {
     rewrite: Rewrite,
     refused: Arc<AtomicUsize>,
     state: Mutex<State>,
+    faults: Arc<Mutex<sums::Faults>>,
 }
 
 /// moto behind a proxy that behaves as S3 documents (see the module docs).
@@ -85,6 +95,8 @@ pub struct StrictS3 {
     stop: Arc<AtomicBool>,
     /// Copy requests refused with 412 so far.
     pub refused: Arc<AtomicUsize>,
+    faults: Arc<Mutex<sums::Faults>>,
+    shared: Arc<Shared>,
 }
 
 impl StrictS3 {
@@ -108,7 +120,9 @@ impl StrictS3 {
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         listener.set_nonblocking(true).unwrap();
         let refused = Arc::new(AtomicUsize::new(0));
+        let faults = Arc::new(Mutex::new(sums::Faults::default()));
         let shared = Arc::new(Shared {
+            faults: faults.clone(),
             keys: (keys.0.to_string(), keys.1.to_string()),
             moto: moto.to_string(),
             upstream: moto.trim_start_matches("http://").to_string(),
@@ -118,7 +132,9 @@ impl StrictS3 {
         });
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
+        let shared2 = shared.clone();
         std::thread::spawn(move || {
+            let shared = shared2;
             while !stop2.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((client, _)) => {
@@ -135,11 +151,43 @@ impl StrictS3 {
             endpoint,
             stop,
             refused,
+            faults,
+            shared,
         }
     }
 
     pub fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    /// What the rig spoils from now on (objects named `bucket/key`).
+    pub fn faults(&self) -> std::sync::MutexGuard<'_, sums::Faults> {
+        self.faults.lock().unwrap()
+    }
+
+    /// Replaces the checksum the rig keeps for `bucket/key` with another valid value of
+    /// its algorithm (the object's bytes are left alone). Panics if it keeps none.
+    pub fn spoil_stored_checksum(&self, object: &str) {
+        let mut st = self.shared.state.lock().unwrap();
+        let rec = st
+            .sums
+            .objects
+            .get_mut(object)
+            .unwrap_or_else(|| panic!("the rig keeps no checksum for {object}"));
+        let mut raw =
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &rec.value).unwrap();
+        raw[0] ^= 0xff;
+        rec.value = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, raw);
+    }
+
+    /// The checksum the rig keeps for `bucket/key`: (ALGORITHM, base64 value, composite
+    /// part count).
+    pub fn stored_checksum(&self, object: &str) -> Option<(String, String, Option<u32>)> {
+        let st = self.shared.state.lock().unwrap();
+        st.sums
+            .objects
+            .get(object)
+            .map(|r| (r.algo.clone(), r.value.clone(), r.parts))
     }
 }
 
@@ -218,6 +266,14 @@ impl Shared {
                 .region(aws_sdk_s3::config::Region::new("us-east-1"))
                 .endpoint_url(&self.moto)
                 .force_path_style(true)
+                // The rig reads and writes moto's bytes as they are: no checksums of the
+                // SDK's (moto's own may be wrong: it falls back to CRC32 for CRC32C).
+                .request_checksum_calculation(
+                    aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+                )
+                .response_checksum_validation(
+                    aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
+                )
                 .credentials_provider(aws_sdk_s3::config::Credentials::new(
                     &self.keys.0,
                     &self.keys.1,
@@ -244,8 +300,13 @@ impl Shared {
                 .ok()?;
             Some((
                 h.e_tag().unwrap_or("").trim_matches('"').to_string(),
-                h.server_side_encryption()
-                    == Some(&aws_sdk_s3::types::ServerSideEncryption::AwsKms),
+                matches!(
+                    h.server_side_encryption(),
+                    Some(
+                        aws_sdk_s3::types::ServerSideEncryption::AwsKms
+                            | aws_sdk_s3::types::ServerSideEncryption::AwsKmsDsse
+                    )
+                ),
             ))
         })
     }
@@ -281,7 +342,14 @@ impl Shared {
     }
 
     fn object_is_kms(&self, bucket: &str, key: &str) -> bool {
-        self.bucket_is_kms(bucket) || self.head(bucket, key, None).is_some_and(|(_, kms)| kms)
+        self.is_sse_c(&format!("{bucket}/{key}"))
+            || self.bucket_is_kms(bucket)
+            || self.head(bucket, key, None).is_some_and(|(_, kms)| kms)
+    }
+
+    /// Whether an object is under a customer-provided key (its ETag is not an MD5).
+    fn is_sse_c(&self, scope: &str) -> bool {
+        self.state.lock().unwrap().sums.sse_c.contains_key(scope)
     }
 
     /// The ETag handed out for moto's `real` one of object `scope`, remembered for the
@@ -363,12 +431,18 @@ fn handle(mut client: TcpStream, s: &Shared) -> std::io::Result<()> {
         // The part list of CompleteMultipartUpload names the parts by the ETags we gave.
         body = replace_xml_etags(&String::from_utf8_lossy(&body), &|e| s.real(e)).into_bytes();
     }
-    let (status, resp_lines, resp_body) = match copy_precondition_fails(s, &head_text) {
-        Some((st, lines, b)) => {
-            s.refused.fetch_add(1, Ordering::Relaxed);
-            (st, lines, b)
+    let (status, resp_lines, resp_body) = match sums::before(s, &t, &head_text, body) {
+        sums::Before::Refuse(answer) => answer,
+        sums::Before::Forward(body, pending) => {
+            let (st, lines, b) = match copy_precondition_fails(s, &head_text) {
+                Some((st, lines, b)) => {
+                    s.refused.fetch_add(1, Ordering::Relaxed);
+                    (st, lines, b)
+                }
+                None => forward(s, &head_text, &body)?,
+            };
+            sums::after(s, &t, &head_text, pending, st, lines, b)
         }
-        None => forward(s, &head_text, &body)?,
     };
     let (status, mut resp_lines, resp_body) =
         as_s3(s, &t, &head_text, status, resp_lines, resp_body);
@@ -441,8 +515,11 @@ fn as_s3(
         return (status, lines, body);
     }
     let answer = lines.join("\r\n");
-    let says_kms = header(&answer, "x-amz-server-side-encryption").as_deref() == Some("aws:kms");
-    let asks_kms = header(head, "x-amz-server-side-encryption").as_deref() == Some("aws:kms");
+    // SSE-KMS and DSSE-KMS (`aws:kms:dsse`) alike: ETags that are not MD5s.
+    let kms_value = |v: Option<String>| v.is_some_and(|v| v.starts_with("aws:kms"));
+    let says_kms = kms_value(header(&answer, "x-amz-server-side-encryption"));
+    let asks_kms = kms_value(header(head, "x-amz-server-side-encryption"));
+    let sse_c = !t.key.is_empty() && s.is_sse_c(&format!("{}/{}", t.bucket, t.key));
     let is_object = !t.key.is_empty();
     let scope = format!("{}/{}", t.bucket, t.key);
     let mut kms = false;
@@ -490,7 +567,7 @@ fn as_s3(
                 .into_bytes();
         }
     } else if matches!(t.method.as_str(), "PUT" | "GET" | "HEAD") && is_object {
-        kms = says_kms || s.bucket_is_kms(&t.bucket);
+        kms = says_kms || sse_c || s.bucket_is_kms(&t.bucket);
     } else if t.method == "GET" && !is_object && query_has(&t.query, "list-type") {
         // A listing: each entry of a KMS object shows its KMS ETag.
         let text = String::from_utf8_lossy(&body).to_string();
@@ -527,7 +604,7 @@ fn as_s3(
                 *l = format!("ETag: \"{}\"", s.fake(&scope, &v));
             }
         }
-        if !says_kms {
+        if !says_kms && !sse_c {
             lines.push("x-amz-server-side-encryption: aws:kms".into());
         }
     }

@@ -4,7 +4,10 @@
 mod integration {
     pub mod aws;
     pub mod aws_hosts;
+    pub mod checksums;
     pub mod cli;
+    pub mod console;
+    pub mod demo;
     pub mod ecr;
     pub mod faults;
     pub mod hostile;

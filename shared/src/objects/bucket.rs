@@ -2,6 +2,7 @@
 //! S3-compatible endpoint, path-style), with the options that apply to it. All S3 calls
 //! of the engine live here.
 
+use super::checksum::{self, Algo, Checksum};
 use super::diff::Entry;
 use super::url::S3Url;
 use crate::retry::{ErrorClass, ItemError};
@@ -199,6 +200,8 @@ pub struct Head {
     pub etag: Option<String>,
     /// Stored full-object checksums: CRC32, CRC32C, CRC64NVME, SHA-1, SHA-256.
     pub checksums: [Option<String>; 5],
+    /// The stored checksum (the first of `checksums`) with its type.
+    pub checksum: Option<Checksum>,
     pub meta: Meta,
     pub kms: bool,
 }
@@ -377,29 +380,41 @@ impl Bucket {
             .send()
             .await;
         match r {
-            Ok(o) => Ok(Some(Head {
-                size: o.content_length().unwrap_or(0).max(0) as u64,
-                checksums: [
+            Ok(o) => {
+                let checksums = [
                     o.checksum_crc32(),
                     o.checksum_crc32_c(),
                     o.checksum_crc64_nvme(),
                     o.checksum_sha1(),
                     o.checksum_sha256(),
                 ]
-                .map(|c| c.map(str::to_string)),
-                etag: o.e_tag().map(bare_etag),
-                kms: etag_not_md5(o.server_side_encryption(), o.sse_customer_algorithm()),
-                meta: Meta {
-                    content_type: o.content_type().map(str::to_string),
-                    cache_control: o.cache_control().map(str::to_string),
-                    content_disposition: o.content_disposition().map(str::to_string),
-                    content_encoding: o.content_encoding().map(str::to_string),
-                    content_language: o.content_language().map(str::to_string),
-                    expires: o.expires_string().map(str::to_string),
-                    user: o.metadata().cloned().filter(|m| !m.is_empty()),
-                },
-            })),
+                .map(|c| c.map(str::to_string));
+                Ok(Some(Head {
+                    size: o.content_length().unwrap_or(0).max(0) as u64,
+                    checksum: checksum::from_answer(
+                        &checksums,
+                        o.checksum_type().map(|t| t.as_str()),
+                    ),
+                    checksums,
+                    etag: o.e_tag().map(bare_etag),
+                    kms: etag_not_md5(o.server_side_encryption(), o.sse_customer_algorithm()),
+                    meta: Meta {
+                        content_type: o.content_type().map(str::to_string),
+                        cache_control: o.cache_control().map(str::to_string),
+                        content_disposition: o.content_disposition().map(str::to_string),
+                        content_encoding: o.content_encoding().map(str::to_string),
+                        content_language: o.content_language().map(str::to_string),
+                        expires: o.expires_string().map(str::to_string),
+                        user: o.metadata().cloned().filter(|m| !m.is_empty()),
+                    },
+                }))
+            }
             Err(SdkError::ServiceError(s)) if s.raw().status().as_u16() == 404 => Ok(None),
+            // S3 answers a HEAD of an object under a customer-provided key (SSE-C) that
+            // does not send the key with a bare 400.
+            Err(SdkError::ServiceError(s)) if s.raw().status().as_u16() == 400 => {
+                Err(sse_c_error(&format!("HEAD {}", self.url.object(rel))))
+            }
             Err(e) => Err(s3_error(&format!("HEAD {}", self.url.object(rel)), e)),
         }
     }
@@ -434,7 +449,7 @@ impl Bucket {
         range: Option<String>,
         if_match: Option<&str>,
         len: u64,
-    ) -> Result<(bytes::Bytes, Meta, Option<String>, bool), ItemError> {
+    ) -> Result<Got, ItemError> {
         let what = format!("GET {}", self.url.object(rel));
         let o = self
             .client
@@ -444,9 +459,21 @@ impl Bucket {
             .set_range(range)
             .set_if_match(if_match.map(quoted_etag))
             .set_request_payer(self.payer())
+            .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
             .send()
             .await
-            .map_err(|e| s3_error(&what, e))?;
+            .map_err(|e| sse_c_hint(s3_error(&what, e)))?;
+        let source_checksum = checksum::from_answer(
+            &[
+                o.checksum_crc32(),
+                o.checksum_crc32_c(),
+                o.checksum_crc64_nvme(),
+                o.checksum_sha1(),
+                o.checksum_sha256(),
+            ]
+            .map(|c| c.map(str::to_string)),
+            o.checksum_type().map(|t| t.as_str()),
+        );
         let announced = o.content_length().unwrap_or(0);
         if announced > len as i64 {
             return Err(ItemError::new(
@@ -479,50 +506,81 @@ impl Bucket {
             }
             buf.extend_from_slice(&chunk);
         }
-        Ok((buf.into(), meta, etag, encrypted))
+        Ok(Got {
+            body: buf.into(),
+            meta,
+            etag,
+            encrypted,
+            checksum: source_checksum,
+        })
     }
 
-    /// PutObject with Content-MD5 (S3 refuses a body that does not match). Returns the ETag
-    /// and whether it is not an MD5 (the destination encrypts with KMS).
+    /// PutObject with Content-MD5 and the additional checksum `sum` of the bytes (S3
+    /// refuses a body that matches neither). Returns the ETag, whether it is not an MD5
+    /// (the destination encrypts with KMS), and the checksum S3 stored (in `sum`'s
+    /// algorithm, when it reports one).
+    #[allow(clippy::too_many_arguments)]
     pub async fn put(
         &self,
         rel: &str,
         body: bytes::Bytes,
         md5: &[u8; 16],
+        sum: (Algo, &str),
         meta: &Meta,
         tagging: Option<String>,
         opts: &DestOptions,
-    ) -> Result<(Option<String>, bool), ItemError> {
+    ) -> Result<Written, ItemError> {
         use base64::Engine;
+        let (algo, value) = (sum.0, Some(sum.1.to_string()));
         let req = self
             .client
             .put_object()
             .bucket(&self.url.bucket)
             .key(self.url.key(rel))
             .content_md5(base64::engine::general_purpose::STANDARD.encode(md5))
-            .content_length(body.len() as i64)
-            .body(ByteStream::from(body));
+            .checksum_algorithm(algo.sdk());
+        let req = match algo {
+            Algo::Crc32 => req.set_checksum_crc32(value),
+            Algo::Crc32c => req.set_checksum_crc32_c(value),
+            Algo::Crc64Nvme => req.set_checksum_crc64_nvme(value),
+            Algo::Sha1 => req.set_checksum_sha1(value),
+            Algo::Sha256 => req.set_checksum_sha256(value),
+        }
+        .content_length(body.len() as i64)
+        .body(ByteStream::from(body));
         let o = with_object_settings!(req, meta, tagging, opts)
             .send()
             .await
             .map_err(|e| s3_error(&format!("PUT {}", self.url.object(rel)), e))?;
-        Ok((
-            o.e_tag().map(bare_etag),
-            etag_not_md5(o.server_side_encryption(), o.sse_customer_algorithm()),
-        ))
+        let stored = [
+            o.checksum_crc32(),
+            o.checksum_crc32_c(),
+            o.checksum_crc64_nvme(),
+            o.checksum_sha1(),
+            o.checksum_sha256(),
+        ][algo as usize]
+            .map(str::to_string);
+        Ok(Written {
+            etag: o.e_tag().map(bare_etag),
+            encrypted: etag_not_md5(o.server_side_encryption(), o.sse_customer_algorithm()),
+            checksum: stored,
+        })
     }
 
     /// Server-side CopyObject from `src` (metadata and tags copied by S3), pinned to the
-    /// listed ETag (`x-amz-copy-source-if-match`; 412 when the source changed). Returns
-    /// the new ETag and whether it is not an MD5 (the destination encrypts with KMS).
+    /// listed ETag (`x-amz-copy-source-if-match`; 412 when the source changed), asking S3
+    /// to compute the `algo` checksum of the copied bytes (`x-amz-checksum-algorithm`).
+    /// Returns the new ETag, whether it is not an MD5 (the destination encrypts with KMS),
+    /// and the copy's `algo` checksum when S3 reports one.
     pub async fn copy_from(
         &self,
         rel: &str,
         src: &Bucket,
         if_match: Option<&str>,
+        algo: Algo,
         opts: &DestOptions,
         tags: bool,
-    ) -> Result<(Option<String>, bool), ItemError> {
+    ) -> Result<Written, ItemError> {
         use aws_sdk_s3::types::TaggingDirective;
         let o = self
             .client
@@ -532,6 +590,7 @@ impl Bucket {
             .copy_source(src.copy_source(rel))
             .set_copy_source_if_match(if_match.map(quoted_etag))
             .set_request_payer(src.payer())
+            .checksum_algorithm(algo.sdk())
             .tagging_directive(if tags {
                 TaggingDirective::Copy
             } else {
@@ -543,20 +602,32 @@ impl Bucket {
             .send()
             .await
             .map_err(|e| {
-                s3_error(
+                sse_c_hint(s3_error(
                     &format!("copy {} to {}", src.url.object(rel), self.url.object(rel)),
                     e,
-                )
+                ))
             })?;
-        Ok((
-            o.copy_object_result()
-                .and_then(|r| r.e_tag())
-                .map(bare_etag),
-            etag_not_md5(o.server_side_encryption(), o.sse_customer_algorithm()),
-        ))
+        let r = o.copy_object_result();
+        let stored = r.and_then(|r| {
+            [
+                r.checksum_crc32(),
+                r.checksum_crc32_c(),
+                r.checksum_crc64_nvme(),
+                r.checksum_sha1(),
+                r.checksum_sha256(),
+            ][algo as usize]
+                .map(str::to_string)
+        });
+        Ok(Written {
+            etag: r.and_then(|r| r.e_tag()).map(bare_etag),
+            encrypted: etag_not_md5(o.server_side_encryption(), o.sse_customer_algorithm()),
+            checksum: stored,
+        })
     }
 
-    /// Starts a multipart upload carrying the source's metadata. Returns the upload id.
+    /// Starts a multipart upload carrying the source's metadata, with a FULL_OBJECT CRC32C
+    /// checksum (every part carries its CRC32C; the object's is the CRC32C of all its
+    /// bytes, whatever the part sizes). Returns the upload id.
     pub async fn create_upload(
         &self,
         rel: &str,
@@ -569,7 +640,9 @@ impl Bucket {
             .client
             .create_multipart_upload()
             .bucket(&self.url.bucket)
-            .key(self.url.key(rel));
+            .key(self.url.key(rel))
+            .checksum_algorithm(Algo::Crc32c.sdk())
+            .checksum_type(aws_sdk_s3::types::ChecksumType::FullObject);
         let o = with_object_settings!(req, meta, tagging, opts)
             .send()
             .await
@@ -579,7 +652,8 @@ impl Bucket {
             .ok_or_else(|| ItemError::new(ErrorClass::Retryable, format!("{what}: no upload id")))
     }
 
-    /// UploadPart with Content-MD5. Returns the part's ETag and whether it is not an MD5.
+    /// UploadPart with Content-MD5 and its CRC32C (`crc32c`, base64). Returns the part's
+    /// ETag, whether it is not an MD5, and the CRC32C S3 stored for it.
     pub async fn upload_part(
         &self,
         rel: &str,
@@ -587,7 +661,8 @@ impl Bucket {
         number: u32,
         body: bytes::Bytes,
         md5: &[u8; 16],
-    ) -> Result<(String, bool), ItemError> {
+        crc32c: &str,
+    ) -> Result<(String, bool, Option<String>), ItemError> {
         use base64::Engine;
         let what = format!("part {number} of {}", self.url.object(rel));
         let o = self
@@ -598,19 +673,23 @@ impl Bucket {
             .upload_id(upload_id)
             .part_number(number as i32)
             .content_md5(base64::engine::general_purpose::STANDARD.encode(md5))
+            .checksum_algorithm(Algo::Crc32c.sdk())
+            .checksum_crc32_c(crc32c)
             .content_length(body.len() as i64)
             .body(ByteStream::from(body))
             .send()
             .await
             .map_err(|e| s3_error(&what, e))?;
         let encrypted = etag_not_md5(o.server_side_encryption(), o.sse_customer_algorithm());
+        let stored = o.checksum_crc32_c().map(str::to_string);
         o.e_tag()
-            .map(|e| (bare_etag(e), encrypted))
+            .map(|e| (bare_etag(e), encrypted, stored))
             .ok_or_else(|| ItemError::new(ErrorClass::Retryable, format!("{what}: no ETag")))
     }
 
     /// UploadPartCopy of a byte range of `src`, pinned to the listed ETag like
-    /// [`Bucket::copy_from`]. Returns the part's ETag.
+    /// [`Bucket::copy_from`]. Returns the part's ETag and the CRC32C S3 computed for it
+    /// (the upload's algorithm).
     pub async fn copy_part(
         &self,
         rel: &str,
@@ -619,7 +698,7 @@ impl Bucket {
         range: String,
         src: &Bucket,
         if_match: Option<&str>,
-    ) -> Result<String, ItemError> {
+    ) -> Result<(String, Option<String>), ItemError> {
         let what = format!("part {number} of {}", self.url.object(rel));
         let o = self
             .client
@@ -634,29 +713,34 @@ impl Bucket {
             .set_request_payer(src.payer())
             .send()
             .await
-            .map_err(|e| s3_error(&what, e))?;
-        o.copy_part_result()
-            .and_then(|r| r.e_tag())
-            .map(bare_etag)
+            .map_err(|e| sse_c_hint(s3_error(&what, e)))?;
+        let r = o.copy_part_result();
+        let stored = r.and_then(|r| r.checksum_crc32_c()).map(str::to_string);
+        r.and_then(|r| r.e_tag())
+            .map(|e| (bare_etag(e), stored))
             .ok_or_else(|| ItemError::new(ErrorClass::Retryable, format!("{what}: no ETag")))
     }
 
-    /// Completes an upload with its parts in order. Returns the object's ETag and whether
-    /// the object is encrypted so that its part ETags are not MD5s.
+    /// Completes an upload with its parts in order (number, ETag, CRC32C), sending the
+    /// whole object's CRC32C `full` when known, so S3 checks it against what it holds.
+    /// Returns the object's ETag, whether the object is encrypted so that its part ETags
+    /// are not MD5s, and the object's CRC32C as S3 reports it.
     pub async fn complete_upload(
         &self,
         rel: &str,
         upload_id: &str,
-        parts: &[(u32, String)],
-    ) -> Result<(Option<String>, bool), ItemError> {
+        parts: &[(u32, &str, Option<&str>)],
+        full: Option<&str>,
+    ) -> Result<Written, ItemError> {
         let completed = CompletedMultipartUpload::builder()
             .set_parts(Some(
                 parts
                     .iter()
-                    .map(|(n, e)| {
+                    .map(|(n, e, c)| {
                         CompletedPart::builder()
                             .part_number(*n as i32)
                             .e_tag(format!("\"{e}\""))
+                            .set_checksum_crc32_c(c.map(str::to_string))
                             .build()
                     })
                     .collect(),
@@ -669,13 +753,16 @@ impl Bucket {
             .key(self.url.key(rel))
             .upload_id(upload_id)
             .multipart_upload(completed)
+            .set_checksum_crc32_c(full.map(str::to_string))
+            .set_checksum_type(full.map(|_| aws_sdk_s3::types::ChecksumType::FullObject))
             .send()
             .await
             .map_err(|e| s3_error(&format!("complete upload of {}", self.url.object(rel)), e))?;
-        Ok((
-            o.e_tag().map(bare_etag),
-            etag_not_md5(o.server_side_encryption(), None),
-        ))
+        Ok(Written {
+            etag: o.e_tag().map(bare_etag),
+            encrypted: etag_not_md5(o.server_side_encryption(), None),
+            checksum: o.checksum_crc32_c().map(str::to_string),
+        })
     }
 
     /// Aborts an upload (its parts are freed).
@@ -746,6 +833,52 @@ impl Bucket {
             .await
             .map_err(|e| s3_error(&format!("delete {}", self.url.object(rel)), e))?;
         Ok(())
+    }
+}
+
+/// What a GET read.
+pub struct Got {
+    pub body: bytes::Bytes,
+    pub meta: Meta,
+    pub etag: Option<String>,
+    /// The ETag is not an MD5 ([`etag_not_md5`]).
+    pub encrypted: bool,
+    /// The checksum the source stored, as the answer reports it (full GETs only).
+    pub checksum: Option<Checksum>,
+}
+
+/// What a write (PUT, CopyObject, CompleteMultipartUpload) left at the destination.
+pub struct Written {
+    pub etag: Option<String>,
+    /// The ETag is not an MD5 ([`etag_not_md5`]).
+    pub encrypted: bool,
+    /// The checksum S3 stored, in the algorithm asked for (base64), when it reports one.
+    pub checksum: Option<String>,
+}
+
+/// What to do about an object under a customer-provided key (SSE-C): we hold no key, so
+/// it cannot be read; one object's error, named, not retried.
+const SSE_C_ADVICE: &str = "the object is encrypted with a customer-provided key (SSE-C); S3 serves it only to requests that carry that key (x-amz-server-side-encryption-customer-key), and transfer-hub takes no customer keys: copy it yourself with its key (aws s3 cp --sse-c AES256 --sse-c-key …), or re-encrypt it at the source with SSE-S3 or SSE-KMS";
+
+fn sse_c_error(what: &str) -> ItemError {
+    ItemError::new(
+        ErrorClass::BadInput,
+        format!("{what}: answered 400 Bad Request: {SSE_C_ADVICE}"),
+    )
+}
+
+/// S3's answer to a read of an SSE-C object without its key ("The object was stored using
+/// a form of Server Side Encryption…") explained.
+fn sse_c_hint(e: ItemError) -> ItemError {
+    if e.message
+        .contains("stored using a form of Server Side Encryption")
+    {
+        ItemError::new(
+            ErrorClass::BadInput,
+            format!("{}: {SSE_C_ADVICE}", e.message),
+        )
+    } else {
+        e
     }
 }
 

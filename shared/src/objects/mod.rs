@@ -8,6 +8,7 @@
 //! one-machine pipeline; [`jobs`] and [`events`] are the messages of the AWS suite.
 
 pub mod bucket;
+pub mod checksum;
 pub mod diff;
 pub mod events;
 pub mod jobs;

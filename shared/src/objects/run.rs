@@ -481,6 +481,7 @@ async fn copy_object(
         mode: spec.mode,
         opts: &spec.dest_opts,
         tags: spec.tags,
+        remove_bad_copies: true,
     };
     let single_limit = match spec.mode {
         Mode::Server => MAX_SINGLE,
@@ -637,7 +638,13 @@ async fn multipart_copy(
         return Err(err);
     }
     match t
-        .complete(e, &upload.upload_id, finished, upload.parts)
+        .complete(
+            e,
+            &upload.upload_id,
+            finished,
+            upload.parts,
+            upload.part_size,
+        )
         .await
     {
         Ok(etag) => {

@@ -183,6 +183,7 @@ impl ObjectsEdges<'_> {
             mode: self.cfg.mode,
             opts: &self.cfg.dest_opts,
             tags: self.cfg.tags,
+            remove_bad_copies: false,
         }
     }
     /// Remembers a verified copy whose ETag is not the source's (see
@@ -539,6 +540,12 @@ async fn apply_event(w: EventWork, e: &ObjectsEdges<'_>) -> Result<(), ItemError
                 return Ok(());
             }
             if e.cfg.delete_on_events {
+                // A delete delivered again finds nothing to delete and writes nothing (on a
+                // versioned bucket a second DeleteObject would add another delete marker).
+                if e.dst.head(&key).await?.is_none() {
+                    tracing::info!(key = %key, "already absent at the destination; nothing to delete");
+                    return Ok(());
+                }
                 e.dst.delete(&key).await?;
                 tracing::info!(key = %key, "deleted at the destination (DELETE_ON_EVENTS)");
             }
@@ -635,6 +642,16 @@ async fn part_job(job: &Job, upload_id: &str, e: &ObjectsEdges<'_>) -> Result<()
         tracing::info!(object = %dest, upload_id, part = part.number, "part of an upload that is no longer open; nothing to do");
         return Ok(());
     };
+    // SQS delivers at least once, and an object job handled twice queues its parts twice:
+    // a part already recorded is not uploaded again.
+    if e.ledger
+        .part_is_done(&upload, part.number)
+        .await
+        .map_err(store_err)?
+    {
+        tracing::info!(object = %dest, upload_id, part = part.number, "part already done; nothing to write");
+        return Ok(());
+    }
     let etag = match e.transfer().part(&entry, upload_id, &part).await {
         Err(x) if x.class == ErrorClass::SourceChanged => {
             // The upload can never complete into the listed version: free it and plan the
@@ -802,7 +819,7 @@ async fn check_upload(
     if parts.len() as u32 >= u.parts {
         let r = e
             .transfer()
-            .complete(&entry, &u.upload_id, parts, u.parts)
+            .complete(&entry, &u.upload_id, parts, u.parts, u.part_size)
             .await;
         match &r {
             Ok(_) => sum.completed += 1,

@@ -3,12 +3,18 @@
 //! destination; otherwise GET → PUT with the bytes held in memory one part at a time
 //! (memory = part size × parts in flight, never the object size).
 //!
-//! Every PUT and part carries Content-MD5. Bytes read from the source are checked against
-//! the source's ETag when that ETag is an MD5 (single-part, not KMS); the destination is
-//! checked afterwards (size, and ETag = MD5 or the multipart ETag of the part MD5s). A
+//! Every PUT and part carries Content-MD5 and an additional checksum S3 checks the bytes
+//! against (the source's algorithm when the source has a full-object checksum, else
+//! CRC32C; parts CRC32C, the object's a FULL_OBJECT CRC32C); CopyObject asks S3 to compute
+//! that checksum over the copied bytes. Bytes read from the source are checked against
+//! the source's ETag when that ETag is an MD5 (single-part, not KMS) and against its
+//! stored full-object checksum; the destination's checksum must equal the source's when
+//! the source has one of the same kind (full-object, same algorithm), and the destination
+//! is checked afterwards (size, and ETag = MD5 or the multipart ETag of the part MD5s). A
 //! mismatch is a `DigestMismatch` failure and the object is never recorded as copied.
 
 use super::bucket::{Bucket, DestOptions, bare_etag, is_md5_etag};
+use super::checksum::{self, Algo, Checksum};
 use super::diff::Entry;
 use super::multipart::{Part, multipart_etag};
 use super::uploads::{Upload, UploadLedger};
@@ -34,6 +40,8 @@ pub struct Transfer<'a> {
     pub opts: &'a DestOptions,
     /// Carry object tags too.
     pub tags: bool,
+    /// Delete a server-side copy that fails its check (see [`Transfer::remove_bad_copy`]).
+    pub remove_bad_copies: bool,
 }
 
 /// A ledger (status store) error, as a retryable item error.
@@ -61,11 +69,32 @@ impl Transfer<'_> {
         let dest_url = self.dst.url.object(&e.key);
         let (etag, proven) = match self.mode {
             Mode::Server => {
-                let (etag, dest_encrypted) = self
+                // The source's stored checksum: the copy asks S3 for the same algorithm, so
+                // the two compare. (The HEAD also names an SSE-C source we cannot read.)
+                let source = self.source_checksum(e).await?;
+                let algo = checksum::algo_for_single(source.as_ref());
+                let w = self
                     .dst
-                    .copy_from(&e.key, self.src, e.etag.as_deref(), self.opts, self.tags)
+                    .copy_from(
+                        &e.key,
+                        self.src,
+                        e.etag.as_deref(),
+                        algo,
+                        self.opts,
+                        self.tags,
+                    )
                     .await?;
-                let mut proven = false;
+                let (etag, dest_encrypted) = (w.etag, w.encrypted);
+                let mut proven = match compare_checksums(
+                    &dest_url,
+                    "after the copy",
+                    algo,
+                    w.checksum.as_deref(),
+                    source.as_ref(),
+                ) {
+                    Ok(p) => p,
+                    Err(err) => return Err(self.remove_bad_copy(e, err).await),
+                };
                 if !dest_encrypted
                     && let (Some(src), Some(got)) = (&e.etag, &etag)
                     && is_md5_etag(src)
@@ -74,37 +103,72 @@ impl Transfer<'_> {
                         // The copy's MD5 is the listed object's MD5: same bytes, same size.
                         proven = true;
                     } else if !self.source_encrypted(e).await? {
-                        return Err(mismatch(format!(
+                        let err = mismatch(format!(
                             "{dest_url}: ETag {got} after the copy, source ETag {src}"
-                        )));
+                        ));
+                        return Err(self.remove_bad_copy(e, err).await);
                     }
                 }
                 (etag, proven)
             }
             Mode::Stream => {
-                let (body, meta, src_etag, src_encrypted) = self
+                let got = self
                     .src
                     .get(&e.key, None, e.etag.as_deref(), e.size)
                     .await?;
+                let body = got.body;
                 let md5 = md5_of(&body);
-                let src_etag = src_etag.or_else(|| e.etag.clone());
+                let src_etag = got.etag.or_else(|| e.etag.clone());
+                let src_url = self.src.url.object(&e.key);
                 check_read(
-                    &self.src.url.object(&e.key),
+                    &src_url,
                     body.len() as u64,
                     e.size,
                     &md5,
-                    src_etag.as_deref().filter(|_| !src_encrypted),
+                    src_etag.as_deref().filter(|_| !got.encrypted),
+                )?;
+                // The bytes read must be the ones the source's stored checksum describes;
+                // the PUT then carries that checksum, which S3 checks against what arrives.
+                let algo = checksum::algo_for_single(got.checksum.as_ref());
+                let value = algo.compute(&body);
+                compare_checksums(
+                    &src_url,
+                    "of the bytes read",
+                    algo,
+                    Some(&value),
+                    got.checksum.as_ref(),
                 )?;
                 let tagging = if self.tags {
                     self.src.tagging(&e.key).await?
                 } else {
                     None
                 };
-                let (etag, dest_encrypted) = self
+                let w = self
                     .dst
-                    .put(&e.key, body, &md5, &meta, tagging, self.opts)
+                    .put(
+                        &e.key,
+                        body,
+                        &md5,
+                        (algo, &value),
+                        &got.meta,
+                        tagging,
+                        self.opts,
+                    )
                     .await?;
-                let mut proven = false;
+                let (etag, dest_encrypted) = (w.etag, w.encrypted);
+                let sent = Checksum {
+                    algo,
+                    value: value.clone(),
+                    composite_parts: None,
+                };
+                // What S3 stored is what we sent (it refuses the PUT otherwise).
+                let mut proven = compare_checksums(
+                    &dest_url,
+                    "after the PUT",
+                    algo,
+                    w.checksum.as_deref(),
+                    Some(&sent),
+                )?;
                 if !dest_encrypted
                     && let Some(got) = &etag
                     && is_md5_etag(got)
@@ -126,6 +190,40 @@ impl Transfer<'_> {
             self.verify_size(e).await?;
         }
         Ok(etag)
+    }
+
+    /// A server-side copy that S3 already wrote is not the source's bytes: with
+    /// `remove_bad_copies` (the CLI) it is deleted, so no run ever takes it for a copy (a
+    /// later `--compare size` would); the AWS roles hold no s3:DeleteObject unless deletion
+    /// is on, so there it stays, recorded as failed, until the retry overwrites it.
+    async fn remove_bad_copy(&self, e: &Entry, err: ItemError) -> ItemError {
+        if self.remove_bad_copies
+            && let Err(x) = self.dst.delete(&e.key).await
+        {
+            tracing::warn!(object = %self.dst.url.object(&e.key), error = %x.message, "cannot delete the copy that failed its check");
+        }
+        err
+    }
+
+    /// The checksum the source stores (HEAD with ChecksumMode), for the listed version: a
+    /// source whose ETag changed since the listing is `SourceChanged`.
+    async fn source_checksum(&self, e: &Entry) -> Result<Option<Checksum>, ItemError> {
+        let url = self.src.url.object(&e.key);
+        let head = self.src.head(&e.key).await?.ok_or_else(|| {
+            ItemError::new(ErrorClass::NotFound, format!("{url} no longer exists"))
+        })?;
+        if e.etag.is_some()
+            && head.etag.as_deref().map(bare_etag) != e.etag.as_deref().map(bare_etag)
+        {
+            return Err(ItemError::new(
+                ErrorClass::SourceChanged,
+                format!(
+                    "{url} changed since it was listed (ETag {:?}, listed {:?})",
+                    head.etag, e.etag
+                ),
+            ));
+        }
+        Ok(head.checksum)
     }
 
     /// Whether the source object's ETag is not an MD5 (it is encrypted with KMS or a
@@ -213,7 +311,8 @@ impl Transfer<'_> {
         Ok(open)
     }
 
-    /// Moves one part. Returns its ETag.
+    /// Moves one part. Returns its part tag ([`checksum::part_tag`]: the ETag and the
+    /// CRC32C S3 stored for it), what the upload ledger keeps.
     pub async fn part(&self, e: &Entry, upload_id: &str, p: &Part) -> Result<String, ItemError> {
         Ok(self.part_read(e, upload_id, p).await?.0)
     }
@@ -228,23 +327,26 @@ impl Transfer<'_> {
         p: &Part,
     ) -> Result<(String, Option<crc32fast::Hasher>), ItemError> {
         match self.mode {
-            Mode::Server => self
-                .dst
-                .copy_part(
-                    &e.key,
-                    upload_id,
-                    p.number,
-                    p.range(),
-                    self.src,
-                    e.etag.as_deref(),
-                )
-                .await
-                .map(|etag| (etag, None)),
+            Mode::Server => {
+                let (etag, crc) = self
+                    .dst
+                    .copy_part(
+                        &e.key,
+                        upload_id,
+                        p.number,
+                        p.range(),
+                        self.src,
+                        e.etag.as_deref(),
+                    )
+                    .await?;
+                Ok((checksum::part_tag(&etag, crc.as_deref()), None))
+            }
             Mode::Stream => {
-                let (body, _, _, _) = self
+                let body = self
                     .src
                     .get(&e.key, Some(p.range()), e.etag.as_deref(), p.len)
-                    .await?;
+                    .await?
+                    .body;
                 if body.len() as u64 != p.len {
                     return Err(mismatch(format!(
                         "{}: part {} read {} bytes, expected {}",
@@ -255,12 +357,22 @@ impl Transfer<'_> {
                     )));
                 }
                 let md5 = md5_of(&body);
-                let mut crc = crc32fast::Hasher::new();
-                crc.update(&body);
-                let (etag, encrypted) = self
+                let crc = Algo::Crc32c.compute(&body);
+                let mut crc32 = crc32fast::Hasher::new();
+                crc32.update(&body);
+                let (etag, encrypted, stored) = self
                     .dst
-                    .upload_part(&e.key, upload_id, p.number, body, &md5)
+                    .upload_part(&e.key, upload_id, p.number, body, &md5, &crc)
                     .await?;
+                if let Some(got) = &stored
+                    && *got != crc
+                {
+                    return Err(mismatch(format!(
+                        "part {} of {}: CRC32C {got} stored, {crc} sent",
+                        p.number,
+                        self.dst.url.object(&e.key)
+                    )));
+                }
                 // S3 checked the part against its Content-MD5; an MD5 ETag must say the same.
                 if !encrypted && is_md5_etag(&etag) && etag != hex::encode(md5) {
                     return Err(mismatch(format!(
@@ -270,7 +382,7 @@ impl Transfer<'_> {
                         hex::encode(md5)
                     )));
                 }
-                Ok((etag, Some(crc)))
+                Ok((checksum::part_tag(&etag, Some(&crc)), Some(crc32)))
             }
         }
     }
@@ -320,14 +432,17 @@ impl Transfer<'_> {
         Ok(())
     }
 
-    /// Completes an upload from its finished parts (all of them, any order) and verifies
-    /// the object. Returns the destination ETag.
+    /// Completes an upload from its finished parts (all of them, any order; `part_size` as
+    /// planned) and verifies the object: S3 checks the whole object's CRC32C, combined from
+    /// the parts' CRC32Cs, and the result must equal the source's full-object CRC32C when it
+    /// has one. Returns the destination ETag.
     pub async fn complete(
         &self,
         e: &Entry,
         upload_id: &str,
         mut parts: Vec<(u32, String)>,
         expected: u32,
+        part_size: u64,
     ) -> Result<Option<String>, ItemError> {
         parts.sort();
         parts.dedup_by_key(|p| p.0);
@@ -343,8 +458,48 @@ impl Transfer<'_> {
             ));
         }
         let dest_url = self.dst.url.object(&e.key);
-        let (etag, encrypted) = match self.dst.complete_upload(&e.key, upload_id, &parts).await {
-            Ok(done) => done,
+        let tags: Vec<(u32, &str, Option<&str>)> = parts
+            .iter()
+            .map(|(n, t)| {
+                let (etag, crc) = checksum::parse_part_tag(t);
+                (*n, etag, crc)
+            })
+            .collect();
+        let lens = super::multipart::parts(e.size, part_size);
+        let full = (lens.len() == tags.len())
+            .then(|| {
+                checksum::combine_crc32c(
+                    &tags
+                        .iter()
+                        .zip(&lens)
+                        .map(|((_, _, c), p)| (*c, p.len))
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .flatten();
+        // Before anything is completed: the parts must add up to the source's full-object
+        // CRC32C when it stores one (asked of the source now; the copy is of the listed
+        // version, so a source changed since is not compared). A mismatch completes
+        // nothing, so no wrong object ever appears at the destination.
+        if let Some(want) = &full
+            && let Some(h) = self.src.head(&e.key).await?
+            && (e.etag.is_none()
+                || h.etag.as_deref().map(bare_etag) == e.etag.as_deref().map(bare_etag))
+        {
+            compare_checksums(
+                &dest_url,
+                "from the parts",
+                Algo::Crc32c,
+                Some(want),
+                h.checksum.as_ref(),
+            )?;
+        }
+        let (etag, encrypted, stored) = match self
+            .dst
+            .complete_upload(&e.key, upload_id, &tags, full.as_deref())
+            .await
+        {
+            Ok(w) => (w.etag, w.encrypted, w.checksum),
             // The answer was lost or unreadable: the upload may have completed. What the
             // destination holds decides (the checks below), so a retry is not needed.
             Err(err) if err.class == ErrorClass::Retryable => match self.dst.head(&e.key).await? {
@@ -354,8 +509,12 @@ impl Transfer<'_> {
                             .as_deref()
                             .is_some_and(|t| t.ends_with(&format!("-{expected}"))) =>
                 {
-                    tracing::warn!(object = %dest_url, error = %err.message, "completing answered badly; the object is there, checking it");
-                    (h.etag, h.kms)
+                    tracing::warn!(object = %dest_url, error = %crate::retry::clip(&err.message, 160), "completing answered badly; the object is there, checking it");
+                    let crc = h
+                        .checksum
+                        .filter(|c| c.algo == Algo::Crc32c && c.full())
+                        .map(|c| c.value);
+                    (h.etag, h.kms, crc)
                 }
                 _ => return Err(err),
             },
@@ -363,9 +522,9 @@ impl Transfer<'_> {
         };
         // Part ETags are their MD5s (not encrypted with KMS or a customer key): the
         // object's ETag must be their multipart ETag.
-        let md5s: Option<Vec<[u8; 16]>> = parts
+        let md5s: Option<Vec<[u8; 16]>> = tags
             .iter()
-            .map(|(_, t)| {
+            .map(|(_, t, _)| {
                 hex::decode(t)
                     .ok()
                     .and_then(|v| <[u8; 16]>::try_from(v).ok())
@@ -390,6 +549,20 @@ impl Transfer<'_> {
                 )));
             }
         }
+        // The whole object's CRC32C S3 reports is what the parts add up to.
+        if let Some(want) = &full {
+            compare_checksums(
+                &dest_url,
+                "after completing",
+                Algo::Crc32c,
+                stored.as_deref(),
+                Some(&Checksum {
+                    algo: Algo::Crc32c,
+                    value: want.clone(),
+                    composite_parts: None,
+                }),
+            )?;
+        }
         self.verify_size(e).await?;
         Ok(etag)
     }
@@ -406,6 +579,33 @@ impl Transfer<'_> {
             Some(_) => Ok(()),
         }
     }
+}
+
+/// Compares the checksum S3 reported (`got`, base64 in `algo`) with `want`, when `want` is
+/// a full-object checksum of the same algorithm (a composite checksum is of the part
+/// layout, not the bytes: never compared with a full-object one). `Ok(true)` when they
+/// agree, `Ok(false)` when there is nothing to compare, `DigestMismatch` otherwise.
+fn compare_checksums(
+    url: &str,
+    when: &str,
+    algo: Algo,
+    got: Option<&str>,
+    want: Option<&Checksum>,
+) -> Result<bool, ItemError> {
+    let (Some(got), Some(want)) = (got, want) else {
+        return Ok(false);
+    };
+    if want.algo != algo || !want.full() {
+        return Ok(false);
+    }
+    if got != want.value {
+        return Err(mismatch(format!(
+            "{url}: {} {got} {when}, expected {}",
+            algo.name(),
+            want.value
+        )));
+    }
+    Ok(true)
 }
 
 /// The bytes read from the source are what the source says it holds.

@@ -39,6 +39,11 @@ pub trait UploadLedger: Send + Sync {
     async fn part_done(&self, u: &Upload, number: u32, etag: &str) -> Result<(), StoreError>;
     /// The finished parts of an upload, by number.
     async fn parts_done(&self, u: &Upload) -> Result<Vec<(u32, String)>, StoreError>;
+    /// Whether part `number` of this upload is recorded finished (a part job delivered
+    /// again then writes nothing).
+    async fn part_is_done(&self, u: &Upload, number: u32) -> Result<bool, StoreError> {
+        Ok(self.parts_done(u).await?.iter().any(|p| p.0 == number))
+    }
     /// Forgets an upload (completed or aborted) and its parts.
     async fn finish(&self, u: &Upload) -> Result<(), StoreError>;
     /// Every open upload.
@@ -315,6 +320,22 @@ impl UploadLedger for DynamoLedger {
             .await
             .map_err(|e| sdk("PutItem", e))?;
         Ok(())
+    }
+    async fn part_is_done(&self, u: &Upload, number: u32) -> Result<bool, StoreError> {
+        // One item, not the upload's whole part list.
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(&u.dest))
+            .key("sk", s(part_sk(number)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk("GetItem", e))?;
+        Ok(out
+            .item()
+            .is_some_and(|i| get_s(i, "upload_id").as_deref() == Some(u.upload_id.as_str())))
     }
     async fn parts_done(&self, u: &Upload) -> Result<Vec<(u32, String)>, StoreError> {
         let mut parts: Vec<(u32, String)> = self

@@ -4,6 +4,7 @@
 //! statements in the SAM-transformed template.yaml (hub_tests::iam), so a call the template
 //! does not allow fails the test. Setup and checks use the rig's admin user.
 
+use hub_core::aws::ecs_runner::{EcsRunner, EcsSettings};
 use hub_core::config::Env;
 use hub_core::ecr::{self, Ecr, EcrRepos, Registries};
 use hub_core::handlers::{self, DiffEdges, ImagesConfig, ListEdges};
@@ -13,7 +14,6 @@ use hub_core::offload::{self, S3Blobs};
 use hub_core::registry::HttpRegistry;
 use hub_core::status::dynamodb::DynamoStore;
 use hub_core::status::{Status, StatusStore};
-use hub_core::tasks::{EcsRunner, EcsSettings};
 use hub_core::workflow::{DispatchRequest, ListRequest, Listed, RecordRequest};
 use hub_tests::iam::{Deployment, IamMoto};
 use hub_tests::{OciImage, RegistryServer, aws_fixtures, event, transfer_hub_bin, write_authfile};
@@ -1034,4 +1034,184 @@ fn find_diff_with_include_untagged_also_moves_the_ecr_images_no_tag_points_at() 
         format!("{}/team/app@{untagged_digest}", dst.addr),
         "lands by digest, without a tag"
     );
+}
+
+/// ECS stops a task with SIGTERM (then SIGKILL after the container's StopTimeout, 30 s):
+/// the worker kills its skopeo, removes the temp auth file and reports the copy failed
+/// with a retryable class on the task token, so the state machine retries at once instead
+/// of waiting out the heartbeat timeout, and no orphan skopeo finishes the copy unseen.
+#[test]
+fn the_copy_worker_on_sigterm_kills_skopeo_removes_its_auth_file_and_reports_a_retryable_failure() {
+    use super::interrupt::{auth_dirs, slow_blobs};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+    let aws = Aws::start("aws-the_copy_worker_on_sigterm");
+    let canary = format!("sigterm-worker-canary-{}", fastrand::u64(..));
+    let (src, backend) = (
+        RegistryServer::start_with_login("puller", &canary),
+        RegistryServer::start(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let auth = dir.path().join("auth.json");
+    write_authfile(&auth, &[(&src.addr, "puller", &canary)]);
+    let img = OciImage::single(&[256 * 1024]);
+    img.push(&format!("{}/team/app:7", src.addr), Some(&auth));
+    // Blob downloads are held, so the copy is in flight when ECS stops the task.
+    let slow = slow_blobs(&src.addr, Duration::from_secs(20));
+    let source = slow.endpoint.trim_start_matches("http://").to_string();
+    let sm = aws_sdk_secretsmanager::Client::new(&aws.conf);
+    aws.rt
+        .block_on(
+            sm.create_secret()
+                .name("th/source")
+                .secret_string(format!(r#"{{"username":"puller","password":"{canary}"}}"#))
+                .send(),
+        )
+        .unwrap();
+    // Step Functions calls go through a proxy that notes which API each one was.
+    let calls = Arc::new(Mutex::new(Vec::<(String, u16)>::new()));
+    let seen = calls.clone();
+    let moto = aws
+        .iam
+        .moto
+        .endpoint
+        .trim_start_matches("http://")
+        .to_string();
+    let sfn = hub_tests::HttpProxy::start(
+        Arc::new(move |head: &str| (moto.clone(), head.to_string())),
+        Arc::new(move |head: &str, status, body| {
+            if let Some(t) = hub_tests::s3_rig::header(head, "x-amz-target") {
+                seen.lock().unwrap().push((t, status));
+            }
+            (status, Vec::new(), body)
+        }),
+    );
+    let task_role = aws.iam.role(
+        "CopyTaskRole",
+        &aws.deployment(&[
+            ("SourceType", "Registry"),
+            ("SourceRegistry", source.as_str()),
+            ("SourceCredentialSecret", "th/source"),
+            ("DestPrefix", "mirror"),
+        ]),
+    );
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let mut env = aws.iam.env(&task_role, REGION);
+    env.extend(
+        [
+            ("TASK_TOKEN", "token-sigterm"),
+            ("RUN_ID", "run-t"),
+            ("SOURCE", &format!("{source}/team/app:7")),
+            ("DEST", &format!("{ECR_HOST}/mirror/team/app:7")),
+            ("SOURCE_DIGEST", img.digest.as_str()),
+            ("SOURCE_SECRET", "th/source"),
+            ("SOURCE_REGISTRY", source.as_str()),
+            ("DEST_REGISTRY", &format!("{ECR_HOST}/mirror")),
+            ("HEARTBEAT_SECS", "1"),
+            ("TRANSFER_HUB_ECR_REGISTRY_ADDRESS", backend.addr.as_str()),
+            ("AWS_ENDPOINT_URL_SFN", sfn.endpoint.as_str()),
+            ("TMPDIR", tmp.to_str().unwrap()),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    let worker = transfer_hub_bin().with_file_name("copy-worker");
+    let mut child = std::process::Command::new(&worker)
+        .envs(env)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let skopeo = loop {
+        let found = std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let (ppid, cmd) = processes_of(pid)?;
+            (ppid == child.id() && cmd.split_whitespace().next()?.ends_with("skopeo"))
+                .then_some(pid)
+        });
+        if let Some(p) = found {
+            break p;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the worker ended before its copy started"
+        );
+        assert!(Instant::now() < deadline, "no skopeo copy started");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        auth_dirs(&tmp).len(),
+        1,
+        "the worker holds its temp auth file"
+    );
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // Within the task definition's StopTimeout (30 s), after which ECS sends SIGKILL.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker did not end within the StopTimeout"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(status.success(), "the failure was reported: {stderr}");
+    assert!(
+        stderr.contains("reported failure")
+            && stderr.contains("Retryable")
+            && stderr.contains("interrupted by SIGTERM"),
+        "{stderr}"
+    );
+    let calls = calls.lock().unwrap().clone();
+    assert!(
+        calls
+            .iter()
+            .any(|(t, s)| t == "AWSStepFunctions.SendTaskFailure" && *s == 200),
+        "SendTaskFailure reached Step Functions: {calls:?}"
+    );
+    assert!(
+        !calls
+            .iter()
+            .any(|(t, _)| t == "AWSStepFunctions.SendTaskSuccess"),
+        "{calls:?}"
+    );
+    let alive = processes_of(skopeo).is_some_and(|_| {
+        std::fs::read_to_string(format!("/proc/{skopeo}/stat"))
+            .ok()
+            .and_then(|st| st.rsplit_once(')').map(|(_, r)| r.trim().starts_with('Z')))
+            == Some(false)
+    });
+    assert!(!alive, "skopeo {skopeo} outlived the worker");
+    assert_eq!(
+        auth_dirs(&tmp),
+        Vec::<String>::new(),
+        "the temp auth file outlived SIGTERM"
+    );
+    assert!(!stderr.contains(&canary));
+    assert!(backend.tags("mirror/team/app").is_empty(), "nothing copied");
+}
+
+/// The parent pid and command line of process `pid`, while it exists.
+fn processes_of(pid: u32) -> Option<(u32, String)> {
+    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let ppid = st
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some((ppid, String::from_utf8_lossy(&cmd).replace('\0', " ")))
 }

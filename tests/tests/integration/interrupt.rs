@@ -13,7 +13,7 @@ fn command_lines() -> Vec<String> {
 }
 
 /// Every process: its parent's pid and its command line.
-fn processes() -> Vec<(u32, String)> {
+pub fn processes() -> Vec<(u32, String)> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         if let Ok(b) = std::fs::read(e.path().join("cmdline")) {
@@ -38,7 +38,7 @@ fn processes() -> Vec<(u32, String)> {
 }
 
 /// A proxy in front of a registry that holds every blob download for a while.
-fn slow_blobs(upstream: &str, delay: Duration) -> HttpProxy {
+pub fn slow_blobs(upstream: &str, delay: Duration) -> HttpProxy {
     let up = upstream.to_string();
     HttpProxy::start(
         Arc::new(move |head: &str| {
@@ -198,4 +198,145 @@ fn interrupt_mid_copy(signal: &str, code: i32) {
             Some(img.digest.as_str())
         );
     }
+}
+
+/// Holds the write lock of a SQLite file until dropped (a python3 child in a
+/// `BEGIN IMMEDIATE` transaction): a run that must record something waits on it.
+struct StateLock(std::process::Child);
+
+impl StateLock {
+    fn hold(path: &std::path::Path) -> Self {
+        let mut c = Command::new("python3")
+            .args([
+                "-c",
+                "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1], isolation_level=None)\nc.execute('BEGIN IMMEDIATE')\nprint('locked', flush=True)\nsys.stdin.read()\n",
+            ])
+            .arg(path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(c.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line.trim(), "locked");
+        Self(c)
+    }
+}
+
+impl Drop for StateLock {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
+    }
+}
+
+/// The temp auth dirs (`transfer-hub-auth-*`) in `tmp`.
+pub fn auth_dirs(tmp: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(tmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("transfer-hub-auth-"))
+        .collect()
+}
+
+/// A second Ctrl-C exits at once (while the first one's wind-down waits on the state
+/// file, held locked here), and the temp auth file with the logins is removed all the
+/// same: `std::process::exit` runs no destructor, so the exit path removes it itself.
+#[test]
+fn a_second_ctrl_c_exits_at_once_and_still_removes_the_temp_auth_file() {
+    let (src, dst, dir) = (
+        RegistryServer::start(),
+        RegistryServer::start(),
+        tempfile::tempdir().unwrap(),
+    );
+    OciImage::single(&[64 * 1024]).push(&format!("{}/app:1", src.addr), None);
+    let slow = slow_blobs(&src.addr, Duration::from_secs(3));
+    let source = slow.endpoint.trim_start_matches("http://").to_string();
+    let auth = dir.path().join("auth.json");
+    write_authfile(&auth, &[(&source, "someone", "second-signal-canary-pw")]);
+    let l = list(dir.path(), "app:1\n");
+    let state = dir.path().join("state.db");
+    // The run's own temp dir, so what it leaves there is seen.
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let mut child = Command::new(transfer_hub_bin())
+        .args(["images", "sync", "--output", "json"])
+        .args(["--source", &source, "--dest", &dst.addr, "--list"])
+        .arg(&l)
+        .arg("--authfile")
+        .arg(&auth)
+        .arg("--state")
+        .arg(&state)
+        .env("HOME", dir.path())
+        .env("TMPDIR", &tmp)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = Arc::new(std::sync::Mutex::new(String::new()));
+    let pipe = child.stderr.take().unwrap();
+    let seen = stderr.clone();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(pipe)).map_while(Result::ok) {
+            let mut s = seen.lock().unwrap();
+            s.push_str(&line);
+            s.push('\n');
+        }
+    });
+    let wait_for = |what: &str, done: &mut dyn FnMut() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(
+                Instant::now() < deadline,
+                "{what}; stderr:\n{}",
+                stderr.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for("no skopeo copy started", &mut || {
+        processes().into_iter().any(|(ppid, c)| {
+            ppid == child.id()
+                && c.split_whitespace()
+                    .next()
+                    .is_some_and(|p| p.ends_with("skopeo"))
+        })
+    });
+    assert_eq!(auth_dirs(&tmp).len(), 1, "the run holds its temp auth file");
+    let lock = StateLock::hold(&state);
+    let signal = |pid: u32| {
+        assert!(
+            Command::new("kill")
+                .args(["-INT", &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    signal(child.id());
+    wait_for("the first Ctrl-C was not heard", &mut || {
+        stderr.lock().unwrap().contains("SIGINT: stopping")
+    });
+    // The wind-down waits for the state file: the run is still there, with its auth file.
+    assert!(child.try_wait().unwrap().is_none(), "still winding down");
+    signal(child.id());
+    let mut status = None;
+    wait_for("the second Ctrl-C did not exit", &mut || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    drop(lock);
+    reader.join().unwrap();
+    assert_eq!(status.unwrap().code(), Some(130));
+    assert_eq!(
+        auth_dirs(&tmp),
+        Vec::<String>::new(),
+        "the temp auth file outlived a second Ctrl-C"
+    );
 }

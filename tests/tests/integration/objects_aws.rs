@@ -1278,3 +1278,182 @@ fn a_diff_waits_while_the_previous_runs_jobs_fill_the_queue() {
     let again = s.rt.block_on(f.diff(Default::default(), 0)).unwrap();
     assert!(again.deferred.is_none() && again.to_copy == 3, "{again:?}");
 }
+
+/// The strict S3 proxy in front of this suite's moto, logging every write it passes on
+/// (the request line of each PUT, POST and DELETE answered with a success).
+fn logged_strict(
+    s: &Suite,
+) -> (
+    hub_tests::s3_rig::StrictS3,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = log.clone();
+    let strict = hub_tests::s3_rig::StrictS3::start_signed(
+        &s.iam.moto.endpoint,
+        std::sync::Arc::new(move |head: &str, status, body| {
+            let line = head.lines().next().unwrap_or("").to_string();
+            if ["PUT ", "POST ", "DELETE "]
+                .iter()
+                .any(|m| line.starts_with(m))
+                && status < 300
+            {
+                seen.lock().unwrap().push(line);
+            }
+            (status, vec![], body)
+        }),
+        s.iam.admin_keys(),
+    );
+    (strict, log)
+}
+
+/// SQS delivers at least once: an object job handled twice queues its part jobs twice, and
+/// each part job may come again. Every part is uploaded once all the same (a part the
+/// ledger has is not written again), and the object completes into the source.
+#[test]
+fn part_jobs_delivered_twice_upload_each_part_once() {
+    let s = Suite::start("objects_aws-part_jobs_delivered_twice_upload_each_part_once");
+    let big = data(16 * MIB + 777, 4);
+    s.put("in/big.bin", &big);
+    let (strict, log) = logged_strict(&s);
+    let f = s.function(&[("DEST_ENDPOINT", strict.endpoint())]);
+    s.rt.block_on(f.diff(Default::default(), 0)).unwrap();
+    let job = s.receive(&s.queue);
+    assert_eq!(job.records.len(), 1);
+    s.handled(&f, job.clone());
+    s.handled(&f, job.clone());
+    s.ack(&s.queue, &job, &[]);
+    let parts = s.receive(&s.queue);
+    assert!(parts.records.len() >= 4, "{}", parts.records.len());
+    s.handled(&f, parts.clone());
+    s.handled(&f, parts.clone());
+    s.ack(&s.queue, &parts, &[]);
+    s.completes(&f, "big.bin", &big);
+    let writes = log.lock().unwrap().clone();
+    let count = |what: &str| writes.iter().filter(|l| l.contains(what)).count();
+    assert_eq!(count("?uploads"), 1, "one upload: {writes:#?}");
+    assert_eq!(count("UploadPart"), 4, "each of 4 parts once: {writes:#?}");
+}
+
+/// A delete event delivered twice deletes once: the second finds nothing at the
+/// destination and writes nothing (on a versioned bucket it would add a delete marker).
+#[test]
+fn a_delete_event_delivered_twice_deletes_once() {
+    let s = Suite::start("objects_aws-a_delete_event_delivered_twice_deletes_once");
+    let (strict, log) = logged_strict(&s);
+    let f = s.function(&[
+        ("DELETE_ON_EVENTS", "true"),
+        ("DEST_ENDPOINT", strict.endpoint()),
+    ]);
+    s.rt.block_on(
+        s.s3.put_object()
+            .bucket("dst")
+            .key("out/gone")
+            .body(ByteStream::from_static(b"stale"))
+            .send(),
+    )
+    .unwrap();
+    let note = serde_json::json!({"Records": [{
+        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": REGION,
+        "eventTime": "2026-11-23T12:00:00.000Z", "eventName": "ObjectRemoved:Delete",
+        "userIdentity": {"principalId": "EXAMPLE"}, "requestParameters": {"sourceIPAddress": "127.0.0.1"},
+        "responseElements": {},
+        "s3": {"s3SchemaVersion": "1.0", "bucket": {"name": "src", "arn": "arn:aws:s3:::src"},
+               "object": {"key": "in/gone", "size": 0, "sequencer": "00000000000000B1"}}}]})
+    .to_string();
+    for i in 0..2 {
+        let ev: SqsEvent = serde_json::from_value(serde_json::json!({"Records": [
+            {"messageId": format!("d{i}"), "body": note, "attributes": {}, "messageAttributes": {}}
+        ]}))
+        .unwrap();
+        s.handled(&f, ev);
+    }
+    assert!(s.get("dst", "out/gone").is_none());
+    let writes = log.lock().unwrap().clone();
+    assert_eq!(
+        writes.iter().filter(|l| l.starts_with("DELETE ")).count(),
+        1,
+        "{writes:#?}"
+    );
+}
+
+/// transfer-object and check-multipart verify by checksum too. Server-side copies into a
+/// KMS destination (its ETags are not MD5s) where what S3 stores is not the source's bytes
+/// (the strict rig spoils a CopyObject and the UploadPartCopy parts): the copy's CRC32C is
+/// not the source's, so the small object is recorded as failed (DigestMismatch) and its
+/// job fails, and the big one is never completed (its parts do not add up to the source's
+/// CRC32C; the upload is aborted). Before, both were recorded as copied.
+#[test]
+fn server_side_copies_that_differ_from_the_source_checksum_fail_on_aws_too() {
+    let s = Suite::start("objects_aws-server_side_copies_that_differ_from_the_source_checksum");
+    let key = s.iam.kms_key(REGION);
+    let strict = s.strict();
+    let via_rig = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&s.conf)
+            .endpoint_url(strict.endpoint())
+            .force_path_style(true)
+            .build(),
+    );
+    let (one, big) = (data(4000, 1), data(11 * MIB + 5, 2));
+    for (k, body) in [("in/one.bin", &one), ("in/big.bin", &big)] {
+        s.rt.block_on(
+            via_rig
+                .put_object()
+                .bucket("src")
+                .key(k)
+                .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32C)
+                .body(ByteStream::from(body.to_vec()))
+                .send(),
+        )
+        .unwrap();
+    }
+    {
+        let mut faults = strict.faults();
+        faults.corrupt_copies.insert("dst/out/one.bin".into());
+        faults.corrupt_copies.insert("dst/out/big.bin".into());
+    }
+    let f = s.function(&[
+        ("SOURCE_ENDPOINT", strict.endpoint()),
+        ("DEST_ENDPOINT", strict.endpoint()),
+        ("COPY_MODE", "server"),
+        ("KMS_KEY", key.as_str()),
+    ]);
+    let run = s.rt.block_on(f.diff(Default::default(), 0)).unwrap();
+    let ev = s.receive(&s.queue);
+    assert_eq!(ev.records.len(), 2);
+    let r = s.rt.block_on(f.transfer(ev.clone())).unwrap();
+    assert_eq!(r.batch_item_failures.len(), 1, "one.bin fails: {r:?}");
+    s.ack(&s.queue, &ev, &[]);
+    let parts = s.receive(&s.queue);
+    assert_eq!(parts.records.len(), 3, "11 MiB in 5 MiB parts");
+    s.handled(&f, parts.clone());
+    s.ack(&s.queue, &parts, &[]);
+    let sum = s.rt.block_on(f.check(serde_json::json!({}))).unwrap();
+    assert_eq!((sum.completed, sum.failed), (0, 1), "{sum:?}");
+    assert_eq!(s.open_uploads(), 0, "the upload is aborted");
+    assert!(
+        s.get("dst", "out/big.bin").is_none(),
+        "nothing was completed"
+    );
+    use hub_core::status::StatusStore as _;
+    let store = hub_core::status::dynamodb::DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&s.conf),
+        "status",
+    );
+    let (_, items) =
+        s.rt.block_on(store.get_run(Some(&run.run_id)))
+            .unwrap()
+            .unwrap();
+    let rec = items
+        .iter()
+        .find(|i| i.source.ends_with("/one.bin"))
+        .expect("one.bin is recorded");
+    assert_eq!(rec.status, hub_core::status::Status::Failed, "{rec:?}");
+    let err = rec.error.as_ref().unwrap();
+    assert_eq!(
+        err.class,
+        hub_core::retry::ErrorClass::DigestMismatch,
+        "{err:?}"
+    );
+    assert!(err.message.contains("CRC32C"), "{err:?}");
+}

@@ -236,3 +236,73 @@ fn each_login_goes_only_to_its_own_registry_even_when_another_one_asks_for_one()
         );
     }
 }
+
+/// The AWS keys in the CLI's environment (where its configuration lives) are not handed
+/// down to skopeo, which needs none (its logins come from the temp auth file): a child's
+/// /proc/PID/environ holds no secret key or session token.
+#[test]
+fn skopeo_children_do_not_inherit_the_aws_keys_of_the_cli() {
+    use std::time::{Duration, Instant};
+    let canary = format!("aws-env-canary-{}", fastrand::u64(..));
+    let (src, dst, dir) = (
+        RegistryServer::start(),
+        RegistryServer::start(),
+        tempfile::tempdir().unwrap(),
+    );
+    OciImage::single(&[64 * 1024]).push(&format!("{}/app:1", src.addr), None);
+    let slow = super::interrupt::slow_blobs(&src.addr, Duration::from_secs(2));
+    let source = slow.endpoint.trim_start_matches("http://").to_string();
+    let l = list(dir.path(), "app:1\n");
+    let mut child = Command::new(transfer_hub_bin())
+        .args(["images", "sync", "--output", "json"])
+        .args(["--source", &source, "--dest", &dst.addr, "--list"])
+        .arg(&l)
+        .arg("--state")
+        .arg(dir.path().join("state.db"))
+        .env("HOME", dir.path())
+        .env_remove("REGISTRY_AUTH_FILE")
+        .env("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEEXAMPLE01")
+        .env("AWS_SECRET_ACCESS_KEY", &canary)
+        .env("AWS_SESSION_TOKEN", format!("{canary}-session"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let environ = loop {
+        // This run's skopeo, by its parent; its environment read by pid.
+        let pid = std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let st = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let ppid: u32 = st
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let prog = cmd.split(|b| *b == 0).next()?;
+            (ppid == child.id() && String::from_utf8_lossy(prog).ends_with("skopeo")).then_some(pid)
+        });
+        if let Some(pid) = pid {
+            break std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        }
+        assert!(Instant::now() < deadline, "no skopeo copy started");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let text = String::from_utf8_lossy(&environ);
+    assert!(!environ.is_empty(), "skopeo's environment was read");
+    assert!(
+        !text.contains(&canary),
+        "skopeo inherited the AWS keys: {}",
+        text.replace('\0', " ")
+            .split(' ')
+            .filter(|v| v.starts_with("AWS_"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+}

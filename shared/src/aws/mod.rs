@@ -1,0 +1,3 @@
+//! AWS edges used by several parts of the suite.
+
+pub mod ecs_runner;

@@ -1,0 +1,601 @@
+//! Tasks and the console: `transfer-hub task …` and `transfer-hub serve` against real
+//! registries (docker-registry + skopeo) and moto's S3, and the console in headless
+//! Chromium through WebDriver. Screenshots go to target/console-screenshots/.
+
+use aws_sdk_s3::primitives::ByteStream;
+use hub_tests::browser::Browser;
+use hub_tests::{
+    MotoServer, OciImage, RegistryServer, Run, aws_fixtures, transfer_hub, transfer_hub_bin,
+};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const REGION: &str = "eu-west-1";
+
+fn task(state: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut a = vec!["task"];
+    a.extend_from_slice(args);
+    let s = state.to_str().unwrap();
+    a.extend_from_slice(&["--state", s]);
+    transfer_hub(&a, env)
+}
+
+fn small() -> OciImage {
+    OciImage::single(&[4096, 1024])
+}
+
+#[test]
+fn task_commands_keep_a_task_run_it_like_images_sync_and_change_only_what_edit_names() {
+    let (src, dst, dir) = (
+        RegistryServer::start(),
+        RegistryServer::start(),
+        tempfile::tempdir().unwrap(),
+    );
+    small().push(&format!("{}/team/a:1", src.addr), None);
+    small().push(&format!("{}/team/b:2", src.addr), None);
+    let state = dir.path().join("state.db");
+    let list = dir.path().join("list.txt");
+
+    // Every invalid field in one answer, the bad line with its number; nothing saved.
+    std::fs::write(&list, "a:1\nBAD::x\n").unwrap();
+    let source = format!("{}/team", src.addr);
+    let r = task(
+        &state,
+        &[
+            "add",
+            "Web",
+            "--kind",
+            "images",
+            "--source",
+            &source,
+            "--dest",
+            &dst.addr,
+            "--list",
+            list.to_str().unwrap(),
+            "--schedule",
+            "rate(1 hours)",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    for says in [
+        "--name: \"Web\"",
+        "--list: 1 bad line(s); line 2: \"BAD::x\"",
+        "--schedule: \"rate(1 hours)\"",
+    ] {
+        assert!(r.stderr.contains(says), "{says:?} in:\n{}", r.stderr);
+    }
+    let r = task(&state, &["list", "--output", "json"], &[]);
+    assert_eq!(r.json(), serde_json::json!([]), "nothing saved");
+
+    std::fs::write(&list, "a:1\nb:2\n").unwrap();
+    let r = task(
+        &state,
+        &[
+            "add",
+            "web",
+            "--kind",
+            "images",
+            "--source",
+            &source,
+            "--dest",
+            &dst.addr,
+            "--list",
+            list.to_str().unwrap(),
+            "--schedule",
+            "rate(1 day)",
+            "--retry-base-ms",
+            "20",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = task(
+        &state,
+        &[
+            "add",
+            "web",
+            "--kind",
+            "images",
+            "--source",
+            &source,
+            "--dest",
+            &dst.addr,
+            "--all-repos",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("exists already"), "{}", r.stderr);
+
+    // The list is kept as text: changing the file changes nothing.
+    std::fs::write(&list, "nothing:9\n").unwrap();
+    let r = task(&state, &["run", "web", "--output", "json"], &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let j = r.json();
+    assert_eq!(
+        (j["copied"].as_u64(), j["failed"].as_u64()),
+        (Some(2), Some(0)),
+        "{j:#}"
+    );
+    for (repo, tag) in [("a", "1"), ("b", "2")] {
+        let want = src.digest(&format!("team/{repo}"), tag).unwrap();
+        assert_eq!(
+            dst.digest(repo, tag).as_deref(),
+            Some(want.as_str()),
+            "{repo}:{tag}"
+        );
+        let item = j["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| {
+                i["dest"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with(&format!("/{repo}:{tag}"))
+            })
+            .unwrap();
+        assert_eq!(item["dest_digest"].as_str(), Some(want.as_str()));
+    }
+    // The run belongs to the task; `status` finds it as any run.
+    let run_id = j["run_id"].as_str().unwrap().to_string();
+    let r = transfer_hub(
+        &[
+            "status",
+            "--run",
+            &run_id,
+            "--state",
+            state.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = task(&state, &["list"], &[]);
+    assert!(
+        r.stdout.contains("web ")
+            && r.stdout.contains("rate(1 day)")
+            && r.stdout.contains("2c/0s/0f"),
+        "{}",
+        r.stdout
+    );
+
+    // edit: only the flags given change.
+    let r = task(
+        &state,
+        &["edit", "web", "--retries", "5", "--disabled"],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let j = task(&state, &["show", "web", "--output", "json"], &[]).json();
+    assert_eq!(j["enabled"], false);
+    assert_eq!(j["schedule"], "rate(1 day)");
+    assert_eq!(j["spec"]["retries"], 5);
+    assert_eq!(j["spec"]["retry_base_ms"], 20);
+    assert_eq!(j["spec"]["selection"]["list"], "a:1\nb:2");
+    let r = task(&state, &["edit", "web", "--concurrency", "0"], &[]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("--concurrency"), "{}", r.stderr);
+
+    // A second run copies nothing: the digests are equal.
+    let j = task(&state, &["run", "web", "--output", "json"], &[]).json();
+    assert_eq!(
+        (j["copied"].as_u64(), j["skipped"].as_u64()),
+        (Some(0), Some(2)),
+        "{j:#}"
+    );
+
+    let r = task(&state, &["rm", "web"], &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = task(&state, &["run", "web"], &[]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("no task named \"web\""), "{}", r.stderr);
+}
+
+struct S3 {
+    moto: MotoServer,
+    client: aws_sdk_s3::Client,
+    rt: tokio::runtime::Runtime,
+}
+
+impl S3 {
+    fn start(buckets: &[&str]) -> Self {
+        let moto = MotoServer::start();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let conf = rt.block_on(moto.sdk_config(REGION));
+        for b in buckets {
+            rt.block_on(aws_fixtures::bucket(&conf, b));
+        }
+        Self {
+            client: aws_sdk_s3::Client::new(&conf),
+            moto,
+            rt,
+        }
+    }
+    fn put(&self, bucket: &str, key: &str, body: &[u8]) {
+        self.rt
+            .block_on(
+                self.client
+                    .put_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .body(ByteStream::from(body.to_vec()))
+                    .send(),
+            )
+            .unwrap();
+    }
+    fn keys(&self, bucket: &str) -> Vec<String> {
+        let out = self
+            .rt
+            .block_on(self.client.list_objects_v2().bucket(bucket).send())
+            .unwrap();
+        out.contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_string))
+            .collect()
+    }
+}
+
+#[test]
+fn an_objects_task_runs_like_objects_sync() {
+    let s3 = S3::start(&["task-src", "task-dst"]);
+    s3.put("task-src", "data/a.txt", b"alpha");
+    s3.put("task-src", "data/sub/b.txt", b"beta");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.db");
+    let env = s3.moto.env(REGION);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let ep = s3.moto.endpoint.clone();
+    let r = task(
+        &state,
+        &[
+            "add",
+            "backup",
+            "--kind",
+            "objects",
+            "s3://task-src/data",
+            "s3://task-dst/backup",
+            "--source-endpoint",
+            &ep,
+            "--dest-endpoint",
+            &ep,
+            "--compare",
+            "etag",
+            "--schedule",
+            "cron(0 3 * * ? *)",
+        ],
+        &env,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let j = task(&state, &["run", "backup", "--output", "json"], &env).json();
+    assert_eq!(
+        (j["copied"].as_u64(), j["failed"].as_u64()),
+        (Some(2), Some(0)),
+        "{j:#}"
+    );
+    let mut keys = s3.keys("task-dst");
+    keys.sort();
+    assert_eq!(keys, ["backup/a.txt", "backup/sub/b.txt"]);
+    let r = task(&state, &["show", "backup"], &env);
+    assert!(
+        r.stdout.contains("compare = etag") && r.stdout.contains("next run = "),
+        "{}",
+        r.stdout
+    );
+}
+
+/// `transfer-hub serve` on a free port; stopped with SIGTERM on drop.
+struct Serve {
+    child: Child,
+    base: String,
+    login: String,
+}
+
+impl Serve {
+    fn start(state: &Path, env: &[(String, String)]) -> Self {
+        let mut c = Command::new(transfer_hub_bin());
+        c.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--state",
+            state.to_str().unwrap(),
+            "--grace-secs",
+            "5",
+        ])
+        .env_remove("REGISTRY_AUTH_FILE")
+        .env("HOME", std::env::temp_dir().join("transfer-hub-test-home"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let mut child = c.spawn().unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let login = line
+            .trim()
+            .strip_prefix("transfer-hub console: ")
+            .unwrap_or_else(|| panic!("no console URL in {line:?}"))
+            .to_string();
+        let base = login.split("/?token=").next().unwrap().to_string();
+        std::thread::spawn(move || for _ in out.lines() {});
+        Serve { child, base, login }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn shots() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/integration-… → target/console-screenshots
+    exe.ancestors().nth(3).unwrap().join("console-screenshots")
+}
+
+/// Waits (the page refreshes itself) until the run page no longer says "running".
+fn wait_for_run(b: &Browser) -> String {
+    for _ in 0..600 {
+        let r = b.find_all("#result");
+        if let Some(e) = r.first() {
+            let t = b.text(e);
+            if !t.is_empty() && t != "running" {
+                return t;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("the run did not finish:\n{}", b.source());
+}
+
+#[test]
+fn console_in_a_real_browser_creates_runs_and_shows_tasks_safely() {
+    let (src, dst, dir) = (
+        RegistryServer::start(),
+        RegistryServer::start(),
+        tempfile::tempdir().unwrap(),
+    );
+    small().push(&format!("{}/team/a:1", src.addr), None);
+    small().push(&format!("{}/team/b:2", src.addr), None);
+    let s3 = S3::start(&["web-src", "web-dst"]);
+    s3.put("web-src", "x/one.txt", b"one");
+    let state = dir.path().join("state.db");
+    let serve = Serve::start(&state, &s3.moto.env(REGION));
+    let b = Browser::start();
+    let shots = shots();
+
+    // Without a login every page leads to the login page.
+    b.goto(&format!("{}/tasks/new?kind=images", serve.base));
+    assert!(b.url().ends_with("/login"), "{}", b.url());
+    b.screenshot(&shots.join("01-login.png"));
+    // A POST without a session goes to the login too, and changes nothing.
+    let http = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = http
+        .post(format!("{}/tasks/new", serve.base))
+        .form(&[("kind", "images"), ("name", "x")])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/login");
+
+    // The one-time link logs in, once.
+    b.goto(&serve.login);
+    assert!(b.url().ends_with("/tasks"), "{}", b.url());
+    let cookie = b
+        .cookies()
+        .into_iter()
+        .find(|c| c["name"] == "th_session")
+        .expect("session cookie");
+    assert_eq!(cookie["httpOnly"], true);
+    assert_eq!(cookie["sameSite"], "Strict");
+    let r = http.get(&serve.login).send().unwrap();
+    assert_eq!(r.status(), 403, "a used link logs nobody in");
+    b.screenshot(&shots.join("02-tasks-empty.png"));
+
+    // A new images task with one invalid field (and a hostile bad line): errors, nothing saved.
+    b.goto(&format!("{}/tasks/new?kind=images", serve.base));
+    b.fill("#f-name", "web");
+    b.fill("#f-source", &format!("{}/team", src.addr));
+    b.fill("#f-dest", "not a registry/x");
+    let hostile = "<img src=x onerror=alert(1)>";
+    b.fill("#f-list", &format!("a:1\nb:2\n{hostile}\n"));
+    b.click("#save");
+    assert!(
+        b.text(&b.find("#err-dest")).contains("not a registry"),
+        "{}",
+        b.source()
+    );
+    let list_err = b.text(&b.find("#err-list"));
+    assert!(
+        list_err.contains(&format!("line 3: {hostile}")),
+        "{list_err}"
+    );
+    assert!(
+        b.find_all("#err-list img, [data-field=list] img")
+            .is_empty(),
+        "the line is text, not markup"
+    );
+    assert_eq!(b.alert(), None, "no script ran");
+    assert!(
+        b.source().contains("value=\"not a registry/x\""),
+        "what was typed is kept"
+    );
+    b.screenshot(&shots.join("03-form-errors.png"));
+    {
+        use hub_core::tasks::store::TaskStore;
+        let store = hub_core::status::SqliteStore::open(&state).unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        assert!(
+            rt.block_on(store.get("web")).unwrap().is_none(),
+            "nothing saved"
+        );
+    }
+
+    // Fixed and saved; run now; watch it finish; each image with its digest.
+    b.fill("#f-dest", &dst.addr);
+    b.fill("#f-list", "a:1\nb:2\n");
+    b.click("#save");
+    assert!(b.url().ends_with("/tasks/web"), "{}", b.url());
+    b.screenshot(&shots.join("04-task.png"));
+    b.click_to_leave("#run-now");
+    assert!(b.url().contains("/runs/"), "{}", b.url());
+    assert_eq!(wait_for_run(&b), "in sync");
+    let items = b.text(&b.find("#items"));
+    for (repo, tag) in [("a", "1"), ("b", "2")] {
+        let digest = dst.digest(repo, tag).expect("copied");
+        assert_eq!(
+            Some(&digest),
+            src.digest(&format!("team/{repo}"), tag).as_ref()
+        );
+        assert!(
+            items.contains(&format!("{}/{repo}:{tag}", dst.addr)) && items.contains(&digest),
+            "{repo}:{tag} {digest} in\n{items}"
+        );
+    }
+    assert_eq!(b.text(&b.find("#copied")), "2");
+    b.screenshot(&shots.join("05-run.png"));
+    let run_url = b.url();
+
+    // A line that fails at run time shows on the run page; "retry failed" runs just it.
+    b.goto(&format!("{}/tasks/web/edit", serve.base));
+    b.fill("#f-list", "a:1\nb:2\nmissing:404\n");
+    b.click("#save");
+    b.click_to_leave("#run-now");
+    assert_eq!(wait_for_run(&b), "failed");
+    b.click("#failed-filter");
+    let failed = b.text(&b.find("#items"));
+    assert!(
+        failed.contains("missing:404") && !failed.contains("/a:1"),
+        "{failed}"
+    );
+    b.screenshot(&shots.join("06-run-failed.png"));
+    small().push(&format!("{}/team/missing:404", src.addr), None);
+    b.click_to_leave("#retry-failed");
+    assert_eq!(wait_for_run(&b), "in sync");
+    let retried = b.text(&b.find("#items"));
+    assert!(
+        retried.contains("missing:404") && !retried.contains("/a:1"),
+        "just the failed image: {retried}"
+    );
+    assert!(dst.digest("missing", "404").is_some());
+
+    // An objects task through the form, run now.
+    b.goto(&format!("{}/tasks/new?kind=objects", serve.base));
+    b.fill("#f-name", "files");
+    b.fill("#f-source", "s3://web-src/x");
+    b.fill("#f-dest", "s3://web-dst/y");
+    b.fill("#f-source_endpoint", &s3.moto.endpoint);
+    b.fill("#f-dest_endpoint", &s3.moto.endpoint);
+    b.fill("#f-schedule", "cron(0 3 * * ? *)");
+    b.click("#save");
+    assert!(
+        b.url().ends_with("/tasks/files"),
+        "{}\n{}",
+        b.url(),
+        b.source()
+    );
+    b.click_to_leave("#run-now");
+    assert_eq!(wait_for_run(&b), "in sync");
+    assert_eq!(b.text(&b.find("#copied")), "1");
+    assert_eq!(s3.keys("web-dst"), ["y/one.txt"]);
+
+    b.goto(&format!("{}/tasks", serve.base));
+    let table = b.text(&b.find("#tasks"));
+    assert!(
+        table.contains("web") && table.contains("files") && table.contains("cron(0 3 * * ? *)"),
+        "{table}"
+    );
+    b.screenshot(&shots.join("07-tasks.png"));
+
+    // A POST with the session but without its CSRF token is refused; with it, it works.
+    let cookie = format!("th_session={}", cookie["value"].as_str().unwrap());
+    let r = http
+        .post(format!("{}/tasks/web/delete", serve.base))
+        .header("cookie", &cookie)
+        .form(&[("x", "1")])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = http
+        .post(format!("{}/tasks/web/delete", serve.base))
+        .header("cookie", &cookie)
+        .form(&[("csrf", "0".repeat(64))])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403, "a wrong token too");
+    b.goto(&format!("{}/tasks/web/delete", serve.base));
+    b.screenshot(&shots.join("08-delete.png"));
+    b.click("#confirm-delete");
+    assert!(!b.text(&b.find("#tasks")).contains("web "), "deleted");
+    b.goto(&run_url);
+    assert!(
+        b.text(&b.find("#items")).contains(&dst.addr),
+        "its runs stay"
+    );
+}
+
+#[test]
+fn serve_runs_a_schedule_missed_while_it_was_down_once_at_start_and_stops_on_sigterm() {
+    use hub_core::tasks::store::TaskStore;
+    use hub_core::tasks::{Kind, Task, default_fields};
+    let (src, dst, dir) = (
+        RegistryServer::start(),
+        RegistryServer::start(),
+        tempfile::tempdir().unwrap(),
+    );
+    small().push(&format!("{}/app:1", src.addr), None);
+    let state = dir.path().join("state.db");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = hub_core::status::SqliteStore::open(&state).unwrap();
+    let mut f = default_fields(Kind::Images);
+    f.insert("source".into(), src.addr.clone());
+    f.insert("dest".into(), dst.addr.clone());
+    f.insert("list".into(), "app:1".into());
+    f.insert("schedule".into(), "rate(1 day)".into());
+    // Saved three days ago, never run: two schedules were missed while no server ran.
+    let saved = chrono::Utc::now() - chrono::Duration::days(3);
+    let nightly = Task::from_fields("nightly", Kind::Images, &f, saved).unwrap();
+    rt.block_on(store.create(&nightly)).unwrap();
+    f.insert("enabled".into(), "false".into());
+    let off = Task::from_fields("off", Kind::Images, &f, saved).unwrap();
+    rt.block_on(store.create(&off)).unwrap();
+
+    let serve = Serve::start(&state, &[]);
+    let mut runs = Vec::new();
+    for _ in 0..600 {
+        runs = rt.block_on(store.runs("nightly", 0, 10)).unwrap();
+        if runs.first().is_some_and(|r| r.ended_at.is_some()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(runs.len(), 1, "one run for the missed schedules");
+    assert_eq!(runs[0].copied, 1);
+    assert_eq!(dst.digest("app", "1"), src.digest("app", "1"));
+    // The missed schedule counts as run: the next one is a day on.
+    let next = rt
+        .block_on(hub_core::console::runner::next_run(&store, &nightly))
+        .unwrap()
+        .unwrap();
+    assert!(
+        next > chrono::Utc::now() + chrono::Duration::hours(20),
+        "{next}"
+    );
+    assert!(
+        rt.block_on(store.runs("off", 0, 10)).unwrap().is_empty(),
+        "a disabled task does not run"
+    );
+    drop(serve); // SIGTERM, waits for the exit
+}
