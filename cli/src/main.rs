@@ -18,10 +18,18 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Keep container images in sync between registries (Docker Hub, Quay, GHCR, Harbor,
-/// JFrog, Amazon ECR, any OCI registry), from one machine.
+/// The version with the commit it was built from (`0.1.0 (commit a1b2c3d4e5f6)`), from build.rs.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("TRANSFER_HUB_COMMIT"),
+    ")"
+);
+
+/// Keep container images and S3 objects in sync between registries (Docker Hub, Quay, GHCR,
+/// Harbor, JFrog, Amazon ECR, any OCI registry) and between buckets, from one machine.
 #[derive(Parser)]
-#[command(name = "transfer-hub", version, about)]
+#[command(name = "transfer-hub", version = VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -48,6 +56,11 @@ enum Cmd {
     },
     /// Run the enabled tasks on their schedules and serve the web console.
     Serve(serve::ServeArgs),
+    /// Print a shell completion script: `transfer-hub completions bash > /etc/bash_completion.d/transfer-hub`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand)]
@@ -302,6 +315,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Status(args) => status(args).await,
         Cmd::Task { cmd } => task::run(cmd).await,
         Cmd::Serve(args) => serve::run(args).await,
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "transfer-hub",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

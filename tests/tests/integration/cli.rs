@@ -187,3 +187,42 @@ fn status_shows_a_past_run_and_names_the_known_runs_when_asked_for_another() {
     assert_eq!(none.code, 2);
     assert!(none.stderr.contains("absent.db"));
 }
+
+#[test]
+fn version_names_the_commit_it_was_built_from_and_completions_know_every_command() {
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let head = String::from_utf8(head.stdout).unwrap().trim().to_string();
+    let r = transfer_hub(&["--version"], &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.trim().starts_with("transfer-hub ")
+            && r.stdout.trim().ends_with(&format!("(commit {head})")),
+        "{} (HEAD is {head})",
+        r.stdout
+    );
+    for shell in ["bash", "zsh", "fish"] {
+        let r = transfer_hub(&["completions", shell], &[]);
+        assert_eq!(r.code, 0, "{shell}: {}", r.stderr);
+        for word in [
+            "images",
+            "objects",
+            "status",
+            "task",
+            "serve",
+            "--concurrency",
+        ] {
+            assert!(r.stdout.contains(word), "{shell} completions lack {word}");
+        }
+    }
+    let r = transfer_hub(&["completions", "tcsh"], &[]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("tcsh") && r.stderr.contains("bash"),
+        "{}",
+        r.stderr
+    );
+}

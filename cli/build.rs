@@ -1,0 +1,24 @@
+//! Names the git commit the CLI is built from, for `transfer-hub --version`.
+
+use std::process::Command;
+
+fn git(args: &[&str]) -> Option<String> {
+    let out = Command::new("git").args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn main() {
+    // Outside a git checkout (a source tarball) the version says so.
+    let commit = git(&["rev-parse", "--short=12", "HEAD"])
+        .map(|c| format!("commit {c}"))
+        .unwrap_or_else(|| "commit unknown".to_string());
+    println!("cargo:rustc-env=TRANSFER_HUB_COMMIT={commit}");
+    // Built again when HEAD moves or the index changes (a commit, a checkout).
+    for f in ["HEAD", "index"] {
+        if let Some(p) = git(&["rev-parse", "--git-path", f]) {
+            println!("cargo:rerun-if-changed={p}");
+        }
+    }
+}
