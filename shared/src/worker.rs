@@ -12,7 +12,7 @@ use crate::handlers::registries_for;
 use crate::hosts::HostRules;
 use crate::interrupt::{Stop, interrupted};
 use crate::registry::{Location, Registry};
-use crate::retry::{ErrorClass, ItemError, RetryPolicy, with_retries, with_retries_until};
+use crate::retry::{ErrorClass, ItemError, RetryPolicy, with_retries};
 use crate::task_report::TaskReporter;
 use crate::workflow::{CopyResult, CopyTask};
 use std::time::Duration;
