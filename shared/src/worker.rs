@@ -203,8 +203,7 @@ pub async fn copy_and_verify(
         ..src.clone()
     };
     let (copied, attempts) =
-        crate::copy::copy_with_retries(&skopeo, &registries, &cfg.retry, stop, &pinned, &dst)
-            .await;
+        crate::copy::copy_with_retries(&skopeo, &registries, &cfg.retry, stop, &pinned, &dst).await;
     // The auth file goes now, not at the end of the task.
     drop(skopeo);
     copied?;

@@ -213,7 +213,7 @@ fn version_names_the_commit_it_was_built_from_and_completions_know_every_command
             "status",
             "task",
             "serve",
-            "--concurrency",
+            "concurrency", // fish names long flags without their dashes
         ] {
             assert!(r.stdout.contains(word), "{shell} completions lack {word}");
         }
