@@ -15,9 +15,14 @@ fn main() {
         .map(|c| format!("commit {c}"))
         .unwrap_or_else(|| "commit unknown".to_string());
     println!("cargo:rustc-env=TRANSFER_HUB_COMMIT={commit}");
-    // Built again when HEAD moves or the index changes (a commit, a checkout).
-    for f in ["HEAD", "index"] {
-        if let Some(p) = git(&["rev-parse", "--git-path", f]) {
+    // Built again when HEAD moves: a checkout changes HEAD, a commit changes the branch's
+    // ref (loose, or in packed-refs).
+    let mut watch = vec!["HEAD".to_string(), "packed-refs".to_string()];
+    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+        watch.push(branch);
+    }
+    for f in watch {
+        if let Some(p) = git(&["rev-parse", "--git-path", &f]) {
             println!("cargo:rerun-if-changed={p}");
         }
     }
