@@ -22,7 +22,10 @@ fn main() {
         watch.push(branch);
     }
     for f in watch {
-        if let Some(p) = git(&["rev-parse", "--git-path", &f]) {
+        // A path that does not exist would make cargo run this script on every build.
+        if let Some(p) = git(&["rev-parse", "--git-path", &f])
+            && std::path::Path::new(&p).exists()
+        {
             println!("cargo:rerun-if-changed={p}");
         }
     }
