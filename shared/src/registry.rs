@@ -867,25 +867,9 @@ impl Registry for HttpRegistry {
     }
 
     async fn image_size(&self, host: &str, repo: &str, digest: &Digest) -> Result<u64, ItemError> {
-        #[derive(Deserialize)]
-        struct Desc {
-            #[serde(default)]
-            size: u64,
-            #[serde(default)]
-            digest: Option<String>,
-        }
-        #[derive(Deserialize)]
-        struct Manifest {
-            #[serde(default)]
-            config: Option<Desc>,
-            #[serde(default)]
-            layers: Vec<Desc>,
-            #[serde(default)]
-            manifests: Vec<Desc>,
-        }
         let scope = format!("repository:{repo}:pull");
         let (m, _, _) = self
-            .get_json::<Manifest>(
+            .get_json::<ManifestParts>(
                 host,
                 &format!("/v2/{repo}/manifests/{digest}"),
                 &scope,
@@ -905,7 +889,7 @@ impl Registry for HttpRegistry {
             };
             total += child.size;
             let (cm, _, _) = self
-                .get_json::<Manifest>(
+                .get_json::<ManifestParts>(
                     host,
                     &format!("/v2/{repo}/manifests/{d}"),
                     &scope,
@@ -925,22 +909,8 @@ impl Registry for HttpRegistry {
         repo: &str,
         digest: &Digest,
     ) -> Result<Option<Vec<Part>>, ItemError> {
-        #[derive(Deserialize)]
-        struct Desc {
-            #[serde(default)]
-            digest: Option<String>,
-        }
-        #[derive(Deserialize)]
-        struct Manifest {
-            #[serde(default)]
-            config: Option<Desc>,
-            #[serde(default)]
-            layers: Vec<Desc>,
-            #[serde(default)]
-            manifests: Vec<Desc>,
-        }
         let scope = format!("repository:{repo}:pull");
-        let parse = |d: &Desc| d.digest.as_deref().and_then(|d| d.parse::<Digest>().ok());
+        let parse = |d: &Descriptor| d.digest.as_deref().and_then(|d| d.parse::<Digest>().ok());
         let mut parts = vec![Part::Manifest(digest.clone())];
         let mut todo = vec![digest.clone()];
         let mut seen = HashSet::new();
@@ -949,7 +919,7 @@ impl Registry for HttpRegistry {
                 continue;
             }
             let (m, _, _) = self
-                .get_json::<Manifest>(
+                .get_json::<ManifestParts>(
                     host,
                     &format!("/v2/{repo}/manifests/{d}"),
                     &scope,
@@ -1036,6 +1006,26 @@ impl Registry for HttpRegistry {
         check(resp, host, &path)?;
         Ok(Some(true))
     }
+}
+
+/// What [`Registry::image_size`] and [`Registry::image_parts`] read of a manifest or index:
+/// the descriptors of its config, layers and child manifests.
+#[derive(Deserialize)]
+struct ManifestParts {
+    #[serde(default)]
+    config: Option<Descriptor>,
+    #[serde(default)]
+    layers: Vec<Descriptor>,
+    #[serde(default)]
+    manifests: Vec<Descriptor>,
+}
+
+#[derive(Deserialize)]
+struct Descriptor {
+    #[serde(default)]
+    size: u64,
+    #[serde(default)]
+    digest: Option<String>,
 }
 
 #[cfg(test)]
