@@ -53,12 +53,18 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
         .map_err(config)?;
     let addr = listener.local_addr()?;
     if !addr.ip().is_loopback() {
-        eprintln!("warning: the console listens on {addr}, beyond this machine");
+        let _ = writeln!(
+            std::io::stderr(),
+            "warning: the console listens on {addr}, beyond this machine"
+        );
     }
     // The one-time login link goes to the terminal only (not to the logs).
-    println!("transfer-hub console: http://{addr}/?token={token}");
-    println!("state file: {}", path.display());
-    std::io::stdout().flush()?;
+    // A closed stdout (`serve | head -1`) must not stop the server: what cannot be written
+    // is dropped.
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "transfer-hub console: http://{addr}/?token={token}")
+        .and_then(|_| writeln!(out, "state file: {}", path.display()))
+        .and_then(|_| out.flush());
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -97,13 +103,14 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
         .and_then(|v| *v)
         .unwrap_or("SIGTERM");
     scheduler.await.ok();
-    eprintln!(
+    let _ = writeln!(
+        std::io::stderr(),
         "{why}: no new runs start; running copies may finish for up to {} s",
         a.grace_secs
     );
     runner
         .shutdown(Duration::from_secs(a.grace_secs), why)
         .await;
-    eprintln!("stopped");
+    let _ = writeln!(std::io::stderr(), "stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -255,7 +255,7 @@ pub async fn run(cmd: TaskCmd) -> Result<ExitCode> {
                         "NAME", "KIND", "SOURCE → DESTINATION", "SCHEDULE", "ENABLED", "LAST RUN"
                     );
                     for t in &tasks {
-                        let last = store.runs(&t.name, 0, 1).await?.into_iter().next();
+                        let last = store.runs(&t.name, None, 1).await?.into_iter().next();
                         let last = last
                             .map(|r| {
                                 format!(

@@ -145,7 +145,9 @@ CREATE TABLE IF NOT EXISTS tasks (
   created_at TEXT NOT NULL, updated_at TEXT NOT NULL, last_scheduled TEXT);
 CREATE TABLE IF NOT EXISTS task_runs (
   run_id TEXT PRIMARY KEY, task TEXT NOT NULL, started_at TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS task_runs_by_task ON task_runs (task, started_at);
+DROP INDEX IF EXISTS task_runs_by_task;
+CREATE INDEX IF NOT EXISTS task_runs_by_task_run ON task_runs (task, started_at, run_id);
+CREATE INDEX IF NOT EXISTS items_failed ON items (run_id, source, dest) WHERE status = 'failed';
 ";
 
 impl SqliteStore {

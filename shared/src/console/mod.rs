@@ -9,6 +9,7 @@ pub mod auth;
 pub mod pages;
 pub mod runner;
 
+use crate::status::ItemRecord;
 use crate::tasks::store::{ItemPage, TaskStore, TaskStoreError};
 use crate::tasks::{Fields, Kind, Task, default_fields, run::retry_list};
 use auth::{Auth, LOGIN_COOKIE, SESSION_COOKIE, random_token, same};
@@ -214,6 +215,9 @@ async fn login_post(
         }
         None => {
             tracing::warn!("a login with a wrong password was refused");
+            // Every wrong guess costs its sender a second, so a console reached from beyond
+            // this machine is slow to brute-force.
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             (
                 StatusCode::FORBIDDEN,
                 html(pages::login(
@@ -263,7 +267,7 @@ async fn tasks_page(
     let more = page.len() > PAGE;
     let mut rows = Vec::new();
     for t in page.into_iter().take(PAGE) {
-        let last = match c.tasks.runs(&t.name, 0, 1).await {
+        let last = match c.tasks.runs(&t.name, None, 1).await {
             Ok(r) => r.into_iter().next(),
             Err(e) => return store_error(e),
         };
@@ -398,7 +402,8 @@ async fn load(c: &Console, name: &str) -> Result<Task, Response> {
 
 #[derive(Deserialize)]
 struct PageQuery {
-    page: Option<usize>,
+    /// The last run of the page before (keyset paging).
+    before: Option<String>,
     notice: Option<String>,
 }
 
@@ -416,20 +421,22 @@ async fn task_page(
         Ok(t) => t,
         Err(r) => return r,
     };
-    let page_no = q.page.unwrap_or(0);
-    let mut runs = match c.tasks.runs(&name, page_no * PAGE, PAGE + 1).await {
+    let mut runs = match c.tasks.runs(&name, q.before.as_deref(), PAGE + 1).await {
         Ok(r) => r,
         Err(e) => return store_error(e),
     };
     let more = runs.len() > PAGE;
     runs.truncate(PAGE);
+    let older = more
+        .then(|| runs.last().map(|r| r.run_id.as_str()))
+        .flatten();
     let next = runner::next_run(&*c.tasks, &t).await.ok().flatten();
     let running = c.runner.running(&name);
     let view = pages::TaskView {
         task: &t,
         runs: &runs,
-        page_no,
-        more,
+        deep: q.before.is_some(),
+        older,
         running: running.as_deref(),
         next,
         notice: q.notice.as_deref(),
@@ -576,7 +583,10 @@ async fn run_page(
         Err(r) => return r,
     };
     let failed_only = q.get("failed").is_some_and(|v| v == "1");
-    let page_no: usize = q.get("page").and_then(|p| p.parse().ok()).unwrap_or(0);
+    let after = q.get("after").map(|s| {
+        let d = q.get("after_dest").cloned().unwrap_or_default();
+        (s.clone(), d)
+    });
     let run = match c.tasks.run(&id).await {
         Ok(r) => r,
         Err(e) => return store_error(e),
@@ -586,31 +596,29 @@ async fn run_page(
         return not_found(&format!("no run {id:?}"));
     }
     let task = c.tasks.task_of(&id).await.ok().flatten();
-    let (items, total) = match c
-        .tasks
-        .items(
-            &id,
-            ItemPage {
-                failed_only,
-                offset: page_no * ITEMS_PAGE,
-                limit: ITEMS_PAGE,
-            },
-        )
-        .await
-    {
+    let page = ItemPage {
+        failed_only,
+        after,
+        limit: ITEMS_PAGE + 1,
+    };
+    let mut items = match c.tasks.items(&id, &page).await {
         Ok(x) => x,
         Err(e) => return store_error(e),
     };
+    let more = items.len() > ITEMS_PAGE;
+    items.truncate(ITEMS_PAGE);
+    let next = more
+        .then(|| items.last().map(|i| (i.source.as_str(), i.dest.as_str())))
+        .flatten();
     let view = pages::RunView {
         run_id: &id,
         task: task.as_deref(),
         run: run.as_ref(),
         live: live.as_ref(),
         items: &items,
-        total,
         failed_only,
-        page_no,
-        page_size: ITEMS_PAGE,
+        deep: page.after.is_some(),
+        next,
         can_retry: task.is_some(),
     };
     html(pages::run(&view, &s.csrf))
@@ -633,22 +641,16 @@ async fn retry_failed(
         Err(r) => return r,
     };
     // Every failed item, page by page from the store.
-    let mut failed = Vec::new();
+    let mut failed: Vec<ItemRecord> = Vec::new();
     loop {
-        match c
-            .tasks
-            .items(
-                &id,
-                ItemPage {
-                    failed_only: true,
-                    offset: failed.len(),
-                    limit: 1000,
-                },
-            )
-            .await
-        {
-            Ok((page, _)) if page.is_empty() => break,
-            Ok((page, _)) => failed.extend(page),
+        let page = ItemPage {
+            failed_only: true,
+            after: failed.last().map(|i| (i.source.clone(), i.dest.clone())),
+            limit: 1000,
+        };
+        match c.tasks.items(&id, &page).await {
+            Ok(page) if page.is_empty() => break,
+            Ok(page) => failed.extend(page),
             Err(e) => return store_error(e),
         }
     }

@@ -102,6 +102,7 @@ pub fn tasks(
         rows.iter().any(|r| r.running.is_some()),
         html! {
             h1 { "Tasks" }
+            form.inline #logout method="post" action="/logout" { (csrf_input(csrf)) button type="submit" { "Log out" } }
             @if let Some(n) = notice { p.banner { (n) } }
             @if rows.is_empty() {
                 p { "No tasks yet: " a href="/tasks/new?kind=images" { "new images task" } " or " a href="/tasks/new?kind=objects" { "new objects task" } "." }
@@ -407,8 +408,10 @@ pub fn task_form(
 pub struct TaskView<'a> {
     pub task: &'a Task,
     pub runs: &'a [RunRecord],
-    pub page_no: usize,
-    pub more: bool,
+    /// Not the newest page (so it links back to it).
+    pub deep: bool,
+    /// The last run shown, when older runs follow.
+    pub older: Option<&'a str>,
     pub running: Option<&'a str>,
     pub next: Option<DateTime<Utc>>,
     pub notice: Option<&'a str>,
@@ -419,8 +422,8 @@ pub fn task(v: &TaskView<'_>, csrf: &str) -> Markup {
     let TaskView {
         task: t,
         runs,
-        page_no,
-        more,
+        deep,
+        older,
         running,
         next,
         notice,
@@ -458,8 +461,8 @@ pub fn task(v: &TaskView<'_>, csrf: &str) -> Markup {
                     }
                 }
                 p {
-                    @if page_no > 0 { a href={ "/tasks/" (t.name) "?page=" (page_no - 1) } { "← Newer" } " " }
-                    @if more { a href={ "/tasks/" (t.name) "?page=" (page_no + 1) } { "Older →" } }
+                    @if deep { a href={ "/tasks/" (t.name) } { "← Newest" } " " }
+                    @if let Some(last) = older { a href={ "/tasks/" (t.name) "?before=" (enc(last)) } { "Older →" } }
                 }
             }
         },
@@ -473,10 +476,11 @@ pub struct RunView<'a> {
     pub run: Option<&'a RunRecord>,
     pub live: Option<&'a Live>,
     pub items: &'a [ItemRecord],
-    pub total: u64,
     pub failed_only: bool,
-    pub page_no: usize,
-    pub page_size: usize,
+    /// Not the first page (so it links back to it).
+    pub deep: bool,
+    /// The last item shown (source, destination), when more follow.
+    pub next: Option<(&'a str, &'a str)>,
     pub can_retry: bool,
 }
 
@@ -515,8 +519,11 @@ pub fn run(v: &RunView<'_>, csrf: &str) -> Markup {
             } @else if v.live.is_none() { p { "No such run." } }
             h2 { "Items" }
             p {
-                @if v.failed_only { a href={ "/runs/" (v.run_id) } { "All items" } " · " b { "Failed only (" (v.total) ")" } }
-                @else { b { "All items (" (v.total) ")" } " · " a #failed-filter href={ "/runs/" (v.run_id) "?failed=1" } { "Failed only" } }
+                // The counts come from the run record: counting a big run's items would read them all.
+                @let all = v.run.map(|r| format!(" ({})", r.copied + r.skipped + r.failed)).unwrap_or_default();
+                @let failed = v.run.map(|r| format!(" ({})", r.failed)).unwrap_or_default();
+                @if v.failed_only { a href={ "/runs/" (v.run_id) } { "All items" (all) } " · " b { "Failed only" (failed) } }
+                @else { b { "All items" (all) } " · " a #failed-filter href={ "/runs/" (v.run_id) "?failed=1" } { "Failed only" (failed) } }
             }
             table #items {
                 tr { th { "Source" } th { "Destination" } th { "Status" } th { "Digest / ETag" } th { "Attempts" } th { "Error" } }
@@ -531,12 +538,19 @@ pub fn run(v: &RunView<'_>, csrf: &str) -> Markup {
                 }
             }
             p {
-                @let q = if v.failed_only { "&failed=1" } else { "" };
-                @if v.page_no > 0 { a href={ "/runs/" (v.run_id) "?page=" (v.page_no - 1) (q) } { "← Previous" } " " }
-                @if ((v.page_no + 1) * v.page_size) < v.total as usize { a href={ "/runs/" (v.run_id) "?page=" (v.page_no + 1) (q) } { "Next →" } }
+                @let q = if v.failed_only { "failed=1&" } else { "" };
+                @if v.deep { a href={ "/runs/" (v.run_id) "?" (q) } { "← First page" } " " }
+                @if let Some((s, d)) = v.next { a #next-page href={ "/runs/" (v.run_id) "?" (q) "after=" (enc(s)) "&after_dest=" (enc(d)) } { "Next →" } }
             }
         },
     )
+}
+
+/// A value for a link's query string (maud escapes the HTML on top).
+fn enc(v: &str) -> String {
+    serde_urlencoded::to_string([("", v)])
+        .map(|s| s[1..].to_string())
+        .unwrap_or_default()
 }
 
 /// Asks before deleting.

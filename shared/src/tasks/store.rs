@@ -29,11 +29,13 @@ impl From<rusqlite::Error> for TaskStoreError {
     }
 }
 
-/// One page of items of a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One page of items of a run: the first `limit` items (in source, destination order) after
+/// the `after` item, so a page costs the same however deep it is (keyset paging).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ItemPage {
     pub failed_only: bool,
-    pub offset: usize,
+    /// The (source, destination) of the last item of the page before.
+    pub after: Option<(String, String)>,
     pub limit: usize,
 }
 
@@ -56,11 +58,12 @@ pub trait TaskStore: Send + Sync {
         run_id: &str,
         started_at: DateTime<Utc>,
     ) -> Result<(), TaskStoreError>;
-    /// A task's runs, newest first, `offset`/`limit` a page.
+    /// A task's runs, newest first: the first `limit` older than the run `before` (the last
+    /// run of the page before), or the newest with none.
     async fn runs(
         &self,
         task: &str,
-        offset: usize,
+        before: Option<&str>,
         limit: usize,
     ) -> Result<Vec<RunRecord>, TaskStoreError>;
     /// The task a run belongs to.
@@ -71,12 +74,9 @@ pub trait TaskStore: Send + Sync {
     -> Result<(), TaskStoreError>;
     /// One run's record without its items.
     async fn run(&self, run_id: &str) -> Result<Option<RunRecord>, TaskStoreError>;
-    /// A page of a run's items (in source, destination order) and how many match in all.
-    async fn items(
-        &self,
-        run_id: &str,
-        page: ItemPage,
-    ) -> Result<(Vec<ItemRecord>, u64), TaskStoreError>;
+    /// A page of a run's items, in source, destination order.
+    async fn items(&self, run_id: &str, page: &ItemPage)
+    -> Result<Vec<ItemRecord>, TaskStoreError>;
 }
 
 fn ts(t: DateTime<Utc>) -> String {
@@ -222,18 +222,34 @@ impl TaskStore for SqliteStore {
     async fn runs(
         &self,
         task: &str,
-        offset: usize,
+        before: Option<&str>,
         limit: usize,
     ) -> Result<Vec<RunRecord>, TaskStoreError> {
         let c = self.conn.lock().unwrap();
+        // Keyset: the runs before the cursor run in (started_at, run_id) order, read from
+        // the (task, started_at, run_id) index whatever the page. With no cursor, a bound
+        // above every timestamp.
+        let (at, id) = match before {
+            None => ("\u{10ffff}".to_string(), String::new()),
+            Some(id) => match c
+                .query_row(
+                    "SELECT started_at FROM task_runs WHERE run_id = ?1 AND task = ?2",
+                    params![id, task],
+                    |r| r.get::<_, String>(0),
+                )
+                .optional()?
+            {
+                Some(at) => (at, id.to_string()),
+                None => return Ok(Vec::new()), // not a run of this task
+            },
+        };
         let mut s = c.prepare(&format!(
             "SELECT {RUN_COLS} FROM task_runs t JOIN runs r ON r.run_id = t.run_id
-             WHERE t.task = ?1 ORDER BY t.started_at DESC, t.run_id DESC LIMIT ?2 OFFSET ?3"
+             WHERE t.task = ?1 AND (t.started_at, t.run_id) < (?2, ?3)
+             ORDER BY t.started_at DESC, t.run_id DESC LIMIT ?4"
         ))?;
-        Ok(
-            s.query_map(params![task, limit as i64, offset as i64], run_from)?
-                .collect::<Result<Vec<_>, _>>()?,
-        )
+        Ok(s.query_map(params![task, at, id, limit as i64], run_from)?
+            .collect::<Result<Vec<_>, _>>()?)
     }
 
     async fn task_of(&self, run_id: &str) -> Result<Option<String>, TaskStoreError> {
@@ -284,26 +300,27 @@ impl TaskStore for SqliteStore {
     async fn items(
         &self,
         run_id: &str,
-        page: ItemPage,
-    ) -> Result<(Vec<ItemRecord>, u64), TaskStoreError> {
+        page: &ItemPage,
+    ) -> Result<Vec<ItemRecord>, TaskStoreError> {
         let c = self.conn.lock().unwrap();
+        // Keyset on the primary key (run_id, source, dest), or on the partial index of the
+        // failed items: a deep page costs what the first one does. (A row-value comparison:
+        // SQLite reads it as a range of the index, where the equivalent OR made it sort every
+        // item of the run, 250 ms for 900,000.)
         let filter = if page.failed_only {
             "AND status = 'failed'"
         } else {
             ""
         };
-        let total: u64 = c.query_row(
-            &format!("SELECT COUNT(*) FROM items WHERE run_id = ?1 {filter}"),
-            [run_id],
-            |r| r.get(0),
-        )?;
+        let (after_source, after_dest) = page.after.clone().unwrap_or_default();
         let mut s = c.prepare(&format!(
             "SELECT source, dest, status, source_digest, dest_digest, attempts, error_class, error_message, bytes, started_at, ended_at, version
-             FROM items WHERE run_id = ?1 {filter} ORDER BY source, dest LIMIT ?2 OFFSET ?3"
+             FROM items WHERE run_id = ?1 {filter} AND (source, dest) > (?2, ?3)
+             ORDER BY source, dest LIMIT ?4"
         ))?;
         let items = s
             .query_map(
-                params![run_id, page.limit as i64, page.offset as i64],
+                params![run_id, after_source, after_dest, page.limit as i64],
                 |r| {
                     let class: Option<String> = r.get(6)?;
                     let message: Option<String> = r.get(7)?;
@@ -330,7 +347,7 @@ impl TaskStore for SqliteStore {
                 },
             )?
             .collect::<Result<Vec<_>, _>>()?;
-        Ok((items, total))
+        Ok(items)
     }
 }
 
@@ -392,7 +409,7 @@ mod tests {
         store.put_run(&run).await.unwrap(); // a run of no task
         assert_eq!(
             store
-                .runs("b", 0, 10)
+                .runs("b", None, 10)
                 .await
                 .unwrap()
                 .iter()
@@ -449,22 +466,62 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let page = |failed_only, offset, limit| ItemPage {
+        let page = |failed_only, after: Option<(&str, &str)>, limit| ItemPage {
             failed_only,
-            offset,
+            after: after.map(|(s, d)| (s.to_string(), d.to_string())),
             limit,
         };
-        let (items, total) = store.items("r", page(false, 1, 2)).await.unwrap();
-        assert_eq!(total, 4);
+        let sources =
+            |items: Vec<ItemRecord>| items.into_iter().map(|i| i.source).collect::<Vec<_>>();
+        let p = |f, a, l| store.items("r", &page(f, a, l));
+        assert_eq!(sources(p(false, None, 2).await.unwrap()), ["s/0", "s/1"]);
         assert_eq!(
-            items.iter().map(|i| i.source.as_str()).collect::<Vec<_>>(),
-            ["s/1", "s/2"]
+            sources(p(false, Some(("s/1", "d/1")), 2).await.unwrap()),
+            ["s/2", "s/3"]
         );
-        let (items, total) = store.items("r", page(true, 0, 10)).await.unwrap();
-        assert_eq!(total, 2);
+        assert!(p(false, Some(("s/3", "d/3")), 2).await.unwrap().is_empty());
+        assert_eq!(sources(p(true, None, 10).await.unwrap()), ["s/1", "s/3"]);
         assert_eq!(
-            items.iter().map(|i| i.source.as_str()).collect::<Vec<_>>(),
-            ["s/1", "s/3"]
+            sources(p(true, Some(("s/1", "d/1")), 10).await.unwrap()),
+            ["s/3"]
+        );
+    }
+
+    #[tokio::test]
+    async fn runs_come_newest_first_in_pages_after_a_cursor_run() {
+        let store = SqliteStore::in_memory().unwrap();
+        let t0 = Utc::now();
+        // r3 and r4 start at one instant: the run id breaks the tie.
+        for (id, mins) in [("r1", 0), ("r2", 1), ("r3", 2), ("r4", 2), ("r5", 3)] {
+            let at = t0 + chrono::Duration::minutes(mins);
+            store.note_run("t", id, at).await.unwrap();
+            store
+                .put_run(&RunRecord {
+                    run_id: id.into(),
+                    source: "s".into(),
+                    dest: "d".into(),
+                    dry_run: false,
+                    started_at: at,
+                    ended_at: None,
+                    copied: 0,
+                    skipped: 0,
+                    failed: 0,
+                    bytes: 0,
+                })
+                .await
+                .unwrap();
+        }
+        store.note_run("other", "x", t0).await.unwrap();
+        let ids = |runs: Vec<RunRecord>| runs.into_iter().map(|r| r.run_id).collect::<Vec<_>>();
+        assert_eq!(ids(store.runs("t", None, 2).await.unwrap()), ["r5", "r4"]);
+        assert_eq!(
+            ids(store.runs("t", Some("r4"), 2).await.unwrap()),
+            ["r3", "r2"]
+        );
+        assert_eq!(ids(store.runs("t", Some("r2"), 2).await.unwrap()), ["r1"]);
+        assert!(
+            store.runs("t", Some("x"), 2).await.unwrap().is_empty(),
+            "another task's run"
         );
     }
 

@@ -575,7 +575,7 @@ fn serve_runs_a_schedule_missed_while_it_was_down_once_at_start_and_stops_on_sig
     let serve = Serve::start(&state, &[]);
     let mut runs = Vec::new();
     for _ in 0..600 {
-        runs = rt.block_on(store.runs("nightly", 0, 10)).unwrap();
+        runs = rt.block_on(store.runs("nightly", None, 10)).unwrap();
         if runs.first().is_some_and(|r| r.ended_at.is_some()) {
             break;
         }
@@ -594,8 +594,261 @@ fn serve_runs_a_schedule_missed_while_it_was_down_once_at_start_and_stops_on_sig
         "{next}"
     );
     assert!(
-        rt.block_on(store.runs("off", 0, 10)).unwrap().is_empty(),
+        rt.block_on(store.runs("off", None, 10)).unwrap().is_empty(),
         "a disabled task does not run"
     );
     drop(serve); // SIGTERM, waits for the exit
+}
+
+/// The cookie a response sets, as `name=value`, and its whole Set-Cookie line.
+fn set_cookie(r: &reqwest::blocking::Response, name: &str) -> Option<(String, String)> {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(|v| (v.split(';').next().unwrap().to_string(), v.to_string()))
+}
+
+fn no_redirects() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The login form's nonce: its cookie and the value the form carries.
+fn login_form(http: &reqwest::blocking::Client, base: &str) -> (String, String) {
+    let r = http.get(format!("{base}/login")).send().unwrap();
+    let (cookie, _) = set_cookie(&r, "th_login").expect("the login page sets its nonce");
+    let body = r.text().unwrap();
+    let nonce = body
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("the form carries the nonce")
+        .to_string();
+    (cookie, nonce)
+}
+
+#[test]
+fn the_console_password_logs_in_a_wrong_one_does_not_and_the_link_works_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let password = "correct horse battery staple";
+    let serve = Serve::start(
+        &dir.path().join("state.db"),
+        &[("TRANSFER_HUB_CONSOLE_PASSWORD".into(), password.to_string())],
+    );
+    let http = no_redirects();
+    let base = &serve.base;
+    let tasks = |cookie: Option<&str>| {
+        let mut q = http.get(format!("{base}/tasks"));
+        if let Some(c) = cookie {
+            q = q.header("cookie", c);
+        }
+        q.send().unwrap()
+    };
+    let r = tasks(None);
+    assert_eq!(r.status(), 303, "no session: to the login page");
+    assert_eq!(r.headers()["location"], "/login");
+
+    // A wrong password: refused, no session.
+    let (nonce_cookie, nonce) = login_form(&http, base);
+    let r = http
+        .post(format!("{base}/login"))
+        .header("cookie", &nonce_cookie)
+        .form(&[("csrf", nonce.as_str()), ("password", "wrong")])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(set_cookie(&r, "th_session").is_none());
+    assert!(r.text().unwrap().contains("Wrong password."));
+    // The right one without the form's nonce: refused too.
+    let r = http
+        .post(format!("{base}/login"))
+        .form(&[("csrf", nonce.as_str()), ("password", password)])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403, "a login POST without its nonce cookie");
+
+    let r = http
+        .post(format!("{base}/login"))
+        .header("cookie", &nonce_cookie)
+        .form(&[("csrf", nonce.as_str()), ("password", password)])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let (session, line) = set_cookie(&r, "th_session").expect("a session");
+    assert!(
+        line.contains("HttpOnly") && line.contains("SameSite=Strict"),
+        "{line}"
+    );
+    let r = tasks(Some(&session));
+    assert_eq!(r.status(), 200);
+    let body = r.text().unwrap();
+    assert!(!body.contains(password), "the password is never shown");
+
+    // Logging out ends the session.
+    let csrf = body
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+    let r = http
+        .post(format!("{base}/logout"))
+        .header("cookie", &session)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(tasks(Some(&session)).status(), 303, "logged out");
+
+    // The one-time link printed at start logs in once.
+    let r = http.get(&serve.login).send().unwrap();
+    assert_eq!(r.status(), 303);
+    let (s2, _) = set_cookie(&r, "th_session").expect("the link logs in");
+    assert_eq!(tasks(Some(&s2)).status(), 200);
+    let r = http.get(&serve.login).send().unwrap();
+    assert_eq!(r.status(), 403, "a second use of the link");
+    assert!(set_cookie(&r, "th_session").is_none());
+}
+
+#[test]
+fn a_run_of_many_items_pages_through_them_by_keyset_with_the_failed_filter() {
+    use hub_core::status::{ItemRecord, RunRecord, SqliteStore, Status, StatusStore as _};
+    use hub_core::tasks::store::TaskStore as _;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.db");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    {
+        let store = SqliteStore::open(&state).unwrap();
+        let now = chrono::Utc::now();
+        rt.block_on(store.note_run("t", "big", now)).unwrap();
+        // 450 items, every odd one failed (225): both filters span pages.
+        for i in 0..450 {
+            let failed = i % 2 == 1;
+            rt.block_on(store.put_item(&ItemRecord {
+                run_id: "big".into(),
+                source: format!("src/app:{i:04}"),
+                dest: format!("dst/app:{i:04}"),
+                status: if failed {
+                    Status::Failed
+                } else {
+                    Status::Copied
+                },
+                source_digest: Some(format!("sha256:{i:064x}")),
+                dest_digest: None,
+                attempts: 1,
+                error: None,
+                bytes: 1,
+                started_at: Some(now),
+                ended_at: Some(now),
+                version: 1,
+            }))
+            .unwrap();
+        }
+        rt.block_on(store.put_run(&RunRecord {
+            run_id: "big".into(),
+            source: "src".into(),
+            dest: "dst".into(),
+            dry_run: false,
+            started_at: now,
+            ended_at: Some(now),
+            copied: 225,
+            skipped: 0,
+            failed: 225,
+            bytes: 450,
+        }))
+        .unwrap();
+    }
+    let serve = Serve::start(&state, &[]);
+    let http = no_redirects();
+    let r = http.get(&serve.login).send().unwrap();
+    let (session, _) = set_cookie(&r, "th_session").unwrap();
+    // Follows "Next →" from the first page; returns the sources shown on every page.
+    let walk = |first: &str| {
+        let mut url = format!("{}{first}", serve.base);
+        let mut pages = Vec::new();
+        loop {
+            let body = http
+                .get(&url)
+                .header("cookie", &session)
+                .send()
+                .unwrap()
+                .text()
+                .unwrap();
+            let shown: Vec<String> = body
+                .split("<td class=\"mono\">src/app:")
+                .skip(1)
+                .map(|s| s[..4].to_string())
+                .collect();
+            pages.push((shown, body.clone()));
+            let Some(next) = body
+                .split("id=\"next-page\" href=\"")
+                .nth(1)
+                .and_then(|s| s.split('"').next())
+            else {
+                return pages;
+            };
+            url = format!("{}{}", serve.base, next.replace("&amp;", "&"));
+        }
+    };
+    let all = walk("/runs/big");
+    assert_eq!(
+        all.iter().map(|(s, _)| s.len()).collect::<Vec<_>>(),
+        [200, 200, 50]
+    );
+    let keys: Vec<String> = all.iter().flat_map(|(s, _)| s.clone()).collect();
+    let want: Vec<String> = (0..450).map(|i| format!("{i:04}")).collect();
+    assert_eq!(keys, want, "every item once, in order");
+    assert!(
+        all[0].1.contains("All items (450)"),
+        "the count from the run"
+    );
+    let failed = walk("/runs/big?failed=1");
+    assert_eq!(
+        failed.iter().map(|(s, _)| s.len()).collect::<Vec<_>>(),
+        [200, 25]
+    );
+    let keys: Vec<String> = failed.iter().flat_map(|(s, _)| s.clone()).collect();
+    let want: Vec<String> = (0..450)
+        .filter(|i| i % 2 == 1)
+        .map(|i| format!("{i:04}"))
+        .collect();
+    assert_eq!(keys, want, "every failed item once, in order");
+    assert!(failed[0].1.contains("Failed only (225)"));
+}
+
+#[test]
+fn serve_goes_on_serving_when_its_stdout_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(transfer_hub_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--state"])
+        .arg(dir.path().join("state.db"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read the URL, then close the pipe, as `transfer-hub serve | head -1` does.
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("transfer-hub console: ")
+        .and_then(|l| l.split("/?token=").next())
+        .unwrap()
+        .to_string();
+    std::thread::sleep(Duration::from_millis(500));
+    let r = reqwest::blocking::get(format!("{base}/login")).unwrap();
+    assert_eq!(r.status(), 200, "still serving");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
