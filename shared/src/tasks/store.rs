@@ -473,18 +473,15 @@ mod tests {
         };
         let sources =
             |items: Vec<ItemRecord>| items.into_iter().map(|i| i.source).collect::<Vec<_>>();
-        let p = |f, a, l| store.items("r", &page(f, a, l));
-        assert_eq!(sources(p(false, None, 2).await.unwrap()), ["s/0", "s/1"]);
+        let p = async |f, a, l| store.items("r", &page(f, a, l)).await.unwrap();
+        assert_eq!(sources(p(false, None, 2).await), ["s/0", "s/1"]);
         assert_eq!(
-            sources(p(false, Some(("s/1", "d/1")), 2).await.unwrap()),
+            sources(p(false, Some(("s/1", "d/1")), 2).await),
             ["s/2", "s/3"]
         );
-        assert!(p(false, Some(("s/3", "d/3")), 2).await.unwrap().is_empty());
-        assert_eq!(sources(p(true, None, 10).await.unwrap()), ["s/1", "s/3"]);
-        assert_eq!(
-            sources(p(true, Some(("s/1", "d/1")), 10).await.unwrap()),
-            ["s/3"]
-        );
+        assert!(p(false, Some(("s/3", "d/3")), 2).await.is_empty());
+        assert_eq!(sources(p(true, None, 10).await), ["s/1", "s/3"]);
+        assert_eq!(sources(p(true, Some(("s/1", "d/1")), 10).await), ["s/3"]);
     }
 
     #[tokio::test]
