@@ -517,8 +517,31 @@ impl MotoServer {
         Self::launch(&[script.to_str().unwrap()], env)
     }
 
-    fn launch(program: &[&str], env: &[(&str, String)]) -> Self {
+    /// moto with its Step Functions interpreter on, making the service calls of the states
+    /// it runs to itself (`MOTO_PORT` = its own port): a `sqs:sendMessage.waitForTaskToken`
+    /// state puts its task token in a queue of the same server, and the execution waits for
+    /// SendTaskSuccess/Failure on it.
+    pub fn start_executing() -> Self {
         let port = free_port();
+        let me = Self::launch_on(
+            port,
+            &["-m", "moto.server"],
+            &[("MOTO_PORT", port.to_string())],
+        );
+        reqwest::blocking::Client::new()
+            .post(format!("{}/moto-api/config", me.endpoint))
+            .json(&serde_json::json!({"stepfunctions": {"execute_state_machine": true}}))
+            .send()
+            .and_then(|r| r.error_for_status())
+            .expect("moto takes the interpreter setting");
+        me
+    }
+
+    fn launch(program: &[&str], env: &[(&str, String)]) -> Self {
+        Self::launch_on(free_port(), program, env)
+    }
+
+    fn launch_on(port: u16, program: &[&str], env: &[(&str, String)]) -> Self {
         let log = tempfile::NamedTempFile::new().unwrap();
         let child = tool("python3")
             .args(program)

@@ -19,4 +19,5 @@ mod integration {
     pub mod secrets;
     pub mod state_machine;
     pub mod template;
+    pub mod worker_image;
 }

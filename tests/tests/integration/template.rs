@@ -61,7 +61,8 @@ fn cfn_guard_rules_pass_on_the_template_and_catch_a_loosened_one() {
         "{text}"
     );
 
-    // The rules bite: a public IP by default and a wildcard S3 statement must fail.
+    // The rules bite: a public IP by default, a wildcard S3 statement and a writable root
+    // filesystem for the copy task must fail.
     let loosened = std::fs::read_to_string(root().join("template.yaml"))
         .unwrap()
         .replace(
@@ -71,6 +72,10 @@ fn cfn_guard_rules_pass_on_the_template_and_catch_a_loosened_one() {
         .replace(
             "                Action: sns:Publish\n                Resource: !Ref AlarmTopic",
             "                Action: [sns:Publish, s3:*]\n                Resource: \"*\"",
+        )
+        .replace(
+            "ReadonlyRootFilesystem: true",
+            "ReadonlyRootFilesystem: false",
         );
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("template.yaml");
@@ -80,6 +85,7 @@ fn cfn_guard_rules_pass_on_the_template_and_catch_a_loosened_one() {
     for rule in [
         "no_public_ip_by_default",
         "wildcard_resources_only_where_unavoidable",
+        "copy_task_is_arm64_fargate",
     ] {
         assert!(
             text.lines().any(|l| l.contains(rule) && l.contains("FAIL")),
