@@ -134,7 +134,8 @@ CREATE TABLE IF NOT EXISTS items (
   PRIMARY KEY (run_id, source, dest));
 CREATE TABLE IF NOT EXISTS uploads (
   dest TEXT PRIMARY KEY, key TEXT NOT NULL, upload_id TEXT NOT NULL, size INTEGER NOT NULL,
-  source_etag TEXT, part_size INTEGER NOT NULL, parts INTEGER NOT NULL, started_at TEXT NOT NULL);
+  source_etag TEXT, part_size INTEGER NOT NULL, parts INTEGER NOT NULL, started_at TEXT NOT NULL,
+  checksum TEXT);
 CREATE TABLE IF NOT EXISTS parts (
   upload_id TEXT NOT NULL, number INTEGER NOT NULL, etag TEXT NOT NULL, PRIMARY KEY (upload_id, number));
 CREATE TABLE IF NOT EXISTS intents (dest TEXT PRIMARY KEY, at TEXT NOT NULL);
@@ -167,6 +168,7 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
+        migrate(&conn).map_err(open_err)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -180,6 +182,18 @@ impl SqliteStore {
             conn: Mutex::new(conn),
         })
     }
+}
+
+/// Brings a state file written by an older version up to the schema: columns added since
+/// (the upload's checksum: NULL in old rows, read as what those uploads used).
+fn migrate(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    let has = conn
+        .prepare("SELECT 1 FROM pragma_table_info('uploads') WHERE name = 'checksum'")?
+        .exists([])?;
+    if !has {
+        conn.execute_batch("ALTER TABLE uploads ADD COLUMN checksum TEXT")?;
+    }
+    Ok(())
 }
 
 fn ts(t: &Option<DateTime<Utc>>) -> Option<String> {

@@ -566,6 +566,13 @@ fn as_s3(
             body = replace_xml_etags(&String::from_utf8_lossy(&body), &|e| s.fake(&scope, e))
                 .into_bytes();
         }
+    } else if t.method == "GET" && is_object && query_has(&t.query, "attributes") {
+        // GetObjectAttributes names the object's ETag as HEAD does: its KMS ETag.
+        if s.object_is_kms(&t.bucket, &t.key) {
+            body = replace_xml_etags(&String::from_utf8_lossy(&body), &|e| s.fake(&scope, e))
+                .into_bytes();
+        }
+        return (status, lines, body);
     } else if matches!(t.method.as_str(), "PUT" | "GET" | "HEAD") && is_object {
         kms = says_kms || sse_c || s.bucket_is_kms(&t.bucket);
     } else if t.method == "GET" && !is_object && query_has(&t.query, "list-type") {

@@ -625,24 +625,31 @@ impl Bucket {
         })
     }
 
-    /// Starts a multipart upload carrying the source's metadata, with a FULL_OBJECT CRC32C
-    /// checksum (every part carries its CRC32C; the object's is the CRC32C of all its
-    /// bytes, whatever the part sizes). Returns the upload id.
+    /// Starts a multipart upload carrying the source's metadata, with the checksum `sum`
+    /// (every part carries its checksum in that algorithm; the object's is, FULL_OBJECT,
+    /// the CRC of all its bytes whatever the part sizes, or, COMPOSITE, the checksum of the
+    /// part checksums). Returns the upload id.
     pub async fn create_upload(
         &self,
         rel: &str,
         meta: &Meta,
         tagging: Option<String>,
         opts: &DestOptions,
+        sum: checksum::UploadSum,
     ) -> Result<String, ItemError> {
+        use aws_sdk_s3::types::ChecksumType;
         let what = format!("create multipart upload of {}", self.url.object(rel));
         let req = self
             .client
             .create_multipart_upload()
             .bucket(&self.url.bucket)
             .key(self.url.key(rel))
-            .checksum_algorithm(Algo::Crc32c.sdk())
-            .checksum_type(aws_sdk_s3::types::ChecksumType::FullObject);
+            .checksum_algorithm(sum.algo.sdk())
+            .checksum_type(if sum.composite {
+                ChecksumType::Composite
+            } else {
+                ChecksumType::FullObject
+            });
         let o = with_object_settings!(req, meta, tagging, opts)
             .send()
             .await
@@ -652,8 +659,10 @@ impl Bucket {
             .ok_or_else(|| ItemError::new(ErrorClass::Retryable, format!("{what}: no upload id")))
     }
 
-    /// UploadPart with Content-MD5 and its CRC32C (`crc32c`, base64). Returns the part's
-    /// ETag, whether it is not an MD5, and the CRC32C S3 stored for it.
+    /// UploadPart with Content-MD5 and its checksum `sum` (in the upload's algorithm,
+    /// base64). Returns the part's ETag, whether it is not an MD5, and the checksum S3
+    /// stored for it in that algorithm.
+    #[allow(clippy::too_many_arguments)]
     pub async fn upload_part(
         &self,
         rel: &str,
@@ -661,11 +670,12 @@ impl Bucket {
         number: u32,
         body: bytes::Bytes,
         md5: &[u8; 16],
-        crc32c: &str,
+        sum: (Algo, &str),
     ) -> Result<(String, bool, Option<String>), ItemError> {
         use base64::Engine;
         let what = format!("part {number} of {}", self.url.object(rel));
-        let o = self
+        let (algo, value) = (sum.0, Some(sum.1.to_string()));
+        let req = self
             .client
             .upload_part()
             .bucket(&self.url.bucket)
@@ -673,23 +683,37 @@ impl Bucket {
             .upload_id(upload_id)
             .part_number(number as i32)
             .content_md5(base64::engine::general_purpose::STANDARD.encode(md5))
-            .checksum_algorithm(Algo::Crc32c.sdk())
-            .checksum_crc32_c(crc32c)
-            .content_length(body.len() as i64)
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .map_err(|e| s3_error(&what, e))?;
+            .checksum_algorithm(algo.sdk());
+        let o = match algo {
+            Algo::Crc32 => req.set_checksum_crc32(value),
+            Algo::Crc32c => req.set_checksum_crc32_c(value),
+            Algo::Crc64Nvme => req.set_checksum_crc64_nvme(value),
+            Algo::Sha1 => req.set_checksum_sha1(value),
+            Algo::Sha256 => req.set_checksum_sha256(value),
+        }
+        .content_length(body.len() as i64)
+        .body(ByteStream::from(body))
+        .send()
+        .await
+        .map_err(|e| s3_error(&what, e))?;
         let encrypted = etag_not_md5(o.server_side_encryption(), o.sse_customer_algorithm());
-        let stored = o.checksum_crc32_c().map(str::to_string);
+        let stored = [
+            o.checksum_crc32(),
+            o.checksum_crc32_c(),
+            o.checksum_crc64_nvme(),
+            o.checksum_sha1(),
+            o.checksum_sha256(),
+        ][algo as usize]
+            .map(str::to_string);
         o.e_tag()
             .map(|e| (bare_etag(e), encrypted, stored))
             .ok_or_else(|| ItemError::new(ErrorClass::Retryable, format!("{what}: no ETag")))
     }
 
     /// UploadPartCopy of a byte range of `src`, pinned to the listed ETag like
-    /// [`Bucket::copy_from`]. Returns the part's ETag and the CRC32C S3 computed for it
-    /// (the upload's algorithm).
+    /// [`Bucket::copy_from`]. Returns the part's ETag and the checksum S3 computed for it
+    /// in the upload's algorithm `algo`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn copy_part(
         &self,
         rel: &str,
@@ -698,6 +722,7 @@ impl Bucket {
         range: String,
         src: &Bucket,
         if_match: Option<&str>,
+        algo: Algo,
     ) -> Result<(String, Option<String>), ItemError> {
         let what = format!("part {number} of {}", self.url.object(rel));
         let o = self
@@ -715,21 +740,32 @@ impl Bucket {
             .await
             .map_err(|e| sse_c_hint(s3_error(&what, e)))?;
         let r = o.copy_part_result();
-        let stored = r.and_then(|r| r.checksum_crc32_c()).map(str::to_string);
+        let stored = r.and_then(|r| {
+            [
+                r.checksum_crc32(),
+                r.checksum_crc32_c(),
+                r.checksum_crc64_nvme(),
+                r.checksum_sha1(),
+                r.checksum_sha256(),
+            ][algo as usize]
+                .map(str::to_string)
+        });
         r.and_then(|r| r.e_tag())
             .map(|e| (bare_etag(e), stored))
             .ok_or_else(|| ItemError::new(ErrorClass::Retryable, format!("{what}: no ETag")))
     }
 
-    /// Completes an upload with its parts in order (number, ETag, CRC32C), sending the
-    /// whole object's CRC32C `full` when known, so S3 checks it against what it holds.
-    /// Returns the object's ETag, whether the object is encrypted so that its part ETags
-    /// are not MD5s, and the object's CRC32C as S3 reports it.
+    /// Completes an upload with its parts in order (number, ETag, checksum in the upload's
+    /// algorithm `algo`), sending the whole object's FULL_OBJECT checksum `full` when known,
+    /// so S3 checks it against what it holds. Returns the object's ETag, whether the object
+    /// is encrypted so that its part ETags are not MD5s, and the object's `algo` checksum
+    /// as S3 reports it (a COMPOSITE one with its `-N`).
     pub async fn complete_upload(
         &self,
         rel: &str,
         upload_id: &str,
         parts: &[(u32, &str, Option<&str>)],
+        algo: Algo,
         full: Option<&str>,
     ) -> Result<Written, ItemError> {
         let completed = CompletedMultipartUpload::builder()
@@ -737,32 +773,129 @@ impl Bucket {
                 parts
                     .iter()
                     .map(|(n, e, c)| {
-                        CompletedPart::builder()
+                        let b = CompletedPart::builder()
                             .part_number(*n as i32)
-                            .e_tag(format!("\"{e}\""))
-                            .set_checksum_crc32_c(c.map(str::to_string))
-                            .build()
+                            .e_tag(format!("\"{e}\""));
+                        let c = c.map(str::to_string);
+                        match algo {
+                            Algo::Crc32 => b.set_checksum_crc32(c),
+                            Algo::Crc32c => b.set_checksum_crc32_c(c),
+                            Algo::Crc64Nvme => b.set_checksum_crc64_nvme(c),
+                            Algo::Sha1 => b.set_checksum_sha1(c),
+                            Algo::Sha256 => b.set_checksum_sha256(c),
+                        }
+                        .build()
                     })
                     .collect(),
             ))
             .build();
-        let o = self
+        let req = self
             .client
             .complete_multipart_upload()
             .bucket(&self.url.bucket)
             .key(self.url.key(rel))
             .upload_id(upload_id)
             .multipart_upload(completed)
-            .set_checksum_crc32_c(full.map(str::to_string))
-            .set_checksum_type(full.map(|_| aws_sdk_s3::types::ChecksumType::FullObject))
-            .send()
-            .await
-            .map_err(|e| s3_error(&format!("complete upload of {}", self.url.object(rel)), e))?;
+            .set_checksum_type(full.map(|_| aws_sdk_s3::types::ChecksumType::FullObject));
+        let full = full.map(str::to_string);
+        let o = match algo {
+            Algo::Crc32 => req.set_checksum_crc32(full),
+            Algo::Crc32c => req.set_checksum_crc32_c(full),
+            Algo::Crc64Nvme => req.set_checksum_crc64_nvme(full),
+            // S3 keeps no FULL_OBJECT SHA; a COMPOSITE upload sends none.
+            Algo::Sha1 | Algo::Sha256 => req,
+        }
+        .send()
+        .await
+        .map_err(|e| s3_error(&format!("complete upload of {}", self.url.object(rel)), e))?;
+        let stored = [
+            o.checksum_crc32(),
+            o.checksum_crc32_c(),
+            o.checksum_crc64_nvme(),
+            o.checksum_sha1(),
+            o.checksum_sha256(),
+        ][algo as usize]
+            .map(str::to_string);
         Ok(Written {
             etag: o.e_tag().map(bare_etag),
             encrypted: etag_not_md5(o.server_side_encryption(), None),
-            checksum: o.checksum_crc32_c().map(str::to_string),
+            checksum: stored,
         })
+    }
+
+    /// The source's part layout and stored checksum (GetObjectAttributes with ETag,
+    /// Checksum, ObjectParts and ObjectSize, 1,000 parts a page; one request for most
+    /// objects). S3 lists the parts only of objects written with an additional checksum,
+    /// so `parts` is empty for the others (and for single-part objects).
+    pub async fn object_parts(&self, rel: &str) -> Result<SourceParts, ItemError> {
+        use aws_sdk_s3::types::ObjectAttributes as A;
+        let what = format!("attributes of {}", self.url.object(rel));
+        let mut out = SourceParts::default();
+        let mut marker: Option<String> = None;
+        loop {
+            let o = self
+                .client
+                .get_object_attributes()
+                .bucket(&self.url.bucket)
+                .key(self.url.key(rel))
+                .object_attributes(A::Etag)
+                .object_attributes(A::Checksum)
+                .object_attributes(A::ObjectParts)
+                .object_attributes(A::ObjectSize)
+                .max_parts(1000)
+                .set_part_number_marker(marker.take())
+                .set_request_payer(self.payer())
+                .send()
+                .await
+                .map_err(|e| sse_c_hint(s3_error(&what, e)))?;
+            out.etag = o.e_tag().map(bare_etag);
+            out.size = o.object_size().unwrap_or(0).max(0) as u64;
+            out.checksum = o.checksum().and_then(|c| {
+                checksum::from_answer(
+                    &[
+                        c.checksum_crc32(),
+                        c.checksum_crc32_c(),
+                        c.checksum_crc64_nvme(),
+                        c.checksum_sha1(),
+                        c.checksum_sha256(),
+                    ]
+                    .map(|c| c.map(str::to_string)),
+                    c.checksum_type().map(|t| t.as_str()),
+                )
+            });
+            let Some(p) = o.object_parts() else {
+                break;
+            };
+            out.count = p.total_parts_count().map(|n| n.max(0) as u32);
+            for part in p.parts() {
+                out.parts.push(SourcePart {
+                    number: part.part_number().unwrap_or(0).max(0) as u32,
+                    size: part.size().unwrap_or(0).max(0) as u64,
+                    checksum: [
+                        part.checksum_crc32(),
+                        part.checksum_crc32_c(),
+                        part.checksum_crc64_nvme(),
+                        part.checksum_sha1(),
+                        part.checksum_sha256(),
+                    ]
+                    .map(|c| c.map(str::to_string)),
+                });
+            }
+            match p.next_part_number_marker() {
+                Some(m) if p.is_truncated() == Some(true) && !p.parts().is_empty() => {
+                    // Never more pages than S3 allows parts (a server that loops is stopped).
+                    if out.parts.len() > super::multipart::MAX_PARTS as usize {
+                        return Err(ItemError::new(
+                            ErrorClass::Retryable,
+                            format!("{what}: more than 10,000 parts listed"),
+                        ));
+                    }
+                    marker = Some(m.to_string());
+                }
+                _ => break,
+            }
+        }
+        Ok(out)
     }
 
     /// Aborts an upload (its parts are freed).
@@ -845,6 +978,27 @@ pub struct Got {
     pub encrypted: bool,
     /// The checksum the source stored, as the answer reports it (full GETs only).
     pub checksum: Option<Checksum>,
+}
+
+/// What GetObjectAttributes says of an object ([`Bucket::object_parts`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceParts {
+    pub etag: Option<String>,
+    pub size: u64,
+    pub checksum: Option<Checksum>,
+    /// The part count S3 reports (multipart objects).
+    pub count: Option<u32>,
+    /// The parts, in the order listed.
+    pub parts: Vec<SourcePart>,
+}
+
+/// One part of a multipart object as GetObjectAttributes lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourcePart {
+    pub number: u32,
+    pub size: u64,
+    /// Its checksums (the order of [`Algo::ALL`]).
+    pub checksum: [Option<String>; 5],
 }
 
 /// What a write (PUT, CopyObject, CompleteMultipartUpload) left at the destination.

@@ -1,6 +1,7 @@
 //! S3's additional checksums (pure): which algorithm a copy asks for, computing one over
-//! bytes, reading one from an answer (full-object, or composite `value-N`), and the
-//! full-object CRC32C of a multipart object from its parts' CRC32Cs.
+//! bytes, reading one from an answer (full-object, or composite `value-N`), a multipart
+//! upload's checksum ([`UploadSum`]), and the whole object's checksum from its parts'
+//! (FULL_OBJECT: the CRCs combined; COMPOSITE: the checksum of the part checksums).
 //!
 //! What AWS documents and this follows: a single-request upload (PutObject, CopyObject)
 //! always has a full-object checksum; a multipart upload's is either COMPOSITE (the
@@ -130,38 +131,170 @@ pub fn algo_for_single(source: Option<&Checksum>) -> Algo {
     source.filter(|c| c.full()).map_or(Algo::Crc32c, |c| c.algo)
 }
 
-/// The full-object CRC32C of an object from its parts' CRC32Cs (base64) and lengths, in
-/// order: what S3 stores for a FULL_OBJECT CRC32C multipart upload. `None` when a part's
-/// checksum is missing or not a CRC32C.
-pub fn combine_crc32c(parts: &[(Option<&str>, u64)]) -> Option<String> {
-    use crc_fast::{CrcAlgorithm, checksum_combine};
+/// How a multipart upload's checksum is kept: FULL_OBJECT (a CRC of all the bytes,
+/// whatever the parts: CRC32, CRC32C, CRC64NVME) or COMPOSITE (the checksum of the part
+/// checksums, `-N`; depends on the part boundaries). Kept in the upload ledger with the
+/// upload, so the parts, the completion (check-multipart on AWS) and a resumed run use
+/// the algorithm the upload was created with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadSum {
+    pub algo: Algo,
+    pub composite: bool,
+}
+
+impl UploadSum {
+    /// What uploads were before the algorithm was kept per upload (a ledger row without
+    /// one): FULL_OBJECT CRC32C.
+    pub const DEFAULT: UploadSum = UploadSum {
+        algo: Algo::Crc32c,
+        composite: false,
+    };
+
+    /// The upload's checksum for a source whose stored checksum is `source`: a
+    /// full-object CRC32, CRC32C or CRC64NVME is kept as FULL_OBJECT of the same
+    /// algorithm (so the two compare whatever the part sizes); a composite one only
+    /// when the copy uses the source's part boundaries (`same_parts`), as COMPOSITE of
+    /// its algorithm; anything else (SHA full-object, which S3 cannot keep for a
+    /// multipart object; a composite source copied with other parts; no checksum) is a
+    /// FULL_OBJECT CRC32C, compared with nothing of the source's.
+    pub fn for_source(source: Option<&Checksum>, same_parts: bool) -> UploadSum {
+        match source {
+            Some(c) if c.full() && c.algo.full_object_capable() => UploadSum {
+                algo: c.algo,
+                composite: false,
+            },
+            Some(c) if !c.full() && same_parts && c.algo != Algo::Crc64Nvme => UploadSum {
+                algo: c.algo,
+                composite: true,
+            },
+            _ => UploadSum::DEFAULT,
+        }
+    }
+
+    /// The ledger's text: `CRC64NVME` (FULL_OBJECT) or `SHA256/COMPOSITE`.
+    pub fn to_text(self) -> String {
+        if self.composite {
+            format!("{}/COMPOSITE", self.algo.name())
+        } else {
+            self.algo.name().to_string()
+        }
+    }
+
+    /// Reads [`UploadSum::to_text`]; `None` (an older ledger row) or an unknown text is
+    /// [`UploadSum::DEFAULT`], what such uploads were created with.
+    pub fn from_text(t: Option<&str>) -> UploadSum {
+        let Some(t) = t else {
+            return UploadSum::DEFAULT;
+        };
+        let (name, composite) = match t.strip_suffix("/COMPOSITE") {
+            Some(n) => (n, true),
+            None => (t, false),
+        };
+        Algo::from_name(name).map_or(UploadSum::DEFAULT, |algo| UploadSum { algo, composite })
+    }
+}
+
+impl serde::Serialize for UploadSum {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_text())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for UploadSum {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let t: Option<String> = serde::Deserialize::deserialize(d)?;
+        Ok(UploadSum::from_text(t.as_deref()))
+    }
+}
+
+impl Default for UploadSum {
+    fn default() -> Self {
+        UploadSum::DEFAULT
+    }
+}
+
+impl Algo {
+    /// The algorithm S3 names `name` (`CRC64NVME`, any case).
+    pub fn from_name(name: &str) -> Option<Algo> {
+        Algo::ALL
+            .into_iter()
+            .find(|a| a.name().eq_ignore_ascii_case(name))
+    }
+
+    fn crc(self) -> Option<(crc_fast::CrcAlgorithm, usize)> {
+        use crc_fast::CrcAlgorithm as C;
+        match self {
+            Algo::Crc32 => Some((C::Crc32IsoHdlc, 4)),
+            Algo::Crc32c => Some((C::Crc32Iscsi, 4)),
+            Algo::Crc64Nvme => Some((C::Crc64Nvme, 8)),
+            Algo::Sha1 | Algo::Sha256 => None,
+        }
+    }
+}
+
+/// The full-object checksum of an object from its parts' checksums (base64) and lengths,
+/// in order, for a CRC `algo` (CRC32, CRC32C, CRC64NVME): what S3 stores for a
+/// FULL_OBJECT multipart upload, the CRC of all the bytes. `None` when a part's checksum
+/// is missing or not one of `algo`, or `algo` is not a CRC.
+pub fn combine(algo: Algo, parts: &[(Option<&str>, u64)]) -> Option<String> {
+    let (crc, width) = algo.crc()?;
     let mut acc: Option<u64> = None;
     for (v, len) in parts {
         let raw = STANDARD.decode((*v)?).ok()?;
-        let crc = u32::from_be_bytes(<[u8; 4]>::try_from(raw.as_slice()).ok()?) as u64;
+        if raw.len() != width {
+            return None;
+        }
+        let mut be = [0u8; 8];
+        be[8 - width..].copy_from_slice(&raw);
+        let part = u64::from_be_bytes(be);
         acc = Some(match acc {
-            None => crc,
-            Some(a) => checksum_combine(CrcAlgorithm::Crc32Iscsi, a, crc, *len),
+            None => part,
+            Some(a) => crc_fast::checksum_combine(crc, a, part, *len),
         });
     }
-    acc.map(|c| STANDARD.encode((c as u32).to_be_bytes()))
+    acc.map(|c| STANDARD.encode(&c.to_be_bytes()[8 - width..]))
+}
+
+/// The full-object CRC32C of an object from its parts' CRC32Cs ([`combine`]).
+pub fn combine_crc32c(parts: &[(Option<&str>, u64)]) -> Option<String> {
+    combine(Algo::Crc32c, parts)
+}
+
+/// The COMPOSITE checksum of an object from its parts' checksums (base64), in order: the
+/// `algo` checksum of the parts' binary checksums one after the other (S3 appends `-N`,
+/// the part count; see [`Checksum::composite_parts`]). `None` when a part's is missing or
+/// not one of `algo`.
+pub fn composite(algo: Algo, parts: &[Option<&str>]) -> Option<String> {
+    let mut raw = Vec::with_capacity(parts.len() * 32);
+    for v in parts {
+        let b = STANDARD.decode((*v)?).ok()?;
+        if STANDARD.decode(algo.compute(b"")).ok()?.len() != b.len() {
+            return None;
+        }
+        raw.extend_from_slice(&b);
+    }
+    Some(algo.compute(&raw))
 }
 
 /// A finished part as the upload ledger keeps it: its ETag and, when S3 reported one, its
-/// CRC32C (`ETAG crc32c=BASE64`), so the completion can name every part's checksum.
-pub fn part_tag(etag: &str, crc32c: Option<&str>) -> String {
-    match crc32c {
-        Some(c) => format!("{etag} crc32c={c}"),
+/// checksum in the upload's algorithm (`ETAG crc32c=BASE64`, `ETAG sha256=BASE64`), so
+/// the completion can name every part's checksum.
+pub fn part_tag(etag: &str, sum: Option<(Algo, &str)>) -> String {
+    match sum {
+        Some((a, c)) => format!("{etag} {}={c}", a.name().to_ascii_lowercase()),
         None => etag.to_string(),
     }
 }
 
-/// The ETag and CRC32C of a part tag ([`part_tag`]; a bare ETag has no checksum).
-pub fn parse_part_tag(tag: &str) -> (&str, Option<&str>) {
-    match tag.split_once(" crc32c=") {
-        Some((e, c)) => (e, Some(c)),
-        None => (tag, None),
+/// The ETag and checksum of a part tag ([`part_tag`]; a bare ETag has no checksum).
+pub fn parse_part_tag(tag: &str) -> (&str, Option<(Algo, &str)>) {
+    if let Some((e, rest)) = tag.split_once(' ')
+        && let Some((name, c)) = rest.split_once('=')
+        && let Some(a) = Algo::from_name(name)
+    {
+        return (e, Some((a, c)));
     }
+    (tag, None)
 }
 
 #[cfg(test)]
@@ -196,6 +329,84 @@ mod tests {
     }
 
     #[test]
+    fn part_crcs_of_every_full_object_algorithm_combine_into_the_whole_objects() {
+        let data: Vec<u8> = (0..250_000u32).map(|i| (i * 13 % 241) as u8).collect();
+        for algo in [Algo::Crc32, Algo::Crc32c, Algo::Crc64Nvme] {
+            let parts: Vec<(String, u64)> = data
+                .chunks(70_000)
+                .map(|c| (algo.compute(c), c.len() as u64))
+                .collect();
+            let refs: Vec<(Option<&str>, u64)> =
+                parts.iter().map(|(v, l)| (Some(v.as_str()), *l)).collect();
+            assert_eq!(combine(algo, &refs), Some(algo.compute(&data)), "{algo:?}");
+            // A part checksum of another algorithm (another width) is no part of this one.
+            let wrong = Algo::Sha1.compute(&data[..10]);
+            assert_eq!(combine(algo, &[(Some(wrong.as_str()), 10)]), None);
+        }
+        assert_eq!(combine(Algo::Sha256, &[(Some("AAAA"), 3)]), None);
+    }
+
+    #[test]
+    fn a_composite_checksum_is_the_checksum_of_the_part_checksums() {
+        let (a, b) = (b"first part".as_slice(), b"second".as_slice());
+        for algo in [Algo::Sha256, Algo::Sha1, Algo::Crc32c, Algo::Crc32] {
+            let (ca, cb) = (algo.compute(a), algo.compute(b));
+            let mut raw = STANDARD.decode(&ca).unwrap();
+            raw.extend(STANDARD.decode(&cb).unwrap());
+            assert_eq!(
+                composite(algo, &[Some(&ca), Some(&cb)]),
+                Some(algo.compute(&raw))
+            );
+            assert_eq!(composite(algo, &[Some(&ca), None]), None);
+        }
+    }
+
+    #[test]
+    fn an_upload_keeps_the_sources_algorithm_when_the_two_can_compare() {
+        let sum = |algo, parts| Checksum {
+            algo,
+            value: "v".into(),
+            composite_parts: parts,
+        };
+        let full = |algo| UploadSum {
+            algo,
+            composite: false,
+        };
+        for a in [Algo::Crc32, Algo::Crc32c, Algo::Crc64Nvme] {
+            assert_eq!(UploadSum::for_source(Some(&sum(a, None)), false), full(a));
+        }
+        // S3 keeps no FULL_OBJECT SHA for a multipart object.
+        assert_eq!(
+            UploadSum::for_source(Some(&sum(Algo::Sha256, None)), false),
+            UploadSum::DEFAULT
+        );
+        let comp = sum(Algo::Sha256, Some(3));
+        assert_eq!(
+            UploadSum::for_source(Some(&comp), true),
+            UploadSum {
+                algo: Algo::Sha256,
+                composite: true
+            }
+        );
+        assert_eq!(
+            UploadSum::for_source(Some(&comp), false),
+            UploadSum::DEFAULT
+        );
+        assert_eq!(UploadSum::for_source(None, true), UploadSum::DEFAULT);
+        for u in [
+            UploadSum::DEFAULT,
+            full(Algo::Crc64Nvme),
+            UploadSum {
+                algo: Algo::Sha1,
+                composite: true,
+            },
+        ] {
+            assert_eq!(UploadSum::from_text(Some(&u.to_text())), u);
+        }
+        assert_eq!(UploadSum::from_text(None), UploadSum::DEFAULT);
+    }
+
+    #[test]
     fn answers_tell_full_object_from_composite() {
         let mut v: [Option<String>; 5] = Default::default();
         assert_eq!(from_answer(&v, None), None);
@@ -219,8 +430,17 @@ mod tests {
     #[test]
     fn part_tags_keep_the_etag_and_the_checksum() {
         assert_eq!(
-            parse_part_tag(&part_tag("abc", Some("Zm9v"))),
-            ("abc", Some("Zm9v"))
+            parse_part_tag(&part_tag("abc", Some((Algo::Crc32c, "Zm9v")))),
+            ("abc", Some((Algo::Crc32c, "Zm9v")))
+        );
+        // What the ledger held before the algorithm was named per upload.
+        assert_eq!(
+            parse_part_tag("abc crc32c=Zm9v"),
+            ("abc", Some((Algo::Crc32c, "Zm9v")))
+        );
+        assert_eq!(
+            parse_part_tag(&part_tag("abc", Some((Algo::Crc64Nvme, "AAAAAAAAAAA=")))),
+            ("abc", Some((Algo::Crc64Nvme, "AAAAAAAAAAA=")))
         );
         assert_eq!(parse_part_tag("abc"), ("abc", None));
     }

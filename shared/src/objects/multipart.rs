@@ -120,6 +120,38 @@ pub fn multipart_etag(part_md5s: &[[u8; 16]]) -> String {
     format!("{}-{}", hex::encode(h.finalize()), part_md5s.len())
 }
 
+/// The part size that cuts an object of `size` bytes exactly where the source's parts
+/// (their sizes, in part-number order) end: every part but the last of one size, the last
+/// no bigger, 1 to 10,000 parts, within S3's part sizes and at most `max_part` (what one
+/// part may hold in memory when it is streamed). `Err` says why not, for the log: the
+/// copy then uses its own parts.
+pub fn same_parts(size: u64, source: &[u64], max_part: u64) -> Result<u64, String> {
+    let (Some(&first), Some(&last)) = (source.first(), source.last()) else {
+        return Err("the source lists no parts".into());
+    };
+    if source.len() as u64 > MAX_PARTS {
+        return Err(format!("{} parts, over S3's 10,000", source.len()));
+    }
+    if source.iter().sum::<u64>() != size {
+        return Err(format!(
+            "its parts add up to {} bytes, the object has {size}",
+            source.iter().sum::<u64>()
+        ));
+    }
+    if source[..source.len() - 1].iter().any(|&p| p != first) || last == 0 || last > first {
+        return Err("its parts are not all of one size (the last no bigger)".into());
+    }
+    if first > MAX_PART || (source.len() > 1 && first < MIN_PART) {
+        return Err(format!("its part size {first} is outside S3's limits"));
+    }
+    if first > max_part {
+        return Err(format!(
+            "its part size {first} is over the {max_part} bytes one streamed part may hold"
+        ));
+    }
+    Ok(first)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +189,24 @@ mod tests {
                 .to_string()
                 .contains("1048576")
         );
+    }
+
+    #[test]
+    fn a_copy_cuts_where_the_sources_parts_end_when_they_are_regular() {
+        let m = 5 * MIB;
+        assert_eq!(same_parts(12 * MIB, &[m, m, 2 * MIB], GIB), Ok(m));
+        assert_eq!(parts(12 * MIB, m).len(), 3);
+        assert_eq!(same_parts(3, &[3], GIB), Ok(3));
+        for bad in [
+            same_parts(12 * MIB, &[], GIB),
+            same_parts(12 * MIB, &[m, 6 * MIB, MIB], GIB),
+            same_parts(12 * MIB, &[m, m, m], GIB),
+            same_parts(16 * MIB, &[m, m, 6 * MIB], GIB),
+            same_parts(2 * MIB, &[MIB, MIB], GIB),
+            same_parts(12 * MIB, &[m, m, 2 * MIB], MIB),
+        ] {
+            assert!(bad.is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -487,34 +487,43 @@ async fn copy_object(
         Mode::Server => MAX_SINGLE,
         Mode::Stream => spec.part_size,
     };
+    // A part of the source's own layout is held whole when streamed: at most what the
+    // stream buffer (or the part size, when bigger) allows.
+    let max_part = match spec.mode {
+        Mode::Server => multipart::MAX_PART,
+        Mode::Stream => spec.part_size.max(spec.stream_buffer),
+    };
     let mut e = e;
     let mut replans = 0;
     let r = loop {
-        let (r, attempts) =
-            match multipart::plan(e.size, spec.threshold, spec.part_size, single_limit) {
-                Err(p) => (
-                    Err(ItemError::new(
-                        ErrorClass::BadInput,
-                        format!("{}: {p}", rec.source),
-                    )),
-                    0,
-                ),
-                Ok(Plan::Single) => {
-                    with_retries(&spec.retry, |_| async {
-                        let _p = permits.take(e.size).await;
-                        t.single(&e).await
-                    })
-                    .await
-                }
-                Ok(Plan::Multipart { part_size, parts }) => {
-                    // CRC32s of the parts read in this run, across attempts.
-                    let crcs = std::sync::Mutex::new(std::collections::HashMap::new());
-                    with_retries(&spec.retry, |_| {
-                        multipart_copy(&t, edges.ledger, &e, part_size, &parts, &permits, &crcs)
-                    })
-                    .await
-                }
-            };
+        let planned = {
+            let _p = permits.take(0).await;
+            t.plan(&e, spec.threshold, spec.part_size, single_limit, max_part)
+                .await
+        };
+        let (r, attempts) = match planned {
+            Err(err) => (Err(err), 0),
+            Ok((Plan::Single, _)) => {
+                with_retries(&spec.retry, |_| async {
+                    let _p = permits.take(e.size).await;
+                    t.single(&e).await
+                })
+                .await
+            }
+            Ok((Plan::Multipart { part_size, parts }, same_parts)) => {
+                // CRC32s of the parts read in this run, across attempts.
+                let crcs = std::sync::Mutex::new(std::collections::HashMap::new());
+                let layout = Layout {
+                    part_size,
+                    parts: &parts,
+                    same_parts,
+                };
+                with_retries(&spec.retry, |_| {
+                    multipart_copy(&t, edges.ledger, &e, &layout, &permits, &crcs)
+                })
+                .await
+            }
+        };
         rec.attempts += attempts;
         // The source changed since it was listed: plan it again from what it holds now
         // (a few times; an object rewritten faster than it copies fails, named).
@@ -570,19 +579,32 @@ async fn copy_object(
 /// How often one object is planned again because its source changed while it was copied.
 const MAX_REPLANS: u32 = 3;
 
+/// The parts of one multipart copy, and whether they are the source's own.
+struct Layout<'a> {
+    part_size: u64,
+    parts: &'a [multipart::Part],
+    same_parts: bool,
+}
+
 /// One attempt at a multipart copy: reuses the open upload of this object (same size and
 /// source ETag) and skips its finished parts; parts run under the shared permits.
 async fn multipart_copy(
     t: &Transfer<'_>,
     ledger: &dyn UploadLedger,
     e: &Entry,
-    part_size: u64,
-    parts: &[multipart::Part],
+    layout: &Layout<'_>,
     permits: &Permits,
     crcs: &std::sync::Mutex<std::collections::HashMap<u32, crc32fast::Hasher>>,
 ) -> Result<Option<String>, ItemError> {
+    let parts = layout.parts;
     let upload = t
-        .open_upload(ledger, e, part_size, parts.len() as u32)
+        .open_upload(
+            ledger,
+            e,
+            layout.part_size,
+            parts.len() as u32,
+            layout.same_parts,
+        )
         .await?;
     let done: std::collections::HashSet<u32> = ledger
         .parts_done(&upload)
@@ -594,7 +616,7 @@ async fn multipart_copy(
     let todo = parts.iter().filter(|p| !done.contains(&p.number));
     let results = futures::future::join_all(todo.map(|p| async {
         let _permit = permits.take(p.len).await;
-        let (etag, crc) = t.part_read(e, &upload.upload_id, p).await?;
+        let (etag, crc) = t.part_read(e, &upload, p).await?;
         if let Some(c) = crc {
             crcs.lock().expect("crc lock").insert(p.number, c);
         }
@@ -637,16 +659,7 @@ async fn multipart_copy(
         }
         return Err(err);
     }
-    match t
-        .complete(
-            e,
-            &upload.upload_id,
-            finished,
-            upload.parts,
-            upload.part_size,
-        )
-        .await
-    {
+    match t.complete(e, &upload, finished).await {
         Ok(etag) => {
             ledger.finish(&upload).await.map_err(ledger_error)?;
             Ok(etag)

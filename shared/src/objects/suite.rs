@@ -163,6 +163,15 @@ impl ObjectsConfig {
             Mode::Stream => self.part_size,
         }
     }
+
+    /// The biggest source part copied in the source's own layout: streamed, one part is
+    /// held in memory, so no bigger than the configured part size.
+    fn max_source_part(&self) -> u64 {
+        match self.mode {
+            Mode::Server => multipart::MAX_PART,
+            Mode::Stream => self.part_size,
+        }
+    }
 }
 
 /// The clients and tables the object functions work with.
@@ -563,18 +572,22 @@ async fn object_job(job: &Job, compare: Compare, e: &ObjectsEdges<'_>) -> Result
         tracing::info!(object = %e.dst.url.object(&entry.key), "the destination already holds it; nothing to copy");
         return Ok(());
     }
-    let plan = multipart::plan(
-        entry.size,
-        e.cfg.threshold,
-        e.cfg.part_size,
-        e.cfg.single_limit(),
-    )
-    .map_err(|p| {
-        ItemError::new(
-            ErrorClass::BadInput,
-            format!("{}: {p}", e.src.url.object(&entry.key)),
+    let planned = e
+        .transfer()
+        .plan(
+            &entry,
+            e.cfg.threshold,
+            e.cfg.part_size,
+            e.cfg.single_limit(),
+            e.cfg.max_source_part(),
         )
-    })?;
+        .await;
+    let (plan, same_parts) = match planned {
+        Err(x) if x.class == ErrorClass::SourceChanged => {
+            return replan(job.run(), &entry.key, &x, e).await;
+        }
+        r => r?,
+    };
     match plan {
         Plan::Single => {
             let r = e.transfer().single(&entry).await;
@@ -592,7 +605,7 @@ async fn object_job(job: &Job, compare: Compare, e: &ObjectsEdges<'_>) -> Result
         Plan::Multipart { part_size, parts } => {
             let upload = match e
                 .transfer()
-                .open_upload(e.ledger, &entry, part_size, parts.len() as u32)
+                .open_upload(e.ledger, &entry, part_size, parts.len() as u32, same_parts)
                 .await
             {
                 Err(x) if x.class == ErrorClass::SourceChanged => {
@@ -652,7 +665,7 @@ async fn part_job(job: &Job, upload_id: &str, e: &ObjectsEdges<'_>) -> Result<()
         tracing::info!(object = %dest, upload_id, part = part.number, "part already done; nothing to write");
         return Ok(());
     }
-    let etag = match e.transfer().part(&entry, upload_id, &part).await {
+    let etag = match e.transfer().part(&entry, &upload, &part).await {
         Err(x) if x.class == ErrorClass::SourceChanged => {
             // The upload can never complete into the listed version: free it and plan the
             // object again, so no object is ever made of parts of two versions.
@@ -817,10 +830,7 @@ async fn check_upload(
     };
     let run = format!("multipart-{}", now.format("%Y%m%d"));
     if parts.len() as u32 >= u.parts {
-        let r = e
-            .transfer()
-            .complete(&entry, &u.upload_id, parts, u.parts, u.part_size)
-            .await;
+        let r = e.transfer().complete(&entry, u, parts).await;
         match &r {
             Ok(_) => sum.completed += 1,
             Err(x) if x.class == ErrorClass::Retryable => {

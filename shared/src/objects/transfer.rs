@@ -5,8 +5,9 @@
 //!
 //! Every PUT and part carries Content-MD5 and an additional checksum S3 checks the bytes
 //! against (the source's algorithm when the source has a full-object checksum, else
-//! CRC32C; parts CRC32C, the object's a FULL_OBJECT CRC32C); CopyObject asks S3 to compute
-//! that checksum over the copied bytes. Bytes read from the source are checked against
+//! CRC32C; a multipart upload's follows the source's, [`UploadSum::for_source`]: FULL_OBJECT
+//! of the source's CRC, COMPOSITE of its algorithm in its own parts, else FULL_OBJECT
+//! CRC32C); CopyObject asks S3 to compute that checksum over the copied bytes. Bytes read from the source are checked against
 //! the source's ETag when that ETag is an MD5 (single-part, not KMS) and against its
 //! stored full-object checksum; the destination's checksum must equal the source's when
 //! the source has one of the same kind (full-object, same algorithm), and the destination
@@ -14,7 +15,7 @@
 //! mismatch is a `DigestMismatch` failure and the object is never recorded as copied.
 
 use super::bucket::{Bucket, DestOptions, bare_etag, is_md5_etag};
-use super::checksum::{self, Algo, Checksum};
+use super::checksum::{self, Algo, Checksum, UploadSum};
 use super::diff::Entry;
 use super::multipart::{Part, multipart_etag};
 use super::uploads::{Upload, UploadLedger};
@@ -232,10 +233,124 @@ impl Transfer<'_> {
         Ok(self.src.head(&e.key).await?.is_some_and(|h| h.kms))
     }
 
+    /// The part size that copies `e` with the source's own part boundaries, when that makes
+    /// the copy's checksum comparable with the source's and nothing else would: the source
+    /// stores a COMPOSITE checksum (the checksum of its part checksums, `-N`), which only a
+    /// COMPOSITE upload of the same algorithm with the same parts reproduces. One
+    /// GetObjectAttributes (ObjectParts; per 1,000 parts), asked only of sources whose
+    /// listed ETag says multipart (`-N`). `None` (the copy uses its own parts, and the
+    /// composite checksum is not compared) when the source has no composite checksum,
+    /// lists no parts, or its parts cannot be reproduced ([`super::multipart::same_parts`]:
+    /// not all of one size, or, streamed, bigger than `max_part`). A source changed since
+    /// the listing is `SourceChanged`.
+    pub async fn source_parts(&self, e: &Entry, max_part: u64) -> Result<Option<u64>, ItemError> {
+        let listed_multipart = e
+            .etag
+            .as_deref()
+            .and_then(|t| bare_etag(t).rsplit_once('-').map(|(_, n)| n.to_string()))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if !listed_multipart {
+            return Ok(None);
+        }
+        let url = self.src.url.object(&e.key);
+        let a = self.src.object_parts(&e.key).await?;
+        if a.etag.as_deref().map(bare_etag) != e.etag.as_deref().map(bare_etag) || a.size != e.size
+        {
+            return Err(ItemError::new(
+                ErrorClass::SourceChanged,
+                format!(
+                    "{url} changed since it was listed ({} bytes, ETag {:?}; listed {} bytes, ETag {:?})",
+                    a.size, a.etag, e.size, e.etag
+                ),
+            ));
+        }
+        let Some(sum) = a
+            .checksum
+            .filter(|c| !c.full() && c.algo != Algo::Crc64Nvme)
+        else {
+            return Ok(None);
+        };
+        let mut parts: Vec<(u32, u64)> = a.parts.iter().map(|p| (p.number, p.size)).collect();
+        parts.sort();
+        let numbered = parts
+            .iter()
+            .enumerate()
+            .all(|(i, (n, _))| *n as usize == i + 1);
+        let count_agrees = a.count.is_none_or(|n| n as usize == parts.len())
+            && sum
+                .composite_parts
+                .is_none_or(|n| n == 0 || n as usize == parts.len());
+        let sizes: Vec<u64> = parts.iter().map(|p| p.1).collect();
+        let why = if !numbered || !count_agrees {
+            Err(format!(
+                "its part list ({} parts) does not match its part count ({:?}, checksum {sum})",
+                parts.len(),
+                a.count
+            ))
+        } else {
+            super::multipart::same_parts(e.size, &sizes, max_part)
+        };
+        match why {
+            Ok(p) => Ok(Some(p)),
+            Err(why) => {
+                tracing::info!(object = %url, checksum = %sum, reason = %why, "the source's composite checksum cannot be reproduced; copying with our own parts (checked by ETag, size and each part's checksum)");
+                Ok(None)
+            }
+        }
+    }
+
+    /// How `e` moves ([`super::multipart::plan`]), and whether in the source's own parts:
+    /// a source with a COMPOSITE checksum whose parts can be reproduced is copied in those
+    /// parts, whatever its size ([`Transfer::source_parts`]), so the copy's checksum
+    /// compares with it. When the source's parts cannot be read (an older role without
+    /// s3:GetObjectAttributes, an S3-compatible store without the call) the copy goes on
+    /// with its own parts, as before, and says so in the log; a source changed since the
+    /// listing is `SourceChanged`.
+    pub async fn plan(
+        &self,
+        e: &Entry,
+        threshold: u64,
+        preferred_part: u64,
+        single_limit: u64,
+        max_part: u64,
+    ) -> Result<(super::multipart::Plan, bool), ItemError> {
+        use super::multipart::{self, Plan};
+        match self.source_parts(e, max_part).await {
+            Ok(Some(part_size)) => {
+                return Ok((
+                    Plan::Multipart {
+                        part_size,
+                        parts: multipart::parts(e.size, part_size),
+                    },
+                    true,
+                ));
+            }
+            Ok(None) => {}
+            Err(x) if x.class == ErrorClass::SourceChanged => return Err(x),
+            Err(x) => {
+                tracing::warn!(object = %self.src.url.object(&e.key), error = %x.message, "cannot read the source's parts; copying with our own parts (a composite source checksum is not compared)");
+            }
+        }
+        let plan =
+            multipart::plan(e.size, threshold, preferred_part, single_limit).map_err(|p| {
+                ItemError::new(
+                    ErrorClass::BadInput,
+                    format!("{}: {p}", self.src.url.object(&e.key)),
+                )
+            })?;
+        Ok((plan, false))
+    }
+
     /// Starts a multipart upload with the source's metadata (and tags), for the listed
     /// version only: a source whose ETag or size changed since the listing is
-    /// `SourceChanged`.
-    pub async fn start_upload(&self, e: &Entry) -> Result<String, ItemError> {
+    /// `SourceChanged`. The upload's checksum follows the source's
+    /// ([`UploadSum::for_source`]; `same_parts`: the parts are the source's, so a composite
+    /// checksum can be reproduced). Returns the upload id and its checksum.
+    pub async fn start_upload(
+        &self,
+        e: &Entry,
+        same_parts: bool,
+    ) -> Result<(String, UploadSum), ItemError> {
         let url = self.src.url.object(&e.key);
         let head = self.src.head(&e.key).await?.ok_or_else(|| {
             ItemError::new(ErrorClass::NotFound, format!("{url} no longer exists"))
@@ -257,21 +372,26 @@ impl Transfer<'_> {
         } else {
             None
         };
-        self.dst
-            .create_upload(&e.key, &head.meta, tagging, self.opts)
-            .await
+        let sum = UploadSum::for_source(head.checksum.as_ref(), same_parts);
+        let id = self
+            .dst
+            .create_upload(&e.key, &head.meta, tagging, self.opts, sum)
+            .await?;
+        Ok((id, sum))
     }
 
     /// The open multipart upload of this object: the one in the ledger when it was begun
     /// for the same size, source ETag and part size; otherwise a stale one is aborted and
     /// forgotten, a new one is started and recorded. When another worker records its
     /// upload first, ours is aborted and theirs is used.
+    /// `same_parts`: the parts are the source's own ([`Transfer::source_parts`]).
     pub async fn open_upload(
         &self,
         ledger: &dyn UploadLedger,
         e: &Entry,
         part_size: u64,
         parts: u32,
+        same_parts: bool,
     ) -> Result<Upload, ItemError> {
         let dest = self.dst.url.object(&e.key);
         let stale = match ledger.find(&dest).await.map_err(ledger_error)? {
@@ -290,7 +410,7 @@ impl Transfer<'_> {
         }
         // The intent goes first: an upload a crash leaves unrecorded is still known as ours.
         ledger.intend(&dest).await.map_err(ledger_error)?;
-        let upload_id = self.start_upload(e).await?;
+        let (upload_id, checksum) = self.start_upload(e, same_parts).await?;
         let mine = Upload {
             dest,
             key: e.key.clone(),
@@ -300,6 +420,7 @@ impl Transfer<'_> {
             part_size,
             parts,
             started_at: chrono::Utc::now(),
+            checksum,
         };
         let open = ledger.begin(&mine).await.map_err(ledger_error)?;
         if open.upload_id != upload_id {
@@ -311,10 +432,11 @@ impl Transfer<'_> {
         Ok(open)
     }
 
-    /// Moves one part. Returns its part tag ([`checksum::part_tag`]: the ETag and the
-    /// CRC32C S3 stored for it), what the upload ledger keeps.
-    pub async fn part(&self, e: &Entry, upload_id: &str, p: &Part) -> Result<String, ItemError> {
-        Ok(self.part_read(e, upload_id, p).await?.0)
+    /// Moves one part of upload `u`. Returns its part tag ([`checksum::part_tag`]: the
+    /// ETag and the checksum S3 stored for it in the upload's algorithm), what the upload
+    /// ledger keeps.
+    pub async fn part(&self, e: &Entry, u: &Upload, p: &Part) -> Result<String, ItemError> {
+        Ok(self.part_read(e, u, p).await?.0)
     }
 
     /// Moves one part. Returns its ETag and, when the bytes came through here (stream), the
@@ -323,9 +445,10 @@ impl Transfer<'_> {
     pub async fn part_read(
         &self,
         e: &Entry,
-        upload_id: &str,
+        u: &Upload,
         p: &Part,
     ) -> Result<(String, Option<crc32fast::Hasher>), ItemError> {
+        let (upload_id, algo) = (u.upload_id.as_str(), u.checksum.algo);
         match self.mode {
             Mode::Server => {
                 let (etag, crc) = self
@@ -337,9 +460,13 @@ impl Transfer<'_> {
                         p.range(),
                         self.src,
                         e.etag.as_deref(),
+                        algo,
                     )
                     .await?;
-                Ok((checksum::part_tag(&etag, crc.as_deref()), None))
+                Ok((
+                    checksum::part_tag(&etag, crc.as_deref().map(|c| (algo, c))),
+                    None,
+                ))
             }
             Mode::Stream => {
                 let body = self
@@ -357,20 +484,21 @@ impl Transfer<'_> {
                     )));
                 }
                 let md5 = md5_of(&body);
-                let crc = Algo::Crc32c.compute(&body);
+                let crc = algo.compute(&body);
                 let mut crc32 = crc32fast::Hasher::new();
                 crc32.update(&body);
                 let (etag, encrypted, stored) = self
                     .dst
-                    .upload_part(&e.key, upload_id, p.number, body, &md5, &crc)
+                    .upload_part(&e.key, upload_id, p.number, body, &md5, (algo, &crc))
                     .await?;
                 if let Some(got) = &stored
                     && *got != crc
                 {
                     return Err(mismatch(format!(
-                        "part {} of {}: CRC32C {got} stored, {crc} sent",
+                        "part {} of {}: {} {got} stored, {crc} sent",
                         p.number,
-                        self.dst.url.object(&e.key)
+                        self.dst.url.object(&e.key),
+                        algo.name()
                     )));
                 }
                 // S3 checked the part against its Content-MD5; an MD5 ETag must say the same.
@@ -382,7 +510,7 @@ impl Transfer<'_> {
                         hex::encode(md5)
                     )));
                 }
-                Ok((checksum::part_tag(&etag, Some(&crc)), Some(crc32)))
+                Ok((checksum::part_tag(&etag, Some((algo, &crc))), Some(crc32)))
             }
         }
     }
@@ -432,18 +560,20 @@ impl Transfer<'_> {
         Ok(())
     }
 
-    /// Completes an upload from its finished parts (all of them, any order; `part_size` as
-    /// planned) and verifies the object: S3 checks the whole object's CRC32C, combined from
-    /// the parts' CRC32Cs, and the result must equal the source's full-object CRC32C when it
-    /// has one. Returns the destination ETag.
+    /// Completes upload `u` from its finished parts (all of them, any order) and verifies
+    /// the object by the upload's checksum ([`Upload::checksum`]): FULL_OBJECT, the parts'
+    /// checksums combined into the whole object's (sent, so S3 checks it); COMPOSITE, the
+    /// checksum of the part checksums. Before anything is completed it must equal the
+    /// source's stored checksum of the same algorithm and kind, and afterwards what S3
+    /// reports. Returns the destination ETag.
     pub async fn complete(
         &self,
         e: &Entry,
-        upload_id: &str,
+        u: &Upload,
         mut parts: Vec<(u32, String)>,
-        expected: u32,
-        part_size: u64,
     ) -> Result<Option<String>, ItemError> {
+        let (upload_id, expected, part_size, sum) =
+            (u.upload_id.as_str(), u.parts, u.part_size, u.checksum);
         parts.sort();
         parts.dedup_by_key(|p| p.0);
         let numbers: Vec<u32> = parts.iter().map(|p| p.0).collect();
@@ -461,42 +591,55 @@ impl Transfer<'_> {
         let tags: Vec<(u32, &str, Option<&str>)> = parts
             .iter()
             .map(|(n, t)| {
-                let (etag, crc) = checksum::parse_part_tag(t);
-                (*n, etag, crc)
+                let (etag, c) = checksum::parse_part_tag(t);
+                (*n, etag, c.filter(|(a, _)| *a == sum.algo).map(|(_, v)| v))
             })
             .collect();
         let lens = super::multipart::parts(e.size, part_size);
-        let full = (lens.len() == tags.len())
-            .then(|| {
-                checksum::combine_crc32c(
-                    &tags
-                        .iter()
-                        .zip(&lens)
-                        .map(|((_, _, c), p)| (*c, p.len))
-                        .collect::<Vec<_>>(),
-                )
-            })
-            .flatten();
-        // Before anything is completed: the parts must add up to the source's full-object
-        // CRC32C when it stores one (asked of the source now; the copy is of the listed
-        // version, so a source changed since is not compared). A mismatch completes
-        // nothing, so no wrong object ever appears at the destination.
-        if let Some(want) = &full
+        // What the whole object's checksum must be, from the parts.
+        let want: Option<Checksum> = if sum.composite {
+            checksum::composite(sum.algo, &tags.iter().map(|t| t.2).collect::<Vec<_>>()).map(
+                |value| Checksum {
+                    algo: sum.algo,
+                    value,
+                    composite_parts: Some(expected),
+                },
+            )
+        } else {
+            (lens.len() == tags.len())
+                .then(|| {
+                    checksum::combine(
+                        sum.algo,
+                        &tags
+                            .iter()
+                            .zip(&lens)
+                            .map(|((_, _, c), p)| (*c, p.len))
+                            .collect::<Vec<_>>(),
+                    )
+                })
+                .flatten()
+                .map(|value| Checksum {
+                    algo: sum.algo,
+                    value,
+                    composite_parts: None,
+                })
+        };
+        // Before anything is completed: the parts must add up to the source's checksum of
+        // the same algorithm and kind when it stores one (asked of the source now; the
+        // copy is of the listed version, so a source changed since is not compared). A
+        // mismatch completes nothing, so no wrong object ever appears at the destination.
+        if let Some(want) = &want
             && let Some(h) = self.src.head(&e.key).await?
             && (e.etag.is_none()
                 || h.etag.as_deref().map(bare_etag) == e.etag.as_deref().map(bare_etag))
+            && let Some(source) = &h.checksum
         {
-            compare_checksums(
-                &dest_url,
-                "from the parts",
-                Algo::Crc32c,
-                Some(want),
-                h.checksum.as_ref(),
-            )?;
+            compare_sums(&dest_url, "from the parts", want, source)?;
         }
+        let full = want.as_ref().filter(|w| w.full()).map(|w| w.value.as_str());
         let (etag, encrypted, stored) = match self
             .dst
-            .complete_upload(&e.key, upload_id, &tags, full.as_deref())
+            .complete_upload(&e.key, upload_id, &tags, sum.algo, full)
             .await
         {
             Ok(w) => (w.etag, w.encrypted, w.checksum),
@@ -510,11 +653,8 @@ impl Transfer<'_> {
                             .is_some_and(|t| t.ends_with(&format!("-{expected}"))) =>
                 {
                     tracing::warn!(object = %dest_url, error = %crate::retry::clip(&err.message, 160), "completing answered badly; the object is there, checking it");
-                    let crc = h
-                        .checksum
-                        .filter(|c| c.algo == Algo::Crc32c && c.full())
-                        .map(|c| c.value);
-                    (h.etag, h.kms, crc)
+                    let stored = h.checksums[sum.algo as usize].clone();
+                    (h.etag, h.kms, stored)
                 }
                 _ => return Err(err),
             },
@@ -549,19 +689,11 @@ impl Transfer<'_> {
                 )));
             }
         }
-        // The whole object's CRC32C S3 reports is what the parts add up to.
-        if let Some(want) = &full {
-            compare_checksums(
-                &dest_url,
-                "after completing",
-                Algo::Crc32c,
-                stored.as_deref(),
-                Some(&Checksum {
-                    algo: Algo::Crc32c,
-                    value: want.clone(),
-                    composite_parts: None,
-                }),
-            )?;
+        // The whole object's checksum S3 reports is what the parts add up to.
+        if let Some(want) = &want
+            && let Some(got) = stored.as_deref().and_then(|v| answer_sum(sum.algo, v))
+        {
+            compare_sums(&dest_url, "after completing", &got, want)?;
         }
         self.verify_size(e).await?;
         Ok(etag)
@@ -604,6 +736,31 @@ fn compare_checksums(
             algo.name(),
             want.value
         )));
+    }
+    Ok(true)
+}
+
+/// A checksum of `algo` as an answer gives it (`value`, or `value-N` when COMPOSITE).
+fn answer_sum(algo: Algo, raw: &str) -> Option<Checksum> {
+    let mut values: [Option<String>; 5] = Default::default();
+    values[algo as usize] = Some(raw.to_string());
+    checksum::from_answer(&values, None)
+}
+
+/// Compares two stored checksums when they are of the same algorithm and kind (both
+/// full-object, or both COMPOSITE: then the part counts must agree too, when known).
+/// `Ok(true)` when they agree, `Ok(false)` when they cannot be compared, `DigestMismatch`
+/// otherwise.
+fn compare_sums(url: &str, when: &str, got: &Checksum, want: &Checksum) -> Result<bool, ItemError> {
+    if got.algo != want.algo || got.full() != want.full() {
+        return Ok(false);
+    }
+    let parts_differ = matches!(
+        (got.composite_parts, want.composite_parts),
+        (Some(a), Some(b)) if a != 0 && b != 0 && a != b
+    );
+    if got.value != want.value || parts_differ {
+        return Err(mismatch(format!("{url}: {got} {when}, expected {want}")));
     }
     Ok(true)
 }

@@ -5,6 +5,7 @@
 //! `seq` items holding the newest S3 event sequencer per key and `verified` items holding
 //! the source and destination ETags of the last verified copy).
 
+use super::checksum::UploadSum;
 use crate::status::dynamodb::{Item, all_pages, conditional, get_n, get_s, get_t, n, s, sdk};
 use crate::status::{SqliteStore, StoreError};
 use async_trait::async_trait;
@@ -25,6 +26,10 @@ pub struct Upload {
     pub part_size: u64,
     pub parts: u32,
     pub started_at: DateTime<Utc>,
+    /// The upload's checksum (algorithm, FULL_OBJECT or COMPOSITE), as it was created:
+    /// its parts and its completion use it. Older records: FULL_OBJECT CRC32C.
+    #[serde(default)]
+    pub checksum: UploadSum,
 }
 
 /// Keeps uploads and parts.
@@ -77,7 +82,7 @@ impl UploadLedger for SqliteStore {
     async fn find(&self, dest: &str) -> Result<Option<Upload>, StoreError> {
         let c = self.conn.lock().expect("state lock");
         Ok(c.query_row(
-            "SELECT dest, key, upload_id, size, source_etag, part_size, parts, started_at FROM uploads WHERE dest = ?1",
+            "SELECT dest, key, upload_id, size, source_etag, part_size, parts, started_at, checksum FROM uploads WHERE dest = ?1",
             params![dest],
             row,
         )
@@ -87,7 +92,7 @@ impl UploadLedger for SqliteStore {
         {
             let c = self.conn.lock().expect("state lock");
             c.execute(
-                "INSERT OR IGNORE INTO uploads VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT OR IGNORE INTO uploads (dest, key, upload_id, size, source_etag, part_size, parts, started_at, checksum) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![
                     u.dest,
                     u.key,
@@ -96,7 +101,8 @@ impl UploadLedger for SqliteStore {
                     u.source_etag,
                     u.part_size as i64,
                     u.parts,
-                    u.started_at.to_rfc3339()
+                    u.started_at.to_rfc3339(),
+                    u.checksum.to_text()
                 ],
             )?;
         }
@@ -171,7 +177,7 @@ impl UploadLedger for SqliteStore {
     }
     async fn open(&self) -> Result<Vec<Upload>, StoreError> {
         let c = self.conn.lock().expect("state lock");
-        let mut st = c.prepare("SELECT dest, key, upload_id, size, source_etag, part_size, parts, started_at FROM uploads ORDER BY dest")?;
+        let mut st = c.prepare("SELECT dest, key, upload_id, size, source_etag, part_size, parts, started_at, checksum FROM uploads ORDER BY dest")?;
         let rows = st.query_map([], row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -190,6 +196,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Upload> {
         started_at: DateTime::parse_from_rfc3339(&t)
             .map(|t| t.with_timezone(&Utc))
             .unwrap_or_default(),
+        checksum: UploadSum::from_text(r.get::<_, Option<String>>(8)?.as_deref()),
     })
 }
 
@@ -209,6 +216,7 @@ fn upload_item(u: &Upload) -> Item {
         ("part_size", n(u.part_size)),
         ("parts", n(u.parts)),
         ("started_at", s(u.started_at.to_rfc3339())),
+        ("checksum", s(u.checksum.to_text())),
         // The key of the sparse index of open uploads: only upload items carry it.
         ("open", s("upload")),
     ]
@@ -231,6 +239,7 @@ fn upload_from(i: &Item) -> Upload {
         part_size: get_n(i, "part_size"),
         parts: get_n(i, "parts") as u32,
         started_at: get_t(i, "started_at").unwrap_or_default(),
+        checksum: UploadSum::from_text(get_s(i, "checksum").as_deref()),
     }
 }
 
@@ -547,8 +556,14 @@ mod tests {
             part_size: 5,
             parts: 3,
             started_at: Utc::now(),
+            checksum: UploadSum {
+                algo: super::super::checksum::Algo::Crc64Nvme,
+                composite: false,
+            },
         };
         assert_eq!(st.begin(&u).await.unwrap().upload_id, "u1");
+        // The upload keeps its algorithm (a resumed run completes with it).
+        assert_eq!(st.find("s3://d/k").await.unwrap().unwrap(), u);
         let other = Upload {
             upload_id: "u2".into(),
             ..u.clone()

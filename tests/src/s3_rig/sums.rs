@@ -7,7 +7,8 @@
 //!   arrived: `400 BadDigest` when they differ, `400 InvalidRequest` for a value that is
 //!   not a checksum of that algorithm. A PUT without one gets S3's default, a CRC64NVME.
 //! - CreateMultipartUpload's `x-amz-checksum-algorithm`/`-type` (COMPOSITE by default,
-//!   FULL_OBJECT for CRC64NVME; FULL_OBJECT only for CRCs) apply to its parts: a part of
+//!   FULL_OBJECT for CRC64NVME; FULL_OBJECT only for CRCs, COMPOSITE never for CRC64NVME)
+//!   apply to its parts: a part of
 //!   another algorithm is refused; UploadPartCopy's checksum is computed over the copied
 //!   range; CompleteMultipartUpload must name every part's checksum as stored (else
 //!   `InvalidRequest` / `InvalidPart`), and a full-object checksum it sends must match
@@ -17,7 +18,9 @@
 //!   the copied bytes when asked.
 //! - Stored checksums are answered on HEAD and GET with `x-amz-checksum-mode: ENABLED`
 //!   (not on ranged GETs), with `x-amz-checksum-type`, in PUT/part/copy/complete answers
-//!   and in GetObjectAttributes.
+//!   and in GetObjectAttributes, which also lists a multipart object's parts (ObjectParts:
+//!   number, size, checksum; paged by `x-amz-max-parts`/`x-amz-part-number-marker`), which
+//!   moto does not.
 //! - SSE-C: an object PUT with a customer key is read (HEAD, GET, copy source) only with
 //!   the same key's headers; otherwise HEAD answers a bare 400 and GET/copy
 //!   `400 InvalidRequest`, as S3 does. Its ETag is not the MD5 of its bytes.
@@ -55,6 +58,9 @@ pub struct Stored {
     pub parts: Option<u32>,
     /// moto's ETag of the object when it was stored (a record of an older version is stale).
     pub etag: String,
+    /// A multipart object's parts: (number, size, checksum in `algo`), what
+    /// GetObjectAttributes lists as ObjectParts.
+    pub layout: Vec<(u32, u64, String)>,
 }
 
 #[derive(Default)]
@@ -64,6 +70,8 @@ pub struct SumState {
     pub uploads: HashMap<String, (String, String)>,
     /// (upload id, part number) → checksum.
     pub parts: HashMap<(String, u32), String>,
+    /// (upload id, part number) → size.
+    pub part_sizes: HashMap<(String, u32), u64>,
     /// SSE-C objects → the key's MD5 (base64).
     pub sse_c: HashMap<String, String>,
 }
@@ -243,8 +251,8 @@ pub(super) struct Pending {
     /// A PUT: the checksum sent (or S3's default), and the SSE-C key MD5.
     put: Option<(String, String)>,
     sse_c: Option<String>,
-    /// An UploadPart: the part's checksum in the upload's algorithm.
-    part: Option<(String, u32, String, String)>,
+    /// An UploadPart: the part's checksum in the upload's algorithm, and its size.
+    part: Option<(String, u32, String, String, u64)>,
 }
 
 pub(super) fn before(s: &Shared, t: &Target, head: &str, body: Vec<u8>) -> Before {
@@ -281,6 +289,13 @@ pub(super) fn before(s: &Shared, t: &Target, head: &str, body: Vec<u8>) -> Befor
                 }
                 .to_string()
             });
+            if kind == "COMPOSITE" && a == "CRC64NVME" {
+                return Before::Refuse(error(
+                    400,
+                    "InvalidRequest",
+                    "The CRC64NVME checksum algorithm does not support the COMPOSITE checksum type.",
+                ));
+            }
             if kind == "FULL_OBJECT" && a.starts_with("SHA") {
                 return Before::Refuse(error(
                     400,
@@ -341,7 +356,7 @@ pub(super) fn before(s: &Shared, t: &Target, head: &str, body: Vec<u8>) -> Befor
                 ));
             }
             let value = compute(&algo, &data).unwrap_or_default();
-            pending.part = Some((id, number, algo, value));
+            pending.part = Some((id, number, algo, value, data.len() as u64));
         }
     } else {
         // S3's default for an object sent without a checksum: CRC64NVME.
@@ -395,13 +410,63 @@ fn part_list(xml: &str) -> Vec<(u32, Vec<(String, String)>)> {
         .collect()
 }
 
+/// A FULL_OBJECT checksum combined from the parts' CRCs (base64) and sizes, in order: the
+/// CRC of all the bytes (S3: "the checksum of the whole object, whatever the parts").
+pub fn combine_full(algo: &str, parts: &[(String, u64)]) -> Option<String> {
+    use crc_fast::CrcAlgorithm as C;
+    let (crc, width) = match algo {
+        "CRC32" => (C::Crc32IsoHdlc, 4),
+        "CRC32C" => (C::Crc32Iscsi, 4),
+        "CRC64NVME" => (C::Crc64Nvme, 8),
+        _ => return None,
+    };
+    let mut acc: Option<u64> = None;
+    for (v, len) in parts {
+        let raw = STANDARD.decode(v).ok()?;
+        if raw.len() != width {
+            return None;
+        }
+        let mut be = [0u8; 8];
+        be[8 - width..].copy_from_slice(&raw);
+        let v = u64::from_be_bytes(be);
+        acc = Some(match acc {
+            None => v,
+            Some(a) => crc_fast::checksum_combine(crc, a, v, *len),
+        });
+    }
+    acc.map(|c| STANDARD.encode(&c.to_be_bytes()[8 - width..]))
+}
+
 /// A CompleteMultipartUpload whose part list does not name the stored part checksums is
-/// refused, as S3 refuses it.
-fn check_part_list(s: &Shared, t: &Target, _head: &str, body: &[u8]) -> Option<Answer> {
+/// refused, as S3 refuses it; so is one of a FULL_OBJECT upload whose whole-object
+/// checksum is not the parts' combined (`400 BadDigest`, the upload stays open, as on S3).
+fn check_part_list(s: &Shared, t: &Target, head: &str, body: &[u8]) -> Option<Answer> {
     let id = query_value(&t.query, "uploadId")?;
     let st = s.state.lock().unwrap();
-    let (algo, _) = st.sums.uploads.get(&id)?;
-    for (number, sums) in part_list(&String::from_utf8_lossy(body)) {
+    let (algo, kind) = st.sums.uploads.get(&id)?;
+    let listed = part_list(&String::from_utf8_lossy(body));
+    if kind == "FULL_OBJECT"
+        && let Some((a, v)) = sent_checksum(head, &[])
+    {
+        let mut numbers: Vec<u32> = listed.iter().map(|p| p.0).collect();
+        numbers.sort();
+        let parts: Option<Vec<(String, u64)>> = numbers
+            .iter()
+            .map(|n| {
+                let k = (id.clone(), *n);
+                Some((st.sums.parts.get(&k)?.clone(), *st.sums.part_sizes.get(&k)?))
+            })
+            .collect();
+        let whole = parts.and_then(|p| combine_full(algo, &p));
+        if a != *algo || whole.as_deref() != Some(v.as_str()) {
+            return Some(error(
+                400,
+                "BadDigest",
+                &format!("The {a} you specified did not match the calculated checksum."),
+            ));
+        }
+    }
+    for (number, sums) in listed {
         let named = sums.iter().find(|(a, _)| a == algo).map(|(_, v)| v.clone());
         let Some(named) = named else {
             return Some(error(
@@ -525,6 +590,7 @@ pub(super) fn after(
             value,
             parts: None,
             etag: etag_of(&lines),
+            layout: Vec::new(),
         };
         strip_checksum_headers(&mut lines);
         lines.extend(checksum_headers(&st));
@@ -538,18 +604,15 @@ pub(super) fn after(
                 state.sums.sse_c.remove(&scope);
             }
         }
-    } else if let Some((id, number, algo, value)) = pending.part {
+    } else if let Some((id, number, algo, value, size)) = pending.part {
         strip_checksum_headers(&mut lines);
         lines.push(format!(
             "x-amz-checksum-{}: {value}",
             algo.to_ascii_lowercase()
         ));
-        s.state
-            .lock()
-            .unwrap()
-            .sums
-            .parts
-            .insert((id, number), value);
+        let mut st = s.state.lock().unwrap();
+        st.sums.part_sizes.insert((id.clone(), number), size);
+        st.sums.parts.insert((id, number), value);
     } else if t.method == "POST" && query_has(&t.query, "uploads") {
         if let Some(a) = header(head, "x-amz-checksum-algorithm").map(|a| a.to_ascii_uppercase()) {
             let kind = header(head, "x-amz-checksum-type")
@@ -601,17 +664,18 @@ pub(super) fn after(
             let upload = s.state.lock().unwrap().sums.uploads.get(&id).cloned();
             let st = upload.map(|(algo, _)| {
                 let value = compute(&algo, &bytes).unwrap_or_default();
-                s.state
-                    .lock()
-                    .unwrap()
+                let mut state = s.state.lock().unwrap();
+                state
                     .sums
-                    .parts
-                    .insert((id.clone(), number), value.clone());
+                    .part_sizes
+                    .insert((id.clone(), number), bytes.len() as u64);
+                state.sums.parts.insert((id.clone(), number), value.clone());
                 Stored {
                     algo,
                     value,
                     parts: None,
                     etag: String::new(),
+                    layout: Vec::new(),
                 }
             });
             let text = replace_xml_checksums(&text, "CopyPartResult", st.as_ref());
@@ -642,6 +706,7 @@ pub(super) fn after(
                         value,
                         parts: None,
                         etag: etag.clone(),
+                        layout: Vec::new(),
                     })
                 }
                 None => s
@@ -654,6 +719,7 @@ pub(super) fn after(
                     .cloned()
                     .map(|st| Stored {
                         etag: etag.clone(),
+                        layout: Vec::new(),
                         ..st
                     }),
             };
@@ -677,7 +743,7 @@ pub(super) fn after(
             // GetObjectAttributes: the stored checksum when Checksum is asked for.
             let text = String::from_utf8_lossy(&body).to_string();
             let etag = xml_etag(&text);
-            let wanted = header(head, "x-amz-object-attributes")
+            let wanted = object_attributes(head)
                 .is_some_and(|a| a.split(',').any(|x| x.trim() == "Checksum"));
             // moto writes Last-Modified as ISO 8601 here; S3 (and the SDK) use an HTTP date.
             for l in lines.iter_mut() {
@@ -689,7 +755,10 @@ pub(super) fn after(
                     *l = format!("Last-Modified: {}", t.format("%a, %d %b %Y %H:%M:%S GMT"));
                 }
             }
-            if wanted && let Some(st) = s.stored(&scope, &etag, None) {
+            let parts_wanted = object_attributes(head)
+                .is_some_and(|a| a.split(',').any(|x| x.trim() == "ObjectParts"));
+            let stored = s.stored(&scope, &etag, None);
+            if wanted && let Some(st) = &stored {
                 let mut text = replace_xml_checksums(&text, "Checksum", None);
                 while let Some(i) = text.find("<Checksum>") {
                     let Some(j) = text[i..].find("</Checksum>") else {
@@ -698,10 +767,21 @@ pub(super) fn after(
                     text.replace_range(i..i + j + "</Checksum>".len(), "");
                 }
                 if let Some(i) = text.rfind("</") {
-                    text.insert_str(i, &format!("<Checksum>{}</Checksum>", checksum_xml(&st)));
+                    text.insert_str(i, &format!("<Checksum>{}</Checksum>", checksum_xml(st)));
                 }
                 body = text.into_bytes();
             }
+            // S3 lists the parts of a multipart object written with an additional checksum.
+            if parts_wanted
+                && let Some(st) = &stored
+                && let Some(xml) = object_parts_xml(head, st)
+            {
+                body = insert_in_root(&String::from_utf8_lossy(&body), &xml).into_bytes();
+            }
+        } else if query_has(&t.query, "partNumber") {
+            // A part of the object (its own ETag and size): S3 answers that part's
+            // checksum, which the rig does not keep per part here; none is answered.
+            strip_checksum_headers(&mut lines);
         } else {
             let etag = etag_of(&lines);
             let asked = header(head, "x-amz-checksum-mode")
@@ -732,6 +812,77 @@ pub(super) fn after(
     (status, lines, body)
 }
 
+/// GetObjectAttributes' `x-amz-object-attributes`, every line of it (the SDK may send one
+/// line per attribute) joined by commas.
+fn object_attributes(head: &str) -> Option<String> {
+    let all: Vec<String> = head
+        .split("\r\n")
+        .skip(1)
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case("x-amz-object-attributes")
+                .then(|| v.trim().to_string())
+        })
+        .collect();
+    (!all.is_empty()).then(|| all.join(","))
+}
+
+/// `xml` put at the end of an answer's root element (moto writes an empty root as
+/// `<Root …/>`).
+fn insert_in_root(text: &str, xml: &str) -> String {
+    let trimmed = text.trim_end();
+    if let Some(open) = trimmed.strip_suffix("/>")
+        && let Some(i) = open.rfind('<')
+        && !open[i..].starts_with("</")
+        && !open[i..].starts_with("<?")
+    {
+        let name = open[i + 1..].split_whitespace().next().unwrap_or("");
+        return format!("{open}>{xml}</{name}>");
+    }
+    match text.rfind("</") {
+        Some(i) => format!("{}{xml}{}", &text[..i], &text[i..]),
+        None => text.to_string(),
+    }
+}
+
+/// GetObjectAttributes' `<ObjectParts>` for a multipart object, one page as S3 pages it
+/// (`x-amz-max-parts`, default 1,000; `x-amz-part-number-marker`: the parts after it);
+/// `None` for an object of one request.
+fn object_parts_xml(head: &str, st: &Stored) -> Option<String> {
+    if st.layout.is_empty() {
+        return None;
+    }
+    let max: usize = header(head, "x-amz-max-parts")
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(1000)
+        .clamp(1, 1000);
+    let marker: u32 = header(head, "x-amz-part-number-marker")
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    let after: Vec<&(u32, u64, String)> = st.layout.iter().filter(|p| p.0 > marker).collect();
+    let page = &after[..after.len().min(max)];
+    let truncated = after.len() > page.len();
+    let mut xml = format!(
+        "<ObjectParts><PartsCount>{}</PartsCount><PartNumberMarker>{marker}</PartNumberMarker><MaxParts>{max}</MaxParts><IsTruncated>{truncated}</IsTruncated>",
+        st.layout.len()
+    );
+    if let Some(last) = page.last() {
+        xml.push_str(&format!(
+            "<NextPartNumberMarker>{}</NextPartNumberMarker>",
+            last.0
+        ));
+    }
+    for (n, size, sum) in page {
+        xml.push_str(&format!(
+            "<Part><PartNumber>{n}</PartNumber><Size>{size}</Size><Checksum{a}>{sum}</Checksum{a}></Part>",
+            a = st.algo
+        ));
+    }
+    xml.push_str("</ObjectParts>");
+    Some(xml)
+}
+
 /// CompleteMultipartUpload accepted by moto: the object's checksum (COMPOSITE over the
 /// part checksums, or FULL_OBJECT over its bytes), checked against a full-object checksum
 /// the request sent (on a mismatch nothing is completed: `400 BadDigest`).
@@ -755,6 +906,26 @@ fn complete(
     let n = etag
         .rsplit_once('-')
         .and_then(|(_, n)| n.parse::<u32>().ok());
+    let layout: Vec<(u32, u64, String)> = {
+        let st = s.state.lock().unwrap();
+        let mut l: Vec<(u32, u64, String)> = st
+            .sums
+            .parts
+            .iter()
+            .filter(|((u, _), _)| *u == id)
+            .map(|((u, n), v)| {
+                let size = st
+                    .sums
+                    .part_sizes
+                    .get(&(u.clone(), *n))
+                    .copied()
+                    .unwrap_or(0);
+                (*n, size, v.clone())
+            })
+            .collect();
+        l.sort();
+        l
+    };
     let st = if kind == "COMPOSITE" {
         let st = s.state.lock().unwrap();
         let mut numbers: Vec<u32> = st
@@ -778,6 +949,7 @@ fn complete(
             algo: algo.clone(),
             parts: Some(n.unwrap_or(numbers.len() as u32)),
             etag: etag.clone(),
+            layout: layout.clone(),
         }
     } else {
         let bytes = s.get_bytes(&t.bucket, &t.key, None);
@@ -786,14 +958,14 @@ fn complete(
             algo: algo.clone(),
             parts: None,
             etag: etag.clone(),
+            layout,
         }
     };
-    s.state
-        .lock()
-        .unwrap()
-        .sums
-        .parts
-        .retain(|(u, _), _| *u != id);
+    {
+        let mut state = s.state.lock().unwrap();
+        state.sums.parts.retain(|(u, _), _| *u != id);
+        state.sums.part_sizes.retain(|(u, _), _| *u != id);
+    }
     if let Some((a, v)) = sent_checksum(head, &[])
         && (a != st.algo || v != st.value || st.parts.is_some())
     {
@@ -931,7 +1103,13 @@ mod tests {
             value: "v".into(),
             parts: Some(2),
             etag: String::new(),
+            layout: Vec::new(),
         };
+        assert_eq!(
+            insert_in_root("<?xml v?>\n<R xmlns=\"x\"/>", "<A/>"),
+            "<?xml v?>\n<R xmlns=\"x\"><A/></R>"
+        );
+        assert_eq!(insert_in_root("<R><B/></R>", "<A/>"), "<R><B/><A/></R>");
         let x = replace_xml_checksums(
             "<R><ETag>e</ETag><ChecksumCRC64NVME>m</ChecksumCRC64NVME></R>",
             "R",

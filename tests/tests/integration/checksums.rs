@@ -515,3 +515,471 @@ fn item_count_copied(j: &serde_json::Value, key: &str) -> usize {
         .filter(|i| i["source"] == format!("s3://src/{key}") && i["status"] == "copied")
         .count()
 }
+
+impl Rig {
+    /// A PUT through the rig with a full-object checksum of `algo`.
+    fn put_with(&self, key: &str, body: &[u8], algo: ChecksumAlgorithm) {
+        self.rt
+            .block_on(
+                self.client
+                    .put_object()
+                    .bucket("src")
+                    .key(key)
+                    .checksum_algorithm(algo)
+                    .body(ByteStream::from(body.to_vec()))
+                    .send(),
+            )
+            .unwrap();
+    }
+
+    /// A multipart upload through the rig with a COMPOSITE checksum of `algo`, one part per
+    /// slice (as the AWS CLI or an SDK's transfer manager writes big objects).
+    fn put_composite(&self, key: &str, parts: &[&[u8]], algo: ChecksumAlgorithm) {
+        put_composite(&self.rt, &self.client, "src", key, parts, algo);
+    }
+
+    /// (ALGORITHM, value, composite part count) the destination answers on HEAD.
+    fn head_sum(&self, bucket: &str, key: &str) -> (String, String, Option<u32>) {
+        let h = self
+            .rt
+            .block_on(
+                self.client
+                    .head_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .checksum_mode(ChecksumMode::Enabled)
+                    .send(),
+            )
+            .unwrap();
+        head_sum(&h)
+    }
+}
+
+/// A multipart upload with a COMPOSITE checksum of `algo`, one part per slice.
+pub fn put_composite(
+    rt: &tokio::runtime::Runtime,
+    c: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    parts: &[&[u8]],
+    algo: ChecksumAlgorithm,
+) {
+    rt.block_on(async {
+        let id = c
+            .create_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .checksum_algorithm(algo.clone())
+            .checksum_type(ChecksumType::Composite)
+            .send()
+            .await
+            .unwrap()
+            .upload_id
+            .unwrap();
+        let mut done = vec![];
+        for (i, body) in parts.iter().enumerate() {
+            let o = c
+                .upload_part()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(&id)
+                .part_number(i as i32 + 1)
+                .checksum_algorithm(algo.clone())
+                .body(ByteStream::from(body.to_vec()))
+                .send()
+                .await
+                .unwrap();
+            let b = aws_sdk_s3::types::CompletedPart::builder()
+                .part_number(i as i32 + 1)
+                .e_tag(o.e_tag().unwrap());
+            let b = match algo {
+                ChecksumAlgorithm::Sha256 => b.checksum_sha256(o.checksum_sha256().unwrap()),
+                ChecksumAlgorithm::Sha1 => b.checksum_sha1(o.checksum_sha1().unwrap()),
+                ChecksumAlgorithm::Crc32C => b.checksum_crc32_c(o.checksum_crc32_c().unwrap()),
+                ChecksumAlgorithm::Crc32 => b.checksum_crc32(o.checksum_crc32().unwrap()),
+                _ => panic!("no composite {algo:?}"),
+            };
+            done.push(b.build());
+        }
+        c.complete_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(&id)
+            .multipart_upload(
+                aws_sdk_s3::types::CompletedMultipartUpload::builder()
+                    .set_parts(Some(done))
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+    });
+}
+
+/// (ALGORITHM, value, composite part count) of a HEAD answer.
+pub fn head_sum(
+    h: &aws_sdk_s3::operation::head_object::HeadObjectOutput,
+) -> (String, String, Option<u32>) {
+    let (algo, raw) = [
+        ("CRC32", h.checksum_crc32()),
+        ("CRC32C", h.checksum_crc32_c()),
+        ("CRC64NVME", h.checksum_crc64_nvme()),
+        ("SHA1", h.checksum_sha1()),
+        ("SHA256", h.checksum_sha256()),
+    ]
+    .into_iter()
+    .find_map(|(a, v)| v.map(|v| (a, v)))
+    .expect("the object has a checksum");
+    match raw.rsplit_once('-') {
+        Some((v, n)) => (algo.into(), v.into(), n.parse().ok()),
+        None => (algo.into(), raw.into(), None),
+    }
+}
+
+/// A multipart copy of a source whose full-object checksum is a CRC64NVME (S3's default
+/// for new objects) or a CRC32 lands with that same full-object checksum, in both copy
+/// modes: the upload is FULL_OBJECT of the source's algorithm, so the two compare (before,
+/// every multipart copy was a CRC32C upload and the source's checksum was compared with
+/// nothing). A second run with `--compare checksum` copies nothing.
+#[test]
+fn a_multipart_copy_keeps_a_crc64nvme_or_crc32_sources_full_object_checksum() {
+    for mode in ["server", "stream"] {
+        let r = Rig::start();
+        let (nvme, crc32) = (data(11 * MIB, 1), data(13 * MIB + 7, 2));
+        r.put_with("nvme.bin", &nvme, ChecksumAlgorithm::Crc64Nvme);
+        r.put_with("crc32.bin", &crc32, ChecksumAlgorithm::Crc32);
+        let run = r.sync(&["--copy-mode", mode]);
+        assert_eq!(run.code, 0, "{mode}: {}\n{}", run.stdout, run.stderr);
+        assert_eq!(counts(&run.json()), (2, 0, 0), "{mode}");
+        for (key, algo, body) in [
+            ("nvme.bin", "CRC64NVME", &nvme),
+            ("crc32.bin", "CRC32", &crc32),
+        ] {
+            let src = r.head_sum("src", key);
+            assert_eq!((src.0.as_str(), src.2), (algo, None), "{mode}: {key}");
+            assert_eq!(
+                r.head_sum("dst", key),
+                src,
+                "{mode}: {key} keeps the source's checksum"
+            );
+            assert_eq!(r.get("dst", key).unwrap(), *body, "{mode}: {key}");
+        }
+        let again = r.sync(&["--copy-mode", mode, "--compare", "checksum"]);
+        assert_eq!(again.code, 0, "{mode}: {}\n{}", again.stdout, again.stderr);
+        assert_eq!(
+            counts(&again.json()),
+            (0, 2, 0),
+            "{mode}: nothing copied again"
+        );
+    }
+}
+
+/// A part spoiled on the way (streamed: the ranged GET of a part; server-side: what
+/// UploadPartCopy stored) makes the parts' CRC64NVME (or CRC32) add up to another value
+/// than the source's full-object one: the object fails by that algorithm before anything
+/// is completed, and nothing lands. Before, both were recorded as copied (a CRC32C upload
+/// compared with nothing of a CRC64NVME source).
+#[test]
+fn a_part_spoiled_on_the_way_fails_the_object_by_the_sources_full_object_algorithm() {
+    for mode in ["server", "stream"] {
+        let r = Rig::start();
+        let (nvme, crc32, fine) = (data(11 * MIB, 1), data(12 * MIB, 2), data(11 * MIB, 3));
+        r.put_with("nvme.bin", &nvme, ChecksumAlgorithm::Crc64Nvme);
+        r.put_with("crc32.bin", &crc32, ChecksumAlgorithm::Crc32);
+        r.put_with("fine.bin", &fine, ChecksumAlgorithm::Crc64Nvme);
+        {
+            let mut f = r.strict.faults();
+            for key in ["nvme.bin", "crc32.bin"] {
+                if mode == "stream" {
+                    f.corrupt_reads.insert(format!("src/{key}"));
+                } else {
+                    f.corrupt_copies.insert(format!("dst/{key}"));
+                }
+            }
+        }
+        let run = r.sync(&["--copy-mode", mode]);
+        assert_eq!(run.code, 1, "{mode}: {}\n{}", run.stdout, run.stderr);
+        let j = run.json();
+        assert_eq!(counts(&j), (1, 0, 2), "{mode}: {j}");
+        for (key, algo) in [("nvme.bin", "CRC64NVME"), ("crc32.bin", "CRC32 ")] {
+            let i = item(&j, key);
+            assert_eq!(i["error"]["class"], "DigestMismatch", "{mode}: {i}");
+            let msg = i["error"]["message"].as_str().unwrap();
+            assert!(msg.contains(algo), "{mode}: {key} fails by {algo}: {msg}");
+            assert!(
+                r.get("dst", key).is_none(),
+                "{mode}: {key} was left at the destination"
+            );
+        }
+        assert_eq!(r.get("dst", "fine.bin").unwrap(), fine, "{mode}");
+    }
+}
+
+/// A source written in parts with a COMPOSITE checksum (SHA-256, CRC32C: the checksum of
+/// its part checksums, `-N`) is copied in the same parts as a COMPOSITE upload of the same
+/// algorithm, so the destination's composite checksum equals the source's, in both modes
+/// and also for one under the multipart threshold. Before, the copy was a CRC32C
+/// (FULL_OBJECT or single) and the composite checksum was compared with nothing. Second
+/// runs with `--compare checksum` and `--compare etag` copy nothing.
+#[test]
+fn a_composite_source_copies_to_an_equal_composite_checksum_and_converges() {
+    for mode in ["server", "stream"] {
+        let r = Rig::start();
+        let (a, b, c) = (data(5 * MIB, 1), data(5 * MIB, 2), data(MIB + 3, 3));
+        r.put_composite("sha.bin", &[&a, &b, &c], ChecksumAlgorithm::Sha256);
+        r.put_composite("crc.bin", &[&b, &c], ChecksumAlgorithm::Crc32C);
+        // Under the 6 MiB threshold, but written in two parts.
+        let small = data(300, 4);
+        r.put_composite("small.bin", &[&a, &small], ChecksumAlgorithm::Sha1);
+        // What the copy learns the source's parts from.
+        let attrs = r.rt.block_on(
+            r.client
+                .get_object_attributes()
+                .bucket("src")
+                .key("sha.bin")
+                .object_attributes(aws_sdk_s3::types::ObjectAttributes::Etag)
+                .object_attributes(aws_sdk_s3::types::ObjectAttributes::Checksum)
+                .object_attributes(aws_sdk_s3::types::ObjectAttributes::ObjectParts)
+                .object_attributes(aws_sdk_s3::types::ObjectAttributes::ObjectSize)
+                .max_parts(1000)
+                .send(),
+        );
+        let attrs = attrs.unwrap_or_else(|e| panic!("{e:?}"));
+        let sizes: Vec<i64> = attrs
+            .object_parts()
+            .unwrap_or_else(|| panic!("the parts are listed: {attrs:?}"))
+            .parts()
+            .iter()
+            .filter_map(|p| p.size())
+            .collect();
+        assert_eq!(
+            sizes,
+            [5 * MIB as i64, 5 * MIB as i64, MIB as i64 + 3],
+            "{attrs:?}"
+        );
+        let run = r.sync(&["--copy-mode", mode]);
+        assert_eq!(run.code, 0, "{mode}: {}\n{}", run.stdout, run.stderr);
+        assert_eq!(counts(&run.json()), (3, 0, 0), "{mode}");
+        for (key, algo, n) in [
+            ("sha.bin", "SHA256", 3),
+            ("crc.bin", "CRC32C", 2),
+            ("small.bin", "SHA1", 2),
+        ] {
+            let src = r.head_sum("src", key);
+            assert_eq!((src.0.as_str(), src.2), (algo, Some(n)), "{mode}: {key}");
+            assert_eq!(
+                r.head_sum("dst", key),
+                src,
+                "{mode}: {key} has the source's composite checksum\n{}",
+                run.stderr
+            );
+        }
+        let mut whole = a.clone();
+        whole.extend_from_slice(&b);
+        whole.extend_from_slice(&c);
+        assert_eq!(r.get("dst", "sha.bin").unwrap(), whole, "{mode}");
+        for compare in ["checksum", "etag"] {
+            let again = r.sync(&["--copy-mode", mode, "--compare", compare]);
+            assert_eq!(again.code, 0, "{mode}: {}\n{}", again.stdout, again.stderr);
+            assert_eq!(
+                counts(&again.json()),
+                (0, 3, 0),
+                "{mode} --compare {compare}"
+            );
+        }
+    }
+}
+
+/// A part of a composite SHA-256 source spoiled on the way fails the object by its
+/// composite checksum before anything is completed.
+#[test]
+fn a_part_spoiled_on_the_way_fails_a_composite_source_by_its_composite_checksum() {
+    for mode in ["server", "stream"] {
+        let r = Rig::start();
+        let (a, b) = (data(5 * MIB, 1), data(2 * MIB, 2));
+        r.put_composite("sha.bin", &[&a, &b], ChecksumAlgorithm::Sha256);
+        if mode == "stream" {
+            r.strict.faults().corrupt_reads.insert("src/sha.bin".into());
+        } else {
+            r.strict
+                .faults()
+                .corrupt_copies
+                .insert("dst/sha.bin".into());
+        }
+        let run = r.sync(&["--copy-mode", mode]);
+        assert_eq!(run.code, 1, "{mode}: {}\n{}", run.stdout, run.stderr);
+        let j = run.json();
+        let i = item(&j, "sha.bin");
+        assert_eq!(i["error"]["class"], "DigestMismatch", "{mode}: {i}");
+        let msg = i["error"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains("SHA256") && msg.contains("composite"),
+            "{mode}: {msg}"
+        );
+        assert!(r.get("dst", "sha.bin").is_none(), "{mode}: nothing lands");
+    }
+}
+
+/// The rig completes FULL_OBJECT CRC64NVME and CRC32 uploads as S3 documents them (the
+/// object's checksum is the CRC of all its bytes, whatever the parts): a completion that
+/// sends another whole-object value is refused (BadDigest) and nothing is completed; the
+/// right one, combined from the part CRCs, is accepted. CRC64NVME is FULL_OBJECT only.
+/// GetObjectAttributes lists the parts (number, size, checksum), a page at a time.
+#[test]
+fn the_strict_rig_completes_full_object_crcs_as_s3_does_and_lists_parts() {
+    let r = Rig::start();
+    let c = &r.client;
+    let (p1, p2) = (data(5 * MIB, 1), data(3000, 2));
+    let mut all = p1.clone();
+    all.extend_from_slice(&p2);
+    let composite_nvme = r.rt.block_on(
+        c.create_multipart_upload()
+            .bucket("src")
+            .key("x")
+            .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
+            .checksum_type(ChecksumType::Composite)
+            .send(),
+    );
+    assert!(
+        format!("{composite_nvme:?}").contains("does not support the COMPOSITE"),
+        "{composite_nvme:?}"
+    );
+    let (nvme, crc32) = (
+        crc_fast::CrcAlgorithm::Crc64Nvme,
+        crc_fast::CrcAlgorithm::Crc32IsoHdlc,
+    );
+    for (algo, crc, width) in [
+        (ChecksumAlgorithm::Crc64Nvme, nvme, 8),
+        (ChecksumAlgorithm::Crc32, crc32, 4),
+    ] {
+        let b64 = |v: u64| STANDARD.encode(&v.to_be_bytes()[8 - width..]);
+        let key = format!("full-{}", algo.as_str());
+        let id =
+            r.rt.block_on(
+                c.create_multipart_upload()
+                    .bucket("src")
+                    .key(&key)
+                    .checksum_algorithm(algo.clone())
+                    .checksum_type(ChecksumType::FullObject)
+                    .send(),
+            )
+            .unwrap()
+            .upload_id
+            .unwrap();
+        let mut parts = vec![];
+        for (n, body) in [(1, &p1), (2, &p2)] {
+            let o =
+                r.rt.block_on(
+                    c.upload_part()
+                        .bucket("src")
+                        .key(&key)
+                        .upload_id(&id)
+                        .part_number(n)
+                        .checksum_algorithm(algo.clone())
+                        .body(ByteStream::from(body.to_vec()))
+                        .send(),
+                )
+                .unwrap();
+            let sum = o
+                .checksum_crc64_nvme()
+                .or(o.checksum_crc32())
+                .unwrap()
+                .to_string();
+            assert_eq!(sum, b64(crc_fast::checksum(crc, body)), "{key}");
+            parts.push((n, o.e_tag().unwrap().to_string(), sum));
+        }
+        let list = aws_sdk_s3::types::CompletedMultipartUpload::builder()
+            .set_parts(Some(
+                parts
+                    .iter()
+                    .map(|(n, e, s)| {
+                        let b = aws_sdk_s3::types::CompletedPart::builder()
+                            .part_number(*n)
+                            .e_tag(e);
+                        if algo == ChecksumAlgorithm::Crc32 {
+                            b.checksum_crc32(s)
+                        } else {
+                            b.checksum_crc64_nvme(s)
+                        }
+                        .build()
+                    })
+                    .collect(),
+            ))
+            .build();
+        let complete = |whole: String| {
+            let req = c
+                .complete_multipart_upload()
+                .bucket("src")
+                .key(&key)
+                .upload_id(&id)
+                .multipart_upload(list.clone())
+                .checksum_type(ChecksumType::FullObject);
+            let req = if algo == ChecksumAlgorithm::Crc32 {
+                req.checksum_crc32(whole)
+            } else {
+                req.checksum_crc64_nvme(whole)
+            };
+            r.rt.block_on(req.send())
+        };
+        // The first part's CRC is not the object's.
+        let wrong = complete(parts[0].2.clone());
+        assert!(
+            format!("{wrong:?}").contains("BadDigest"),
+            "{key}: {wrong:?}"
+        );
+        assert!(r.get("src", &key).is_none(), "{key}: nothing completed");
+        let combined = crc_fast::checksum_combine(
+            crc,
+            crc_fast::checksum(crc, &p1),
+            crc_fast::checksum(crc, &p2),
+            p2.len() as u64,
+        );
+        assert_eq!(combined, crc_fast::checksum(crc, &all));
+        let done = complete(b64(combined)).unwrap();
+        let got = done.checksum_crc64_nvme().or(done.checksum_crc32());
+        assert_eq!(got, Some(b64(combined).as_str()), "{key}");
+        assert_eq!(
+            r.head_sum("src", &key),
+            (algo.as_str().to_string(), b64(combined), None)
+        );
+        // The parts, one page at a time.
+        let mut listed = vec![];
+        let mut marker = None;
+        loop {
+            let a =
+                r.rt.block_on(
+                    c.get_object_attributes()
+                        .bucket("src")
+                        .key(&key)
+                        .object_attributes(aws_sdk_s3::types::ObjectAttributes::ObjectParts)
+                        .max_parts(1)
+                        .set_part_number_marker(marker.take())
+                        .send(),
+                )
+                .unwrap();
+            let p = a.object_parts().expect("the parts are listed");
+            assert_eq!(p.total_parts_count(), Some(2));
+            for part in p.parts() {
+                let sum = part
+                    .checksum_crc64_nvme()
+                    .or(part.checksum_crc32())
+                    .unwrap();
+                listed.push((
+                    part.part_number().unwrap(),
+                    part.size().unwrap(),
+                    sum.to_string(),
+                ));
+            }
+            if p.is_truncated() != Some(true) {
+                break;
+            }
+            marker = p.next_part_number_marker().map(str::to_string);
+        }
+        let want: Vec<(i32, i64, String)> = parts
+            .iter()
+            .zip([p1.len(), p2.len()])
+            .map(|((n, _, s), len)| (*n, len as i64, s.clone()))
+            .collect();
+        assert_eq!(listed, want, "{key}");
+    }
+}

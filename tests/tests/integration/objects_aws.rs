@@ -7,8 +7,9 @@
 //! fails the test. The destination is reached with the role's own credentials, as on AWS.
 //! The source is read with the keys in the `src-keys` secret (ObjectSourceCredentialSecret:
 //! another account's bucket): they belong to a user holding what that bucket's owner would
-//! grant, read-only (s3:ListBucket on the bucket; s3:GetObject, s3:GetObjectVersion and
-//! s3:GetObjectTagging on its objects); one test reads a same-account source with the role.
+//! grant, read-only (s3:ListBucket on the bucket; s3:GetObject, s3:GetObjectVersion,
+//! s3:GetObjectTagging and s3:GetObjectAttributes on its objects); one test reads a
+//! same-account source with the role.
 //! Setup and checks use the rig's admin user.
 
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
@@ -68,7 +69,7 @@ impl Fns {
 fn source_owner_grant(bucket: &str) -> serde_json::Value {
     serde_json::json!([
         {"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": format!("arn:aws:s3:::{bucket}")},
-        {"Effect": "Allow", "Action": ["s3:GetObject", "s3:GetObjectVersion", "s3:GetObjectTagging"],
+        {"Effect": "Allow", "Action": ["s3:GetObject", "s3:GetObjectVersion", "s3:GetObjectTagging", "s3:GetObjectAttributes"],
          "Resource": format!("arn:aws:s3:::{bucket}/*")}
     ])
 }
@@ -1209,6 +1210,7 @@ fn finishing_an_upload_of_sixty_parts_leaves_no_part_item() {
         part_size: 5 * MIB as u64,
         parts: 60,
         started_at: chrono::Utc::now(),
+        checksum: Default::default(),
     };
     let (a, b) = (
         upload("s3://dst/out/a", "u-a"),
@@ -1456,4 +1458,105 @@ fn server_side_copies_that_differ_from_the_source_checksum_fail_on_aws_too() {
         "{err:?}"
     );
     assert!(err.message.contains("CRC32C"), "{err:?}");
+}
+
+/// On AWS too, a multipart copy keeps the source's checksum: a CRC64NVME full-object source
+/// becomes a FULL_OBJECT CRC64NVME upload (the algorithm kept with the upload in the
+/// DynamoDB ledger, so check-multipart completes with it), a composite SHA-256 source a
+/// COMPOSITE SHA-256 upload in the source's parts; both land with checksums equal to the
+/// source's, in both copy modes, and the next diff with COMPARE=checksum queues nothing.
+/// Before, both were FULL_OBJECT CRC32C uploads compared with nothing of the source's.
+#[test]
+fn multipart_copies_on_aws_keep_a_crc64nvme_or_composite_sources_checksum() {
+    use hub_core::objects::uploads::UploadLedger as _;
+    for mode in ["server", "stream"] {
+        let s = Suite::start(&format!(
+            "objects_aws-multipart_copies_keep_the_sources_checksum-{mode}"
+        ));
+        let strict = s.strict();
+        let via_rig = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&s.conf)
+                .endpoint_url(strict.endpoint())
+                .force_path_style(true)
+                .build(),
+        );
+        let nvme = data(11 * MIB + 5, 1);
+        s.rt.block_on(
+            via_rig
+                .put_object()
+                .bucket("src")
+                .key("in/nvme.bin")
+                .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc64Nvme)
+                .body(ByteStream::from(nvme.clone()))
+                .send(),
+        )
+        .unwrap();
+        let (a, b) = (data(5 * MIB, 2), data(2 * MIB, 3));
+        super::checksums::put_composite(
+            &s.rt,
+            &via_rig,
+            "src",
+            "in/sha.bin",
+            &[&a, &b],
+            aws_sdk_s3::types::ChecksumAlgorithm::Sha256,
+        );
+        let vars = [
+            ("SOURCE_ENDPOINT", strict.endpoint()),
+            ("DEST_ENDPOINT", strict.endpoint()),
+            ("COPY_MODE", mode),
+        ];
+        let f = s.function(&vars);
+        s.rt.block_on(f.diff(Default::default(), 0)).unwrap();
+        let ev = s.receive(&s.queue);
+        assert_eq!(ev.records.len(), 2, "{mode}");
+        s.handled(&f, ev.clone());
+        s.ack(&s.queue, &ev, &[]);
+        let ledger = hub_core::objects::uploads::DynamoLedger {
+            client: aws_sdk_dynamodb::Client::new(&s.conf),
+            table: "uploads".into(),
+        };
+        for (key, sum) in [("nvme.bin", "CRC64NVME"), ("sha.bin", "SHA256/COMPOSITE")] {
+            let u =
+                s.rt.block_on(ledger.find(&format!("s3://dst/out/{key}")))
+                    .unwrap()
+                    .unwrap_or_else(|| panic!("{mode}: {key} has an open upload"));
+            assert_eq!(u.checksum.to_text(), sum, "{mode}: {key}");
+        }
+        let parts = s.receive(&s.queue);
+        assert_eq!(
+            parts.records.len(),
+            5,
+            "{mode}: 3 parts of 5 MiB, and the source's 2"
+        );
+        s.handled(&f, parts.clone());
+        s.ack(&s.queue, &parts, &[]);
+        let sum = s.rt.block_on(f.check(serde_json::json!({}))).unwrap();
+        assert_eq!((sum.completed, sum.failed), (2, 0), "{mode}: {sum:?}");
+        let head = |bucket: &str, key: &str| {
+            let h =
+                s.rt.block_on(
+                    via_rig
+                        .head_object()
+                        .bucket(bucket)
+                        .key(key)
+                        .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+                        .send(),
+                )
+                .unwrap();
+            super::checksums::head_sum(&h)
+        };
+        for (key, algo, n) in [
+            ("nvme.bin", "CRC64NVME", None),
+            ("sha.bin", "SHA256", Some(2)),
+        ] {
+            let src = head("src", &format!("in/{key}"));
+            assert_eq!((src.0.as_str(), src.2), (algo, n), "{mode}: {key}");
+            assert_eq!(head("dst", &format!("out/{key}")), src, "{mode}: {key}");
+        }
+        assert_eq!(s.get("dst", "out/nvme.bin").unwrap(), nvme, "{mode}");
+        let again = s.function(&[vars[0], vars[1], vars[2], ("COMPARE", "checksum")]);
+        let sum = s.rt.block_on(again.diff(Default::default(), 0)).unwrap();
+        assert_eq!((sum.to_copy, sum.in_sync), (0, 2), "{mode}: {sum:?}");
+        assert!(s.receive(&s.queue).records.is_empty(), "{mode}");
+    }
 }
