@@ -317,12 +317,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Serve(args) => serve::run(args).await,
         Cmd::Completions { shell } => {
             use clap::CommandFactory as _;
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "transfer-hub",
-                &mut std::io::stdout(),
-            );
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "transfer-hub", &mut script);
+            output::write_out(&String::from_utf8_lossy(&script));
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -406,7 +403,7 @@ pub(crate) fn finish(
     stop: Option<&Stop>,
 ) -> Result<ExitCode> {
     match output {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        OutputFormat::Json => outln!("{}", serde_json::to_string_pretty(&report)?),
         OutputFormat::Text => output::summary(&report.run, &report.items, Some(state_path)),
     }
     if let Some(why) = stop.and_then(|s| s.reason()) {
@@ -535,7 +532,7 @@ async fn status(a: StatusArgs) -> Result<ExitCode> {
         )));
     };
     match a.output {
-        OutputFormat::Json => println!(
+        OutputFormat::Json => outln!(
             "{}",
             serde_json::to_string_pretty(&hub_core::sync::SyncReport { run, items })?
         ),

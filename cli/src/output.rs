@@ -8,6 +8,35 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set once stdout is gone (a reader such as `head -1` closed the pipe): later output is
+/// dropped, and the run itself goes on to its end and to the state file.
+static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
+
+/// Writes to stdout, quietly dropping everything once the reader has gone away (broken
+/// pipe). Never panics, unlike `print!`.
+pub fn write_out(text: &str) {
+    use std::io::Write as _;
+    if STDOUT_GONE.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    if out
+        .write_all(text.as_bytes())
+        .and_then(|_| out.flush())
+        .is_err()
+    {
+        STDOUT_GONE.store(true, Ordering::Relaxed);
+    }
+}
+
+/// `println!` that survives a closed stdout (see [`write_out`]).
+#[macro_export]
+macro_rules! outln {
+    () => { $crate::output::write_out("\n") };
+    ($($arg:tt)*) => { $crate::output::write_out(&format!("{}\n", format_args!($($arg)*))) };
+}
 
 /// Live progress of a run.
 pub struct Live {
@@ -62,7 +91,7 @@ impl Progress for Live {
             } else {
                 "copying"
             };
-            println!("plan: {total} image(s), {verb} {to_copy}");
+            crate::outln!("plan: {total} image(s), {verb} {to_copy}");
         }
     }
 
@@ -76,7 +105,7 @@ impl Progress for Live {
                 b.println(line);
                 b.inc(1);
             }
-            None => println!("{line}"),
+            None => crate::outln!("{line}"),
         }
     }
 }
@@ -110,7 +139,7 @@ fn item_line(i: &ItemRecord, dry_run: bool) -> String {
 
 /// Prints one item as a plain line.
 pub fn print_item(i: &ItemRecord, dry_run: bool) {
-    println!("{}", item_line(i, dry_run));
+    crate::outln!("{}", item_line(i, dry_run));
 }
 
 fn human_bytes(n: u64) -> String {
@@ -133,8 +162,8 @@ pub fn summary(run: &RunRecord, items: &[ItemRecord], state: Option<&Path>) {
     let planned = items.iter().filter(|i| i.status == Status::Planned).count();
     let secs =
         (run.ended_at.unwrap_or_else(Utc::now) - run.started_at).num_milliseconds() as f64 / 1000.0;
-    println!();
-    println!(
+    crate::outln!();
+    crate::outln!(
         "run {}{}: {} -> {}",
         run.run_id,
         if run.dry_run {
@@ -146,20 +175,30 @@ pub fn summary(run: &RunRecord, items: &[ItemRecord], state: Option<&Path>) {
         run.dest
     );
     if run.dry_run {
-        println!(
+        crate::outln!(
             "{:>10} {:>8} {:>7} {:>10}",
-            "to copy", "in sync", "failed", "time"
+            "to copy",
+            "in sync",
+            "failed",
+            "time"
         );
-        println!(
+        crate::outln!(
             "{:>10} {:>8} {:>7} {:>9.1}s",
-            planned, run.skipped, run.failed, secs
+            planned,
+            run.skipped,
+            run.failed,
+            secs
         );
     } else {
-        println!(
+        crate::outln!(
             "{:>7} {:>8} {:>7} {:>11} {:>9}",
-            "copied", "skipped", "failed", "bytes", "time"
+            "copied",
+            "skipped",
+            "failed",
+            "bytes",
+            "time"
         );
-        println!(
+        crate::outln!(
             "{:>7} {:>8} {:>7} {:>11} {:>8.1}s",
             run.copied,
             run.skipped,
@@ -170,7 +209,7 @@ pub fn summary(run: &RunRecord, items: &[ItemRecord], state: Option<&Path>) {
     }
     if let Some(p) = state {
         if !run.dry_run {
-            println!(
+            crate::outln!(
                 "details: transfer-hub status --run {} --state {}",
                 run.run_id,
                 p.display()

@@ -8,7 +8,6 @@ use hub_core::console::auth::{Auth, random_token};
 use hub_core::console::runner::LocalRunner;
 use hub_core::console::{Console, serve};
 use hub_core::status::SqliteStore;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,9 +55,8 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
         eprintln!("warning: the console listens on {addr}, beyond this machine");
     }
     // The one-time login link goes to the terminal only (not to the logs).
-    println!("transfer-hub console: http://{addr}/?token={token}");
-    println!("state file: {}", path.display());
-    std::io::stdout().flush()?;
+    crate::outln!("transfer-hub console: http://{addr}/?token={token}");
+    crate::outln!("state file: {}", path.display());
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

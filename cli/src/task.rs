@@ -216,7 +216,7 @@ pub async fn run(cmd: TaskCmd) -> Result<ExitCode> {
                 Task::from_fields(&a.name, a.kind, &fields, chrono::Utc::now()).map_err(config)?;
             let (store, path) = open(&state)?;
             store.create(&task).await.map_err(config)?;
-            println!(
+            crate::outln!(
                 "added task {} ({}) to {}",
                 task.name,
                 task.kind(),
@@ -235,7 +235,7 @@ pub async fn run(cmd: TaskCmd) -> Result<ExitCode> {
                 .map_err(config)?;
             task.created_at = old.created_at;
             store.update(&task).await.map_err(config)?;
-            println!("changed task {}", task.name);
+            crate::outln!("changed task {}", task.name);
         }
         TaskCmd::List(s) => {
             let (store, _) = open(&s.state)?;
@@ -248,11 +248,16 @@ pub async fn run(cmd: TaskCmd) -> Result<ExitCode> {
                 tasks.extend(page);
             }
             match s.output {
-                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&tasks)?),
+                OutputFormat::Json => crate::outln!("{}", serde_json::to_string_pretty(&tasks)?),
                 OutputFormat::Text => {
-                    println!(
+                    crate::outln!(
                         "{:<24} {:<8} {:<60} {:<20} {:<9} {:<28} NEXT RUN",
-                        "NAME", "KIND", "SOURCE → DESTINATION", "SCHEDULE", "ENABLED", "LAST RUN"
+                        "NAME",
+                        "KIND",
+                        "SOURCE → DESTINATION",
+                        "SCHEDULE",
+                        "ENABLED",
+                        "LAST RUN"
                     );
                     for t in &tasks {
                         let last = store.runs(&t.name, 0, 1).await?.into_iter().next();
@@ -267,7 +272,7 @@ pub async fn run(cmd: TaskCmd) -> Result<ExitCode> {
                                 )
                             })
                             .unwrap_or_else(|| "-".into());
-                        println!(
+                        crate::outln!(
                             "{:<24} {:<8} {:<60} {:<20} {:<9} {:<28} {}",
                             t.name,
                             t.kind().as_str(),
@@ -288,16 +293,16 @@ pub async fn run(cmd: TaskCmd) -> Result<ExitCode> {
             let (store, path) = open(&a.state.state)?;
             let t = get(&store, &a.name, &path).await?;
             match a.state.output {
-                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&t)?),
+                OutputFormat::Json => crate::outln!("{}", serde_json::to_string_pretty(&t)?),
                 OutputFormat::Text => {
-                    println!("name = {}\nkind = {}", t.name, t.kind());
+                    crate::outln!("name = {}\nkind = {}", t.name, t.kind());
                     for (k, v) in t.fields() {
                         if !v.is_empty() {
-                            println!("{k} = {}", v.replace('\n', "\n    "));
+                            crate::outln!("{k} = {}", v.replace('\n', "\n    "));
                         }
                     }
                     if let Some(n) = next_run(&store, &t).await? {
-                        println!("next run = {}", n.to_rfc3339());
+                        crate::outln!("next run = {}", n.to_rfc3339());
                     }
                 }
             }
@@ -311,7 +316,7 @@ pub async fn run(cmd: TaskCmd) -> Result<ExitCode> {
                     path.display()
                 )));
             }
-            println!("removed task {}", a.name);
+            crate::outln!("removed task {}", a.name);
         }
         TaskCmd::Run(a) => {
             let stop = crate::stop_on_signals()?;

@@ -1,6 +1,6 @@
 //! The command line's contract: exit codes, messages, `status`.
 
-use hub_tests::{OciImage, RegistryServer, transfer_hub};
+use hub_tests::{OciImage, RegistryServer, transfer_hub, transfer_hub_closed_stdout};
 
 #[test]
 fn bad_usage_and_config_exit_2_with_a_message_naming_the_value() {
@@ -225,4 +225,74 @@ fn version_names_the_commit_it_was_built_from_and_completions_know_every_command
         "{}",
         r.stderr
     );
+}
+
+/// A closed stdout (`transfer-hub … | head -1`) ends the output quietly: no panic, exit
+/// 0 or 141, and the run goes on to the end, all of it in the state file.
+#[test]
+fn a_closed_stdout_ends_the_output_quietly_and_the_run_is_kept_whole() {
+    let (src, dst, dir) = (
+        RegistryServer::start(),
+        RegistryServer::start(),
+        tempfile::tempdir().unwrap(),
+    );
+    let image = OciImage::single(&[1024]);
+    for t in 1..=4 {
+        image.push(&format!("{}/app:{t}", src.addr), None);
+    }
+    let list = dir.path().join("l.txt");
+    std::fs::write(&list, "app:ALL_TAGS\n").unwrap();
+    let state = dir.path().join("state.db");
+    let s = state.to_str().unwrap();
+    let quiet = |r: &hub_tests::Run, what: &str| {
+        assert!(
+            r.code == 0 || r.code == 141,
+            "{what}: exit {} (expected 0 or 141)\n{}",
+            r.code,
+            r.stderr
+        );
+        assert!(
+            !r.stderr.contains("panicked") && !r.stderr.contains("Broken pipe"),
+            "{what}: {}",
+            r.stderr
+        );
+    };
+    for output in ["text", "json"] {
+        let r = transfer_hub_closed_stdout(
+            &[
+                "images",
+                "sync",
+                "--source",
+                &src.addr,
+                "--dest",
+                &dst.addr,
+                "--list",
+                list.to_str().unwrap(),
+                "--state",
+                s,
+                "--output",
+                output,
+            ],
+            &[],
+        );
+        quiet(&r, &format!("images sync --output {output}"));
+        let st = transfer_hub(&["status", "--state", s, "--output", "json"], &[]);
+        assert_eq!(st.code, 0, "{}", st.stderr);
+        let j = st.json();
+        let items = j["items"].as_array().unwrap();
+        assert_eq!(items.len(), 4, "{j:#}");
+        assert!(j["ended_at"].is_string(), "the run was closed: {j:#}");
+        let done = j["copied"].as_u64().unwrap() + j["skipped"].as_u64().unwrap();
+        assert_eq!(done, 4, "{j:#}");
+    }
+    for args in [
+        vec!["status", "--state", s],
+        vec!["status", "--state", s, "--output", "json"],
+        vec!["task", "list", "--state", s],
+        vec!["completions", "bash"],
+        vec!["--help"],
+    ] {
+        let r = transfer_hub_closed_stdout(&args, &[]);
+        quiet(&r, &args.join(" "));
+    }
 }
