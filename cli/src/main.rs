@@ -10,13 +10,14 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use hub_core::interrupt::{self, Stop};
 use hub_core::objects::diff::Compare;
 use hub_core::registry::Location;
-use hub_core::status::{SqliteStore, StatusStore};
+use hub_core::status::{RunKind, SqliteStore, StatusStore};
 use hub_core::sync::{SyncReport, new_run_id};
 use hub_core::tasks::run::{self, RunContext, RunError};
 use hub_core::tasks::{ImageSelection, ImagesOptions, ObjectsOptions};
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The version with the commit it was built from (`0.1.0 (commit a1b2c3d4e5f6)`), from build.rs.
 const VERSION: &str = concat!(
@@ -269,6 +270,27 @@ pub(crate) fn default_state() -> PathBuf {
     base.join("transfer-hub/state.db")
 }
 
+/// Set when the command prints JSON: an error then still prints one JSON object.
+static JSON_MODE: AtomicBool = AtomicBool::new(false);
+/// Set once the command printed its JSON object.
+static JSON_PRINTED: AtomicBool = AtomicBool::new(false);
+
+/// Prints the command's one JSON object.
+pub(crate) fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    JSON_PRINTED.store(true, Ordering::Relaxed);
+    outln!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// The exit code of an error: 2 for a problem to fix before anything can run, else 1.
+fn error_code(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<ConfigErrorMarker>().is_some() {
+        2
+    } else {
+        1
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
@@ -276,19 +298,25 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
+            let code = error_code(&e);
             eprintln!("error: {e:#}");
-            if e.downcast_ref::<ConfigErrorMarker>().is_some() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::from(1)
+            if JSON_MODE.load(Ordering::Relaxed) && !JSON_PRINTED.load(Ordering::Relaxed) {
+                let _ = print_json(&serde_json::json!({
+                    "error": format!("{e:#}"),
+                    "exit_code": code,
+                }));
             }
+            ExitCode::from(code)
         }
     }
 }
 
 fn init_tracing() {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    // The AWS SDK's own warnings (a region not found on IMDS, …) are Debug dumps of its
+    // structs: shown only when asked for, with RUST_LOG.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        "warn,aws_config=error,aws_smithy_runtime=error,aws_sdk_s3=error".into()
+    });
     // Colour only on a terminal, and never under NO_COLOR (https://no-color.org).
     use std::io::IsTerminal as _;
     let colour = std::io::stderr().is_terminal()
@@ -305,6 +333,17 @@ fn init_tracing() {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
+    let json = match &cli.cmd {
+        Cmd::Images {
+            cmd: ImagesCmd::Sync(a),
+        } => a.output == OutputFormat::Json,
+        Cmd::Objects {
+            cmd: ObjectsCmd::Sync(a),
+        } => a.output == OutputFormat::Json,
+        Cmd::Status(a) => a.output == OutputFormat::Json,
+        _ => false,
+    };
+    JSON_MODE.store(json, Ordering::Relaxed);
     match cli.cmd {
         Cmd::Images {
             cmd: ImagesCmd::Sync(args),
@@ -380,11 +419,45 @@ async fn objects_sync(a: ObjectsArgs) -> Result<ExitCode> {
         stop,
         dry_run: a.dry_run,
     };
-    let report = run::run_objects(&objects_options(&a), &ctx)
-        .await
-        .map_err(run_error)?;
+    let options = objects_options(&a);
+    let started = chrono::Utc::now();
+    let report = match run::run_objects(&options, &ctx).await {
+        Ok(r) => r,
+        Err(e) => {
+            progress.done();
+            let sides = (options.source.as_str(), options.dest.as_str());
+            return Err(fatal(&ctx, RunKind::Objects, sides, started, e, a.output).await);
+        }
+    };
     progress.done();
     finish(report, a.output, &state_path, None)
+}
+
+/// A run that ended with an error: in JSON mode its one JSON object (the run record,
+/// `failed` with `error` set, its items so far, and `exit_code`); the error for `main`.
+pub(crate) async fn fatal(
+    ctx: &RunContext<'_>,
+    kind: RunKind,
+    sides: (&str, &str),
+    started: chrono::DateTime<chrono::Utc>,
+    e: RunError,
+    output: OutputFormat,
+) -> anyhow::Error {
+    let run = run::failed_run(ctx, kind, sides, started, &e).await;
+    let e = run_error(e);
+    if output == OutputFormat::Json {
+        let items = match ctx.status.get_run(Some(&run.run_id)).await {
+            Ok(Some((_, items))) => items,
+            _ => Vec::new(),
+        };
+        let mut v = serde_json::to_value(SyncReport { run, items }).unwrap_or_default();
+        v["error"] = format!("{e:#}").into();
+        v["exit_code"] = error_code(&e).into();
+        if let Err(p) = print_json(&v) {
+            tracing::error!(error = %p, "cannot print the JSON report");
+        }
+    }
+    e
 }
 
 /// A run error as the CLI reports it: settings problems exit with 2.
@@ -403,7 +476,7 @@ pub(crate) fn finish(
     stop: Option<&Stop>,
 ) -> Result<ExitCode> {
     match output {
-        OutputFormat::Json => outln!("{}", serde_json::to_string_pretty(&report)?),
+        OutputFormat::Json => print_json(&report)?,
         OutputFormat::Text => output::summary(&report.run, &report.items, Some(state_path)),
     }
     if let Some(why) = stop.and_then(|s| s.reason()) {
@@ -503,7 +576,15 @@ async fn sync(a: SyncArgs) -> Result<ExitCode> {
         stop: stop.clone(),
         dry_run: a.dry_run,
     };
-    let report = run::run_images(&options, &ctx).await.map_err(run_error)?;
+    let started = chrono::Utc::now();
+    let report = match run::run_images(&options, &ctx).await {
+        Ok(r) => r,
+        Err(e) => {
+            progress.done();
+            let sides = (options.source.as_str(), options.dest.as_str());
+            return Err(fatal(&ctx, RunKind::Images, sides, started, e, a.output).await);
+        }
+    };
     progress.done();
     finish(report, a.output, &state_path, Some(&stop))
 }
@@ -532,10 +613,7 @@ async fn status(a: StatusArgs) -> Result<ExitCode> {
         )));
     };
     match a.output {
-        OutputFormat::Json => outln!(
-            "{}",
-            serde_json::to_string_pretty(&hub_core::sync::SyncReport { run, items })?
-        ),
+        OutputFormat::Json => print_json(&hub_core::sync::SyncReport { run, items })?,
         OutputFormat::Text => {
             for i in &items {
                 output::print_item(i, false);

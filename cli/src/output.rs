@@ -174,6 +174,15 @@ pub fn summary(run: &RunRecord, items: &[ItemRecord], state: Option<&Path>) {
         run.source,
         run.dest
     );
+    crate::outln!(
+        "{} run, started {}: {}",
+        run.kind.as_str(),
+        run.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+        run.result.as_str()
+    );
+    if let Some(e) = &run.error {
+        crate::outln!("why: {e}");
+    }
     if run.dry_run {
         crate::outln!(
             "{:>10} {:>8} {:>7} {:>10}",

@@ -296,3 +296,263 @@ fn a_closed_stdout_ends_the_output_quietly_and_the_run_is_kept_whole() {
         quiet(&r, &args.join(" "));
     }
 }
+
+/// `images sync` with JSON output and its own state file; extra arguments after.
+fn images_json(state: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> hub_tests::Run {
+    let mut a = vec![
+        "images",
+        "sync",
+        "--output",
+        "json",
+        "--retry-base-ms",
+        "10",
+        "--state",
+        state.to_str().unwrap(),
+    ];
+    a.extend_from_slice(args);
+    transfer_hub(&a, env)
+}
+
+/// The one error line of a failed command (the first that says `error:`), checked to be a
+/// single line with no Rust Debug output, SDK struct or markup in it.
+fn one_error_line(r: &hub_tests::Run) -> String {
+    let errors: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "one error line expected:\n{}", r.stderr);
+    let line = errors[0].to_string();
+    for bad in ["Error {", "Some(", "<?xml", "<html", "\\n", "ErrorMetadata"] {
+        assert!(!line.contains(bad), "{bad:?} in {line}");
+    }
+    line
+}
+
+/// A run that fails before it copies anything is `failed` with its error in `status`, and
+/// `--output json` prints one JSON object with `error`, `kind`, times and the exit code.
+#[test]
+fn a_run_that_fails_before_copying_is_recorded_failed_with_its_error_and_prints_json() {
+    let (src, dst, dir) = (
+        RegistryServer::start(),
+        RegistryServer::start(),
+        tempfile::tempdir().unwrap(),
+    );
+    let state = dir.path().join("state.db");
+    // An empty source: --all-repos finds nothing to copy.
+    let r = images_json(
+        &state,
+        &["--source", &src.addr, "--dest", &dst.addr, "--all-repos"],
+        &[],
+    );
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    let line = one_error_line(&r);
+    assert!(
+        line.contains("no repository under") && line.contains(&src.addr),
+        "{line}"
+    );
+    let j = r.json();
+    assert_eq!(j["kind"], "images", "{j:#}");
+    assert_eq!(j["result"], "failed", "{j:#}");
+    assert_eq!(j["exit_code"], 2, "{j:#}");
+    assert!(
+        j["error"].as_str().unwrap().contains("no repository"),
+        "{j:#}"
+    );
+    assert!(
+        j["started_at"].is_string() && j["ended_at"].is_string(),
+        "{j:#}"
+    );
+    let run_id = j["run_id"].as_str().unwrap().to_string();
+
+    let st = transfer_hub(
+        &[
+            "status",
+            "--state",
+            state.to_str().unwrap(),
+            "--output",
+            "json",
+        ],
+        &[],
+    );
+    assert_eq!(st.code, 0, "{}", st.stderr);
+    let sj = st.json();
+    assert_eq!(sj["run_id"], run_id.as_str());
+    assert_eq!(sj["result"], "failed", "{sj:#}");
+    assert!(
+        sj["error"].as_str().unwrap().contains("no repository"),
+        "{sj:#}"
+    );
+    let text = transfer_hub(&["status", "--state", state.to_str().unwrap()], &[]);
+    assert!(
+        text.stdout.contains("failed") && text.stdout.contains("no repository under"),
+        "{}",
+        text.stdout
+    );
+
+    // An error before any run (an unreadable list) still prints one JSON object.
+    let r = images_json(
+        &state,
+        &[
+            "--source",
+            &src.addr,
+            "--dest",
+            &dst.addr,
+            "--list",
+            dir.path().join("absent.txt").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 2);
+    let j = r.json();
+    assert!(j["error"].as_str().unwrap().contains("absent.txt"), "{j:#}");
+    assert_eq!(j["exit_code"], 2);
+}
+
+/// A dry run's JSON carries its kind, its times and `to_copy`; a bad list line its `line`.
+#[test]
+fn dry_run_json_counts_to_copy_and_bad_list_lines_carry_their_line() {
+    let (src, dst, dir) = (
+        RegistryServer::start(),
+        RegistryServer::start(),
+        tempfile::tempdir().unwrap(),
+    );
+    OciImage::single(&[512]).push(&format!("{}/app:1", src.addr), None);
+    let list = dir.path().join("l.txt");
+    std::fs::write(&list, "app:1\nBad Line!\n").unwrap();
+    let state = dir.path().join("state.db");
+    let r = images_json(
+        &state,
+        &[
+            "--source",
+            &src.addr,
+            "--dest",
+            &dst.addr,
+            "--list",
+            list.to_str().unwrap(),
+            "--dry-run",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 1, "a bad line fails the run\n{}", r.stderr);
+    let j = r.json();
+    assert_eq!(j["kind"], "images", "{j:#}");
+    assert_eq!(j["to_copy"], 1, "{j:#}");
+    assert!(j["started_at"].is_string() && j["ended_at"].is_string());
+    let items = j["items"].as_array().unwrap();
+    let bad = items
+        .iter()
+        .find(|i| i["status"] == "failed")
+        .expect("the bad line is an item");
+    assert_eq!(bad["line"], 2, "{bad:#}");
+    let good = items.iter().find(|i| i["status"] == "planned").unwrap();
+    assert!(good["line"].is_null(), "every item has the field: {good:#}");
+}
+
+/// Setup problems exit 2 with one line before any image is looked at.
+#[test]
+fn setup_problems_exit_2_with_one_line_naming_the_thing_and_what_to_do() {
+    let (src, dir) = (RegistryServer::start(), tempfile::tempdir().unwrap());
+    OciImage::single(&[512]).push(&format!("{}/app:1", src.addr), None);
+    let state = dir.path().join("state.db");
+    let list = dir.path().join("l.txt");
+    std::fs::write(&list, "app:1\n").unwrap();
+    let l = list.to_str().unwrap();
+    let empty = dir.path().join("empty.txt");
+    std::fs::write(&empty, "# nothing here\n\n").unwrap();
+    let closed = format!("127.0.0.1:{}", hub_tests::free_port());
+    let check = |args: &[&str], env: &[(&str, &str)], words: &[&str]| {
+        let r = images_json(&state, args, env);
+        assert_eq!(r.code, 2, "{args:?}: {}\n{}", r.stdout, r.stderr);
+        let line = one_error_line(&r);
+        for w in words {
+            assert!(line.contains(w), "{args:?}: {w:?} not in {line}");
+        }
+        let j = r.json();
+        assert_eq!(j["exit_code"], 2, "{j:#}");
+        assert!(j["error"].is_string(), "{j:#}");
+    };
+    check(
+        &[
+            "--source",
+            &src.addr,
+            "--dest",
+            &closed,
+            "--list",
+            l,
+            "--insecure-registry",
+            "foo",
+        ],
+        &[],
+        &["--insecure-registry", "foo", "HOST:PORT"],
+    );
+    check(
+        &[
+            "--source",
+            &src.addr,
+            "--dest",
+            &closed,
+            "--list",
+            empty.to_str().unwrap(),
+        ],
+        &[],
+        &["names no image"],
+    );
+    check(
+        &[
+            "--source",
+            &src.addr,
+            "--dest",
+            &closed,
+            "--all-repos",
+            "--include-untagged",
+        ],
+        &[],
+        &["--include-untagged", &src.addr, "ECR"],
+    );
+    check(
+        &["--source", &src.addr, "--dest", &closed, "--list", l],
+        &[],
+        &["cannot reach registry", &closed, "connection refused"],
+    );
+    check(
+        &["--source", &src.addr, "--dest", &closed, "--list", l],
+        &[("TRANSFER_HUB_SKOPEO", "/nonexistent/skopeo")],
+        &["skopeo not found", "/nonexistent/skopeo"],
+    );
+    let guarded = RegistryServer::start_with_login("bob", "right");
+    let auth = dir.path().join("auth.json");
+    hub_tests::write_authfile(&auth, &[(&guarded.addr, "bob", "wrong")]);
+    check(
+        &[
+            "--source",
+            &src.addr,
+            "--dest",
+            &guarded.addr,
+            "--list",
+            l,
+            "--authfile",
+            auth.to_str().unwrap(),
+        ],
+        &[],
+        &["login refused for user bob", &guarded.addr, "auth.json"],
+    );
+    // None of these left an image at a destination or an item in the state file.
+    let st = transfer_hub(
+        &[
+            "status",
+            "--state",
+            state.to_str().unwrap(),
+            "--output",
+            "json",
+        ],
+        &[],
+    );
+    if st.code == 0 {
+        assert!(
+            st.json()["items"].as_array().unwrap().is_empty(),
+            "{}",
+            st.stdout
+        );
+    }
+}
