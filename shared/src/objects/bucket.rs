@@ -68,7 +68,15 @@ pub async fn load_config(
     }
     match &ep.credentials {
         CredentialSource::Default => {}
-        CredentialSource::Profile(p) => loader = loader.profile_name(p),
+        // The profile's own credentials, never the environment's keys (as aws-cli does
+        // with --profile): the default chain would take AWS_ACCESS_KEY_ID first.
+        CredentialSource::Profile(p) => {
+            loader = loader.profile_name(p).credentials_provider(
+                aws_config::profile::ProfileFileCredentialsProvider::builder()
+                    .profile_name(p)
+                    .build(),
+            )
+        }
         CredentialSource::Secret(name) => {
             let client = secrets.ok_or_else(|| {
                 ItemError::new(

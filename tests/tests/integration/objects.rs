@@ -1116,3 +1116,74 @@ fn missing_credentials_fail_fast_with_one_line_naming_the_side() {
         errors[0]
     );
 }
+
+/// An explicit --source-profile beats AWS_ACCESS_KEY_ID in the environment: a profile
+/// that does not exist is an error, never a silent run with the environment's keys.
+#[test]
+fn an_explicit_profile_beats_the_environment_keys() {
+    let s3 = S3::start(&["src", "dst"]);
+    s3.put("src", "a.txt", b"a");
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join("config");
+    let creds = home.path().join("credentials");
+    std::fs::write(&config, format!("[profile good]\nregion = {REGION}\n")).unwrap();
+    let keys = s3.moto.env(REGION);
+    let key = |k: &str| keys.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    std::fs::write(
+        &creds,
+        format!(
+            "[good]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            key("AWS_ACCESS_KEY_ID").unwrap_or_else(|| "testing".into()),
+            key("AWS_SECRET_ACCESS_KEY").unwrap_or_else(|| "testing".into()),
+        ),
+    )
+    .unwrap();
+    let (c, k) = (config.to_str().unwrap(), creds.to_str().unwrap());
+    let mut env: Vec<(&str, &str)> =
+        vec![("AWS_CONFIG_FILE", c), ("AWS_SHARED_CREDENTIALS_FILE", k)];
+    env.push(("AWS_ACCESS_KEY_ID", "AKIAENVIRONMENTKEYS1"));
+    env.push(("AWS_SECRET_ACCESS_KEY", "env-secret"));
+    env.push(("AWS_EC2_METADATA_DISABLED", "true"));
+    let state = s3.state.path().join("state.db");
+    let run = |profile: &str| {
+        transfer_hub(
+            &[
+                "objects",
+                "sync",
+                "s3://src/",
+                "s3://dst/",
+                "--source-endpoint",
+                &s3.moto.endpoint,
+                "--dest-endpoint",
+                &s3.moto.endpoint,
+                "--source-profile",
+                profile,
+                "--dest-profile",
+                profile,
+                "--state",
+                state.to_str().unwrap(),
+            ],
+            &env,
+        )
+    };
+    let r = run("no-such-profile");
+    assert_eq!(
+        r.code, 2,
+        "a wrong profile is an error\n{}\n{}",
+        r.stdout, r.stderr
+    );
+    let errors: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", r.stderr);
+    assert!(errors[0].contains("no-such-profile"), "{}", errors[0]);
+    assert!(
+        s3.keys("dst").is_empty(),
+        "nothing was copied with the env keys"
+    );
+    let r = run("good");
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(s3.keys("dst"), ["a.txt"]);
+}
