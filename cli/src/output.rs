@@ -14,6 +14,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// dropped, and the run itself goes on to its end and to the state file.
 static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
 
+/// `-q`: no progress bar and no line per item. `-v`: a line for every item, in sync too.
+static QUIET: AtomicBool = AtomicBool::new(false);
+static VERBOSE: AtomicBool = AtomicBool::new(false);
+
+pub fn set_quiet(quiet: bool, verbose: bool) {
+    QUIET.store(quiet, Ordering::Relaxed);
+    VERBOSE.store(verbose, Ordering::Relaxed);
+}
+
+fn quiet() -> bool {
+    QUIET.load(Ordering::Relaxed)
+}
+
 /// Writes to stdout, quietly dropping everything once the reader has gone away (broken
 /// pipe). Never panics, unlike `print!`.
 pub fn write_out(text: &str) {
@@ -43,6 +56,8 @@ pub struct Live {
     text: bool,
     dry_run: bool,
     bar: Mutex<Option<ProgressBar>>,
+    /// Nothing to copy: items in sync get no line each (the summary counts them), unless -v.
+    noop: AtomicBool,
 }
 
 impl Live {
@@ -51,12 +66,13 @@ impl Live {
             text,
             dry_run,
             bar: Mutex::new(None),
+            noop: AtomicBool::new(false),
         }
     }
     /// A run whose size is found as it goes (objects): a spinner with a counter on a
     /// terminal, plain lines otherwise.
     pub fn streaming(&self, _what: &str) {
-        if self.text && !self.dry_run && std::io::stderr().is_terminal() {
+        if self.text && !self.dry_run && !quiet() && std::io::stderr().is_terminal() {
             let bar = ProgressBar::new_spinner();
             bar.set_style(
                 ProgressStyle::with_template("{spinner} [{elapsed_precise}] {pos} done {msg}")
@@ -75,7 +91,14 @@ impl Live {
 
 impl Progress for Live {
     fn planned(&self, to_copy: usize, total: usize) {
-        if self.text && !self.dry_run && std::io::stderr().is_terminal() {
+        self.noop.store(
+            to_copy == 0 && !VERBOSE.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        if !self.text || quiet() {
+            return;
+        }
+        if !self.dry_run && std::io::stderr().is_terminal() {
             let bar = ProgressBar::new(total as u64);
             bar.set_style(
                 ProgressStyle::with_template(
@@ -85,7 +108,7 @@ impl Progress for Live {
             );
             bar.set_message(format!("{to_copy} to copy"));
             *self.bar.lock().unwrap() = Some(bar);
-        } else if self.text {
+        } else {
             let verb = if self.dry_run {
                 "would copy"
             } else {
@@ -99,7 +122,18 @@ impl Progress for Live {
         if !self.text {
             return;
         }
-        let line = item_line(item, self.dry_run);
+        let shown = match item.status {
+            Status::Failed => true,
+            Status::Skipped => !quiet() && !self.noop.load(Ordering::Relaxed),
+            _ => !quiet(),
+        };
+        if !shown {
+            if let Some(b) = self.bar.lock().unwrap().as_ref() {
+                b.inc(1);
+            }
+            return;
+        }
+        let line = item_line(item, self.dry_run, false);
         match self.bar.lock().unwrap().as_ref() {
             Some(b) => {
                 b.println(line);
@@ -110,7 +144,19 @@ impl Progress for Live {
     }
 }
 
-fn item_line(i: &ItemRecord, dry_run: bool) -> String {
+/// A digest as text output shows it: `sha256:` and 12 hex characters (`long`: whole).
+fn short_digest(d: &str, long: bool) -> &str {
+    match d.split_once(':') {
+        Some((algo, hex))
+            if !long && hex.len() > 12 && hex.bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
+            &d[..algo.len() + 1 + 12]
+        }
+        _ => d,
+    }
+}
+
+fn item_line(i: &ItemRecord, dry_run: bool, long: bool) -> String {
     let word = match (i.status, dry_run) {
         (Status::Planned, true) => "would copy",
         (Status::Planned, false) => "planned",
@@ -122,6 +168,7 @@ fn item_line(i: &ItemRecord, dry_run: bool) -> String {
         .dest_digest
         .as_deref()
         .or(i.source_digest.as_deref())
+        .map(|d| short_digest(d, long))
         .unwrap_or("-");
     let mut s = format!(
         "{word:<10} {} -> {} {digest}",
@@ -137,9 +184,9 @@ fn item_line(i: &ItemRecord, dry_run: bool) -> String {
     s
 }
 
-/// Prints one item as a plain line.
-pub fn print_item(i: &ItemRecord, dry_run: bool) {
-    crate::outln!("{}", item_line(i, dry_run));
+/// Prints one item as a plain line (`long`: whole digests).
+pub fn print_item(i: &ItemRecord, dry_run: bool, long: bool) {
+    crate::outln!("{}", item_line(i, dry_run, long));
 }
 
 fn human_bytes(n: u64) -> String {
@@ -163,17 +210,25 @@ pub fn summary(run: &RunRecord, items: &[ItemRecord], state: Option<&Path>) {
     let secs =
         (run.ended_at.unwrap_or_else(Utc::now) - run.started_at).num_milliseconds() as f64 / 1000.0;
     crate::outln!();
-    crate::outln!(
-        "run {}{}: {} -> {}",
-        run.run_id,
-        if run.dry_run {
-            " (dry run: nothing changed)"
-        } else {
-            ""
-        },
-        run.source,
-        run.dest
-    );
+    if run.dry_run {
+        crate::outln!(
+            "dry run (nothing changed, no state kept): {} -> {}",
+            run.source,
+            run.dest
+        );
+    } else {
+        crate::outln!("run {}: {} -> {}", run.run_id, run.source, run.dest);
+    }
+    if run.copied == 0 && run.failed == 0 && run.skipped > 0 && planned == 0 {
+        crate::outln!(
+            "{} {} in sync",
+            run.skipped,
+            match run.kind {
+                hub_core::status::RunKind::Images => "image(s)",
+                hub_core::status::RunKind::Objects => "object(s)",
+            }
+        );
+    }
     crate::outln!(
         "{} run, started {}: {}",
         run.kind.as_str(),
@@ -224,5 +279,45 @@ pub fn summary(run: &RunRecord, items: &[ItemRecord], state: Option<&Path>) {
                 p.display()
             );
         }
+    }
+}
+
+/// `transfer-hub runs`: one line per run.
+pub fn runs_table(runs: &[RunRecord]) {
+    if runs.is_empty() {
+        crate::outln!("no runs yet");
+        return;
+    }
+    crate::outln!(
+        "{:<22} {:<7} {:<50} {:<20} {:>8} {:<11} {:>7} {:>8} {:>7}",
+        "RUN",
+        "KIND",
+        "SOURCE → DEST",
+        "STARTED",
+        "DURATION",
+        "RESULT",
+        "COPIED",
+        "SKIPPED",
+        "FAILED"
+    );
+    for r in runs {
+        let took = r
+            .ended_at
+            .map(|e| {
+                hub_core::units::human_duration((e - r.started_at).to_std().unwrap_or_default())
+            })
+            .unwrap_or_else(|| "-".into());
+        crate::outln!(
+            "{:<22} {:<7} {:<50} {:<20} {:>8} {:<11} {:>7} {:>8} {:>7}",
+            r.run_id,
+            r.kind.as_str(),
+            format!("{} → {}", r.source, r.dest),
+            r.started_at.format("%Y-%m-%d %H:%M:%S"),
+            took,
+            r.result.as_str(),
+            r.copied,
+            r.skipped,
+            r.failed
+        );
     }
 }

@@ -121,7 +121,9 @@ struct ObjectsFlags {
 }
 
 /// Flags of a sync that are about one invocation, not the task.
-const NOT_FIELDS: &[&str] = &["dry_run", "output", "state", "disabled", "enabled", "help"];
+const NOT_FIELDS: &[&str] = &[
+    "dry_run", "output", "state", "disabled", "enabled", "help", "verbose", "quiet",
+];
 
 /// The fields the flags give (all of them with defaults for `add`, only those typed for
 /// `edit`), and the state file if one was named.
@@ -135,6 +137,8 @@ fn parse_flags(kind: Kind, flags: &[String], edit: bool) -> Result<(Fields, Opti
         cmd = cmd.mut_arg("dest", |a| a.required(false));
         if kind == Kind::Images {
             cmd = cmd.mut_group("what", |g| g.required(false));
+            cmd = cmd.mut_group("from", |g| g.required(false));
+            cmd = cmd.mut_group("to", |g| g.required(false));
         }
     }
     // Values are read as text here and by the library's reader (the same parsers), so
@@ -178,6 +182,12 @@ fn parse_flags(kind: Kind, flags: &[String], edit: bool) -> Result<(Fields, Opti
         if id == "all_repos" && edit {
             fields.insert("list".into(), String::new());
         }
+        // `images sync SOURCE DEST` or `--source/--dest`: one field each.
+        let id = match id {
+            "source_flag" => "source",
+            "dest_flag" => "dest",
+            id => id,
+        };
         fields.insert(id.to_string(), value);
     }
     if m.get_flag("disabled") {

@@ -102,21 +102,21 @@ async fn check_credentials(
 ) -> Result<(), String> {
     use crate::objects::bucket::CredentialSource;
     use aws_sdk_s3::config::ProvideCredentials as _;
-    if let Some(creds) = conf.credentials_provider() {
-        if let Err(e) = creds.provide_credentials().await {
-            let checked = match &ep.credentials {
-                CredentialSource::Profile(p) => format!("profile {p}"),
-                CredentialSource::Secret(s) => format!("secret {s}"),
-                CredentialSource::Default => {
-                    "checked env, profile default, SSO, container and instance role".into()
-                }
-            };
-            tracing::info!(side, chain = %aws_sdk_s3::error::DisplayErrorContext(&e), "credentials");
-            return Err(format!(
-                "no AWS credentials found for the {side} ({checked}): {}",
-                crate::retry::root_cause(&e)
-            ));
-        }
+    if let Some(creds) = conf.credentials_provider()
+        && let Err(e) = creds.provide_credentials().await
+    {
+        let checked = match &ep.credentials {
+            CredentialSource::Profile(p) => format!("profile {p}"),
+            CredentialSource::Secret(s) => format!("secret {s}"),
+            CredentialSource::Default => {
+                "checked env, profile default, SSO, container and instance role".into()
+            }
+        };
+        tracing::info!(side, chain = %aws_sdk_s3::error::DisplayErrorContext(&e), "credentials");
+        return Err(format!(
+            "no AWS credentials found for the {side} ({checked}): {}",
+            crate::retry::root_cause(&e)
+        ));
     }
     Ok(())
 }
@@ -482,7 +482,7 @@ async fn objects(o: &ObjectsOptions, ctx: &RunContext<'_>) -> Result<SyncReport,
         retry: RetryPolicy {
             retries: o.retries,
             base_delay: Duration::from_millis(o.retry_base_ms),
-            max_delay: Duration::from_secs(30),
+            max_delay: Duration::from_secs(o.retry_max_secs),
             attempt_timeout: Duration::from_secs(o.attempt_timeout_secs),
         },
         dry_run: ctx.dry_run,

@@ -556,3 +556,312 @@ fn setup_problems_exit_2_with_one_line_naming_the_thing_and_what_to_do() {
         );
     }
 }
+
+/// One shape: `images sync SOURCE DEST` like `objects sync`, short flags, units.
+#[test]
+fn images_take_source_and_dest_as_positionals_short_flags_and_values_with_units() {
+    let (src, dst, dir) = (
+        RegistryServer::start(),
+        RegistryServer::start(),
+        tempfile::tempdir().unwrap(),
+    );
+    OciImage::single(&[512]).push(&format!("{}/app:1", src.addr), None);
+    let list = dir.path().join("l.txt");
+    std::fs::write(&list, "app:1\n").unwrap();
+    let l = list.to_str().unwrap();
+    let state = dir.path().join("state.db");
+    let s = state.to_str().unwrap();
+    let r = transfer_hub(
+        &[
+            "images",
+            "sync",
+            &src.addr,
+            &dst.addr,
+            "--list",
+            l,
+            "-n",
+            "-o",
+            "json",
+            "--state",
+            s,
+            "--retry-base-ms",
+            "20ms",
+            "--retry-max-secs",
+            "2s",
+            "--attempt-timeout-secs",
+            "10m",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let j = r.json();
+    assert_eq!(j["dry_run"], true);
+    assert_eq!(j["to_copy"], 1, "{j:#}");
+    assert!(!state.exists(), "a dry run keeps no state");
+
+    // Text: a dry run says it keeps nothing and names no run id status cannot find.
+    let r = transfer_hub(
+        &[
+            "images",
+            "sync",
+            &src.addr,
+            &dst.addr,
+            "--list",
+            l,
+            "--dry-run",
+            "--state",
+            s,
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("no state kept"), "{}", r.stdout);
+    assert!(
+        !r.stdout.lines().any(|l| l.starts_with("run ")),
+        "{}",
+        r.stdout
+    );
+
+    for (args, flag, value, example) in [
+        (
+            vec![
+                "objects",
+                "sync",
+                "s3://aaa",
+                "s3://bbb",
+                "--part-size",
+                "64X",
+            ],
+            "--part-size",
+            "64X",
+            "64M",
+        ),
+        (
+            vec![
+                "objects",
+                "sync",
+                "s3://aaa",
+                "s3://bbb",
+                "--stream-buffer",
+                "lots",
+            ],
+            "--stream-buffer",
+            "lots",
+            "1.5G",
+        ),
+        (
+            vec![
+                "images",
+                "sync",
+                "a.io",
+                "b.io",
+                "--all-repos",
+                "--attempt-timeout-secs",
+                "soon",
+            ],
+            "--attempt-timeout-secs",
+            "soon",
+            "30s",
+        ),
+        (
+            vec![
+                "objects",
+                "sync",
+                "s3://aaa",
+                "s3://bbb",
+                "--retry-base-ms",
+                "1x",
+            ],
+            "--retry-base-ms",
+            "1x",
+            "500ms",
+        ),
+    ] {
+        let r = transfer_hub(&args, &[]);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        let first = r.stderr.lines().next().unwrap_or_default();
+        for w in [flag, value, example] {
+            assert!(first.contains(w), "{args:?}: {w:?} not in {first}");
+        }
+    }
+
+    let help = transfer_hub(&["--help"], &[]);
+    assert_eq!(help.code, 0);
+    for w in [
+        "images",
+        "objects",
+        "task",
+        "serve",
+        "runs",
+        "status",
+        "SOURCE DEST",
+        "-v, --verbose",
+        "-q, --quiet",
+    ] {
+        assert!(
+            help.stdout.contains(w),
+            "top-level help lacks {w:?}:\n{}",
+            help.stdout
+        );
+    }
+    let sub = transfer_hub(&["images", "sync", "--help"], &[]);
+    for w in [
+        "[SOURCE]",
+        "[DEST]",
+        "--source <SOURCE>",
+        "-n, --dry-run",
+        "-o, --output",
+    ] {
+        assert!(
+            sub.stdout.contains(w),
+            "images sync help lacks {w:?}:\n{}",
+            sub.stdout
+        );
+    }
+}
+
+/// `runs` lists past runs; `status` shows the date and kind; text output shortens
+/// digests to 12 hex (whole with --long); a no-op run prints one line, not one per image.
+#[test]
+fn runs_lists_past_runs_and_text_output_fits_a_terminal() {
+    let (src, dst, dir) = (
+        RegistryServer::start(),
+        RegistryServer::start(),
+        tempfile::tempdir().unwrap(),
+    );
+    OciImage::single(&[512]).push(&format!("{}/app:1", src.addr), None);
+    OciImage::single(&[256]).push(&format!("{}/app:2", src.addr), None);
+    let list = dir.path().join("l.txt");
+    std::fs::write(&list, "app:ALL_TAGS\n").unwrap();
+    let l = list.to_str().unwrap();
+    let state = dir.path().join("state.db");
+    let s = state.to_str().unwrap();
+    let sync = |extra: &[&str]| {
+        let mut a = vec![
+            "images", "sync", &src.addr, &dst.addr, "--list", l, "--state", s,
+        ];
+        a.extend_from_slice(extra);
+        transfer_hub(&a, &[])
+    };
+    let first = sync(&[]);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let copied: Vec<&str> = first
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("copied "))
+        .collect();
+    assert_eq!(copied.len(), 2, "{}", first.stdout);
+    for line in &copied {
+        let digest = line.split_whitespace().last().unwrap();
+        assert_eq!(digest.len(), "sha256:".len() + 12, "{line}");
+    }
+    let again = sync(&[]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(
+        !again.stdout.contains("in sync    "),
+        "no line per image:\n{}",
+        again.stdout
+    );
+    assert!(
+        again.stdout.contains("2 image(s) in sync"),
+        "{}",
+        again.stdout
+    );
+    let verbose = sync(&["-v"]);
+    assert_eq!(
+        verbose
+            .stdout
+            .lines()
+            .filter(|l| l.starts_with("in sync "))
+            .count(),
+        2,
+        "{}",
+        verbose.stdout
+    );
+    let quiet = sync(&["-q"]);
+    assert!(
+        !quiet.stdout.contains("in sync    ") && quiet.stdout.contains("run "),
+        "{}",
+        quiet.stdout
+    );
+    // A failed run of the other kind.
+    let bad = transfer_hub(
+        &[
+            "objects",
+            "sync",
+            "s3://aaa",
+            "s3://bbb",
+            "--source-endpoint",
+            "nope",
+            "--state",
+            s,
+        ],
+        &[],
+    );
+    assert_eq!(bad.code, 2);
+
+    let st = transfer_hub(&["status", "--state", s], &[]);
+    assert!(
+        st.stdout.contains("objects run, started 20"),
+        "{}",
+        st.stdout
+    );
+    assert!(st.stdout.contains(": failed"), "{}", st.stdout);
+    let first_id = first
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("run "))
+        .and_then(|l| l.split(':').next())
+        .unwrap()
+        .to_string();
+    let long = transfer_hub(&["status", "--run", &first_id, "--state", s, "--long"], &[]);
+    assert!(
+        long.stdout.contains("images run, started 20"),
+        "{}",
+        long.stdout
+    );
+    let full = long
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("copied "))
+        .map(|l| l.split_whitespace().last().unwrap().len())
+        .collect::<Vec<_>>();
+    assert_eq!(full, [71, 71], "{}", long.stdout);
+
+    let runs = transfer_hub(&["runs", "--state", s], &[]);
+    assert_eq!(runs.code, 0, "{}", runs.stderr);
+    let lines: Vec<&str> = runs.stdout.lines().collect();
+    assert_eq!(lines.len(), 1 + 5, "{}", runs.stdout);
+    assert!(
+        lines[0].contains("RESULT") && lines[0].contains("DURATION"),
+        "{}",
+        runs.stdout
+    );
+    assert!(
+        lines[1].contains("objects") && lines[1].contains("failed"),
+        "{}",
+        runs.stdout
+    );
+    assert!(
+        lines[5].starts_with(&first_id) && lines[5].contains("succeeded"),
+        "{}",
+        runs.stdout
+    );
+    assert!(
+        lines[5].contains(&format!("{} → {}", src.addr, dst.addr)),
+        "{}",
+        runs.stdout
+    );
+    let only = transfer_hub(
+        &["runs", "--state", s, "--kind", "objects", "-o", "json"],
+        &[],
+    );
+    let j = only.json();
+    assert_eq!(j["runs"].as_array().unwrap().len(), 1, "{j:#}");
+    assert_eq!(j["runs"][0]["result"], "failed");
+    let one = transfer_hub(
+        &["runs", "--state", s, "--limit", "1", "--kind", "images"],
+        &[],
+    );
+    assert_eq!(one.stdout.lines().count(), 2, "{}", one.stdout);
+}
