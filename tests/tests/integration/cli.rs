@@ -865,3 +865,63 @@ fn runs_lists_past_runs_and_text_output_fits_a_terminal() {
     );
     assert_eq!(one.stdout.lines().count(), 2, "{}", one.stdout);
 }
+
+/// README's usage lines name exactly the flags `--help` shows, so the two never drift.
+#[test]
+fn the_readme_usage_names_exactly_the_flags_of_each_commands_help() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let flags = |text: &str| -> std::collections::BTreeSet<String> {
+        let b = text.as_bytes();
+        let mut out = std::collections::BTreeSet::new();
+        let mut i = 0;
+        while i + 2 < b.len() {
+            if b[i] == b'-'
+                && b[i + 1] == b'-'
+                && b[i + 2].is_ascii_lowercase()
+                && (i == 0 || !b[i - 1].is_ascii_alphanumeric() && b[i - 1] != b'-')
+            {
+                let end = (i + 2..b.len())
+                    .find(|&j| !(b[j].is_ascii_lowercase() || b[j] == b'-'))
+                    .unwrap_or(b.len());
+                out.insert(text[i..end].trim_end_matches('-').to_string());
+                i = end;
+            } else {
+                i += 1;
+            }
+        }
+        // -v and -q are global: README names them once, at the top of the usage.
+        for global in ["--help", "--verbose", "--quiet"] {
+            out.remove(global);
+        }
+        out
+    };
+    for cmd in ["images sync", "objects sync", "runs", "status"] {
+        let start = format!("transfer-hub {cmd} ");
+        let lines: Vec<&str> = readme.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| l.starts_with(&start))
+            .unwrap_or_else(|| panic!("README has no usage line for {cmd}"));
+        let mut usage = String::new();
+        for l in &lines[at..] {
+            if !usage.is_empty()
+                && !usage.trim_end().ends_with('\\')
+                && !l.trim_start().starts_with('#')
+            {
+                break;
+            }
+            usage.push_str(l);
+            usage.push('\n');
+        }
+        let mut args: Vec<&str> = cmd.split(' ').collect();
+        args.push("--help");
+        let help = transfer_hub(&args, &[]);
+        assert_eq!(help.code, 0, "{}", help.stderr);
+        assert_eq!(
+            flags(&usage),
+            flags(&help.stdout),
+            "README usage of `{cmd}` (left) and its --help (right) name other flags"
+        );
+    }
+}
