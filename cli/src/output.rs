@@ -58,6 +58,10 @@ pub struct Live {
     bar: Mutex<Option<ProgressBar>>,
     /// Nothing to copy: items in sync get no line each (the summary counts them), unless -v.
     noop: AtomicBool,
+    /// Bytes copied so far and when the run started: the bar's bytes and rate.
+    bytes: std::sync::atomic::AtomicU64,
+    started: std::time::Instant,
+    to_copy: std::sync::atomic::AtomicUsize,
 }
 
 impl Live {
@@ -67,7 +71,27 @@ impl Live {
             dry_run,
             bar: Mutex::new(None),
             noop: AtomicBool::new(false),
+            bytes: std::sync::atomic::AtomicU64::new(0),
+            started: std::time::Instant::now(),
+            to_copy: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// The bar's message: what is left to copy, bytes copied and the rate.
+    fn message(&self) -> String {
+        let bytes = self.bytes.load(Ordering::Relaxed);
+        let secs = self.started.elapsed().as_secs_f64().max(0.001);
+        let to_copy = self.to_copy.load(Ordering::Relaxed);
+        let head = if to_copy > 0 {
+            format!("{to_copy} to copy · ")
+        } else {
+            String::new()
+        };
+        format!(
+            "{head}{} copied · {}/s",
+            human_bytes(bytes),
+            human_bytes((bytes as f64 / secs) as u64)
+        )
     }
     /// A run whose size is found as it goes (objects): a spinner with a counter on a
     /// terminal, plain lines otherwise.
@@ -75,9 +99,12 @@ impl Live {
         if self.text && !self.dry_run && !quiet() && std::io::stderr().is_terminal() {
             let bar = ProgressBar::new_spinner();
             bar.set_style(
-                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {pos} done {msg}")
-                    .expect("template is valid"),
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {pos} objects done · {msg}",
+                )
+                .expect("template is valid"),
             );
+            bar.set_message(self.message());
             bar.enable_steady_tick(std::time::Duration::from_millis(200));
             *self.bar.lock().unwrap() = Some(bar);
         }
@@ -99,14 +126,16 @@ impl Progress for Live {
             return;
         }
         if !self.dry_run && std::io::stderr().is_terminal() {
+            self.to_copy.store(to_copy, Ordering::Relaxed);
             let bar = ProgressBar::new(total as u64);
             bar.set_style(
                 ProgressStyle::with_template(
-                    "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg}",
+                    "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} images · {msg} · ETA {eta}",
                 )
                 .expect("template is valid"),
             );
-            bar.set_message(format!("{to_copy} to copy"));
+            bar.set_message(self.message());
+            bar.tick();
             *self.bar.lock().unwrap() = Some(bar);
         } else {
             let verb = if self.dry_run {
@@ -121,6 +150,15 @@ impl Progress for Live {
     fn finished(&self, item: &ItemRecord) {
         if !self.text {
             return;
+        }
+        self.bytes.fetch_add(item.bytes, Ordering::Relaxed);
+        if item.status == Status::Copied || (item.status == Status::Failed && item.attempts > 0) {
+            let _ = self
+                .to_copy
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
+        if let Some(b) = self.bar.lock().unwrap().as_ref() {
+            b.set_message(self.message());
         }
         let shown = match item.status {
             Status::Failed => true,

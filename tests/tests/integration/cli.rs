@@ -925,3 +925,74 @@ fn the_readme_usage_names_exactly_the_flags_of_each_commands_help() {
         );
     }
 }
+
+/// Under a terminal (a pty from `script`), the bar shows items done of the total, bytes
+/// and rate; item lines print above it, each on its own line, never through it.
+#[test]
+fn the_progress_bar_on_a_terminal_shows_totals_and_bytes_and_lines_print_above_it() {
+    let (src, dst, dir) = (
+        RegistryServer::start(),
+        RegistryServer::start(),
+        tempfile::tempdir().unwrap(),
+    );
+    for t in 1..=3 {
+        OciImage::single(&[4096 * t]).push(&format!("{}/app:{t}", src.addr), None);
+    }
+    let list = dir.path().join("l.txt");
+    std::fs::write(&list, "app:ALL_TAGS\n").unwrap();
+    let state = dir.path().join("state.db");
+    let cmd = format!(
+        "{} images sync --source {} --dest {} --list {} --state {} --concurrency 1",
+        hub_tests::transfer_hub_bin().display(),
+        src.addr,
+        dst.addr,
+        list.display(),
+        state.display()
+    );
+    let out = std::process::Command::new(hub_tests::require("script"))
+        .args(["-qfec", &cmd, "/dev/null"])
+        .env("TERM", "xterm")
+        .env_remove("NO_COLOR")
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    // What a terminal shows, frame by frame: split at line ends and carriage returns,
+    // without the escape sequences.
+    let strip = |s: &str| {
+        let mut o = String::new();
+        let mut esc = false;
+        for c in s.chars() {
+            match (esc, c) {
+                (false, '\u{1b}') => esc = true,
+                (true, c) if c.is_ascii_alphabetic() => esc = false,
+                (true, _) => {}
+                (false, c) => o.push(c),
+            }
+        }
+        o
+    };
+    let frames: Vec<String> = text.split(['\n', '\r']).map(strip).collect();
+    assert!(
+        frames
+            .iter()
+            .any(|f| f.contains("/3 images") && f.contains("copied") && f.contains("/s")),
+        "no bar with the total, bytes and rate:\n{text:?}"
+    );
+    let copied: Vec<&String> = frames
+        .iter()
+        .filter(|f| f.contains(&format!("{}/app:", src.addr)) && f.contains("copied "))
+        .collect();
+    assert_eq!(copied.len(), 3, "{text:?}");
+    for f in copied {
+        assert!(
+            f.starts_with("copied "),
+            "an item line mixed with the bar: {f:?}"
+        );
+    }
+}
