@@ -10,13 +10,14 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use hub_core::interrupt::{self, Stop};
 use hub_core::objects::diff::Compare;
 use hub_core::registry::Location;
-use hub_core::status::{SqliteStore, StatusStore};
+use hub_core::status::{RunKind, SqliteStore, StatusStore};
 use hub_core::sync::{SyncReport, new_run_id};
 use hub_core::tasks::run::{self, RunContext, RunError};
 use hub_core::tasks::{ImageSelection, ImagesOptions, ObjectsOptions};
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The version with the commit it was built from (`0.1.0 (commit a1b2c3d4e5f6)`), from build.rs.
 const VERSION: &str = concat!(
@@ -29,8 +30,28 @@ const VERSION: &str = concat!(
 /// Keep container images and S3 objects in sync between registries (Docker Hub, Quay, GHCR,
 /// Harbor, JFrog, Amazon ECR, any OCI registry) and between buckets, from one machine.
 #[derive(Parser)]
-#[command(name = "transfer-hub", version = VERSION, about)]
+#[command(
+    name = "transfer-hub",
+    version = VERSION,
+    about = "Keep container images (registries: Docker Hub, Quay, GHCR, Harbor, ECR, any OCI \
+             registry) and S3 objects (buckets, S3-compatible stores) in sync, from one machine",
+    after_help = "\
+Both halves take SOURCE DEST, as rclone, s5cmd and `aws s3 sync` do:
+  transfer-hub images sync docker.io harbor.example.com/mirror --list images.txt
+  transfer-hub objects sync s3://src/data s3://dst/backup
+Tasks and the web console:
+  transfer-hub task add nightly --kind objects s3://src s3://dst --schedule 'rate(1 day)'
+  transfer-hub serve
+Past runs: transfer-hub runs; one run: transfer-hub status [--run ID]"
+)]
 struct Cli {
+    /// More log lines on stderr: -v info (with each error's underlying chain), -vv debug.
+    /// RUST_LOG, when set, wins.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// No progress bar and no line per item: errors and the summary only.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -49,6 +70,8 @@ enum Cmd {
     },
     /// Show a past run from the state file.
     Status(StatusArgs),
+    /// List past runs, newest first: id, kind, source → dest, started, duration, result, counts.
+    Runs(RunsArgs),
     /// Tasks: transfers kept by name in the state file, run by hand or on a schedule.
     Task {
         #[command(subcommand)]
@@ -116,15 +139,15 @@ pub(crate) struct ObjectsArgs {
     /// Requests (objects or parts) in flight at once.
     #[arg(long, default_value = "64")]
     concurrency: NonZeroUsize,
-    /// Part size in bytes for multipart copies (5 MiB to 5 GiB; grown for huge objects).
-    #[arg(long, default_value_t = hub_core::objects::multipart::DEFAULT_PART)]
+    /// Part size for multipart copies, e.g. 64M (5MiB to 5GiB; grown for huge objects).
+    #[arg(long, default_value_t = hub_core::objects::multipart::DEFAULT_PART, value_parser = size_arg)]
     part_size: u64,
-    /// Bytes of object data streamed copies hold in memory at once (parts or small objects
-    /// read before they are written); at least one part is always let through.
-    #[arg(long, default_value_t = hub_core::objects::run::DEFAULT_STREAM_BUFFER)]
+    /// Object data streamed copies hold in memory at once, e.g. 1G (parts or small
+    /// objects read before they are written); at least one part is always let through.
+    #[arg(long, default_value_t = hub_core::objects::run::DEFAULT_STREAM_BUFFER, value_parser = size_arg)]
     stream_buffer: u64,
-    /// Objects of at least this many bytes are copied in parts.
-    #[arg(long, default_value_t = hub_core::objects::multipart::DEFAULT_THRESHOLD)]
+    /// Objects of at least this size are copied in parts, e.g. 1G.
+    #[arg(long, default_value_t = hub_core::objects::multipart::DEFAULT_THRESHOLD, value_parser = size_arg)]
     multipart_threshold: u64,
     /// How bytes move.
     #[arg(long, value_enum, default_value = "auto")]
@@ -138,20 +161,26 @@ pub(crate) struct ObjectsArgs {
     /// Copy object tags too.
     #[arg(long)]
     tags: bool,
-    /// Retries after a failed attempt (network, 5xx, throttling, timeout).
+    /// Retries after a failed attempt (network, 5xx, throttling, timeout); auth, not-found
+    /// and bad-input errors are never retried.
     #[arg(long, default_value = "3")]
     retries: u32,
-    /// Base of the exponential backoff between retries, in milliseconds (full jitter).
-    #[arg(long, default_value = "500")]
+    /// Base of the exponential backoff between retries (full jitter): 500ms, 2s; a bare
+    /// number is milliseconds.
+    #[arg(long, default_value = "1000", value_parser = ms_arg)]
     retry_base_ms: u64,
-    /// Each attempt (one object, or all parts of one) is stopped after this many seconds.
-    #[arg(long, default_value = "3600")]
+    /// Longest wait between retries: 30s, 2m; a bare number is seconds.
+    #[arg(long, default_value = "60", value_parser = secs_arg)]
+    retry_max_secs: u64,
+    /// Each attempt (one object, or all parts of one) is stopped after this long: 30m, 2h;
+    /// a bare number is seconds.
+    #[arg(long, default_value = "3600", value_parser = positive_secs_arg)]
     attempt_timeout_secs: u64,
-    /// Print what would be copied and change nothing.
-    #[arg(long)]
+    /// Print what would be copied and change nothing (the state file included).
+    #[arg(short = 'n', long)]
     dry_run: bool,
     /// Output: human text, or one JSON object on stdout.
-    #[arg(long, value_enum, default_value = "text")]
+    #[arg(short, long, value_enum, default_value = "text")]
     output: OutputFormat,
     /// State file (SQLite) where runs, object results and open uploads are kept.
     #[arg(long, env = "TRANSFER_HUB_STATE")]
@@ -172,15 +201,23 @@ pub(crate) enum OutputFormat {
 
 #[derive(Args)]
 #[command(group = clap::ArgGroup::new("what").required(true).args(["list", "all_repos"]))]
+#[command(group = clap::ArgGroup::new("from").required(true).args(["source", "source_flag"]))]
+#[command(group = clap::ArgGroup::new("to").required(true).args(["dest", "dest_flag"]))]
 pub(crate) struct SyncArgs {
     /// Source registry, optionally with a repository prefix: REGISTRY[/PREFIX].
-    #[arg(long, value_parser = Location::parse)]
-    source: Location,
+    #[arg(value_parser = Location::parse, value_name = "SOURCE")]
+    source: Option<Location>,
     /// Destination registry, optionally with a repository prefix: REGISTRY[/PREFIX].
     /// An ECR registry (<account>.dkr.ecr.<region>.amazonaws.com) gets a login from the
     /// default AWS credential chain and missing repositories are created.
-    #[arg(long, value_parser = Location::parse)]
-    dest: Location,
+    #[arg(value_parser = Location::parse, value_name = "DEST")]
+    dest: Option<Location>,
+    /// SOURCE given as a flag (as before): --source REGISTRY[/PREFIX].
+    #[arg(long = "source", value_parser = Location::parse, value_name = "SOURCE")]
+    source_flag: Option<Location>,
+    /// DEST given as a flag (as before): --dest REGISTRY[/PREFIX].
+    #[arg(long = "dest", value_parser = Location::parse, value_name = "DEST")]
+    dest_flag: Option<Location>,
     /// Selection list: names separated by commas or newlines (`name`, `name:tag`,
     /// `name:ALL_TAGS`, `name@sha256:…`, `host:port/name:tag`; `#` comments).
     #[arg(long)]
@@ -202,17 +239,19 @@ pub(crate) struct SyncArgs {
     /// bad-input errors are never retried.
     #[arg(long, default_value = "3")]
     retries: u32,
-    /// Base of the exponential backoff between retries, in milliseconds (full jitter).
-    #[arg(long, default_value = "1000")]
+    /// Base of the exponential backoff between retries (full jitter): 500ms, 2s; a bare
+    /// number is milliseconds.
+    #[arg(long, default_value = "1000", value_parser = ms_arg)]
     retry_base_ms: u64,
-    /// Longest wait between retries, in seconds.
-    #[arg(long, default_value = "60")]
+    /// Longest wait between retries: 30s, 2m; a bare number is seconds.
+    #[arg(long, default_value = "60", value_parser = secs_arg)]
     retry_max_secs: u64,
-    /// Each copy attempt is stopped after this many seconds.
-    #[arg(long, default_value = "1800")]
+    /// Each copy attempt is stopped after this long: 30m, 2h; a bare number is seconds.
+    #[arg(long, default_value = "1800", value_parser = positive_secs_arg)]
     attempt_timeout_secs: u64,
-    /// Print the plan (what would be copied, what is in sync) and change nothing.
-    #[arg(long)]
+    /// Print the plan (what would be copied, what is in sync) and change nothing (the
+    /// state file included).
+    #[arg(short = 'n', long)]
     dry_run: bool,
     /// Registry logins (containers/docker auth file). Default: $REGISTRY_AUTH_FILE, else ~/.docker/config.json.
     #[arg(long)]
@@ -221,7 +260,7 @@ pub(crate) struct SyncArgs {
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     insecure_registries: Vec<String>,
     /// Output: human text, or one JSON object on stdout.
-    #[arg(long, value_enum, default_value = "text")]
+    #[arg(short, long, value_enum, default_value = "text")]
     output: OutputFormat,
     /// State file (SQLite) where runs and image results are kept.
     #[arg(long, env = "TRANSFER_HUB_STATE")]
@@ -235,6 +274,22 @@ pub(crate) struct SyncArgs {
 }
 
 #[derive(Args)]
+struct RunsArgs {
+    /// How many runs to show.
+    #[arg(long, default_value = "20")]
+    limit: NonZeroUsize,
+    /// Only runs of this kind.
+    #[arg(long, value_parser = ["images", "objects"])]
+    kind: Option<String>,
+    /// State file (SQLite).
+    #[arg(long, env = "TRANSFER_HUB_STATE")]
+    state: Option<PathBuf>,
+    /// Output: human text or JSON.
+    #[arg(short, long, value_enum, default_value = "text")]
+    output: OutputFormat,
+}
+
+#[derive(Args)]
 struct StatusArgs {
     /// Run id (default: the latest run).
     #[arg(long)]
@@ -243,8 +298,39 @@ struct StatusArgs {
     #[arg(long, env = "TRANSFER_HUB_STATE")]
     state: Option<PathBuf>,
     /// Output: human text or JSON.
-    #[arg(long, value_enum, default_value = "text")]
+    #[arg(short, long, value_enum, default_value = "text")]
     output: OutputFormat,
+    /// Whole digests in text output (shortened to 12 hex characters otherwise).
+    #[arg(long)]
+    long: bool,
+}
+
+/// A size flag's value: `64M`, `1.5G`, `5MiB` or bytes.
+fn size_arg(s: &str) -> Result<u64, String> {
+    match hub_core::units::parse_size(s)? {
+        0 => Err(format!("{s:?}: expected 1 byte or more, e.g. 64M")),
+        n => Ok(n),
+    }
+}
+
+/// A duration flag in milliseconds: `500ms`, `2s`, or a bare number of milliseconds.
+fn ms_arg(s: &str) -> Result<u64, String> {
+    hub_core::units::parse_duration(s, std::time::Duration::from_millis(1))
+        .map(|d| d.as_millis() as u64)
+}
+
+/// A duration flag in seconds: `30s`, `5m`, `2h`, or a bare number of seconds.
+fn secs_arg(s: &str) -> Result<u64, String> {
+    let d = hub_core::units::parse_duration(s, std::time::Duration::from_secs(1))?;
+    Ok(d.as_secs_f64().round() as u64)
+}
+
+/// [`secs_arg`] of at least one second.
+fn positive_secs_arg(s: &str) -> Result<u64, String> {
+    match secs_arg(s)? {
+        0 => Err(format!("{s:?}: expected 1s or more, e.g. 30m")),
+        n => Ok(n),
+    }
 }
 
 /// Marks an error as a problem the user must fix before anything can run (exit code 2).
@@ -269,26 +355,59 @@ pub(crate) fn default_state() -> PathBuf {
     base.join("transfer-hub/state.db")
 }
 
+/// Set when the command prints JSON: an error then still prints one JSON object.
+static JSON_MODE: AtomicBool = AtomicBool::new(false);
+/// Set once the command printed its JSON object.
+static JSON_PRINTED: AtomicBool = AtomicBool::new(false);
+
+/// Prints the command's one JSON object.
+pub(crate) fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    JSON_PRINTED.store(true, Ordering::Relaxed);
+    outln!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// The exit code of an error: 2 for a problem to fix before anything can run, else 1.
+fn error_code(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<ConfigErrorMarker>().is_some() {
+        2
+    } else {
+        1
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(cli.verbose);
+    output::set_quiet(cli.quiet, cli.verbose > 0);
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime starts");
     match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
+            let code = error_code(&e);
             eprintln!("error: {e:#}");
-            if e.downcast_ref::<ConfigErrorMarker>().is_some() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::from(1)
+            if JSON_MODE.load(Ordering::Relaxed) && !JSON_PRINTED.load(Ordering::Relaxed) {
+                let _ = print_json(&serde_json::json!({
+                    "error": format!("{e:#}"),
+                    "exit_code": code,
+                }));
             }
+            ExitCode::from(code)
         }
     }
 }
 
-fn init_tracing() {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+fn init_tracing(verbose: u8) {
+    // The AWS SDK's own warnings (a region not found on IMDS, …) are Debug dumps of its
+    // structs: shown only when asked for (-vv, or RUST_LOG, which wins over -v).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        match verbose {
+            0 => "warn,aws_config=error,aws_smithy_runtime=error,aws_sdk_s3=error",
+            1 => "info,aws_config=error,aws_smithy_runtime=error,aws_sdk_s3=error",
+            _ => "debug",
+        }
+        .into()
+    });
     // Colour only on a terminal, and never under NO_COLOR (https://no-color.org).
     use std::io::IsTerminal as _;
     let colour = std::io::stderr().is_terminal()
@@ -305,6 +424,18 @@ fn init_tracing() {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
+    let json = match &cli.cmd {
+        Cmd::Images {
+            cmd: ImagesCmd::Sync(a),
+        } => a.output == OutputFormat::Json,
+        Cmd::Objects {
+            cmd: ObjectsCmd::Sync(a),
+        } => a.output == OutputFormat::Json,
+        Cmd::Status(a) => a.output == OutputFormat::Json,
+        Cmd::Runs(a) => a.output == OutputFormat::Json,
+        _ => false,
+    };
+    JSON_MODE.store(json, Ordering::Relaxed);
     match cli.cmd {
         Cmd::Images {
             cmd: ImagesCmd::Sync(args),
@@ -313,16 +444,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             cmd: ObjectsCmd::Sync(args),
         } => objects_sync(args).await,
         Cmd::Status(args) => status(args).await,
+        Cmd::Runs(args) => runs(args).await,
         Cmd::Task { cmd } => task::run(cmd).await,
         Cmd::Serve(args) => serve::run(args).await,
         Cmd::Completions { shell } => {
             use clap::CommandFactory as _;
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "transfer-hub",
-                &mut std::io::stdout(),
-            );
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "transfer-hub", &mut script);
+            output::write_out(&String::from_utf8_lossy(&script));
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -360,6 +489,7 @@ fn objects_options(a: &ObjectsArgs) -> ObjectsOptions {
         tags: a.tags,
         retries: a.retries,
         retry_base_ms: a.retry_base_ms,
+        retry_max_secs: a.retry_max_secs,
         attempt_timeout_secs: a.attempt_timeout_secs,
     }
 }
@@ -383,11 +513,45 @@ async fn objects_sync(a: ObjectsArgs) -> Result<ExitCode> {
         stop,
         dry_run: a.dry_run,
     };
-    let report = run::run_objects(&objects_options(&a), &ctx)
-        .await
-        .map_err(run_error)?;
+    let options = objects_options(&a);
+    let started = chrono::Utc::now();
+    let report = match run::run_objects(&options, &ctx).await {
+        Ok(r) => r,
+        Err(e) => {
+            progress.done();
+            let sides = (options.source.as_str(), options.dest.as_str());
+            return Err(fatal(&ctx, RunKind::Objects, sides, started, e, a.output).await);
+        }
+    };
     progress.done();
     finish(report, a.output, &state_path, None)
+}
+
+/// A run that ended with an error: in JSON mode its one JSON object (the run record,
+/// `failed` with `error` set, its items so far, and `exit_code`); the error for `main`.
+pub(crate) async fn fatal(
+    ctx: &RunContext<'_>,
+    kind: RunKind,
+    sides: (&str, &str),
+    started: chrono::DateTime<chrono::Utc>,
+    e: RunError,
+    output: OutputFormat,
+) -> anyhow::Error {
+    let run = run::failed_run(ctx, kind, sides, started, &e).await;
+    let e = run_error(e);
+    if output == OutputFormat::Json {
+        let items = match ctx.status.get_run(Some(&run.run_id)).await {
+            Ok(Some((_, items))) => items,
+            _ => Vec::new(),
+        };
+        let mut v = serde_json::to_value(SyncReport { run, items }).unwrap_or_default();
+        v["error"] = format!("{e:#}").into();
+        v["exit_code"] = error_code(&e).into();
+        if let Err(p) = print_json(&v) {
+            tracing::error!(error = %p, "cannot print the JSON report");
+        }
+    }
+    e
 }
 
 /// A run error as the CLI reports it: settings problems exit with 2.
@@ -406,7 +570,7 @@ pub(crate) fn finish(
     stop: Option<&Stop>,
 ) -> Result<ExitCode> {
     match output {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        OutputFormat::Json => print_json(&report)?,
         OutputFormat::Text => output::summary(&report.run, &report.items, Some(state_path)),
     }
     if let Some(why) = stop.and_then(|s| s.reason()) {
@@ -469,9 +633,16 @@ fn images_options(a: &SyncArgs) -> Result<ImagesOptions> {
             include_untagged: a.include_untagged,
         },
     };
+    // The group rules make one of each pair present.
+    let source = a
+        .source
+        .as_ref()
+        .or(a.source_flag.as_ref())
+        .expect("SOURCE");
+    let dest = a.dest.as_ref().or(a.dest_flag.as_ref()).expect("DEST");
     Ok(ImagesOptions {
-        source: a.source.to_string(),
-        dest: a.dest.to_string(),
+        source: source.to_string(),
+        dest: dest.to_string(),
         selection,
         concurrency: a.concurrency.get(),
         resolve_concurrency: a.resolve_concurrency.get(),
@@ -506,9 +677,41 @@ async fn sync(a: SyncArgs) -> Result<ExitCode> {
         stop: stop.clone(),
         dry_run: a.dry_run,
     };
-    let report = run::run_images(&options, &ctx).await.map_err(run_error)?;
+    let started = chrono::Utc::now();
+    let report = match run::run_images(&options, &ctx).await {
+        Ok(r) => r,
+        Err(e) => {
+            progress.done();
+            let sides = (options.source.as_str(), options.dest.as_str());
+            return Err(fatal(&ctx, RunKind::Images, sides, started, e, a.output).await);
+        }
+    };
     progress.done();
     finish(report, a.output, &state_path, Some(&stop))
+}
+
+async fn runs(a: RunsArgs) -> Result<ExitCode> {
+    let path = a.state.clone().unwrap_or_else(default_state);
+    if !path.exists() {
+        return Err(config(anyhow!(
+            "no state file at {}: run `transfer-hub images sync` or `objects sync` first, or pass --state",
+            path.display()
+        )));
+    }
+    let store = SqliteStore::open(&path).map_err(config)?;
+    let limit = a.limit.get();
+    let mut runs = store
+        .list_runs(if a.kind.is_some() { 100_000 } else { limit })
+        .await?;
+    if let Some(k) = &a.kind {
+        runs.retain(|r| r.kind.as_str() == k);
+    }
+    runs.truncate(limit);
+    match a.output {
+        OutputFormat::Json => print_json(&serde_json::json!({ "runs": runs }))?,
+        OutputFormat::Text => output::runs_table(&runs),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn status(a: StatusArgs) -> Result<ExitCode> {
@@ -535,13 +738,10 @@ async fn status(a: StatusArgs) -> Result<ExitCode> {
         )));
     };
     match a.output {
-        OutputFormat::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&hub_core::sync::SyncReport { run, items })?
-        ),
+        OutputFormat::Json => print_json(&hub_core::sync::SyncReport { run, items })?,
         OutputFormat::Text => {
             for i in &items {
-                output::print_item(i, false);
+                output::print_item(i, false, a.long);
             }
             output::summary(&run, &items, None);
         }

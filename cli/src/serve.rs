@@ -8,7 +8,7 @@ use hub_core::console::auth::{Auth, random_token};
 use hub_core::console::runner::LocalRunner;
 use hub_core::console::{Console, serve};
 use hub_core::status::SqliteStore;
-use std::io::Write;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,12 +59,10 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
         );
     }
     // The one-time login link goes to the terminal only (not to the logs).
-    // A closed stdout (`serve | head -1`) must not stop the server: what cannot be written
-    // is dropped.
-    let mut out = std::io::stdout();
-    let _ = writeln!(out, "transfer-hub console: http://{addr}/?token={token}")
-        .and_then(|_| writeln!(out, "state file: {}", path.display()))
-        .and_then(|_| out.flush());
+    // A closed stdout (`serve | head -1`) must not stop the server (outln! drops what
+    // cannot be written).
+    crate::outln!("transfer-hub console: http://{addr}/?token={token}");
+    crate::outln!("state file: {}", path.display());
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

@@ -121,7 +121,9 @@ struct ObjectsFlags {
 }
 
 /// Flags of a sync that are about one invocation, not the task.
-const NOT_FIELDS: &[&str] = &["dry_run", "output", "state", "disabled", "enabled", "help"];
+const NOT_FIELDS: &[&str] = &[
+    "dry_run", "output", "state", "disabled", "enabled", "help", "verbose", "quiet",
+];
 
 /// The fields the flags give (all of them with defaults for `add`, only those typed for
 /// `edit`), and the state file if one was named.
@@ -135,6 +137,8 @@ fn parse_flags(kind: Kind, flags: &[String], edit: bool) -> Result<(Fields, Opti
         cmd = cmd.mut_arg("dest", |a| a.required(false));
         if kind == Kind::Images {
             cmd = cmd.mut_group("what", |g| g.required(false));
+            cmd = cmd.mut_group("from", |g| g.required(false));
+            cmd = cmd.mut_group("to", |g| g.required(false));
         }
     }
     // Values are read as text here and by the library's reader (the same parsers), so
@@ -178,6 +182,12 @@ fn parse_flags(kind: Kind, flags: &[String], edit: bool) -> Result<(Fields, Opti
         if id == "all_repos" && edit {
             fields.insert("list".into(), String::new());
         }
+        // `images sync SOURCE DEST` or `--source/--dest`: one field each.
+        let id = match id {
+            "source_flag" => "source",
+            "dest_flag" => "dest",
+            id => id,
+        };
         fields.insert(id.to_string(), value);
     }
     if m.get_flag("disabled") {
@@ -216,7 +226,7 @@ pub async fn run(cmd: TaskCmd) -> Result<ExitCode> {
                 Task::from_fields(&a.name, a.kind, &fields, chrono::Utc::now()).map_err(config)?;
             let (store, path) = open(&state)?;
             store.create(&task).await.map_err(config)?;
-            println!(
+            crate::outln!(
                 "added task {} ({}) to {}",
                 task.name,
                 task.kind(),
@@ -235,7 +245,7 @@ pub async fn run(cmd: TaskCmd) -> Result<ExitCode> {
                 .map_err(config)?;
             task.created_at = old.created_at;
             store.update(&task).await.map_err(config)?;
-            println!("changed task {}", task.name);
+            crate::outln!("changed task {}", task.name);
         }
         TaskCmd::List(s) => {
             let (store, _) = open(&s.state)?;
@@ -248,11 +258,16 @@ pub async fn run(cmd: TaskCmd) -> Result<ExitCode> {
                 tasks.extend(page);
             }
             match s.output {
-                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&tasks)?),
+                OutputFormat::Json => crate::outln!("{}", serde_json::to_string_pretty(&tasks)?),
                 OutputFormat::Text => {
-                    println!(
+                    crate::outln!(
                         "{:<24} {:<8} {:<60} {:<20} {:<9} {:<28} NEXT RUN",
-                        "NAME", "KIND", "SOURCE → DESTINATION", "SCHEDULE", "ENABLED", "LAST RUN"
+                        "NAME",
+                        "KIND",
+                        "SOURCE → DESTINATION",
+                        "SCHEDULE",
+                        "ENABLED",
+                        "LAST RUN"
                     );
                     for t in &tasks {
                         let last = store.runs(&t.name, None, 1).await?.into_iter().next();
@@ -267,7 +282,7 @@ pub async fn run(cmd: TaskCmd) -> Result<ExitCode> {
                                 )
                             })
                             .unwrap_or_else(|| "-".into());
-                        println!(
+                        crate::outln!(
                             "{:<24} {:<8} {:<60} {:<20} {:<9} {:<28} {}",
                             t.name,
                             t.kind().as_str(),
@@ -288,16 +303,16 @@ pub async fn run(cmd: TaskCmd) -> Result<ExitCode> {
             let (store, path) = open(&a.state.state)?;
             let t = get(&store, &a.name, &path).await?;
             match a.state.output {
-                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&t)?),
+                OutputFormat::Json => crate::outln!("{}", serde_json::to_string_pretty(&t)?),
                 OutputFormat::Text => {
-                    println!("name = {}\nkind = {}", t.name, t.kind());
+                    crate::outln!("name = {}\nkind = {}", t.name, t.kind());
                     for (k, v) in t.fields() {
                         if !v.is_empty() {
-                            println!("{k} = {}", v.replace('\n', "\n    "));
+                            crate::outln!("{k} = {}", v.replace('\n', "\n    "));
                         }
                     }
                     if let Some(n) = next_run(&store, &t).await? {
-                        println!("next run = {}", n.to_rfc3339());
+                        crate::outln!("next run = {}", n.to_rfc3339());
                     }
                 }
             }
@@ -311,7 +326,7 @@ pub async fn run(cmd: TaskCmd) -> Result<ExitCode> {
                     path.display()
                 )));
             }
-            println!("removed task {}", a.name);
+            crate::outln!("removed task {}", a.name);
         }
         TaskCmd::Run(a) => {
             let stop = crate::stop_on_signals()?;

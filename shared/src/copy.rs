@@ -331,7 +331,7 @@ impl Copier for Skopeo {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| ItemError::new(ErrorClass::BadInput, format!("cannot run {}: {e} (is skopeo installed? scripts/install-deps installs it)", self.binary.display())))?;
+            .map_err(|e| ItemError::new(ErrorClass::BadInput, format!("cannot run {}: {e} (is skopeo installed? apt-get install skopeo, dnf install skopeo or brew install skopeo; or set TRANSFER_HUB_SKOPEO)", self.binary.display())))?;
         let stderr_pipe = child.stderr.take();
         let read_stderr = tokio::spawn(async move {
             let mut buf = Vec::new();

@@ -254,6 +254,8 @@ pub async fn list_images(
             skipped: 0,
             failed: 0,
             bytes: 0,
+            kind: crate::status::RunKind::Images,
+            ..Default::default()
         })
         .await?;
     // A line may name its own registry only if it is the source or an allowed extra one.
@@ -336,6 +338,7 @@ fn record(run_id: &str, source: String, dest: String, status: Status) -> ItemRec
         started_at: Some(now),
         ended_at: Some(now),
         version: version_now(),
+        line: None,
     }
 }
 

@@ -29,5 +29,6 @@ pub mod status;
 pub mod sync;
 pub mod task_report;
 pub mod tasks;
+pub mod units;
 pub mod worker;
 pub mod workflow;

@@ -296,6 +296,38 @@ impl HttpRegistry {
         }
     }
 
+    /// The setup check of one registry before a run: it answers `/v2/`, and, when the auth
+    /// file has a login for it, accepts that login. The error is one line naming the
+    /// registry, what happened and where the login came from.
+    pub async fn check_reachable(&self, host: &str, authfile: &str) -> Result<(), String> {
+        let address = self.address(host);
+        let resp = match self.send(Method::GET, host, "/v2/", "").await {
+            Ok(r) => r,
+            Err(e) if e.class == ErrorClass::AuthDenied => {
+                return Err(format!("registry {host}: {}", e.message));
+            }
+            Err(e) => {
+                let cause = e.message.rsplit(": ").next().unwrap_or(&e.message);
+                let cause = cause.split(" (os error").next().unwrap_or(cause);
+                return Err(format!(
+                    "cannot reach registry {host} ({address}): {}",
+                    cause.to_lowercase()
+                ));
+            }
+        };
+        match resp.status() {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => match self.credentials.get(host) {
+                Some(l) => Err(format!(
+                    "registry {host}: login refused for user {} (auth file {authfile})",
+                    l.username
+                )),
+                // Anonymous access may still be allowed per repository.
+                None => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
+
     /// Sends traffic for registry `host` to `address` instead (the ECR test override).
     pub fn route(&mut self, host: &str, address: &str) {
         self.addresses.insert(host.to_string(), address.to_string());

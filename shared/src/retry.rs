@@ -51,9 +51,70 @@ where
             .and_then(|v| parse_retry_after(v, chrono::Utc::now())),
         _ => None,
     };
-    let text = aws_sdk_s3::error::DisplayErrorContext(&e).to_string();
+    // One line: the service's code and message, or what kept the request from an answer
+    // (the whole chain, which can hold an SDK struct or a raw body, goes to the log).
+    let (class, text) = match &e {
+        SdkError::ServiceError(s) => {
+            let status = s.raw().status().as_u16();
+            let text = match (s.err().code(), s.err().message()) {
+                (Some(c), Some(m)) => format!("{c}: {} (HTTP {status})", one_line(m)),
+                (Some(c), None) => format!("{c} (HTTP {status})"),
+                _ => format!("HTTP {status}"),
+            };
+            (class, text)
+        }
+        _ => {
+            let cause = root_cause(&e);
+            let lower = cause.to_ascii_lowercase();
+            let class = if lower.contains("dns error")
+                || lower.contains("failed to lookup address")
+                || lower.contains("name or service not known")
+                || lower.contains("no such host")
+                || lower.contains("invalid uri")
+                || lower.contains("invalid endpoint")
+            {
+                // An unknown host or an endpoint that is not one: another try cannot help.
+                ErrorClass::BadInput
+            } else if lower.contains("credential") {
+                ErrorClass::AuthDenied
+            } else {
+                class
+            };
+            (class, cause)
+        }
+    };
+    tracing::info!(what, chain = %aws_sdk_s3::error::DisplayErrorContext(&e), "AWS error");
     ItemError::new(class, format!("{what}: {}", clip(&text, MAX_SDK_MESSAGE)))
         .with_retry_after(retry_after)
+}
+
+/// `text` on one line (newlines and runs of spaces made single spaces).
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The innermost error of a chain, on one line, without the OS error number: what a
+/// person can act on ("connection refused", "dns error: failed to lookup address…").
+pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = e;
+    let mut texts = vec![e.to_string()];
+    while let Some(inner) = last.source() {
+        texts.push(inner.to_string());
+        last = inner;
+    }
+    // Wrappers say "dispatch failure" or "io error"; the innermost message that says more
+    // is the one to keep, with the DNS or connection context when it is one level up.
+    let mut text = texts.last().cloned().unwrap_or_default();
+    if let Some(i) = texts.iter().position(|t| t.starts_with("dns error")) {
+        text = texts[i..].join(": ");
+    }
+    let text = text.split(" (os error").next().unwrap_or(&text).to_string();
+    let text = one_line(&text);
+    let mut c = text.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().chain(c).collect(),
+        None => text,
+    }
 }
 
 /// How much of an SDK error's text an item error keeps. An unreadable answer's error carries

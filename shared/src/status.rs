@@ -66,12 +66,103 @@ pub struct ItemRecord {
     /// Write order: a write is applied only when its version is higher than the stored one.
     #[serde(skip)]
     pub version: u64,
+    /// For a selection-list line that could not be read: its line number (`null` otherwise).
+    #[serde(default)]
+    pub line: Option<u32>,
+}
+
+/// The list line an item stands for, when it is a bad selection-list line (its source is
+/// written `line N: TEXT`).
+pub fn list_line(source: &str) -> Option<u32> {
+    source
+        .strip_prefix("line ")?
+        .split_once(':')?
+        .0
+        .parse()
+        .ok()
+}
+
+/// What a run moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunKind {
+    #[default]
+    Images,
+    Objects,
+}
+
+impl RunKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunKind::Images => "images",
+            RunKind::Objects => "objects",
+        }
+    }
+    /// The kind of a stored name; a record from before kinds were kept is told by its
+    /// source (`s3://…` is objects).
+    pub fn from_name(s: Option<&str>, source: &str) -> Self {
+        match s {
+            Some("objects") => RunKind::Objects,
+            Some("images") => RunKind::Images,
+            _ if source.starts_with("s3://") => RunKind::Objects,
+            _ => RunKind::Images,
+        }
+    }
+}
+
+/// How a run ended (or that it has not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunResult {
+    /// Started and not finished (or killed: nothing closed the record).
+    #[default]
+    Running,
+    /// Every item is in sync.
+    Succeeded,
+    /// Some item failed, or the run could not go on (`error` says why).
+    Failed,
+    /// Stopped by a signal; a re-run copies what is missing.
+    Interrupted,
+}
+
+impl RunResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunResult::Running => "running",
+            RunResult::Succeeded => "succeeded",
+            RunResult::Failed => "failed",
+            RunResult::Interrupted => "interrupted",
+        }
+    }
+    /// A stored name; a record from before results were kept is told by its end.
+    pub fn from_name(s: Option<&str>, ended: bool, failed: u64) -> Self {
+        match s {
+            // A writer that closes the record without a result (older code) leaves
+            // "running": its end and counts say how it went.
+            Some("running") if !ended => RunResult::Running,
+            Some("succeeded") => RunResult::Succeeded,
+            Some("failed") => RunResult::Failed,
+            Some("interrupted") => RunResult::Interrupted,
+            _ if !ended => RunResult::Running,
+            _ if failed > 0 => RunResult::Failed,
+            _ => RunResult::Succeeded,
+        }
+    }
 }
 
 /// The record of a run, with its counts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct RunRecord {
     pub run_id: String,
+    /// Images or objects.
+    #[serde(default)]
+    pub kind: RunKind,
+    /// Running, succeeded, failed or interrupted.
+    #[serde(default)]
+    pub result: RunResult,
+    /// Why the run as a whole failed (a setup check, a listing), when it did.
+    #[serde(default)]
+    pub error: Option<String>,
     pub source: String,
     pub dest: String,
     pub dry_run: bool,
@@ -81,6 +172,9 @@ pub struct RunRecord {
     pub skipped: u64,
     pub failed: u64,
     pub bytes: u64,
+    /// On a dry run: the items that would be copied (dry runs are never stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_copy: Option<u64>,
 }
 
 /// Status store errors.
@@ -178,20 +272,31 @@ impl SqliteStore {
     pub fn in_memory() -> Result<Self, StoreError> {
         let conn = rusqlite::Connection::open_in_memory()?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
     }
 }
 
-/// Brings a state file written by an older version up to the schema: columns added since
-/// (the upload's checksum: NULL in old rows, read as what those uploads used).
-fn migrate(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
-    let has = conn
-        .prepare("SELECT 1 FROM pragma_table_info('uploads') WHERE name = 'checksum'")?
-        .exists([])?;
-    if !has {
-        conn.execute_batch("ALTER TABLE uploads ADD COLUMN checksum TEXT")?;
+/// Brings a state file written by an older version up to the schema: columns added since,
+/// NULL in old rows (an upload's checksum reads as what those uploads used; a run's kind,
+/// result and error as unknown).
+fn migrate(c: &rusqlite::Connection) -> rusqlite::Result<()> {
+    let columns = |table: &str| -> rusqlite::Result<Vec<String>> {
+        c.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?
+            .query_map([], |r| r.get(0))?
+            .collect()
+    };
+    for (table, col) in [
+        ("uploads", "checksum"),
+        ("runs", "kind"),
+        ("runs", "result"),
+        ("runs", "error"),
+    ] {
+        if !columns(table)?.iter().any(|h| h == col) {
+            c.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {col} TEXT"))?;
+        }
     }
     Ok(())
 }
@@ -205,22 +310,32 @@ fn parse_ts(s: Option<String>) -> Option<DateTime<Utc>> {
 }
 
 fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
+    let source: String = r.get(1)?;
+    let ended_at = parse_ts(r.get(5)?);
+    let failed: u64 = r.get(8)?;
     Ok(RunRecord {
         run_id: r.get(0)?,
-        source: r.get(1)?,
+        kind: RunKind::from_name(r.get::<_, Option<String>>(10)?.as_deref(), &source),
+        result: RunResult::from_name(
+            r.get::<_, Option<String>>(11)?.as_deref(),
+            ended_at.is_some(),
+            failed,
+        ),
+        error: r.get(12)?,
+        to_copy: None,
+        source,
         dest: r.get(2)?,
         dry_run: r.get(3)?,
         started_at: parse_ts(r.get(4)?).unwrap_or_default(),
-        ended_at: parse_ts(r.get(5)?),
+        ended_at,
         copied: r.get(6)?,
         skipped: r.get(7)?,
-        failed: r.get(8)?,
+        failed,
         bytes: r.get(9)?,
     })
 }
 
-const RUN_COLS: &str =
-    "run_id, source, dest, dry_run, started_at, ended_at, copied, skipped, failed, bytes";
+const RUN_COLS: &str = "run_id, source, dest, dry_run, started_at, ended_at, copied, skipped, failed, bytes, kind, result, error";
 
 #[async_trait]
 impl StatusStore for SqliteStore {
@@ -228,10 +343,11 @@ impl StatusStore for SqliteStore {
         let c = self.conn.lock().unwrap();
         c.execute(
             &format!(
-                "INSERT INTO runs ({RUN_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)
+                "INSERT INTO runs ({RUN_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13)
                  ON CONFLICT (run_id) DO UPDATE SET source=excluded.source, dest=excluded.dest,
                    dry_run=excluded.dry_run, started_at=excluded.started_at, ended_at=excluded.ended_at,
-                   copied=excluded.copied, skipped=excluded.skipped, failed=excluded.failed, bytes=excluded.bytes"
+                   copied=excluded.copied, skipped=excluded.skipped, failed=excluded.failed, bytes=excluded.bytes,
+                   kind=excluded.kind, result=excluded.result, error=excluded.error"
             ),
             params![
                 run.run_id,
@@ -243,7 +359,10 @@ impl StatusStore for SqliteStore {
                 run.copied,
                 run.skipped,
                 run.failed,
-                run.bytes
+                run.bytes,
+                run.kind.as_str(),
+                run.result.as_str(),
+                run.error
             ],
         )?;
         Ok(())
@@ -318,9 +437,17 @@ impl StatusStore for SqliteStore {
                     started_at: parse_ts(r.get(9)?),
                     ended_at: parse_ts(r.get(10)?),
                     version: r.get::<_, i64>(11)? as u64,
+                    line: None,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
+        let items = items
+            .into_iter()
+            .map(|i: ItemRecord| ItemRecord {
+                line: list_line(&i.source),
+                ..i
+            })
+            .collect();
         Ok(Some((run, items)))
     }
 
@@ -374,12 +501,17 @@ mod tests {
             started_at: Some(Utc::now()),
             ended_at: None,
             version,
+            line: None,
         }
     }
 
     fn run(id: &str) -> RunRecord {
         RunRecord {
             run_id: id.into(),
+            kind: RunKind::Images,
+            result: RunResult::Running,
+            error: None,
+            to_copy: None,
             source: "s".into(),
             dest: "d".into(),
             dry_run: false,

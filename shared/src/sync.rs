@@ -8,7 +8,7 @@ use crate::plan::{self, Action, ImageName, Observation, TagListings, Unplannable
 use crate::registry::{Location, Registry};
 use crate::retry::{ErrorClass, ItemError, RetryPolicy, with_retries};
 use crate::selection::{Selection, TagSpec};
-use crate::status::{ItemRecord, RunRecord, Status, StatusStore, StoreError};
+use crate::status::{ItemRecord, RunRecord, RunResult, Status, StatusStore, StoreError};
 use async_trait::async_trait;
 use chrono::Utc;
 use futures::stream::{self, StreamExt};
@@ -122,6 +122,8 @@ pub async fn run_sync_until(
         skipped: 0,
         failed: 0,
         bytes: 0,
+        kind: crate::status::RunKind::Images,
+        ..Default::default()
     };
     let keep = !spec.dry_run;
     if keep {
@@ -137,7 +139,8 @@ pub async fn run_sync_until(
         r = looked_up => r,
         why = stop.stopped() => {
             tracing::warn!(why, "interrupted before the plan was made; nothing was copied");
-            let report = finish(run, Vec::new());
+            let mut report = finish(run, Vec::new());
+            report.run.result = RunResult::Interrupted;
             if keep {
                 edges.store.put_run(&report.run).await?;
             }
@@ -169,6 +172,7 @@ pub async fn run_sync_until(
             started_at: Some(run.started_at),
             ended_at: None,
             version: PLANNED,
+            line: None,
         };
         match p.action {
             Action::Skip => {
@@ -258,7 +262,10 @@ pub async fn run_sync_until(
     for r in results {
         items.push(r?);
     }
-    let report = finish(run.clone(), items);
+    let mut report = finish(run.clone(), items);
+    if stop.reason().is_some() {
+        report.run.result = RunResult::Interrupted;
+    }
     run = report.run.clone();
     edges.store.put_run(&run).await?;
     Ok(report)
@@ -273,6 +280,14 @@ fn finish(mut run: RunRecord, mut items: Vec<ItemRecord>) -> SyncReport {
     run.failed = items.iter().filter(|i| i.status == Status::Failed).count() as u64;
     run.bytes = items.iter().map(|i| i.bytes).sum();
     run.ended_at = Some(Utc::now());
+    run.result = if run.failed > 0 {
+        RunResult::Failed
+    } else {
+        RunResult::Succeeded
+    };
+    if run.dry_run {
+        run.to_copy = Some(items.iter().filter(|i| i.status == Status::Planned).count() as u64);
+    }
     SyncReport { run, items }
 }
 
@@ -281,6 +296,7 @@ pub fn failed_record(run_id: &str, u: Unplannable) -> ItemRecord {
     let now = Utc::now();
     ItemRecord {
         run_id: run_id.to_string(),
+        line: crate::status::list_line(&u.what),
         source: u.what,
         dest: u.dest.unwrap_or_default(),
         status: Status::Failed,

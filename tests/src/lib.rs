@@ -1514,6 +1514,35 @@ pub fn transfer_hub(args: &[&str], env: &[(&str, &str)]) -> Run {
     c.output().unwrap().into()
 }
 
+/// Runs `transfer-hub` with its stdout a pipe whose reader is gone before the first line
+/// (as `transfer-hub … | head -0` would, or `head -1` after its line): every write
+/// to stdout fails with a broken pipe. `code` is 128 + the signal when a signal ended it.
+pub fn transfer_hub_closed_stdout(args: &[&str], env: &[(&str, &str)]) -> Run {
+    use std::os::unix::process::ExitStatusExt as _;
+    let mut c = Command::new(transfer_hub_bin());
+    c.args(args)
+        .env_remove("REGISTRY_AUTH_FILE")
+        .env("HOME", std::env::temp_dir().join("transfer-hub-test-home"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let mut child = c.spawn().unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    Run {
+        code: out
+            .status
+            .code()
+            .or_else(|| out.status.signal().map(|s| 128 + s))
+            .unwrap_or(-1),
+        stdout: String::new(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 /// A proxy answer rewrite for S3: ListObjectsV2 pages of `bucket` come back in reverse key
 /// order (a store that does not list in byte order).
 pub fn reversed_listings(bucket: &str) -> Rewrite {

@@ -281,6 +281,13 @@ async fn record_start_failure(store: &SqliteStore, task: &Task, run_id: &str, wh
         skipped: 0,
         failed: 1,
         bytes: 0,
+        kind: match task.kind() {
+            crate::tasks::Kind::Images => crate::status::RunKind::Images,
+            crate::tasks::Kind::Objects => crate::status::RunKind::Objects,
+        },
+        result: crate::status::RunResult::Failed,
+        error: Some(why.to_string()),
+        to_copy: None,
     };
     let item = ItemRecord {
         run_id: run_id.into(),
@@ -295,6 +302,7 @@ async fn record_start_failure(store: &SqliteStore, task: &Task, run_id: &str, wh
         started_at: Some(now),
         ended_at: Some(now),
         version: 2,
+        line: None,
     };
     if store.put_run(&run).await.is_err() || store.put_item(&item).await.is_err() {
         tracing::error!(run_id, "cannot record the run's failure");

@@ -42,13 +42,41 @@ pub async fn connect(
     ep: &Endpoint,
     secrets: Option<&aws_sdk_secretsmanager::Client>,
 ) -> Result<Client, ItemError> {
+    Ok(client_of(&load_config(ep, secrets).await?, ep))
+}
+
+/// The S3 client of one side from its loaded configuration.
+pub fn client_of(conf: &aws_config::SdkConfig, ep: &Endpoint) -> Client {
+    let mut b = aws_sdk_s3::config::Builder::from(conf);
+    if let Some(url) = &ep.url {
+        b = b.endpoint_url(url).force_path_style(true);
+    }
+    if conf.region().is_none() {
+        b = b.region(aws_config::Region::new("us-east-1"));
+    }
+    Client::from_conf(b.retry_classifier(HonourRetryAfter).build())
+}
+
+/// The AWS configuration of one side: region and credentials (not yet fetched).
+pub async fn load_config(
+    ep: &Endpoint,
+    secrets: Option<&aws_sdk_secretsmanager::Client>,
+) -> Result<aws_config::SdkConfig, ItemError> {
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
     if let Some(r) = &ep.region {
         loader = loader.region(aws_config::Region::new(r.clone()));
     }
     match &ep.credentials {
         CredentialSource::Default => {}
-        CredentialSource::Profile(p) => loader = loader.profile_name(p),
+        // The profile's own credentials, never the environment's keys (as aws-cli does
+        // with --profile): the default chain would take AWS_ACCESS_KEY_ID first.
+        CredentialSource::Profile(p) => {
+            loader = loader.profile_name(p).credentials_provider(
+                aws_config::profile::ProfileFileCredentialsProvider::builder()
+                    .profile_name(p)
+                    .build(),
+            )
+        }
         CredentialSource::Secret(name) => {
             let client = secrets.ok_or_else(|| {
                 ItemError::new(
@@ -80,17 +108,7 @@ pub async fn connect(
             }
         }
     }
-    let conf = loader.load().await;
-    let mut b = aws_sdk_s3::config::Builder::from(&conf);
-    if let Some(url) = &ep.url {
-        b = b.endpoint_url(url).force_path_style(true);
-    }
-    if conf.region().is_none() {
-        b = b.region(aws_config::Region::new("us-east-1"));
-    }
-    Ok(Client::from_conf(
-        b.retry_classifier(HonourRetryAfter).build(),
-    ))
+    Ok(loader.load().await)
 }
 
 /// The SDK's own retries wait at least what a 429 or 503 answer's `Retry-After` says

@@ -108,6 +108,8 @@ pub async fn run_objects(
         skipped: 0,
         failed: 0,
         bytes: 0,
+        kind: crate::status::RunKind::Objects,
+        ..Default::default()
     };
     if !spec.dry_run {
         edges.store.put_run(&run).await?;
@@ -160,6 +162,14 @@ pub async fn run_objects(
     run.skipped = counts.in_sync;
     run.bytes = kept.bytes;
     run.ended_at = Some(Utc::now());
+    run.result = if run.failed > 0 {
+        crate::status::RunResult::Failed
+    } else {
+        crate::status::RunResult::Succeeded
+    };
+    if spec.dry_run {
+        run.to_copy = Some(counts.copies);
+    }
     if !spec.dry_run {
         edges.store.put_run(&run).await?;
     }
@@ -470,6 +480,7 @@ async fn copy_object(
         started_at: Some(started),
         ended_at: None,
         version: FINAL,
+        line: None,
     };
     if spec.dry_run {
         rec.ended_at = Some(Utc::now());
@@ -705,6 +716,7 @@ mod tests {
             started_at: None,
             ended_at: None,
             version: FINAL,
+            line: None,
         }
     }
 

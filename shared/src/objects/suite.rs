@@ -240,6 +240,7 @@ impl ObjectsEdges<'_> {
             ended_at: Some(now),
             // Later writes win: a retry that succeeds replaces an earlier failure.
             version: now.timestamp_micros().max(0) as u64,
+            line: None,
         };
         self.store.put_item(&rec).await.map(|_| ())
     }
@@ -319,6 +320,8 @@ pub async fn diff_objects(
         skipped: sum.in_sync,
         failed: 0,
         bytes: 0,
+        kind: crate::status::RunKind::Objects,
+        ..Default::default()
     };
     if after.is_none() {
         e.store.put_run(&run).await.map_err(store_err)?;

@@ -4,7 +4,7 @@
 //! Item writes are conditional on `version` (attribute_not_exists(pk) OR version < :v), so a
 //! retried or late write never overwrites a newer result. No secret is ever written.
 
-use super::{ItemRecord, RunRecord, Status, StatusStore, StoreError};
+use super::{ItemRecord, RunRecord, Status, StatusStore, StoreError, list_line};
 use crate::retry::{ErrorClass, ItemError};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -127,6 +127,8 @@ impl DynamoStore {
             ("skipped", n(run.skipped)),
             ("failed", n(run.failed)),
             ("bytes", n(run.bytes)),
+            ("kind", s(run.kind.as_str())),
+            ("result", s(run.result.as_str())),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -134,11 +136,24 @@ impl DynamoStore {
         if let Some(t) = run.ended_at {
             i.insert("ended_at".into(), s(t.to_rfc3339()));
         }
+        if let Some(e) = &run.error {
+            i.insert("error".into(), s(e));
+        }
         i
     }
 
     fn run_from(i: &Item) -> RunRecord {
+        use crate::status::{RunKind, RunResult};
+        let source = get_s(i, "source").unwrap_or_default();
         RunRecord {
+            kind: RunKind::from_name(get_s(i, "kind").as_deref(), &source),
+            result: RunResult::from_name(
+                get_s(i, "result").as_deref(),
+                get_t(i, "ended_at").is_some(),
+                get_n(i, "failed"),
+            ),
+            error: get_s(i, "error"),
+            to_copy: None,
             run_id: get_s(i, "pk").unwrap_or_default(),
             source: get_s(i, "source").unwrap_or_default(),
             dest: get_s(i, "dest").unwrap_or_default(),
@@ -178,6 +193,7 @@ impl DynamoStore {
             started_at: get_t(i, "started_at"),
             ended_at: get_t(i, "ended_at"),
             version: get_n(i, "version"),
+            line: list_line(&get_s(i, "source").unwrap_or_default()),
         }
     }
 }

@@ -21,6 +21,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
 
 /// A task as typed: field name → text. Absent fields take their defaults.
 pub type Fields = BTreeMap<String, String>;
@@ -109,7 +110,14 @@ pub struct ObjectsOptions {
     pub tags: bool,
     pub retries: u32,
     pub retry_base_ms: u64,
+    /// Longest wait between retries (tasks kept before it existed: 30 s, as then).
+    #[serde(default = "thirty")]
+    pub retry_max_secs: u64,
     pub attempt_timeout_secs: u64,
+}
+
+fn thirty() -> u64 {
+    30
 }
 
 /// What a task does, by kind.
@@ -198,7 +206,8 @@ pub fn objects_defaults() -> Vec<(&'static str, String)> {
         ),
         ("copy_mode", "auto".into()),
         ("retries", "3".into()),
-        ("retry_base_ms", "500".into()),
+        ("retry_base_ms", "1000".into()),
+        ("retry_max_secs", "60".into()),
         ("attempt_timeout_secs", "3600".into()),
     ]
 }
@@ -310,6 +319,48 @@ impl<'a> Reader<'a> {
                 T::default()
             }
         }
+    }
+    /// A size field (`64M`, `1.5G`, bytes): at least one byte.
+    fn size(&mut self, key: &str) -> u64 {
+        let Some(v) = self.text(key) else {
+            self.fail(key, "missing; expected a size such as 64M".into());
+            return 0;
+        };
+        match crate::units::parse_size(v) {
+            Ok(0) => {
+                let v = v.to_string();
+                self.fail(key, format!("{v:?}: expected 1 byte or more"));
+                0
+            }
+            Ok(n) => n,
+            Err(e) => {
+                self.fail(key, e);
+                0
+            }
+        }
+    }
+    /// A duration field (`30s`, `2h`; a bare number is in `bare`), in units of `bare`.
+    fn duration(&mut self, key: &str, bare: Duration) -> u64 {
+        let Some(v) = self.text(key) else {
+            self.fail(key, "missing; expected a duration such as 30s".into());
+            return 0;
+        };
+        match crate::units::parse_duration(v, bare) {
+            Ok(d) => (d.as_secs_f64() / bare.as_secs_f64()).round() as u64,
+            Err(e) => {
+                self.fail(key, e);
+                0
+            }
+        }
+    }
+    /// [`Self::duration`] of at least one `bare` unit.
+    fn positive_duration(&mut self, key: &str, bare: Duration) -> u64 {
+        let n = self.duration(key, bare);
+        if n == 0 && self.errors.iter().all(|e| e.field != key) {
+            let v = self.text(key).unwrap_or_default().to_string();
+            self.fail(key, format!("{v:?}: expected 1 or more"));
+        }
+        n
     }
     /// Runs a CLI parser on the field, when present.
     fn check<T, E: fmt::Display>(&mut self, key: &str, parse: impl FnOnce(&str) -> Result<T, E>) {
@@ -456,6 +507,7 @@ impl Task {
                 put("tags", o.tags.to_string());
                 put("retries", o.retries.to_string());
                 put("retry_base_ms", o.retry_base_ms.to_string());
+                put("retry_max_secs", o.retry_max_secs.to_string());
                 put("attempt_timeout_secs", o.attempt_timeout_secs.to_string());
             }
         }
@@ -532,9 +584,9 @@ fn images(r: &mut Reader<'_>) -> ImagesOptions {
         concurrency: r.number("concurrency", true),
         resolve_concurrency: r.number("resolve_concurrency", true),
         retries: r.number("retries", false),
-        retry_base_ms: r.number("retry_base_ms", false),
-        retry_max_secs: r.number("retry_max_secs", false),
-        attempt_timeout_secs: r.number("attempt_timeout_secs", true),
+        retry_base_ms: r.duration("retry_base_ms", Duration::from_millis(1)),
+        retry_max_secs: r.duration("retry_max_secs", Duration::from_secs(1)),
+        attempt_timeout_secs: r.positive_duration("attempt_timeout_secs", Duration::from_secs(1)),
         authfile,
         insecure_registries,
         no_scan_on_push: r.flag("no_scan_on_push"),
@@ -562,13 +614,13 @@ fn objects(r: &mut Reader<'_>) -> ObjectsOptions {
         );
     }
     r.check("storage_class", bucket::parse_storage_class);
-    let part_size: u64 = r.number("part_size", true);
+    let part_size: u64 = r.size("part_size");
     if r.errors.iter().all(|e| e.field != "part_size")
         && let Err(e) = multipart::check_part_size(part_size)
     {
         r.fail("part_size", e.to_string());
     }
-    let stream_buffer: u64 = r.number("stream_buffer", true);
+    let stream_buffer: u64 = r.size("stream_buffer");
     if copy_mode == "stream" && stream_buffer < part_size {
         r.fail(
             "stream_buffer",
@@ -589,14 +641,19 @@ fn objects(r: &mut Reader<'_>) -> ObjectsOptions {
         concurrency: r.number("concurrency", true),
         part_size,
         stream_buffer,
-        multipart_threshold: r.number("multipart_threshold", true),
+        multipart_threshold: r.size("multipart_threshold"),
         copy_mode,
         storage_class: r.opt("storage_class"),
         sse_kms_key: r.opt("sse_kms_key"),
         tags: r.flag("tags"),
         retries: r.number("retries", false),
-        retry_base_ms: r.number("retry_base_ms", false),
-        attempt_timeout_secs: r.number("attempt_timeout_secs", true),
+        retry_base_ms: r.duration("retry_base_ms", Duration::from_millis(1)),
+        retry_max_secs: if r.text("retry_max_secs").is_some() {
+            r.duration("retry_max_secs", Duration::from_secs(1))
+        } else {
+            30
+        },
+        attempt_timeout_secs: r.positive_duration("attempt_timeout_secs", Duration::from_secs(1)),
     }
 }
 

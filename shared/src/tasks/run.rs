@@ -13,7 +13,7 @@ use crate::objects::uploads::UploadLedger;
 use crate::registry::{HttpRegistry, Location};
 use crate::retry::RetryPolicy;
 use crate::selection::parse_list;
-use crate::status::{ItemRecord, Status, StatusStore, StoreError};
+use crate::status::{ItemRecord, RunKind, RunRecord, RunResult, Status, StatusStore, StoreError};
 use crate::sync::{Edges, Prepare, Progress, Selecting, SyncReport, SyncSpec, run_sync_until};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -80,16 +80,207 @@ pub fn retry_list(source: &str, failed: &[ItemRecord]) -> String {
     out
 }
 
+/// An S3 endpoint is an http(s) URL with a host.
+fn check_endpoint(u: &str) -> Result<(), String> {
+    let rest = u
+        .strip_prefix("https://")
+        .or_else(|| u.strip_prefix("http://"))
+        .ok_or("expected an http:// or https:// URL, e.g. http://127.0.0.1:9000")?;
+    let host = rest.split(['/', '?']).next().unwrap_or("");
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err("expected a URL with a host, e.g. http://127.0.0.1:9000".into());
+    }
+    Ok(())
+}
+
+/// The setup check of one side's credentials: they load (from the profile named, or the
+/// default chain). One line naming the side and where it looked.
+async fn check_credentials(
+    side: &str,
+    conf: &aws_config::SdkConfig,
+    ep: &crate::objects::bucket::Endpoint,
+) -> Result<(), String> {
+    use crate::objects::bucket::CredentialSource;
+    use aws_sdk_s3::config::ProvideCredentials as _;
+    if let Some(creds) = conf.credentials_provider()
+        && let Err(e) = creds.provide_credentials().await
+    {
+        let checked = match &ep.credentials {
+            CredentialSource::Profile(p) => format!("profile {p}"),
+            CredentialSource::Secret(s) => format!("secret {s}"),
+            CredentialSource::Default => {
+                "checked env, profile default, SSO, container and instance role".into()
+            }
+        };
+        tracing::info!(side, chain = %aws_sdk_s3::error::DisplayErrorContext(&e), "credentials");
+        return Err(format!(
+            "no AWS credentials found for the {side} ({checked}): {}",
+            crate::retry::root_cause(&e)
+        ));
+    }
+    Ok(())
+}
+
+/// The setup check of one S3 side: its endpoint answers, and its bucket exists and may
+/// be read. One line naming the side, bucket and endpoint.
+async fn check_side(
+    side: &str,
+    b: &crate::objects::bucket::Bucket,
+    ep: &crate::objects::bucket::Endpoint,
+) -> Result<(), String> {
+    use aws_sdk_s3::error::SdkError;
+    let at = ep
+        .url
+        .clone()
+        .unwrap_or_else(|| match b.client.config().region() {
+            Some(r) => format!("AWS region {r}"),
+            None => "AWS".into(),
+        });
+    if b.requester_pays {
+        return Ok(());
+    }
+    let bucket = &b.url.bucket;
+    match b.client.head_bucket().bucket(bucket).send().await {
+        Ok(_) => Ok(()),
+        Err(SdkError::ServiceError(s)) => {
+            let status = s.raw().status().as_u16();
+            Err(match status {
+                404 => format!("{side} bucket {bucket} does not exist (endpoint {at})"),
+                401 | 403 => format!(
+                    "{side} bucket {bucket}: access denied for these credentials (endpoint {at})"
+                ),
+                n => format!("{side} bucket {bucket}: HTTP {n} from {at}"),
+            })
+        }
+        Err(e) => {
+            tracing::info!(side, chain = %aws_sdk_s3::error::DisplayErrorContext(&e), "head bucket");
+            Err(format!(
+                "cannot reach the {side} endpoint {at}: {}",
+                crate::retry::root_cause(&e)
+            ))
+        }
+    }
+}
+
+/// `--insecure-registry` names a registry as HOST:PORT.
+fn check_insecure_registry(r: &str) -> Result<(), String> {
+    let ok = r
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "--insecure-registry {r:?}: expected HOST:PORT, e.g. registry.local:5000"
+        ))
+    }
+}
+
+/// skopeo (or `$TRANSFER_HUB_SKOPEO`) is there to run.
+fn check_skopeo() -> Result<(), String> {
+    let (name, explicit) = match std::env::var_os("TRANSFER_HUB_SKOPEO") {
+        Some(p) => (PathBuf::from(p), true),
+        None => (PathBuf::from("skopeo"), false),
+    };
+    let found = if name.components().count() > 1 {
+        name.is_file()
+    } else {
+        std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(&name).is_file()))
+            .unwrap_or(false)
+    };
+    match (found, explicit) {
+        (true, _) => Ok(()),
+        (false, true) => Err(format!(
+            "skopeo not found at {} ($TRANSFER_HUB_SKOPEO): point it at the skopeo binary, or unset it to use skopeo from PATH",
+            name.display()
+        )),
+        (false, false) => Err(
+            "skopeo not found on PATH: install skopeo (apt-get install skopeo, dnf install skopeo or brew install skopeo)".into(),
+        ),
+    }
+}
+
 fn config(e: impl std::fmt::Display) -> RunError {
     RunError::Config(e.to_string())
 }
 
-/// `images sync` with these settings.
+/// `images sync` with these settings. A run that cannot go on (a setup check, the state
+/// store) is recorded as failed with its error, whatever it did before.
 pub async fn run_images(o: &ImagesOptions, ctx: &RunContext<'_>) -> Result<SyncReport, RunError> {
+    let started = chrono::Utc::now();
+    let r = images(o, ctx).await;
+    settle(ctx, RunKind::Images, (&o.source, &o.dest), started, r).await
+}
+
+/// `objects sync` with these settings; a fatal error is recorded as for [`run_images`].
+pub async fn run_objects(o: &ObjectsOptions, ctx: &RunContext<'_>) -> Result<SyncReport, RunError> {
+    let started = chrono::Utc::now();
+    let r = objects(o, ctx).await;
+    settle(ctx, RunKind::Objects, (&o.source, &o.dest), started, r).await
+}
+
+/// The run record of a run that ended with an error: `failed`, with the error and the
+/// counts of what it did before (kept on a real run; a dry run keeps nothing).
+pub async fn failed_run(
+    ctx: &RunContext<'_>,
+    kind: RunKind,
+    (source, dest): (&str, &str),
+    started: chrono::DateTime<chrono::Utc>,
+    error: &RunError,
+) -> RunRecord {
+    let before = match ctx.status.get_run(Some(&ctx.run_id)).await {
+        Ok(Some((run, _))) => Some(run),
+        _ => None,
+    };
+    let mut run = before.unwrap_or_else(|| RunRecord {
+        run_id: ctx.run_id.clone(),
+        source: source.to_string(),
+        dest: dest.to_string(),
+        dry_run: ctx.dry_run,
+        started_at: started,
+        ..Default::default()
+    });
+    run.kind = kind;
+    run.result = RunResult::Failed;
+    run.error = Some(error.to_string());
+    run.ended_at = Some(chrono::Utc::now());
+    run
+}
+
+async fn settle(
+    ctx: &RunContext<'_>,
+    kind: RunKind,
+    sides: (&str, &str),
+    started: chrono::DateTime<chrono::Utc>,
+    r: Result<SyncReport, RunError>,
+) -> Result<SyncReport, RunError> {
+    let Err(e) = r else { return r };
+    if !ctx.dry_run && !matches!(e, RunError::Store(_)) {
+        let run = failed_run(ctx, kind, sides, started, &e).await;
+        if let Err(store) = ctx.status.put_run(&run).await {
+            tracing::error!(run_id = %run.run_id, error = %store, "cannot record the run's failure");
+        }
+    }
+    Err(e)
+}
+
+async fn images(o: &ImagesOptions, ctx: &RunContext<'_>) -> Result<SyncReport, RunError> {
     let source = Location::parse(&o.source).map_err(|e| config(format!("--source: {e}")))?;
     let dest = Location::parse(&o.dest).map_err(|e| config(format!("--dest: {e}")))?;
+    for r in &o.insecure_registries {
+        check_insecure_registry(r).map_err(config)?;
+    }
     let selecting = match &o.selection {
-        ImageSelection::List(text) => Selecting::List(parse_list(text)),
+        ImageSelection::List(text) => {
+            let sel = parse_list(text);
+            if sel.entries.is_empty() && sel.errors.is_empty() {
+                return Err(config(
+                    "the selection list names no image: expected one per line (name, name:tag, name:ALL_TAGS or name@sha256:…)",
+                ));
+            }
+            Selecting::List(sel)
+        }
         ImageSelection::AllRepos { .. } => Selecting::AllRepos,
     };
     let include_untagged = matches!(
@@ -98,11 +289,24 @@ pub async fn run_images(o: &ImagesOptions, ctx: &RunContext<'_>) -> Result<SyncR
             include_untagged: true
         }
     );
+    if include_untagged && ecr::parse_ecr_host(&source.host).is_none() {
+        return Err(config(format!(
+            "--include-untagged: registry {} cannot list untagged images (only Amazon ECR can); drop the flag or sync from ECR",
+            source.host
+        )));
+    }
     let authfile = o.authfile.as_ref().map(PathBuf::from);
-    let credentials = match default_auth_file(authfile.as_deref()) {
-        Some(p) => Credentials::from_file(&p).map_err(config)?,
+    let authfile = default_auth_file(authfile.as_deref());
+    let credentials = match &authfile {
+        Some(p) => Credentials::from_file(p).map_err(config)?,
         None => Credentials::default(),
     };
+    let authfile_name = authfile
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| {
+            "none: no --authfile, $REGISTRY_AUTH_FILE or ~/.docker/config.json".into()
+        });
     let mut registry = HttpRegistry::new(credentials, o.insecure_registries.clone());
 
     // Every registry this run talks to.
@@ -135,6 +339,18 @@ pub async fn run_images(o: &ImagesOptions, ctx: &RunContext<'_>) -> Result<SyncR
         }
     }
     let hosts: Vec<String> = hosts.into_iter().collect();
+    check_skopeo().map_err(config)?;
+    // Both sides answer and accept their logins before any image is looked at.
+    let mut sides = vec![&source.host];
+    if dest.host != source.host {
+        sides.push(&dest.host);
+    }
+    for host in sides {
+        registry
+            .check_reachable(host, &authfile_name)
+            .await
+            .map_err(config)?;
+    }
     let copier = Skopeo::new(&registry, &hosts)
         .map_err(config)?
         .with_stop(ctx.stop.clone());
@@ -161,16 +377,23 @@ pub async fn run_images(o: &ImagesOptions, ctx: &RunContext<'_>) -> Result<SyncR
         prepare: prepare.as_ref().map(|p| p as &dyn Prepare),
         progress: ctx.progress,
     };
+    let all_repos = matches!(spec.selecting, Selecting::AllRepos);
     let report = run_sync_until(&spec, &edges, &ctx.stop).await?;
     // The temp auth file goes with the copier.
     drop(copier);
+    if all_repos && report.items.is_empty() && ctx.stop.reason().is_none() {
+        return Err(config(format!(
+            "--all-repos: no repository under {} (check the prefix)",
+            spec.source
+        )));
+    }
     Ok(report)
 }
 
-/// `objects sync` with these settings.
-pub async fn run_objects(o: &ObjectsOptions, ctx: &RunContext<'_>) -> Result<SyncReport, RunError> {
+async fn objects(o: &ObjectsOptions, ctx: &RunContext<'_>) -> Result<SyncReport, RunError> {
     use crate::objects::bucket::{
-        Bucket, CredentialSource, DestOptions, Endpoint, connect, parse_storage_class,
+        Bucket, CredentialSource, DestOptions, Endpoint, client_of, load_config,
+        parse_storage_class,
     };
     use crate::objects::diff::Compare;
     use crate::objects::multipart::check_part_size;
@@ -194,6 +417,14 @@ pub async fn run_objects(o: &ObjectsOptions, ctx: &RunContext<'_>) -> Result<Syn
             .map(CredentialSource::Profile)
             .unwrap_or_default(),
     };
+    for (flag, url) in [
+        ("--source-endpoint", &o.source_endpoint),
+        ("--dest-endpoint", &o.dest_endpoint),
+    ] {
+        if let Some(u) = url {
+            check_endpoint(u).map_err(|e| config(format!("{flag} {u:?}: {e}")))?;
+        }
+    }
     let src_ep = side(&o.source_endpoint, &o.source_region, &o.source_profile);
     let dst_ep = side(&o.dest_endpoint, &o.dest_region, &o.dest_profile);
     let mode = match o.copy_mode.as_str() {
@@ -209,20 +440,33 @@ pub async fn run_objects(o: &ObjectsOptions, ctx: &RunContext<'_>) -> Result<Syn
             o.stream_buffer, o.part_size
         )));
     }
+    let src_conf = load_config(&src_ep, None)
+        .await
+        .map_err(|e| config(e.message))?;
+    let dst_conf = load_config(&dst_ep, None)
+        .await
+        .map_err(|e| config(e.message))?;
+    check_credentials("source", &src_conf, &src_ep)
+        .await
+        .map_err(config)?;
+    check_credentials("destination", &dst_conf, &dst_ep)
+        .await
+        .map_err(config)?;
     let src = Bucket {
-        client: connect(&src_ep, None)
-            .await
-            .map_err(|e| config(e.message))?,
+        client: client_of(&src_conf, &src_ep),
         url: source,
         requester_pays: o.requester_pays,
     };
     let dst = Bucket {
-        client: connect(&dst_ep, None)
-            .await
-            .map_err(|e| config(e.message))?,
+        client: client_of(&dst_conf, &dst_ep),
         url: dest,
         requester_pays: false,
     };
+    // Credentials found and buckets there before any object is looked at.
+    check_side("source", &src, &src_ep).await.map_err(config)?;
+    check_side("destination", &dst, &dst_ep)
+        .await
+        .map_err(config)?;
     let spec = ObjectsSpec {
         run_id: ctx.run_id.clone(),
         compare,
@@ -238,7 +482,7 @@ pub async fn run_objects(o: &ObjectsOptions, ctx: &RunContext<'_>) -> Result<Syn
         retry: RetryPolicy {
             retries: o.retries,
             base_delay: Duration::from_millis(o.retry_base_ms),
-            max_delay: Duration::from_secs(30),
+            max_delay: Duration::from_secs(o.retry_max_secs),
             attempt_timeout: Duration::from_secs(o.attempt_timeout_secs),
         },
         dry_run: ctx.dry_run,
@@ -274,6 +518,7 @@ mod tests {
             started_at: None,
             ended_at: None,
             version: 2,
+            line: None,
         };
         let items = [
             item("127.0.0.1:5000/team/app:1", Status::Failed),

@@ -119,19 +119,31 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow> {
 }
 
 const TASK_COLS: &str = "name, spec, schedule, enabled, created_at, updated_at";
-const RUN_COLS: &str = "r.run_id, r.source, r.dest, r.dry_run, r.started_at, r.ended_at, r.copied, r.skipped, r.failed, r.bytes";
+const RUN_COLS: &str = "r.run_id, r.source, r.dest, r.dry_run, r.started_at, r.ended_at, r.copied, r.skipped, r.failed, r.bytes, r.kind, r.result, r.error";
 
 fn run_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
+    use crate::status::{RunKind, RunResult};
+    let source: String = r.get(1)?;
+    let ended_at = r.get::<_, Option<String>>(5)?.map(|s| parse_ts(&s));
+    let failed: u64 = r.get(8)?;
     Ok(RunRecord {
         run_id: r.get(0)?,
-        source: r.get(1)?,
+        kind: RunKind::from_name(r.get::<_, Option<String>>(10)?.as_deref(), &source),
+        result: RunResult::from_name(
+            r.get::<_, Option<String>>(11)?.as_deref(),
+            ended_at.is_some(),
+            failed,
+        ),
+        error: r.get(12)?,
+        to_copy: None,
+        source,
         dest: r.get(2)?,
         dry_run: r.get(3)?,
         started_at: parse_ts(&r.get::<_, String>(4)?),
-        ended_at: r.get::<_, Option<String>>(5)?.map(|s| parse_ts(&s)),
+        ended_at,
         copied: r.get(6)?,
         skipped: r.get(7)?,
-        failed: r.get(8)?,
+        failed,
         bytes: r.get(9)?,
     })
 }
@@ -343,6 +355,11 @@ impl TaskStore for SqliteStore {
                         started_at: r.get::<_, Option<String>>(9)?.map(|s| parse_ts(&s)),
                         ended_at: r.get::<_, Option<String>>(10)?.map(|s| parse_ts(&s)),
                         version: r.get::<_, i64>(11)? as u64,
+                        line: None,
+                    })
+                    .map(|i| ItemRecord {
+                        line: crate::status::list_line(&i.source),
+                        ..i
                     })
                 },
             )?
@@ -402,6 +419,7 @@ mod tests {
             skipped: 0,
             failed: 1,
             bytes: 5,
+            ..Default::default()
         };
         store.note_run("b", "r1", run.started_at).await.unwrap();
         store.put_run(&run).await.unwrap();
@@ -462,6 +480,7 @@ mod tests {
                     started_at: None,
                     ended_at: None,
                     version: 1,
+                    line: None,
                 })
                 .await
                 .unwrap();
@@ -504,6 +523,7 @@ mod tests {
                     skipped: 0,
                     failed: 0,
                     bytes: 0,
+                    ..Default::default()
                 })
                 .await
                 .unwrap();

@@ -745,6 +745,7 @@ fn a_run_of_many_items_pages_through_them_by_keyset_with_the_failed_filter() {
                 started_at: Some(now),
                 ended_at: Some(now),
                 version: 1,
+                line: None,
             }))
             .unwrap();
         }
@@ -759,6 +760,7 @@ fn a_run_of_many_items_pages_through_them_by_keyset_with_the_failed_filter() {
             skipped: 0,
             failed: 225,
             bytes: 450,
+            ..Default::default()
         }))
         .unwrap();
     }

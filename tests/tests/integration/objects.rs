@@ -988,3 +988,202 @@ fn objects_under_sse_kms_are_copied_verified_and_converge() {
         }
     }
 }
+
+/// Setup problems of an object sync exit 2 with one line naming the side, bucket or
+/// endpoint, are recorded as a failed run, and print one JSON object in JSON mode.
+#[test]
+fn object_setup_problems_exit_2_with_one_line_and_a_failed_run() {
+    let s3 = S3::start(&["src", "dst"]);
+    s3.put("src", "a.txt", b"a");
+    let state = s3.state.path().join("state.db");
+    let one_line = |r: &hub_tests::Run, words: &[&str]| {
+        assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+        let errors: Vec<&str> = r
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .collect();
+        assert_eq!(errors.len(), 1, "{}", r.stderr);
+        for bad in ["Error {", "Some(", "<?xml", "ErrorMetadata", "<Error>"] {
+            assert!(!errors[0].contains(bad), "{bad:?} in {}", errors[0]);
+        }
+        for w in words {
+            assert!(errors[0].contains(w), "{w:?} not in {}", errors[0]);
+        }
+        let j = r.json();
+        assert_eq!(j["exit_code"], 2, "{j:#}");
+        assert!(j["error"].is_string(), "{j:#}");
+        j
+    };
+    let r = s3.sync("s3://src/", "s3://no-such-bkt/", None, &[]);
+    let j = one_line(
+        &r,
+        &[
+            "destination bucket no-such-bkt does not exist",
+            &s3.moto.endpoint,
+        ],
+    );
+    assert_eq!(j["kind"], "objects", "{j:#}");
+    assert_eq!(j["result"], "failed", "{j:#}");
+    assert!(
+        j["started_at"].is_string() && j["ended_at"].is_string(),
+        "{j:#}"
+    );
+    let st = transfer_hub(
+        &[
+            "status",
+            "--state",
+            state.to_str().unwrap(),
+            "--output",
+            "json",
+        ],
+        &[],
+    );
+    assert_eq!(st.code, 0, "{}", st.stderr);
+    let sj = st.json();
+    assert_eq!(sj["run_id"], j["run_id"]);
+    assert_eq!(sj["result"], "failed", "{sj:#}");
+    assert_eq!(sj["kind"], "objects", "{sj:#}");
+    assert!(
+        sj["error"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-bkt does not exist"),
+        "{sj:#}"
+    );
+
+    let r = s3.sync("s3://no-such-src/", "s3://dst/", None, &[]);
+    one_line(&r, &["source bucket no-such-src does not exist"]);
+
+    // An endpoint that is not a URL, one nobody listens on, and a host no DNS knows.
+    let r = s3.sync("s3://src/", "s3://dst/", Some("localhost:9000"), &[]);
+    one_line(&r, &["--source-endpoint", "localhost:9000", "http://"]);
+    let closed = format!("http://127.0.0.1:{}", hub_tests::free_port());
+    let r = s3.sync("s3://src/", "s3://dst/", Some(&closed), &[]);
+    one_line(&r, &["cannot reach the source endpoint", &closed]);
+    let r = s3.sync(
+        "s3://src/",
+        "s3://dst/",
+        Some("http://no-such-host.invalid:9000"),
+        &["--retries", "5"],
+    );
+    one_line(
+        &r,
+        &["cannot reach the source endpoint", "no-such-host.invalid"],
+    );
+}
+
+/// No credentials anywhere: one line saying so for the side, exit 2, before any object.
+#[test]
+fn missing_credentials_fail_fast_with_one_line_naming_the_side() {
+    let s3 = S3::start(&["src", "dst"]);
+    let home = tempfile::tempdir().unwrap();
+    let state = s3.state.path().join("state.db");
+    let r = transfer_hub(
+        &[
+            "objects",
+            "sync",
+            "s3://src/",
+            "s3://dst/",
+            "--source-endpoint",
+            &s3.moto.endpoint,
+            "--dest-endpoint",
+            &s3.moto.endpoint,
+            "--source-region",
+            REGION,
+            "--dest-region",
+            REGION,
+            "--state",
+            state.to_str().unwrap(),
+        ],
+        &[
+            ("HOME", home.path().to_str().unwrap()),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+            ("AWS_CONFIG_FILE", "/nonexistent/config"),
+            ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials"),
+        ],
+    );
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    let errors: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", r.stderr);
+    assert!(
+        errors[0].contains("no AWS credentials found for the source"),
+        "{}",
+        errors[0]
+    );
+}
+
+/// An explicit --source-profile beats AWS_ACCESS_KEY_ID in the environment: a profile
+/// that does not exist is an error, never a silent run with the environment's keys.
+#[test]
+fn an_explicit_profile_beats_the_environment_keys() {
+    let s3 = S3::start(&["src", "dst"]);
+    s3.put("src", "a.txt", b"a");
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join("config");
+    let creds = home.path().join("credentials");
+    std::fs::write(&config, format!("[profile good]\nregion = {REGION}\n")).unwrap();
+    let keys = s3.moto.env(REGION);
+    let key = |k: &str| keys.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    std::fs::write(
+        &creds,
+        format!(
+            "[good]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            key("AWS_ACCESS_KEY_ID").unwrap_or_else(|| "testing".into()),
+            key("AWS_SECRET_ACCESS_KEY").unwrap_or_else(|| "testing".into()),
+        ),
+    )
+    .unwrap();
+    let (c, k) = (config.to_str().unwrap(), creds.to_str().unwrap());
+    let mut env: Vec<(&str, &str)> =
+        vec![("AWS_CONFIG_FILE", c), ("AWS_SHARED_CREDENTIALS_FILE", k)];
+    env.push(("AWS_ACCESS_KEY_ID", "AKIAENVIRONMENTKEYS1"));
+    env.push(("AWS_SECRET_ACCESS_KEY", "env-secret"));
+    env.push(("AWS_EC2_METADATA_DISABLED", "true"));
+    let state = s3.state.path().join("state.db");
+    let run = |profile: &str| {
+        transfer_hub(
+            &[
+                "objects",
+                "sync",
+                "s3://src/",
+                "s3://dst/",
+                "--source-endpoint",
+                &s3.moto.endpoint,
+                "--dest-endpoint",
+                &s3.moto.endpoint,
+                "--source-profile",
+                profile,
+                "--dest-profile",
+                profile,
+                "--state",
+                state.to_str().unwrap(),
+            ],
+            &env,
+        )
+    };
+    let r = run("no-such-profile");
+    assert_eq!(
+        r.code, 2,
+        "a wrong profile is an error\n{}\n{}",
+        r.stdout, r.stderr
+    );
+    let errors: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", r.stderr);
+    assert!(errors[0].contains("no-such-profile"), "{}", errors[0]);
+    assert!(
+        s3.keys("dst").is_empty(),
+        "nothing was copied with the env keys"
+    );
+    let r = run("good");
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(s3.keys("dst"), ["a.txt"]);
+}
