@@ -1,3 +1,4 @@
 //! AWS edges used by several parts of the suite.
 
 pub mod ecs_runner;
+pub mod task_store;
