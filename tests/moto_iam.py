@@ -13,7 +13,7 @@ least as strict as AWS for the calls transfer-hub makes:
   for the services the functions call (DynamoDB table, Secrets Manager secret with its
   suffix, SSM parameter, ECR repository, ECS task definition, task and cluster (ListTasks is
   authorized on the cluster's container instances), SNS topic, KMS key, Step
-  Functions state machine/execution); calls without resource-level permissions (e.g.
+  Functions state machine/execution, EventBridge Scheduler schedule); calls without resource-level permissions (e.g.
   ecr:GetAuthorizationToken, states:SendTask*) stay "*", as on AWS.
 - Wildcards. Policy patterns are IAM globs: `*` any run, `?` one character, everything else
   literal (moto treats patterns as regular expressions: `.` matches anything and
@@ -184,6 +184,15 @@ def _resource(resp, service, action):
         for k in ("executionArn", "stateMachineArn"):
             if body.get(k):
                 return body[k]
+    if service == "scheduler":
+        # REST: /schedules/{Name}, the group in the body (create, update) or the query.
+        parsed = urlparse(resp.uri)
+        m = re.match(r"^/schedules/([^/]+)$", parsed.path)
+        if m:
+            from urllib.parse import parse_qs
+
+            group = body.get("GroupName") or (parse_qs(parsed.query).get("groupName") or ["default"])[0]
+            return f"arn:{part}:scheduler:{region}:{account}:schedule/{group}/{unquote(m.group(1))}"
     return "*"
 
 

@@ -37,7 +37,7 @@ except Exception as e:  # the translator's own errors say what is wrong
 
 res = out["Resources"]
 functions = {k: v for k, v in res.items() if v["Type"] == "AWS::Lambda::Function"}
-check(len(functions) == 7, f"expected 7 functions (4 images, 3 objects), found {sorted(functions)}")
+check(len(functions) == 8, f"expected 8 functions (4 images, 3 objects, the console), found {sorted(functions)}")
 for name, fn in functions.items():
     p = fn["Properties"]
     role = p.get("Role", {})

@@ -25,6 +25,7 @@ pub struct ImagesFn {
     ssm: Ssm,
     blobs: S3Blobs,
     store: DynamoStore,
+    dynamodb: aws_sdk_dynamodb::Client,
 }
 
 impl ImagesFn {
@@ -39,8 +40,35 @@ impl ImagesFn {
                 bucket: cfg.bucket.clone(),
             },
             store: DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), cfg.table.clone()),
+            dynamodb: aws_sdk_dynamodb::Client::new(&aws),
             cfg,
         })
+    }
+
+    /// The stack's configuration, or the one task `task` of the tasks table sets
+    /// ([`ImagesConfig::for_task`]).
+    async fn config_for(
+        &self,
+        task: Option<&str>,
+    ) -> Result<std::borrow::Cow<'_, ImagesConfig>, ItemError> {
+        use crate::retry::ErrorClass;
+        let Some(name) = task else {
+            return Ok(std::borrow::Cow::Borrowed(&self.cfg));
+        };
+        let Some(table) = &self.cfg.tasks_table else {
+            return Err(ItemError::new(
+                ErrorClass::BadInput,
+                format!("the execution names task {name:?} but TASKS_TABLE is not set"),
+            ));
+        };
+        match crate::aws::task_store::get_task(&self.dynamodb, table, name).await {
+            Ok(Some(t)) => Ok(std::borrow::Cow::Owned(self.cfg.for_task(&t)?)),
+            Ok(None) => Err(ItemError::new(
+                ErrorClass::BadInput,
+                format!("no task named {name:?} in the tasks table {table}"),
+            )),
+            Err(e) => Err(ItemError::new(ErrorClass::Retryable, e.to_string())),
+        }
     }
 
     async fn registries(&self) -> Result<ecr::Registries, ItemError> {
@@ -53,6 +81,7 @@ impl ImagesFn {
 
     /// `list-images`.
     pub async fn list(&self, req: ListRequest) -> Result<Listed, ItemError> {
+        let cfg = self.config_for(req.input.task.as_deref()).await?;
         let registry = self.registries().await?;
         let edges = ListEdges {
             params: &self.ssm,
@@ -60,18 +89,19 @@ impl ImagesFn {
             blobs: &self.blobs,
             store: &self.store,
         };
-        handlers::list_images(req, &self.cfg, &edges).await
+        handlers::list_images(req, &cfg, &edges).await
     }
 
     /// `find-diff`.
     pub async fn diff(&self, listed: Listed) -> Result<Diff, ItemError> {
+        let cfg = self.config_for(listed.task.as_deref()).await?;
         let registry = self.registries().await?;
-        let prepare = match ecr::parse_ecr_host(&self.cfg.dest.host) {
+        let prepare = match ecr::parse_ecr_host(&cfg.dest.host) {
             Some(h) => {
                 let keys = None; // the function's role creates repositories in its own account
                 Some(EcrRepos {
                     ecr: Ecr::connect_with(h, keys).await,
-                    settings: self.cfg.repo_settings.clone(),
+                    settings: cfg.repo_settings.clone(),
                 })
             }
             None => None,
@@ -82,7 +112,7 @@ impl ImagesFn {
             store: &self.store,
             prepare: prepare.as_ref().map(|p| p as &dyn Prepare),
         };
-        handlers::find_diff(listed, &self.cfg, &edges).await
+        handlers::find_diff(listed, &cfg, &edges).await
     }
 }
 
@@ -268,6 +298,49 @@ impl ObjectsFn {
         _input: serde_json::Value,
     ) -> Result<crate::objects::suite::CheckSummary, ItemError> {
         crate::objects::suite::check_multipart(&self.edges()).await
+    }
+}
+
+/// `console`: the console's router (`crate::console`) over the tasks table, the status
+/// table, the image state machine and the tasks' schedules, behind the HTTP API's
+/// Cognito authorizer.
+pub struct ConsoleFn;
+
+impl ConsoleFn {
+    /// `TASKS_TABLE`, `TABLE_NAME`, `IMAGES_STATE_MACHINE_ARN`, `SCHEDULE_GROUP`,
+    /// `SCHEDULER_ROLE_ARN`.
+    pub async fn router_from_env() -> Result<axum::Router, ConfigError> {
+        Self::router(Env::from_process(), &sdk_config().await)
+    }
+
+    /// From an explicit environment and SDK configuration (tests point it at moto).
+    pub fn router(mut env: Env, aws: &aws_config::SdkConfig) -> Result<axum::Router, ConfigError> {
+        use crate::aws::console::{ScheduledTasks, Schedules, SfnRunner};
+        use std::sync::Arc;
+        let tasks = env.required("TASKS_TABLE");
+        let status = env.required("TABLE_NAME");
+        let machine = env.required("IMAGES_STATE_MACHINE_ARN");
+        let group = env.required("SCHEDULE_GROUP");
+        let role = env.required("SCHEDULER_ROLE_ARN");
+        env.finish()?;
+        let store = ScheduledTasks {
+            inner: crate::aws::task_store::DynamoTaskStore::new(
+                aws_sdk_dynamodb::Client::new(aws),
+                tasks,
+                status,
+            ),
+            schedules: Schedules {
+                client: aws_sdk_scheduler::Client::new(aws),
+                group,
+                role_arn: role,
+                images_machine: machine.clone(),
+            },
+        };
+        Ok(crate::console::router(crate::console::Console {
+            tasks: Arc::new(store),
+            runner: Arc::new(SfnRunner::new(aws_sdk_sfn::Client::new(aws), machine)),
+            auth: Arc::new(crate::console::auth::Auth::authorizer()),
+        }))
     }
 }
 

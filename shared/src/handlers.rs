@@ -17,6 +17,7 @@ use crate::secrets::{self, SecretCredentials};
 use crate::selection::parse_list;
 use crate::status::{ItemRecord, RunRecord, Status, StatusStore, StoreError};
 use crate::sync::{self, Prepare, Selecting, SyncSpec};
+use crate::tasks::{ImageSelection, Spec, Task};
 use crate::workflow::{
     CopyTask, Diff, DispatchRequest, ImageJob, ListRequest, Listed, RecordRequest, RunSummary,
     StopRequest, image_name,
@@ -68,6 +69,12 @@ pub struct ImagesConfig {
     /// `EXTRA_SOURCE_REGISTRIES`: other registry hosts selection lines may name (read
     /// without a login); a line naming any other host is refused.
     pub extra_sources: Vec<String>,
+    /// `TASKS_TABLE`: the tasks table, where an execution's `{"task": NAME}` is read.
+    pub tasks_table: Option<String>,
+    /// A task's own selection list (its text), read instead of any parameter.
+    pub list_text: Option<String>,
+    /// The task this run is of: marked on its run record.
+    pub task: Option<String>,
 }
 
 impl ImagesConfig {
@@ -97,6 +104,7 @@ impl ImagesConfig {
         let retries = env.parsed("RETRIES", 3u32, "a number of retries");
         let resolve_concurrency = env.parsed("RESOLVE_CONCURRENCY", 32usize, "a positive number");
         let include_untagged = env.parsed("INCLUDE_UNTAGGED", false, "true or false");
+        let tasks_table = env.optional("TASKS_TABLE");
         let source_secret = env.optional("SOURCE_SECRET");
         let dest_secret = env.optional("DEST_SECRET");
         let extra_sources = match hosts::parse_extra_sources(
@@ -111,6 +119,9 @@ impl ImagesConfig {
         env.finish()?;
         Ok(Self {
             extra_sources,
+            tasks_table,
+            list_text: None,
+            task: None,
             source: source.expect("checked"),
             dest: dest.expect("checked"),
             select_all: select == "ALL",
@@ -132,6 +143,67 @@ impl ImagesConfig {
             resolve_concurrency: resolve_concurrency.max(1),
             include_untagged,
         })
+    }
+
+    /// This configuration as task `t` sets it: the task's source, destination, selection
+    /// and options. The hosts stay those the stack's secrets and the copy worker's rules
+    /// belong to: the task's source must be the stack's source registry or an allowed extra
+    /// one, its destination the stack's destination registry (under any prefix), so the
+    /// stack's logins only ever go where they belong. An auth file is a path on one
+    /// machine; on AWS the stack's secrets log in, so a task naming one is refused.
+    pub fn for_task(&self, t: &Task) -> Result<ImagesConfig, ItemError> {
+        let bad = |what: &str, e: String| {
+            ItemError::new(
+                ErrorClass::BadInput,
+                format!("task {:?}: {what}: {e}", t.name),
+            )
+        };
+        let Spec::Images(o) = &t.spec else {
+            return Err(bad(
+                "kind",
+                "an objects task; the images state machine runs images tasks".into(),
+            ));
+        };
+        if let Some(path) = &o.authfile {
+            return Err(bad(
+                "authfile",
+                format!(
+                    "{path:?} is a path on one machine; on AWS the stack's secrets log in (leave it empty)"
+                ),
+            ));
+        }
+        let source = Location::parse(&o.source).map_err(|e| bad("source", e.to_string()))?;
+        let dest = Location::parse(&o.dest).map_err(|e| bad("dest", e.to_string()))?;
+        let rules = self.rules();
+        rules.check_source(
+            &format!("task {:?}'s source {}", t.name, o.source),
+            &source.host,
+        )?;
+        rules.check_dest(
+            &format!("task {:?}'s destination {}", t.name, o.dest),
+            &dest.host,
+        )?;
+        let mut cfg = self.clone();
+        cfg.source = source;
+        cfg.dest = dest;
+        cfg.list_parameter = None;
+        match &o.selection {
+            ImageSelection::List(text) => {
+                cfg.select_all = false;
+                cfg.list_text = Some(text.clone());
+                cfg.include_untagged = false;
+            }
+            ImageSelection::AllRepos { include_untagged } => {
+                cfg.select_all = true;
+                cfg.list_text = None;
+                cfg.include_untagged = *include_untagged;
+            }
+        }
+        cfg.retry.retries = o.retries;
+        cfg.resolve_concurrency = o.resolve_concurrency.max(1);
+        cfg.repo_settings.scan_on_push = !o.no_scan_on_push;
+        cfg.task = Some(t.name.clone());
+        Ok(cfg)
     }
 
     /// The registries this configuration's secrets belong to.
@@ -232,6 +304,10 @@ pub async fn list_images(
 ) -> Result<Listed, ItemError> {
     let selecting = if let Some(lines) = &req.input.images {
         Selecting::List(parse_list(&lines.join("\n")))
+    } else if let Some(text) = &cfg.list_text {
+        Selecting::List(parse_list(text))
+    } else if cfg.task.is_some() && cfg.select_all {
+        Selecting::AllRepos
     } else if let Some(name) = req.input.list_parameter.as_ref().or(if cfg.select_all {
         None
     } else {
@@ -258,6 +334,9 @@ pub async fn list_images(
             ..Default::default()
         })
         .await?;
+    if let Some(task) = &cfg.task {
+        e.store.note_task(&req.run_id, task).await?;
+    }
     // A line may name its own registry only if it is the source or an allowed extra one.
     let mut refused = Vec::new();
     let selecting = match selecting {
@@ -312,6 +391,7 @@ pub async fn list_images(
         run_id: req.run_id,
         images,
         failed,
+        task: cfg.task.clone(),
     })
 }
 

@@ -209,6 +209,12 @@ pub trait StatusStore: Send + Sync {
     async fn claim_notification(&self, run_id: &str) -> Result<bool, StoreError>;
     /// Whether the run was marked notified (a message about it went out).
     async fn is_notified(&self, run_id: &str) -> Result<bool, StoreError>;
+    /// Marks an existing run record as a run of `task` (the AWS functions, whose run
+    /// record is where the console finds a task's runs). On one machine the task store
+    /// links runs itself (`TaskStore::note_run`), so by default this does nothing.
+    async fn note_task(&self, _run_id: &str, _task: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// SQLite-backed store for one machine.

@@ -21,6 +21,10 @@ pub struct RunInput {
     /// Selection lines to use instead of any parameter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<Vec<String>>,
+    /// A task of the tasks table (`{"task": NAME}`: the console's "run now" and its
+    /// schedules): its source, destination, selection and options instead of the stack's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
 }
 
 /// `list-images` input: the run id (the execution name) and the execution input.
@@ -63,6 +67,9 @@ pub struct Listed {
     pub images: Batch<ImageJob>,
     /// Selection lines or listings that failed (already recorded in the status table).
     pub failed: usize,
+    /// The task this run is of, if the execution named one (find-diff reads it too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
 }
 
 /// One copy for a Fargate task: what, where, and the digest it must arrive with.

@@ -1142,16 +1142,29 @@ pub mod aws_fixtures {
 
     /// The status table (`pk`/`sk` strings, on-demand), as template.yaml defines it.
     pub async fn status_table(conf: &SdkConfig, name: &str) {
-        table(conf, name, false).await
+        table(conf, name, Index::RunsByTask).await
+    }
+
+    /// The tasks table, as template.yaml defines it (`pk`, `sk`).
+    pub async fn tasks_table(conf: &SdkConfig, name: &str) {
+        table(conf, name, Index::None).await
     }
 
     /// The uploads table, as template.yaml defines it: the status table's keys plus the
     /// sparse index of open uploads (`open` is set on upload items only).
     pub async fn uploads_table(conf: &SdkConfig, name: &str) {
-        table(conf, name, true).await
+        table(conf, name, Index::OpenUploads).await
     }
 
-    async fn table(conf: &SdkConfig, name: &str, open_uploads_index: bool) {
+    #[derive(PartialEq)]
+    enum Index {
+        None,
+        /// The status table's sparse index of a task's runs (`task`, `started_at`).
+        RunsByTask,
+        OpenUploads,
+    }
+
+    async fn table(conf: &SdkConfig, name: &str, index: Index) {
         use aws_sdk_dynamodb::types::*;
         let attr = |n: &str| {
             AttributeDefinition::builder()
@@ -1175,7 +1188,25 @@ pub mod aws_fixtures {
             .attribute_definitions(attr("sk"))
             .key_schema(key("pk", KeyType::Hash))
             .key_schema(key("sk", KeyType::Range));
-        if open_uploads_index {
+        if index == Index::RunsByTask {
+            req = req
+                .attribute_definitions(attr("task"))
+                .attribute_definitions(attr("started_at"))
+                .global_secondary_indexes(
+                    GlobalSecondaryIndex::builder()
+                        .index_name(hub_core::aws::task_store::RUNS_BY_TASK_INDEX)
+                        .key_schema(key("task", KeyType::Hash))
+                        .key_schema(key("started_at", KeyType::Range))
+                        .projection(
+                            Projection::builder()
+                                .projection_type(ProjectionType::All)
+                                .build(),
+                        )
+                        .build()
+                        .unwrap(),
+                );
+        }
+        if index == Index::OpenUploads {
             req = req
                 .attribute_definitions(attr("open"))
                 .global_secondary_indexes(

@@ -7,6 +7,7 @@ mod integration {
     pub mod checksums;
     pub mod cli;
     pub mod console;
+    pub mod console_aws;
     pub mod demo;
     pub mod ecr;
     pub mod faults;

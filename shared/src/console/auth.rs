@@ -12,6 +12,18 @@ use std::sync::Mutex;
 pub const SESSION_COOKIE: &str = "th_session";
 /// The cookie of a login form (double-submit CSRF before there is a session).
 pub const LOGIN_COOKIE: &str = "th_login";
+/// Behind an authorizer (the console on Lambda): the caller, set by the host only.
+pub const USER_HEADER: &str = "x-transfer-hub-user";
+/// Behind an authorizer: the seed of the caller's CSRF token, set by the host only.
+pub const CSRF_SEED_HEADER: &str = "x-transfer-hub-csrf-seed";
+
+/// The CSRF token of a caller behind an authorizer (the same in every container).
+pub fn csrf_from_seed(seed: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(
+        format!("transfer-hub csrf\n{seed}").as_bytes(),
+    ))
+}
 
 /// A random token: 32 bytes, hex.
 pub fn random_token() -> String {
@@ -46,6 +58,8 @@ pub struct Auth {
     password: Option<String>,
     /// session id → CSRF token.
     sessions: Mutex<HashMap<String, String>>,
+    /// Behind an authorizer: the host's headers are the login (see `console::lambda`).
+    authorizer: bool,
 }
 
 impl std::fmt::Debug for Auth {
@@ -61,7 +75,21 @@ impl Auth {
             one_time: Mutex::new(one_time),
             password: password.filter(|p| !p.is_empty()),
             sessions: Mutex::default(),
+            authorizer: false,
         }
+    }
+
+    /// Behind an authorizer (Lambda): no token, no password, no sessions; the caller is
+    /// the one the host names ([`USER_HEADER`], [`CSRF_SEED_HEADER`]).
+    pub fn authorizer() -> Self {
+        Self {
+            authorizer: true,
+            ..Self::new(None, None)
+        }
+    }
+
+    pub fn behind_authorizer(&self) -> bool {
+        self.authorizer
     }
 
     pub fn has_password(&self) -> bool {

@@ -6,6 +6,7 @@
 //! part of a task, so no page can show one.
 
 pub mod auth;
+pub mod lambda;
 pub mod pages;
 pub mod runner;
 
@@ -95,6 +96,21 @@ struct Session {
 // A handler's early answer is a Response; they are few and short-lived.
 #[allow(clippy::result_large_err)]
 fn session(c: &Console, h: &HeaderMap) -> Result<Session, Response> {
+    if c.auth.behind_authorizer() {
+        return match (h.get(auth::USER_HEADER), h.get(auth::CSRF_SEED_HEADER)) {
+            (Some(_), Some(seed)) => Ok(Session {
+                csrf: auth::csrf_from_seed(seed.to_str().unwrap_or_default()),
+            }),
+            _ => Err((
+                StatusCode::UNAUTHORIZED,
+                html(pages::error(
+                    "Not logged in",
+                    "this console is behind a Cognito authorizer; the request named no caller",
+                )),
+            )
+                .into_response()),
+        };
+    }
     cookie(h, SESSION_COOKIE)
         .and_then(|id| c.auth.csrf(id))
         .map(|csrf| Session { csrf })
@@ -176,6 +192,9 @@ async fn root(State(c): State<Console>, Query(q): Query<RootQuery>, h: HeaderMap
 }
 
 async fn login_page(State(c): State<Console>) -> Response {
+    if c.auth.behind_authorizer() {
+        return Redirect::to("/tasks").into_response();
+    }
     let nonce = random_token();
     let mut r = html(pages::login(&nonce, c.auth.has_password(), None));
     r.headers_mut().insert(

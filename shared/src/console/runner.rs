@@ -22,6 +22,8 @@ pub enum StartError {
     Busy(String, String),
     #[error("the server is shutting down; no new runs start")]
     ShuttingDown,
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// What the console shows of a run still going.

@@ -270,6 +270,9 @@ pub struct DiffSummary {
     /// Why this run did not start (the previous run's jobs still fill the queue).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deferred: Option<String>,
+    /// A task named by the execution input (`{"task": NAME}`): refused, see [`diff_objects`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
 }
 
 /// What `diff-objects` takes: the previous round's output, or `{}` for a new run.
@@ -289,6 +292,17 @@ pub async fn diff_objects(
     stop_at: Option<std::time::Instant>,
 ) -> Result<DiffSummary, ItemError> {
     let store_err = |x: StoreError| ItemError::new(ErrorClass::Retryable, x.to_string());
+    // The copies (transfer-object, check-multipart) read their buckets from the stack, and
+    // their jobs carry keys only: a task with buckets of its own would be listed here and
+    // copied there. Refused by name rather than run on the stack's parameters.
+    if let Some(t) = &req.task {
+        return Err(ItemError::new(
+            ErrorClass::BadInput,
+            format!(
+                "task {t:?}: objects tasks run with `transfer-hub serve` or `task run`; on AWS the objects functions copy the stack's buckets (start the execution with {{}})"
+            ),
+        ));
+    }
     let mut sum = req;
     if sum.run_id.is_empty() {
         // A new run starts only when the previous one's copies are (nearly) done: a diff

@@ -142,7 +142,7 @@ impl DynamoStore {
         i
     }
 
-    fn run_from(i: &Item) -> RunRecord {
+    pub(crate) fn run_from(i: &Item) -> RunRecord {
         use crate::status::{RunKind, RunResult};
         let source = get_s(i, "source").unwrap_or_default();
         RunRecord {
@@ -171,7 +171,7 @@ impl DynamoStore {
         }
     }
 
-    fn item_from(i: &Item) -> ItemRecord {
+    pub(crate) fn item_from(i: &Item) -> ItemRecord {
         let class = get_s(i, "error_class");
         ItemRecord {
             run_id: get_s(i, "pk").unwrap_or_default(),
@@ -358,6 +358,22 @@ impl StatusStore for DynamoStore {
             .send()
             .await;
         conditional("UpdateItem notified", out)
+    }
+
+    async fn note_task(&self, run_id: &str, task: &str) -> Result<(), StoreError> {
+        // `task` puts the run record in the runs-by-task index (see aws::task_store).
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(run_id))
+            .key("sk", s("run"))
+            .update_expression("SET #t = :t")
+            .expression_attribute_names("#t", "task")
+            .expression_attribute_values(":t", s(task))
+            .send()
+            .await
+            .map_err(|e| sdk("UpdateItem run task", e))?;
+        Ok(())
     }
 
     async fn is_notified(&self, run_id: &str) -> Result<bool, StoreError> {

@@ -187,6 +187,7 @@ fn list_images_refuses_lines_naming_an_unconfigured_registry_unless_it_is_allowe
             s3: None,
         },
         failed: 0,
+        task: None,
     };
     let before = foreign.requests().len();
     let d = aws

@@ -258,6 +258,7 @@ impl Aws {
         let (subnet, sg) = moto.network(REGION);
         let (topic, queue_url) = rt.block_on(async {
             aws_fixtures::status_table(&conf, "status").await;
+            aws_fixtures::tasks_table(&conf, "tasks").await;
             aws_fixtures::bucket(&conf, "payloads").await;
             aws_sdk_ssm::Client::new(&conf)
                 .put_parameter()
@@ -281,6 +282,7 @@ impl Aws {
             ("SELECT_TYPE", "SELECTED".into()),
             ("LIST_PARAMETER", "/th/images".into()),
             ("TABLE_NAME", "status".into()),
+            ("TASKS_TABLE", "tasks".into()),
             ("PAYLOAD_BUCKET", "payloads".into()),
             ("CLUSTER", "th".into()),
             ("TASK_DEFINITION", "th-copy".into()),
@@ -466,6 +468,112 @@ fn the_state_machine_copies_eleven_images_records_the_twelfth_as_failed_and_a_qu
         dst.write_requests("").len(),
         writes_before,
         "nothing written to the destination on a quiet day"
+    );
+}
+
+/// A task run on AWS: the console's "run now" (and each task's schedule) starts the image
+/// state machine with `{"task": NAME}`; list-images and find-diff read that task from the
+/// tasks table and copy what it selects, where it says, not what the stack's SSM list and
+/// destination prefix say. The run record carries the task's name.
+#[test]
+fn an_execution_started_with_a_task_copies_what_the_task_selects_not_the_stack_parameters() {
+    use hub_core::tasks::store::TaskStore as _;
+    let (src, dst) = (RegistryServer::start(), RegistryServer::start());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let stacks = OciImage::single(&[1024]);
+    stacks.push(&format!("{}/team/stack-app:1", src.addr), None);
+    let tasks: Vec<OciImage> = (0..2).map(|_| OciImage::single(&[1024])).collect();
+    for (i, img) in tasks.iter().enumerate() {
+        img.push(&format!("{}/team/task-app{i}:1", src.addr), None);
+    }
+    // The stack: its SSM list names stack-app, its destination prefix is mirror/.
+    let aws = Aws::start(&rt, &src, &dst, &["team/stack-app:1".to_string()], "");
+    let store = hub_core::aws::task_store::DynamoTaskStore::new(
+        aws_sdk_dynamodb::Client::new(&aws.conf),
+        "tasks",
+        "status",
+    );
+    let task = crate::integration::console_aws::images_task(
+        "nightly-web",
+        &format!("{}/team", src.addr),
+        &format!("{}/by-task", dst.addr),
+        "task-app0:1\ntask-app1:1\n",
+    );
+    rt.block_on(store.create(&task)).unwrap();
+    let mut fargate = Fargate {
+        started: HashMap::new(),
+        max_running: 0,
+        by_source: HashMap::new(),
+    };
+    let (status, output) = aws.run(
+        &rt,
+        "task-run-1",
+        &serde_json::json!({"task": "nightly-web"}).to_string(),
+        &mut fargate,
+    );
+    assert_eq!(status, "SUCCEEDED", "{output}\n{}", aws.watch.log());
+    let summary: serde_json::Value = serde_json::from_str(&output).unwrap();
+    assert_eq!(
+        (summary["copied"].as_u64(), summary["failed"].as_u64()),
+        (Some(2), Some(0)),
+        "{summary}"
+    );
+    for (i, img) in tasks.iter().enumerate() {
+        assert_eq!(
+            dst.digest(&format!("by-task/task-app{i}"), "1").as_deref(),
+            Some(img.digest.as_str()),
+            "the task's image {i} at the task's destination"
+        );
+    }
+    assert_eq!(
+        dst.digest("mirror/team/stack-app", "1"),
+        None,
+        "the stack's list was not what ran"
+    );
+    assert_eq!(aws.run_record(&rt, "task-run-1"), (2, 0, 0));
+    assert_eq!(
+        rt.block_on(store.task_of("task-run-1")).unwrap().as_deref(),
+        Some("nightly-web"),
+        "the run carries its task's name"
+    );
+    let runs = rt.block_on(store.runs("nightly-web", None, 10)).unwrap();
+    assert_eq!(
+        runs.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(),
+        ["task-run-1"]
+    );
+
+    // A task naming a registry the stack has no rule for is refused by name, copying nothing.
+    let foreign = crate::integration::console_aws::images_task(
+        "elsewhere",
+        "registry.example:5000/x",
+        &format!("{}/by-task", dst.addr),
+        "a:1",
+    );
+    drop(fargate);
+    let aws2 = Aws::start(&rt, &src, &dst, &["team/stack-app:1".to_string()], "");
+    let store2 = hub_core::aws::task_store::DynamoTaskStore::new(
+        aws_sdk_dynamodb::Client::new(&aws2.conf),
+        "tasks",
+        "status",
+    );
+    rt.block_on(store2.create(&foreign)).unwrap();
+    let mut fargate = Fargate {
+        started: HashMap::new(),
+        max_running: 0,
+        by_source: HashMap::new(),
+    };
+    let (status, output) = aws2.run(
+        &rt,
+        "task-run-2",
+        &serde_json::json!({"task": "elsewhere"}).to_string(),
+        &mut fargate,
+    );
+    assert_eq!(status, "FAILED", "{output}");
+    // The history redacts the cause; list-images' log names the refused host.
+    let log = aws2.watch.log();
+    assert!(
+        log.contains("registry.example:5000") && fargate.started.is_empty(),
+        "{log}"
     );
 }
 

@@ -1,0 +1,468 @@
+//! The console's AWS half against moto: the DynamoDB task store (the tasks table and the
+//! status table's runs-by-task index, as template.yaml defines them).
+
+use chrono::Utc;
+use hub_core::aws::task_store::DynamoTaskStore;
+use hub_core::status::dynamodb::DynamoStore;
+use hub_core::status::{ItemRecord, RunRecord, Status, StatusStore};
+use hub_core::tasks::store::{ItemPage, TaskStore, TaskStoreError};
+use hub_core::tasks::{Fields, Kind, Task, default_fields};
+use hub_tests::{MotoServer, aws_fixtures};
+
+const REGION: &str = "eu-west-1";
+
+pub fn images_task(name: &str, source: &str, dest: &str, list: &str) -> Task {
+    let mut f: Fields = default_fields(Kind::Images);
+    f.insert("source".into(), source.into());
+    f.insert("dest".into(), dest.into());
+    f.insert("list".into(), list.into());
+    Task::from_fields(name, Kind::Images, &f, Utc::now()).unwrap()
+}
+
+fn run(id: &str, minute: u32) -> RunRecord {
+    RunRecord {
+        run_id: id.into(),
+        source: "s".into(),
+        dest: "d".into(),
+        dry_run: false,
+        started_at: chrono::DateTime::parse_from_rfc3339(&format!(
+            "2026-12-01T10:{minute:02}:00+00:00"
+        ))
+        .unwrap()
+        .with_timezone(&Utc),
+        ended_at: None,
+        copied: 0,
+        skipped: 0,
+        failed: 0,
+        bytes: 0,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn the_dynamodb_task_store_keeps_tasks_in_pages_refuses_a_second_create_and_lists_a_tasks_runs() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let moto = MotoServer::start();
+    let conf = rt.block_on(moto.sdk_config(REGION));
+    rt.block_on(async {
+        aws_fixtures::tasks_table(&conf, "tasks").await;
+        aws_fixtures::status_table(&conf, "status").await;
+    });
+    let ddb = aws_sdk_dynamodb::Client::new(&conf);
+    let store = DynamoTaskStore::new(ddb.clone(), "tasks", "status");
+    let status = DynamoStore::new(ddb, "status");
+    rt.block_on(async {
+        // 7 tasks, listed 3 at a time from the last name shown.
+        for n in ["g", "c", "a", "e", "b", "f", "d"] {
+            store
+                .create(&images_task(n, "127.0.0.1:5000", "127.0.0.1:5001/m", "a:1"))
+                .await
+                .unwrap();
+        }
+        let mut names = Vec::new();
+        let mut after: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let page = store.list(after.as_deref(), 3).await.unwrap();
+            if page.is_empty() {
+                break;
+            }
+            pages += 1;
+            assert!(page.len() <= 3);
+            after = page.last().map(|t| t.name.clone());
+            names.extend(page.into_iter().map(|t| t.name));
+        }
+        assert_eq!(names, ["a", "b", "c", "d", "e", "f", "g"]);
+        assert_eq!(pages, 3);
+
+        // Two creates of one name: the second is refused, the first one stands.
+        let other = images_task("a", "127.0.0.1:6000", "127.0.0.1:6001/x", "other:2");
+        assert!(matches!(
+            store.create(&other).await,
+            Err(TaskStoreError::Exists(n)) if n == "a"
+        ));
+        let a = store.get("a").await.unwrap().unwrap();
+        assert_eq!(a.source(), "127.0.0.1:5000");
+        // Concurrent creates of one new name: exactly one wins.
+        let (z1, z2) = (
+            images_task("z", "127.0.0.1:1", "127.0.0.1:2", "a:1"),
+            images_task("z", "127.0.0.1:3", "127.0.0.1:4", "b:1"),
+        );
+        let (x, y) = tokio::join!(store.create(&z1), store.create(&z2));
+        assert_eq!(
+            [x.is_ok(), y.is_ok()].iter().filter(|ok| **ok).count(),
+            1,
+            "{x:?} {y:?}"
+        );
+
+        // Update keeps created_at and what the scheduler noted; a missing task is NotFound.
+        let at = Utc::now();
+        store.set_last_scheduled("b", at).await.unwrap();
+        let mut b = store.get("b").await.unwrap().unwrap();
+        b.enabled = false;
+        b.schedule = Some("rate(1 day)".into());
+        b.updated_at = Utc::now();
+        store.update(&b).await.unwrap();
+        assert_eq!(store.get("b").await.unwrap().unwrap(), b);
+        assert_eq!(
+            store
+                .last_scheduled("b")
+                .await
+                .unwrap()
+                .map(|t| t.timestamp()),
+            Some(at.timestamp())
+        );
+        b.schedule = None;
+        store.update(&b).await.unwrap();
+        assert_eq!(store.get("b").await.unwrap().unwrap().schedule, None);
+        assert!(matches!(
+            store
+                .update(&images_task("nope", "127.0.0.1:1", "127.0.0.1:2", "a:1"))
+                .await,
+            Err(TaskStoreError::NotFound(_))
+        ));
+
+        // Runs: written by the functions, marked with their task; newest first, in pages.
+        for (id, minute) in [("r1", 1), ("r2", 2), ("r3", 3)] {
+            status.put_run(&run(id, minute)).await.unwrap();
+            status.note_task(id, "b").await.unwrap();
+        }
+        status.put_run(&run("r-other", 4)).await.unwrap(); // a run of no task
+        let ids = |v: Vec<RunRecord>| v.into_iter().map(|r| r.run_id).collect::<Vec<_>>();
+        assert_eq!(ids(store.runs("b", None, 2).await.unwrap()), ["r3", "r2"]);
+        assert_eq!(ids(store.runs("b", Some("r2"), 2).await.unwrap()), ["r1"]);
+        assert!(store.runs("b", Some("r1"), 2).await.unwrap().is_empty());
+        assert!(store.runs("a", None, 10).await.unwrap().is_empty());
+        assert_eq!(store.task_of("r2").await.unwrap().as_deref(), Some("b"));
+        assert_eq!(store.task_of("r-other").await.unwrap(), None);
+        // A later rewrite of the run record (record-status at the end) keeps its task.
+        let mut done = run("r3", 3);
+        done.copied = 5;
+        done.ended_at = Some(Utc::now());
+        status.put_run(&done).await.unwrap();
+        assert_eq!(store.task_of("r3").await.unwrap().as_deref(), Some("b"));
+        assert_eq!(store.run("r3").await.unwrap().unwrap().copied, 5);
+
+        // Items: a page, and the failed ones alone, with their totals.
+        for i in 0..5u32 {
+            let now = Utc::now();
+            status
+                .put_item(&ItemRecord {
+                    run_id: "r3".into(),
+                    source: format!("src/app{i}:1"),
+                    dest: format!("dst/app{i}:1"),
+                    status: if i % 2 == 0 {
+                        Status::Copied
+                    } else {
+                        Status::Failed
+                    },
+                    source_digest: None,
+                    dest_digest: None,
+                    attempts: 1,
+                    error: None,
+                    bytes: 1,
+                    started_at: Some(now),
+                    ended_at: Some(now),
+                    version: 1,
+                    line: None,
+                })
+                .await
+                .unwrap();
+        }
+        let page = |failed_only, after: Option<(&str, &str)>, limit| ItemPage {
+            failed_only,
+            after: after.map(|(s, d)| (s.to_string(), d.to_string())),
+            limit,
+        };
+        let sources = |v: Vec<ItemRecord>| v.into_iter().map(|i| i.source).collect::<Vec<_>>();
+        let first = store.items("r3", &page(false, None, 2)).await.unwrap();
+        assert_eq!(sources(first), ["src/app0:1", "src/app1:1"]);
+        let next = store
+            .items("r3", &page(false, Some(("src/app1:1", "dst/app1:1")), 2))
+            .await
+            .unwrap();
+        assert_eq!(
+            sources(next),
+            ["src/app2:1", "src/app3:1"],
+            "after the cursor"
+        );
+        let failed = store.items("r3", &page(true, None, 1)).await.unwrap();
+        assert_eq!(sources(failed), ["src/app1:1"]);
+        let failed = store
+            .items("r3", &page(true, Some(("src/app1:1", "dst/app1:1")), 10))
+            .await
+            .unwrap();
+        assert_eq!(sources(failed), ["src/app3:1"]);
+
+        assert!(store.delete("b").await.unwrap());
+        assert!(!store.delete("b").await.unwrap());
+        assert!(store.get("b").await.unwrap().is_none());
+    });
+}
+
+/// An API Gateway v2 (HTTP API) event as the console function gets it; `claims` as a
+/// Cognito JWT authorizer passes them (none: a request that did not come through it).
+fn event(
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    claims: Option<serde_json::Value>,
+    extra_headers: &[(&str, &str)],
+) -> lambda_http::Request {
+    let mut headers = serde_json::json!({
+        "content-type": "application/x-www-form-urlencoded",
+        "authorization": "Bearer eyJ.test.token",
+        "host": "abc.execute-api.eu-west-1.amazonaws.com",
+    });
+    for (k, v) in extra_headers {
+        headers[*k] = (*v).into();
+    }
+    let mut ctx = serde_json::json!({
+        "accountId": hub_tests::iam::ACCOUNT,
+        "apiId": "abc",
+        "domainName": "abc.execute-api.eu-west-1.amazonaws.com",
+        "domainPrefix": "abc",
+        "http": {"method": method, "path": path, "protocol": "HTTP/1.1",
+                 "sourceIp": "127.0.0.1", "userAgent": "test"},
+        "requestId": "req",
+        "routeKey": "ANY /{proxy+}",
+        "stage": "$default",
+        "time": "02/Dec/2026:07:00:00 +0000",
+        "timeEpoch": 0,
+    });
+    if let Some(c) = claims {
+        ctx["authorizer"] = serde_json::json!({"jwt": {"claims": c, "scopes": null}});
+    }
+    let ev = serde_json::json!({
+        "version": "2.0",
+        "routeKey": "ANY /{proxy+}",
+        "rawPath": path,
+        "rawQueryString": "",
+        "headers": headers,
+        "requestContext": ctx,
+        "body": body,
+        "isBase64Encoded": false,
+    });
+    let req: lambda_http::aws_lambda_events::apigw::ApiGatewayV2httpRequest =
+        serde_json::from_value(ev).unwrap();
+    lambda_http::request::LambdaRequest::ApiGatewayV2(req).into()
+}
+
+fn csrf_of(html: &str) -> String {
+    let at = html
+        .find("name=\"csrf\" value=\"")
+        .expect("a form with a CSRF token")
+        + 19;
+    html[at..at + 64].to_string()
+}
+
+#[test]
+fn the_console_lambda_makes_a_tasks_schedule_starts_its_run_removes_the_schedule_and_refuses_calls_without_claims()
+ {
+    use hub_tests::iam::{ACCOUNT, Deployment, IamMoto};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let iam = IamMoto::start("console_aws-the_console_lambda");
+    let admin = rt.block_on(iam.admin_config(REGION));
+    let sfn = aws_sdk_sfn::Client::new(&admin);
+    let scheduler = aws_sdk_scheduler::Client::new(&admin);
+    let (machine, scheduler_role) = rt.block_on(async {
+        aws_fixtures::tasks_table(&admin, "tasks").await;
+        aws_fixtures::status_table(&admin, "status").await;
+        scheduler
+            .create_schedule_group()
+            .name("th-tasks")
+            .send()
+            .await
+            .unwrap();
+        let machine = sfn
+            .create_state_machine()
+            .name("images")
+            .definition(r#"{"StartAt":"P","States":{"P":{"Type":"Pass","End":true}}}"#)
+            .role_arn(format!("arn:aws:iam::{ACCOUNT}:role/sfn"))
+            .send()
+            .await
+            .unwrap()
+            .state_machine_arn()
+            .to_string();
+        (machine, format!("arn:aws:iam::{ACCOUNT}:role/th-scheduler"))
+    });
+    let deployment = Deployment::new(REGION)
+        .table("TasksTable", "tasks")
+        .table("StatusTable", "status")
+        .resource("ImagesStateMachine", &machine, &machine)
+        .resource(
+            "ConsoleScheduleGroup",
+            "th-tasks",
+            &format!("arn:aws:scheduler:{REGION}:{ACCOUNT}:schedule-group/th-tasks"),
+        )
+        .resource("ConsoleSchedulerRole", "th-scheduler", &scheduler_role);
+    let conf = rt.block_on(iam.config(&iam.role("ConsoleRole", &deployment), REGION));
+    let env = hub_core::config::Env::from_map(
+        [
+            ("TASKS_TABLE", "tasks"),
+            ("TABLE_NAME", "status"),
+            ("IMAGES_STATE_MACHINE_ARN", machine.as_str()),
+            ("SCHEDULE_GROUP", "th-tasks"),
+            ("SCHEDULER_ROLE_ARN", scheduler_role.as_str()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+    );
+    let router = hub_core::functions::ConsoleFn::router(env, &conf).unwrap();
+    let claims = || Some(serde_json::json!({"sub": "u-1", "email": "ops@example.com"}));
+    let call = |req: lambda_http::Request| {
+        let r = rt
+            .block_on(hub_core::console::lambda::handle(router.clone(), req))
+            .unwrap();
+        let status = r.status().as_u16();
+        let location = r
+            .headers()
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = String::from_utf8_lossy(r.body().as_ref()).into_owned();
+        (status, location, body)
+    };
+
+    // Without the authorizer's claims: refused, even with the console's own headers forged.
+    let (status, _, _) = call(event("GET", "/tasks", None, None, &[]));
+    assert_eq!(status, 401);
+    let (status, _, _) = call(event(
+        "GET",
+        "/tasks",
+        None,
+        None,
+        &[
+            ("x-transfer-hub-user", "admin"),
+            ("x-transfer-hub-csrf-seed", "x"),
+        ],
+    ));
+    assert_eq!(
+        status, 401,
+        "headers a client sends cannot stand in for claims"
+    );
+
+    // The new-task form, as the logged-in caller; a POST without its CSRF token is refused.
+    let (status, _, page) = call(event("GET", "/tasks/new?kind=images", None, claims(), &[]));
+    assert_eq!(status, 200, "{page}");
+    let csrf = csrf_of(&page);
+    let form = |csrf: &str| {
+        // The form as the page sends it: every field with its default, then what was typed.
+        let mut f: Vec<(String, String)> = default_fields(Kind::Images).into_iter().collect();
+        for (k, v) in [
+            ("csrf", csrf),
+            ("kind", "images"),
+            ("name", "web"),
+            ("source", "registry.example:5000/team"),
+            (
+                "dest",
+                "123456789012.dkr.ecr.eu-west-1.amazonaws.com/mirror",
+            ),
+            ("list", "app:1\nworker:2\n"),
+            ("schedule", "rate(1 hour)"),
+        ] {
+            f.push((k.into(), v.into()));
+        }
+        serde_urlencoded::to_string(f).unwrap()
+    };
+    let (status, _, _) = call(event(
+        "POST",
+        "/tasks/new",
+        Some(&form("0".repeat(64).as_str())),
+        claims(),
+        &[],
+    ));
+    assert_eq!(status, 403, "a POST without the caller's CSRF token");
+
+    // Creating the task makes its schedule: the stack's state machine, {"task": NAME}.
+    let (status, location, body) = call(event(
+        "POST",
+        "/tasks/new",
+        Some(&form(&csrf)),
+        claims(),
+        &[],
+    ));
+    assert_eq!(
+        (status, location.as_deref()),
+        (303, Some("/tasks/web")),
+        "{body}"
+    );
+    let s = rt
+        .block_on(
+            scheduler
+                .get_schedule()
+                .group_name("th-tasks")
+                .name("web")
+                .send(),
+        )
+        .expect("the task's schedule exists");
+    assert_eq!(s.schedule_expression(), Some("rate(1 hour)"));
+    let target = s.target().unwrap();
+    assert_eq!(target.arn(), machine);
+    assert_eq!(target.role_arn(), scheduler_role);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(target.input().unwrap()).unwrap(),
+        serde_json::json!({"task": "web"})
+    );
+
+    // Run now: an execution of the stack's state machine, named by its run id, with the task.
+    let (status, location, body) = call(event(
+        "POST",
+        "/tasks/web/run",
+        Some(&format!("csrf={csrf}")),
+        claims(),
+        &[],
+    ));
+    assert_eq!(status, 303, "{body}");
+    let run_id = location
+        .unwrap()
+        .strip_prefix("/runs/")
+        .unwrap()
+        .to_string();
+    let execs = rt
+        .block_on(sfn.list_executions().state_machine_arn(&machine).send())
+        .unwrap();
+    assert_eq!(execs.executions().len(), 1);
+    let exec = &execs.executions()[0];
+    assert_eq!(exec.name(), run_id);
+    let d = rt
+        .block_on(
+            sfn.describe_execution()
+                .execution_arn(exec.execution_arn())
+                .send(),
+        )
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(d.input().unwrap()).unwrap(),
+        serde_json::json!({"task": "web"})
+    );
+    // Its page answers at once (waiting for list-images to write the run record).
+    let (status, _, _) = call(event(
+        "GET",
+        &format!("/runs/{run_id}"),
+        None,
+        claims(),
+        &[],
+    ));
+    assert_eq!(status, 200);
+
+    // Deleting the task removes its schedule.
+    let (status, _, body) = call(event(
+        "POST",
+        "/tasks/web/delete",
+        Some(&format!("csrf={csrf}")),
+        claims(),
+        &[],
+    ));
+    assert_eq!(status, 303, "{body}");
+    let gone = rt.block_on(
+        scheduler
+            .get_schedule()
+            .group_name("th-tasks")
+            .name("web")
+            .send(),
+    );
+    assert!(gone.is_err(), "the schedule went with the task: {gone:?}");
+    let (status, _, _) = call(event("GET", "/tasks/web", None, claims(), &[]));
+    assert_eq!(status, 404);
+}
