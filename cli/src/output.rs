@@ -168,6 +168,9 @@ pub fn summary(run: &RunRecord, items: &[ItemRecord], state: Option<&Path>) {
             secs
         );
     }
+    if let Some(why) = &run.interrupted {
+        println!("interrupted by {why}: the next run copies what this one did not finish");
+    }
     if let Some(p) = state {
         if !run.dry_run {
             println!(

@@ -254,6 +254,7 @@ pub async fn list_images(
             skipped: 0,
             failed: 0,
             bytes: 0,
+            interrupted: None,
         })
         .await?;
     // A line may name its own registry only if it is the source or an allowed extra one.

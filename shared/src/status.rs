@@ -81,6 +81,10 @@ pub struct RunRecord {
     pub skipped: u64,
     pub failed: u64,
     pub bytes: u64,
+    /// Why the run was stopped before it finished (`SIGTERM`, `SIGINT`, a console
+    /// shutdown), if it was: what it did not reach is copied by the next run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<String>,
 }
 
 /// Status store errors.
@@ -165,6 +169,7 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
+        migrate(&conn).map_err(open_err)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -174,10 +179,22 @@ impl SqliteStore {
     pub fn in_memory() -> Result<Self, StoreError> {
         let conn = rusqlite::Connection::open_in_memory()?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
     }
+}
+
+/// Columns added after a state file's tables were first made (older state files gain them).
+fn migrate(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    let has: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = 'interrupted'")?
+        .exists([])?;
+    if !has {
+        conn.execute_batch("ALTER TABLE runs ADD COLUMN interrupted TEXT")?;
+    }
+    Ok(())
 }
 
 fn ts(t: &Option<DateTime<Utc>>) -> Option<String> {
@@ -200,11 +217,11 @@ fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
         skipped: r.get(7)?,
         failed: r.get(8)?,
         bytes: r.get(9)?,
+        interrupted: r.get(10)?,
     })
 }
 
-const RUN_COLS: &str =
-    "run_id, source, dest, dry_run, started_at, ended_at, copied, skipped, failed, bytes";
+const RUN_COLS: &str = "run_id, source, dest, dry_run, started_at, ended_at, copied, skipped, failed, bytes, interrupted";
 
 #[async_trait]
 impl StatusStore for SqliteStore {
@@ -212,10 +229,11 @@ impl StatusStore for SqliteStore {
         let c = self.conn.lock().unwrap();
         c.execute(
             &format!(
-                "INSERT INTO runs ({RUN_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)
+                "INSERT INTO runs ({RUN_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)
                  ON CONFLICT (run_id) DO UPDATE SET source=excluded.source, dest=excluded.dest,
                    dry_run=excluded.dry_run, started_at=excluded.started_at, ended_at=excluded.ended_at,
-                   copied=excluded.copied, skipped=excluded.skipped, failed=excluded.failed, bytes=excluded.bytes"
+                   copied=excluded.copied, skipped=excluded.skipped, failed=excluded.failed, bytes=excluded.bytes,
+                   interrupted=excluded.interrupted"
             ),
             params![
                 run.run_id,
@@ -227,7 +245,8 @@ impl StatusStore for SqliteStore {
                 run.copied,
                 run.skipped,
                 run.failed,
-                run.bytes
+                run.bytes,
+                run.interrupted
             ],
         )?;
         Ok(())
@@ -373,6 +392,7 @@ mod tests {
             skipped: 0,
             failed: 0,
             bytes: 0,
+            interrupted: None,
         }
     }
 

@@ -122,6 +122,7 @@ pub async fn run_sync_until(
         skipped: 0,
         failed: 0,
         bytes: 0,
+        interrupted: None,
     };
     let keep = !spec.dry_run;
     if keep {
@@ -137,7 +138,8 @@ pub async fn run_sync_until(
         r = looked_up => r,
         why = stop.stopped() => {
             tracing::warn!(why, "interrupted before the plan was made; nothing was copied");
-            let report = finish(run, Vec::new());
+            let mut report = finish(run, Vec::new());
+            report.run.interrupted = Some(why.to_string());
             if keep {
                 edges.store.put_run(&report.run).await?;
             }
@@ -258,7 +260,8 @@ pub async fn run_sync_until(
     for r in results {
         items.push(r?);
     }
-    let report = finish(run.clone(), items);
+    let mut report = finish(run.clone(), items);
+    report.run.interrupted = stop.reason().map(str::to_string);
     run = report.run.clone();
     edges.store.put_run(&run).await?;
     Ok(report)

@@ -281,6 +281,7 @@ async fn record_start_failure(store: &SqliteStore, task: &Task, run_id: &str, wh
         skipped: 0,
         failed: 1,
         bytes: 0,
+        interrupted: None,
     };
     let item = ItemRecord {
         run_id: run_id.into(),

@@ -10,7 +10,8 @@ use super::multipart::{self, MAX_SINGLE, Plan};
 use super::transfer::{Mode, Transfer, ledger_error};
 use super::uploads::UploadLedger;
 use super::url::S3Url;
-use crate::retry::{ErrorClass, ItemError, RetryPolicy, with_retries};
+use crate::interrupt::{Stop, interrupted};
+use crate::retry::{ErrorClass, ItemError, RetryPolicy, with_retries_until};
 use crate::status::{ItemRecord, RunRecord, Status, StatusStore, StoreError};
 use crate::sync::{Progress, SyncReport};
 use chrono::Utc;
@@ -80,6 +81,9 @@ pub struct ObjectEdges<'a> {
     pub store: &'a dyn StatusStore,
     pub ledger: &'a dyn UploadLedger,
     pub progress: &'a dyn Progress,
+    /// Ctrl-C, SIGTERM, a console shutdown: listing stops, no copy starts, copies in flight
+    /// are abandoned (their open uploads stay in the ledger for the next run to resume).
+    pub stop: Stop,
 }
 
 const FINAL: u64 = 2;
@@ -92,6 +96,12 @@ struct Counts {
 /// Runs one object sync. Store errors end the run; every other failure is recorded on its
 /// object and the others go on. A listing error fails the run as a whole (nothing is
 /// copied past a listing we could not read, and nothing is silently skipped).
+///
+/// When `edges.stop` fires the run ends early: the listings stop, objects not yet started
+/// are not started (nor recorded), objects in flight have their requests dropped and are
+/// recorded as failed ("interrupted by …"), multipart uploads stay open in the ledger with
+/// their finished parts, so the next run resumes them, and the run record says why it was
+/// interrupted.
 pub async fn run_objects(
     spec: &ObjectsSpec,
     edges: &ObjectEdges<'_>,
@@ -108,6 +118,7 @@ pub async fn run_objects(
         skipped: 0,
         failed: 0,
         bytes: 0,
+        interrupted: None,
     };
     if !spec.dry_run {
         edges.store.put_run(&run).await?;
@@ -119,7 +130,7 @@ pub async fn run_objects(
             side,
             key,
             previous,
-        })) => {
+        })) if edges.stop.reason().is_none() => {
             tracing::warn!(
                 side,
                 key,
@@ -152,7 +163,9 @@ pub async fn run_objects(
         }
         other => other?,
     };
-    if !spec.dry_run {
+    // Interrupted: out at once; the next run aborts what this one left unrecorded.
+    run.interrupted = edges.stop.reason().map(str::to_string);
+    if !spec.dry_run && run.interrupted.is_none() {
         abort_unrecorded_uploads(edges).await;
     }
     run.copied = kept.copied;
@@ -325,7 +338,7 @@ where
     let (tx, rx) = mpsc::channel::<Entry>(1024);
     let (in_sync, copies) = (std::cell::Cell::new(0u64), std::cell::Cell::new(0u64));
     let permits = Arc::new(Permits::new(spec));
-    let producer = async {
+    let listing = async {
         // Checksums are not in listings: equal sizes are settled by one HEAD on each side.
         let listed = match spec.compare {
             Compare::Checksum => Compare::Size,
@@ -376,12 +389,26 @@ where
         drop(tx);
         r
     };
+    // A stop ends the listing (and with it the queue): what was listed but not started is
+    // left for the next run.
+    let producer = async {
+        tokio::select! {
+            r = listing => r,
+            _ = edges.stop.stopped() => Ok(()),
+        }
+    };
     let consumer = tokio_stream_of(rx)
         .map(|e| {
             let permits = permits.clone();
-            async move { copy_object(spec, edges, e, permits).await }
+            async move {
+                if edges.stop.reason().is_some() {
+                    return None;
+                }
+                Some(copy_object(spec, edges, e, permits).await)
+            }
         })
         .buffer_unordered(spec.concurrency.max(1))
+        .filter_map(futures::future::ready)
         .then(|rec| async move {
             if !spec.dry_run {
                 edges.store.put_item(&rec).await?;
@@ -500,17 +527,30 @@ async fn copy_object(
                     0,
                 ),
                 Ok(Plan::Single) => {
-                    with_retries(&spec.retry, |_| async {
-                        let _p = permits.take(e.size).await;
-                        t.single(&e).await
+                    with_retries_until(&spec.retry, &edges.stop, |_| {
+                        or_stop(&edges.stop, async {
+                            let _p = permits.take(e.size).await;
+                            t.single(&e).await
+                        })
                     })
                     .await
                 }
                 Ok(Plan::Multipart { part_size, parts }) => {
                     // CRC32s of the parts read in this run, across attempts.
                     let crcs = std::sync::Mutex::new(std::collections::HashMap::new());
-                    with_retries(&spec.retry, |_| {
-                        multipart_copy(&t, edges.ledger, &e, part_size, &parts, &permits, &crcs)
+                    with_retries_until(&spec.retry, &edges.stop, |_| {
+                        or_stop(
+                            &edges.stop,
+                            multipart_copy(
+                                &t,
+                                edges.ledger,
+                                &e,
+                                part_size,
+                                &parts,
+                                &permits,
+                                &crcs,
+                            ),
+                        )
                     })
                     .await
                 }
@@ -565,6 +605,18 @@ async fn copy_object(
         }
     }
     rec
+}
+
+/// `work`, or the interrupted error as soon as `stop` fires (the work's requests in flight
+/// are dropped: a part not answered is not recorded, so the next run sends it again).
+async fn or_stop<T>(
+    stop: &Stop,
+    work: impl std::future::Future<Output = Result<T, ItemError>>,
+) -> Result<T, ItemError> {
+    tokio::select! {
+        r = work => r,
+        why = stop.stopped() => Err(interrupted(why)),
+    }
 }
 
 /// How often one object is planned again because its source changed while it was copied.

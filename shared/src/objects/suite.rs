@@ -310,6 +310,7 @@ pub async fn diff_objects(
         skipped: sum.in_sync,
         failed: 0,
         bytes: 0,
+        interrupted: None,
     };
     if after.is_none() {
         e.store.put_run(&run).await.map_err(store_err)?;

@@ -134,6 +134,9 @@ impl DynamoStore {
         if let Some(t) = run.ended_at {
             i.insert("ended_at".into(), s(t.to_rfc3339()));
         }
+        if let Some(why) = &run.interrupted {
+            i.insert("interrupted".into(), s(why));
+        }
         i
     }
 
@@ -153,6 +156,7 @@ impl DynamoStore {
             skipped: get_n(i, "skipped"),
             failed: get_n(i, "failed"),
             bytes: get_n(i, "bytes"),
+            interrupted: get_s(i, "interrupted"),
         }
     }
 

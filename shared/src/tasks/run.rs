@@ -251,6 +251,7 @@ pub async fn run_objects(o: &ObjectsOptions, ctx: &RunContext<'_>) -> Result<Syn
         store: ctx.status,
         ledger: ctx.ledger,
         progress: ctx.progress,
+        stop: ctx.stop.clone(),
     };
     Ok(crate::objects::run::run_objects(&spec, &edges).await?)
 }

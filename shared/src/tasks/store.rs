@@ -119,7 +119,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow> {
 }
 
 const TASK_COLS: &str = "name, spec, schedule, enabled, created_at, updated_at";
-const RUN_COLS: &str = "r.run_id, r.source, r.dest, r.dry_run, r.started_at, r.ended_at, r.copied, r.skipped, r.failed, r.bytes";
+const RUN_COLS: &str = "r.run_id, r.source, r.dest, r.dry_run, r.started_at, r.ended_at, r.copied, r.skipped, r.failed, r.bytes, r.interrupted";
 
 fn run_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
     Ok(RunRecord {
@@ -133,6 +133,7 @@ fn run_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
         skipped: r.get(7)?,
         failed: r.get(8)?,
         bytes: r.get(9)?,
+        interrupted: r.get(10)?,
     })
 }
 
@@ -385,6 +386,7 @@ mod tests {
             skipped: 0,
             failed: 1,
             bytes: 5,
+            interrupted: None,
         };
         store.note_run("b", "r1", run.started_at).await.unwrap();
         store.put_run(&run).await.unwrap();

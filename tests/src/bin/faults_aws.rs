@@ -594,12 +594,13 @@ fn canary_cli_objects() -> Result<Row> {
                 .unwrap_or("")
         ));
     }
-    // objects sync has no SIGTERM handler of its own: it dies of the signal (a re-run
-    // resumes from the state file), which is an interruption all the same.
-    use std::os::unix::process::ExitStatusExt as _;
-    if o2.status.code() != Some(143) && o2.status.signal() != Some(15) {
+    // objects sync stops on SIGTERM: exit 143, the run recorded as interrupted.
+    let interrupted = serde_json::from_slice::<serde_json::Value>(&o2.stdout)
+        .ok()
+        .and_then(|j| j["interrupted"].as_str().map(str::to_string));
+    if o2.status.code() != Some(143) || interrupted.as_deref() != Some("SIGTERM") {
         problems.push(format!(
-            "rig: the second run was not interrupted (exit {:?})",
+            "rig: the second run was not interrupted (exit {:?}, run interrupted: {interrupted:?})",
             o2.status
         ));
     }

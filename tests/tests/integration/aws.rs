@@ -574,6 +574,7 @@ fn record_status_keeps_the_newest_result_and_sends_one_message_per_failed_run() 
             skipped: 0,
             failed: 0,
             bytes: 0,
+            interrupted: None,
         }))
         .unwrap();
     let rec = |name: &str| -> RecordRequest { serde_json::from_value(event(name)).unwrap() };
@@ -794,6 +795,7 @@ fn a_failure_mail_that_could_not_be_sent_is_sent_by_the_next_attempt() {
             skipped: 0,
             failed: 0,
             bytes: 0,
+            interrupted: None,
         }))
         .unwrap();
     let failed: RecordRequest = serde_json::from_value(event("record-status-failed.json")).unwrap();
