@@ -84,6 +84,10 @@ pub async fn copy_with_retries(
                 return Ok(());
             }
         }
+        // skopeo sends each login to the token realm its registry names: a realm that may
+        // not have it fails the image here, before the login reaches skopeo.
+        registry.check_login_realm(&source.host).await?;
+        registry.check_login_realm(&dest.host).await?;
         copier.copy(source, dest).await
     };
     with_progress_retries_until(policy, stop, attempt, probe).await

@@ -424,6 +424,10 @@ pub struct Registries {
 
 #[async_trait::async_trait]
 impl Registry for Registries {
+    async fn check_login_realm(&self, host: &str) -> Result<(), ItemError> {
+        // Every login skopeo gets (ECR tokens too) is held by the HTTP client.
+        self.http.check_login_realm(host).await
+    }
     async fn list_repositories(&self, host: &str) -> Result<Vec<String>, ItemError> {
         match self.ecr.get(host) {
             Some(e) => e.list_repositories(host).await,

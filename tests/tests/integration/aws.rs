@@ -1217,3 +1217,78 @@ fn processes_of(pid: u32) -> Option<(u32, String)> {
         .ok()?;
     Some((ppid, String::from_utf8_lossy(&cmd).replace('\0', " ")))
 }
+
+/// A source whose token realm may not have its login (plain http, on another host than the
+/// registry: `http://localhost:PORT` beside a registry at 127.0.0.1) fails that image with
+/// a named error, and the password never reaches the realm: a listener there counts every
+/// request. Before, the copy worker checked nothing before starting skopeo, which sent the
+/// source login to whatever realm the registry named (the listener got it, Basic-encoded).
+#[test]
+fn the_copy_worker_never_hands_a_login_to_skopeo_for_a_realm_that_may_not_have_it() {
+    use base64::Engine as _;
+    let aws = Aws::start("aws-the_copy_worker_never_hands_a_login");
+    let canary = format!("realm-canary-{}", fastrand::u64(..));
+    let realm = hub_tests::FakeRegistry::start(std::sync::Arc::new(|_: &str| {
+        hub_tests::Reply::new(401, &[], hub_tests::Body::Bytes(Vec::new()))
+    }));
+    let port = realm.addr.rsplit_once(':').unwrap().1;
+    let src = RegistryServer::start_with_token_realm(&format!("http://localhost:{port}/token"));
+    let backend = RegistryServer::start();
+    let sm = aws_sdk_secretsmanager::Client::new(&aws.conf);
+    aws.rt
+        .block_on(
+            sm.create_secret()
+                .name("th/source")
+                .secret_string(format!(r#"{{"username":"puller","password":"{canary}"}}"#))
+                .send(),
+        )
+        .unwrap();
+    let task_role = aws.iam.role(
+        "CopyTaskRole",
+        &aws.deployment(&[
+            ("SourceType", "Registry"),
+            ("SourceRegistry", src.addr.as_str()),
+            ("SourceCredentialSecret", "th/source"),
+            ("DestPrefix", "mirror"),
+        ]),
+    );
+    let mut env = aws.iam.env(&task_role, REGION);
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    env.extend(
+        [
+            ("TASK_TOKEN", "token-realm"),
+            ("RUN_ID", "run-r"),
+            ("SOURCE", &format!("{}/team/app:7", src.addr)),
+            ("DEST", &format!("{ECR_HOST}/mirror/team/app:7")),
+            ("SOURCE_DIGEST", digest.as_str()),
+            ("SOURCE_SECRET", "th/source"),
+            ("SOURCE_REGISTRY", src.addr.as_str()),
+            ("DEST_REGISTRY", &format!("{ECR_HOST}/mirror")),
+            ("RETRIES", "1"),
+            ("HEARTBEAT_SECS", "1"),
+            ("TRANSFER_HUB_ECR_REGISTRY_ADDRESS", backend.addr.as_str()),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    let worker = transfer_hub_bin().with_file_name("copy-worker");
+    let out = std::process::Command::new(&worker)
+        .envs(env)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the failure was reported: {stderr}");
+    assert!(
+        stderr.contains("reported failure") && stderr.contains("token realm"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(&canary), "{stderr}");
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("puller:{canary}"));
+    let asked = realm.requests();
+    assert!(
+        !asked
+            .iter()
+            .any(|r| r.contains(&canary) || r.contains(&encoded)),
+        "the password reached the http realm: {asked:?}"
+    );
+    assert!(asked.is_empty(), "nothing asks that realm: {asked:?}");
+}
