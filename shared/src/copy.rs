@@ -34,8 +34,10 @@ pub trait Copier: Send + Sync {
 /// The registry refuses a manifest whose parts are missing, and the destination digest is
 /// checked after the copy as always.
 ///
-/// Where the destination cannot be asked (an ECR side, a source manifest that cannot be
-/// read), every failure counts, as before. The same for the CLI's sync and the copy worker.
+/// An ECR side is asked through ECR's registry protocol with the ECR login token (see
+/// [`crate::ecr::Registries`]). Where the destination cannot be asked (a source manifest
+/// that cannot be read), every failure counts, as before. The same for the CLI's sync and
+/// the copy worker.
 pub async fn copy_with_retries(
     copier: &dyn Copier,
     registry: &dyn Registry,
