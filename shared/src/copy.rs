@@ -282,9 +282,15 @@ impl Skopeo {
             "copy",
             "--all",
             "--preserve-digests",
-            // skopeo's own retries redo the copy in the same process after 1, 2, 4 s, only
-            // for errors it deems transient (a reset, a refused connection; not a 429, whose
-            // Retry-After it would not honour); what is left comes back to our retries.
+            // skopeo's own retries redo the whole copy in the same process after 1, 2, 4 s
+            // (containers/common's RetryIfNecessary; skopeo 1.9 has no --retry-delay), only
+            // for errors it deems transient (resets, refused connections, timeouts, registry
+            // error codes other than denied/unauthorized/unknown). Apart from that,
+            // containers/image answers a 429 to a request without a body (the /v2/ ping,
+            // GET and HEAD of manifests and blobs) itself: up to 5 tries, waiting the
+            // Retry-After (else 2 s, doubling, at most 60 s). A 429 to an upload or a
+            // manifest PUT fails the copy; what is left comes back to our retries, which
+            // cannot see that Retry-After (skopeo does not print it) and wait their backoff.
             "--retry-times",
             SKOPEO_RETRY_TIMES,
             "--authfile",
