@@ -13,6 +13,7 @@ pub mod browser;
 pub mod faults;
 pub mod faults_aws;
 pub mod iam;
+pub mod sfn_rig;
 
 use anyhow::{Context, Result, bail};
 use sha2::{Digest as _, Sha256};

@@ -17,7 +17,7 @@ type Scenario = fn() -> Result<Row>;
 
 fn main() {
     let filter = std::env::args().nth(1).unwrap_or_default();
-    let scenarios: [(&str, &str, Scenario); 5] = [
+    let scenarios: [(&str, &str, Scenario); 6] = [
         (
             "aws: duplicated + reordered SQS jobs",
             "every Job::Object and Job::Part delivered twice, reversed and interleaved, again after completion; one object overwritten after its job was queued",
@@ -42,6 +42,11 @@ fn main() {
             "canary: AWS images functions + worker",
             "the canary in a Secrets Manager JSON secret (registry password) and as the ECR token; the roles' AWS keys too; list-images, find-diff, dispatch-fargate, copy-worker, record-status",
             canary_aws_images,
+        ),
+        (
+            "canary: the real state machine (moto's interpreter)",
+            "the canary as both registries' passwords, in the Secrets Manager JSON secrets and as the AWS secret key of every function and worker; one execution of the template's definition, real handlers under cargo lambda watch, real workers",
+            canary_state_machine,
         ),
     ];
     for (name, injected, f) in scenarios {
@@ -604,6 +609,14 @@ fn canary_cli_objects() -> Result<Row> {
             o2.status
         ));
     }
+    let (n, ok, bad) = f.counts();
+    Ok(Row::judged("", "", (n, ok, bad, 0), &problems))
+}
+
+/// Searched: the execution's input, output and full history, DynamoDB items, SQS messages,
+/// ECS overrides (see `hub_tests::sfn_rig::canary_state_machine`).
+fn canary_state_machine() -> Result<Row> {
+    let (f, problems) = hub_tests::sfn_rig::canary_state_machine();
     let (n, ok, bad) = f.counts();
     Ok(Row::judged("", "", (n, ok, bad, 0), &problems))
 }
