@@ -502,15 +502,15 @@ async fn objects_sync(a: ObjectsArgs) -> Result<ExitCode> {
         SqliteStore::open(&state_path)
     }
     .map_err(config)?;
+    let stop = stop_on_signals().context("cannot listen for SIGINT/SIGTERM")?;
     let progress = output::Live::new(a.output == OutputFormat::Text, a.dry_run);
     progress.streaming("object");
-    let (_handle, stop) = interrupt::channel();
     let ctx = RunContext {
         run_id: new_run_id(),
         status: &store,
         ledger: &store,
         progress: &progress,
-        stop,
+        stop: stop.clone(),
         dry_run: a.dry_run,
     };
     let options = objects_options(&a);
@@ -524,7 +524,7 @@ async fn objects_sync(a: ObjectsArgs) -> Result<ExitCode> {
         }
     };
     progress.done();
-    finish(report, a.output, &state_path, None)
+    finish(report, a.output, &state_path, Some(&stop))
 }
 
 /// A run that ended with an error: in JSON mode its one JSON object (the run record,
@@ -574,8 +574,13 @@ pub(crate) fn finish(
         OutputFormat::Text => output::summary(&report.run, &report.items, Some(state_path)),
     }
     if let Some(why) = stop.and_then(|s| s.reason()) {
+        let what = if report.run.source.starts_with("s3://") {
+            "object(s) in flight"
+        } else {
+            "image(s) not finished"
+        };
         eprintln!(
-            "interrupted by {why}: {} image(s) not finished are recorded as failed; run the same command again to copy them",
+            "interrupted by {why}: {} {what} are recorded as failed; run the same command again to copy them",
             report.run.failed
         );
         return Ok(ExitCode::from(signal_exit_code(why)));
@@ -587,9 +592,10 @@ pub(crate) fn finish(
     })
 }
 
-/// Ctrl-C (SIGINT) and SIGTERM stop the run: copies are killed, the temp auth file is
-/// removed, interrupted images are recorded, and the exit code is 130 or 143. A second
-/// signal exits at once.
+/// Ctrl-C (SIGINT) and SIGTERM stop the run: copies are killed (images: skopeo; objects:
+/// the requests in flight, open uploads kept in the ledger), the temp auth file is removed,
+/// interrupted items and the run's interruption are recorded, and the exit code is 130 or
+/// 143. A second signal exits at once.
 pub(crate) fn stop_on_signals() -> std::io::Result<Stop> {
     use tokio::signal::unix::{SignalKind, signal};
     let (handle, stop) = interrupt::channel();

@@ -309,6 +309,9 @@ pub fn summary(run: &RunRecord, items: &[ItemRecord], state: Option<&Path>) {
             secs
         );
     }
+    if run.result == hub_core::status::RunResult::Interrupted {
+        crate::outln!("interrupted: the next run copies what this one did not finish");
+    }
     if let Some(p) = state {
         if !run.dry_run {
             crate::outln!(

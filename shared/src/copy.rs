@@ -34,8 +34,10 @@ pub trait Copier: Send + Sync {
 /// The registry refuses a manifest whose parts are missing, and the destination digest is
 /// checked after the copy as always.
 ///
-/// Where the destination cannot be asked (an ECR side, a source manifest that cannot be
-/// read), every failure counts, as before. The same for the CLI's sync and the copy worker.
+/// An ECR side is asked through ECR's registry protocol with the ECR login token (see
+/// [`crate::ecr::Registries`]). Where the destination cannot be asked (a source manifest
+/// that cannot be read), every failure counts, as before. The same for the CLI's sync and
+/// the copy worker.
 pub async fn copy_with_retries(
     copier: &dyn Copier,
     registry: &dyn Registry,
@@ -84,6 +86,10 @@ pub async fn copy_with_retries(
                 return Ok(());
             }
         }
+        // skopeo sends each login to the token realm its registry names: a realm that may
+        // not have it fails the image here, before the login reaches skopeo.
+        registry.check_login_realm(&source.host).await?;
+        registry.check_login_realm(&dest.host).await?;
         copier.copy(source, dest).await
     };
     with_progress_retries_until(policy, stop, attempt, probe).await
@@ -276,9 +282,15 @@ impl Skopeo {
             "copy",
             "--all",
             "--preserve-digests",
-            // skopeo's own retries redo the copy in the same process after 1, 2, 4 s, only
-            // for errors it deems transient (a reset, a refused connection; not a 429, whose
-            // Retry-After it would not honour); what is left comes back to our retries.
+            // skopeo's own retries redo the whole copy in the same process after 1, 2, 4 s
+            // (containers/common's RetryIfNecessary; skopeo 1.9 has no --retry-delay), only
+            // for errors it deems transient (resets, refused connections, timeouts, registry
+            // error codes other than denied/unauthorized/unknown). Apart from that,
+            // containers/image answers a 429 to a request without a body (the /v2/ ping,
+            // GET and HEAD of manifests and blobs) itself: up to 5 tries, waiting the
+            // Retry-After (else 2 s, doubling, at most 60 s). A 429 to an upload or a
+            // manifest PUT fails the copy; what is left comes back to our retries, which
+            // cannot see that Retry-After (skopeo does not print it) and wait their backoff.
             "--retry-times",
             SKOPEO_RETRY_TIMES,
             "--authfile",

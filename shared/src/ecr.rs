@@ -416,7 +416,10 @@ impl Registry for Ecr {
 }
 
 /// Routes each registry host to its client: ECR hosts to their ECR API client, every other
-/// host to the HTTP registry client.
+/// host to the HTTP registry client. What ECR's API client cannot do (an image's parts,
+/// blob HEADs, manifest bytes: the progress of a copy) goes to ECR's registry protocol
+/// through the HTTP client, which holds the ECR login token, so a copy to or from ECR
+/// that makes progress is forgiven as for any registry.
 pub struct Registries {
     pub ecr: std::collections::HashMap<String, Ecr>,
     pub http: crate::registry::HttpRegistry,
@@ -424,6 +427,10 @@ pub struct Registries {
 
 #[async_trait::async_trait]
 impl Registry for Registries {
+    async fn check_login_realm(&self, host: &str) -> Result<(), ItemError> {
+        // Every login skopeo gets (ECR tokens too) is held by the HTTP client.
+        self.http.check_login_realm(host).await
+    }
     async fn list_repositories(&self, host: &str) -> Result<Vec<String>, ItemError> {
         match self.ecr.get(host) {
             Some(e) => e.list_repositories(host).await,
@@ -465,10 +472,13 @@ impl Registry for Registries {
         repo: &str,
         digest: &Digest,
     ) -> Result<Option<Vec<crate::registry::Part>>, ItemError> {
-        match self.ecr.get(host) {
-            Some(e) => e.image_parts(host, repo, digest).await,
-            None => self.http.image_parts(host, repo, digest).await,
+        // ECR's API cannot list an image's parts: its registry protocol can, with the token.
+        if let Some(e) = self.ecr.get(host)
+            && let Some(parts) = e.image_parts(host, repo, digest).await?
+        {
+            return Ok(Some(parts));
         }
+        self.http.image_parts(host, repo, digest).await
     }
     async fn get_manifest(
         &self,
@@ -476,10 +486,12 @@ impl Registry for Registries {
         repo: &str,
         digest: &Digest,
     ) -> Result<Option<(Vec<u8>, String)>, ItemError> {
-        match self.ecr.get(host) {
-            Some(e) => e.get_manifest(host, repo, digest).await,
-            None => self.http.get_manifest(host, repo, digest).await,
+        if let Some(e) = self.ecr.get(host)
+            && let Some(m) = e.get_manifest(host, repo, digest).await?
+        {
+            return Ok(Some(m));
         }
+        self.http.get_manifest(host, repo, digest).await
     }
     async fn put_manifest(
         &self,
@@ -489,17 +501,16 @@ impl Registry for Registries {
         media_type: &str,
         bytes: &[u8],
     ) -> Result<Option<()>, ItemError> {
-        match self.ecr.get(host) {
-            Some(e) => {
-                e.put_manifest(host, repo, reference, media_type, bytes)
-                    .await
-            }
-            None => {
-                self.http
-                    .put_manifest(host, repo, reference, media_type, bytes)
-                    .await
-            }
+        if let Some(e) = self.ecr.get(host)
+            && let Some(done) = e
+                .put_manifest(host, repo, reference, media_type, bytes)
+                .await?
+        {
+            return Ok(Some(done));
         }
+        self.http
+            .put_manifest(host, repo, reference, media_type, bytes)
+            .await
     }
     async fn has_blob(
         &self,
@@ -507,10 +518,14 @@ impl Registry for Registries {
         repo: &str,
         digest: &Digest,
     ) -> Result<Option<bool>, ItemError> {
-        match self.ecr.get(host) {
-            Some(e) => e.has_blob(host, repo, digest).await,
-            None => self.http.has_blob(host, repo, digest).await,
+        // ECR's API has BatchCheckLayerAvailability (moto does not implement it); a HEAD
+        // through its registry protocol, with the ECR token, answers the same.
+        if let Some(e) = self.ecr.get(host)
+            && let Some(here) = e.has_blob(host, repo, digest).await?
+        {
+            return Ok(Some(here));
         }
+        self.http.has_blob(host, repo, digest).await
     }
 }
 

@@ -49,7 +49,7 @@ pub enum ResponseError {
         limit: usize,
     },
     #[error(
-        "registry {host} names token realm {realm:?}: the login would travel in the clear; a realm must be https unless the registry itself is plain HTTP (loopback or --insecure-registry)"
+        "registry {host} names token realm {realm:?}: the login would travel in the clear; a realm must be https, or plain http on the registry's own host when the registry itself is plain HTTP (loopback or --insecure-registry); the login was not sent"
     )]
     InsecureRealm { host: String, realm: String },
     #[error("{url}: the Link header's next page {next:?} was already read (the page chain loops)")]
@@ -247,6 +247,14 @@ pub trait Registry: Send + Sync {
         _digest: &Digest,
     ) -> Result<Option<bool>, ItemError> {
         Ok(None)
+    }
+    /// Asked before a login for `host` is handed to a copier (skopeo), which sends it to
+    /// whatever token realm the registry names: the registry's challenge is read afresh
+    /// (`GET /v2/` without credentials, skopeo's own first request) and a realm that may
+    /// not receive the login is a named error ([`ResponseError::InsecureRealm`]) for that
+    /// image. `Ok` when no login is held for `host` (nothing to leak).
+    async fn check_login_realm(&self, _host: &str) -> Result<(), ItemError> {
+        Ok(())
     }
 }
 
@@ -466,10 +474,13 @@ impl HttpRegistry {
 
     /// A token realm gets the registry's login (as Docker sends it), so it must be https;
     /// plain http only when the registry itself is plain HTTP (loopback, or named with
-    /// `--insecure-registry`), or the realm's own host is named insecure.
+    /// `--insecure-registry`) and the realm is on the registry's own host (any port), or
+    /// the realm's host is itself named with `--insecure-registry`. An https realm may be
+    /// on another host (Docker Hub's is auth.docker.io).
     fn check_realm(&self, host: &str, realm: &str) -> Result<(), ResponseError> {
-        let insecure = |h: &str| self.insecure.contains(h) || is_loopback_host(h);
-        if realm_allowed(realm, self.plain_http(host), insecure) {
+        let insecure = |h: &str| self.insecure.contains(h);
+        let address = self.address(host);
+        if realm_allowed(realm, &address, self.plain_http(host), insecure) {
             Ok(())
         } else {
             Err(ResponseError::InsecureRealm {
@@ -648,9 +659,17 @@ async fn read_capped(
     Ok(body)
 }
 
-/// Whether a token realm may receive the registry's login: https always; http only when the
-/// registry is plain HTTP or the realm's host is one we speak plain HTTP to.
-fn realm_allowed(realm: &str, registry_plain_http: bool, insecure: impl Fn(&str) -> bool) -> bool {
+/// Whether a token realm may receive the login of the registry at `address`: https always
+/// (on any host); http only when the registry is plain HTTP and the realm is on its host
+/// (the port may differ: token servers often sit beside the registry), or the realm's
+/// `host[:port]` is named insecure. So a plain-HTTP registry cannot send its login in the
+/// clear to a host of its choosing.
+fn realm_allowed(
+    realm: &str,
+    address: &str,
+    registry_plain_http: bool,
+    insecure: impl Fn(&str) -> bool,
+) -> bool {
     let Ok(u) = reqwest::Url::parse(realm) else {
         return false;
     };
@@ -659,9 +678,13 @@ fn realm_allowed(realm: &str, registry_plain_http: bool, insecure: impl Fn(&str)
         (Some(h), None) => h.to_string(),
         (None, _) => return false,
     };
+    let same_host = match reqwest::Url::parse(&format!("http://{address}/")) {
+        Ok(r) => r.host_str().is_some() && r.host_str() == u.host_str(),
+        Err(_) => false,
+    };
     match u.scheme() {
         "https" => true,
-        "http" => registry_plain_http || insecure(&authority),
+        "http" => (registry_plain_http && same_host) || insecure(&authority),
         _ => false,
     }
 }
@@ -800,6 +823,36 @@ fn next_link(h: &header::HeaderMap, url: &str) -> Result<Option<String>, Respons
 
 #[async_trait]
 impl Registry for HttpRegistry {
+    async fn check_login_realm(&self, host: &str) -> Result<(), ItemError> {
+        if self.credentials.get(host).is_none() {
+            return Ok(());
+        }
+        let url = self.url(host, "/v2/");
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| send_error(&Method::GET, &url, &error_chain(&e)))?;
+        if resp.status() != StatusCode::UNAUTHORIZED {
+            return Ok(());
+        }
+        let Some(v) = resp.headers().get(header::WWW_AUTHENTICATE) else {
+            return Ok(());
+        };
+        match parse_challenge(v.as_bytes()) {
+            Ok(Challenge::Bearer { realm, .. }) => Ok(self.check_realm(host, &realm)?),
+            Ok(Challenge::Basic) => Ok(()),
+            Err(expected) => Err(ResponseError::BadHeader {
+                url,
+                header: "WWW-Authenticate",
+                value: shown(v.as_bytes()),
+                expected,
+            }
+            .into()),
+        }
+    }
+
     async fn list_repositories(&self, host: &str) -> Result<Vec<String>, ItemError> {
         #[derive(Deserialize)]
         struct Catalog {
@@ -1243,13 +1296,50 @@ mod tests {
     #[test]
     fn a_token_realm_must_be_https_unless_the_registry_is_plain_http() {
         let none = |_: &str| false;
-        assert!(realm_allowed("https://auth.docker.io/token", false, none));
-        assert!(!realm_allowed("http://auth.example/token", false, none));
-        assert!(realm_allowed("http://auth.example/token", true, none));
         assert!(realm_allowed(
-            "http://127.0.0.1:9/token",
+            "https://auth.docker.io/token",
+            "registry-1.docker.io",
             false,
-            is_loopback_host
+            none
+        ));
+        assert!(!realm_allowed(
+            "http://auth.example/token",
+            "auth.example",
+            false,
+            none
+        ));
+        // A plain-HTTP registry: http on its own host (any port), not on another one.
+        assert!(realm_allowed(
+            "http://harbor.lan:8081/token",
+            "harbor.lan:8080",
+            true,
+            none
+        ));
+        assert!(!realm_allowed(
+            "http://auth.example/token",
+            "harbor.lan:8080",
+            true,
+            none
+        ));
+        assert!(!realm_allowed(
+            "http://localhost:9/token",
+            "127.0.0.1:5000",
+            true,
+            none
+        ));
+        // An https registry never sends its login over http, loopback realm or not.
+        assert!(!realm_allowed(
+            "http://127.0.0.1:9/token",
+            "quay.io",
+            false,
+            none
+        ));
+        // Unless the realm's host is named insecure itself.
+        assert!(realm_allowed(
+            "http://auth.lan:9/token",
+            "harbor.lan:8080",
+            true,
+            |h: &str| h == "auth.lan:9"
         ));
         for odd in [
             "ftp://x/token",
@@ -1258,7 +1348,7 @@ mod tests {
             "/token",
             "",
         ] {
-            assert!(!realm_allowed(odd, true, none), "{odd}");
+            assert!(!realm_allowed(odd, "x", true, none), "{odd}");
         }
         let r = HttpRegistry::new(Credentials::default(), Vec::<String>::new());
         let e = r
@@ -1269,6 +1359,11 @@ mod tests {
         assert!(
             r.check_realm("127.0.0.1:5000", "http://127.0.0.1:5001/token")
                 .is_ok()
+        );
+        assert!(
+            r.check_realm("127.0.0.1:5000", "http://localhost:5001/token")
+                .is_err(),
+            "another host, even one on this machine"
         );
         assert!(r.check_realm("quay.io", "https://quay.io/v2/auth").is_ok());
     }

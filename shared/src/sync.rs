@@ -141,6 +141,7 @@ pub async fn run_sync_until(
             tracing::warn!(why, "interrupted before the plan was made; nothing was copied");
             let mut report = finish(run, Vec::new());
             report.run.result = RunResult::Interrupted;
+            report.run.error = Some(format!("interrupted by {why}"));
             if keep {
                 edges.store.put_run(&report.run).await?;
             }
@@ -263,8 +264,9 @@ pub async fn run_sync_until(
         items.push(r?);
     }
     let mut report = finish(run.clone(), items);
-    if stop.reason().is_some() {
+    if let Some(why) = stop.reason() {
         report.run.result = RunResult::Interrupted;
+        report.run.error = Some(format!("interrupted by {why}"));
     }
     run = report.run.clone();
     edges.store.put_run(&run).await?;

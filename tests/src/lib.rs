@@ -13,6 +13,7 @@ pub mod browser;
 pub mod faults;
 pub mod faults_aws;
 pub mod iam;
+pub mod sfn_rig;
 
 use anyhow::{Context, Result, bail};
 use sha2::{Digest as _, Sha256};
@@ -111,12 +112,42 @@ impl RegistryServer {
             .expect("docker-registry with htpasswd starts")
     }
 
+    /// A registry with bearer-token auth (`auth: token`) whose challenge names `realm`, as
+    /// Docker Hub, GHCR and Quay do. The token signer's certificate is a self-signed one
+    /// made here; no token server runs (a test puts a listener at `realm` to see who asks).
+    pub fn start_with_token_realm(realm: &str) -> Self {
+        Self::launch_with(None, Some(realm)).expect("docker-registry with token auth starts")
+    }
+
     fn launch(login: Option<(String, String)>) -> Result<Self> {
+        Self::launch_with(login, None)
+    }
+
+    fn launch_with(login: Option<(String, String)>, token_realm: Option<&str>) -> Result<Self> {
         let bin = require("docker-registry");
         let dir = tempfile::tempdir()?;
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let mut auth = String::new();
+        if let Some(realm) = token_realm {
+            let (key, cert) = (dir.path().join("signer.key"), dir.path().join("signer.pem"));
+            let out = Command::new(require("openssl"))
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                ])
+                .args(["-subj", "/CN=transfer-hub-test-token-signer", "-keyout"])
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert)
+                .output()?;
+            if !out.status.success() {
+                bail!("openssl failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            auth = format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: transfer-hub-test\n    issuer: transfer-hub-test\n    rootcertbundle: {}\n",
+                cert.display()
+            );
+        }
         if let Some((user, pw)) = &login {
             let htpasswd = dir.path().join("htpasswd");
             // -i: the password comes on stdin, never on a command line.

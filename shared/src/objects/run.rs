@@ -10,7 +10,8 @@ use super::multipart::{self, MAX_SINGLE, Plan};
 use super::transfer::{Mode, Transfer, ledger_error};
 use super::uploads::UploadLedger;
 use super::url::S3Url;
-use crate::retry::{ErrorClass, ItemError, RetryPolicy, with_retries};
+use crate::interrupt::{Stop, interrupted};
+use crate::retry::{ErrorClass, ItemError, RetryPolicy, with_retries_until};
 use crate::status::{ItemRecord, RunRecord, Status, StatusStore, StoreError};
 use crate::sync::{Progress, SyncReport};
 use chrono::Utc;
@@ -80,6 +81,9 @@ pub struct ObjectEdges<'a> {
     pub store: &'a dyn StatusStore,
     pub ledger: &'a dyn UploadLedger,
     pub progress: &'a dyn Progress,
+    /// Ctrl-C, SIGTERM, a console shutdown: listing stops, no copy starts, copies in flight
+    /// are abandoned (their open uploads stay in the ledger for the next run to resume).
+    pub stop: Stop,
 }
 
 const FINAL: u64 = 2;
@@ -92,6 +96,12 @@ struct Counts {
 /// Runs one object sync. Store errors end the run; every other failure is recorded on its
 /// object and the others go on. A listing error fails the run as a whole (nothing is
 /// copied past a listing we could not read, and nothing is silently skipped).
+///
+/// When `edges.stop` fires the run ends early: the listings stop, objects not yet started
+/// are not started (nor recorded), objects in flight have their requests dropped and are
+/// recorded as failed ("interrupted by …"), multipart uploads stay open in the ledger with
+/// their finished parts, so the next run resumes them, and the run record says why it was
+/// interrupted.
 pub async fn run_objects(
     spec: &ObjectsSpec,
     edges: &ObjectEdges<'_>,
@@ -121,7 +131,7 @@ pub async fn run_objects(
             side,
             key,
             previous,
-        })) => {
+        })) if edges.stop.reason().is_none() => {
             tracing::warn!(
                 side,
                 key,
@@ -154,7 +164,9 @@ pub async fn run_objects(
         }
         other => other?,
     };
-    if !spec.dry_run {
+    // Interrupted: out at once; the next run aborts what this one left unrecorded.
+    let stopped = edges.stop.reason();
+    if !spec.dry_run && stopped.is_none() {
         abort_unrecorded_uploads(edges).await;
     }
     run.copied = kept.copied;
@@ -162,7 +174,12 @@ pub async fn run_objects(
     run.skipped = counts.in_sync;
     run.bytes = kept.bytes;
     run.ended_at = Some(Utc::now());
-    run.result = if run.failed > 0 {
+    if let Some(why) = stopped {
+        run.error = Some(format!("interrupted by {why}"));
+    }
+    run.result = if stopped.is_some() {
+        crate::status::RunResult::Interrupted
+    } else if run.failed > 0 {
         crate::status::RunResult::Failed
     } else {
         crate::status::RunResult::Succeeded
@@ -335,7 +352,7 @@ where
     let (tx, rx) = mpsc::channel::<Entry>(1024);
     let (in_sync, copies) = (std::cell::Cell::new(0u64), std::cell::Cell::new(0u64));
     let permits = Arc::new(Permits::new(spec));
-    let producer = async {
+    let listing = async {
         // Checksums are not in listings: equal sizes are settled by one HEAD on each side.
         let listed = match spec.compare {
             Compare::Checksum => Compare::Size,
@@ -386,12 +403,26 @@ where
         drop(tx);
         r
     };
+    // A stop ends the listing (and with it the queue): what was listed but not started is
+    // left for the next run.
+    let producer = async {
+        tokio::select! {
+            r = listing => r,
+            _ = edges.stop.stopped() => Ok(()),
+        }
+    };
     let consumer = tokio_stream_of(rx)
         .map(|e| {
             let permits = permits.clone();
-            async move { copy_object(spec, edges, e, permits).await }
+            async move {
+                if edges.stop.reason().is_some() {
+                    return None;
+                }
+                Some(copy_object(spec, edges, e, permits).await)
+            }
         })
         .buffer_unordered(spec.concurrency.max(1))
+        .filter_map(futures::future::ready)
         .then(|rec| async move {
             if !spec.dry_run {
                 edges.store.put_item(&rec).await?;
@@ -515,9 +546,11 @@ async fn copy_object(
         let (r, attempts) = match planned {
             Err(err) => (Err(err), 0),
             Ok((Plan::Single, _)) => {
-                with_retries(&spec.retry, |_| async {
-                    let _p = permits.take(e.size).await;
-                    t.single(&e).await
+                with_retries_until(&spec.retry, &edges.stop, |_| {
+                    or_stop(&edges.stop, async {
+                        let _p = permits.take(e.size).await;
+                        t.single(&e).await
+                    })
                 })
                 .await
             }
@@ -529,8 +562,11 @@ async fn copy_object(
                     parts: &parts,
                     same_parts,
                 };
-                with_retries(&spec.retry, |_| {
-                    multipart_copy(&t, edges.ledger, &e, &layout, &permits, &crcs)
+                with_retries_until(&spec.retry, &edges.stop, |_| {
+                    or_stop(
+                        &edges.stop,
+                        multipart_copy(&t, edges.ledger, &e, &layout, &permits, &crcs),
+                    )
                 })
                 .await
             }
@@ -585,6 +621,18 @@ async fn copy_object(
         }
     }
     rec
+}
+
+/// `work`, or the interrupted error as soon as `stop` fires (the work's requests in flight
+/// are dropped: a part not answered is not recorded, so the next run sends it again).
+async fn or_stop<T>(
+    stop: &Stop,
+    work: impl std::future::Future<Output = Result<T, ItemError>>,
+) -> Result<T, ItemError> {
+    tokio::select! {
+        r = work => r,
+        why = stop.stopped() => Err(interrupted(why)),
+    }
 }
 
 /// How often one object is planned again because its source changed while it was copied.

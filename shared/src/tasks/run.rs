@@ -495,6 +495,7 @@ async fn objects(o: &ObjectsOptions, ctx: &RunContext<'_>) -> Result<SyncReport,
         store: ctx.status,
         ledger: ctx.ledger,
         progress: ctx.progress,
+        stop: ctx.stop.clone(),
     };
     Ok(crate::objects::run::run_objects(&spec, &edges).await?)
 }

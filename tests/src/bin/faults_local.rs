@@ -3,7 +3,8 @@
 //! behind the strict S3 proxy for objects) with a [`FaultProxy`] in the way, and prints one
 //! JSON object per scenario on stdout:
 //! `{"scenario","injected","items","survived","lost","duplicated","verdict"}`; progress on
-//! stderr. Usage: `faults-local [FILTER]` (a substring of the scenario names).
+//! stderr. Usage: `faults-local [FILTER]` (a substring of the scenario names);
+//! `FAULTS_SEED=N` picks another seed for the transient faults (default 12).
 //!
 //! - `transient-*`: 10% of requests (seeded) get 429 + `Retry-After`, 503 or a reset
 //!   mid-body; every item must arrive and be verified here, byte for byte, nothing extra
@@ -25,7 +26,13 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const SEED: u64 = 12;
+/// The transient faults' seed: `FAULTS_SEED`, else 12.
+fn seed() -> u64 {
+    std::env::var("FAULTS_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(12)
+}
 const RATE: u32 = 100; // per mille
 const RETRY_AFTER: u64 = 2;
 const REGION: &str = "eu-west-1";
@@ -325,14 +332,36 @@ fn transient_registry(row: &mut Row) -> Result<()> {
     let dst = RegistryServer::start();
     let sp = FaultProxy::start(
         &set.src.addr,
-        Faults::transient(Flavor::Registry, SEED, RATE, RETRY_AFTER),
+        Faults::transient(Flavor::Registry, seed(), RATE, RETRY_AFTER),
     );
     let dp = FaultProxy::start(
         &dst.addr,
-        Faults::transient(Flavor::Registry, SEED + 1, RATE, RETRY_AFTER),
+        Faults::transient(Flavor::Registry, seed() + 1, RATE, RETRY_AFTER),
     );
     let state = set.dir.path().join("state.db");
     let r = cli(&images_args(&set, &sp.addr, &dp.addr, &state), &[]);
+    // FAULTS_DEBUG_DIR: the run's output and both proxies' logs, to see why an item was lost.
+    if let Some(dir) = std::env::var_os("FAULTS_DEBUG_DIR") {
+        let dir = PathBuf::from(dir);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("transient-registry.stdout"), &r.stdout)?;
+        std::fs::write(dir.join("transient-registry.stderr"), &r.stderr)?;
+        for (name, p) in [("source", &sp), ("dest", &dp)] {
+            let t0 = p.log().first().map(|l| l.at);
+            let lines: Vec<String> = p
+                .log()
+                .iter()
+                .map(|l| {
+                    let ms = t0.map_or(0, |t| l.at.duration_since(t).as_millis());
+                    format!("{ms:>7} {:?} {}", l.fault, l.line)
+                })
+                .collect();
+            std::fs::write(
+                dir.join(format!("transient-registry.{name}.log")),
+                lines.join("\n"),
+            )?;
+        }
+    }
     row.items = set.images.len();
     let (ok, lost, extra, notes) = verify_images(&set, &dst);
     (row.survived, row.lost, row.duplicated) = (ok, lost, extra);
@@ -853,7 +882,7 @@ fn transient_s3(row: &mut Row, server: bool) -> Result<()> {
     let set = object_set(120, &["dst"]);
     let sp = FaultProxy::start(
         set.strict.endpoint(),
-        Faults::transient(Flavor::S3, SEED, RATE, RETRY_AFTER),
+        Faults::transient(Flavor::S3, seed(), RATE, RETRY_AFTER),
     );
     let dp;
     let proxies: Vec<&FaultProxy> = if server {
@@ -861,7 +890,7 @@ fn transient_s3(row: &mut Row, server: bool) -> Result<()> {
     } else {
         dp = FaultProxy::start(
             set.strict.endpoint(),
-            Faults::transient(Flavor::S3, SEED + 1, RATE, RETRY_AFTER),
+            Faults::transient(Flavor::S3, seed() + 1, RATE, RETRY_AFTER),
         );
         vec![&sp, &dp]
     };

@@ -1217,3 +1217,148 @@ fn processes_of(pid: u32) -> Option<(u32, String)> {
         .ok()?;
     Some((ppid, String::from_utf8_lossy(&cmd).replace('\0', " ")))
 }
+
+/// The copy worker's retries into an ECR destination forgive an attempt that made progress,
+/// as for any registry: the progress check asks ECR's registry protocol (blob and manifest
+/// HEADs with the ECR login token; moto's ECR API has no BatchCheckLayerAvailability). Exact:
+/// the destination fails the first PUT of each manifest of a two-platform image, with
+/// `RETRIES=1`: every attempt lands something new. Before, an ECR destination could not be
+/// asked, every failure counted, and the copy failed after 2 attempts.
+#[test]
+fn the_copy_worker_into_ecr_forgives_an_attempt_that_made_progress() {
+    use hub_tests::faults::{Fault, FaultProxy, Faults, Flavor};
+    let aws = Aws::start("aws-the_copy_worker_into_ecr_forgives");
+    let (src, backend) = (RegistryServer::start(), RegistryServer::start());
+    let img = OciImage::multi_arch(&[4096, 2048]);
+    img.push(&format!("{}/team/app:7", src.addr), None);
+    let proxy = FaultProxy::start(
+        &backend.addr,
+        Faults::scripted(
+            Flavor::Registry,
+            1,
+            std::sync::Arc::new(|head: &str, nth| {
+                (head.starts_with("PUT /v2/mirror/team/app/manifests/") && nth == 0)
+                    .then_some(Fault::Unavailable)
+            }),
+        ),
+    );
+    let task_role = aws.iam.role(
+        "CopyTaskRole",
+        &aws.deployment(&[
+            ("SourceType", "Registry"),
+            ("SourceRegistry", src.addr.as_str()),
+            ("DestPrefix", "mirror"),
+        ]),
+    );
+    let mut env = aws.iam.env(&task_role, REGION);
+    env.extend(
+        [
+            ("TASK_TOKEN", "token-progress"),
+            ("RUN_ID", "run-p"),
+            ("SOURCE", &format!("{}/team/app:7", src.addr)),
+            ("DEST", &format!("{ECR_HOST}/mirror/team/app:7")),
+            ("SOURCE_DIGEST", img.digest.as_str()),
+            ("RETRIES", "1"),
+            ("HEARTBEAT_SECS", "1"),
+            ("RUST_LOG", "info"),
+            ("TRANSFER_HUB_ECR_REGISTRY_ADDRESS", proxy.addr.as_str()),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    let worker = transfer_hub_bin().with_file_name("copy-worker");
+    let out = std::process::Command::new(&worker)
+        .envs(env)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("reported success"), "{stderr}");
+    assert!(
+        stderr.contains("not counted against the retries"),
+        "an attempt was forgiven: {stderr}"
+    );
+    assert_eq!(
+        backend.digest("mirror/team/app", "7").as_deref(),
+        Some(img.digest.as_str())
+    );
+    let injected = proxy.injected();
+    assert!(
+        injected.values().sum::<usize>() >= 2,
+        "the faults were injected: {injected:?}"
+    );
+}
+
+/// A source whose token realm may not have its login (plain http, on another host than the
+/// registry: `http://localhost:PORT` beside a registry at 127.0.0.1) fails that image with
+/// a named error, and the password never reaches the realm: a listener there counts every
+/// request. Before, the copy worker checked nothing before starting skopeo, which sent the
+/// source login to whatever realm the registry named (the listener got it, Basic-encoded).
+#[test]
+fn the_copy_worker_never_hands_a_login_to_skopeo_for_a_realm_that_may_not_have_it() {
+    use base64::Engine as _;
+    let aws = Aws::start("aws-the_copy_worker_never_hands_a_login");
+    let canary = format!("realm-canary-{}", fastrand::u64(..));
+    let realm = hub_tests::FakeRegistry::start(std::sync::Arc::new(|_: &str| {
+        hub_tests::Reply::new(401, &[], hub_tests::Body::Bytes(Vec::new()))
+    }));
+    let port = realm.addr.rsplit_once(':').unwrap().1;
+    let src = RegistryServer::start_with_token_realm(&format!("http://localhost:{port}/token"));
+    let backend = RegistryServer::start();
+    let sm = aws_sdk_secretsmanager::Client::new(&aws.conf);
+    aws.rt
+        .block_on(
+            sm.create_secret()
+                .name("th/source")
+                .secret_string(format!(r#"{{"username":"puller","password":"{canary}"}}"#))
+                .send(),
+        )
+        .unwrap();
+    let task_role = aws.iam.role(
+        "CopyTaskRole",
+        &aws.deployment(&[
+            ("SourceType", "Registry"),
+            ("SourceRegistry", src.addr.as_str()),
+            ("SourceCredentialSecret", "th/source"),
+            ("DestPrefix", "mirror"),
+        ]),
+    );
+    let mut env = aws.iam.env(&task_role, REGION);
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    env.extend(
+        [
+            ("TASK_TOKEN", "token-realm"),
+            ("RUN_ID", "run-r"),
+            ("SOURCE", &format!("{}/team/app:7", src.addr)),
+            ("DEST", &format!("{ECR_HOST}/mirror/team/app:7")),
+            ("SOURCE_DIGEST", digest.as_str()),
+            ("SOURCE_SECRET", "th/source"),
+            ("SOURCE_REGISTRY", src.addr.as_str()),
+            ("DEST_REGISTRY", &format!("{ECR_HOST}/mirror")),
+            ("RETRIES", "1"),
+            ("HEARTBEAT_SECS", "1"),
+            ("TRANSFER_HUB_ECR_REGISTRY_ADDRESS", backend.addr.as_str()),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    let worker = transfer_hub_bin().with_file_name("copy-worker");
+    let out = std::process::Command::new(&worker)
+        .envs(env)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the failure was reported: {stderr}");
+    assert!(
+        stderr.contains("reported failure") && stderr.contains("token realm"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(&canary), "{stderr}");
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("puller:{canary}"));
+    let asked = realm.requests();
+    assert!(
+        !asked
+            .iter()
+            .any(|r| r.contains(&canary) || r.contains(&encoded)),
+        "the password reached the http realm: {asked:?}"
+    );
+    assert!(asked.is_empty(), "nothing asks that realm: {asked:?}");
+}

@@ -274,3 +274,55 @@ fn an_endless_chain_of_tag_pages_stops_at_the_listing_cap_with_bounded_memory() 
         peak_kib / 1024
     );
 }
+
+/// A registry that names a plain-http token realm on another host (`http://localhost:PORT`
+/// for a registry at 127.0.0.1) fails its image with a named error, and the login never
+/// reaches that realm (a listener there counts every request), from our client or skopeo.
+/// Before, a plain-HTTP registry could name any http realm and our client sent it the login.
+#[test]
+fn a_plain_http_token_realm_on_another_host_never_gets_the_login() {
+    use base64::Engine as _;
+    let realm = FakeRegistry::start(Arc::new(|_: &str| {
+        Reply::new(401, &[], Body::Bytes(Vec::new()))
+    }));
+    let port = realm.addr.rsplit_once(':').unwrap().1;
+    let src = RegistryServer::start_with_token_realm(&format!("http://localhost:{port}/token"));
+    let dst = RegistryServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let canary = format!("realm-canary-{}", fastrand::u64(..));
+    let auth = dir.path().join("auth.json");
+    hub_tests::write_authfile(&auth, &[(&src.addr, "puller", &canary)]);
+    let l = list(dir.path(), "team/app:1\n");
+    let r = super::images::sync(
+        dir.path(),
+        &[
+            "--source",
+            &src.addr,
+            "--dest",
+            &dst.addr,
+            "--list",
+            l.to_str().unwrap(),
+            "--authfile",
+            auth.to_str().unwrap(),
+        ],
+    );
+    let j = r.json();
+    let i = item(&j, "/team/app:1");
+    assert_eq!(i["status"], "failed", "{j:#}");
+    assert_eq!(i["error"]["class"], "BadInput", "{i}");
+    let msg = i["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("token realm") && msg.contains("localhost"),
+        "{msg}"
+    );
+    assert!(!r.stdout.contains(&canary) && !r.stderr.contains(&canary));
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("puller:{canary}"));
+    let asked = realm.requests();
+    assert!(
+        !asked
+            .iter()
+            .any(|q| q.contains(&canary) || q.contains(&encoded)),
+        "the password reached the http realm: {asked:?}"
+    );
+    assert!(asked.is_empty(), "nothing asks that realm: {asked:?}");
+}

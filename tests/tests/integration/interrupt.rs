@@ -340,3 +340,204 @@ fn a_second_ctrl_c_exits_at_once_and_still_removes_the_temp_auth_file() {
         "the temp auth file outlived a second Ctrl-C"
     );
 }
+
+/// `objects sync` on SIGTERM in the middle of a multipart copy (part 2 of 3 held at the
+/// destination): it exits 143 at once, the run is recorded as interrupted (`status` says
+/// so), the open upload stays in the ledger with its finished parts, and the same command
+/// again resumes it (sends only the part that was not done) and ends with the destination
+/// of a clean run and no upload left open. Before, the CLI had no handler for objects and
+/// died of the signal: nothing recorded the run's end.
+#[test]
+fn objects_sync_on_sigterm_mid_multipart_records_the_run_interrupted_and_a_rerun_resumes_it() {
+    use hub_tests::faults::{FaultProxy, Faults, Flavor, Hold};
+    use hub_tests::{MotoServer, aws_fixtures, transfer_hub};
+    const MIB: usize = 1024 * 1024;
+    let moto = MotoServer::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let conf = rt.block_on(moto.sdk_config("eu-west-1"));
+    for b in ["src", "dst", "clean"] {
+        rt.block_on(aws_fixtures::bucket(&conf, b));
+    }
+    let s3 = aws_sdk_s3::Client::new(&conf);
+    let big: Vec<u8> = (0..12 * MIB).map(|i| (i % 251) as u8).collect();
+    rt.block_on(
+        s3.put_object()
+            .bucket("src")
+            .key("big.bin")
+            .body(big.clone().into())
+            .send(),
+    )
+    .unwrap();
+    for k in ["a.txt", "b.txt"] {
+        rt.block_on(
+            s3.put_object()
+                .bucket("src")
+                .key(k)
+                .body(k.as_bytes().to_vec().into())
+                .send(),
+        )
+        .unwrap();
+    }
+    let open_uploads = |bucket: &str| {
+        rt.block_on(s3.list_multipart_uploads().bucket(bucket).send())
+            .unwrap()
+            .uploads()
+            .len()
+    };
+    let proxy = FaultProxy::start(&moto.endpoint, Faults::none(Flavor::S3));
+    let held = proxy.trap(
+        Arc::new(|h: &str| h.starts_with("PUT /dst/big.bin?") && h.contains("partNumber=2")),
+        Hold::Before,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.db");
+    let ep = proxy.endpoint();
+    let args = |dest: &str, endpoint: &str| {
+        [
+            "objects",
+            "sync",
+            "s3://src",
+            dest,
+            "--source-endpoint",
+            moto.endpoint.as_str(),
+            "--dest-endpoint",
+            endpoint,
+            "--multipart-threshold",
+            &(6 * MIB).to_string(),
+            "--part-size",
+            &(5 * MIB).to_string(),
+            "--output",
+            "json",
+            "--state",
+            db.to_str().unwrap(),
+        ]
+        .map(str::to_string)
+    };
+    let env = moto.env("eu-west-1");
+    let mut child = Command::new(transfer_hub_bin())
+        .args(args("s3://dst", &ep))
+        .envs(env.iter().cloned())
+        .env("HOME", dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    held.recv_timeout(Duration::from_secs(120))
+        .expect("part 2 reached the destination");
+    // Parts 1 and 3 are written down once they are answered.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while proxy
+        .log()
+        .iter()
+        .filter(|l| l.line.starts_with("PUT /dst/big.bin?") && l.line.contains("partNumber="))
+        .count()
+        < 3
+    {
+        assert!(Instant::now() < deadline, "the other parts were not sent");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the CLI did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    proxy.release();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
+    assert_eq!(status.code(), Some(143), "128 + SIGTERM\n{stderr}");
+    assert!(stderr.contains("interrupted by SIGTERM"), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("a report on stdout");
+    assert_eq!(report["result"], "interrupted", "{report:#}");
+    assert_eq!(report["error"], "interrupted by SIGTERM", "{report:#}");
+    let big_rec: Vec<&serde_json::Value> = report["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["source"] == "s3://src/big.bin")
+        .collect();
+    assert_eq!(big_rec.len(), 1, "{report:#}");
+    assert_eq!(big_rec[0]["status"], "failed");
+    assert!(
+        big_rec[0]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted by SIGTERM"),
+        "{report:#}"
+    );
+    assert_eq!(
+        open_uploads("dst"),
+        1,
+        "the upload stays open for the re-run"
+    );
+
+    // `status` shows the run as interrupted.
+    let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let st = transfer_hub(&["status", "--state", db.to_str().unwrap()], &env_ref);
+    assert_eq!(st.code, 0, "{}", st.stderr);
+    assert!(
+        st.stdout.contains("interrupted by SIGTERM"),
+        "{}",
+        st.stdout
+    );
+
+    // The same command again resumes the upload: only part 2 is sent.
+    let before = proxy.log().len();
+    let a = args("s3://dst", &ep);
+    let again = transfer_hub(&a.iter().map(String::as_str).collect::<Vec<_>>(), &env_ref);
+    assert_eq!(again.code, 0, "{}\n{}", again.stdout, again.stderr);
+    let parts_sent: Vec<String> = proxy.log()[before..]
+        .iter()
+        .filter(|l| l.line.starts_with("PUT /dst/big.bin?") && l.line.contains("partNumber="))
+        .map(|l| l.line.clone())
+        .collect();
+    assert_eq!(
+        parts_sent.len(),
+        1,
+        "only the unfinished part: {parts_sent:?}"
+    );
+    assert!(parts_sent[0].contains("partNumber=2"), "{parts_sent:?}");
+    assert_eq!(open_uploads("dst"), 0, "no upload left open");
+
+    // The destination equals a clean run's.
+    let a = args("s3://clean", &moto.endpoint);
+    let clean = transfer_hub(&a.iter().map(String::as_str).collect::<Vec<_>>(), &env_ref);
+    assert_eq!(clean.code, 0, "{}", clean.stderr);
+    let listing = |bucket: &str| {
+        rt.block_on(async {
+            let l = s3.list_objects_v2().bucket(bucket).send().await.unwrap();
+            let mut out = Vec::new();
+            for o in l.contents() {
+                let k = o.key().unwrap().to_string();
+                let got = s3.get_object().bucket(bucket).key(&k).send().await.unwrap();
+                let etag = got.e_tag().map(str::to_string);
+                let body = got.body.collect().await.unwrap().to_vec();
+                out.push((k, etag, body));
+            }
+            out
+        })
+    };
+    let (dst, clean) = (listing("dst"), listing("clean"));
+    assert_eq!(dst.len(), 3);
+    assert!(
+        dst == clean,
+        "the resumed destination differs from a clean run's"
+    );
+    assert!(dst.iter().any(|(k, _, b)| k == "big.bin" && *b == big));
+}

@@ -5,20 +5,14 @@
 //! execution gets a moto of its own (see `Aws`); the registries stay, so the second day
 //! finds what the first one copied.
 
-use hub_core::status::StatusStore as _;
-use hub_core::status::dynamodb::DynamoStore;
+use hub_tests::sfn_rig::{ACCOUNT, Aws, Fargate, REGION, execute, interpreting_moto};
 use hub_tests::{
-    HttpProxy, LambdaWatch, MotoServer, OciImage, RegistryServer, aws_fixtures, free_port,
-    lambda_router, transfer_hub_bin,
+    HttpProxy, LambdaWatch, OciImage, RegistryServer, aws_fixtures, free_port, lambda_router,
 };
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-const REGION: &str = "eu-west-1";
-const ACCOUNT: &str = "123456789012";
 
 /// A proxy in front of a registry that answers manifest HEADs but cuts every GET: the
 /// image is planned (digests known) but can never be copied — a retryable failure, always.
@@ -34,325 +28,6 @@ fn head_only(upstream: &str) -> HttpProxy {
         }),
         Arc::new(|_h: &str, s, b| (s, Vec::new(), b)),
     )
-}
-
-fn definition() -> String {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let template = std::fs::read_to_string(root.join("template.yaml")).unwrap();
-    let uri = template
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("DefinitionUri: "))
-        .expect("the template names its definition file");
-    let mut d = std::fs::read_to_string(root.join(uri.trim())).unwrap();
-    for (k, v) in [
-        ("${Partition}", "aws".to_string()),
-        (
-            "${ListImagesFunctionArn}",
-            format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:list-images"),
-        ),
-        (
-            "${FindDiffFunctionArn}",
-            format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:find-diff"),
-        ),
-        (
-            "${DispatchFargateFunctionArn}",
-            format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:dispatch-fargate"),
-        ),
-        (
-            "${RecordStatusFunctionArn}",
-            format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:record-status"),
-        ),
-    ] {
-        d = d.replace(k, &v);
-    }
-    // Test timings: seconds instead of minutes between retries.
-    d.replace("\"IntervalSeconds\": 30", "\"IntervalSeconds\": 1")
-        .replace("\"IntervalSeconds\": 5", "\"IntervalSeconds\": 1")
-        .replace("\"IntervalSeconds\": 2", "\"IntervalSeconds\": 1")
-}
-
-/// A moto whose Step Functions interpreter runs executions and makes its service calls to
-/// `http://localhost:{router_port}` (MOTO_PORT), where the test's Lambda router listens.
-fn interpreting_moto(router_port: u16) -> MotoServer {
-    let moto = MotoServer::start_with_env(&[("MOTO_PORT", router_port.to_string())]);
-    reqwest::blocking::Client::new()
-        .post(format!("{}/moto-api/config", moto.endpoint))
-        .json(&serde_json::json!({"stepfunctions": {"execute_state_machine": true}, "lambda": {"use_docker": false}}))
-        .send()
-        .unwrap();
-    moto
-}
-
-/// Creates a state machine from `definition`, starts one execution of it named `name`
-/// with `input`, and looks every 200 ms (calling `between` before each look) until it ends or
-/// `limit` passes; returns its status and output, with the last history events when it
-/// did not succeed.
-fn execute(
-    rt: &tokio::runtime::Runtime,
-    moto: &MotoServer,
-    watch: &LambdaWatch,
-    (name, definition, input): (&str, String, &str),
-    limit: Duration,
-    mut between: impl FnMut(),
-) -> (String, String) {
-    let sfn = aws_sdk_sfn::Client::new(&rt.block_on(moto.sdk_config(REGION)));
-    let sm = rt
-        .block_on(
-            sfn.create_state_machine()
-                .name(format!("{name}-machine"))
-                .definition(definition)
-                .role_arn(format!("arn:aws:iam::{ACCOUNT}:role/sfn"))
-                .send(),
-        )
-        .unwrap()
-        .state_machine_arn()
-        .to_string();
-    let started = rt.block_on(
-        sfn.start_execution()
-            .state_machine_arn(&sm)
-            .name(name)
-            .input(input)
-            .send(),
-    );
-    let exec = match started {
-        Ok(o) => o.execution_arn().to_string(),
-        Err(e) => {
-            let log = moto.log();
-            panic!(
-                "StartExecution {name}: {e:?}\nmoto log (end):\n{}",
-                &log[log.len().saturating_sub(6000)..]
-            )
-        }
-    };
-    let deadline = Instant::now() + limit;
-    loop {
-        between();
-        let d = rt
-            .block_on(sfn.describe_execution().execution_arn(&exec).send())
-            .unwrap();
-        if d.status().as_str() != "RUNNING" {
-            let mut out = d.output().unwrap_or_default().to_string();
-            if d.status().as_str() != "SUCCEEDED" {
-                let h = rt
-                    .block_on(
-                        sfn.get_execution_history()
-                            .execution_arn(&exec)
-                            .reverse_order(true)
-                            .max_results(15)
-                            .send(),
-                    )
-                    .unwrap();
-                out.push_str(&format!("\nlast events: {:#?}", h.events()));
-            }
-            return (d.status().as_str().to_string(), out);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "execution {name} still running after {limit:?}\n{}",
-            watch.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-struct Fargate {
-    started: HashMap<String, Child>,
-    max_running: usize,
-    by_source: HashMap<String, usize>,
-}
-
-impl Fargate {
-    /// Starts a worker for every task moto has that we have not seen; reaps finished ones.
-    fn step(
-        &mut self,
-        rt: &tokio::runtime::Runtime,
-        ecs: &aws_sdk_ecs::Client,
-        worker_env: &[(String, String)],
-    ) {
-        let arns: Vec<String> = rt
-            .block_on(ecs.list_tasks().cluster("th").send())
-            .unwrap()
-            .task_arns()
-            .to_vec();
-        let new: Vec<String> = arns
-            .into_iter()
-            .filter(|a| !self.started.contains_key(a))
-            .collect();
-        if !new.is_empty() {
-            let tasks = rt
-                .block_on(
-                    ecs.describe_tasks()
-                        .cluster("th")
-                        .set_tasks(Some(new.clone()))
-                        .send(),
-                )
-                .unwrap();
-            for t in tasks.tasks() {
-                let env = aws_fixtures::task_environment(t);
-                let source = env
-                    .iter()
-                    .find(|(k, _)| k == "SOURCE")
-                    .map(|(_, v)| v.clone())
-                    .unwrap();
-                *self.by_source.entry(source).or_default() += 1;
-                let child =
-                    std::process::Command::new(transfer_hub_bin().with_file_name("copy-worker"))
-                        .envs(worker_env.iter().cloned())
-                        .envs(env)
-                        .stdout(std::process::Stdio::null())
-                        .stderr(std::process::Stdio::null())
-                        .spawn()
-                        .unwrap();
-                self.started
-                    .insert(t.task_arn().unwrap().to_string(), child);
-            }
-        }
-        let mut running = 0;
-        for c in self.started.values_mut() {
-            if c.try_wait().unwrap().is_none() {
-                running += 1;
-            }
-        }
-        self.max_running = self.max_running.max(running);
-    }
-}
-
-impl Drop for Fargate {
-    /// A failed assertion leaves no worker behind.
-    fn drop(&mut self) {
-        for c in self.started.values_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// One AWS side: a moto server holding the resources the template creates, the functions
-/// under `cargo lambda watch` configured against it, and the router its interpreter calls.
-/// moto 5.2 answers a second `StartExecution` in the same server with HTTP 500 (it
-/// deep-copies state that holds a lock, even for a fresh state machine), so every
-/// execution gets its own — the registries, where the images live, are shared.
-struct Aws {
-    moto: MotoServer,
-    conf: aws_config::SdkConfig,
-    ecs: aws_sdk_ecs::Client,
-    worker_env: Vec<(String, String)>,
-    queue_url: String,
-    watch: LambdaWatch,
-    _router: HttpProxy,
-    _ecs_fix: HttpProxy,
-}
-
-impl Aws {
-    fn start(
-        rt: &tokio::runtime::Runtime,
-        src: &RegistryServer,
-        dst: &RegistryServer,
-        list: &[String],
-        extra_sources: &str,
-    ) -> Self {
-        let router_port = free_port();
-        let moto = interpreting_moto(router_port);
-        let conf = rt.block_on(moto.sdk_config(REGION));
-        let ecs_fix = hub_tests::ecs_types_proxy(&moto.endpoint);
-        let (subnet, sg) = moto.network(REGION);
-        let (topic, queue_url) = rt.block_on(async {
-            aws_fixtures::status_table(&conf, "status").await;
-            aws_fixtures::tasks_table(&conf, "tasks").await;
-            aws_fixtures::bucket(&conf, "payloads").await;
-            aws_sdk_ssm::Client::new(&conf)
-                .put_parameter()
-                .name("/th/images")
-                .value(list.join("\n"))
-                .r#type(aws_sdk_ssm::types::ParameterType::String)
-                .send()
-                .await
-                .unwrap();
-            aws_fixtures::copy_cluster(&conf).await;
-            aws_fixtures::topic_with_queue(&conf, "alarms").await
-        });
-
-        // The functions, configured as the template configures them.
-        let mut fn_env = moto.env(REGION);
-        fn_env.retain(|(k, _)| k != "AWS_ENDPOINT_URL");
-        fn_env.push(("AWS_ENDPOINT_URL".into(), ecs_fix.endpoint.clone()));
-        for (k, v) in [
-            ("SOURCE_REGISTRY", src.addr.clone()),
-            ("DEST_REGISTRY", format!("{}/mirror", dst.addr)),
-            ("SELECT_TYPE", "SELECTED".into()),
-            ("LIST_PARAMETER", "/th/images".into()),
-            ("TABLE_NAME", "status".into()),
-            ("TASKS_TABLE", "tasks".into()),
-            ("PAYLOAD_BUCKET", "payloads".into()),
-            ("CLUSTER", "th".into()),
-            ("TASK_DEFINITION", "th-copy".into()),
-            ("CONTAINER_NAME", "copy".into()),
-            ("SUBNETS", subnet),
-            ("SECURITY_GROUPS", sg),
-            ("TOPIC_ARN", topic),
-            ("RETRIES", "0".into()),
-            // Lines may name only the source, or a host allowed here.
-            ("EXTRA_SOURCE_REGISTRIES", extra_sources.into()),
-        ] {
-            fn_env.push((k.into(), v));
-        }
-        let watch = LambdaWatch::start(&fn_env);
-        // moto's interpreter calls back on the port it was told about (MOTO_PORT).
-        let router = lambda_router(router_port, &moto.endpoint, &watch.addr);
-
-        let ecs = aws_sdk_ecs::Client::from_conf(
-            aws_sdk_ecs::config::Builder::from(&conf)
-                .endpoint_url(&ecs_fix.endpoint)
-                .build(),
-        );
-        Self {
-            ecs,
-            worker_env: moto.env(REGION),
-            queue_url,
-            watch,
-            _router: router,
-            _ecs_fix: ecs_fix,
-            moto,
-            conf,
-        }
-    }
-
-    /// Creates the state machine, starts execution `name` and plays Fargate until it ends;
-    /// returns its status and output (with the last history events when it did not succeed).
-    fn run(
-        &self,
-        rt: &tokio::runtime::Runtime,
-        name: &str,
-        input: &str,
-        fargate: &mut Fargate,
-    ) -> (String, String) {
-        execute(
-            rt,
-            &self.moto,
-            &self.watch,
-            (name, definition(), input),
-            Duration::from_secs(600),
-            || fargate.step(rt, &self.ecs, &self.worker_env),
-        )
-    }
-
-    /// The tasks moto's ECS holds in the copy cluster (every `RunTask` the run made).
-    fn task_arns(&self, rt: &tokio::runtime::Runtime) -> Vec<String> {
-        rt.block_on(self.ecs.list_tasks().cluster("th").send())
-            .unwrap()
-            .task_arns()
-            .to_vec()
-    }
-
-    /// The run record in the status table: (copied, skipped, failed).
-    fn run_record(&self, rt: &tokio::runtime::Runtime, run_id: &str) -> (u64, u64, u64) {
-        let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&self.conf), "status");
-        let (run, _items) = rt
-            .block_on(store.get_run(Some(run_id)))
-            .unwrap()
-            .unwrap_or_else(|| panic!("run {run_id} has a record"));
-        (run.copied, run.skipped, run.failed)
-    }
 }
 
 #[test]
@@ -695,4 +370,20 @@ fn the_object_diff_state_machine_runs_rounds_until_both_listings_are_done() {
         keys, expected,
         "every differing object queued once, across all rounds"
     );
+}
+
+/// The secret canary through the real state machine (see
+/// [`hub_tests::sfn_rig::canary_state_machine`]): registry passwords, the Secrets Manager
+/// JSON and the AWS secret key hold one canary; it is in none of the execution's input,
+/// output and full history, the DynamoDB items, the SQS messages, or the ECS overrides
+/// moto recorded. The same run is the fault report's row "canary: state machine".
+#[test]
+fn the_secret_canary_is_nowhere_in_a_real_state_machine_execution() {
+    let (findings, problems) = hub_tests::sfn_rig::canary_state_machine();
+    assert!(
+        problems.is_empty(),
+        "{problems:#?}\nlooked in: {:?}",
+        findings.places
+    );
+    assert!(findings.places.len() >= 6, "{:?}", findings.places);
 }
