@@ -314,6 +314,8 @@ impl HttpRegistry {
             Err(e) if e.class == ErrorClass::AuthDenied => {
                 return Err(format!("registry {host}: {}", e.message));
             }
+            // A refused answer (an insecure token realm, a malformed header) names itself.
+            Err(e) if e.class == ErrorClass::BadInput => return Err(e.message),
             Err(e) => {
                 let cause = e.message.rsplit(": ").next().unwrap_or(&e.message);
                 let cause = cause.split(" (os error").next().unwrap_or(cause);

@@ -446,7 +446,7 @@ fn console_in_a_real_browser_creates_runs_and_shows_tasks_safely() {
     // Fixed and saved; run now; watch it finish; each image with its digest.
     b.fill("#f-dest", &dst.addr);
     b.fill("#f-list", "a:1\nb:2\n");
-    b.click("#save");
+    b.click_to_leave("#save");
     assert!(b.url().ends_with("/tasks/web"), "{}", b.url());
     b.screenshot(&shots.join("04-task.png"));
     b.click_to_leave("#run-now");
@@ -471,10 +471,10 @@ fn console_in_a_real_browser_creates_runs_and_shows_tasks_safely() {
     // A line that fails at run time shows on the run page; "retry failed" runs just it.
     b.goto(&format!("{}/tasks/web/edit", serve.base));
     b.fill("#f-list", "a:1\nb:2\nmissing:404\n");
-    b.click("#save");
+    b.click_to_leave("#save");
     b.click_to_leave("#run-now");
     assert_eq!(wait_for_run(&b), "failed");
-    b.click("#failed-filter");
+    b.click_to_leave("#failed-filter");
     let failed = b.text(&b.find("#items"));
     assert!(
         failed.contains("missing:404") && !failed.contains("/a:1"),
@@ -499,7 +499,7 @@ fn console_in_a_real_browser_creates_runs_and_shows_tasks_safely() {
     b.fill("#f-source_endpoint", &s3.moto.endpoint);
     b.fill("#f-dest_endpoint", &s3.moto.endpoint);
     b.fill("#f-schedule", "cron(0 3 * * ? *)");
-    b.click("#save");
+    b.click_to_leave("#save");
     assert!(
         b.url().ends_with("/tasks/files"),
         "{}\n{}",
@@ -537,7 +537,7 @@ fn console_in_a_real_browser_creates_runs_and_shows_tasks_safely() {
     assert_eq!(r.status(), 403, "a wrong token too");
     b.goto(&format!("{}/tasks/web/delete", serve.base));
     b.screenshot(&shots.join("08-delete.png"));
-    b.click("#confirm-delete");
+    b.click_to_leave("#confirm-delete");
     assert!(!b.text(&b.find("#tasks")).contains("web "), "deleted");
     b.goto(&run_url);
     assert!(
