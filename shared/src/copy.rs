@@ -9,7 +9,7 @@ use crate::plan::ImageName;
 use crate::registry::{HttpRegistry, Part, Registry};
 use crate::retry::{ErrorClass, ItemError, RetryPolicy, with_progress_retries_until, with_retries};
 use async_trait::async_trait;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::Stdio;
 
@@ -34,6 +34,14 @@ pub trait Copier: Send + Sync {
 /// The registry refuses a manifest whose parts are missing, and the destination digest is
 /// checked after the copy as always.
 ///
+/// After a whole copy of an index failed, the next attempts copy each platform that still
+/// misses blobs on its own, by digest (`src@sha256:P` to `dest@sha256:P`, no tag written),
+/// store directly the manifest of a platform whose blobs are all there, and then store the
+/// index itself directly ([`per_platform`]). A whole index copy asks the destination about
+/// every blob of every platform again, so with a share of requests failing, its later
+/// attempts landed nothing new and the retries ran out; one platform's copy needs only that
+/// platform's requests. Same copier, same logins, same realm checks.
+///
 /// An ECR side is asked through ECR's registry protocol with the ECR login token (see
 /// [`crate::ecr::Registries`]). Where the destination cannot be asked (a source manifest
 /// that cannot be read), every failure counts, as before. The same for the CLI's sync and
@@ -48,7 +56,10 @@ pub async fn copy_with_retries(
 ) -> (Result<(), ItemError>, u32) {
     let parts: tokio::sync::OnceCell<Option<Vec<Part>>> = tokio::sync::OnceCell::new();
     let parts = &parts;
-    let missing: &std::sync::Mutex<Vec<crate::reference::Digest>> = &Default::default();
+    let platforms: tokio::sync::OnceCell<Option<Vec<Vec<Part>>>> = tokio::sync::OnceCell::new();
+    let platforms = &platforms;
+    // What the last look at the destination found (none before the first failed attempt).
+    let seen: &std::sync::Mutex<Seen> = &Default::default();
     let probe = || async move {
         let digest = source.digest.as_ref()?;
         let parts = parts
@@ -61,12 +72,18 @@ pub async fn copy_with_retries(
             })
             .await
             .as_ref()?;
-        let (n, left) = landed(registry, policy, dest, parts).await?;
-        *missing.lock().unwrap() = left;
+        let (n, left, present) = landed(registry, policy, dest, parts).await?;
+        *seen.lock().unwrap() = Seen {
+            missing: left,
+            present: Some(present),
+        };
         Some(n)
     };
     let attempt = |_| async move {
-        let left = missing.lock().unwrap().clone();
+        let (left, present) = {
+            let s = seen.lock().unwrap();
+            (s.missing.clone(), s.present.clone())
+        };
         if !left.is_empty() {
             let mut all = true;
             for d in &left {
@@ -90,9 +107,100 @@ pub async fn copy_with_retries(
         // not have it fails the image here, before the login reaches skopeo.
         registry.check_login_realm(&source.host).await?;
         registry.check_login_realm(&dest.host).await?;
+        // A whole copy failed before (the destination was looked at since): an index now
+        // goes platform by platform.
+        if let (Some(present), Some(Some(all))) = (present, parts.get())
+            && is_index(all)
+        {
+            let platforms = platforms
+                .get_or_init(|| platform_parts(registry, policy, source, all))
+                .await;
+            if let Some(platforms) = platforms {
+                let done =
+                    per_platform(copier, registry, policy, source, dest, platforms, &present)
+                        .await?;
+                if done {
+                    return Ok(());
+                }
+            }
+        }
         copier.copy(source, dest).await
     };
     with_progress_retries_until(policy, stop, attempt, probe).await
+}
+
+/// What the last look at the destination found: the manifests to store directly (when every
+/// blob is there), and every part it holds (`None` until it was first looked at).
+#[derive(Default)]
+struct Seen {
+    missing: Vec<crate::reference::Digest>,
+    present: Option<HashSet<Part>>,
+}
+
+/// Whether `parts` (as [`Registry::image_parts`] lists them) are an index's: its own
+/// manifest, then its platforms'.
+fn is_index(parts: &[Part]) -> bool {
+    matches!(parts.get(1), Some(Part::Manifest(_)))
+}
+
+/// Each platform's parts (its manifest first, then its blobs), read from the source by
+/// digest (each read retried on its own); `None` when one cannot be read.
+async fn platform_parts(
+    registry: &dyn Registry,
+    policy: &RetryPolicy,
+    source: &ImageName,
+    parts: &[Part],
+) -> Option<Vec<Vec<Part>>> {
+    let mut out = Vec::new();
+    for p in parts.iter().skip(1) {
+        let Part::Manifest(d) = p else { continue };
+        let (r, _) = with_retries(policy, |_| {
+            registry.image_parts(&source.host, &source.repo, d)
+        })
+        .await;
+        out.push(r.ok().flatten()?);
+    }
+    Some(out)
+}
+
+/// One attempt of an index, platform by platform: each platform missing a blob at the last
+/// look is copied on its own by digest (no tag written), one missing only its manifest gets
+/// it stored directly, then the index is stored under the destination reference. `false`
+/// when this registry client cannot store manifests (then the whole copy runs).
+async fn per_platform(
+    copier: &dyn Copier,
+    registry: &dyn Registry,
+    policy: &RetryPolicy,
+    source: &ImageName,
+    dest: &ImageName,
+    platforms: &[Vec<Part>],
+    present: &HashSet<Part>,
+) -> Result<bool, ItemError> {
+    let Some(index) = source.digest.as_ref() else {
+        return Ok(false);
+    };
+    for parts in platforms {
+        let Some(Part::Manifest(d)) = parts.first() else {
+            continue;
+        };
+        let blobs_missing = parts
+            .iter()
+            .any(|p| matches!(p, Part::Blob(_)) && !present.contains(p));
+        if blobs_missing {
+            tracing::info!(%dest, platform = %d, "copying this platform on its own");
+            let by_digest = |n: &ImageName| ImageName {
+                digest: Some(d.clone()),
+                tag: None,
+                ..n.clone()
+            };
+            copier.copy(&by_digest(source), &by_digest(dest)).await?;
+        } else if !present.contains(&Part::Manifest(d.clone()))
+            && !put_manifest(registry, policy, source, d, dest, false).await?
+        {
+            return Ok(false);
+        }
+    }
+    put_manifest(registry, policy, source, index, dest, true).await
 }
 
 /// Copies the image's own manifest from the source to the destination reference; `false`
@@ -128,16 +236,16 @@ async fn put_manifest(
     Ok(put?.is_some())
 }
 
-/// How many of `parts` the destination repository holds, and whether every part but the
-/// first (the image's own manifest) is there and the first is not. A part whose `HEAD`
-/// keeps failing counts as absent (so progress is never overstated). `None` when the
-/// registry client cannot tell.
+/// How many of `parts` the destination repository holds, the manifests to store directly
+/// when every blob is there (platforms first, the image's own last), and the parts it holds.
+/// A part whose `HEAD` keeps failing counts as absent (so progress is never overstated).
+/// `None` when the registry client cannot tell.
 async fn landed(
     registry: &dyn Registry,
     policy: &RetryPolicy,
     dest: &ImageName,
     parts: &[Part],
-) -> Option<(u64, Vec<crate::reference::Digest>)> {
+) -> Option<(u64, Vec<crate::reference::Digest>, HashSet<Part>)> {
     let mut present = Vec::with_capacity(parts.len());
     for p in parts {
         let here = match p {
@@ -180,7 +288,13 @@ async fn landed(
             }
         }
     }
-    Some((n, left))
+    let held = parts
+        .iter()
+        .zip(&present)
+        .filter(|(_, here)| **here)
+        .map(|(p, _)| p.clone())
+        .collect();
+    Some((n, left, held))
 }
 
 /// `skopeo copy --retry-times` (skopeo 1.9 has no `--retry-delay`).
