@@ -259,6 +259,12 @@ pub(crate) struct SyncArgs {
     /// Speak plain HTTP to this registry (loopback registries always are). Repeatable.
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     insecure_registries: Vec<String>,
+    /// CAs of registries with their own (Harbor, JFrog, a company CA), laid out as
+    /// /etc/containers/certs.d: DIR/HOST:PORT/ca.crt (every *.crt a CA). Looked in before
+    /// /etc/containers/certs.d and /etc/docker/certs.d; SSL_CERT_FILE adds CAs for all.
+    /// A loopback registry with a directory here is spoken to over TLS.
+    #[arg(long, value_name = "DIR")]
+    registry_certs: Option<PathBuf>,
     /// Output: human text, or one JSON object on stdout.
     #[arg(short, long, value_enum, default_value = "text")]
     output: OutputFormat,
@@ -658,6 +664,7 @@ fn images_options(a: &SyncArgs) -> Result<ImagesOptions> {
         attempt_timeout_secs: a.attempt_timeout_secs,
         authfile: a.authfile.as_ref().map(|p| p.display().to_string()),
         insecure_registries: a.insecure_registries.clone(),
+        registry_certs: a.registry_certs.as_ref().map(|p| p.display().to_string()),
         no_scan_on_push: a.no_scan_on_push,
         ecr_kms_key: a.ecr_kms_key.clone(),
     })

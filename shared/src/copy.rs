@@ -304,6 +304,8 @@ const SKOPEO_RETRY_TIMES: &str = "3";
 struct Endpoint {
     address: String,
     plain_http: bool,
+    /// The registry's own CAs ([`crate::registry::Trust`]): skopeo's `--*-cert-dir`.
+    cert_dir: Option<PathBuf>,
 }
 
 /// Runs `skopeo copy`.
@@ -343,6 +345,7 @@ impl Skopeo {
                 Endpoint {
                     address,
                     plain_http: registry.plain_http(h),
+                    cert_dir: registry.cert_dir(h),
                 },
             );
         }
@@ -374,10 +377,11 @@ impl Skopeo {
         self.auth.path()
     }
 
-    fn transport_ref(&self, n: &ImageName) -> (String, bool) {
+    fn transport_ref(&self, n: &ImageName) -> (String, Endpoint) {
         let ep = self.endpoints.get(&n.host).cloned().unwrap_or(Endpoint {
             address: n.host.clone(),
             plain_http: false,
+            cert_dir: None,
         });
         let mut s = format!("docker://{}/{}", ep.address, n.repo);
         match (&n.digest, &n.tag) {
@@ -385,13 +389,13 @@ impl Skopeo {
             (None, Some(t)) => s.push_str(&format!(":{t}")),
             (None, None) => s.push_str(":latest"),
         }
-        (s, ep.plain_http)
+        (s, ep)
     }
 
     /// The arguments of one copy (no secrets: logins come from the auth file).
     pub fn args(&self, source: &ImageName, dest: &ImageName) -> Vec<String> {
-        let (src, src_plain) = self.transport_ref(source);
-        let (dst, dst_plain) = self.transport_ref(dest);
+        let (src, src_ep) = self.transport_ref(source);
+        let (dst, dst_ep) = self.transport_ref(dest);
         let mut a: Vec<String> = [
             "copy",
             "--all",
@@ -412,11 +416,17 @@ impl Skopeo {
         .map(String::from)
         .into();
         a.push(self.auth.path().display().to_string());
-        if src_plain {
+        // Plain HTTP only where we speak it too; TLS is verified, with the registry's own
+        // CAs when it has a certificate directory.
+        if src_ep.plain_http {
             a.push("--src-tls-verify=false".into());
+        } else if let Some(d) = &src_ep.cert_dir {
+            a.push(format!("--src-cert-dir={}", d.display()));
         }
-        if dst_plain {
+        if dst_ep.plain_http {
             a.push("--dest-tls-verify=false".into());
+        } else if let Some(d) = &dst_ep.cert_dir {
+            a.push(format!("--dest-cert-dir={}", d.display()));
         }
         a.push(src);
         a.push(dst);
@@ -543,5 +553,43 @@ mod tests {
         );
         let written = std::fs::read_to_string(sk.auth.path()).unwrap();
         assert!(written.contains("127.0.0.1:5000") && !written.contains("quay.io"));
+    }
+
+    #[test]
+    fn a_registry_with_a_certificate_directory_is_verified_with_it() {
+        let certs = tempfile::tempdir().unwrap();
+        let dir = certs.path().join("127.0.0.1:5443");
+        std::fs::create_dir(&dir).unwrap();
+        let reg = HttpRegistry::new(Credentials::default(), Vec::<String>::new())
+            .with_trust(crate::registry::Trust::system().with_registry_certs(certs.path()));
+        assert!(!reg.plain_http("127.0.0.1:5443"), "TLS when a CA is given");
+        assert!(
+            reg.plain_http("127.0.0.1:5000"),
+            "loopback without one: plain"
+        );
+        let hosts = ["127.0.0.1:5443".to_string(), "127.0.0.1:5000".to_string()];
+        let sk = Skopeo::new(&reg, &hosts).unwrap();
+        let n = |host: &str| ImageName {
+            host: host.into(),
+            repo: "a".into(),
+            tag: Some("1".into()),
+            digest: None,
+        };
+        let args = sk
+            .args(&n("127.0.0.1:5443"), &n("127.0.0.1:5000"))
+            .join(" ");
+        assert!(
+            args.contains(&format!("--src-cert-dir={}", dir.display())),
+            "{args}"
+        );
+        assert!(!args.contains("--src-tls-verify=false"), "{args}");
+        assert!(args.contains("--dest-tls-verify=false"), "{args}");
+        let args = sk
+            .args(&n("127.0.0.1:5000"), &n("127.0.0.1:5443"))
+            .join(" ");
+        assert!(
+            args.contains(&format!("--dest-cert-dir={}", dir.display())),
+            "{args}"
+        );
     }
 }

@@ -3,7 +3,9 @@
 //! uses; [`HttpRegistry`] talks to real registries.
 //!
 //! Registries on 127.0.0.0/8, `[::1]` and `localhost` are plain HTTP (the Docker
-//! convention); any other host only when named as insecure.
+//! convention) unless a certificate directory is there for them ([`Trust`]); any other host
+//! only when named as insecure. TLS is always verified: a registry with its own CA gets it
+//! from its certificate directory, as skopeo and Docker read it.
 
 use crate::authfile::{Credentials, Login};
 use crate::reference::{Digest, validate_domain, validate_path};
@@ -13,6 +15,7 @@ use reqwest::{Method, StatusCode, header};
 use serde::Deserialize;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -54,6 +57,131 @@ pub enum ResponseError {
     InsecureRealm { host: String, realm: String },
     #[error("{url}: the Link header's next page {next:?} was already read (the page chain loops)")]
     LinkLoop { url: String, next: String },
+    #[error(
+        "{what}: its TLS certificate is not trusted ({cause}); put the CA that signed it in DIR/{address}/ca.crt and pass --registry-certs DIR, or in /etc/containers/certs.d/{address}/ca.crt (verification is never turned off)"
+    )]
+    Untrusted {
+        /// "registry HOST" or "token realm URL of registry HOST".
+        what: String,
+        /// The registry's `HOST[:PORT]` (its certificate directory's name).
+        address: String,
+        cause: String,
+    },
+    #[error("certificate file {path}: {why}")]
+    BadCertificate { path: String, why: String },
+}
+
+/// Where the certificate authorities of registries with their own CA (Harbor, JFrog,
+/// a company CA) are found, as skopeo and Docker look for them: a directory per registry,
+/// `DIR/HOST:PORT/`, whose `*.crt` files are CAs (PEM), looked for first under
+/// `--registry-certs DIR`, then `/etc/containers/certs.d` and `/etc/docker/certs.d`. Those CAs
+/// are trusted for that registry (and the token realm it names) beside the public roots.
+/// `SSL_CERT_FILE`, when set, adds its CAs for every registry (skopeo, a Go program, reads
+/// it too). The same directory is handed to skopeo (`--src-cert-dir`/`--dest-cert-dir`).
+#[derive(Debug, Clone)]
+pub struct Trust {
+    dirs: Vec<PathBuf>,
+    ssl_cert_file: Option<PathBuf>,
+}
+
+impl Default for Trust {
+    fn default() -> Self {
+        Self::system()
+    }
+}
+
+impl Trust {
+    /// The system's directories and `SSL_CERT_FILE`.
+    pub fn system() -> Self {
+        Self {
+            dirs: vec![
+                PathBuf::from("/etc/containers/certs.d"),
+                PathBuf::from("/etc/docker/certs.d"),
+            ],
+            ssl_cert_file: std::env::var_os("SSL_CERT_FILE")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
+        }
+    }
+
+    /// Looks in `dir` (laid out as /etc/containers/certs.d) before the system's directories.
+    pub fn with_registry_certs(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.dirs.insert(0, dir.into());
+        self
+    }
+
+    /// The certificate directory of the registry at `address` (`HOST[:PORT]`), if one is there.
+    pub fn cert_dir(&self, address: &str) -> Option<PathBuf> {
+        if address.is_empty() || address.contains('/') || address.starts_with('.') {
+            return None;
+        }
+        self.dirs
+            .iter()
+            .map(|d| d.join(address))
+            .find(|p| p.is_dir())
+    }
+
+    /// The extra CAs for the registry at `address`: its directory's `*.crt` files, then
+    /// `SSL_CERT_FILE`'s. A file that is not PEM certificates is an error naming it.
+    pub fn roots(&self, address: &str) -> Result<Vec<reqwest::Certificate>, ResponseError> {
+        let mut files = Vec::new();
+        if let Some(dir) = self.cert_dir(address) {
+            let bad = |why: String| ResponseError::BadCertificate {
+                path: dir.display().to_string(),
+                why,
+            };
+            let mut crts: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .map_err(|e| bad(e.to_string()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "crt"))
+                .collect();
+            crts.sort();
+            files.extend(crts);
+        }
+        files.extend(self.ssl_cert_file.iter().cloned());
+        let mut out = Vec::new();
+        for f in files {
+            out.extend(read_pem_certificates(&f)?);
+        }
+        Ok(out)
+    }
+}
+
+/// The certificates of a PEM file (at most 1 MiB), each one checked.
+fn read_pem_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, ResponseError> {
+    let bad = |why: String| ResponseError::BadCertificate {
+        path: path.display().to_string(),
+        why,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+    if meta.len() > 1 << 20 {
+        return Err(bad("larger than 1 MiB".into()));
+    }
+    let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&bytes)
+        .map_err(|e| bad(format!("not PEM certificates: {}", error_chain(&e))))?;
+    if certs.is_empty() {
+        return Err(bad("holds no PEM certificate".into()));
+    }
+    Ok(certs)
+}
+
+/// Whether an HTTP client's error chain is a TLS certificate that did not verify.
+fn is_untrusted(chain: &str) -> bool {
+    let c = chain.to_ascii_lowercase();
+    c.contains("invalid peer certificate") || c.contains("certificate verify failed")
+}
+
+fn http_client(roots: Vec<reqwest::Certificate>) -> Result<reqwest::Client, String> {
+    let mut b = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(120))
+        .pool_max_idle_per_host(64)
+        .user_agent(concat!("transfer-hub/", env!("CARGO_PKG_VERSION")));
+    for c in roots {
+        b = b.add_root_certificate(c);
+    }
+    b.build().map_err(|e| error_chain(&e))
 }
 
 impl From<ResponseError> for ItemError {
@@ -282,18 +410,16 @@ pub struct HttpRegistry {
     addresses: HashMap<String, String>,
     challenges: Mutex<HashMap<String, Challenge>>,
     tokens: Mutex<HashMap<(String, String), String>>,
+    trust: Trust,
+    /// The HTTP client of each registry address with CAs of its own.
+    clients: Mutex<HashMap<String, reqwest::Client>>,
 }
 
 impl HttpRegistry {
     /// A client with these logins; `insecure` hosts are spoken to over plain HTTP.
+    /// CAs come from [`Trust::system`]; see [`Self::with_trust`].
     pub fn new(credentials: Credentials, insecure: impl IntoIterator<Item = String>) -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(120))
-            .pool_max_idle_per_host(64)
-            .user_agent(concat!("transfer-hub/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("HTTP client builds");
+        let http = http_client(Vec::new()).expect("HTTP client builds");
         Self {
             http,
             credentials,
@@ -301,7 +427,62 @@ impl HttpRegistry {
             addresses: HashMap::new(),
             challenges: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
+            trust: Trust::system(),
+            clients: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Where registries' own CAs are found (the default is [`Trust::system`]).
+    pub fn with_trust(mut self, trust: Trust) -> Self {
+        self.trust = trust;
+        self.clients.lock().unwrap().clear();
+        self
+    }
+
+    /// The certificate directory of registry `host` (what skopeo gets as `--*-cert-dir`);
+    /// `None` when it has none or is spoken to over plain HTTP.
+    pub fn cert_dir(&self, host: &str) -> Option<PathBuf> {
+        if self.plain_http(host) {
+            return None;
+        }
+        self.trust.cert_dir(&self.address(host))
+    }
+
+    /// The HTTP client for registry `host` (and the token realm it names): with its own CAs
+    /// beside the public roots when it has some.
+    fn client(&self, host: &str) -> Result<reqwest::Client, ItemError> {
+        let address = self.address(host);
+        if let Some(c) = self.clients.lock().unwrap().get(&address) {
+            return Ok(c.clone());
+        }
+        let roots = self.trust.roots(&address)?;
+        if roots.is_empty() {
+            return Ok(self.http.clone());
+        }
+        let c = http_client(roots).map_err(|why| ResponseError::BadCertificate {
+            path: self
+                .trust
+                .cert_dir(&address)
+                .map(|d| d.display().to_string())
+                .unwrap_or_else(|| "SSL_CERT_FILE".into()),
+            why,
+        })?;
+        self.clients.lock().unwrap().insert(address, c.clone());
+        Ok(c)
+    }
+
+    /// A request to `host` that got no answer: an untrusted certificate is named with where
+    /// its CA goes; the rest as [`send_error`].
+    fn failed(&self, method: &Method, host: &str, url: &str, chain: &str) -> ItemError {
+        if is_untrusted(chain) {
+            return ResponseError::Untrusted {
+                what: format!("registry {host}"),
+                address: self.address(host),
+                cause: untrusted_cause(chain),
+            }
+            .into();
+        }
+        send_error(method, url, chain)
     }
 
     /// The setup check of one registry before a run: it answers `/v2/`, and, when the auth
@@ -365,9 +546,13 @@ impl HttpRegistry {
     }
 
     /// Whether `host` is spoken to over plain HTTP.
+    /// A loopback registry is, unless a certificate directory is there for it.
     pub fn plain_http(&self, host: &str) -> bool {
         let addr = self.address(host);
-        is_loopback_host(&addr) || self.insecure.contains(host) || self.insecure.contains(&addr)
+        if self.insecure.contains(host) || self.insecure.contains(&addr) {
+            return true;
+        }
+        is_loopback_host(&addr) && self.trust.cert_dir(&addr).is_none()
     }
 
     fn url(&self, host: &str, path: &str) -> String {
@@ -412,10 +597,10 @@ impl HttpRegistry {
         body: Option<(&str, &[u8])>,
     ) -> Result<reqwest::Response, ItemError> {
         let url = self.url(host, path);
+        let http = self.client(host)?;
         let mut authed = false;
         loop {
-            let mut req = self
-                .http
+            let mut req = http
                 .request(method.clone(), &url)
                 .header(header::ACCEPT, MANIFEST_ACCEPT);
             if let Some((ctype, bytes)) = body {
@@ -427,7 +612,7 @@ impl HttpRegistry {
             let resp = req
                 .send()
                 .await
-                .map_err(|e| send_error(&method, &url, &error_chain(&e)))?;
+                .map_err(|e| self.failed(&method, host, &url, &error_chain(&e)))?;
             if resp.status() != StatusCode::UNAUTHORIZED || authed {
                 return Ok(resp);
             }
@@ -499,7 +684,7 @@ impl HttpRegistry {
         service: Option<&str>,
         scope: &str,
     ) -> Result<String, ItemError> {
-        let mut req = self.http.get(realm);
+        let mut req = self.client(host)?.get(realm);
         let mut query = vec![("scope", scope)];
         if let Some(s) = service {
             query.push(("service", s));
@@ -509,9 +694,18 @@ impl HttpRegistry {
             req = req.basic_auth(&l.username, Some(&l.password));
         }
         let resp = req.send().await.map_err(|e| {
+            let chain = error_chain(&e);
+            if is_untrusted(&chain) {
+                return ResponseError::Untrusted {
+                    what: format!("token realm {realm} of registry {host}"),
+                    address: self.address(host),
+                    cause: untrusted_cause(&chain),
+                }
+                .into();
+            }
             ItemError::new(
                 ErrorClass::Retryable,
-                format!("token request to {realm}: {}", error_chain(&e)),
+                format!("token request to {realm}: {chain}"),
             )
         })?;
         let status = resp.status();
@@ -720,6 +914,16 @@ fn send_error(method: &Method, url: &str, chain: &str) -> ItemError {
     }
 }
 
+/// The TLS part of an untrusted certificate's error chain ("invalid peer certificate: UnknownIssuer").
+fn untrusted_cause(chain: &str) -> String {
+    let lower = chain.to_ascii_lowercase();
+    let at = lower
+        .find("invalid peer certificate")
+        .or_else(|| lower.find("certificate verify failed"))
+        .unwrap_or(0);
+    chain[at..].to_string()
+}
+
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
@@ -831,11 +1035,11 @@ impl Registry for HttpRegistry {
         }
         let url = self.url(host, "/v2/");
         let resp = self
-            .http
+            .client(host)?
             .get(&url)
             .send()
             .await
-            .map_err(|e| send_error(&Method::GET, &url, &error_chain(&e)))?;
+            .map_err(|e| self.failed(&Method::GET, host, &url, &error_chain(&e)))?;
         if resp.status() != StatusCode::UNAUTHORIZED {
             return Ok(());
         }

@@ -14,6 +14,7 @@ pub mod faults;
 pub mod faults_aws;
 pub mod iam;
 pub mod sfn_rig;
+pub mod tls;
 
 use anyhow::{Context, Result, bail};
 use sha2::{Digest as _, Sha256};
@@ -32,6 +33,28 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Waits until `url` answers over TLS, trusting only the public roots and `ca`.
+fn wait_https(url: &str, ca: &Path, log: &Path) -> Result<()> {
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(ca)?)?;
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .add_root_certificate(ca)
+        .build()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match client.get(url).send() {
+            Ok(_) => return Ok(()),
+            Err(e) => last = format!("{e:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!(
+        "docker-registry did not answer {url}: {last}\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    )
 }
 
 fn wait_http(url: &str, what: &str, log: Option<&Path>) -> Result<()> {
@@ -119,17 +142,43 @@ impl RegistryServer {
         Self::launch_with(None, Some(realm)).expect("docker-registry with token auth starts")
     }
 
+    /// A registry serving https on 127.0.0.1 with `tls` (certificate, key, and the CA that
+    /// signed it), with bearer-token auth naming `realm` whose tokens `signer` signs. Its
+    /// helpers (`digest`, `tags`, …) speak plain HTTP: use it as a source.
+    pub fn start_tls(tls: (&Path, &Path, &Path), realm: &str, signer: &tls::TokenSigner) -> Self {
+        Self::launch_full(None, Some((realm, Some(signer))), Some(tls))
+            .expect("docker-registry with TLS starts")
+    }
+
     fn launch(login: Option<(String, String)>) -> Result<Self> {
         Self::launch_with(login, None)
     }
 
     fn launch_with(login: Option<(String, String)>, token_realm: Option<&str>) -> Result<Self> {
+        Self::launch_full(login, token_realm.map(|r| (r, None)), None)
+    }
+
+    /// `token`: the realm of bearer-token auth, with the signer of its tokens (else one is
+    /// made here whose tokens nobody signs).
+    fn launch_full(
+        login: Option<(String, String)>,
+        token: Option<(&str, Option<&tls::TokenSigner>)>,
+        tls: Option<(&Path, &Path, &Path)>,
+    ) -> Result<Self> {
         let bin = require("docker-registry");
         let dir = tempfile::tempdir()?;
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let mut auth = String::new();
-        if let Some(realm) = token_realm {
+        if let Some((realm, Some(signer))) = token {
+            auth = format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                signer.service,
+                signer.issuer,
+                signer.cert.display()
+            );
+        }
+        if let Some((realm, None)) = token {
             let (key, cert) = (dir.path().join("signer.key"), dir.path().join("signer.pem"));
             let out = Command::new(require("openssl"))
                 .args([
@@ -168,8 +217,16 @@ impl RegistryServer {
             );
         }
         let storage = dir.path().join("data");
+        let tls_cfg = match tls {
+            Some((cert, key, _)) => format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ),
+            None => String::new(),
+        };
         let cfg = format!(
-            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n  secret: {}\n{auth}",
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n  secret: {}\n{tls_cfg}{auth}",
             storage.display(),
             fastrand::u64(..)
         );
@@ -190,11 +247,14 @@ impl RegistryServer {
             dir,
             login,
         };
-        wait_http(
-            &format!("http://{}/v2/", me.addr),
-            "docker-registry",
-            Some(&log_path),
-        )?;
+        match tls {
+            Some((_, _, ca)) => wait_https(&format!("https://{}/v2/", me.addr), ca, &log_path)?,
+            None => wait_http(
+                &format!("http://{}/v2/", me.addr),
+                "docker-registry",
+                Some(&log_path),
+            )?,
+        }
         Ok(me)
     }
 
@@ -759,7 +819,7 @@ fn content_length(head: &[u8]) -> usize {
 }
 
 /// Reads a whole HTTP/1.1 body: by Content-Length, chunked, or to the end of the stream.
-pub(crate) fn read_body(s: &mut TcpStream, head: &[u8], to_eof: bool) -> std::io::Result<Vec<u8>> {
+pub(crate) fn read_body(s: &mut impl Read, head: &[u8], to_eof: bool) -> std::io::Result<Vec<u8>> {
     let h = String::from_utf8_lossy(head).to_ascii_lowercase();
     if h.contains("transfer-encoding: chunked") {
         let mut out = Vec::new();
@@ -1468,7 +1528,7 @@ impl Drop for CutWritesProxy {
     }
 }
 
-pub(crate) fn read_head(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+pub(crate) fn read_head(s: &mut impl Read) -> std::io::Result<Vec<u8>> {
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {

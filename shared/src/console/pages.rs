@@ -243,6 +243,12 @@ const IMAGE_FIELDS: &[FieldSpec] = &[
         "HOST:PORT, comma-separated (loopback ones always are)",
     ),
     f(
+        "registry_certs",
+        "Registry CAs (directory)",
+        Input::Text,
+        "registries' own CAs as DIR/HOST:PORT/ca.crt (like /etc/containers/certs.d)",
+    ),
+    f(
         "no_scan_on_push",
         "New ECR repositories: no scan on push",
         Input::Check,

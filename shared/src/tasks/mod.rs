@@ -82,6 +82,10 @@ pub struct ImagesOptions {
     /// Path of the auth file with the logins (a reference: never its contents).
     pub authfile: Option<String>,
     pub insecure_registries: Vec<String>,
+    /// `--registry-certs`: a directory of registries' own CAs, `DIR/HOST:PORT/*.crt` (a path:
+    /// certificates are public).
+    #[serde(default)]
+    pub registry_certs: Option<String>,
     pub no_scan_on_push: bool,
     pub ecr_kms_key: Option<String>,
 }
@@ -479,6 +483,10 @@ impl Task {
                 put("attempt_timeout_secs", o.attempt_timeout_secs.to_string());
                 put("authfile", o.authfile.clone().unwrap_or_default());
                 put("insecure_registries", o.insecure_registries.join(", "));
+                put(
+                    "registry_certs",
+                    o.registry_certs.clone().unwrap_or_default(),
+                );
                 put("no_scan_on_push", o.no_scan_on_push.to_string());
                 put("ecr_kms_key", o.ecr_kms_key.clone().unwrap_or_default());
             }
@@ -589,6 +597,7 @@ fn images(r: &mut Reader<'_>) -> ImagesOptions {
         attempt_timeout_secs: r.positive_duration("attempt_timeout_secs", Duration::from_secs(1)),
         authfile,
         insecure_registries,
+        registry_certs: r.opt("registry_certs"),
         no_scan_on_push: r.flag("no_scan_on_push"),
         ecr_kms_key: r.opt("ecr_kms_key"),
     }

@@ -10,13 +10,13 @@ use crate::copy::Skopeo;
 use crate::ecr::{self, Ecr, EcrRepos, RepoSettings};
 use crate::interrupt::Stop;
 use crate::objects::uploads::UploadLedger;
-use crate::registry::{HttpRegistry, Location};
+use crate::registry::{HttpRegistry, Location, Trust};
 use crate::retry::RetryPolicy;
 use crate::selection::parse_list;
 use crate::status::{ItemRecord, RunKind, RunRecord, RunResult, Status, StatusStore, StoreError};
 use crate::sync::{Edges, Prepare, Progress, Selecting, SyncReport, SyncSpec, run_sync_until};
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Why a run could not start or went wrong as a whole (an item's failure is in the report).
@@ -307,7 +307,17 @@ async fn images(o: &ImagesOptions, ctx: &RunContext<'_>) -> Result<SyncReport, R
         .unwrap_or_else(|| {
             "none: no --authfile, $REGISTRY_AUTH_FILE or ~/.docker/config.json".into()
         });
-    let mut registry = HttpRegistry::new(credentials, o.insecure_registries.clone());
+    let mut trust = Trust::system();
+    if let Some(dir) = &o.registry_certs {
+        if !Path::new(dir).is_dir() {
+            return Err(config(format!(
+                "--registry-certs {dir}: not a directory (expected DIR/HOST:PORT/ca.crt)"
+            )));
+        }
+        trust = trust.with_registry_certs(dir);
+    }
+    let mut registry =
+        HttpRegistry::new(credentials, o.insecure_registries.clone()).with_trust(trust);
 
     // Every registry this run talks to.
     let mut hosts: BTreeSet<String> = [source.host.clone(), dest.host.clone()].into();

@@ -326,3 +326,180 @@ fn a_plain_http_token_realm_on_another_host_never_gets_the_login() {
     );
     assert!(asked.is_empty(), "nothing asks that realm: {asked:?}");
 }
+
+/// A TLS registry on 127.0.0.1 with its own CA (made here with openssl, IP SAN 127.0.0.1)
+/// and bearer-token auth naming `realm`; `signer` signs the realm's tokens.
+struct TlsRig {
+    ca: hub_tests::tls::TestCa,
+    signer: hub_tests::tls::TokenSigner,
+    dir: tempfile::TempDir,
+}
+
+impl TlsRig {
+    fn new() -> Self {
+        Self {
+            ca: hub_tests::tls::TestCa::new("transfer-hub-test-ca").unwrap(),
+            signer: hub_tests::tls::TokenSigner::new().unwrap(),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn registry(&self, realm: &str) -> RegistryServer {
+        let (cert, key) = self.ca.issue("registry").unwrap();
+        RegistryServer::start_tls((&cert, &key, &self.ca.cert), realm, &self.signer)
+    }
+
+    /// An https realm signed by the same CA, handing out tokens for `team/app`.
+    fn realm(&self) -> hub_tests::tls::TlsTokenServer {
+        let (cert, key) = self.ca.issue("realm").unwrap();
+        let token = self.signer.token(&["team/app"], &["pull", "push"]).unwrap();
+        hub_tests::tls::TlsTokenServer::start(&cert, &key, token).unwrap()
+    }
+
+    /// `--registry-certs` holding `ca`'s certificate for `addr`.
+    fn certs(&self, ca: &hub_tests::tls::TestCa, addr: &str) -> std::path::PathBuf {
+        let root = self.dir.path().join(format!("certs-{}", fastrand::u32(..)));
+        ca.certs_d(&root, addr).unwrap();
+        root
+    }
+
+    /// An images sync from `src` (with the login `canary` in the auth file) to `dst`.
+    fn sync(&self, src: &str, dst: &str, canary: &str, extra: &[&str]) -> Run {
+        let auth = self.dir.path().join("auth.json");
+        hub_tests::write_authfile(&auth, &[(src, "puller", canary)]);
+        let l = list(self.dir.path(), "team/app:1\n");
+        let mut args = vec![
+            "--source",
+            src,
+            "--dest",
+            dst,
+            "--list",
+            l.to_str().unwrap(),
+            "--authfile",
+            auth.to_str().unwrap(),
+            "--retries",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        super::images::sync(self.dir.path(), &args)
+    }
+}
+
+fn basic(user: &str, pw: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"))
+}
+
+/// A registry speaking TLS (with a CA of its own, trusted through `--registry-certs`) that
+/// names a plain-http token realm fails at the setup check with one line naming the realm,
+/// and that realm sees no request, so never the password: the registry is not plain HTTP,
+/// so a login may only go to an https realm, even on the registry's own host. Before, a
+/// loopback registry was always spoken to in plain HTTP and no CA could be given.
+#[test]
+fn a_tls_registry_naming_an_http_token_realm_never_gets_the_login_sent_there() {
+    let rig = TlsRig::new();
+    let realm = FakeRegistry::start(Arc::new(|_: &str| {
+        Reply::json(r#"{"token":"not-for-you"}"#)
+    }));
+    let src = rig.registry(&format!("http://{}/token", realm.addr));
+    let dst = RegistryServer::start();
+    let canary = format!("tls-realm-canary-{}", fastrand::u64(..));
+    let certs = rig.certs(&rig.ca, &src.addr);
+    let r = rig.sync(
+        &src.addr,
+        &dst.addr,
+        &canary,
+        &["--registry-certs", certs.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    let j = r.json();
+    let msg = j["error"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("token realm")
+            && msg.contains(&format!("http://{}/token", realm.addr))
+            && msg.contains(&src.addr),
+        "{j:#}"
+    );
+    assert!(!r.stdout.contains(&canary) && !r.stderr.contains(&canary));
+    let asked = realm.requests();
+    assert!(
+        !asked
+            .iter()
+            .any(|q| q.contains(&canary) || q.contains(&basic("puller", &canary))),
+        "the password reached the http realm: {asked:?}"
+    );
+    assert!(asked.is_empty(), "nothing asks that realm: {asked:?}");
+    assert!(dst.catalog().is_empty());
+}
+
+/// The same registry naming an https realm (its certificate from the same CA): the login
+/// goes to that realm (from our client and from skopeo, which gets the certificate
+/// directory as `--src-cert-dir`), and the image copies with its digest.
+#[test]
+fn a_tls_registry_with_its_own_ca_and_an_https_token_realm_copies() {
+    let rig = TlsRig::new();
+    let realm = rig.realm();
+    let src = rig.registry(&format!("https://{}/token", realm.addr));
+    let dst = RegistryServer::start();
+    let canary = format!("tls-realm-canary-{}", fastrand::u64(..));
+    let push_auth = rig.dir.path().join("push.json");
+    hub_tests::write_authfile(&push_auth, &[(&src.addr, "pusher", "push-pw")]);
+    let img = OciImage::single(&[2048]);
+    img.push(&format!("{}/team/app:1", src.addr), Some(&push_auth));
+    let before = realm.requests().len();
+    let certs = rig.certs(&rig.ca, &src.addr);
+    let r = rig.sync(
+        &src.addr,
+        &dst.addr,
+        &canary,
+        &["--registry-certs", certs.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(
+        dst.digest("team/app", "1").as_deref(),
+        Some(img.digest.as_str())
+    );
+    let asked: Vec<String> = realm.requests()[before..].to_vec();
+    let with_login = |ua: &str| {
+        asked.iter().any(|q| {
+            q.to_ascii_lowercase()
+                .contains(&format!("user-agent: {ua}"))
+                && q.contains(&format!("Basic {}", basic("puller", &canary)))
+        })
+    };
+    assert!(with_login("transfer-hub/"), "our client: {asked:#?}");
+    assert!(with_login("skopeo/"), "skopeo: {asked:#?}");
+    assert!(!r.stdout.contains(&canary) && !r.stderr.contains(&canary));
+}
+
+/// A certificate directory whose CA did not sign the registry's certificate: the run stops
+/// at the setup check with one line naming the registry and where its CA goes; nothing is
+/// copied, no login is sent, and verification is not turned off.
+#[test]
+fn a_registry_certificate_not_signed_by_the_given_ca_is_refused_by_name() {
+    let rig = TlsRig::new();
+    let realm = rig.realm();
+    let src = rig.registry(&format!("https://{}/token", realm.addr));
+    let dst = RegistryServer::start();
+    let other = hub_tests::tls::TestCa::new("some-other-ca").unwrap();
+    let certs = rig.certs(&other, &src.addr);
+    let canary = format!("tls-realm-canary-{}", fastrand::u64(..));
+    let r = rig.sync(
+        &src.addr,
+        &dst.addr,
+        &canary,
+        &["--registry-certs", certs.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    let j = r.json();
+    let msg = j["error"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains(&format!(
+            "registry {}: its TLS certificate is not trusted",
+            src.addr
+        )) && msg.contains("--registry-certs"),
+        "{j:#}"
+    );
+    assert!(realm.requests().is_empty(), "{:?}", realm.requests());
+    assert!(dst.catalog().is_empty());
+}
