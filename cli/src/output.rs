@@ -333,6 +333,10 @@ fn item_line(i: &ItemRecord, dry_run: bool, long: bool) -> String {
     if let Some(r) = &i.resumed {
         s.push_str(&format!(" · {}", resumed_line(i, r)));
     }
+    // An object a dry run would copy: its size.
+    if i.status == Status::Planned && i.source.starts_with("s3://") {
+        s.push_str(&format!(" ({})", human_bytes(i.bytes)));
+    }
     if let Some(e) = &i.error {
         s.push_str(&format!(
             "\n           {}: {} (attempts: {})",
@@ -406,7 +410,29 @@ pub fn summary(run: &RunRecord, items: &[ItemRecord], state: Option<&Path>) {
     if let Some(e) = &run.error {
         crate::outln!("why: {e}");
     }
-    if run.dry_run {
+    if run.dry_run && run.kind == hub_core::status::RunKind::Objects {
+        let to_copy: u64 = items
+            .iter()
+            .filter(|i| i.status == Status::Planned)
+            .map(|i| i.bytes)
+            .sum();
+        crate::outln!(
+            "{:>10} {:>11} {:>8} {:>7} {:>10}",
+            "to copy",
+            "bytes",
+            "in sync",
+            "failed",
+            "time"
+        );
+        crate::outln!(
+            "{:>10} {:>11} {:>8} {:>7} {:>9.1}s",
+            planned,
+            human_bytes(to_copy),
+            run.skipped,
+            run.failed,
+            secs
+        );
+    } else if run.dry_run {
         crate::outln!(
             "{:>10} {:>8} {:>7} {:>10}",
             "to copy",

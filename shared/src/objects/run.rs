@@ -518,6 +518,8 @@ async fn copy_object(
         resumed: None,
     };
     if spec.dry_run {
+        // What it would move: the whole object (a dry run looks at no open upload).
+        rec.bytes = e.size;
         rec.ended_at = Some(Utc::now());
         return rec;
     }

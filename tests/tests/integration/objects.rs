@@ -277,6 +277,41 @@ fn incremental_sync_copies_only_missing_and_changed_objects_with_their_metadata_
     let run = s3.sync("s3://src/data/", "s3://dst/server/", None, &["--dry-run"]);
     assert_eq!(run.json()["items"][0]["status"], "planned");
     assert!(s3.get("dst", "server/new.bin").is_none());
+    // Its size, each key's and in all (text and JSON).
+    assert_eq!(run.json()["items"][0]["bytes"], 3, "{}", run.stdout);
+    let env = s3.moto.env(REGION);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let text = transfer_hub(
+        &[
+            "objects",
+            "sync",
+            "s3://src/data/",
+            "s3://dst/server/",
+            "--source-endpoint",
+            &s3.moto.endpoint,
+            "--dest-endpoint",
+            &s3.moto.endpoint,
+            "-n",
+        ],
+        &env,
+    );
+    assert_eq!(text.code, 0, "{}", text.stderr);
+    let line = text
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("would copy") && l.contains("new.bin"))
+        .unwrap_or_else(|| panic!("{}", text.stdout));
+    assert!(line.ends_with("(3 B)"), "{line}");
+    let table: Vec<&str> = text
+        .stdout
+        .lines()
+        .skip_while(|l| !l.contains("to copy"))
+        .collect();
+    assert!(
+        table[0].contains("bytes") && table[1].split_whitespace().nth(1) == Some("3"),
+        "{}",
+        text.stdout
+    );
 }
 
 /// A proxy in front of moto: keeps every request head, and lets a test spoil answers.
