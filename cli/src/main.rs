@@ -382,8 +382,72 @@ fn error_code(e: &anyhow::Error) -> u8 {
     }
 }
 
+/// Whether the command line asks for JSON output (`-o json`, `--output json`,
+/// `--output=json`, `-ojson`, a short-flag cluster ending in `o`), read without clap so a
+/// usage error can still answer in JSON.
+fn wants_json(args: &[String]) -> bool {
+    let args: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .take_while(|a| *a != "--")
+        .collect();
+    args.iter().enumerate().any(|(i, a)| {
+        let next_json = args.get(i + 1) == Some(&"json");
+        if *a == "--output" || *a == "-o" {
+            return next_json;
+        }
+        if *a == "--output=json" {
+            return true;
+        }
+        match a.strip_prefix('-').filter(|s| !s.starts_with('-')) {
+            Some(short) => match short.split_once('o') {
+                Some((_, after)) => match after.trim_start_matches('=') {
+                    "json" => true,
+                    "" => next_json,
+                    _ => false,
+                },
+                None => false,
+            },
+            None => false,
+        }
+    })
+}
+
+/// A usage error (an unknown flag, a bad value): clap's message on stderr and exit 2; in
+/// JSON mode also one JSON object on stdout, its `error` the message's first line.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let shown = matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    if shown || !wants_json(&args) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let line = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("invalid usage")
+        .trim_start_matches("error: ")
+        .to_string();
+    let _ = e.print();
+    let _ = print_json(&serde_json::json!({
+        "error": line,
+        "exit_code": 2,
+        "usage": true,
+    }));
+    ExitCode::from(2)
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     init_tracing(cli.verbose);
     output::set_quiet(cli.quiet, cli.verbose > 0);
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime starts");
@@ -421,7 +485,7 @@ fn init_tracing(verbose: u8) {
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(colour)
-        .with_writer(std::io::stderr);
+        .with_writer(output::LogWriter);
     if std::env::var("TRANSFER_HUB_LOG_FORMAT").is_ok_and(|v| v == "json") {
         b.json().init();
     } else {
@@ -439,6 +503,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } => a.output == OutputFormat::Json,
         Cmd::Status(a) => a.output == OutputFormat::Json,
         Cmd::Runs(a) => a.output == OutputFormat::Json,
+        Cmd::Task { cmd } => task::json(cmd),
         _ => false,
     };
     JSON_MODE.store(json, Ordering::Relaxed);
@@ -509,6 +574,7 @@ async fn objects_sync(a: ObjectsArgs) -> Result<ExitCode> {
     }
     .map_err(config)?;
     let stop = stop_on_signals().context("cannot listen for SIGINT/SIGTERM")?;
+    settle_abandoned(&store);
     let progress = output::Live::new(a.output == OutputFormat::Text, a.dry_run);
     progress.streaming("object");
     let ctx = RunContext {
@@ -681,6 +747,7 @@ async fn sync(a: SyncArgs) -> Result<ExitCode> {
         SqliteStore::open(&state_path)
     }
     .map_err(config)?;
+    settle_abandoned(&store);
     let progress = output::Live::new(a.output == OutputFormat::Text, a.dry_run);
     let ctx = RunContext {
         run_id: new_run_id(),
@@ -703,6 +770,19 @@ async fn sync(a: SyncArgs) -> Result<ExitCode> {
     finish(report, a.output, &state_path, Some(&stop))
 }
 
+/// Runs of this state file whose process was killed (still `running`, their process gone)
+/// are marked `interrupted` (logged; a failure to mark is only logged).
+pub(crate) fn settle_abandoned(store: &SqliteStore) {
+    match store.mark_abandoned_runs() {
+        Ok(runs) => {
+            for run in runs {
+                tracing::warn!(run = %run, "an earlier run ended without recording its result (killed?); marked interrupted");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot check the state file for killed runs"),
+    }
+}
+
 async fn runs(a: RunsArgs) -> Result<ExitCode> {
     let path = a.state.clone().unwrap_or_else(default_state);
     if !path.exists() {
@@ -712,6 +792,7 @@ async fn runs(a: RunsArgs) -> Result<ExitCode> {
         )));
     }
     let store = SqliteStore::open(&path).map_err(config)?;
+    settle_abandoned(&store);
     let limit = a.limit.get();
     let mut runs = store
         .list_runs(if a.kind.is_some() { 100_000 } else { limit })
@@ -736,6 +817,7 @@ async fn status(a: StatusArgs) -> Result<ExitCode> {
         )));
     }
     let store = SqliteStore::open(&path).map_err(config)?;
+    settle_abandoned(&store);
     let Some((run, items)) = store.get_run(a.run.as_deref()).await? else {
         let known: Vec<String> = store
             .list_runs(10)

@@ -51,6 +51,55 @@ macro_rules! outln {
     ($($arg:tt)*) => { $crate::output::write_out(&format!("{}\n", format_args!($($arg)*))) };
 }
 
+/// The bar on the terminal now, if any: log lines print above it (see [`LogWriter`]).
+static ACTIVE_BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+fn show_bar(bar: &ProgressBar) {
+    *ACTIVE_BAR.lock().unwrap() = Some(bar.clone());
+}
+
+/// Where log lines go (stderr): each event whole, above the progress bar while one is
+/// drawn (the bar is cleared, the line written, the bar drawn again), never through it.
+pub struct LogWriter;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogLine;
+    fn make_writer(&'a self) -> LogLine {
+        LogLine(Vec::new())
+    }
+}
+
+/// One log event, written out when it is complete.
+pub struct LogLine(Vec<u8>);
+
+impl std::io::Write for LogLine {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogLine {
+    fn drop(&mut self) {
+        use std::io::Write as _;
+        if self.0.is_empty() {
+            return;
+        }
+        let write = || {
+            let mut err = std::io::stderr().lock();
+            let _ = err.write_all(&self.0).and_then(|_| err.flush());
+        };
+        let bar = ACTIVE_BAR.lock().ok().and_then(|b| b.clone());
+        match bar {
+            Some(b) if !b.is_finished() => b.suspend(write),
+            _ => write(),
+        }
+    }
+}
+
 /// Live progress of a run.
 pub struct Live {
     text: bool,
@@ -62,6 +111,10 @@ pub struct Live {
     bytes: std::sync::atomic::AtomicU64,
     started: std::time::Instant,
     to_copy: std::sync::atomic::AtomicUsize,
+    /// Objects: the bytes of the objects queued so far (what the bar's bytes run up to),
+    /// and bytes counted as they land (parts) rather than per finished item.
+    bytes_total: std::sync::atomic::AtomicU64,
+    objects: AtomicBool,
 }
 
 impl Live {
@@ -74,6 +127,42 @@ impl Live {
             bytes: std::sync::atomic::AtomicU64::new(0),
             started: std::time::Instant::now(),
             to_copy: std::sync::atomic::AtomicUsize::new(0),
+            bytes_total: std::sync::atomic::AtomicU64::new(0),
+            objects: AtomicBool::new(false),
+        }
+    }
+
+    /// Objects: bytes done of the total, rate and an ETA from the bytes left.
+    fn objects_message(&self) -> String {
+        let done = self.bytes.load(Ordering::Relaxed);
+        let total = self.bytes_total.load(Ordering::Relaxed).max(done);
+        let secs = self.started.elapsed().as_secs_f64().max(0.001);
+        let rate = done as f64 / secs;
+        let eta = if total == done {
+            "0s".to_string()
+        } else if rate >= 1.0 {
+            hub_core::units::human_duration(std::time::Duration::from_secs(
+                ((total - done) as f64 / rate).ceil() as u64,
+            ))
+        } else {
+            "-".to_string()
+        };
+        format!(
+            "{} of {} · {}/s · ETA {eta}",
+            human_bytes(done),
+            human_bytes(total),
+            human_bytes(rate as u64)
+        )
+    }
+
+    fn refresh(&self) {
+        let msg = if self.objects.load(Ordering::Relaxed) {
+            self.objects_message()
+        } else {
+            self.message()
+        };
+        if let Some(b) = self.bar.lock().unwrap().as_ref() {
+            b.set_message(msg);
         }
     }
 
@@ -93,19 +182,22 @@ impl Live {
             human_bytes((bytes as f64 / secs) as u64)
         )
     }
-    /// A run whose size is found as it goes (objects): a spinner with a counter on a
-    /// terminal, plain lines otherwise.
+    /// A run whose size is found as it goes (objects): on a terminal a bar of objects
+    /// done of those queued so far, bytes done of their total (moving as each part lands),
+    /// rate and ETA; plain lines otherwise.
     pub fn streaming(&self, _what: &str) {
+        self.objects.store(true, Ordering::Relaxed);
         if self.text && !self.dry_run && !quiet() && std::io::stderr().is_terminal() {
-            let bar = ProgressBar::new_spinner();
+            let bar = ProgressBar::new(0);
             bar.set_style(
                 ProgressStyle::with_template(
-                    "{spinner} [{elapsed_precise}] {pos} objects done · {msg}",
+                    "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} objects · {msg}",
                 )
                 .expect("template is valid"),
             );
-            bar.set_message(self.message());
+            bar.set_message(self.objects_message());
             bar.enable_steady_tick(std::time::Duration::from_millis(200));
+            show_bar(&bar);
             *self.bar.lock().unwrap() = Some(bar);
         }
     }
@@ -113,6 +205,7 @@ impl Live {
         if let Some(b) = self.bar.lock().unwrap().take() {
             b.finish_and_clear();
         }
+        *ACTIVE_BAR.lock().unwrap() = None;
     }
 }
 
@@ -136,6 +229,7 @@ impl Progress for Live {
             );
             bar.set_message(self.message());
             bar.tick();
+            show_bar(&bar);
             *self.bar.lock().unwrap() = Some(bar);
         } else {
             let verb = if self.dry_run {
@@ -147,19 +241,42 @@ impl Progress for Live {
         }
     }
 
+    fn queued(&self, bytes: u64) {
+        self.bytes_total.fetch_add(bytes, Ordering::Relaxed);
+        if let Some(b) = self.bar.lock().unwrap().as_ref() {
+            b.inc_length(1);
+        }
+        self.refresh();
+    }
+
+    fn moved(&self, bytes: u64) {
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.refresh();
+    }
+
+    fn reused(&self, bytes: u64) {
+        let _ = self
+            .bytes_total
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(bytes))
+            });
+        self.refresh();
+    }
+
     fn finished(&self, item: &ItemRecord) {
         if !self.text {
             return;
         }
-        self.bytes.fetch_add(item.bytes, Ordering::Relaxed);
+        // Objects count their bytes as the parts land (`moved`).
+        if !self.objects.load(Ordering::Relaxed) {
+            self.bytes.fetch_add(item.bytes, Ordering::Relaxed);
+        }
         if item.status == Status::Copied || (item.status == Status::Failed && item.attempts > 0) {
             let _ = self
                 .to_copy
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         }
-        if let Some(b) = self.bar.lock().unwrap().as_ref() {
-            b.set_message(self.message());
-        }
+        self.refresh();
         let shown = match item.status {
             Status::Failed => true,
             Status::Skipped => !quiet() && !self.noop.load(Ordering::Relaxed),
@@ -213,6 +330,13 @@ fn item_line(i: &ItemRecord, dry_run: bool, long: bool) -> String {
         i.source,
         if i.dest.is_empty() { "-" } else { &i.dest }
     );
+    if let Some(r) = &i.resumed {
+        s.push_str(&format!(" · {}", resumed_line(i, r)));
+    }
+    // An object a dry run would copy: its size.
+    if i.status == Status::Planned && i.source.starts_with("s3://") {
+        s.push_str(&format!(" ({})", human_bytes(i.bytes)));
+    }
     if let Some(e) = &i.error {
         s.push_str(&format!(
             "\n           {}: {} (attempts: {})",
@@ -220,6 +344,16 @@ fn item_line(i: &ItemRecord, dry_run: bool, long: bool) -> String {
         ));
     }
     s
+}
+
+/// "resumed 8 of 16 parts of big.bin": what an object reused of an earlier run's upload.
+fn resumed_line(i: &ItemRecord, r: &hub_core::status::Resumed) -> String {
+    let name = i.source.rsplit('/').next().unwrap_or(&i.source);
+    format!(
+        "{} ({} not sent again)",
+        r.describe(name),
+        human_bytes(r.bytes)
+    )
 }
 
 /// Prints one item as a plain line (`long`: whole digests).
@@ -276,7 +410,29 @@ pub fn summary(run: &RunRecord, items: &[ItemRecord], state: Option<&Path>) {
     if let Some(e) = &run.error {
         crate::outln!("why: {e}");
     }
-    if run.dry_run {
+    if run.dry_run && run.kind == hub_core::status::RunKind::Objects {
+        let to_copy: u64 = items
+            .iter()
+            .filter(|i| i.status == Status::Planned)
+            .map(|i| i.bytes)
+            .sum();
+        crate::outln!(
+            "{:>10} {:>11} {:>8} {:>7} {:>10}",
+            "to copy",
+            "bytes",
+            "in sync",
+            "failed",
+            "time"
+        );
+        crate::outln!(
+            "{:>10} {:>11} {:>8} {:>7} {:>9.1}s",
+            planned,
+            human_bytes(to_copy),
+            run.skipped,
+            run.failed,
+            secs
+        );
+    } else if run.dry_run {
         crate::outln!(
             "{:>10} {:>8} {:>7} {:>10}",
             "to copy",
@@ -308,6 +464,14 @@ pub fn summary(run: &RunRecord, items: &[ItemRecord], state: Option<&Path>) {
             human_bytes(run.bytes),
             secs
         );
+    }
+    // What the run reused of uploads earlier runs began (its bytes do not count them).
+    let resumed: Vec<&ItemRecord> = items.iter().filter(|i| i.resumed.is_some()).collect();
+    for i in resumed.iter().take(10) {
+        crate::outln!("{}", resumed_line(i, i.resumed.as_ref().expect("resumed")));
+    }
+    if resumed.len() > 10 {
+        crate::outln!("… and {} more objects resumed", resumed.len() - 10);
     }
     if run.result == hub_core::status::RunResult::Interrupted {
         crate::outln!("interrupted: the next run copies what this one did not finish");

@@ -39,6 +39,7 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
     use tokio::signal::unix::{SignalKind, signal};
     let path = a.state.clone().unwrap_or_else(default_state);
     let store = Arc::new(SqliteStore::open(&path).map_err(config)?);
+    crate::settle_abandoned(&store);
     let runner = LocalRunner::new(store.clone(), a.max_runs);
     let token = random_token();
     let password = std::env::var(PASSWORD_ENV).ok();

@@ -67,7 +67,8 @@ pub struct StateArgs {
     /// State file (SQLite).
     #[arg(long, env = "TRANSFER_HUB_STATE")]
     state: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "text")]
+    /// Output: human text, or one JSON object on stdout.
+    #[arg(short, long, value_enum, default_value = "text")]
     output: OutputFormat,
 }
 
@@ -216,6 +217,17 @@ async fn get(store: &SqliteStore, name: &str, path: &std::path::Path) -> Result<
     })
 }
 
+/// Whether the command prints JSON (an error then still prints one JSON object).
+pub fn json(cmd: &TaskCmd) -> bool {
+    let out = match cmd {
+        TaskCmd::List(s) => s.output,
+        TaskCmd::Show(a) | TaskCmd::Rm(a) => a.state.output,
+        TaskCmd::Run(a) => a.state.output,
+        TaskCmd::Add(_) | TaskCmd::Edit(_) => OutputFormat::Text,
+    };
+    out == OutputFormat::Json
+}
+
 pub async fn run(cmd: TaskCmd) -> Result<ExitCode> {
     match cmd {
         TaskCmd::Add(a) => {
@@ -332,6 +344,7 @@ pub async fn run(cmd: TaskCmd) -> Result<ExitCode> {
             let stop = crate::stop_on_signals()?;
             let (store, path) = open(&a.state.state)?;
             let t = get(&store, &a.name, &path).await?;
+            crate::settle_abandoned(&store);
             let dry = SqliteStore::in_memory()?;
             let status: &SqliteStore = if a.dry_run { &dry } else { &store };
             let progress = output::Live::new(a.state.output == OutputFormat::Text, a.dry_run);
@@ -346,9 +359,19 @@ pub async fn run(cmd: TaskCmd) -> Result<ExitCode> {
                 stop: stop.clone(),
                 dry_run: a.dry_run,
             };
-            let report = run_task(&t, &store, &ctx, None)
-                .await
-                .map_err(crate::run_error)?;
+            let started = chrono::Utc::now();
+            let report = match run_task(&t, &store, &ctx, None).await {
+                Ok(r) => r,
+                Err(e) => {
+                    progress.done();
+                    let kind = match t.kind() {
+                        Kind::Images => hub_core::status::RunKind::Images,
+                        Kind::Objects => hub_core::status::RunKind::Objects,
+                    };
+                    let sides = (t.source(), t.dest());
+                    return Err(crate::fatal(&ctx, kind, sides, started, e, a.state.output).await);
+                }
+            };
             progress.done();
             return crate::finish(report, a.state.output, &path, Some(&stop));
         }

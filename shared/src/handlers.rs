@@ -419,6 +419,7 @@ fn record(run_id: &str, source: String, dest: String, status: Status) -> ItemRec
         ended_at: Some(now),
         version: version_now(),
         line: None,
+        resumed: None,
     }
 }
 

@@ -69,6 +69,26 @@ pub struct ItemRecord {
     /// For a selection-list line that could not be read: its line number (`null` otherwise).
     #[serde(default)]
     pub line: Option<u32>,
+    /// For an object whose multipart upload an earlier, interrupted run began: the parts
+    /// this run found finished and did not send again (`null` otherwise).
+    #[serde(default)]
+    pub resumed: Option<Resumed>,
+}
+
+/// What a run reused of an upload an earlier run began: `parts` of `of` parts, `bytes`
+/// long. Those bytes are not in the run's `bytes` (it counts what this run moved).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resumed {
+    pub parts: u32,
+    pub of: u32,
+    pub bytes: u64,
+}
+
+impl Resumed {
+    /// "resumed 8 of 16 parts of big.bin", for the object named `what`.
+    pub fn describe(&self, what: &str) -> String {
+        format!("resumed {} of {} parts of {what}", self.parts, self.of)
+    }
 }
 
 /// The list line an item stands for, when it is a bad selection-list line (its source is
@@ -299,6 +319,11 @@ fn migrate(c: &rusqlite::Connection) -> rusqlite::Result<()> {
         ("runs", "kind"),
         ("runs", "result"),
         ("runs", "error"),
+        // Added as TEXT (SQLite keeps the pid as its text): read with CAST.
+        ("runs", "pid"),
+        ("runs", "pid_started"),
+        ("runs", "host"),
+        ("items", "resumed"),
     ] {
         if !columns(table)?.iter().any(|h| h == col) {
             c.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {col} TEXT"))?;
@@ -343,17 +368,85 @@ fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
 
 const RUN_COLS: &str = "run_id, source, dest, dry_run, started_at, ended_at, copied, skipped, failed, bytes, kind, result, error";
 
+/// The error of a run whose process ended without closing its record.
+pub const ABANDONED: &str = "the process ended without recording a result (killed?)";
+
+/// This machine's name, as runs record where they run.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// When process `pid` started (clock ticks after boot, field 22 of `/proc/PID/stat`): with
+/// the pid, it names one process, as a pid alone does not once pids are reused.
+fn process_started(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19).map(str::to_string)
+}
+
+/// Whether the process that recorded a run (`pid` started at `started` on `host`) is gone.
+/// `None` when this machine cannot tell: another host, or processes of other users hidden
+/// (`/proc` mounted with `hidepid`, so pid 1 is not seen).
+fn process_gone(pid: u32, started: &str, host: &str) -> Option<bool> {
+    if host != host_name() || process_started(1).is_none() {
+        return None;
+    }
+    Some(process_started(pid).as_deref() != Some(started))
+}
+
+impl SqliteStore {
+    /// Marks `interrupted` the runs still `running` whose process is gone (SIGKILL, a
+    /// power cut: nothing closed their record), with [`ABANDONED`] as their error and the
+    /// counts of the items they recorded. A run whose process lives (in another process
+    /// on this machine) or that was recorded elsewhere is left alone. Returns the runs marked.
+    pub fn mark_abandoned_runs(&self) -> Result<Vec<String>, StoreError> {
+        let c = self.conn.lock().unwrap();
+        let rows: Vec<(String, i64, String, String)> = c
+            .prepare(
+                "SELECT run_id, CAST(pid AS INTEGER), pid_started, COALESCE(host, '') FROM runs
+                 WHERE result = 'running' AND pid IS NOT NULL AND pid_started IS NOT NULL",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut marked = Vec::new();
+        for (run_id, pid, started, host) in rows {
+            let Ok(pid) = u32::try_from(pid) else {
+                continue;
+            };
+            if process_gone(pid, &started, &host) != Some(true) {
+                continue;
+            }
+            c.execute(
+                "UPDATE runs SET result = 'interrupted', error = ?2,
+                   ended_at = COALESCE((SELECT MAX(ended_at) FROM items WHERE run_id = ?1), started_at),
+                   copied = (SELECT COUNT(*) FROM items WHERE run_id = ?1 AND status = 'copied'),
+                   failed = (SELECT COUNT(*) FROM items WHERE run_id = ?1 AND status = 'failed'),
+                   bytes = (SELECT COALESCE(SUM(bytes), 0) FROM items WHERE run_id = ?1)
+                 WHERE run_id = ?1 AND result = 'running'",
+                params![run_id, ABANDONED],
+            )?;
+            marked.push(run_id);
+        }
+        Ok(marked)
+    }
+}
+
 #[async_trait]
 impl StatusStore for SqliteStore {
     async fn put_run(&self, run: &RunRecord) -> Result<(), StoreError> {
         let c = self.conn.lock().unwrap();
         c.execute(
             &format!(
-                "INSERT INTO runs ({RUN_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13)
+                "INSERT INTO runs ({RUN_COLS}, pid, pid_started, host)
+                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16)
                  ON CONFLICT (run_id) DO UPDATE SET source=excluded.source, dest=excluded.dest,
                    dry_run=excluded.dry_run, started_at=excluded.started_at, ended_at=excluded.ended_at,
                    copied=excluded.copied, skipped=excluded.skipped, failed=excluded.failed, bytes=excluded.bytes,
-                   kind=excluded.kind, result=excluded.result, error=excluded.error"
+                   kind=excluded.kind, result=excluded.result, error=excluded.error,
+                   pid=excluded.pid, pid_started=excluded.pid_started, host=excluded.host"
             ),
             params![
                 run.run_id,
@@ -368,7 +461,12 @@ impl StatusStore for SqliteStore {
                 run.bytes,
                 run.kind.as_str(),
                 run.result.as_str(),
-                run.error
+                run.error,
+                // The process that writes a run is the one running it (the CLI, `serve`):
+                // how the next start tells a killed run from a live one.
+                std::process::id(),
+                process_started(std::process::id()),
+                host_name()
             ],
         )?;
         Ok(())
@@ -377,17 +475,19 @@ impl StatusStore for SqliteStore {
     async fn put_item(&self, i: &ItemRecord) -> Result<bool, StoreError> {
         let c = self.conn.lock().unwrap();
         let n = c.execute(
-            "INSERT INTO items (run_id, source, dest, status, source_digest, dest_digest, attempts, error_class, error_message, bytes, started_at, ended_at, version)
-             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13)
+            "INSERT INTO items (run_id, source, dest, status, source_digest, dest_digest, attempts, error_class, error_message, bytes, started_at, ended_at, version, resumed)
+             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)
              ON CONFLICT (run_id, source, dest) DO UPDATE SET
                status=excluded.status, source_digest=excluded.source_digest, dest_digest=excluded.dest_digest,
                attempts=excluded.attempts, error_class=excluded.error_class, error_message=excluded.error_message,
-               bytes=excluded.bytes, started_at=excluded.started_at, ended_at=excluded.ended_at, version=excluded.version
+               bytes=excluded.bytes, started_at=excluded.started_at, ended_at=excluded.ended_at, version=excluded.version,
+               resumed=excluded.resumed
              WHERE excluded.version > items.version",
             params![
                 i.run_id, i.source, i.dest, i.status.as_str(), i.source_digest, i.dest_digest, i.attempts,
                 i.error.as_ref().map(|e| e.class.as_str()), i.error.as_ref().map(|e| e.message.as_str()),
-                i.bytes, ts(&i.started_at), ts(&i.ended_at), i.version as i64
+                i.bytes, ts(&i.started_at), ts(&i.ended_at), i.version as i64,
+                i.resumed.as_ref().and_then(|r| serde_json::to_string(r).ok())
             ],
         )?;
         Ok(n > 0)
@@ -418,7 +518,7 @@ impl StatusStore for SqliteStore {
         };
         let Some(run) = run else { return Ok(None) };
         let mut stmt = c.prepare(
-            "SELECT source, dest, status, source_digest, dest_digest, attempts, error_class, error_message, bytes, started_at, ended_at, version
+            "SELECT source, dest, status, source_digest, dest_digest, attempts, error_class, error_message, bytes, started_at, ended_at, version, resumed
              FROM items WHERE run_id = ?1 ORDER BY source, dest",
         )?;
         let items = stmt
@@ -444,6 +544,9 @@ impl StatusStore for SqliteStore {
                     ended_at: parse_ts(r.get(10)?),
                     version: r.get::<_, i64>(11)? as u64,
                     line: None,
+                    resumed: r
+                        .get::<_, Option<String>>(12)?
+                        .and_then(|j| serde_json::from_str(&j).ok()),
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
@@ -508,6 +611,7 @@ mod tests {
             ended_at: None,
             version,
             line: None,
+            resumed: None,
         }
     }
 
@@ -550,6 +654,54 @@ mod tests {
         assert_eq!(items.len(), 1);
         assert_eq!(items[0].status, Status::Copied);
         assert_eq!(items[0].attempts, 3);
+    }
+
+    #[tokio::test]
+    async fn a_run_whose_process_is_gone_is_marked_interrupted_a_live_one_is_not() {
+        let store = SqliteStore::in_memory().unwrap();
+        for id in ["live", "killed", "elsewhere", "done"] {
+            store.put_run(&run(id)).await.unwrap();
+        }
+        let mut done = run("done");
+        done.result = RunResult::Succeeded;
+        done.ended_at = Some(Utc::now());
+        store.put_run(&done).await.unwrap();
+        let mut copied = item(Status::Copied, 3);
+        copied.run_id = "killed".into();
+        copied.bytes = 42;
+        store.put_item(&copied).await.unwrap();
+        {
+            let c = store.conn.lock().unwrap();
+            // A process of this pid that started at another time: the pid was reused.
+            c.execute(
+                "UPDATE runs SET pid_started = 'not-its-start' WHERE run_id = 'killed'",
+                [],
+            )
+            .unwrap();
+            c.execute(
+                "UPDATE runs SET pid_started = 'x', host = 'another-host' WHERE run_id = 'elsewhere'",
+                [],
+            )
+            .unwrap();
+        }
+        assert_eq!(store.mark_abandoned_runs().unwrap(), ["killed"]);
+        let (r, _) = store.get_run(Some("killed")).await.unwrap().unwrap();
+        assert_eq!(r.result, RunResult::Interrupted);
+        assert_eq!(r.error.as_deref(), Some(ABANDONED));
+        assert_eq!(
+            (r.copied, r.bytes),
+            (1, 42),
+            "the counts of what it recorded"
+        );
+        for (id, result) in [
+            ("live", RunResult::Running),
+            ("elsewhere", RunResult::Running),
+            ("done", RunResult::Succeeded),
+        ] {
+            let (r, _) = store.get_run(Some(id)).await.unwrap().unwrap();
+            assert_eq!(r.result, result, "{id}");
+        }
+        assert!(store.mark_abandoned_runs().unwrap().is_empty(), "once");
     }
 
     #[tokio::test]

@@ -53,6 +53,12 @@ pub trait Progress: Send + Sync {
     fn planned(&self, _to_copy: usize, _total: usize) {}
     /// One image reached its final status.
     fn finished(&self, _item: &ItemRecord) {}
+    /// Objects: one more object of `bytes` is to be copied (found as the listing goes).
+    fn queued(&self, _bytes: u64) {}
+    /// Objects: `bytes` more reached the destination (a part as it lands, or a whole object).
+    fn moved(&self, _bytes: u64) {}
+    /// Objects: `bytes` of a queued object need not move (parts an earlier run finished).
+    fn reused(&self, _bytes: u64) {}
 }
 
 /// A progress listener that ignores everything.
@@ -174,6 +180,7 @@ pub async fn run_sync_until(
             ended_at: None,
             version: PLANNED,
             line: None,
+            resumed: None,
         };
         match p.action {
             Action::Skip => {
@@ -299,6 +306,7 @@ pub fn failed_record(run_id: &str, u: Unplannable) -> ItemRecord {
     ItemRecord {
         run_id: run_id.to_string(),
         line: crate::status::list_line(&u.what),
+        resumed: None,
         source: u.what,
         dest: u.dest.unwrap_or_default(),
         status: Status::Failed,

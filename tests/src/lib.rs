@@ -98,6 +98,47 @@ pub fn tool(program: &str) -> Command {
     c
 }
 
+/// What a terminal shows of `text` (a pty's output), frame by frame: split at line ends and
+/// carriage returns, without the escape sequences.
+pub fn terminal_frames(text: &str) -> Vec<String> {
+    let strip = |s: &str| {
+        let mut o = String::new();
+        let mut esc = false;
+        for c in s.chars() {
+            match (esc, c) {
+                (false, '\u{1b}') => esc = true,
+                (true, c) if c.is_ascii_alphabetic() => esc = false,
+                (true, _) => {}
+                (false, c) => o.push(c),
+            }
+        }
+        o
+    };
+    text.split(['\n', '\r']).map(strip).collect()
+}
+
+/// Runs `transfer-hub ARGS` under a pseudo-terminal (`script`), as a user at a terminal
+/// would: returns whether it succeeded and what the terminal received (stdout and stderr).
+pub fn transfer_hub_in_a_pty(args: &[&str], env: &[(&str, &str)], home: &Path) -> (bool, String) {
+    let cmd = std::iter::once(transfer_hub_bin().display().to_string())
+        .chain(args.iter().map(|a| a.to_string()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = Command::new(require("script"))
+        .args(["-qfec", &cmd, "/dev/null"])
+        .env("TERM", "xterm")
+        .env_remove("NO_COLOR")
+        .env_remove("REGISTRY_AUTH_FILE")
+        .env("HOME", home)
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 /// Finds a program or explains how to install it.
 pub fn require(program: &str) -> PathBuf {
     for dir in std::env::var("PATH")

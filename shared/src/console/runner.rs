@@ -305,6 +305,7 @@ async fn record_start_failure(store: &SqliteStore, task: &Task, run_id: &str, wh
         ended_at: Some(now),
         version: 2,
         line: None,
+        resumed: None,
     };
     if store.put_run(&run).await.is_err() || store.put_item(&item).await.is_err() {
         tracing::error!(run_id, "cannot record the run's failure");

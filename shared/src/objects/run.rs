@@ -12,7 +12,7 @@ use super::uploads::UploadLedger;
 use super::url::S3Url;
 use crate::interrupt::{Stop, interrupted};
 use crate::retry::{ErrorClass, ItemError, RetryPolicy, with_retries_until};
-use crate::status::{ItemRecord, RunRecord, Status, StatusStore, StoreError};
+use crate::status::{ItemRecord, Resumed, RunRecord, Status, StatusStore, StoreError};
 use crate::sync::{Progress, SyncReport};
 use chrono::Utc;
 use futures::StreamExt;
@@ -276,6 +276,8 @@ impl Kept {
             }
             Status::Failed => {
                 self.failed += 1;
+                // Parts a failed or interrupted object moved before it stopped.
+                self.bytes += rec.bytes;
                 if self.kept_failed < MAX_REPORTED_ITEMS {
                     self.kept_failed += 1;
                     self.items.push(rec);
@@ -391,6 +393,7 @@ where
                 match d {
                     Decision::Copy(e, _) => {
                         copies.set(copies.get() + 1);
+                        edges.progress.queued(e.size);
                         tx.send(e).await.map_err(|_| "the copy workers stopped")?;
                     }
                     Decision::InSync(_) => in_sync.set(in_sync.get() + 1),
@@ -512,8 +515,11 @@ async fn copy_object(
         ended_at: None,
         version: FINAL,
         line: None,
+        resumed: None,
     };
     if spec.dry_run {
+        // What it would move: the whole object (a dry run looks at no open upload).
+        rec.bytes = e.size;
         rec.ended_at = Some(Utc::now());
         return rec;
     }
@@ -535,6 +541,7 @@ async fn copy_object(
         Mode::Server => multipart::MAX_PART,
         Mode::Stream => spec.part_size.max(spec.stream_buffer),
     };
+    let moved = Moved::default();
     let mut e = e;
     let mut replans = 0;
     let r = loop {
@@ -546,13 +553,17 @@ async fn copy_object(
         let (r, attempts) = match planned {
             Err(err) => (Err(err), 0),
             Ok((Plan::Single, _)) => {
-                with_retries_until(&spec.retry, &edges.stop, |_| {
+                let r = with_retries_until(&spec.retry, &edges.stop, |_| {
                     or_stop(&edges.stop, async {
                         let _p = permits.take(e.size).await;
                         t.single(&e).await
                     })
                 })
-                .await
+                .await;
+                if r.0.is_ok() {
+                    moved.add(e.size, edges.progress);
+                }
+                r
             }
             Ok((Plan::Multipart { part_size, parts }, same_parts)) => {
                 // CRC32s of the parts read in this run, across attempts.
@@ -565,7 +576,15 @@ async fn copy_object(
                 with_retries_until(&spec.retry, &edges.stop, |_| {
                     or_stop(
                         &edges.stop,
-                        multipart_copy(&t, edges.ledger, &e, &layout, &permits, &crcs),
+                        multipart_copy(
+                            &t,
+                            edges.ledger,
+                            &e,
+                            &layout,
+                            &permits,
+                            &crcs,
+                            (&moved, edges.progress),
+                        ),
                     )
                 })
                 .await
@@ -609,11 +628,14 @@ async fn copy_object(
     {
         tracing::warn!(object = %rec.dest, error = %err, "cannot remember the verified copy; the next run with --compare etag copies it again");
     }
+    // The bytes this run moved: parts an earlier run left finished are not among them.
+    let moved = moved.0.into_inner().expect("moved lock");
+    rec.bytes = moved.bytes;
+    rec.resumed = moved.resumed;
     match r {
         Ok(etag) => {
             rec.status = Status::Copied;
             rec.dest_digest = etag;
-            rec.bytes = e.size;
         }
         Err(err) => {
             rec.status = Status::Failed;
@@ -621,6 +643,51 @@ async fn copy_object(
         }
     }
     rec
+}
+
+/// What one object's copy moved in this run, and what it reused of an upload an earlier
+/// run began (found at the first look at that upload's finished parts).
+#[derive(Default)]
+struct Moved(std::sync::Mutex<MovedSoFar>);
+
+#[derive(Default)]
+struct MovedSoFar {
+    bytes: u64,
+    looked: bool,
+    resumed: Option<Resumed>,
+}
+
+impl Moved {
+    /// `bytes` more reached the destination (a part, or a whole object).
+    fn add(&self, bytes: u64, progress: &dyn Progress) {
+        self.0.lock().expect("moved lock").bytes += bytes;
+        progress.moved(bytes);
+    }
+
+    /// The parts of the upload found finished before this run sent any: at the first
+    /// look only (later looks find this run's own parts of a failed attempt).
+    fn found_done(
+        &self,
+        done: &std::collections::HashSet<u32>,
+        parts: &[multipart::Part],
+        progress: &dyn Progress,
+    ) {
+        let mut m = self.0.lock().expect("moved lock");
+        if std::mem::replace(&mut m.looked, true) || done.is_empty() {
+            return;
+        }
+        let bytes = parts
+            .iter()
+            .filter(|p| done.contains(&p.number))
+            .map(|p| p.len)
+            .sum();
+        m.resumed = Some(Resumed {
+            parts: done.len() as u32,
+            of: parts.len() as u32,
+            bytes,
+        });
+        progress.reused(bytes);
+    }
 }
 
 /// `work`, or the interrupted error as soon as `stop` fires (the work's requests in flight
@@ -654,6 +721,7 @@ async fn multipart_copy(
     layout: &Layout<'_>,
     permits: &Permits,
     crcs: &std::sync::Mutex<std::collections::HashMap<u32, crc32fast::Hasher>>,
+    (moved, progress): (&Moved, &dyn Progress),
 ) -> Result<Option<String>, ItemError> {
     let parts = layout.parts;
     let upload = t
@@ -672,6 +740,7 @@ async fn multipart_copy(
         .into_iter()
         .map(|p| p.0)
         .collect();
+    moved.found_done(&done, parts, progress);
     let todo = parts.iter().filter(|p| !done.contains(&p.number));
     let results = futures::future::join_all(todo.map(|p| async {
         let _permit = permits.take(p.len).await;
@@ -682,7 +751,10 @@ async fn multipart_copy(
         ledger
             .part_done(&upload, p.number, &etag)
             .await
-            .map_err(ledger_error)
+            .map_err(ledger_error)?;
+        // The bar moves as each part lands, not only when the whole object does.
+        moved.add(p.len, progress);
+        Ok::<(), ItemError>(())
     }))
     .await;
     // Every part that could be done is recorded; the first error decides the attempt.
@@ -765,6 +837,7 @@ mod tests {
             ended_at: None,
             version: FINAL,
             line: None,
+            resumed: None,
         }
     }
 
@@ -777,7 +850,8 @@ mod tests {
         for i in 0..5 {
             k.add(rec(100_000 + i, Status::Failed));
         }
-        assert_eq!((k.copied, k.failed, k.bytes), (25_000, 5, 250_000));
+        // The failed ones' bytes too: what they moved before they failed.
+        assert_eq!((k.copied, k.failed, k.bytes), (25_000, 5, 250_050));
         assert_eq!(
             k.items.len(),
             MAX_REPORTED_ITEMS + 5,

@@ -241,6 +241,7 @@ impl ObjectsEdges<'_> {
             // Later writes win: a retry that succeeds replaces an earlier failure.
             version: now.timestamp_micros().max(0) as u64,
             line: None,
+            resumed: None,
         };
         self.store.put_item(&rec).await.map(|_| ())
     }

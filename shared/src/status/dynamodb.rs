@@ -194,6 +194,7 @@ impl DynamoStore {
             ended_at: get_t(i, "ended_at"),
             version: get_n(i, "version"),
             line: list_line(&get_s(i, "source").unwrap_or_default()),
+            resumed: None,
         }
     }
 }

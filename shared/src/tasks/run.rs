@@ -530,6 +530,7 @@ mod tests {
             ended_at: None,
             version: 2,
             line: None,
+            resumed: None,
         };
         let items = [
             item("127.0.0.1:5000/team/app:1", Status::Failed),

@@ -356,6 +356,7 @@ impl TaskStore for SqliteStore {
                         ended_at: r.get::<_, Option<String>>(10)?.map(|s| parse_ts(&s)),
                         version: r.get::<_, i64>(11)? as u64,
                         line: None,
+                        resumed: None,
                     })
                     .map(|i| ItemRecord {
                         line: crate::status::list_line(&i.source),
@@ -481,6 +482,7 @@ mod tests {
                     ended_at: None,
                     version: 1,
                     line: None,
+                    resumed: None,
                 })
                 .await
                 .unwrap();

@@ -962,22 +962,7 @@ fn the_progress_bar_on_a_terminal_shows_totals_and_bytes_and_lines_print_above_i
         String::from_utf8_lossy(&out.stdout)
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    // What a terminal shows, frame by frame: split at line ends and carriage returns,
-    // without the escape sequences.
-    let strip = |s: &str| {
-        let mut o = String::new();
-        let mut esc = false;
-        for c in s.chars() {
-            match (esc, c) {
-                (false, '\u{1b}') => esc = true,
-                (true, c) if c.is_ascii_alphabetic() => esc = false,
-                (true, _) => {}
-                (false, c) => o.push(c),
-            }
-        }
-        o
-    };
-    let frames: Vec<String> = text.split(['\n', '\r']).map(strip).collect();
+    let frames = hub_tests::terminal_frames(&text);
     assert!(
         frames
             .iter()
@@ -995,4 +980,146 @@ fn the_progress_bar_on_a_terminal_shows_totals_and_bytes_and_lines_print_above_i
             "an item line mixed with the bar: {f:?}"
         );
     }
+}
+
+/// With `-o json`/`--output json` given, a usage error (an unknown flag, a bad unit value)
+/// still prints one JSON object, its `error` one line naming the flag and the value, exit 2
+/// (before: clap's text only, stdout empty); without it, clap's text and nothing on stdout.
+/// A `task run NAME -o json` that fails as a whole prints its one JSON object too (the run
+/// record, failed, with `error` and `exit_code`), as `images sync` does.
+#[test]
+fn usage_errors_and_a_fatal_task_run_print_one_json_object_when_json_was_asked_for() {
+    let cases: [(&[&str], &[&str]); 4] = [
+        (
+            &[
+                "objects",
+                "sync",
+                "s3://src-bkt",
+                "s3://dst-bkt",
+                "--part-size",
+                "12Q",
+                "-o",
+                "json",
+            ],
+            &["--part-size", "12Q"],
+        ),
+        (
+            &[
+                "objects",
+                "sync",
+                "s3://src-bkt",
+                "s3://dst-bkt",
+                "--output=json",
+                "--part-size",
+                "12Q",
+            ],
+            &["--part-size", "12Q"],
+        ),
+        (
+            &[
+                "images",
+                "sync",
+                "127.0.0.1:1",
+                "127.0.0.1:2",
+                "--all-repos",
+                "--bogus",
+                "--output",
+                "json",
+            ],
+            &["--bogus"],
+        ),
+        (
+            &[
+                "images",
+                "sync",
+                "127.0.0.1:1",
+                "127.0.0.1:2",
+                "--all-repos",
+                "-ojson",
+                "--retry-max-secs",
+                "soon",
+            ],
+            &["--retry-max-secs", "soon"],
+        ),
+    ];
+    for (args, named) in cases {
+        let r = transfer_hub(args, &[]);
+        assert_eq!(r.code, 2, "{args:?}\n{}\n{}", r.stdout, r.stderr);
+        let j = r.json();
+        assert_eq!(j["exit_code"], 2, "{j:#}");
+        let e = j["error"].as_str().unwrap();
+        assert!(!e.contains('\n') && !e.starts_with("error:"), "{e:?}");
+        for n in named {
+            assert!(e.contains(n), "{args:?}: {e:?} does not name {n}");
+        }
+    }
+    let r = transfer_hub(
+        &[
+            "objects",
+            "sync",
+            "s3://src-bkt",
+            "s3://dst-bkt",
+            "--part-size",
+            "12Q",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 2);
+    assert!(r.stdout.is_empty(), "{}", r.stdout);
+    assert!(r.stderr.contains("--part-size"), "{}", r.stderr);
+    let r = transfer_hub(&["objects", "sync", "--help", "-o", "json"], &[]);
+    assert_eq!(r.code, 0, "help is still help");
+    assert!(r.stdout.contains("Usage:"), "{}", r.stdout);
+
+    let (src, dst, dir) = (
+        RegistryServer::start(),
+        RegistryServer::start(),
+        tempfile::tempdir().unwrap(),
+    );
+    let state = dir.path().join("state.db");
+    let state = state.to_str().unwrap();
+    let add = transfer_hub(
+        &[
+            "task",
+            "add",
+            "empty",
+            "--kind",
+            "images",
+            &src.addr,
+            &dst.addr,
+            "--all-repos",
+            "--state",
+            state,
+        ],
+        &[],
+    );
+    assert_eq!(add.code, 0, "{}", add.stderr);
+    let r = transfer_hub(
+        &["task", "run", "empty", "--state", state, "-o", "json"],
+        &[],
+    );
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    let j = r.json();
+    assert_eq!(j["kind"], "images", "{j:#}");
+    assert_eq!(j["result"], "failed", "{j:#}");
+    assert_eq!(j["exit_code"], 2, "{j:#}");
+    assert!(
+        j["error"].as_str().unwrap().contains("no repository under"),
+        "{j:#}"
+    );
+    let st = transfer_hub(&["status", "--state", state, "-o", "json"], &[]).json();
+    assert_eq!(st["run_id"], j["run_id"], "{st:#}");
+    assert_eq!(st["result"], "failed", "{st:#}");
+    let r = transfer_hub(
+        &[
+            "task", "run", "nosuch", "--state", state, "--output", "json",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 2);
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("nosuch"),
+        "{}",
+        r.stdout
+    );
 }

@@ -746,6 +746,7 @@ fn a_run_of_many_items_pages_through_them_by_keyset_with_the_failed_filter() {
                 ended_at: Some(now),
                 version: 1,
                 line: None,
+                resumed: None,
             }))
             .unwrap();
         }

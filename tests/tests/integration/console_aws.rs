@@ -165,6 +165,7 @@ fn the_dynamodb_task_store_keeps_tasks_in_pages_refuses_a_second_create_and_list
                     ended_at: Some(now),
                     version: 1,
                     line: None,
+                    resumed: None,
                 })
                 .await
                 .unwrap();

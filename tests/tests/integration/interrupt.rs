@@ -155,6 +155,27 @@ fn interrupt_mid_copy(signal: &str, code: i32) {
         "{stderr}"
     );
 
+    // `status` says what happened: the run was interrupted, and by what.
+    let st = hub_tests::transfer_hub(&["status", "--state", state.to_str().unwrap()], &[]);
+    assert_eq!(st.code, 0, "{}", st.stderr);
+    assert!(
+        st.stdout.contains(": interrupted")
+            && st.stdout.contains(&format!("interrupted by {name}")),
+        "{}",
+        st.stdout
+    );
+    let sj = hub_tests::transfer_hub(
+        &["status", "--state", state.to_str().unwrap(), "-o", "json"],
+        &[],
+    )
+    .json();
+    assert_eq!(sj["result"], "interrupted", "{sj:#}");
+    assert_eq!(
+        sj["error"],
+        format!("interrupted by {name}").as_str(),
+        "{sj:#}"
+    );
+
     // What was not finished is recorded as interrupted.
     let report: serde_json::Value = serde_json::from_str(&stdout).expect("a report on stdout");
     let items = report["items"].as_array().unwrap();

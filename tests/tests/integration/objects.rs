@@ -277,6 +277,41 @@ fn incremental_sync_copies_only_missing_and_changed_objects_with_their_metadata_
     let run = s3.sync("s3://src/data/", "s3://dst/server/", None, &["--dry-run"]);
     assert_eq!(run.json()["items"][0]["status"], "planned");
     assert!(s3.get("dst", "server/new.bin").is_none());
+    // Its size, each key's and in all (text and JSON).
+    assert_eq!(run.json()["items"][0]["bytes"], 3, "{}", run.stdout);
+    let env = s3.moto.env(REGION);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let text = transfer_hub(
+        &[
+            "objects",
+            "sync",
+            "s3://src/data/",
+            "s3://dst/server/",
+            "--source-endpoint",
+            &s3.moto.endpoint,
+            "--dest-endpoint",
+            &s3.moto.endpoint,
+            "-n",
+        ],
+        &env,
+    );
+    assert_eq!(text.code, 0, "{}", text.stderr);
+    let line = text
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("would copy") && l.contains("new.bin"))
+        .unwrap_or_else(|| panic!("{}", text.stdout));
+    assert!(line.ends_with("(3 B)"), "{line}");
+    let table: Vec<&str> = text
+        .stdout
+        .lines()
+        .skip_while(|l| !l.contains("to copy"))
+        .collect();
+    assert!(
+        table[0].contains("bytes") && table[1].split_whitespace().nth(1) == Some("3"),
+        "{}",
+        text.stdout
+    );
 }
 
 /// A proxy in front of moto: keeps every request head, and lets a test spoil answers.
@@ -492,6 +527,11 @@ fn a_big_object_moves_in_parts_and_an_interrupted_run_resumes_without_redoing_pa
         .unwrap()
         .to_string();
     assert!(etag.ends_with("-3"), "three parts: {etag}");
+    // What the resume reused is said, and not counted in the bytes it moved.
+    let j = second.json();
+    assert_eq!(j["items"][0]["resumed"]["parts"], 2, "{j:#}");
+    assert_eq!(j["items"][0]["resumed"]["of"], 3, "{j:#}");
+    assert_eq!(j["bytes"], (big.len() - 10 * MIB) as u64, "{j:#}");
 }
 
 /// A run killed outright (SIGKILL, no clean-up) while part 3 of 5 is on the wire: the
@@ -536,10 +576,49 @@ fn a_run_killed_between_parts_resumes_from_the_state_file() {
         .spawn()
         .unwrap();
     let got_there = reached_rx.recv_timeout(std::time::Duration::from_secs(120));
+    let state = s3.state.path().join("state.db");
+    let state = state.to_str().unwrap();
+    // While it runs, another process's look at the state file leaves it running.
+    let live = got_there
+        .is_ok()
+        .then(|| transfer_hub(&["status", "--state", state, "-o", "json"], &[]));
     run.kill().unwrap(); // SIGKILL: nothing of the run's own clean-up happens
     run.wait().unwrap();
     released.store(true, std::sync::atomic::Ordering::Relaxed);
     got_there.expect("the run reached part 3");
+    let live = live.unwrap();
+    assert_eq!(live.code, 0, "{}", live.stderr);
+    let live = live.json();
+    assert_eq!(
+        live["result"], "running",
+        "a run going on in another process is never marked interrupted: {live:#}"
+    );
+    let killed_run = live["run_id"].as_str().unwrap().to_string();
+
+    // The next look finds its process gone: `status` and `runs` say it was interrupted.
+    let st = transfer_hub(&["status", "--state", state, "-o", "json"], &[]);
+    assert_eq!(st.code, 0, "{}", st.stderr);
+    let st = st.json();
+    assert_eq!(st["run_id"], killed_run.as_str());
+    assert_eq!(st["result"], "interrupted", "{st:#}");
+    assert!(st["error"].as_str().unwrap().contains("killed?"), "{st:#}");
+    assert_eq!(st["copied"], 1, "what it recorded before the kill: {st:#}");
+    let text = transfer_hub(&["status", "--state", state], &[]);
+    assert!(
+        text.stdout.contains(": interrupted")
+            && text
+                .stdout
+                .contains("the process ended without recording a result (killed?)"),
+        "{}",
+        text.stdout
+    );
+    let runs = transfer_hub(&["runs", "--state", state], &[]);
+    let row = runs
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&killed_run))
+        .unwrap_or_else(|| panic!("{}", runs.stdout));
+    assert!(row.contains("interrupted"), "{row}");
     assert_eq!(
         s3.get("dst", "a-first.txt").as_deref(),
         Some(&b"copied before the kill"[..])
@@ -574,6 +653,28 @@ fn a_run_killed_between_parts_resumes_from_the_state_file() {
         ["3", "4", "5"],
         "parts 1 and 2 are not sent again: {sent:?}"
     );
+    // The resume says what it reused, and its bytes are what it moved: parts 3 to 5.
+    let j = second.json();
+    let item = j["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["source"] == "s3://src/big.bin")
+        .unwrap_or_else(|| panic!("{j:#}"));
+    assert_eq!(
+        item["resumed"],
+        serde_json::json!({"parts": 2, "of": 5, "bytes": 10 * MIB}),
+        "{j:#}"
+    );
+    let moved = (big.len() - 10 * MIB) as u64;
+    assert_eq!(item["bytes"], moved, "{j:#}");
+    assert_eq!(j["bytes"], moved, "{j:#}");
+    let text = transfer_hub(&["status", "--state", state], &[]);
+    assert!(
+        text.stdout.contains("resumed 2 of 5 parts of big.bin"),
+        "{}",
+        text.stdout
+    );
     assert!(
         !heads
             .lock()
@@ -594,6 +695,106 @@ fn a_run_killed_between_parts_resumes_from_the_state_file() {
         0,
         "the same upload was completed, none left open"
     );
+}
+
+/// Under a terminal (a pty from `script`), the objects bar shows objects done of the total
+/// and bytes done of theirs, rate and ETA, and moves as each part of a multipart copy lands
+/// (before, it said "0 done" until the whole object was in); a log line (the retry of a
+/// part answered 500 three times, once per attempt of the SDK) prints above the bar, on a
+/// line of its own. Each part's answer waits 700 ms, so the bar is drawn between parts.
+#[test]
+fn the_objects_bar_moves_as_each_part_lands_and_log_lines_print_above_it() {
+    const MIB: usize = 1024 * 1024;
+    let s3 = S3::start(&["src", "dst"]);
+    s3.put("src", "big.bin", &data(12 * MIB + 4321, 7));
+    s3.put("src", "small.txt", b"small");
+    let refused = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let r2 = refused.clone();
+    let slow: Rewrite = Arc::new(move |head: &str, status, body| {
+        if head.starts_with("PUT ") && head.contains("partNumber=") {
+            std::thread::sleep(std::time::Duration::from_millis(700));
+            if head.contains("partNumber=3")
+                && r2.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 3
+            {
+                return (
+                    500,
+                    vec![],
+                    b"<Error><Code>InternalError</Code></Error>".to_vec(),
+                );
+            }
+        }
+        (status, vec![], body)
+    });
+    let (proxy, _) = recording_proxy(&s3.moto.endpoint, slow);
+    let state = s3.state.path().join("state.db");
+    let env = s3.moto.env(REGION);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (ok, text) = hub_tests::transfer_hub_in_a_pty(
+        &[
+            "objects",
+            "sync",
+            "s3://src",
+            "s3://dst",
+            "--source-endpoint",
+            &s3.moto.endpoint,
+            "--dest-endpoint",
+            &proxy.endpoint,
+            "--multipart-threshold",
+            "6MiB",
+            "--part-size",
+            "5MiB",
+            "--concurrency",
+            "1",
+            "--retries",
+            "5",
+            "--retry-base-ms",
+            "10ms",
+            "--state",
+            state.to_str().unwrap(),
+        ],
+        &env,
+        s3.state.path(),
+    );
+    assert!(ok, "{text}");
+    let frames = hub_tests::terminal_frames(&text);
+    let bar = |f: &String| f.contains(" objects · ");
+    assert!(
+        frames
+            .iter()
+            .filter(|f| bar(f))
+            .any(|f| f.contains("/2 objects")
+                && f.contains(" of 12.0 MiB")
+                && f.contains("/s")
+                && f.contains("ETA")),
+        "no bar with objects and bytes of their totals, rate and ETA:\n{text:?}"
+    );
+    assert!(
+        frames.iter().any(|f| f.contains("0/2 objects")
+            && (f.contains("5.0 MiB of 12.0 MiB") || f.contains("10.0 MiB of 12.0 MiB"))),
+        "the bar did not move with the parts of big.bin:\n{text:?}"
+    );
+    let logged: Vec<&String> = frames
+        .iter()
+        .filter(|f| f.contains("attempt failed; retrying"))
+        .collect();
+    assert!(!logged.is_empty(), "no retry logged:\n{text:?}");
+    for f in logged {
+        assert!(
+            !bar(f) && f.trim_start().starts_with(|c: char| c.is_ascii_digit()),
+            "a log line mixed with the bar: {f:?}"
+        );
+    }
+    let copied: Vec<&String> = frames
+        .iter()
+        .filter(|f| f.contains("s3://src/") && f.contains("copied "))
+        .collect();
+    assert_eq!(copied.len(), 2, "{text:?}");
+    for f in copied {
+        assert!(
+            f.starts_with("copied "),
+            "an item line mixed with the bar: {f:?}"
+        );
+    }
 }
 
 /// Streamed parts are read whole before they are written, so `--stream-buffer` bounds the
