@@ -197,6 +197,10 @@ pub struct ObjectsFn {
     queue: crate::objects::jobs::JobQueue,
     store: DynamoStore,
     ledger: crate::objects::uploads::DynamoLedger,
+    /// `TASKS_TABLE` (diff-objects): where a run's `{"task": NAME}` is read.
+    tasks_table: Option<String>,
+    dynamodb: aws_sdk_dynamodb::Client,
+    tally: crate::objects::suite::Tally,
 }
 
 impl ObjectsFn {
@@ -211,6 +215,7 @@ impl ObjectsFn {
         let table = env.required("TABLE_NAME");
         let uploads = env.required("UPLOADS_TABLE");
         let queue = env.required("JOB_QUEUE_URL");
+        let tasks_table = env.optional("TASKS_TABLE");
         env.finish()?;
         let secrets = aws_sdk_secretsmanager::Client::new(&aws);
         let mut problems = Vec::new();
@@ -253,6 +258,9 @@ impl ObjectsFn {
                 client: aws_sdk_dynamodb::Client::new(&aws),
                 table: uploads,
             },
+            tasks_table,
+            dynamodb: aws_sdk_dynamodb::Client::new(&aws),
+            tally: Default::default(),
             cfg,
         })
     }
@@ -265,6 +273,37 @@ impl ObjectsFn {
             queue: &self.queue,
             store: &self.store,
             ledger: &self.ledger,
+            task: None,
+            tally: &self.tally,
+        }
+    }
+
+    /// The objects task a diff round runs: the one the previous round carried, else the
+    /// one the execution input names, read from the tasks table; `None` for the stack's.
+    async fn task_for(
+        &self,
+        req: &crate::objects::suite::DiffRequest,
+    ) -> Result<Option<crate::objects::suite::TaskScope>, ItemError> {
+        use crate::retry::ErrorClass;
+        if let Some(s) = &req.scope {
+            return Ok(Some(s.clone()));
+        }
+        let Some(name) = req.task.as_deref() else {
+            return Ok(None);
+        };
+        let Some(table) = &self.tasks_table else {
+            return Err(ItemError::new(
+                ErrorClass::BadInput,
+                format!("the execution names task {name:?} but TASKS_TABLE is not set"),
+            ));
+        };
+        match crate::aws::task_store::get_task(&self.dynamodb, table, name).await {
+            Ok(Some(t)) => crate::objects::suite::TaskScope::of(&t).map(Some),
+            Ok(None) => Err(ItemError::new(
+                ErrorClass::BadInput,
+                format!("no task named {name:?} in the tasks table {table}"),
+            )),
+            Err(e) => Err(ItemError::new(ErrorClass::Retryable, e.to_string())),
         }
     }
 
@@ -281,7 +320,10 @@ impl ObjectsFn {
             .into_iter()
             .flatten()
             .min();
-        crate::objects::suite::diff_objects(req, &self.edges(), stop_at).await
+        let task = self.task_for(&req).await?;
+        let edges = self.edges();
+        let scoped = edges.scoped(task.as_ref())?;
+        crate::objects::suite::diff_objects(req, &edges.with(scoped.as_ref()), stop_at).await
     }
 
     /// `transfer-object`.
@@ -307,8 +349,8 @@ impl ObjectsFn {
 pub struct ConsoleFn;
 
 impl ConsoleFn {
-    /// `TASKS_TABLE`, `TABLE_NAME`, `IMAGES_STATE_MACHINE_ARN`, `SCHEDULE_GROUP`,
-    /// `SCHEDULER_ROLE_ARN`.
+    /// `TASKS_TABLE`, `TABLE_NAME`, `IMAGES_STATE_MACHINE_ARN`, `OBJECTS_STATE_MACHINE_ARN`
+    /// (optional: a stack without the objects half), `SCHEDULE_GROUP`, `SCHEDULER_ROLE_ARN`.
     pub async fn router_from_env() -> Result<axum::Router, ConfigError> {
         Self::router(Env::from_process(), &sdk_config().await)
     }
@@ -320,6 +362,7 @@ impl ConsoleFn {
         let tasks = env.required("TASKS_TABLE");
         let status = env.required("TABLE_NAME");
         let machine = env.required("IMAGES_STATE_MACHINE_ARN");
+        let objects_machine = env.optional("OBJECTS_STATE_MACHINE_ARN");
         let group = env.required("SCHEDULE_GROUP");
         let role = env.required("SCHEDULER_ROLE_ARN");
         env.finish()?;
@@ -334,11 +377,16 @@ impl ConsoleFn {
                 group,
                 role_arn: role,
                 images_machine: machine.clone(),
+                objects_machine: objects_machine.clone(),
             },
         };
         Ok(crate::console::router(crate::console::Console {
             tasks: Arc::new(store),
-            runner: Arc::new(SfnRunner::new(aws_sdk_sfn::Client::new(aws), machine)),
+            runner: Arc::new(SfnRunner::new(
+                aws_sdk_sfn::Client::new(aws),
+                machine,
+                objects_machine,
+            )),
             auth: Arc::new(crate::console::auth::Auth::authorizer()),
         }))
     }

@@ -640,8 +640,18 @@ pub async fn record_status(
             run.skipped = count(Status::Skipped);
             run.failed = count(Status::Failed) + count(Status::Planned);
             run.bytes = items.iter().map(|i| i.bytes).sum();
+            // A run ends once: a repeated step (a retry) counts nothing again.
+            let first_end = run.ended_at.is_none();
             run.ended_at = Some(Utc::now());
             store.put_run(&run).await?;
+            if first_end {
+                use crate::aws::metrics::{IMAGES_COPIED, IMAGES_FAILED, IMAGES_SKIPPED, emit};
+                emit(&[
+                    (IMAGES_COPIED, run.copied),
+                    (IMAGES_FAILED, run.failed),
+                    (IMAGES_SKIPPED, run.skipped),
+                ]);
+            }
             // Publish first, then mark the run notified: a publish that fails leaves the run
             // unmarked, so the retried step publishes again (a rare duplicate, when the mark
             // itself fails or two attempts race, beats a lost alarm).

@@ -1,5 +1,5 @@
 //! The console's edges on AWS: [`SfnRunner`] starts a task's run as an execution of the
-//! stack's image state machine with `{"task": NAME}`; [`Schedules`] keeps one EventBridge
+//! stack's state machine of its kind (images, or the objects diff) with `{"task": NAME}`; [`Schedules`] keeps one EventBridge
 //! Scheduler schedule per task (in the stack's schedule group, started with the stack's
 //! scheduler role, which may only start the stack's state machines); [`ScheduledTasks`]
 //! is the task store the console uses there: the DynamoDB store, with each create, update
@@ -8,6 +8,7 @@
 use crate::console::runner::{Live, Runner, StartError};
 use crate::status::StoreError;
 use crate::sync::new_run_id;
+use crate::tasks::run::Only;
 use crate::tasks::store::{ItemPage, TaskStore, TaskStoreError};
 use crate::tasks::{Kind, Task};
 use async_trait::async_trait;
@@ -29,30 +30,51 @@ pub fn execution_input(task: &str, only_lines: Option<&str>) -> serde_json::Valu
     input
 }
 
-fn refuse_objects(task: &Task) -> Option<String> {
-    (task.kind() == Kind::Objects).then(|| {
-        format!(
-            "task {:?} is an objects task: on AWS the objects functions copy the stack's buckets; run it with `transfer-hub serve` or `task run`",
-            task.name
-        )
-    })
+/// The most a retry's failed keys may take in an execution's input (Step Functions takes
+/// 256 KiB in all).
+pub const MAX_RETRY_KEYS_BYTES: usize = 200 * 1024;
+
+/// The stack's state machine that runs tasks of `kind`; an objects task on a stack
+/// without the objects half is refused by name.
+fn machine_for<'a>(
+    kind: Kind,
+    images: &'a str,
+    objects: Option<&'a str>,
+    task: &str,
+) -> Result<&'a str, String> {
+    match kind {
+        Kind::Images => Ok(images),
+        Kind::Objects => objects.ok_or_else(|| {
+            format!(
+                "task {task:?} is an objects task, and this stack has no objects state machine (deploy it with ObjectSourceBucket and ObjectDestBucket)"
+            )
+        }),
+    }
 }
 
-/// Runs as Step Functions executions of the stack's image state machine.
+/// Runs as Step Functions executions of the stack's state machines: images tasks on the
+/// image state machine, objects tasks on the objects-diff state machine.
 pub struct SfnRunner {
     pub client: aws_sdk_sfn::Client,
     /// `IMAGES_STATE_MACHINE_ARN`.
     pub images_machine: String,
+    /// `OBJECTS_STATE_MACHINE_ARN` (none when the stack has no objects half).
+    pub objects_machine: Option<String>,
     /// Runs this container started lately (run id, task): shown as waiting until the
     /// run's first function writes its record.
     started: Mutex<VecDeque<(String, String)>>,
 }
 
 impl SfnRunner {
-    pub fn new(client: aws_sdk_sfn::Client, images_machine: impl Into<String>) -> Self {
+    pub fn new(
+        client: aws_sdk_sfn::Client,
+        images_machine: impl Into<String>,
+        objects_machine: Option<String>,
+    ) -> Self {
         Self {
             client,
             images_machine: images_machine.into(),
+            objects_machine,
             started: Mutex::default(),
         }
     }
@@ -60,16 +82,39 @@ impl SfnRunner {
 
 #[async_trait]
 impl Runner for SfnRunner {
-    async fn start(&self, task: &Task, only_list: Option<String>) -> Result<String, StartError> {
-        if let Some(why) = refuse_objects(task) {
-            return Err(StartError::Refused(why));
-        }
-        // The execution's name is the run id (list-images records the run under it).
+    async fn start(&self, task: &Task, only: Option<Only>) -> Result<String, StartError> {
+        let machine = machine_for(
+            task.kind(),
+            &self.images_machine,
+            self.objects_machine.as_deref(),
+            &task.name,
+        )
+        .map_err(StartError::Refused)?;
+        // The execution's name is the run id (list-images records the run under it; the
+        // objects diff is told it in the input).
         let run_id = new_run_id();
-        let input = execution_input(&task.name, only_list.as_deref());
+        let (list, keys) = match only {
+            None => (None, None),
+            Some(Only::List(l)) => (Some(l), None),
+            Some(Only::Keys(k)) => (None, Some(k)),
+        };
+        let mut input = execution_input(&task.name, list.as_deref());
+        if task.kind() == Kind::Objects {
+            input["run_id"] = run_id.clone().into();
+            if let Some(keys) = keys {
+                // An execution's input holds 256 KiB: a longer retry diffs the whole task
+                // (which copies what still differs, the failed objects among them).
+                let text = serde_json::to_string(&keys).unwrap_or_default();
+                if text.len() <= MAX_RETRY_KEYS_BYTES {
+                    input["keys"] = keys.into();
+                } else {
+                    tracing::warn!(task = %task.name, keys = keys.len(), "too many failed keys for one execution's input; the retry diffs the whole task");
+                }
+            }
+        }
         self.client
             .start_execution()
-            .state_machine_arn(&self.images_machine)
+            .state_machine_arn(machine)
             .name(&run_id)
             .input(input.to_string())
             .send()
@@ -118,6 +163,8 @@ pub struct Schedules {
     pub role_arn: String,
     /// `IMAGES_STATE_MACHINE_ARN`.
     pub images_machine: String,
+    /// `OBJECTS_STATE_MACHINE_ARN`.
+    pub objects_machine: Option<String>,
 }
 
 fn remote(what: &str, e: impl std::fmt::Display) -> TaskStoreError {
@@ -128,16 +175,24 @@ fn remote(what: &str, e: impl std::fmt::Display) -> TaskStoreError {
 
 impl Schedules {
     /// Makes the task's schedule what the task says: created or updated (enabled or
-    /// disabled), or removed when the task has none (objects tasks have none on AWS).
+    /// disabled), or removed when the task has none. It starts the state machine of the
+    /// task's kind.
     pub async fn put(&self, t: &Task) -> Result<(), TaskStoreError> {
         use aws_sdk_scheduler::types::{
             FlexibleTimeWindow, FlexibleTimeWindowMode, ScheduleState, Target,
         };
-        let Some(expr) = t.schedule.as_deref().filter(|_| t.kind() == Kind::Images) else {
+        let Some(expr) = t.schedule.as_deref() else {
             return self.delete(&t.name).await;
         };
+        let machine = machine_for(
+            t.kind(),
+            &self.images_machine,
+            self.objects_machine.as_deref(),
+            &t.name,
+        )
+        .map_err(|why| TaskStoreError::Store(StoreError::Remote(why)))?;
         let target = Target::builder()
-            .arn(&self.images_machine)
+            .arn(machine)
             .role_arn(&self.role_arn)
             .input(execution_input(&t.name, None).to_string())
             .build()

@@ -11,8 +11,9 @@ pub mod pages;
 pub mod runner;
 
 use crate::status::ItemRecord;
+use crate::tasks::run::{Only, retry_keys, retry_list};
 use crate::tasks::store::{ItemPage, TaskStore, TaskStoreError};
-use crate::tasks::{Fields, Kind, Task, default_fields, run::retry_list};
+use crate::tasks::{Fields, Kind, Task, default_fields};
 use auth::{Auth, LOGIN_COOKIE, SESSION_COOKIE, random_token, same};
 use axum::Router;
 use axum::extract::{Form, Path, Query, State};
@@ -673,9 +674,13 @@ async fn retry_failed(
             Err(e) => return store_error(e),
         }
     }
-    // Objects have no item list: a new run copies what still differs, which is what failed.
-    let only = (t.kind() == Kind::Images).then(|| retry_list(t.source(), &failed));
-    match c.runner.start(&t, only).await {
+    // Just the failed items: an images task's failed images as a selection list, an
+    // objects task's failed keys.
+    let only = match t.kind() {
+        Kind::Images => Only::List(retry_list(t.source(), &failed)),
+        Kind::Objects => Only::Keys(retry_keys(t.source(), &failed)),
+    };
+    match c.runner.start(&t, Some(only)).await {
         Ok(new) => Redirect::to(&format!("/runs/{new}")).into_response(),
         Err(e) => (
             StatusCode::CONFLICT,

@@ -6,7 +6,7 @@ use crate::interrupt::{self, Stop, StopHandle};
 use crate::status::{ItemRecord, SqliteStore, Status};
 use crate::sync::{Progress, new_run_id};
 use crate::tasks::Task;
-use crate::tasks::run::{RunContext, run_task};
+use crate::tasks::run::{Only, RunContext, run_task};
 use crate::tasks::schedule::Schedule;
 use crate::tasks::store::TaskStore;
 use async_trait::async_trait;
@@ -40,8 +40,9 @@ pub struct Live {
 /// Starts task runs.
 #[async_trait]
 pub trait Runner: Send + Sync {
-    /// Starts a run of the task (only the images of `only_list`, when given); its run id.
-    async fn start(&self, task: &Task, only_list: Option<String>) -> Result<String, StartError>;
+    /// Starts a run of the task (only what `only` names, when given: "retry failed"); its
+    /// run id.
+    async fn start(&self, task: &Task, only: Option<Only>) -> Result<String, StartError>;
     /// The run of the task going now, if any.
     fn running(&self, task: &str) -> Option<String>;
     /// Progress of a run going now.
@@ -182,7 +183,7 @@ async fn due(
 
 #[async_trait]
 impl Runner for LocalRunner {
-    async fn start(&self, task: &Task, only_list: Option<String>) -> Result<String, StartError> {
+    async fn start(&self, task: &Task, only: Option<Only>) -> Result<String, StartError> {
         if *self.closed.lock().unwrap() {
             return Err(StartError::ShuttingDown);
         }
@@ -233,7 +234,7 @@ impl Runner for LocalRunner {
                 stop,
                 dry_run: false,
             };
-            match run_task(&task, &*store, &ctx, only_list).await {
+            match run_task(&task, &*store, &ctx, only).await {
                 Ok(r) => tracing::info!(
                     task = %task.name, run_id = %id, copied = r.run.copied,
                     skipped = r.run.skipped, failed = r.run.failed, "run finished"

@@ -385,6 +385,34 @@ impl Bucket {
         Box::pin(pages.flat_map(futures::stream::iter))
     }
 
+    /// One key (relative to the prefix) as the listing gives it, `None` when it does not
+    /// exist: one ListObjectsV2 with the key as prefix and one key back (so only
+    /// `s3:ListBucket` is needed, as for the listing, and size and ETag read as listed).
+    pub async fn listed(&self, rel: &str) -> Result<Option<Entry>, ItemError> {
+        let key = self.url.key(rel);
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.url.bucket)
+            .prefix(&key)
+            .max_keys(1)
+            .set_request_payer(self.payer())
+            .send()
+            .await
+            .map_err(|e| s3_error(&format!("listing {}", self.url.object(rel)), e))?;
+        // Keys come in order: the key itself, when it exists, is the first with its prefix.
+        Ok(out
+            .contents()
+            .first()
+            .filter(|o| o.key() == Some(key.as_str()))
+            .map(|o| Entry {
+                key: rel.to_string(),
+                size: o.size().unwrap_or(0).max(0) as u64,
+                etag: o.e_tag().map(bare_etag),
+                checksum: None,
+            }))
+    }
+
     /// HEAD of an object; `None` when it does not exist.
     pub async fn head(&self, rel: &str) -> Result<Option<Head>, ItemError> {
         let key = self.url.key(rel);

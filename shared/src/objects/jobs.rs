@@ -4,6 +4,7 @@
 
 use super::diff::Entry;
 use super::multipart::Part;
+use super::suite::TaskScope;
 use crate::retry::{ErrorClass, ItemError};
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +19,9 @@ pub enum Job {
         size: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         etag: Option<String>,
+        /// The objects task of the run (its prefixes and options; no credential).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        task: Option<Box<TaskScope>>,
     },
     /// Copy one part of an open upload.
     Part {
@@ -30,17 +34,25 @@ pub enum Job {
         number: u32,
         start: u64,
         len: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        task: Option<Box<TaskScope>>,
     },
 }
 
 impl Job {
-    pub fn object(run: &str, e: &Entry) -> Self {
+    pub fn object(run: &str, e: &Entry, task: Option<&TaskScope>) -> Self {
         Job::Object {
             run: run.to_string(),
             key: e.key.clone(),
             size: e.size,
             etag: e.etag.clone(),
+            task: task.cloned().map(Box::new),
         }
+    }
+    /// The objects task the job belongs to (`None`: the stack's configuration).
+    pub fn task(&self) -> Option<&TaskScope> {
+        let (Job::Object { task, .. } | Job::Part { task, .. }) = self;
+        task.as_deref()
     }
     pub fn entry(&self) -> Entry {
         let (Job::Object {
@@ -201,6 +213,7 @@ mod tests {
             number: 2,
             start: 5,
             len: 5,
+            task: None,
         };
         let text = serde_json::to_string(&j).unwrap();
         assert_eq!(Job::parse(&text).unwrap(), j);

@@ -39,6 +39,10 @@ pub struct ObjectsSpec {
     /// Object bytes streamed copies may hold in memory at once (each part, or small object,
     /// is read whole before it is written); at least one part is always let through.
     pub stream_buffer: u64,
+    /// Only these keys (relative to the prefixes; "retry failed"): each is looked up on
+    /// both sides (a one-key listing) instead of the buckets being listed whole, and decided as a listing
+    /// would have it. A key gone from the source is not copied.
+    pub only_keys: Option<Vec<String>>,
 }
 
 /// `--stream-buffer`'s default: 1 GiB.
@@ -125,7 +129,13 @@ pub async fn run_objects(
         edges.store.put_run(&run).await?;
     }
     let mut kept = Kept::default();
-    let first = pass(spec, edges, edges.src.list(), edges.dst.list(), &mut kept).await;
+    let first = match &spec.only_keys {
+        Some(keys) => {
+            let (s, d) = (looked_up(edges.src, keys), looked_up(edges.dst, keys));
+            pass(spec, edges, s, d, &mut kept).await
+        }
+        None => pass(spec, edges, edges.src.list(), edges.dst.list(), &mut kept).await,
+    };
     let counts = match first {
         Err(ObjectsError::Diff(DiffError::OutOfOrder {
             side,
@@ -197,6 +207,21 @@ pub async fn run_objects(
         run,
         items: kept.items,
     })
+}
+
+/// `keys` as a listing of `b` would give them: in key order, once each, those that exist
+/// ([`Bucket::listed`] each, 16 at once).
+pub(crate) fn looked_up<'a>(
+    b: &'a Bucket,
+    keys: &[String],
+) -> impl futures::Stream<Item = Result<Entry, ItemError>> + Unpin + 'a {
+    let keys: std::collections::BTreeSet<String> = keys.iter().cloned().collect();
+    Box::pin(
+        futures::stream::iter(keys)
+            .map(move |key| async move { b.listed(&key).await })
+            .buffered(16)
+            .filter_map(|r| async move { r.transpose() }),
+    )
 }
 
 /// Aborts the destination's open uploads that a run of ours started but never recorded:
@@ -530,6 +555,7 @@ async fn copy_object(
         opts: &spec.dest_opts,
         tags: spec.tags,
         remove_bad_copies: true,
+        task: None,
     };
     let single_limit = match spec.mode {
         Mode::Server => MAX_SINGLE,

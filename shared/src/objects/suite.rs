@@ -174,6 +174,181 @@ impl ObjectsConfig {
     }
 }
 
+/// An objects task as the AWS functions carry it: its name and settings as the tasks
+/// table held them when its run started (credentials by reference only, and on AWS none:
+/// see [`ObjectsConfig::for_task`]). It rides on the run's diff rounds, its jobs and its
+/// uploads, so every copy of a run uses the task as it was when the run began.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskScope {
+    pub name: String,
+    pub options: crate::tasks::ObjectsOptions,
+}
+
+impl TaskScope {
+    /// The scope of an objects task; an images task is refused by name.
+    pub fn of(t: &crate::tasks::Task) -> Result<Self, ItemError> {
+        match &t.spec {
+            crate::tasks::Spec::Objects(o) => Ok(Self {
+                name: t.name.clone(),
+                options: o.clone(),
+            }),
+            crate::tasks::Spec::Images(_) => Err(ItemError::new(
+                ErrorClass::BadInput,
+                format!(
+                    "task {:?}: kind: an images task; the objects state machine runs objects tasks",
+                    t.name
+                ),
+            )),
+        }
+    }
+}
+
+impl ObjectsConfig {
+    /// The configuration of one objects task run by the stack's functions: the task's
+    /// prefixes, comparison, copy mode, part size, threshold, storage class, tags and
+    /// requester-pays. The buckets, endpoints, regions and credentials stay the stack's:
+    /// the functions' roles reach the stack's two buckets (and the stack's source secret
+    /// and KMS key) and nothing else, so a task naming another bucket, endpoint, region,
+    /// KMS key or a profile (a file on one machine) is refused, naming every such field.
+    pub fn for_task(&self, t: &TaskScope) -> Result<ObjectsConfig, ItemError> {
+        let o = &t.options;
+        let mut problems = Vec::new();
+        let parse = |what: &str, text: &str, problems: &mut Vec<String>| match S3Url::parse(text) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                problems.push(format!("{what}: {e}"));
+                None
+            }
+        };
+        let source = parse("source", &o.source, &mut problems);
+        let dest = parse("dest", &o.dest, &mut problems);
+        let mut same = |what: &str, got: Option<&str>, stack: Option<&str>, param: &str| {
+            let norm = |v: Option<&str>| v.map(|x| x.trim().trim_end_matches('/').to_string());
+            if let Some(g) = got.filter(|g| !g.trim().is_empty())
+                && norm(Some(g)) != norm(stack)
+            {
+                problems.push(format!(
+                    "{what}: {g:?} is not the stack's {param} ({}); the functions' roles reach the stack's buckets only",
+                    stack.unwrap_or("none")
+                ));
+            }
+        };
+        if let Some(u) = &source {
+            same(
+                "source",
+                Some(&u.bucket),
+                Some(&self.source.bucket),
+                "ObjectSourceBucket",
+            );
+        }
+        if let Some(u) = &dest {
+            same(
+                "dest",
+                Some(&u.bucket),
+                Some(&self.dest.bucket),
+                "ObjectDestBucket",
+            );
+        }
+        let (se, de) = (&self.source_endpoint, &self.dest_endpoint);
+        same(
+            "source_endpoint",
+            o.source_endpoint.as_deref(),
+            se.url.as_deref(),
+            "ObjectSourceEndpoint",
+        );
+        same(
+            "dest_endpoint",
+            o.dest_endpoint.as_deref(),
+            de.url.as_deref(),
+            "destination endpoint",
+        );
+        same(
+            "source_region",
+            o.source_region.as_deref(),
+            se.region.as_deref(),
+            "ObjectSourceRegion",
+        );
+        same(
+            "dest_region",
+            o.dest_region.as_deref(),
+            de.region.as_deref(),
+            "destination region",
+        );
+        same(
+            "sse_kms_key",
+            o.sse_kms_key.as_deref(),
+            self.dest_opts.kms_key.as_deref(),
+            "ObjectDestKmsKeyArn",
+        );
+        for (what, p) in [
+            ("source_profile", &o.source_profile),
+            ("dest_profile", &o.dest_profile),
+        ] {
+            if let Some(p) = p {
+                problems.push(format!(
+                    "{what}: {p:?} is a profile on one machine; on AWS the functions' roles and the stack's secret sign (leave it empty)"
+                ));
+            }
+        }
+        let compare =
+            Compare::parse(&o.compare).map_err(|e| problems.push(format!("compare: {e}")));
+        let storage_class = match o.storage_class.as_deref().filter(|c| !c.is_empty()) {
+            None => Ok(None),
+            Some(c) => parse_storage_class(c).map(Some),
+        }
+        .map_err(|e| problems.push(format!("storage_class: {e}")));
+        let mode = match o.copy_mode.as_str() {
+            "server" => Ok(Mode::Server),
+            "stream" => Ok(Mode::Stream),
+            "auto" | "" => Ok(self.mode),
+            m => Err(problems.push(format!(
+                "copy_mode: unknown copy mode {m:?}; expected auto, server or stream"
+            ))),
+        };
+        if multipart::check_part_size(o.part_size).is_err() {
+            problems.push(format!(
+                "part_size: {} is outside 5242880..=5368709120 bytes",
+                o.part_size
+            ));
+        }
+        let (Some(source), Some(dest), Ok(compare), Ok(storage_class), Ok(mode), true) = (
+            source,
+            dest,
+            compare,
+            storage_class,
+            mode,
+            problems.is_empty(),
+        ) else {
+            return Err(ItemError::new(
+                ErrorClass::BadInput,
+                format!("task {:?}: {}", t.name, problems.join("; ")),
+            ));
+        };
+        let mut cfg = self.clone();
+        cfg.source = source;
+        cfg.dest = dest;
+        cfg.requester_pays = o.requester_pays;
+        cfg.compare = compare;
+        cfg.mode = mode;
+        cfg.part_size = o.part_size;
+        cfg.threshold = o.multipart_threshold;
+        cfg.tags = o.tags;
+        cfg.dest_opts = DestOptions {
+            storage_class,
+            kms_key: o.sse_kms_key.clone().filter(|k| !k.trim().is_empty()),
+        };
+        Ok(cfg)
+    }
+}
+
+/// The buckets and configuration of one objects task, over the stack's clients.
+pub struct Scoped {
+    pub cfg: ObjectsConfig,
+    pub src: Bucket,
+    pub dst: Bucket,
+    pub task: TaskScope,
+}
+
 /// The clients and tables the object functions work with.
 pub struct ObjectsEdges<'a> {
     pub cfg: &'a ObjectsConfig,
@@ -182,9 +357,75 @@ pub struct ObjectsEdges<'a> {
     pub queue: &'a JobQueue,
     pub store: &'a dyn StatusStore,
     pub ledger: &'a DynamoLedger,
+    /// The objects task these edges copy for (`None`: the stack's parameters).
+    pub task: Option<&'a TaskScope>,
+    /// What this invocation copied, for its metrics line.
+    pub tally: &'a Tally,
 }
 
-impl ObjectsEdges<'_> {
+/// What one invocation of transfer-object or check-multipart copied (its EMF line).
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub objects_copied: std::sync::atomic::AtomicU64,
+    pub objects_failed: std::sync::atomic::AtomicU64,
+    pub bytes_copied: std::sync::atomic::AtomicU64,
+}
+
+impl Tally {
+    fn add(n: &std::sync::atomic::AtomicU64, v: u64) {
+        n.fetch_add(v, std::sync::atomic::Ordering::Relaxed);
+    }
+    /// The counts so far as metric values, each reset to zero.
+    fn take(&self) -> Vec<(crate::aws::metrics::Metric, u64)> {
+        use crate::aws::metrics::{BYTES_COPIED, OBJECTS_COPIED, OBJECTS_FAILED};
+        use std::sync::atomic::Ordering::Relaxed;
+        vec![
+            (OBJECTS_COPIED, self.objects_copied.swap(0, Relaxed)),
+            (OBJECTS_FAILED, self.objects_failed.swap(0, Relaxed)),
+            (BYTES_COPIED, self.bytes_copied.swap(0, Relaxed)),
+        ]
+    }
+}
+
+impl<'a> ObjectsEdges<'a> {
+    /// The edges of one task (its configuration checked by [`ObjectsConfig::for_task`]),
+    /// or these (the stack's) for none.
+    pub fn scoped(&self, task: Option<&TaskScope>) -> Result<Option<Scoped>, ItemError> {
+        let Some(t) = task else { return Ok(None) };
+        let cfg = self.cfg.for_task(t)?;
+        Ok(Some(Scoped {
+            src: Bucket {
+                client: self.src.client.clone(),
+                url: cfg.source.clone(),
+                requester_pays: cfg.requester_pays,
+            },
+            dst: Bucket {
+                client: self.dst.client.clone(),
+                url: cfg.dest.clone(),
+                requester_pays: false,
+            },
+            cfg,
+            task: t.clone(),
+        }))
+    }
+
+    /// These edges with `s`'s buckets and configuration (the stack's when `None`).
+    pub fn with<'b>(&'b self, s: Option<&'b Scoped>) -> ObjectsEdges<'b>
+    where
+        'a: 'b,
+    {
+        match s {
+            None => ObjectsEdges { ..*self },
+            Some(s) => ObjectsEdges {
+                cfg: &s.cfg,
+                src: &s.src,
+                dst: &s.dst,
+                task: Some(&s.task),
+                ..*self
+            },
+        }
+    }
+
     fn transfer(&self) -> Transfer<'_> {
         Transfer {
             src: self.src,
@@ -193,6 +434,7 @@ impl ObjectsEdges<'_> {
             opts: &self.cfg.dest_opts,
             tags: self.cfg.tags,
             remove_bad_copies: false,
+            task: self.task,
         }
     }
     /// Remembers a verified copy whose ETag is not the source's (see
@@ -271,9 +513,17 @@ pub struct DiffSummary {
     /// Why this run did not start (the previous run's jobs still fill the queue).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deferred: Option<String>,
-    /// A task named by the execution input (`{"task": NAME}`): refused, see [`diff_objects`].
+    /// The objects task named by the execution input (`{"task": NAME}`): the run copies
+    /// what that task selects (read from the tasks table by the first round).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task: Option<String>,
+    /// The task as the first round read it; later rounds and the run's jobs carry it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<TaskScope>,
+    /// "Retry failed": only these keys (relative to the prefixes), looked up on both sides
+    /// instead of listed, in one round. Not handed on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keys: Option<Vec<String>>,
 }
 
 /// What `diff-objects` takes: the previous round's output, or `{}` for a new run.
@@ -293,19 +543,10 @@ pub async fn diff_objects(
     stop_at: Option<std::time::Instant>,
 ) -> Result<DiffSummary, ItemError> {
     let store_err = |x: StoreError| ItemError::new(ErrorClass::Retryable, x.to_string());
-    // The copies (transfer-object, check-multipart) read their buckets from the stack, and
-    // their jobs carry keys only: a task with buckets of its own would be listed here and
-    // copied there. Refused by name rather than run on the stack's parameters.
-    if let Some(t) = &req.task {
-        return Err(ItemError::new(
-            ErrorClass::BadInput,
-            format!(
-                "task {t:?}: objects tasks run with `transfer-hub serve` or `task run`; on AWS the objects functions copy the stack's buckets (start the execution with {{}})"
-            ),
-        ));
-    }
     let mut sum = req;
-    if sum.run_id.is_empty() {
+    sum.scope = e.task.cloned();
+    sum.task = e.task.map(|t| t.name.clone());
+    if sum.rounds == 0 {
         // A new run starts only when the previous one's copies are (nearly) done: a diff
         // over a queue still holding its jobs would queue most objects a second time.
         let queued = e.queue.depth().await?;
@@ -318,7 +559,10 @@ pub async fn diff_objects(
             sum.deferred = Some(why);
             return Ok(sum);
         }
-        sum.run_id = crate::sync::new_run_id();
+        if sum.run_id.is_empty() {
+            // The console names the run (the execution's name); a schedule does not.
+            sum.run_id = crate::sync::new_run_id();
+        }
     }
     let after = sum.next.take();
     let started = *sum.started_at.get_or_insert_with(Utc::now);
@@ -340,13 +584,31 @@ pub async fn diff_objects(
     };
     if after.is_none() {
         e.store.put_run(&run).await.map_err(store_err)?;
+        if let Some(t) = e.task {
+            e.store
+                .note_task(&run_id, &t.name)
+                .await
+                .map_err(store_err)?;
+        }
     }
     let rounds = sum.rounds;
-    let listed = (
-        e.src.list_after(after.as_deref()),
-        e.dst.list_after(after.as_deref()),
-    );
-    match queue_pass(listed.0, listed.1, e, &run_id, &mut sum, stop_at).await {
+    let passed = match sum.keys.take() {
+        Some(keys) => {
+            let (s, d) = (
+                super::run::looked_up(e.src, &keys),
+                super::run::looked_up(e.dst, &keys),
+            );
+            queue_pass(s, d, e, &run_id, &mut sum, None).await
+        }
+        None => {
+            let listed = (
+                e.src.list_after(after.as_deref()),
+                e.dst.list_after(after.as_deref()),
+            );
+            queue_pass(listed.0, listed.1, e, &run_id, &mut sum, stop_at).await
+        }
+    };
+    match passed {
         Ok(()) => {}
         Err(MergeError::Emit(err)) => return Err(err),
         Err(MergeError::Diff(d)) => {
@@ -443,7 +705,7 @@ where
                 let mut st = state.borrow_mut();
                 st.0.to_copy += 1;
                 st.0.bytes_to_copy += x.size;
-                st.1.push(Job::object(run_id, &x));
+                st.1.push(Job::object(run_id, &x, e.task));
                 (st.1.len() >= 100).then(|| std::mem::take(&mut st.1))
             });
             if let Some(jobs) = flush {
@@ -488,6 +750,10 @@ pub async fn transfer_batch(ev: SqsEvent, e: &ObjectsEdges<'_>) -> SqsBatchRespo
             resp.add_failure(id);
         }
     }
+    let tally = e.tally.take();
+    if tally.iter().any(|(_, v)| *v > 0) {
+        crate::aws::metrics::emit(&tally);
+    }
     resp
 }
 
@@ -519,6 +785,9 @@ async fn handle_message(body: &str, e: &ObjectsEdges<'_>) -> Result<(), ItemErro
         return first_err.map_or(Ok(()), Err);
     }
     let job = Job::parse(body)?;
+    // A job of a task's run copies as that task (checked again: a job is only input).
+    let scoped = e.scoped(job.task())?;
+    let e = &e.with(scoped.as_ref());
     match &job {
         Job::Object { .. } => object_job(&job, e.cfg.compare, e).await,
         Job::Part { upload_id, .. } => part_job(&job, upload_id, e).await,
@@ -551,6 +820,7 @@ async fn apply_event(w: EventWork, e: &ObjectsEdges<'_>) -> Result<(), ItemError
                         key: entry.key,
                         size: h.size,
                         etag: h.etag,
+                        task: None,
                     };
                     // An event says the object changed: a same-size copy is not enough.
                     object_job(&job, Compare::Etag, e).await
@@ -617,6 +887,13 @@ async fn object_job(job: &Job, compare: Compare, e: &ObjectsEdges<'_>) -> Result
             e.record(job.run(), &entry.key, entry.size, entry.etag.clone(), &r)
                 .await
                 .map_err(store_err)?;
+            match &r {
+                Ok(_) => {
+                    Tally::add(&e.tally.objects_copied, 1);
+                    Tally::add(&e.tally.bytes_copied, entry.size);
+                }
+                Err(_) => Tally::add(&e.tally.objects_failed, 1),
+            }
             e.remember(&entry, &r).await?;
             r.map(|_| ())
         }
@@ -651,6 +928,7 @@ async fn object_job(job: &Job, compare: Compare, e: &ObjectsEdges<'_>) -> Result
                     number: p.number,
                     start: p.start,
                     len: p.len,
+                    task: e.task.cloned().map(Box::new),
                 })
                 .collect();
             e.queue.send(&jobs).await
@@ -699,7 +977,9 @@ async fn part_job(job: &Job, upload_id: &str, e: &ObjectsEdges<'_>) -> Result<()
     e.ledger
         .part_done(&upload, part.number, &etag)
         .await
-        .map_err(store_err)
+        .map_err(store_err)?;
+    Tally::add(&e.tally.bytes_copied, part.len);
+    Ok(())
 }
 
 /// Whether the destination holds `entry` already: same size and, unless comparing by
@@ -750,6 +1030,7 @@ async fn replan(
                 key: key.to_string(),
                 size: h.size,
                 etag: h.etag,
+                task: e.task.cloned().map(Box::new),
             };
             e.queue.send(&[job]).await
         }
@@ -781,8 +1062,14 @@ pub async fn check_multipart(e: &ObjectsEdges<'_>) -> Result<CheckSummary, ItemE
     let mut sum = CheckSummary::default();
     let now = Utc::now();
     let open = e.ledger.open().await.map_err(store_err)?;
+    let open_uploads = open.len() as u64;
     for u in &open {
-        if let Err(x) = check_upload(u, now, e, &mut sum).await {
+        // An upload of a task's run completes (and is recorded) as that task.
+        let checked = match e.scoped(u.task.as_ref()) {
+            Ok(scoped) => check_upload(u, now, &e.with(scoped.as_ref()), &mut sum).await,
+            Err(x) => Err(x),
+        };
+        if let Err(x) = checked {
             sum.errors += 1;
             tracing::error!(object = %u.dest, upload_id = %u.upload_id, class = %x.class, error = %x.message, "checking this upload failed; the next pass tries again");
         }
@@ -818,6 +1105,10 @@ pub async fn check_multipart(e: &ObjectsEdges<'_>) -> Result<CheckSummary, ItemE
             }
         }
     }
+    let mut values = e.tally.take();
+    values.retain(|(m, _)| m.name != crate::aws::metrics::BYTES_COPIED.name);
+    values.push((crate::aws::metrics::OPEN_UPLOADS, open_uploads));
+    crate::aws::metrics::emit(&values);
     Ok(sum)
 }
 
@@ -850,13 +1141,17 @@ async fn check_upload(
     if parts.len() as u32 >= u.parts {
         let r = e.transfer().complete(&entry, u, parts).await;
         match &r {
-            Ok(_) => sum.completed += 1,
+            Ok(_) => {
+                sum.completed += 1;
+                Tally::add(&e.tally.objects_copied, 1);
+            }
             Err(x) if x.class == ErrorClass::Retryable => {
                 sum.waiting += 1;
                 return Ok(());
             }
             Err(_) => {
                 sum.failed += 1;
+                Tally::add(&e.tally.objects_failed, 1);
                 let _ = e
                     .dst
                     .abort_upload(&e.dst.url.key(&u.key), &u.upload_id)
@@ -875,7 +1170,7 @@ async fn check_upload(
             .abort_upload(&e.dst.url.key(&u.key), &u.upload_id)
             .await;
         e.ledger.finish(u).await.map_err(store_err)?;
-        e.queue.send(&[Job::object(&run, &entry)]).await?;
+        e.queue.send(&[Job::object(&run, &entry, e.task)]).await?;
         sum.replanned += 1;
     } else {
         sum.waiting += 1;
@@ -947,6 +1242,90 @@ mod config_tests {
         assert!(
             err.contains("COMPARE=\"md5\"") && err.contains("size, etag, checksum"),
             "{err}"
+        );
+    }
+
+    fn scope(source: &str, dest: &str, f: &[(&str, &str)]) -> TaskScope {
+        let mut fields = crate::tasks::default_fields(crate::tasks::Kind::Objects);
+        fields.insert("source".into(), source.into());
+        fields.insert("dest".into(), dest.into());
+        for (k, v) in f {
+            fields.insert(k.to_string(), v.to_string());
+        }
+        let t =
+            crate::tasks::Task::from_fields("t1", crate::tasks::Kind::Objects, &fields, Utc::now())
+                .unwrap();
+        TaskScope::of(&t).unwrap()
+    }
+
+    #[test]
+    fn a_task_on_aws_takes_its_prefixes_and_options_and_keeps_the_stacks_buckets() {
+        let (stack, ok) = config(&[
+            ("SOURCE_PREFIX", "in/"),
+            ("DEST_PREFIX", "out/"),
+            ("KMS_KEY", "arn:aws:kms:eu-west-1:1:key/k"),
+        ]);
+        ok.unwrap();
+        let t = scope(
+            "s3://src/photos/",
+            "s3://dst/copy/",
+            &[
+                ("compare", "etag"),
+                ("part_size", "8MiB"),
+                ("storage_class", "STANDARD_IA"),
+            ],
+        );
+        let cfg = stack.for_task(&t).unwrap();
+        assert_eq!(
+            (cfg.source.prefix.as_str(), cfg.dest.prefix.as_str()),
+            ("photos/", "copy/")
+        );
+        assert_eq!(
+            (cfg.source.bucket.as_str(), cfg.dest.bucket.as_str()),
+            ("src", "dst")
+        );
+        assert_eq!(cfg.compare, Compare::Etag);
+        assert_eq!(cfg.part_size, 8 << 20);
+        assert_eq!(
+            cfg.dest_opts.kms_key, None,
+            "the task's (none), not the stack's"
+        );
+        assert!(cfg.dest_opts.storage_class.is_some());
+        // Everything the roles cannot reach, named at once.
+        let bad = scope(
+            "s3://elsewhere/x/",
+            "s3://dst/copy/",
+            &[
+                ("source_endpoint", "https://s3.example.net"),
+                ("dest_profile", "prod"),
+                ("sse_kms_key", "arn:aws:kms:eu-west-1:1:key/other"),
+            ],
+        );
+        let e = stack.for_task(&bad).unwrap_err();
+        assert_eq!(e.class, ErrorClass::BadInput);
+        for want in [
+            "\"t1\"",
+            "source: \"elsewhere\"",
+            "ObjectSourceBucket",
+            "source_endpoint",
+            "dest_profile",
+            "sse_kms_key",
+        ] {
+            assert!(e.message.contains(want), "{want}: {}", e.message);
+        }
+        // An images task is not an objects task.
+        let mut f = crate::tasks::default_fields(crate::tasks::Kind::Images);
+        f.insert("source".into(), "127.0.0.1:5000".into());
+        f.insert("dest".into(), "127.0.0.1:5001".into());
+        f.insert("list".into(), "a:1".into());
+        let img =
+            crate::tasks::Task::from_fields("img", crate::tasks::Kind::Images, &f, Utc::now())
+                .unwrap();
+        assert!(
+            TaskScope::of(&img)
+                .unwrap_err()
+                .message
+                .contains("images task")
         );
     }
 }

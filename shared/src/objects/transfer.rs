@@ -43,6 +43,8 @@ pub struct Transfer<'a> {
     pub tags: bool,
     /// Delete a server-side copy that fails its check (see [`Transfer::remove_bad_copy`]).
     pub remove_bad_copies: bool,
+    /// The objects task this copy belongs to on AWS (kept with the uploads it opens).
+    pub task: Option<&'a super::suite::TaskScope>,
 }
 
 /// A ledger (status store) error, as a retryable item error.
@@ -421,6 +423,7 @@ impl Transfer<'_> {
             parts,
             started_at: chrono::Utc::now(),
             checksum,
+            task: self.task.cloned(),
         };
         let open = ledger.begin(&mine).await.map_err(ledger_error)?;
         if open.upload_id != upload_id {

@@ -30,6 +30,10 @@ pub struct Upload {
     /// its parts and its completion use it. Older records: FULL_OBJECT CRC32C.
     #[serde(default)]
     pub checksum: UploadSum,
+    /// The objects task whose run opened it (AWS: its prefixes and options, so
+    /// check-multipart completes it as that task). `None`: the stack's own, or the CLI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<super::suite::TaskScope>,
 }
 
 /// Keeps uploads and parts.
@@ -197,6 +201,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Upload> {
             .map(|t| t.with_timezone(&Utc))
             .unwrap_or_default(),
         checksum: UploadSum::from_text(r.get::<_, Option<String>>(8)?.as_deref()),
+        task: None,
     })
 }
 
@@ -226,6 +231,12 @@ fn upload_item(u: &Upload) -> Item {
     if let Some(e) = &u.source_etag {
         i.insert("source_etag".into(), s(e));
     }
+    if let Some(t) = &u.task {
+        i.insert(
+            "task".into(),
+            s(serde_json::to_string(t).expect("a task scope serializes")),
+        );
+    }
     i
 }
 
@@ -240,6 +251,12 @@ fn upload_from(i: &Item) -> Upload {
         parts: get_n(i, "parts") as u32,
         started_at: get_t(i, "started_at").unwrap_or_default(),
         checksum: UploadSum::from_text(get_s(i, "checksum").as_deref()),
+        // Written by us only; an unreadable one is the stack's (and logged).
+        task: get_s(i, "task").and_then(|t| {
+            serde_json::from_str(&t)
+                .inspect_err(|e| tracing::warn!(error = %e, "an upload's task is not readable"))
+                .ok()
+        }),
     }
 }
 
@@ -560,6 +577,7 @@ mod tests {
                 algo: super::super::checksum::Algo::Crc64Nvme,
                 composite: false,
             },
+            task: None,
         };
         assert_eq!(st.begin(&u).await.unwrap().upload_id, "u1");
         // The upload keeps its algorithm (a resumed run completes with it).

@@ -43,28 +43,65 @@ pub struct RunContext<'a> {
     pub dry_run: bool,
 }
 
-/// Runs a task, linking the run to it first.
+/// What a run of "retry failed" runs again, instead of the task's whole selection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Only {
+    /// An images task: this selection list ([`retry_list`]).
+    List(String),
+    /// An objects task: these keys, relative to the source prefix ([`retry_keys`]).
+    Keys(Vec<String>),
+}
+
+/// Runs a task, linking the run to it first (only what `only` names, when given).
 pub async fn run_task(
     task: &Task,
     tasks: &dyn TaskStore,
     ctx: &RunContext<'_>,
-    only_list: Option<String>,
+    only: Option<Only>,
 ) -> Result<SyncReport, RunError> {
     if !ctx.dry_run {
         tasks
             .note_run(&task.name, &ctx.run_id, chrono::Utc::now())
             .await?;
     }
-    match &task.spec {
-        Spec::Images(o) => {
+    match (&task.spec, only) {
+        (Spec::Images(o), None) => run_images(o, ctx).await,
+        (Spec::Images(o), Some(Only::List(list))) => {
             let mut o = o.clone();
-            if let Some(list) = only_list {
-                o.selection = ImageSelection::List(list);
-            }
+            o.selection = ImageSelection::List(list);
             run_images(&o, ctx).await
         }
-        Spec::Objects(o) => run_objects(o, ctx).await,
+        (Spec::Objects(o), None) => run_objects(o, ctx).await,
+        (Spec::Objects(o), Some(Only::Keys(keys))) => {
+            let started = chrono::Utc::now();
+            let r = objects(o, ctx, Some(keys)).await;
+            settle(ctx, RunKind::Objects, (&o.source, &o.dest), started, r).await
+        }
+        (Spec::Images(_), Some(Only::Keys(_))) | (Spec::Objects(_), Some(Only::List(_))) => {
+            Err(config(format!(
+                "task {:?}: a retry of another kind of task than this {} task",
+                task.name,
+                task.kind()
+            )))
+        }
     }
+}
+
+/// The keys of "retry failed" for an objects task: each failed object's key relative to
+/// the task's source (`s3://bucket/prefix/`), in key order, once each.
+pub fn retry_keys(source: &str, failed: &[ItemRecord]) -> Vec<String> {
+    let base = match crate::objects::run::parse_url(source) {
+        Ok(u) => u.object(""),
+        Err(_) => return Vec::new(),
+    };
+    let keys: BTreeSet<String> = failed
+        .iter()
+        .filter(|i| i.status == Status::Failed)
+        .filter_map(|i| i.source.strip_prefix(&base))
+        .filter(|k| !k.is_empty())
+        .map(str::to_string)
+        .collect();
+    keys.into_iter().collect()
 }
 
 /// The selection list of "retry failed": one line per failed image, written relative to
@@ -216,7 +253,7 @@ pub async fn run_images(o: &ImagesOptions, ctx: &RunContext<'_>) -> Result<SyncR
 /// `objects sync` with these settings; a fatal error is recorded as for [`run_images`].
 pub async fn run_objects(o: &ObjectsOptions, ctx: &RunContext<'_>) -> Result<SyncReport, RunError> {
     let started = chrono::Utc::now();
-    let r = objects(o, ctx).await;
+    let r = objects(o, ctx, None).await;
     settle(ctx, RunKind::Objects, (&o.source, &o.dest), started, r).await
 }
 
@@ -400,7 +437,11 @@ async fn images(o: &ImagesOptions, ctx: &RunContext<'_>) -> Result<SyncReport, R
     Ok(report)
 }
 
-async fn objects(o: &ObjectsOptions, ctx: &RunContext<'_>) -> Result<SyncReport, RunError> {
+async fn objects(
+    o: &ObjectsOptions,
+    ctx: &RunContext<'_>,
+    only_keys: Option<Vec<String>>,
+) -> Result<SyncReport, RunError> {
     use crate::objects::bucket::{
         Bucket, CredentialSource, DestOptions, Endpoint, client_of, load_config,
         parse_storage_class,
@@ -498,6 +539,7 @@ async fn objects(o: &ObjectsOptions, ctx: &RunContext<'_>) -> Result<SyncReport,
         dry_run: ctx.dry_run,
         spill_dir: None,
         stream_buffer: o.stream_buffer,
+        only_keys,
     };
     let edges = ObjectEdges {
         src: &src,
@@ -541,5 +583,19 @@ mod tests {
             retry_list("127.0.0.1:5000/team", &items),
             "app:1\nquay.io/org/x:2\n"
         );
+        // Objects: each failed key relative to the source, in order, once; a key with a
+        // newline or spaces stays whole.
+        let items = [
+            item("s3://src/data/z.txt", Status::Failed),
+            item("s3://src/data/ok.txt", Status::Copied),
+            item("s3://src/data/a b\nc", Status::Failed),
+            item("s3://src/data/z.txt", Status::Failed),
+            item("s3://other/data/x", Status::Failed),
+        ];
+        assert_eq!(
+            retry_keys("s3://src/data", &items),
+            ["a b\nc".to_string(), "z.txt".to_string()]
+        );
+        assert_eq!(retry_keys("s3://src/data/", &items).len(), 2);
     }
 }

@@ -622,6 +622,7 @@ fn record_status_keeps_the_newest_result_and_sends_one_message_per_failed_run() 
         ))
         .unwrap();
 
+    hub_core::aws::metrics::capture();
     let first = aws
         .rt
         .block_on(handlers::record_status(
@@ -649,6 +650,23 @@ fn record_status_keeps_the_newest_result_and_sends_one_message_per_failed_run() 
     assert_eq!(
         again["notified"], false,
         "a repeated run record sends nothing"
+    );
+    // The run's metrics: one embedded-metric-format line, as the spec says, written once
+    // (the repeated step counts nothing twice on the dashboard).
+    let lines = hub_core::aws::metrics::captured();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let declared = hub_core::aws::metrics::check_line(&lines[0]).unwrap();
+    let names: Vec<&str> = declared.iter().map(|(_, n, _)| n.as_str()).collect();
+    assert_eq!(names, ["ImagesCopied", "ImagesFailed", "ImagesSkipped"]);
+    assert!(
+        declared
+            .iter()
+            .all(|(ns, _, dims)| ns == "TransferHub" && dims == &["Stack"])
+    );
+    let line: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(
+        (line["ImagesCopied"].as_u64(), line["ImagesFailed"].as_u64()),
+        (Some(1), Some(1))
     );
     let (_, items) = aws
         .rt

@@ -855,3 +855,165 @@ fn serve_goes_on_serving_when_its_stdout_is_closed() {
     assert!(out.status.success(), "{:?}: {stderr}", out.status);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// "Retry failed" on an objects task's run starts a run of just the failed keys: here one
+/// object whose source reads were refused (403) in the first run. Before the retry the
+/// source changes (another object's bytes, and a new object); a whole run would copy those
+/// too, the retry copies only the failed one (each key looked up on both sides, not listed).
+#[test]
+fn retry_failed_of_an_objects_run_copies_just_the_failed_keys() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let s3 = S3::start(&["task-src", "task-dst"]);
+    let refuse_b = Arc::new(AtomicBool::new(true));
+    let refusing = refuse_b.clone();
+    let forbidden = b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>".to_vec();
+    let proxy = hub_tests::s3_rig::StrictS3::start_with(
+        &s3.moto.endpoint,
+        Arc::new(move |req: &str, status, body| {
+            let first = req.lines().next().unwrap_or_default();
+            if refusing.load(Ordering::SeqCst)
+                && first.starts_with("GET ")
+                && first.contains("/task-src/data/b.txt")
+            {
+                (403, vec![], forbidden.clone())
+            } else {
+                (status, vec![], body)
+            }
+        }),
+    );
+    for (k, v) in [
+        ("a.txt", "alpha"),
+        ("b.txt", "beta"),
+        ("sub/c.txt", "gamma"),
+    ] {
+        s3.put("task-src", &format!("data/{k}"), v.as_bytes());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.db");
+    let env = s3.moto.env(REGION);
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let ep = proxy.endpoint().to_string();
+    let r = task(
+        &state,
+        &[
+            "add",
+            "backup",
+            "--kind",
+            "objects",
+            "s3://task-src/data",
+            "s3://task-dst/backup",
+            "--source-endpoint",
+            &ep,
+            "--dest-endpoint",
+            &ep,
+            "--copy-mode",
+            "stream",
+            "--compare",
+            "etag",
+            "--retries",
+            "0",
+        ],
+        &env_refs,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let password = "retry the failed ones";
+    let mut serve_env = env.clone();
+    serve_env.push(("TRANSFER_HUB_CONSOLE_PASSWORD".into(), password.into()));
+    let serve = Serve::start(&state, &serve_env);
+    let http = no_redirects();
+    let base = serve.base.clone();
+    let (nonce_cookie, nonce) = login_form(&http, &base);
+    let r = http
+        .post(format!("{base}/login"))
+        .header("cookie", &nonce_cookie)
+        .form(&[("csrf", nonce.as_str()), ("password", password)])
+        .send()
+        .unwrap();
+    let (session, _) = set_cookie(&r, "th_session").expect("a session");
+    let page = |path: &str| {
+        http.get(format!("{base}{path}"))
+            .header("cookie", &session)
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    };
+    let body = page("/tasks/backup");
+    let csrf = body
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+    let post = |path: &str| {
+        let r = http
+            .post(format!("{base}{path}"))
+            .header("cookie", &session)
+            .form(&[("csrf", csrf.as_str())])
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 303, "{path}");
+        r.headers()["location"].to_str().unwrap().to_string()
+    };
+    let finished = |run: &str| {
+        for _ in 0..600 {
+            let body = page(run);
+            let result = body
+                .split("id=\"result\">")
+                .nth(1)
+                .and_then(|s| s.split('<').next())
+                .unwrap_or_default()
+                .to_string();
+            if !result.is_empty() && result != "running" {
+                return (result, body);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("{run} did not finish");
+    };
+    let first = post("/tasks/backup/run");
+    let (result, body) = finished(&first);
+    assert_eq!(result, "failed", "{body}");
+    let mut keys = s3.keys("task-dst");
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["backup/a.txt", "backup/sub/c.txt"],
+        "b.txt was refused"
+    );
+
+    // The cause is fixed; meanwhile the source changed elsewhere.
+    refuse_b.store(false, Ordering::SeqCst);
+    s3.put("task-src", "data/a.txt", b"ALPHA");
+    s3.put("task-src", "data/new.txt", b"new since");
+    let retry = post(&format!("{first}/retry"));
+    assert_ne!(retry, first);
+    let (result, body) = finished(&retry);
+    assert_eq!(result, "in sync", "{body}");
+    assert!(body.contains("<td id=\"copied\">1</td>"), "{body}");
+    let mut keys = s3.keys("task-dst");
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["backup/a.txt", "backup/b.txt", "backup/sub/c.txt"],
+        "the failed key copied, the new object not"
+    );
+    let get = |key: &str| {
+        let o = s3
+            .rt
+            .block_on(s3.client.get_object().bucket("task-dst").key(key).send())
+            .unwrap();
+        s3.rt.block_on(o.body.collect()).unwrap().to_vec()
+    };
+    assert_eq!(get("backup/b.txt"), b"beta");
+    assert_eq!(
+        get("backup/a.txt"),
+        b"alpha",
+        "a.txt was not failed: not copied again"
+    );
+    // The retry's run lists just that object.
+    assert!(body.contains("s3://task-src/data/b.txt"), "{body}");
+    assert!(!body.contains("s3://task-src/data/a.txt"), "{body}");
+    drop(serve);
+}

@@ -467,3 +467,173 @@ fn the_console_lambda_makes_a_tasks_schedule_starts_its_run_removes_the_schedule
     let (status, _, _) = call(event("GET", "/tasks/web", None, claims(), &[]));
     assert_eq!(status, 404);
 }
+
+/// On a stack with the objects half, an objects task made in the console gets a schedule
+/// that starts the objects-diff state machine, and its run now starts an execution of that
+/// state machine (not the images one), named by the run id, with `{"task": NAME}` and the
+/// run id diff-objects records the run under. The console's role may start the stack's two
+/// state machines and nothing else.
+#[test]
+fn the_console_lambda_runs_an_objects_task_on_the_objects_state_machine() {
+    use hub_tests::iam::{ACCOUNT, Deployment, IamMoto};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let iam = IamMoto::start("console_aws-the_console_lambda_runs_an_objects_task");
+    let admin = rt.block_on(iam.admin_config(REGION));
+    let sfn = aws_sdk_sfn::Client::new(&admin);
+    let scheduler = aws_sdk_scheduler::Client::new(&admin);
+    let machine = |name: &'static str| {
+        let sfn = sfn.clone();
+        async move {
+            sfn.create_state_machine()
+                .name(name)
+                .definition(r#"{"StartAt":"P","States":{"P":{"Type":"Pass","End":true}}}"#)
+                .role_arn(format!("arn:aws:iam::{ACCOUNT}:role/sfn"))
+                .send()
+                .await
+                .unwrap()
+                .state_machine_arn()
+                .to_string()
+        }
+    };
+    let (images, objects) = rt.block_on(async {
+        aws_fixtures::tasks_table(&admin, "tasks").await;
+        aws_fixtures::status_table(&admin, "status").await;
+        scheduler
+            .create_schedule_group()
+            .name("th-tasks")
+            .send()
+            .await
+            .unwrap();
+        (machine("images").await, machine("objects-diff").await)
+    });
+    let scheduler_role = format!("arn:aws:iam::{ACCOUNT}:role/th-scheduler");
+    let deployment = Deployment::new(REGION)
+        .param("ObjectSourceBucket", "src")
+        .param("ObjectDestBucket", "dst")
+        .table("TasksTable", "tasks")
+        .table("StatusTable", "status")
+        .resource("ImagesStateMachine", &images, &images)
+        .resource("ObjectsDiffStateMachine", &objects, &objects)
+        .resource(
+            "ConsoleScheduleGroup",
+            "th-tasks",
+            &format!("arn:aws:scheduler:{REGION}:{ACCOUNT}:schedule-group/th-tasks"),
+        )
+        .resource("ConsoleSchedulerRole", "th-scheduler", &scheduler_role);
+    let conf = rt.block_on(iam.config(&iam.role("ConsoleRole", &deployment), REGION));
+    let env = hub_core::config::Env::from_map(
+        [
+            ("TASKS_TABLE", "tasks"),
+            ("TABLE_NAME", "status"),
+            ("IMAGES_STATE_MACHINE_ARN", images.as_str()),
+            ("OBJECTS_STATE_MACHINE_ARN", objects.as_str()),
+            ("SCHEDULE_GROUP", "th-tasks"),
+            ("SCHEDULER_ROLE_ARN", scheduler_role.as_str()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+    );
+    let router = hub_core::functions::ConsoleFn::router(env, &conf).unwrap();
+    let claims = || Some(serde_json::json!({"sub": "u-1", "email": "ops@example.com"}));
+    let call = |req: lambda_http::Request| {
+        let r = rt
+            .block_on(hub_core::console::lambda::handle(router.clone(), req))
+            .unwrap();
+        let status = r.status().as_u16();
+        let location = r
+            .headers()
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = String::from_utf8_lossy(r.body().as_ref()).into_owned();
+        (status, location, body)
+    };
+    let (status, _, page) = call(event("GET", "/tasks/new?kind=objects", None, claims(), &[]));
+    assert_eq!(status, 200, "{page}");
+    let csrf = csrf_of(&page);
+    let mut f: Vec<(String, String)> = default_fields(Kind::Objects).into_iter().collect();
+    for (k, v) in [
+        ("csrf", csrf.as_str()),
+        ("kind", "objects"),
+        ("name", "photos"),
+        ("source", "s3://src/photos/"),
+        ("dest", "s3://dst/photos-copy/"),
+        ("schedule", "rate(6 hours)"),
+    ] {
+        f.push((k.into(), v.into()));
+    }
+    let (status, location, body) = call(event(
+        "POST",
+        "/tasks/new",
+        Some(&serde_urlencoded::to_string(f).unwrap()),
+        claims(),
+        &[],
+    ));
+    assert_eq!(
+        (status, location.as_deref()),
+        (303, Some("/tasks/photos")),
+        "{body}"
+    );
+    let s = rt
+        .block_on(
+            scheduler
+                .get_schedule()
+                .group_name("th-tasks")
+                .name("photos")
+                .send(),
+        )
+        .expect("the objects task's schedule exists");
+    assert_eq!(s.schedule_expression(), Some("rate(6 hours)"));
+    assert_eq!(
+        s.target().unwrap().arn(),
+        objects,
+        "the objects state machine"
+    );
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(s.target().unwrap().input().unwrap()).unwrap(),
+        serde_json::json!({"task": "photos"})
+    );
+
+    let (status, location, body) = call(event(
+        "POST",
+        "/tasks/photos/run",
+        Some(&format!("csrf={csrf}")),
+        claims(),
+        &[],
+    ));
+    assert_eq!(status, 303, "{body}");
+    let run_id = location
+        .unwrap()
+        .strip_prefix("/runs/")
+        .unwrap()
+        .to_string();
+    let list = |arn: &str| {
+        rt.block_on(sfn.list_executions().state_machine_arn(arn).send())
+            .unwrap()
+            .executions()
+            .to_vec()
+    };
+    assert!(list(&images).is_empty(), "not the images state machine");
+    let execs = list(&objects);
+    assert_eq!(execs.len(), 1);
+    assert_eq!(execs[0].name(), run_id);
+    let d = rt
+        .block_on(
+            sfn.describe_execution()
+                .execution_arn(execs[0].execution_arn())
+                .send(),
+        )
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(d.input().unwrap()).unwrap(),
+        serde_json::json!({"task": "photos", "run_id": run_id})
+    );
+    // What diff-objects reads from it: the task, and the run to record.
+    let req: hub_core::objects::suite::DiffRequest =
+        serde_json::from_str(d.input().unwrap()).unwrap();
+    assert_eq!(
+        (req.task.as_deref(), req.run_id.as_str()),
+        (Some("photos"), run_id.as_str())
+    );
+    assert!(iam.denied().is_empty(), "{:?}", iam.denied());
+}

@@ -196,6 +196,7 @@ impl Suite {
             .table("UploadsTable", "uploads")
             .queue("JobQueue", &self.queue)
             .queue("JobDeadLetterQueue", &self.dlq)
+            .table("TasksTable", "tasks")
             // The tests hand transfer-object S3 notifications too.
             .param("ObjectEvents", "true");
         for (var, param) in [
@@ -349,6 +350,28 @@ impl Suite {
             self.iam.denied()
         );
         let got = self.get("dst", &format!("out/{key}")).unwrap();
+        assert_eq!(
+            Md5::digest(&got),
+            Md5::digest(source),
+            "the completed object equals the source"
+        );
+        assert_eq!(self.open_uploads(), 0, "no upload is left open");
+    }
+
+    /// Runs check-multipart with `f`: exactly one upload completes, into `dest_key` with
+    /// the bytes of `source`, and no upload is left open.
+    fn completes_at(&self, f: &Fns, dest_key: &str, source: &[u8]) {
+        let sum = self
+            .rt
+            .block_on(f.check(event("check-multipart.json")))
+            .unwrap();
+        assert_eq!(
+            sum.completed,
+            1,
+            "{sum:?}; refused calls: {:?}",
+            self.iam.denied()
+        );
+        let got = self.get("dst", dest_key).unwrap();
         assert_eq!(
             Md5::digest(&got),
             Md5::digest(source),
@@ -1211,6 +1234,7 @@ fn finishing_an_upload_of_sixty_parts_leaves_no_part_item() {
         parts: 60,
         started_at: chrono::Utc::now(),
         checksum: Default::default(),
+        task: None,
     };
     let (a, b) = (
         upload("s3://dst/out/a", "u-a"),
@@ -1559,4 +1583,203 @@ fn multipart_copies_on_aws_keep_a_crc64nvme_or_composite_sources_checksum() {
         assert_eq!((sum.to_copy, sum.in_sync), (0, 2), "{mode}: {sum:?}");
         assert!(s.receive(&s.queue).records.is_empty(), "{mode}");
     }
+}
+
+/// An objects task as the console saves it: `source`, `dest` and the fields given, the
+/// rest the CLI's defaults.
+fn objects_task(
+    name: &str,
+    source: &str,
+    dest: &str,
+    extra: &[(&str, &str)],
+) -> hub_core::tasks::Task {
+    use hub_core::tasks::{Kind, Task, default_fields};
+    let mut f = default_fields(Kind::Objects);
+    f.insert("source".into(), source.into());
+    f.insert("dest".into(), dest.into());
+    for (k, v) in extra {
+        f.insert(k.to_string(), v.to_string());
+    }
+    Task::from_fields(name, Kind::Objects, &f, chrono::Utc::now()).unwrap()
+}
+
+/// A run of an objects task on AWS (`{"task": NAME}`, as the console's run now and the
+/// task's schedule start it): diff-objects reads the task from the tasks table and the run
+/// copies what the task selects, where it says, with its options (here compare by ETag
+/// and its own part size and threshold), not what the stack's parameters say; its jobs
+/// and its upload carry the task, so transfer-object and check-multipart (which have no
+/// access to the tasks table) copy and complete as the task. The run record carries the
+/// task's name. A task naming a bucket the roles cannot reach is refused by name.
+#[test]
+fn an_objects_task_run_copies_what_the_task_selects_not_the_stack_parameters() {
+    use hub_core::tasks::store::TaskStore as _;
+    let s = Suite::start(
+        "objects_aws-an_objects_task_run_copies_what_the_task_selects_not_the_stack_parameters",
+    );
+    s.rt.block_on(aws_fixtures::tasks_table(&s.conf, "tasks"));
+    let store = hub_core::aws::task_store::DynamoTaskStore::new(
+        aws_sdk_dynamodb::Client::new(&s.conf),
+        "tasks",
+        "status",
+    );
+    // The stack selects in/ → out/; the task selects task-in/ → task-out/.
+    s.put("in/stack.txt", b"the stack's object");
+    let big = data(7 * MIB + 11, 5);
+    let objects: Vec<(&str, Vec<u8>)> = vec![
+        ("same-size.txt", b"the task's bytes".to_vec()),
+        ("new.txt", b"another of the task's objects".to_vec()),
+        ("big.bin", big.clone()),
+    ];
+    for (k, b) in &objects {
+        s.put(&format!("task-in/{k}"), b);
+    }
+    // Same size, other bytes: in sync by size (the stack's COMPARE), not by ETag (the task's).
+    s.rt.block_on(
+        s.s3.put_object()
+            .bucket("dst")
+            .key("task-out/same-size.txt")
+            .body(ByteStream::from(b"THE TASK'S BYTES".to_vec()))
+            .send(),
+    )
+    .unwrap();
+    let task = objects_task(
+        "nightly-objects",
+        "s3://src/task-in/",
+        "s3://dst/task-out/",
+        &[
+            ("compare", "etag"),
+            ("part_size", "5MiB"),
+            ("multipart_threshold", "6MiB"),
+        ],
+    );
+    s.rt.block_on(store.create(&task)).unwrap();
+    hub_core::aws::metrics::capture();
+    // The stack's own threshold would copy big.bin in one request.
+    let f = s.function(&[
+        ("TASKS_TABLE", "tasks"),
+        ("MULTIPART_THRESHOLD", &(64 * MIB).to_string()),
+    ]);
+    let input: hub_core::objects::suite::DiffRequest = serde_json::from_value(
+        serde_json::json!({"task": "nightly-objects", "run_id": "run-nightly-1"}),
+    )
+    .unwrap();
+    let sum =
+        s.rt.block_on(f.diff(input, 0))
+            .unwrap_or_else(|e| panic!("{e:?}; refused: {:?}", s.iam.denied()));
+    assert_eq!(sum.run_id, "run-nightly-1", "the run the console named");
+    assert_eq!((sum.to_copy, sum.in_sync), (3, 0), "{sum:?}");
+    // transfer-object: the object jobs, then the big object's part jobs.
+    let mut parts = 0;
+    for round in 0..5 {
+        let ev = s.receive(&s.queue);
+        if ev.records.is_empty() {
+            break;
+        }
+        for b in Suite::bodies(&ev) {
+            let text = b.to_string();
+            assert!(
+                !text.contains("testing") && !text.contains("src-keys"),
+                "no credential on a job: {text}"
+            );
+            assert_eq!(b["task"]["name"], "nightly-objects", "{text}");
+            if b["kind"] == "part" {
+                parts += 1;
+            }
+        }
+        assert!(round < 4, "jobs keep coming");
+        s.handled(&f, ev.clone());
+        s.ack(&s.queue, &ev, &[]);
+    }
+    assert_eq!(parts, 2, "7 MiB in the task's 5 MiB parts");
+    s.completes_at(&f, "task-out/big.bin", &big);
+    for (k, b) in &objects {
+        assert_eq!(
+            s.get("dst", &format!("task-out/{k}")).as_deref(),
+            Some(b.as_slice()),
+            "the task's {k} at the task's destination"
+        );
+    }
+    let listed =
+        s.rt.block_on(s.s3.list_objects_v2().bucket("dst").prefix("out/").send())
+            .unwrap();
+    assert_eq!(
+        listed.key_count(),
+        Some(0),
+        "the stack's selection was not what ran"
+    );
+    assert_eq!(
+        s.rt.block_on(store.task_of("run-nightly-1"))
+            .unwrap()
+            .as_deref(),
+        Some("nightly-objects"),
+        "the run carries its task's name"
+    );
+    let items =
+        s.rt.block_on(store.items(
+            "run-nightly-1",
+            &hub_core::tasks::store::ItemPage {
+                failed_only: false,
+                after: None,
+                limit: 100,
+            },
+        ))
+        .unwrap();
+    let mut sources: Vec<&str> = items.iter().map(|i| i.source.as_str()).collect();
+    sources.sort();
+    assert_eq!(
+        sources,
+        ["s3://src/task-in/new.txt", "s3://src/task-in/same-size.txt"],
+        "the small copies recorded under the run (big.bin under check-multipart's)"
+    );
+
+    // The functions' metrics (EMF lines, as the spec says): the task's objects and bytes,
+    // and the upload open while its parts were done.
+    let lines = hub_core::aws::metrics::captured();
+    let mut sums: HashMap<String, u64> = HashMap::new();
+    let mut open_seen = Vec::new();
+    for l in &lines {
+        for (ns, name, dims) in hub_core::aws::metrics::check_line(l).unwrap() {
+            assert_eq!(
+                (ns.as_str(), dims),
+                ("TransferHub", vec!["Stack".to_string()])
+            );
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let n = v[&name].as_u64().unwrap();
+            if name == "OpenUploads" {
+                open_seen.push(n);
+            } else {
+                *sums.entry(name).or_default() += n;
+            }
+        }
+    }
+    let bytes: u64 = objects.iter().map(|(_, b)| b.len() as u64).sum();
+    assert_eq!(sums.get("BytesCopied"), Some(&bytes), "{lines:?}");
+    assert_eq!(sums.get("ObjectsCopied"), Some(&3), "{lines:?}");
+    assert_eq!(sums.get("ObjectsFailed").copied().unwrap_or(0), 0);
+    assert_eq!(
+        open_seen,
+        [1],
+        "check-multipart's pass saw the one open upload"
+    );
+
+    // A task naming a bucket the stack's roles cannot reach is refused, naming the field.
+    let elsewhere = objects_task(
+        "elsewhere",
+        "s3://another-bucket/x/",
+        "s3://dst/task-out/",
+        &[("source_profile", "prod")],
+    );
+    s.rt.block_on(store.create(&elsewhere)).unwrap();
+    let input = serde_json::from_value(serde_json::json!({"task": "elsewhere"})).unwrap();
+    let err = s.rt.block_on(f.diff(input, 0)).unwrap_err();
+    assert_eq!(err.class, hub_core::retry::ErrorClass::BadInput);
+    assert!(
+        err.message.contains("another-bucket")
+            && err.message.contains("ObjectSourceBucket")
+            && err.message.contains("source_profile"),
+        "{}",
+        err.message
+    );
+    assert!(s.receive(&s.queue).records.is_empty(), "nothing queued");
+    assert!(s.iam.denied().is_empty(), "{:?}", s.iam.denied());
 }

@@ -155,3 +155,133 @@ fn sam_build_makes_an_arm64_bootstrap_for_every_function() {
         assert_eq!(elf_machine(&bootstrap), 183, "{f} is not built for arm64");
     }
 }
+
+/// The dashboard in template.yaml (resolved by tests/dashboard.py as CloudFormation would
+/// deploy it) shows what the issue asks for, and only metrics that exist: each TransferHub
+/// metric is one the functions emit (hub_core::aws::metrics::ALL: the namespace, the name
+/// and the one dimension Stack, whose value is the METRICS_STACK the functions are given),
+/// each SQS metric names the stack's job queue or dead-letter queue, and each Lambda
+/// metric one of the stack's functions, every function included. Without the objects half
+/// the dashboard shows the image widgets alone.
+#[test]
+fn the_dashboard_shows_only_metrics_the_functions_emit_or_the_stacks_resources_have() {
+    use hub_core::aws::metrics;
+    let (ok, text) = run(hub_tests::tool("python3").arg(root().join("tests/dashboard.py")));
+    assert!(ok, "{text}");
+    let d: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let stack = d["metrics_stack"].as_str().unwrap();
+    assert_eq!(
+        stack,
+        d["stack"].as_str().unwrap(),
+        "METRICS_STACK is the stack's name"
+    );
+    let queue = d["queues"]["JobQueue"].as_str().unwrap();
+    let dlq = d["queues"]["JobDeadLetterQueue"].as_str().unwrap();
+    let functions: Vec<&str> = d["functions"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    // (namespace, name, [(dimension, value)], title, period, stat) per metric shown.
+    let shown = |body: &serde_json::Value| {
+        let mut out = Vec::new();
+        for w in body["widgets"].as_array().unwrap() {
+            let p = &w["properties"];
+            for m in p["metrics"].as_array().unwrap() {
+                let m: Vec<&str> = m
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|x| x.as_str())
+                    .collect();
+                let dims: Vec<(String, String)> = m[2..]
+                    .chunks(2)
+                    .map(|c| (c[0].to_string(), c[1].to_string()))
+                    .collect();
+                out.push((
+                    m[0].to_string(),
+                    m[1].to_string(),
+                    dims,
+                    p["title"].as_str().unwrap().to_string(),
+                    p["period"].as_u64().unwrap(),
+                    p["stat"].as_str().unwrap().to_string(),
+                ));
+            }
+        }
+        out
+    };
+    let all = shown(&d["objects"]);
+    for (ns, name, dims, title, _, _) in &all {
+        match ns.as_str() {
+            metrics::NAMESPACE => {
+                assert!(
+                    metrics::ALL.iter().any(|m| m.name == name),
+                    "{title}: {ns}/{name} is not a metric the functions emit ({:?})",
+                    metrics::ALL.iter().map(|m| m.name).collect::<Vec<_>>()
+                );
+                assert_eq!(
+                    dims,
+                    &[(metrics::STACK_DIMENSION.to_string(), stack.to_string())],
+                    "{title}: {name} with the dimensions it is emitted with"
+                );
+            }
+            "AWS/SQS" => {
+                assert_eq!(dims.len(), 1, "{title}");
+                assert_eq!(dims[0].0, "QueueName", "{title}");
+                assert!(
+                    [queue, dlq].contains(&dims[0].1.as_str()),
+                    "{title}: {dims:?}"
+                );
+            }
+            "AWS/Lambda" => {
+                assert_eq!(name, "Errors", "{title}");
+                assert_eq!(dims[0].0, "FunctionName", "{title}");
+                assert!(functions.contains(&dims[0].1.as_str()), "{title}: {dims:?}");
+            }
+            other => panic!("{title}: namespace {other}"),
+        }
+    }
+    let has = |ns: &str, name: &str, dim: Option<&str>, per_minute: bool| {
+        all.iter().any(|(n, m, dims, _, period, stat)| {
+            n == ns
+                && m == name
+                && dim.is_none_or(|v| dims.iter().any(|(_, x)| x == v))
+                && (!per_minute || (*period == 60 && stat == "Sum"))
+        })
+    };
+    let th = metrics::NAMESPACE;
+    assert!(has(th, "ImagesCopied", None, false) && has(th, "ImagesFailed", None, false));
+    assert!(has(th, "ObjectsCopied", None, true), "objects per minute");
+    assert!(has(th, "BytesCopied", None, true), "bytes per minute");
+    assert!(has(th, "OpenUploads", None, false));
+    assert!(has(
+        "AWS/SQS",
+        "ApproximateNumberOfMessagesVisible",
+        Some(queue),
+        false
+    ));
+    assert!(has(
+        "AWS/SQS",
+        "ApproximateAgeOfOldestMessage",
+        Some(queue),
+        false
+    ));
+    assert!(has(
+        "AWS/SQS",
+        "ApproximateNumberOfMessagesVisible",
+        Some(dlq),
+        false
+    ));
+    for f in &functions {
+        assert!(has("AWS/Lambda", "Errors", Some(f), false), "errors of {f}");
+    }
+    let images_only = shown(&d["images_only"]);
+    assert!(!images_only.is_empty());
+    assert!(
+        images_only
+            .iter()
+            .all(|(ns, name, ..)| ns != "AWS/SQS" && !name.starts_with("Objects")),
+        "no object widgets without the objects half"
+    );
+}
