@@ -15,7 +15,7 @@ use crate::sync::Prepare;
 use crate::workflow::{Diff, DispatchInput, ListRequest, Listed, RecordRequest};
 
 async fn sdk_config() -> aws_config::SdkConfig {
-    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+    crate::aws::sdk::load().await
 }
 
 /// Shared clients of `list-images` and `find-diff`.

@@ -29,7 +29,7 @@ async fn main() -> anyhow::Result<()> {
         handle.stop(why);
     });
     let cfg = WorkerConfig::from_env(Env::from_process())?;
-    let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let aws = hub_core::aws::sdk::load().await;
     let secrets = aws_sdk_secretsmanager::Client::new(&aws);
     let sfn = Sfn(aws_sdk_sfn::Client::new(&aws));
     // A failed copy was reported to the state machine: the task itself succeeded.

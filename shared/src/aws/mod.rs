@@ -2,4 +2,5 @@
 
 pub mod console;
 pub mod ecs_runner;
+pub mod sdk;
 pub mod task_store;

@@ -62,7 +62,7 @@ pub async fn load_config(
     ep: &Endpoint,
     secrets: Option<&aws_sdk_secretsmanager::Client>,
 ) -> Result<aws_config::SdkConfig, ItemError> {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    let mut loader = crate::aws::sdk::loader();
     if let Some(r) = &ep.region {
         loader = loader.region(aws_config::Region::new(r.clone()));
     }
