@@ -9,9 +9,9 @@ use anyhow::{Context, Result, anyhow};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use hub_core::interrupt::{self, Stop};
 use hub_core::objects::diff::Compare;
-use hub_core::registry::Location;
+use hub_core::images::registry::Location;
 use hub_core::status::{RunKind, SqliteStore, StatusStore};
-use hub_core::sync::{SyncReport, new_run_id};
+use hub_core::images::sync::{SyncReport, new_run_id};
 use hub_core::tasks::run::{self, RunContext, RunError};
 use hub_core::tasks::{ImageSelection, ImagesOptions, ObjectsOptions};
 use std::num::NonZeroUsize;
@@ -744,7 +744,7 @@ async fn status(a: StatusArgs) -> Result<ExitCode> {
         )));
     };
     match a.output {
-        OutputFormat::Json => print_json(&hub_core::sync::SyncReport { run, items })?,
+        OutputFormat::Json => print_json(&hub_core::images::sync::SyncReport { run, items })?,
         OutputFormat::Text => {
             for i in &items {
                 output::print_item(i, false, a.long);

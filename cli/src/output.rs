@@ -3,7 +3,7 @@
 
 use chrono::Utc;
 use hub_core::status::{ItemRecord, RunRecord, Status};
-use hub_core::sync::Progress;
+use hub_core::images::sync::Progress;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::Path;

@@ -10,7 +10,7 @@ use anyhow::{Result, anyhow};
 use clap::parser::ValueSource;
 use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
 use hub_core::status::SqliteStore;
-use hub_core::sync::new_run_id;
+use hub_core::images::sync::new_run_id;
 use hub_core::tasks::run::{RunContext, run_task};
 use hub_core::tasks::store::TaskStore;
 use hub_core::tasks::{Fields, Kind, Task, default_fields};

@@ -8,7 +8,7 @@ use crate::{Route, aws_fixtures};
 use aws_lambda_events::event::sqs::SqsEvent;
 use base64::Engine as _;
 use hub_core::config::Env;
-use hub_core::functions::ObjectsFn;
+use hub_core::aws::functions::ObjectsFn;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

@@ -6,8 +6,8 @@
 //! or SIGINT kills the copy, removes the auth file and reports the copy failed (`Retryable`).
 use hub_core::config::Env;
 use hub_core::interrupt;
-use hub_core::task_report::Sfn;
-use hub_core::worker::{WorkerConfig, run_until};
+use hub_core::images::task_report::Sfn;
+use hub_core::images::worker::{WorkerConfig, run_until};
 use tokio::signal::unix::{SignalKind, signal};
 
 #[tokio::main]

@@ -2,7 +2,7 @@
 //! HTTP API whose Cognito JWT authorizer is the login. Env: TASKS_TABLE, TABLE_NAME,
 //! IMAGES_STATE_MACHINE_ARN, SCHEDULE_GROUP, SCHEDULER_ROLE_ARN.
 use hub_core::console::lambda::handle;
-use hub_core::functions::ConsoleFn;
+use hub_core::aws::functions::ConsoleFn;
 use lambda_http::{Request, service_fn};
 
 #[tokio::main]

@@ -7,7 +7,7 @@
 
 use crate::console::runner::{Live, Runner, StartError};
 use crate::status::StoreError;
-use crate::sync::new_run_id;
+use crate::images::sync::new_run_id;
 use crate::tasks::store::{ItemPage, TaskStore, TaskStoreError};
 use crate::tasks::{Kind, Task};
 use async_trait::async_trait;
@@ -322,7 +322,7 @@ mod tests {
             serde_json::json!({"task": "web", "images": ["a:1", "b:2"]})
         );
         // What list-images reads.
-        let input: crate::workflow::RunInput =
+        let input: crate::images::workflow::RunInput =
             serde_json::from_value(execution_input("web", Some("a:1"))).unwrap();
         assert_eq!(input.task.as_deref(), Some("web"));
     }

@@ -3,7 +3,7 @@
 //! carry the image and the token, never a credential: the worker fetches those itself.
 
 use crate::retry::{ErrorClass, ItemError};
-use crate::workflow::{CopyTask, DispatchRequest};
+use crate::images::workflow::{CopyTask, DispatchRequest};
 use async_trait::async_trait;
 use aws_sdk_ecs::types::{
     AssignPublicIp, AwsVpcConfiguration, ContainerOverride, KeyValuePair, LaunchType,

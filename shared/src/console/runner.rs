@@ -4,7 +4,7 @@
 
 use crate::interrupt::{self, Stop, StopHandle};
 use crate::status::{ItemRecord, SqliteStore, Status};
-use crate::sync::{Progress, new_run_id};
+use crate::images::sync::{Progress, new_run_id};
 use crate::tasks::Task;
 use crate::tasks::run::{RunContext, run_task};
 use crate::tasks::schedule::Schedule;

@@ -6,7 +6,7 @@ use super::checksum::{self, Algo, Checksum};
 use super::diff::Entry;
 use super::url::S3Url;
 use crate::retry::{ErrorClass, ItemError};
-use crate::secrets::{self, SecretCredentials};
+use crate::aws::secrets::{self, SecretCredentials};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::primitives::ByteStream;

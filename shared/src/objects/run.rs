@@ -13,7 +13,7 @@ use super::url::S3Url;
 use crate::interrupt::{Stop, interrupted};
 use crate::retry::{ErrorClass, ItemError, RetryPolicy, with_retries_until};
 use crate::status::{ItemRecord, RunRecord, Status, StatusStore, StoreError};
-use crate::sync::{Progress, SyncReport};
+use crate::images::sync::{Progress, SyncReport};
 use chrono::Utc;
 use futures::StreamExt;
 use std::path::PathBuf;

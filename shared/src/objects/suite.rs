@@ -317,7 +317,7 @@ pub async fn diff_objects(
             sum.deferred = Some(why);
             return Ok(sum);
         }
-        sum.run_id = crate::sync::new_run_id();
+        sum.run_id = crate::images::sync::new_run_id();
     }
     let after = sum.next.take();
     let started = *sum.started_at.get_or_insert_with(Utc::now);

@@ -15,8 +15,8 @@ pub mod run;
 pub mod schedule;
 pub mod store;
 
-use crate::registry::Location;
-use crate::selection::{LineError, parse_list};
+use crate::images::registry::Location;
+use crate::images::selection::{LineError, parse_list};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -5,16 +5,16 @@
 
 use super::store::{TaskStore, TaskStoreError};
 use super::{ImageSelection, ImagesOptions, ObjectsOptions, Spec, Task};
-use crate::authfile::{Credentials, default_auth_file};
-use crate::copy::Skopeo;
-use crate::ecr::{self, Ecr, EcrRepos, RepoSettings};
+use crate::images::authfile::{Credentials, default_auth_file};
+use crate::images::copy::Skopeo;
+use crate::images::ecr::{self, Ecr, EcrRepos, RepoSettings};
 use crate::interrupt::Stop;
 use crate::objects::uploads::UploadLedger;
-use crate::registry::{HttpRegistry, Location};
+use crate::images::registry::{HttpRegistry, Location};
 use crate::retry::RetryPolicy;
-use crate::selection::parse_list;
+use crate::images::selection::parse_list;
 use crate::status::{ItemRecord, RunKind, RunRecord, RunResult, Status, StatusStore, StoreError};
-use crate::sync::{Edges, Prepare, Progress, Selecting, SyncReport, SyncSpec, run_sync_until};
+use crate::images::sync::{Edges, Prepare, Progress, Selecting, SyncReport, SyncSpec, run_sync_until};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;

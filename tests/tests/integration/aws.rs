@@ -6,15 +6,15 @@
 
 use hub_core::aws::ecs_runner::{EcsRunner, EcsSettings};
 use hub_core::config::Env;
-use hub_core::ecr::{self, Ecr, EcrRepos, Registries};
-use hub_core::handlers::{self, DiffEdges, ImagesConfig, ListEdges};
-use hub_core::list_source::Ssm;
-use hub_core::notify::Sns;
-use hub_core::offload::{self, S3Blobs};
-use hub_core::registry::HttpRegistry;
+use hub_core::images::ecr::{self, Ecr, EcrRepos, Registries};
+use hub_core::images::suite::{self, DiffEdges, ImagesConfig, ListEdges};
+use hub_core::images::list_source::Ssm;
+use hub_core::aws::notify::Sns;
+use hub_core::aws::offload::{self, S3Blobs};
+use hub_core::images::registry::HttpRegistry;
 use hub_core::status::dynamodb::DynamoStore;
 use hub_core::status::{Status, StatusStore};
-use hub_core::workflow::{DispatchRequest, ListRequest, Listed, RecordRequest};
+use hub_core::images::workflow::{DispatchRequest, ListRequest, Listed, RecordRequest};
 use hub_tests::iam::{Deployment, IamMoto};
 use hub_tests::{OciImage, RegistryServer, aws_fixtures, event, transfer_hub_bin, write_authfile};
 use std::collections::HashMap;
@@ -516,12 +516,12 @@ fn a_timed_out_copy_has_its_task_stopped_and_no_other() {
     });
     // The sample stop input, as the state machine sends it.
     let stop = match serde_json::from_value(event("dispatch-fargate-stop.json")).unwrap() {
-        hub_core::workflow::DispatchInput::Stop(s) => s,
+        hub_core::images::workflow::DispatchInput::Stop(s) => s,
         other => panic!("the stop sample parsed as {other:?}"),
     };
     assert!(matches!(
         serde_json::from_value(event("dispatch-fargate.json")).unwrap(),
-        hub_core::workflow::DispatchInput::Start(_)
+        hub_core::images::workflow::DispatchInput::Start(_)
     ));
     let out = aws
         .rt
@@ -764,7 +764,7 @@ fn list_images_and_find_diff_log_in_to_the_destination_with_its_secret() {
 struct SnsDown;
 
 #[async_trait::async_trait]
-impl hub_core::notify::Notifier for SnsDown {
+impl hub_core::aws::notify::Notifier for SnsDown {
     async fn publish(&self, _: &str, _: &str) -> Result<(), hub_core::retry::ItemError> {
         Err(hub_core::retry::ItemError::new(
             hub_core::retry::ErrorClass::Retryable,

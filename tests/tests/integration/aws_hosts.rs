@@ -4,14 +4,14 @@
 //! foreign registry keeps every request it got, so the tests prove no login reached it.
 
 use hub_core::config::Env;
-use hub_core::ecr::Registries;
-use hub_core::handlers::{self, DiffEdges, ImagesConfig, ListEdges};
-use hub_core::list_source::Ssm;
-use hub_core::offload::S3Blobs;
-use hub_core::registry::HttpRegistry;
+use hub_core::images::ecr::Registries;
+use hub_core::images::suite::{self, DiffEdges, ImagesConfig, ListEdges};
+use hub_core::images::list_source::Ssm;
+use hub_core::aws::offload::S3Blobs;
+use hub_core::images::registry::HttpRegistry;
 use hub_core::status::StatusStore;
 use hub_core::status::dynamodb::DynamoStore;
-use hub_core::workflow::{ListRequest, Listed};
+use hub_core::images::workflow::{ListRequest, Listed};
 use hub_tests::{
     Body, FakeRegistry, MotoServer, OciImage, RegistryServer, Reply, aws_fixtures, event,
     transfer_hub_bin,
@@ -178,9 +178,9 @@ fn list_images_refuses_lines_naming_an_unconfigured_registry_unless_it_is_allowe
     let cfg = aws.config(&src.addr, &format!("{ECR_HOST}/mirror"), &[]);
     let forged = Listed {
         run_id: "foreign-3".into(),
-        images: hub_core::workflow::Batch {
+        images: hub_core::images::workflow::Batch {
             count: 1,
-            items: Some(vec![hub_core::workflow::ImageJob {
+            items: Some(vec![hub_core::images::workflow::ImageJob {
                 source: format!("{}/other/app:1", foreign.addr),
                 dest: format!("{ECR_HOST}/mirror/other/app:1"),
             }]),

@@ -1,24 +1,24 @@
 //! The AWS functions of the image suite. Each `functions/<name>` binary reads its config,
 //! builds its clients and calls one handler here. Handlers translate payloads
-//! ([`crate::workflow`]) and call the same pure planning code as the CLI; errors carry the
+//! ([`crate::images::workflow`]) and call the same pure planning code as the CLI; errors carry the
 //! stable class name as the Lambda error type, which the state machine's Retry/Catch match.
 
 use crate::aws::ecs_runner::TaskRunner;
 use crate::config::{ConfigError, Env};
-use crate::ecr::{self, Ecr, Registries};
-use crate::hosts::{self, HostRules};
-use crate::list_source::ParameterStore;
-use crate::notify::Notifier;
-use crate::offload::{self, BlobStore};
-use crate::plan::{self, Action, Unplannable, Wanted};
-use crate::registry::{HttpRegistry, Location, Registry};
+use crate::images::ecr::{self, Ecr, Registries};
+use crate::images::hosts::{self, HostRules};
+use crate::images::list_source::ParameterStore;
+use crate::aws::notify::Notifier;
+use crate::aws::offload::{self, BlobStore};
+use crate::images::plan::{self, Action, Unplannable, Wanted};
+use crate::images::registry::{HttpRegistry, Location, Registry};
 use crate::retry::{ErrorClass, ItemError, RetryPolicy};
-use crate::secrets::{self, SecretCredentials};
-use crate::selection::parse_list;
+use crate::aws::secrets::{self, SecretCredentials};
+use crate::images::selection::parse_list;
 use crate::status::{ItemRecord, RunRecord, Status, StatusStore, StoreError};
-use crate::sync::{self, Prepare, Selecting, SyncSpec};
+use crate::images::sync::{self, Prepare, Selecting, SyncSpec};
 use crate::tasks::{ImageSelection, Spec, Task};
-use crate::workflow::{
+use crate::images::workflow::{
     CopyTask, Diff, DispatchRequest, ImageJob, ListRequest, Listed, RecordRequest, RunSummary,
     StopRequest, image_name,
 };

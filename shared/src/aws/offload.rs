@@ -3,7 +3,7 @@
 
 use crate::retry::aws_error;
 use crate::retry::{ErrorClass, ItemError};
-use crate::workflow::{Batch, INLINE_LIMIT_BYTES, S3Pointer};
+use crate::images::workflow::{Batch, INLINE_LIMIT_BYTES, S3Pointer};
 use async_trait::async_trait;
 use serde::Serialize;
 use serde::de::DeserializeOwned;

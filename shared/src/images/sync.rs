@@ -4,10 +4,10 @@
 //! against real registries from the CLI and, later, inside the AWS functions.
 
 use crate::interrupt::{Stop, interrupted};
-use crate::plan::{self, Action, ImageName, Observation, TagListings, Unplannable, Wanted};
-use crate::registry::{Location, Registry};
+use crate::images::plan::{self, Action, ImageName, Observation, TagListings, Unplannable, Wanted};
+use crate::images::registry::{Location, Registry};
 use crate::retry::{ErrorClass, ItemError, RetryPolicy, with_retries};
-use crate::selection::{Selection, TagSpec};
+use crate::images::selection::{Selection, TagSpec};
 use crate::status::{ItemRecord, RunRecord, RunResult, Status, StatusStore, StoreError};
 use async_trait::async_trait;
 use chrono::Utc;
@@ -62,7 +62,7 @@ impl Progress for Silent {}
 /// The edges a run talks through.
 pub struct Edges<'a> {
     pub registry: &'a dyn Registry,
-    pub copier: &'a dyn crate::copy::Copier,
+    pub copier: &'a dyn crate::images::copy::Copier,
     pub store: &'a dyn StatusStore,
     pub prepare: Option<&'a dyn Prepare>,
     pub progress: &'a dyn Progress,
@@ -105,7 +105,7 @@ pub async fn run_sync(spec: &SyncSpec, edges: &Edges<'_>) -> Result<SyncReport, 
 /// are abandoned, copies in flight are killed, copies not started do not start; every
 /// image not finished is recorded as interrupted and the run record is closed, so a re-run
 /// copies exactly what is missing. The copier must hear the same `stop` (see
-/// [`crate::copy::Skopeo::with_stop`]).
+/// [`crate::images::copy::Skopeo::with_stop`]).
 pub async fn run_sync_until(
     spec: &SyncSpec,
     edges: &Edges<'_>,
@@ -319,7 +319,7 @@ async fn copy_one(
     spec: &SyncSpec,
     edges: &Edges<'_>,
     w: &Wanted,
-    digest: &crate::reference::Digest,
+    digest: &crate::images::reference::Digest,
     stop: &Stop,
 ) -> (Result<(String, u64), ItemError>, u32) {
     // Copy exactly the digest the plan read, not whatever the tag names by now: skopeo then
@@ -329,7 +329,7 @@ async fn copy_one(
         digest: Some(digest.clone()),
         ..w.source.clone()
     };
-    let (copied, attempts) = crate::copy::copy_with_retries(
+    let (copied, attempts) = crate::images::copy::copy_with_retries(
         edges.copier,
         edges.registry,
         &spec.retry,
@@ -446,7 +446,7 @@ async fn untagged(
     repos: &[String],
 ) -> (Vec<Wanted>, Vec<Unplannable>) {
     let host = spec.source.host.clone();
-    let lists: Vec<(String, Result<Vec<crate::reference::Digest>, ItemError>)> =
+    let lists: Vec<(String, Result<Vec<crate::images::reference::Digest>, ItemError>)> =
         stream::iter(repos)
             .map(|repo| {
                 let host = host.clone();

@@ -1,18 +1,18 @@
 //! One struct per AWS function: `from_env` reads the configuration and builds the clients
-//! once per container; `handle` runs one invocation through [`crate::handlers`]. The binaries
+//! once per container; `handle` runs one invocation through [`crate::images::suite`]. The binaries
 //! in `functions/` are a few lines around these.
 
 use crate::aws::ecs_runner::{EcsRunner, EcsSettings};
 use crate::config::{ConfigError, Env};
-use crate::ecr::{self, Ecr, EcrRepos};
-use crate::handlers::{self, DiffEdges, ImagesConfig, ListEdges};
-use crate::list_source::Ssm;
-use crate::notify::Sns;
-use crate::offload::S3Blobs;
+use crate::images::ecr::{self, Ecr, EcrRepos};
+use crate::images::suite::{self, DiffEdges, ImagesConfig, ListEdges};
+use crate::images::list_source::Ssm;
+use crate::aws::notify::Sns;
+use crate::aws::offload::S3Blobs;
 use crate::retry::ItemError;
 use crate::status::dynamodb::DynamoStore;
-use crate::sync::Prepare;
-use crate::workflow::{Diff, DispatchInput, ListRequest, Listed, RecordRequest};
+use crate::images::sync::Prepare;
+use crate::images::workflow::{Diff, DispatchInput, ListRequest, Listed, RecordRequest};
 
 async fn sdk_config() -> aws_config::SdkConfig {
     crate::aws::sdk::load().await

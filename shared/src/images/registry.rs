@@ -5,8 +5,8 @@
 //! Registries on 127.0.0.0/8, `[::1]` and `localhost` are plain HTTP (the Docker
 //! convention); any other host only when named as insecure.
 
-use crate::authfile::{Credentials, Login};
-use crate::reference::{Digest, validate_domain, validate_path};
+use crate::images::authfile::{Credentials, Login};
+use crate::images::reference::{Digest, validate_domain, validate_path};
 use crate::retry::{ErrorClass, ItemError};
 use async_trait::async_trait;
 use reqwest::{Method, StatusCode, header};

@@ -2,7 +2,7 @@
 //! with the digests or failure with the error class as the error name.
 
 use crate::retry::ItemError;
-use crate::workflow::CopyResult;
+use crate::images::workflow::CopyResult;
 use async_trait::async_trait;
 
 /// Reports on a Step Functions task token.

@@ -3,10 +3,10 @@
 //! file. Its error text is classified ([`ErrorClass::from_copy_output`]) and scrubbed of
 //! secrets before it goes anywhere.
 
-use crate::authfile::{AuthFileError, Credentials, TempAuthFile};
+use crate::images::authfile::{AuthFileError, Credentials, TempAuthFile};
 use crate::interrupt::{Stop, interrupted};
-use crate::plan::ImageName;
-use crate::registry::{HttpRegistry, Part, Registry};
+use crate::images::plan::ImageName;
+use crate::images::registry::{HttpRegistry, Part, Registry};
 use crate::retry::{ErrorClass, ItemError, RetryPolicy, with_progress_retries_until, with_retries};
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -35,7 +35,7 @@ pub trait Copier: Send + Sync {
 /// checked after the copy as always.
 ///
 /// An ECR side is asked through ECR's registry protocol with the ECR login token (see
-/// [`crate::ecr::Registries`]). Where the destination cannot be asked (a source manifest
+/// [`crate::images::ecr::Registries`]). Where the destination cannot be asked (a source manifest
 /// that cannot be read), every failure counts, as before. The same for the CLI's sync and
 /// the copy worker.
 pub async fn copy_with_retries(
@@ -48,7 +48,7 @@ pub async fn copy_with_retries(
 ) -> (Result<(), ItemError>, u32) {
     let parts: tokio::sync::OnceCell<Option<Vec<Part>>> = tokio::sync::OnceCell::new();
     let parts = &parts;
-    let missing: &std::sync::Mutex<Vec<crate::reference::Digest>> = &Default::default();
+    let missing: &std::sync::Mutex<Vec<crate::images::reference::Digest>> = &Default::default();
     let probe = || async move {
         let digest = source.digest.as_ref()?;
         let parts = parts
@@ -101,7 +101,7 @@ async fn put_manifest(
     registry: &dyn Registry,
     policy: &RetryPolicy,
     source: &ImageName,
-    digest: &crate::reference::Digest,
+    digest: &crate::images::reference::Digest,
     dest: &ImageName,
     top: bool,
 ) -> Result<bool, ItemError> {
@@ -137,7 +137,7 @@ async fn landed(
     policy: &RetryPolicy,
     dest: &ImageName,
     parts: &[Part],
-) -> Option<(u64, Vec<crate::reference::Digest>)> {
+) -> Option<(u64, Vec<crate::images::reference::Digest>)> {
     let mut present = Vec::with_capacity(parts.len());
     for p in parts {
         let here = match p {
@@ -167,7 +167,7 @@ async fn landed(
         .zip(&present)
         .all(|(p, here)| *here || matches!(p, Part::Manifest(_)));
     // Platforms first (they follow the image's own manifest in `parts`), the image's last.
-    let mut left: Vec<crate::reference::Digest> = Vec::new();
+    let mut left: Vec<crate::images::reference::Digest> = Vec::new();
     if blobs_all_here {
         for (p, here) in parts
             .iter()
@@ -389,7 +389,7 @@ impl Copier for Skopeo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::authfile::Login;
+    use crate::images::authfile::Login;
 
     #[test]
     fn args_carry_no_secret_and_pick_transports() {
