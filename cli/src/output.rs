@@ -2,8 +2,8 @@
 //! summary table at the end.
 
 use chrono::Utc;
-use hub_core::status::{ItemRecord, RunRecord, Status};
 use hub_core::images::sync::Progress;
+use hub_core::status::{ItemRecord, RunRecord, Status};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::Path;
@@ -144,6 +144,12 @@ impl Progress for Live {
                 "copying"
             };
             crate::outln!("plan: {total} image(s), {verb} {to_copy}");
+        }
+    }
+
+    fn tags_left_out(&self, left_out: usize, listed: usize) {
+        if self.text && !quiet() {
+            crate::outln!("tag rules: {left_out} of {listed} listed tag(s) left out");
         }
     }
 

@@ -5,9 +5,9 @@
 //! reported (even a failed copy), 1 when it could not be. SIGTERM (ECS stopping the task)
 //! or SIGINT kills the copy, removes the auth file and reports the copy failed (`Retryable`).
 use hub_core::config::Env;
-use hub_core::interrupt;
 use hub_core::images::task_report::Sfn;
 use hub_core::images::worker::{WorkerConfig, run_until};
+use hub_core::interrupt;
 use tokio::signal::unix::{SignalKind, signal};
 
 #[tokio::main]

@@ -6,8 +6,8 @@
 //! and delete carried to the task's schedule.
 
 use crate::console::runner::{Live, Runner, StartError};
-use crate::status::StoreError;
 use crate::images::sync::new_run_id;
+use crate::status::StoreError;
 use crate::tasks::store::{ItemPage, TaskStore, TaskStoreError};
 use crate::tasks::{Kind, Task};
 use async_trait::async_trait;

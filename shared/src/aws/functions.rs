@@ -3,16 +3,16 @@
 //! in `functions/` are a few lines around these.
 
 use crate::aws::ecs_runner::{EcsRunner, EcsSettings};
-use crate::config::{ConfigError, Env};
-use crate::images::ecr::{self, Ecr, EcrRepos};
-use crate::images::suite::{self, DiffEdges, ImagesConfig, ListEdges};
-use crate::images::list_source::Ssm;
 use crate::aws::notify::Sns;
 use crate::aws::offload::S3Blobs;
-use crate::retry::ItemError;
-use crate::status::dynamodb::DynamoStore;
+use crate::config::{ConfigError, Env};
+use crate::images::ecr::{self, Ecr, EcrRepos};
+use crate::images::list_source::Ssm;
+use crate::images::suite::{self, DiffEdges, ImagesConfig, ListEdges};
 use crate::images::sync::Prepare;
 use crate::images::workflow::{Diff, DispatchInput, ListRequest, Listed, RecordRequest};
+use crate::retry::ItemError;
+use crate::status::dynamodb::DynamoStore;
 
 async fn sdk_config() -> aws_config::SdkConfig {
     crate::aws::sdk::load().await

@@ -4,9 +4,9 @@
 //! secrets before it goes anywhere.
 
 use crate::images::authfile::{AuthFileError, Credentials, TempAuthFile};
-use crate::interrupt::{Stop, interrupted};
 use crate::images::plan::ImageName;
 use crate::images::registry::{HttpRegistry, Part, Registry};
+use crate::interrupt::{Stop, interrupted};
 use crate::retry::{ErrorClass, ItemError, RetryPolicy, with_progress_retries_until, with_retries};
 use async_trait::async_trait;
 use std::collections::HashMap;

@@ -93,8 +93,8 @@ impl Ecr {
     /// Builds a client for the registry's region with these keys (another account or
     /// partition), or the default credential chain when `None`.
     pub async fn connect_with(host: EcrHost, keys: Option<(String, String)>) -> Self {
-        let mut loader = crate::aws::sdk::loader()
-            .region(aws_config::Region::new(host.region.clone()));
+        let mut loader =
+            crate::aws::sdk::loader().region(aws_config::Region::new(host.region.clone()));
         if let Some((id, secret)) = keys {
             loader = loader.credentials_provider(aws_sdk_ecr::config::Credentials::new(
                 id,

@@ -4,8 +4,8 @@
 
 use crate::images::reference::Digest;
 use crate::images::registry::{Location, ManifestInfo};
-use crate::retry::{ErrorClass, ItemError};
 use crate::images::selection::{Entry, TagSpec};
+use crate::retry::{ErrorClass, ItemError};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 

@@ -8,13 +8,13 @@
 
 use crate::config::{ConfigError, Env};
 use crate::images::copy::Skopeo;
-use crate::images::suite::registries_for;
 use crate::images::hosts::HostRules;
-use crate::interrupt::{Stop, interrupted};
 use crate::images::registry::{Location, Registry};
-use crate::retry::{ErrorClass, ItemError, RetryPolicy, with_retries};
+use crate::images::suite::registries_for;
 use crate::images::task_report::TaskReporter;
 use crate::images::workflow::{CopyResult, CopyTask};
+use crate::interrupt::{Stop, interrupted};
+use crate::retry::{ErrorClass, ItemError, RetryPolicy, with_retries};
 use std::time::Duration;
 
 /// The worker's settings: the task from the overrides, the secrets from the task definition.
@@ -202,8 +202,15 @@ pub async fn copy_and_verify(
         digest: Some(digest.clone()),
         ..src.clone()
     };
-    let (copied, attempts) =
-        crate::images::copy::copy_with_retries(&skopeo, &registries, &cfg.retry, stop, &pinned, &dst).await;
+    let (copied, attempts) = crate::images::copy::copy_with_retries(
+        &skopeo,
+        &registries,
+        &cfg.retry,
+        stop,
+        &pinned,
+        &dst,
+    )
+    .await;
     // The auth file goes now, not at the end of the task.
     drop(skopeo);
     copied?;

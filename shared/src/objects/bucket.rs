@@ -5,8 +5,8 @@
 use super::checksum::{self, Algo, Checksum};
 use super::diff::Entry;
 use super::url::S3Url;
-use crate::retry::{ErrorClass, ItemError};
 use crate::aws::secrets::{self, SecretCredentials};
+use crate::retry::{ErrorClass, ItemError};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::primitives::ByteStream;

@@ -8,13 +8,15 @@ use super::{ImageSelection, ImagesOptions, ObjectsOptions, Spec, Task};
 use crate::images::authfile::{Credentials, default_auth_file};
 use crate::images::copy::Skopeo;
 use crate::images::ecr::{self, Ecr, EcrRepos, RepoSettings};
+use crate::images::registry::{HttpRegistry, Location};
+use crate::images::selection::parse_list;
+use crate::images::sync::{
+    Edges, Prepare, Progress, Selecting, SyncReport, SyncSpec, run_sync_until,
+};
 use crate::interrupt::Stop;
 use crate::objects::uploads::UploadLedger;
-use crate::images::registry::{HttpRegistry, Location};
 use crate::retry::RetryPolicy;
-use crate::images::selection::parse_list;
 use crate::status::{ItemRecord, RunKind, RunRecord, RunResult, Status, StatusStore, StoreError};
-use crate::images::sync::{Edges, Prepare, Progress, Selecting, SyncReport, SyncSpec, run_sync_until};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -271,6 +273,15 @@ async fn images(o: &ImagesOptions, ctx: &RunContext<'_>) -> Result<SyncReport, R
     for r in &o.insecure_registries {
         check_insecure_registry(r).map_err(config)?;
     }
+    let tag_rules = crate::images::tags::TagRules::parse(&o.tag_rules()).map_err(|errors| {
+        config(
+            errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    })?;
     let selecting = match &o.selection {
         ImageSelection::List(text) => {
             let sel = parse_list(text);
@@ -369,6 +380,7 @@ async fn images(o: &ImagesOptions, ctx: &RunContext<'_>) -> Result<SyncReport, R
         resolve_concurrency: o.resolve_concurrency.max(1),
         dry_run: ctx.dry_run,
         include_untagged,
+        tag_rules,
     };
     let edges = Edges {
         registry: &registry,

@@ -5,16 +5,16 @@
 //! does not allow fails the test. Setup and checks use the rig's admin user.
 
 use hub_core::aws::ecs_runner::{EcsRunner, EcsSettings};
-use hub_core::config::Env;
-use hub_core::images::ecr::{self, Ecr, EcrRepos, Registries};
-use hub_core::images::suite::{self, DiffEdges, ImagesConfig, ListEdges};
-use hub_core::images::list_source::Ssm;
 use hub_core::aws::notify::Sns;
 use hub_core::aws::offload::{self, S3Blobs};
+use hub_core::config::Env;
+use hub_core::images::ecr::{self, Ecr, EcrRepos, Registries};
+use hub_core::images::list_source::Ssm;
 use hub_core::images::registry::HttpRegistry;
+use hub_core::images::suite::{self, DiffEdges, ImagesConfig, ListEdges};
+use hub_core::images::workflow::{DispatchRequest, ListRequest, Listed, RecordRequest};
 use hub_core::status::dynamodb::DynamoStore;
 use hub_core::status::{Status, StatusStore};
-use hub_core::images::workflow::{DispatchRequest, ListRequest, Listed, RecordRequest};
 use hub_tests::iam::{Deployment, IamMoto};
 use hub_tests::{OciImage, RegistryServer, aws_fixtures, event, transfer_hub_bin, write_authfile};
 use std::collections::HashMap;

@@ -3,15 +3,15 @@
 //! the copy worker refuses a task naming another host before any secret is fetched. The
 //! foreign registry keeps every request it got, so the tests prove no login reached it.
 
+use hub_core::aws::offload::S3Blobs;
 use hub_core::config::Env;
 use hub_core::images::ecr::Registries;
-use hub_core::images::suite::{self, DiffEdges, ImagesConfig, ListEdges};
 use hub_core::images::list_source::Ssm;
-use hub_core::aws::offload::S3Blobs;
 use hub_core::images::registry::HttpRegistry;
+use hub_core::images::suite::{self, DiffEdges, ImagesConfig, ListEdges};
+use hub_core::images::workflow::{ListRequest, Listed};
 use hub_core::status::StatusStore;
 use hub_core::status::dynamodb::DynamoStore;
-use hub_core::images::workflow::{ListRequest, Listed};
 use hub_tests::{
     Body, FakeRegistry, MotoServer, OciImage, RegistryServer, Reply, aws_fixtures, event,
     transfer_hub_bin,
