@@ -76,7 +76,7 @@ impl ImagesFn {
             (self.cfg.source.host.clone(), self.cfg.source_secret.clone()),
             (self.cfg.dest.host.clone(), self.cfg.dest_secret.clone()),
         ];
-        handlers::registries_for(&hosts, Some(&self.secrets), Vec::new()).await
+        suite::registries_for(&hosts, Some(&self.secrets), Vec::new()).await
     }
 
     /// `list-images`.
@@ -89,7 +89,7 @@ impl ImagesFn {
             blobs: &self.blobs,
             store: &self.store,
         };
-        handlers::list_images(req, &cfg, &edges).await
+        suite::list_images(req, &cfg, &edges).await
     }
 
     /// `find-diff`.
@@ -112,7 +112,7 @@ impl ImagesFn {
             store: &self.store,
             prepare: prepare.as_ref().map(|p| p as &dyn Prepare),
         };
-        handlers::find_diff(listed, &cfg, &edges).await
+        suite::find_diff(listed, &cfg, &edges).await
     }
 }
 
@@ -153,8 +153,8 @@ impl DispatchFn {
     /// Starts a copy task, or stops a timed-out one (`{"action": "stop", ...}`).
     pub async fn handle(&self, req: DispatchInput) -> Result<serde_json::Value, ItemError> {
         match req {
-            DispatchInput::Start(r) => handlers::dispatch_fargate(r, &self.runner).await,
-            DispatchInput::Stop(r) => handlers::stop_copy_tasks(r, &self.runner).await,
+            DispatchInput::Start(r) => suite::dispatch_fargate(r, &self.runner).await,
+            DispatchInput::Stop(r) => suite::stop_copy_tasks(r, &self.runner).await,
         }
     }
 }
@@ -183,7 +183,7 @@ impl RecordFn {
     }
 
     pub async fn handle(&self, req: RecordRequest) -> Result<serde_json::Value, ItemError> {
-        handlers::record_status(req, &self.store, &self.sns).await
+        suite::record_status(req, &self.store, &self.sns).await
     }
 }
 

@@ -715,7 +715,7 @@ fn canary_aws_images() -> Result<Row> {
     let registries = |conf: &aws_config::SdkConfig| {
         let sm = aws_sdk_secretsmanager::Client::new(conf);
         let mut r = rt
-            .block_on(handlers::registries_for(
+            .block_on(suite::registries_for(
                 &[(src.addr.clone(), Some("th/source".to_string()))],
                 Some(&sm),
                 Vec::new(),
@@ -749,7 +749,7 @@ fn canary_aws_images() -> Result<Row> {
     let list_reg = registries(&list_conf);
     let (list_store, list_blobs) = (store(&list_conf), blobs(&list_conf));
     let listed = rt
-        .block_on(handlers::list_images(
+        .block_on(suite::list_images(
             req,
             &cfg,
             &ListEdges {
@@ -768,7 +768,7 @@ fn canary_aws_images() -> Result<Row> {
     };
     let (diff_store, diff_blobs) = (store(&diff_conf), blobs(&diff_conf));
     let diff = rt
-        .block_on(handlers::find_diff(
+        .block_on(suite::find_diff(
             listed,
             &cfg,
             &DiffEdges {
@@ -819,7 +819,7 @@ fn canary_aws_images() -> Result<Row> {
         };
         payloads.push(serde_json::to_value(&req)?);
         let out = rt
-            .block_on(handlers::dispatch_fargate(req, &runner))
+            .block_on(suite::dispatch_fargate(req, &runner))
             .map_err(|e| anyhow::anyhow!("dispatch-fargate: {}", e.message))?;
         payloads.push(out.clone());
         let task_arn = out["task_arn"].as_str().unwrap_or("").to_string();
@@ -882,7 +882,7 @@ fn canary_aws_images() -> Result<Row> {
         };
         payloads.push(serde_json::to_value(&rec)?);
         let r = rt
-            .block_on(handlers::record_status(rec, &record_store, &sns))
+            .block_on(suite::record_status(rec, &record_store, &sns))
             .map_err(|e| anyhow::anyhow!("record-status: {}", e.message))?;
         payloads.push(r);
     }
@@ -891,7 +891,7 @@ fn canary_aws_images() -> Result<Row> {
     };
     payloads.push(serde_json::to_value(&rec)?);
     let r = rt
-        .block_on(handlers::record_status(rec, &record_store, &sns))
+        .block_on(suite::record_status(rec, &record_store, &sns))
         .map_err(|e| anyhow::anyhow!("record-status (run): {}", e.message))?;
     payloads.push(r);
     let tasks_text = rt.block_on(async {

@@ -125,7 +125,7 @@ fn list_images_refuses_lines_naming_an_unconfigured_registry_unless_it_is_allowe
     let cfg = aws.config(&src.addr, &format!("{ECR_HOST}/mirror"), &[]);
     let listed = aws
         .rt
-        .block_on(handlers::list_images(req.clone(), &cfg, &edges))
+        .block_on(suite::list_images(req.clone(), &cfg, &edges))
         .unwrap();
     assert_eq!(listed.failed, 1);
     let items = listed.images.items.unwrap();
@@ -165,7 +165,7 @@ fn list_images_refuses_lines_naming_an_unconfigured_registry_unless_it_is_allowe
     req.run_id = "foreign-2".into();
     let listed = aws
         .rt
-        .block_on(handlers::list_images(req, &cfg, &edges))
+        .block_on(suite::list_images(req, &cfg, &edges))
         .unwrap();
     assert_eq!(
         listed.failed, 1,
@@ -192,7 +192,7 @@ fn list_images_refuses_lines_naming_an_unconfigured_registry_unless_it_is_allowe
     let before = foreign.requests().len();
     let d = aws
         .rt
-        .block_on(handlers::find_diff(
+        .block_on(suite::find_diff(
             forged,
             &cfg,
             &DiffEdges {
