@@ -7,11 +7,11 @@ mod task;
 
 use anyhow::{Context, Result, anyhow};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use hub_core::images::registry::Location;
+use hub_core::images::sync::{SyncReport, new_run_id};
 use hub_core::interrupt::{self, Stop};
 use hub_core::objects::diff::Compare;
-use hub_core::registry::Location;
 use hub_core::status::{RunKind, SqliteStore, StatusStore};
-use hub_core::sync::{SyncReport, new_run_id};
 use hub_core::tasks::run::{self, RunContext, RunError};
 use hub_core::tasks::{ImageSelection, ImagesOptions, ObjectsOptions};
 use std::num::NonZeroUsize;
@@ -229,6 +229,23 @@ pub(crate) struct SyncArgs {
     /// digest, without a tag). Other registries cannot list untagged images.
     #[arg(long, requires = "all_repos")]
     include_untagged: bool,
+    /// Of the listed tags (ALL_TAGS lines, --all-repos), only those this regular expression
+    /// matches, anchored at both ends: 'v1\..*'. Repeatable: any one admits. A tag a list
+    /// line names itself is always wanted.
+    #[arg(long = "include-tags", value_name = "REGEX", value_parser = include_tags_arg)]
+    include_tags: Vec<String>,
+    /// Leave out the listed tags this regular expression matches (anchored): '.*-rc.*'.
+    /// Repeatable: any one refuses.
+    #[arg(long = "exclude-tags", value_name = "REGEX", value_parser = exclude_tags_arg)]
+    exclude_tags: Vec<String>,
+    /// Of the listed tags, only semantic versions in this range: '>=1.20, <2'
+    /// (MAJOR.MINOR.PATCH, an optional leading v; other tags never match).
+    #[arg(long, value_name = "RANGE", value_parser = semver_arg)]
+    semver: Option<String>,
+    /// Of the listed tags left by the other rules, only the N highest semantic versions per
+    /// repository (tags that are not semantic versions are left out).
+    #[arg(long, value_name = "N")]
+    newest: Option<NonZeroUsize>,
     /// Copies at once.
     #[arg(long, default_value = "10")]
     concurrency: NonZeroUsize,
@@ -733,7 +750,29 @@ fn images_options(a: &SyncArgs) -> Result<ImagesOptions> {
         registry_certs: a.registry_certs.as_ref().map(|p| p.display().to_string()),
         no_scan_on_push: a.no_scan_on_push,
         ecr_kms_key: a.ecr_kms_key.clone(),
+        include_tags: a.include_tags.clone(),
+        exclude_tags: a.exclude_tags.clone(),
+        semver: a.semver.clone(),
+        newest: a.newest.map(NonZeroUsize::get),
     })
+}
+
+fn include_tags_arg(s: &str) -> std::result::Result<String, String> {
+    hub_core::images::tags::parse_pattern("--include-tags", s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.reason)
+}
+
+fn exclude_tags_arg(s: &str) -> std::result::Result<String, String> {
+    hub_core::images::tags::parse_pattern("--exclude-tags", s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.reason)
+}
+
+fn semver_arg(s: &str) -> std::result::Result<String, String> {
+    hub_core::images::tags::parse_range(s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.reason)
 }
 
 async fn sync(a: SyncArgs) -> Result<ExitCode> {
@@ -833,7 +872,7 @@ async fn status(a: StatusArgs) -> Result<ExitCode> {
         )));
     };
     match a.output {
-        OutputFormat::Json => print_json(&hub_core::sync::SyncReport { run, items })?,
+        OutputFormat::Json => print_json(&hub_core::images::sync::SyncReport { run, items })?,
         OutputFormat::Text => {
             for i in &items {
                 output::print_item(i, false, a.long);

@@ -2,8 +2,8 @@
 //! summary table at the end.
 
 use chrono::Utc;
+use hub_core::images::sync::Progress;
 use hub_core::status::{ItemRecord, RunRecord, Status};
-use hub_core::sync::Progress;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::Path;
@@ -261,6 +261,12 @@ impl Progress for Live {
                 Some(n.saturating_sub(bytes))
             });
         self.refresh();
+    }
+
+    fn tags_left_out(&self, left_out: usize, listed: usize) {
+        if self.text && !quiet() {
+            crate::outln!("tag rules: {left_out} of {listed} listed tag(s) left out");
+        }
     }
 
     fn finished(&self, item: &ItemRecord) {

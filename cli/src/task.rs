@@ -9,8 +9,8 @@ use crate::{ObjectsArgs, OutputFormat, SyncArgs, config, default_state, output};
 use anyhow::{Result, anyhow};
 use clap::parser::ValueSource;
 use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
+use hub_core::images::sync::new_run_id;
 use hub_core::status::SqliteStore;
-use hub_core::sync::new_run_id;
 use hub_core::tasks::run::{RunContext, run_task};
 use hub_core::tasks::store::TaskStore;
 use hub_core::tasks::{Fields, Kind, Task, default_fields};
@@ -172,7 +172,13 @@ fn parse_flags(kind: Kind, flags: &[String], edit: bool) -> Result<(Fields, Opti
         }
         let Some(raw) = m.get_raw(id) else { continue };
         let values: Vec<String> = raw.map(|v| v.to_string_lossy().into_owned()).collect();
-        let mut value = values.join(", ");
+        // Tag patterns may hold commas: a task keeps them separated by spaces.
+        let sep = if matches!(id, "include_tags" | "exclude_tags") {
+            " "
+        } else {
+            ", "
+        };
+        let mut value = values.join(sep);
         if id == "list" {
             value = crate::read_list(std::path::Path::new(&value))?;
             if edit {

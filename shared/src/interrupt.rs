@@ -59,7 +59,7 @@ impl Stop {
 /// auth file the process still holds: destructors do not run on this path, so without
 /// this the file with the logins would stay behind.
 pub fn exit_now(code: i32) -> ! {
-    crate::authfile::remove_live_temp_files();
+    crate::images::authfile::remove_live_temp_files();
     std::process::exit(code)
 }
 

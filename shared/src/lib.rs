@@ -1,34 +1,25 @@
-//! hub-core: the library behind transfer-hub's command line and (later) its AWS functions.
+//! hub-core: the library behind transfer-hub's command line, its console and its AWS
+//! functions. Each folder is one part (ARCHITECTURE.md's code map):
 //!
-//! Pure modules decide — [`reference`], [`selection`], [`plan`], [`retry`] — and do no IO.
-//! Edge modules talk to the world behind traits — [`registry`] (OCI distribution API),
-//! [`copy`] (skopeo), [`status`] (SQLite), [`ecr`] (Amazon ECR API), [`authfile`]
-//! (logins). [`sync`] wires them into the pipeline.
+//! - [`images`]: container images — references, selection lists, the registry client, the
+//!   plan, the skopeo copy, the one-machine sync, and the AWS image suite's handlers and worker.
+//! - [`objects`]: S3 objects — listing diff, multipart plan, transfer, upload ledger, the
+//!   one-machine run and the AWS object suite.
+//! - [`tasks`] and [`console`]: tasks as data, their store, scheduler and web console.
+//! - [`status`]: the status store (SQLite on one machine, DynamoDB on AWS).
+//! - [`aws`]: AWS edges several parts use (SDK setup, secrets, SNS, S3 offload, ECS, the
+//!   console's AWS hosts, per-function client assembly).
+//!
+//! Generic pieces lie at the top: [`retry`] (error classes, backoff), [`config`] (env
+//! parsing), [`interrupt`] (signals), [`units`] (sizes, durations).
 
-pub mod authfile;
 pub mod aws;
 pub mod config;
 pub mod console;
-pub mod copy;
-pub mod ecr;
-pub mod functions;
-pub mod handlers;
-pub mod hosts;
+pub mod images;
 pub mod interrupt;
-pub mod list_source;
-pub mod notify;
 pub mod objects;
-pub mod offload;
-pub mod plan;
-pub mod reference;
-pub mod registry;
 pub mod retry;
-pub mod secrets;
-pub mod selection;
 pub mod status;
-pub mod sync;
-pub mod task_report;
 pub mod tasks;
 pub mod units;
-pub mod worker;
-pub mod workflow;

@@ -216,7 +216,7 @@ impl IamMoto {
     }
 
     fn sdk(&self, keys: &Keys, region: &str) -> impl std::future::Future<Output = SdkConfig> {
-        aws_config::defaults(aws_config::BehaviorVersion::latest())
+        hub_core::aws::sdk::loader()
             .endpoint_url(&self.moto.endpoint)
             .region(aws_config::Region::new(region.to_string()))
             .credentials_provider(aws_sdk_s3::config::Credentials::new(

@@ -707,7 +707,7 @@ impl MotoServer {
 
     /// An SDK configuration pointed at this server (dummy keys, the given region).
     pub async fn sdk_config(&self, region: &str) -> aws_config::SdkConfig {
-        aws_config::defaults(aws_config::BehaviorVersion::latest())
+        hub_core::aws::sdk::loader()
             .endpoint_url(&self.endpoint)
             .region(aws_config::Region::new(region.to_string()))
             .credentials_provider(aws_sdk_ecr::config::Credentials::new(

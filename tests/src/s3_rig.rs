@@ -263,6 +263,7 @@ impl Shared {
         rt.block_on(async {
             let conf = aws_sdk_s3::config::Builder::new()
                 .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+                .http_client(hub_core::aws::sdk::http_client())
                 .region(aws_sdk_s3::config::Region::new("us-east-1"))
                 .endpoint_url(&self.moto)
                 .force_path_style(true)

@@ -19,6 +19,7 @@ mod integration {
     pub mod objects_aws;
     pub mod secrets;
     pub mod state_machine;
+    pub mod tags;
     pub mod template;
     pub mod worker_image;
 }

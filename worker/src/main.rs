@@ -5,9 +5,9 @@
 //! reported (even a failed copy), 1 when it could not be. SIGTERM (ECS stopping the task)
 //! or SIGINT kills the copy, removes the auth file and reports the copy failed (`Retryable`).
 use hub_core::config::Env;
+use hub_core::images::task_report::Sfn;
+use hub_core::images::worker::{WorkerConfig, run_until};
 use hub_core::interrupt;
-use hub_core::task_report::Sfn;
-use hub_core::worker::{WorkerConfig, run_until};
 use tokio::signal::unix::{SignalKind, signal};
 
 #[tokio::main]
@@ -29,7 +29,7 @@ async fn main() -> anyhow::Result<()> {
         handle.stop(why);
     });
     let cfg = WorkerConfig::from_env(Env::from_process())?;
-    let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let aws = hub_core::aws::sdk::load().await;
     let secrets = aws_sdk_secretsmanager::Client::new(&aws);
     let sfn = Sfn(aws_sdk_sfn::Client::new(&aws));
     // A failed copy was reported to the state machine: the task itself succeeded.

@@ -1,6 +1,6 @@
 //! `check-multipart`: completes uploads whose parts are all done, re-plans stuck ones and
 //! aborts orphans. Run every minute by a schedule. Env: as diff-objects.
-use hub_core::functions::ObjectsFn;
+use hub_core::aws::functions::ObjectsFn;
 use lambda_runtime::{LambdaEvent, service_fn};
 
 #[tokio::main]

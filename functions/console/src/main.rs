@@ -1,8 +1,8 @@
 //! `console`: the console's router (`hub_core::console`) through `lambda_http`, behind an
 //! HTTP API whose Cognito JWT authorizer is the login. Env: TASKS_TABLE, TABLE_NAME,
 //! IMAGES_STATE_MACHINE_ARN, SCHEDULE_GROUP, SCHEDULER_ROLE_ARN.
+use hub_core::aws::functions::ConsoleFn;
 use hub_core::console::lambda::handle;
-use hub_core::functions::ConsoleFn;
 use lambda_http::{Request, service_fn};
 
 #[tokio::main]

@@ -2,7 +2,7 @@
 //! queues one job per object to copy (SQS, ten per call). Input `{}` for a new run, or the
 //! previous round's output (it carries `next` when a round ran short of time).
 //! Env: see hub_core::objects::suite::ObjectsConfig, plus TABLE_NAME, UPLOADS_TABLE, JOB_QUEUE_URL.
-use hub_core::functions::ObjectsFn;
+use hub_core::aws::functions::ObjectsFn;
 use lambda_runtime::{LambdaEvent, service_fn};
 
 #[tokio::main]

@@ -1,6 +1,6 @@
 //! `find-diff`: only the images whose destination digest differs. Input `Listed`, output
-//! `Diff` (see hub_core::workflow). Env: as list-images, plus SCAN_ON_PUSH, KMS_KEY.
-use hub_core::functions::ImagesFn;
+//! `Diff` (see hub_core::images::workflow). Env: as list-images, plus SCAN_ON_PUSH, KMS_KEY.
+use hub_core::aws::functions::ImagesFn;
 use lambda_runtime::{LambdaEvent, service_fn};
 
 #[tokio::main]

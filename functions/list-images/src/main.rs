@@ -1,8 +1,8 @@
 //! `list-images`: the selection (SSM list, execution input, or every repository) expanded
-//! into images. Input `ListRequest`, output `Listed` (see hub_core::workflow).
+//! into images. Input `ListRequest`, output `Listed` (see hub_core::images::workflow).
 //! Env: SOURCE_REGISTRY, DEST_REGISTRY, SELECT_TYPE, LIST_PARAMETER, TABLE_NAME,
 //! PAYLOAD_BUCKET, SOURCE_SECRET, DEST_SECRET.
-use hub_core::functions::ImagesFn;
+use hub_core::aws::functions::ImagesFn;
 use lambda_runtime::{LambdaEvent, service_fn};
 
 #[tokio::main]

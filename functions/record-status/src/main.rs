@@ -1,6 +1,6 @@
 //! `record-status`: one image's final result, or the run's summary (and one SNS message
 //! when anything failed). Input `RecordRequest`. Env: TABLE_NAME, TOPIC_ARN.
-use hub_core::functions::RecordFn;
+use hub_core::aws::functions::RecordFn;
 use lambda_runtime::{LambdaEvent, service_fn};
 
 #[tokio::main]

@@ -1,7 +1,7 @@
 //! `transfer-object`: an SQS batch of object jobs, part jobs and S3 event notifications;
 //! failed messages are returned in `batchItemFailures` (ReportBatchItemFailures).
 //! Env: as diff-objects.
-use hub_core::functions::ObjectsFn;
+use hub_core::aws::functions::ObjectsFn;
 use lambda_runtime::{LambdaEvent, service_fn};
 
 #[tokio::main]

@@ -6,8 +6,8 @@
 //! and delete carried to the task's schedule.
 
 use crate::console::runner::{Live, Runner, StartError};
+use crate::images::sync::new_run_id;
 use crate::status::StoreError;
-use crate::sync::new_run_id;
 use crate::tasks::run::Only;
 use crate::tasks::store::{ItemPage, TaskStore, TaskStoreError};
 use crate::tasks::{Kind, Task};
@@ -377,7 +377,7 @@ mod tests {
             serde_json::json!({"task": "web", "images": ["a:1", "b:2"]})
         );
         // What list-images reads.
-        let input: crate::workflow::RunInput =
+        let input: crate::images::workflow::RunInput =
             serde_json::from_value(execution_input("web", Some("a:1"))).unwrap();
         assert_eq!(input.task.as_deref(), Some("web"));
     }

@@ -2,8 +2,8 @@
 //! Functions task token; [`EcsRunner`] does it with ECS `RunTask` on Fargate. The overrides
 //! carry the image and the token, never a credential: the worker fetches those itself.
 
+use crate::images::workflow::{CopyTask, DispatchRequest};
 use crate::retry::{ErrorClass, ItemError};
-use crate::workflow::{CopyTask, DispatchRequest};
 use async_trait::async_trait;
 use aws_sdk_ecs::types::{
     AssignPublicIp, AwsVpcConfiguration, ContainerOverride, KeyValuePair, LaunchType,

@@ -209,6 +209,30 @@ const IMAGE_FIELDS: &[FieldSpec] = &[
         Input::Check,
         "",
     ),
+    f(
+        "include_tags",
+        "Only listed tags matching",
+        Input::Text,
+        "regular expressions separated by spaces, anchored (v1\\..* latest); for ALL_TAGS lines and all repositories",
+    ),
+    f(
+        "exclude_tags",
+        "Leave out listed tags matching",
+        Input::Text,
+        "regular expressions separated by spaces, anchored (.*-rc.*)",
+    ),
+    f(
+        "semver",
+        "Only listed tags in the semver range",
+        Input::Text,
+        ">=1.20, <2 (MAJOR.MINOR.PATCH, optional leading v; other tags never match)",
+    ),
+    f(
+        "newest",
+        "Only the newest N versions per repository",
+        Input::Text,
+        "after the other rules; tags that are not semantic versions are left out",
+    ),
     f("concurrency", "Copies at once", Input::Text, ""),
     f("resolve_concurrency", "Lookups at once", Input::Text, ""),
     f(

@@ -2,9 +2,9 @@
 //! at a time, runs of different tasks side by side under a global limit, each run linked
 //! to its task before it starts. [`Runner`] is the edge (on AWS: StartExecution).
 
+use crate::images::sync::{Progress, new_run_id};
 use crate::interrupt::{self, Stop, StopHandle};
 use crate::status::{ItemRecord, SqliteStore, Status};
-use crate::sync::{Progress, new_run_id};
 use crate::tasks::Task;
 use crate::tasks::run::{Only, RunContext, run_task};
 use crate::tasks::schedule::Schedule;

@@ -5,8 +5,8 @@
 use super::checksum::{self, Algo, Checksum};
 use super::diff::Entry;
 use super::url::S3Url;
+use crate::aws::secrets::{self, SecretCredentials};
 use crate::retry::{ErrorClass, ItemError};
-use crate::secrets::{self, SecretCredentials};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::primitives::ByteStream;
@@ -62,7 +62,7 @@ pub async fn load_config(
     ep: &Endpoint,
     secrets: Option<&aws_sdk_secretsmanager::Client>,
 ) -> Result<aws_config::SdkConfig, ItemError> {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    let mut loader = crate::aws::sdk::loader();
     if let Some(r) = &ep.region {
         loader = loader.region(aws_config::Region::new(r.clone()));
     }

@@ -561,7 +561,7 @@ pub async fn diff_objects(
         }
         if sum.run_id.is_empty() {
             // The console names the run (the execution's name); a schedule does not.
-            sum.run_id = crate::sync::new_run_id();
+            sum.run_id = crate::images::sync::new_run_id();
         }
     }
     let after = sum.next.take();

@@ -15,8 +15,8 @@ pub mod run;
 pub mod schedule;
 pub mod store;
 
-use crate::registry::Location;
-use crate::selection::{LineError, parse_list};
+use crate::images::registry::Location;
+use crate::images::selection::{LineError, parse_list};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -88,6 +88,27 @@ pub struct ImagesOptions {
     pub registry_certs: Option<String>,
     pub no_scan_on_push: bool,
     pub ecr_kms_key: Option<String>,
+    /// Tag rules (`--include-tags`, `--exclude-tags`, `--semver`, `--newest`), as typed.
+    #[serde(default)]
+    pub include_tags: Vec<String>,
+    #[serde(default)]
+    pub exclude_tags: Vec<String>,
+    #[serde(default)]
+    pub semver: Option<String>,
+    #[serde(default)]
+    pub newest: Option<usize>,
+}
+
+impl ImagesOptions {
+    /// The task's tag rules as written.
+    pub fn tag_rules(&self) -> crate::images::tags::TagRuleText {
+        crate::images::tags::TagRuleText {
+            include: self.include_tags.clone(),
+            exclude: self.exclude_tags.clone(),
+            semver: self.semver.clone(),
+            newest: self.newest,
+        }
+    }
 }
 
 /// An objects task's settings: those of `objects sync`.
@@ -489,6 +510,13 @@ impl Task {
                 );
                 put("no_scan_on_push", o.no_scan_on_push.to_string());
                 put("ecr_kms_key", o.ecr_kms_key.clone().unwrap_or_default());
+                put("include_tags", o.include_tags.join(" "));
+                put("exclude_tags", o.exclude_tags.join(" "));
+                put("semver", o.semver.clone().unwrap_or_default());
+                put(
+                    "newest",
+                    o.newest.map(|n| n.to_string()).unwrap_or_default(),
+                );
             }
             Spec::Objects(o) => {
                 put("source", o.source.clone());
@@ -585,7 +613,38 @@ fn images(r: &mut Reader<'_>) -> ImagesOptions {
             );
         }
     }
+    use crate::images::tags::{TagRuleText, TagRules};
+    let rules = TagRuleText {
+        include: TagRuleText::split_patterns(&r.opt("include_tags").unwrap_or_default()),
+        exclude: TagRuleText::split_patterns(&r.opt("exclude_tags").unwrap_or_default()),
+        semver: r.opt("semver"),
+        newest: r.opt("newest").and_then(|n| match n.parse::<usize>() {
+            Ok(0) | Err(_) => {
+                r.fail(
+                    "newest",
+                    format!("{n:?}: expected a number of tags of at least 1"),
+                );
+                None
+            }
+            Ok(n) => Some(n),
+        }),
+    };
+    if let Err(errors) = TagRules::parse(&rules) {
+        for e in errors {
+            let field = match e.flag {
+                "--include-tags" => "include_tags",
+                "--exclude-tags" => "exclude_tags",
+                "--semver" => "semver",
+                _ => "newest",
+            };
+            r.fail(field, format!("{:?}: {}", e.value, e.reason));
+        }
+    }
     ImagesOptions {
+        include_tags: rules.include,
+        exclude_tags: rules.exclude,
+        semver: rules.semver,
+        newest: rules.newest,
         source,
         dest,
         selection,
@@ -762,6 +821,34 @@ mod tests {
             Task::from_fields("o", Kind::Objects, &t.fields(), t.created_at).unwrap(),
             t
         );
+    }
+
+    #[test]
+    fn tag_rules_read_back_and_each_bad_one_is_named_by_its_field() {
+        let f = images_fields(&[
+            ("include_tags", "v1\\..*  latest"),
+            ("exclude_tags", ".*-rc.*"),
+            ("semver", ">=1.20, <2"),
+            ("newest", "3"),
+        ]);
+        let t = Task::from_fields("t", Kind::Images, &f, Utc::now()).unwrap();
+        let Spec::Images(o) = &t.spec else { panic!() };
+        assert_eq!(o.include_tags, ["v1\\..*", "latest"]);
+        assert_eq!(o.newest, Some(3));
+        assert_eq!(
+            Task::from_fields("t", Kind::Images, &t.fields(), t.created_at).unwrap(),
+            t
+        );
+        let f = images_fields(&[
+            ("include_tags", "ok ("),
+            ("exclude_tags", "[z-a]"),
+            ("semver", "one"),
+            ("newest", "0"),
+        ]);
+        let e = Task::from_fields("t", Kind::Images, &f, Utc::now()).unwrap_err();
+        let fields: Vec<&str> = e.errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["newest", "include_tags", "exclude_tags", "semver"]);
+        assert!(e.errors[1].message.contains("\"(\""), "{:?}", e.errors[1]);
     }
 
     #[test]

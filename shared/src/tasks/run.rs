@@ -5,16 +5,18 @@
 
 use super::store::{TaskStore, TaskStoreError};
 use super::{ImageSelection, ImagesOptions, ObjectsOptions, Spec, Task};
-use crate::authfile::{Credentials, default_auth_file};
-use crate::copy::Skopeo;
-use crate::ecr::{self, Ecr, EcrRepos, RepoSettings};
+use crate::images::authfile::{Credentials, default_auth_file};
+use crate::images::copy::Skopeo;
+use crate::images::ecr::{self, Ecr, EcrRepos, RepoSettings};
+use crate::images::selection::parse_list;
+use crate::images::sync::{
+    Edges, Prepare, Progress, Selecting, SyncReport, SyncSpec, run_sync_until,
+};
 use crate::interrupt::Stop;
 use crate::objects::uploads::UploadLedger;
-use crate::registry::{HttpRegistry, Location, Trust};
+use crate::images::registry::{HttpRegistry, Location, Trust};
 use crate::retry::RetryPolicy;
-use crate::selection::parse_list;
 use crate::status::{ItemRecord, RunKind, RunRecord, RunResult, Status, StatusStore, StoreError};
-use crate::sync::{Edges, Prepare, Progress, Selecting, SyncReport, SyncSpec, run_sync_until};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -308,6 +310,15 @@ async fn images(o: &ImagesOptions, ctx: &RunContext<'_>) -> Result<SyncReport, R
     for r in &o.insecure_registries {
         check_insecure_registry(r).map_err(config)?;
     }
+    let tag_rules = crate::images::tags::TagRules::parse(&o.tag_rules()).map_err(|errors| {
+        config(
+            errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    })?;
     let selecting = match &o.selection {
         ImageSelection::List(text) => {
             let sel = parse_list(text);
@@ -416,6 +427,7 @@ async fn images(o: &ImagesOptions, ctx: &RunContext<'_>) -> Result<SyncReport, R
         resolve_concurrency: o.resolve_concurrency.max(1),
         dry_run: ctx.dry_run,
         include_untagged,
+        tag_rules,
     };
     let edges = Edges {
         registry: &registry,

@@ -89,8 +89,8 @@ fn data(n: usize, seed: u8) -> Vec<u8> {
 /// Queue, deliver and check until the queue is empty (parts, re-plans).
 fn settle(
     s: &ObjectSuite,
-    tr: &hub_core::functions::ObjectsFn,
-    check: &hub_core::functions::ObjectsFn,
+    tr: &hub_core::aws::functions::ObjectsFn,
+    check: &hub_core::aws::functions::ObjectsFn,
     stuck: &mut Vec<String>,
 ) {
     for _ in 0..6 {
@@ -622,9 +622,9 @@ fn canary_state_machine() -> Result<Row> {
 }
 
 fn canary_aws_images() -> Result<Row> {
-    use hub_core::ecr::{self, Ecr, EcrRepos};
-    use hub_core::handlers::{self, DiffEdges, ImagesConfig, ListEdges};
-    use hub_core::workflow::{DispatchRequest, ListRequest, RecordRequest};
+    use hub_core::images::ecr::{self, Ecr, EcrRepos};
+    use hub_core::images::suite::{self, DiffEdges, ImagesConfig, ListEdges};
+    use hub_core::images::workflow::{DispatchRequest, ListRequest, RecordRequest};
     use hub_tests::iam::{Deployment, IamMoto};
     const ECR_HOST: &str = "123456789012.dkr.ecr.eu-west-1.amazonaws.com";
     let mut canary = Canary::new(&["puller", "AWS"]);
@@ -715,7 +715,7 @@ fn canary_aws_images() -> Result<Row> {
     let registries = |conf: &aws_config::SdkConfig| {
         let sm = aws_sdk_secretsmanager::Client::new(conf);
         let mut r = rt
-            .block_on(handlers::registries_for(
+            .block_on(suite::registries_for(
                 &[(src.addr.clone(), Some("th/source".to_string()))],
                 Some(&sm),
                 Vec::new(),
@@ -733,7 +733,7 @@ fn canary_aws_images() -> Result<Row> {
             table.to_string(),
         )
     };
-    let blobs = |conf: &aws_config::SdkConfig| hub_core::offload::S3Blobs {
+    let blobs = |conf: &aws_config::SdkConfig| hub_core::aws::offload::S3Blobs {
         client: aws_sdk_s3::Client::new(conf),
         bucket: bucket.to_string(),
     };
@@ -745,11 +745,11 @@ fn canary_aws_images() -> Result<Row> {
         input: Default::default(),
     };
     payloads.push(serde_json::to_value(&req)?);
-    let ssm = hub_core::list_source::Ssm(aws_sdk_ssm::Client::new(&list_conf));
+    let ssm = hub_core::images::list_source::Ssm(aws_sdk_ssm::Client::new(&list_conf));
     let list_reg = registries(&list_conf);
     let (list_store, list_blobs) = (store(&list_conf), blobs(&list_conf));
     let listed = rt
-        .block_on(handlers::list_images(
+        .block_on(suite::list_images(
             req,
             &cfg,
             &ListEdges {
@@ -768,7 +768,7 @@ fn canary_aws_images() -> Result<Row> {
     };
     let (diff_store, diff_blobs) = (store(&diff_conf), blobs(&diff_conf));
     let diff = rt
-        .block_on(handlers::find_diff(
+        .block_on(suite::find_diff(
             listed,
             &cfg,
             &DiffEdges {
@@ -799,7 +799,7 @@ fn canary_aws_images() -> Result<Row> {
             assign_public_ip: false,
         },
     };
-    let sns = hub_core::notify::Sns {
+    let sns = hub_core::aws::notify::Sns {
         client: aws_sdk_sns::Client::new(&record_conf),
         topic_arn: topic.clone(),
     };
@@ -819,7 +819,7 @@ fn canary_aws_images() -> Result<Row> {
         };
         payloads.push(serde_json::to_value(&req)?);
         let out = rt
-            .block_on(handlers::dispatch_fargate(req, &runner))
+            .block_on(suite::dispatch_fargate(req, &runner))
             .map_err(|e| anyhow::anyhow!("dispatch-fargate: {}", e.message))?;
         payloads.push(out.clone());
         let task_arn = out["task_arn"].as_str().unwrap_or("").to_string();
@@ -866,7 +866,7 @@ fn canary_aws_images() -> Result<Row> {
         let rec = RecordRequest::Item {
             run_id: "canary-run".into(),
             task: task.clone(),
-            result: ok.then(|| hub_core::workflow::CopyResult {
+            result: ok.then(|| hub_core::images::workflow::CopyResult {
                 source: task.source.clone(),
                 dest: task.dest.clone(),
                 source_digest: task.source_digest.clone(),
@@ -874,7 +874,7 @@ fn canary_aws_images() -> Result<Row> {
                 attempts: 1,
                 bytes: 0,
             }),
-            error: (!ok).then(|| hub_core::workflow::CaughtError {
+            error: (!ok).then(|| hub_core::images::workflow::CaughtError {
                 error: "Retryable".into(),
                 cause: Some("the copy failed".into()),
             }),
@@ -882,7 +882,7 @@ fn canary_aws_images() -> Result<Row> {
         };
         payloads.push(serde_json::to_value(&rec)?);
         let r = rt
-            .block_on(handlers::record_status(rec, &record_store, &sns))
+            .block_on(suite::record_status(rec, &record_store, &sns))
             .map_err(|e| anyhow::anyhow!("record-status: {}", e.message))?;
         payloads.push(r);
     }
@@ -891,7 +891,7 @@ fn canary_aws_images() -> Result<Row> {
     };
     payloads.push(serde_json::to_value(&rec)?);
     let r = rt
-        .block_on(handlers::record_status(rec, &record_store, &sns))
+        .block_on(suite::record_status(rec, &record_store, &sns))
         .map_err(|e| anyhow::anyhow!("record-status (run): {}", e.message))?;
     payloads.push(r);
     let tasks_text = rt.block_on(async {

@@ -54,7 +54,7 @@ fn block_on(f: impl std::future::Future<Output = Result<(), String>>) {
 }
 
 async fn client(endpoint: &str) -> aws_sdk_s3::Client {
-    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+    let conf = hub_core::aws::sdk::loader()
         .endpoint_url(endpoint)
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(aws_sdk_s3::config::Credentials::new(

@@ -5,16 +5,16 @@
 //! does not allow fails the test. Setup and checks use the rig's admin user.
 
 use hub_core::aws::ecs_runner::{EcsRunner, EcsSettings};
+use hub_core::aws::notify::Sns;
+use hub_core::aws::offload::{self, S3Blobs};
 use hub_core::config::Env;
-use hub_core::ecr::{self, Ecr, EcrRepos, Registries};
-use hub_core::handlers::{self, DiffEdges, ImagesConfig, ListEdges};
-use hub_core::list_source::Ssm;
-use hub_core::notify::Sns;
-use hub_core::offload::{self, S3Blobs};
-use hub_core::registry::HttpRegistry;
+use hub_core::images::ecr::{self, Ecr, EcrRepos, Registries};
+use hub_core::images::list_source::Ssm;
+use hub_core::images::registry::HttpRegistry;
+use hub_core::images::suite::{self, DiffEdges, ImagesConfig, ListEdges};
+use hub_core::images::workflow::{DispatchRequest, ListRequest, Listed, RecordRequest};
 use hub_core::status::dynamodb::DynamoStore;
 use hub_core::status::{Status, StatusStore};
-use hub_core::workflow::{DispatchRequest, ListRequest, Listed, RecordRequest};
 use hub_tests::iam::{Deployment, IamMoto};
 use hub_tests::{OciImage, RegistryServer, aws_fixtures, event, transfer_hub_bin, write_authfile};
 use std::collections::HashMap;
@@ -162,7 +162,7 @@ fn list_images_reads_the_ssm_list_reports_bad_lines_and_puts_large_lists_in_s3()
 
     let listed = aws
         .rt
-        .block_on(handlers::list_images(list_request("run-a"), &cfg, &edges))
+        .block_on(suite::list_images(list_request("run-a"), &cfg, &edges))
         .unwrap();
     assert_eq!(listed.failed, 1);
     let items = listed
@@ -194,7 +194,7 @@ fn list_images_reads_the_ssm_list_reports_bad_lines_and_puts_large_lists_in_s3()
     req.input.images = Some((0..3000).map(|i| format!("team/app:v{i}")).collect());
     let big = aws
         .rt
-        .block_on(handlers::list_images(req, &cfg, &edges))
+        .block_on(suite::list_images(req, &cfg, &edges))
         .unwrap();
     assert_eq!(big.images.count, 3000);
     assert!(big.images.items.is_none());
@@ -253,12 +253,12 @@ fn find_diff_on_a_day_without_change_starts_nothing_and_a_changed_tag_is_the_onl
 
     let listed = aws
         .rt
-        .block_on(handlers::list_images(list_request("day-1"), &cfg, &list))
+        .block_on(suite::list_images(list_request("day-1"), &cfg, &list))
         .unwrap();
     assert_eq!(listed.images.count, 2);
     let d = aws
         .rt
-        .block_on(handlers::find_diff(listed, &cfg, &diff))
+        .block_on(suite::find_diff(listed, &cfg, &diff))
         .unwrap();
     assert_eq!((d.copies.count, d.skipped, d.failed), (0, 2, 0));
     assert_eq!(
@@ -281,11 +281,11 @@ fn find_diff_on_a_day_without_change_starts_nothing_and_a_changed_tag_is_the_onl
     changed.push(&format!("{}/app:2", src.addr), None);
     let listed = aws
         .rt
-        .block_on(handlers::list_images(list_request("day-2"), &cfg, &list))
+        .block_on(suite::list_images(list_request("day-2"), &cfg, &list))
         .unwrap();
     let d = aws
         .rt
-        .block_on(handlers::find_diff(listed, &cfg, &diff))
+        .block_on(suite::find_diff(listed, &cfg, &diff))
         .unwrap();
     let copies = d.copies.items.unwrap();
     assert_eq!(copies.len(), 1);
@@ -334,7 +334,7 @@ fn find_diff_creates_missing_ecr_repositories_before_any_copy() {
     let ssm = Ssm(aws_sdk_ssm::Client::new(&list_role));
     let listed = aws
         .rt
-        .block_on(handlers::list_images(
+        .block_on(suite::list_images(
             list_request("ecr-1"),
             &cfg,
             &ListEdges {
@@ -347,7 +347,7 @@ fn find_diff_creates_missing_ecr_repositories_before_any_copy() {
         .unwrap();
     let d = aws
         .rt
-        .block_on(handlers::find_diff(
+        .block_on(suite::find_diff(
             listed,
             &cfg,
             &DiffEdges {
@@ -415,7 +415,7 @@ fn dispatch_starts_one_fargate_task_with_the_image_and_no_secret_in_the_override
     let req: DispatchRequest = serde_json::from_value(event("dispatch-fargate.json")).unwrap();
     let out = aws
         .rt
-        .block_on(handlers::dispatch_fargate(req.clone(), &runner))
+        .block_on(suite::dispatch_fargate(req.clone(), &runner))
         .unwrap();
     let arn = out["task_arn"].as_str().unwrap().to_string();
     let tasks = aws
@@ -452,7 +452,7 @@ fn dispatch_starts_one_fargate_task_with_the_image_and_no_secret_in_the_override
     bad.task.source_digest = "sha256:short".into();
     let e = aws
         .rt
-        .block_on(handlers::dispatch_fargate(bad, &runner))
+        .block_on(suite::dispatch_fargate(bad, &runner))
         .unwrap_err();
     assert_eq!(e.class.as_str(), "BadInput");
     assert!(e.message.contains("sha256:short"));
@@ -505,10 +505,10 @@ fn a_timed_out_copy_has_its_task_stopped_and_no_other() {
     let mut other = start.clone();
     other.task.dest = format!("{ECR_HOST}/mirror/team/other:1");
     let (timed_out, going_on) = aws.rt.block_on(async {
-        let a = handlers::dispatch_fargate(start.clone(), &runner)
+        let a = suite::dispatch_fargate(start.clone(), &runner)
             .await
             .unwrap();
-        let b = handlers::dispatch_fargate(other, &runner).await.unwrap();
+        let b = suite::dispatch_fargate(other, &runner).await.unwrap();
         (
             a["task_arn"].as_str().unwrap().to_string(),
             b["task_arn"].as_str().unwrap().to_string(),
@@ -516,16 +516,16 @@ fn a_timed_out_copy_has_its_task_stopped_and_no_other() {
     });
     // The sample stop input, as the state machine sends it.
     let stop = match serde_json::from_value(event("dispatch-fargate-stop.json")).unwrap() {
-        hub_core::workflow::DispatchInput::Stop(s) => s,
+        hub_core::images::workflow::DispatchInput::Stop(s) => s,
         other => panic!("the stop sample parsed as {other:?}"),
     };
     assert!(matches!(
         serde_json::from_value(event("dispatch-fargate.json")).unwrap(),
-        hub_core::workflow::DispatchInput::Start(_)
+        hub_core::images::workflow::DispatchInput::Start(_)
     ));
     let out = aws
         .rt
-        .block_on(handlers::stop_copy_tasks(stop.clone(), &runner))
+        .block_on(suite::stop_copy_tasks(stop.clone(), &runner))
         .unwrap();
     assert_eq!(out["stopped"], 1, "{out}");
     let admin = ecs_at_proxy(&aws.conf);
@@ -543,7 +543,7 @@ fn a_timed_out_copy_has_its_task_stopped_and_no_other() {
     assert_eq!(status(&going_on), "RUNNING", "another image's copy goes on");
     let again = aws
         .rt
-        .block_on(handlers::stop_copy_tasks(stop, &runner))
+        .block_on(suite::stop_copy_tasks(stop, &runner))
         .unwrap();
     assert_eq!(again["stopped"], 0, "nothing left to stop: {again}");
 }
@@ -580,7 +580,7 @@ fn record_status_keeps_the_newest_result_and_sends_one_message_per_failed_run() 
     let rec = |name: &str| -> RecordRequest { serde_json::from_value(event(name)).unwrap() };
     let copied = aws
         .rt
-        .block_on(handlers::record_status(
+        .block_on(suite::record_status(
             rec("record-status-copied.json"),
             &store,
             &notifier,
@@ -590,7 +590,7 @@ fn record_status_keeps_the_newest_result_and_sends_one_message_per_failed_run() 
     // The failure of an earlier attempt arrives late: it must not overwrite the success.
     let late = aws
         .rt
-        .block_on(handlers::record_status(
+        .block_on(suite::record_status(
             rec("record-status-failed.json"),
             &store,
             &notifier,
@@ -600,7 +600,7 @@ fn record_status_keeps_the_newest_result_and_sends_one_message_per_failed_run() 
     // The same result delivered twice is applied once.
     assert_eq!(
         aws.rt
-            .block_on(handlers::record_status(
+            .block_on(suite::record_status(
                 rec("record-status-copied.json"),
                 &store,
                 &notifier
@@ -615,7 +615,7 @@ fn record_status_keeps_the_newest_result_and_sends_one_message_per_failed_run() 
     other["task"]["dest"] = format!("{ECR_HOST}/mirror/team/other:9").into();
     other["error"] = serde_json::json!({"Error": "AuthDenied", "Cause": "401 Unauthorized"});
     aws.rt
-        .block_on(handlers::record_status(
+        .block_on(suite::record_status(
             serde_json::from_value(other).unwrap(),
             &store,
             &notifier,
@@ -625,7 +625,7 @@ fn record_status_keeps_the_newest_result_and_sends_one_message_per_failed_run() 
     hub_core::aws::metrics::capture();
     let first = aws
         .rt
-        .block_on(handlers::record_status(
+        .block_on(suite::record_status(
             rec("record-status-run.json"),
             &store,
             &notifier,
@@ -641,7 +641,7 @@ fn record_status_keeps_the_newest_result_and_sends_one_message_per_failed_run() 
     );
     let again = aws
         .rt
-        .block_on(handlers::record_status(
+        .block_on(suite::record_status(
             rec("record-status-run.json"),
             &store,
             &notifier,
@@ -740,7 +740,7 @@ fn list_images_and_find_diff_log_in_to_the_destination_with_its_secret() {
     let registries = |conf: &aws_config::SdkConfig| {
         let secrets = aws_sdk_secretsmanager::Client::new(conf);
         aws.rt
-            .block_on(handlers::registries_for(&hosts, Some(&secrets), Vec::new()))
+            .block_on(suite::registries_for(&hosts, Some(&secrets), Vec::new()))
             .unwrap()
     };
     let (list_role, diff_role) = (
@@ -750,7 +750,7 @@ fn list_images_and_find_diff_log_in_to_the_destination_with_its_secret() {
     let ssm = Ssm(aws_sdk_ssm::Client::new(&list_role));
     let listed = aws
         .rt
-        .block_on(handlers::list_images(
+        .block_on(suite::list_images(
             list_request("dest-login"),
             &cfg,
             &ListEdges {
@@ -763,7 +763,7 @@ fn list_images_and_find_diff_log_in_to_the_destination_with_its_secret() {
         .unwrap();
     let d = aws
         .rt
-        .block_on(handlers::find_diff(
+        .block_on(suite::find_diff(
             listed,
             &cfg,
             &DiffEdges {
@@ -782,7 +782,7 @@ fn list_images_and_find_diff_log_in_to_the_destination_with_its_secret() {
 struct SnsDown;
 
 #[async_trait::async_trait]
-impl hub_core::notify::Notifier for SnsDown {
+impl hub_core::aws::notify::Notifier for SnsDown {
     async fn publish(&self, _: &str, _: &str) -> Result<(), hub_core::retry::ItemError> {
         Err(hub_core::retry::ItemError::new(
             hub_core::retry::ErrorClass::Retryable,
@@ -818,13 +818,13 @@ fn a_failure_mail_that_could_not_be_sent_is_sent_by_the_next_attempt() {
         .unwrap();
     let failed: RecordRequest = serde_json::from_value(event("record-status-failed.json")).unwrap();
     aws.rt
-        .block_on(handlers::record_status(failed, &store, &SnsDown))
+        .block_on(suite::record_status(failed, &store, &SnsDown))
         .unwrap();
     let run: RecordRequest = serde_json::from_value(event("record-status-run.json")).unwrap();
     // The publish fails: the step fails (Step Functions retries it) and nothing is marked.
     let e = aws
         .rt
-        .block_on(handlers::record_status(run.clone(), &store, &SnsDown))
+        .block_on(suite::record_status(run.clone(), &store, &SnsDown))
         .unwrap_err();
     assert!(e.message.contains("SNS"), "{e}");
     // The retry publishes.
@@ -834,12 +834,12 @@ fn a_failure_mail_that_could_not_be_sent_is_sent_by_the_next_attempt() {
     };
     let retry = aws
         .rt
-        .block_on(handlers::record_status(run.clone(), &store, &sns))
+        .block_on(suite::record_status(run.clone(), &store, &sns))
         .unwrap();
     assert_eq!(retry["notified"], true, "{retry}");
     let again = aws
         .rt
-        .block_on(handlers::record_status(run, &store, &sns))
+        .block_on(suite::record_status(run, &store, &sns))
         .unwrap();
     assert_eq!(again["notified"], false, "sent once: {again}");
     let msgs = aws
@@ -1012,7 +1012,7 @@ fn find_diff_with_include_untagged_also_moves_the_ecr_images_no_tag_points_at() 
         let ssm = Ssm(aws_sdk_ssm::Client::new(&list_role));
         let listed = aws
             .rt
-            .block_on(handlers::list_images(
+            .block_on(suite::list_images(
                 list_request(run),
                 &cfg,
                 &ListEdges {
@@ -1024,7 +1024,7 @@ fn find_diff_with_include_untagged_also_moves_the_ecr_images_no_tag_points_at() 
             ))
             .unwrap();
         aws.rt
-            .block_on(handlers::find_diff(
+            .block_on(suite::find_diff(
                 listed,
                 &cfg,
                 &DiffEdges {

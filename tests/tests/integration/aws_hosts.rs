@@ -3,15 +3,15 @@
 //! the copy worker refuses a task naming another host before any secret is fetched. The
 //! foreign registry keeps every request it got, so the tests prove no login reached it.
 
+use hub_core::aws::offload::S3Blobs;
 use hub_core::config::Env;
-use hub_core::ecr::Registries;
-use hub_core::handlers::{self, DiffEdges, ImagesConfig, ListEdges};
-use hub_core::list_source::Ssm;
-use hub_core::offload::S3Blobs;
-use hub_core::registry::HttpRegistry;
+use hub_core::images::ecr::Registries;
+use hub_core::images::list_source::Ssm;
+use hub_core::images::registry::HttpRegistry;
+use hub_core::images::suite::{self, DiffEdges, ImagesConfig, ListEdges};
+use hub_core::images::workflow::{ListRequest, Listed};
 use hub_core::status::StatusStore;
 use hub_core::status::dynamodb::DynamoStore;
-use hub_core::workflow::{ListRequest, Listed};
 use hub_tests::{
     Body, FakeRegistry, MotoServer, OciImage, RegistryServer, Reply, aws_fixtures, event,
     transfer_hub_bin,
@@ -125,7 +125,7 @@ fn list_images_refuses_lines_naming_an_unconfigured_registry_unless_it_is_allowe
     let cfg = aws.config(&src.addr, &format!("{ECR_HOST}/mirror"), &[]);
     let listed = aws
         .rt
-        .block_on(handlers::list_images(req.clone(), &cfg, &edges))
+        .block_on(suite::list_images(req.clone(), &cfg, &edges))
         .unwrap();
     assert_eq!(listed.failed, 1);
     let items = listed.images.items.unwrap();
@@ -165,7 +165,7 @@ fn list_images_refuses_lines_naming_an_unconfigured_registry_unless_it_is_allowe
     req.run_id = "foreign-2".into();
     let listed = aws
         .rt
-        .block_on(handlers::list_images(req, &cfg, &edges))
+        .block_on(suite::list_images(req, &cfg, &edges))
         .unwrap();
     assert_eq!(
         listed.failed, 1,
@@ -178,9 +178,9 @@ fn list_images_refuses_lines_naming_an_unconfigured_registry_unless_it_is_allowe
     let cfg = aws.config(&src.addr, &format!("{ECR_HOST}/mirror"), &[]);
     let forged = Listed {
         run_id: "foreign-3".into(),
-        images: hub_core::workflow::Batch {
+        images: hub_core::images::workflow::Batch {
             count: 1,
-            items: Some(vec![hub_core::workflow::ImageJob {
+            items: Some(vec![hub_core::images::workflow::ImageJob {
                 source: format!("{}/other/app:1", foreign.addr),
                 dest: format!("{ECR_HOST}/mirror/other/app:1"),
             }]),
@@ -192,7 +192,7 @@ fn list_images_refuses_lines_naming_an_unconfigured_registry_unless_it_is_allowe
     let before = foreign.requests().len();
     let d = aws
         .rt
-        .block_on(handlers::find_diff(
+        .block_on(suite::find_diff(
             forged,
             &cfg,
             &DiffEdges {

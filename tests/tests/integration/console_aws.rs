@@ -310,7 +310,7 @@ fn the_console_lambda_makes_a_tasks_schedule_starts_its_run_removes_the_schedule
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect(),
     );
-    let router = hub_core::functions::ConsoleFn::router(env, &conf).unwrap();
+    let router = hub_core::aws::functions::ConsoleFn::router(env, &conf).unwrap();
     let claims = || Some(serde_json::json!({"sub": "u-1", "email": "ops@example.com"}));
     let call = |req: lambda_http::Request| {
         let r = rt
@@ -534,7 +534,7 @@ fn the_console_lambda_runs_an_objects_task_on_the_objects_state_machine() {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect(),
     );
-    let router = hub_core::functions::ConsoleFn::router(env, &conf).unwrap();
+    let router = hub_core::aws::functions::ConsoleFn::router(env, &conf).unwrap();
     let claims = || Some(serde_json::json!({"sub": "u-1", "email": "ops@example.com"}));
     let call = |req: lambda_http::Request| {
         let r = rt

@@ -30,7 +30,7 @@ fn an_ecr_destination_gets_a_token_and_missing_repositories_with_scan_on_push_an
     ];
     let rt = tokio::runtime::Runtime::new().unwrap();
     let ecr = rt.block_on(async {
-        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        let conf = hub_core::aws::sdk::loader()
             .endpoint_url(&moto.endpoint)
             .region(aws_config::Region::new("eu-west-1"))
             .credentials_provider(aws_sdk_ecr::config::Credentials::new(

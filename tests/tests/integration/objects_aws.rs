@@ -14,8 +14,8 @@
 
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use aws_sdk_s3::primitives::ByteStream;
+use hub_core::aws::functions::ObjectsFn;
 use hub_core::config::Env;
-use hub_core::functions::ObjectsFn;
 use hub_tests::iam::{Deployment, IamMoto};
 use hub_tests::{aws_fixtures, event};
 use md5::{Digest, Md5};

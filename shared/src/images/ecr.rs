@@ -6,9 +6,9 @@
 //! manifests) for ECR hosts to another address: the tests use it to point at a local
 //! docker-registry while the ECR API comes from an emulator via `AWS_ENDPOINT_URL`.
 
-use crate::authfile::Login;
-use crate::reference::Digest;
-use crate::registry::{ManifestInfo, Registry};
+use crate::images::authfile::Login;
+use crate::images::reference::Digest;
+use crate::images::registry::{ManifestInfo, Registry};
 use crate::retry::{ErrorClass, ItemError};
 use aws_sdk_ecr::types::{EncryptionConfiguration, EncryptionType, ImageScanningConfiguration};
 use base64::Engine as _;
@@ -93,8 +93,8 @@ impl Ecr {
     /// Builds a client for the registry's region with these keys (another account or
     /// partition), or the default credential chain when `None`.
     pub async fn connect_with(host: EcrHost, keys: Option<(String, String)>) -> Self {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(host.region.clone()));
+        let mut loader =
+            crate::aws::sdk::loader().region(aws_config::Region::new(host.region.clone()));
         if let Some((id, secret)) = keys {
             loader = loader.credentials_provider(aws_sdk_ecr::config::Credentials::new(
                 id,
@@ -422,7 +422,7 @@ impl Registry for Ecr {
 /// that makes progress is forgiven as for any registry.
 pub struct Registries {
     pub ecr: std::collections::HashMap<String, Ecr>,
-    pub http: crate::registry::HttpRegistry,
+    pub http: crate::images::registry::HttpRegistry,
 }
 
 #[async_trait::async_trait]
@@ -471,7 +471,7 @@ impl Registry for Registries {
         host: &str,
         repo: &str,
         digest: &Digest,
-    ) -> Result<Option<Vec<crate::registry::Part>>, ItemError> {
+    ) -> Result<Option<Vec<crate::images::registry::Part>>, ItemError> {
         // ECR's API cannot list an image's parts: its registry protocol can, with the token.
         if let Some(e) = self.ecr.get(host)
             && let Some(parts) = e.image_parts(host, repo, digest).await?
@@ -536,7 +536,7 @@ pub struct EcrRepos {
 }
 
 #[async_trait::async_trait]
-impl crate::sync::Prepare for EcrRepos {
+impl crate::images::sync::Prepare for EcrRepos {
     async fn prepare(
         &self,
         repos: &[String],

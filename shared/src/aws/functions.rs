@@ -1,21 +1,21 @@
 //! One struct per AWS function: `from_env` reads the configuration and builds the clients
-//! once per container; `handle` runs one invocation through [`crate::handlers`]. The binaries
+//! once per container; `handle` runs one invocation through [`crate::images::suite`]. The binaries
 //! in `functions/` are a few lines around these.
 
 use crate::aws::ecs_runner::{EcsRunner, EcsSettings};
+use crate::aws::notify::Sns;
+use crate::aws::offload::S3Blobs;
 use crate::config::{ConfigError, Env};
-use crate::ecr::{self, Ecr, EcrRepos};
-use crate::handlers::{self, DiffEdges, ImagesConfig, ListEdges};
-use crate::list_source::Ssm;
-use crate::notify::Sns;
-use crate::offload::S3Blobs;
+use crate::images::ecr::{self, Ecr, EcrRepos};
+use crate::images::list_source::Ssm;
+use crate::images::suite::{self, DiffEdges, ImagesConfig, ListEdges};
+use crate::images::sync::Prepare;
+use crate::images::workflow::{Diff, DispatchInput, ListRequest, Listed, RecordRequest};
 use crate::retry::ItemError;
 use crate::status::dynamodb::DynamoStore;
-use crate::sync::Prepare;
-use crate::workflow::{Diff, DispatchInput, ListRequest, Listed, RecordRequest};
 
 async fn sdk_config() -> aws_config::SdkConfig {
-    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+    crate::aws::sdk::load().await
 }
 
 /// Shared clients of `list-images` and `find-diff`.
@@ -76,7 +76,7 @@ impl ImagesFn {
             (self.cfg.source.host.clone(), self.cfg.source_secret.clone()),
             (self.cfg.dest.host.clone(), self.cfg.dest_secret.clone()),
         ];
-        handlers::registries_for(&hosts, Some(&self.secrets), Vec::new()).await
+        suite::registries_for(&hosts, Some(&self.secrets), Vec::new()).await
     }
 
     /// `list-images`.
@@ -89,7 +89,7 @@ impl ImagesFn {
             blobs: &self.blobs,
             store: &self.store,
         };
-        handlers::list_images(req, &cfg, &edges).await
+        suite::list_images(req, &cfg, &edges).await
     }
 
     /// `find-diff`.
@@ -112,7 +112,7 @@ impl ImagesFn {
             store: &self.store,
             prepare: prepare.as_ref().map(|p| p as &dyn Prepare),
         };
-        handlers::find_diff(listed, &cfg, &edges).await
+        suite::find_diff(listed, &cfg, &edges).await
     }
 }
 
@@ -153,8 +153,8 @@ impl DispatchFn {
     /// Starts a copy task, or stops a timed-out one (`{"action": "stop", ...}`).
     pub async fn handle(&self, req: DispatchInput) -> Result<serde_json::Value, ItemError> {
         match req {
-            DispatchInput::Start(r) => handlers::dispatch_fargate(r, &self.runner).await,
-            DispatchInput::Stop(r) => handlers::stop_copy_tasks(r, &self.runner).await,
+            DispatchInput::Start(r) => suite::dispatch_fargate(r, &self.runner).await,
+            DispatchInput::Stop(r) => suite::stop_copy_tasks(r, &self.runner).await,
         }
     }
 }
@@ -183,7 +183,7 @@ impl RecordFn {
     }
 
     pub async fn handle(&self, req: RecordRequest) -> Result<serde_json::Value, ItemError> {
-        handlers::record_status(req, &self.store, &self.sns).await
+        suite::record_status(req, &self.store, &self.sns).await
     }
 }
 

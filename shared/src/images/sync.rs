@@ -3,11 +3,11 @@
 //! [`Copier`], [`StatusStore`], [`Prepare`], [`Progress`]), so the same pipeline runs
 //! against real registries from the CLI and, later, inside the AWS functions.
 
+use crate::images::plan::{self, Action, ImageName, Observation, TagListings, Unplannable, Wanted};
+use crate::images::registry::{Location, Registry};
+use crate::images::selection::{Selection, TagSpec};
 use crate::interrupt::{Stop, interrupted};
-use crate::plan::{self, Action, ImageName, Observation, TagListings, Unplannable, Wanted};
-use crate::registry::{Location, Registry};
 use crate::retry::{ErrorClass, ItemError, RetryPolicy, with_retries};
-use crate::selection::{Selection, TagSpec};
 use crate::status::{ItemRecord, RunRecord, RunResult, Status, StatusStore, StoreError};
 use async_trait::async_trait;
 use chrono::Utc;
@@ -38,6 +38,8 @@ pub struct SyncSpec {
     pub dry_run: bool,
     /// With `AllRepos`: also the manifests no tag points at (ECR sources), copied by digest.
     pub include_untagged: bool,
+    /// Which listed tags are wanted (`ALL_TAGS` lines and `--all-repos`).
+    pub tag_rules: crate::images::tags::TagRules,
 }
 
 /// Prepares the destination before copies start (e.g. creates missing ECR repositories).
@@ -51,6 +53,8 @@ pub trait Prepare: Send + Sync {
 pub trait Progress: Send + Sync {
     /// The plan is made: `to_copy` of `total` images will be copied.
     fn planned(&self, _to_copy: usize, _total: usize) {}
+    /// The tag rules left out `left_out` of the `listed` tags the listings gave.
+    fn tags_left_out(&self, _left_out: usize, _listed: usize) {}
     /// One image reached its final status.
     fn finished(&self, _item: &ItemRecord) {}
     /// Objects: one more object of `bytes` is to be copied (found as the listing goes).
@@ -68,7 +72,7 @@ impl Progress for Silent {}
 /// The edges a run talks through.
 pub struct Edges<'a> {
     pub registry: &'a dyn Registry,
-    pub copier: &'a dyn crate::copy::Copier,
+    pub copier: &'a dyn crate::images::copy::Copier,
     pub store: &'a dyn StatusStore,
     pub prepare: Option<&'a dyn Prepare>,
     pub progress: &'a dyn Progress,
@@ -111,7 +115,7 @@ pub async fn run_sync(spec: &SyncSpec, edges: &Edges<'_>) -> Result<SyncReport, 
 /// are abandoned, copies in flight are killed, copies not started do not start; every
 /// image not finished is recorded as interrupted and the run record is closed, so a re-run
 /// copies exactly what is missing. The copier must hear the same `stop` (see
-/// [`crate::copy::Skopeo::with_stop`]).
+/// [`crate::images::copy::Skopeo::with_stop`]).
 pub async fn run_sync_until(
     spec: &SyncSpec,
     edges: &Edges<'_>,
@@ -137,7 +141,10 @@ pub async fn run_sync_until(
     }
 
     let looked_up = async {
-        let (wanted, unplannable) = select(spec, edges.registry).await;
+        let (wanted, unplannable, rules) = select(spec, edges.registry).await;
+        if rules.left_out > 0 {
+            edges.progress.tags_left_out(rules.left_out, rules.listed);
+        }
         let observed = resolve(spec, edges.registry, &wanted).await;
         (wanted, unplannable, observed)
     };
@@ -327,7 +334,7 @@ async fn copy_one(
     spec: &SyncSpec,
     edges: &Edges<'_>,
     w: &Wanted,
-    digest: &crate::reference::Digest,
+    digest: &crate::images::reference::Digest,
     stop: &Stop,
 ) -> (Result<(String, u64), ItemError>, u32) {
     // Copy exactly the digest the plan read, not whatever the tag names by now: skopeo then
@@ -337,7 +344,7 @@ async fn copy_one(
         digest: Some(digest.clone()),
         ..w.source.clone()
     };
-    let (copied, attempts) = crate::copy::copy_with_retries(
+    let (copied, attempts) = crate::images::copy::copy_with_retries(
         edges.copier,
         edges.registry,
         &spec.retry,
@@ -384,8 +391,35 @@ async fn copy_one(
     (verdict, attempts)
 }
 
-/// Turns the selection into images, listing tags and repositories where asked.
-pub async fn select(spec: &SyncSpec, registry: &dyn Registry) -> (Vec<Wanted>, Vec<Unplannable>) {
+/// What the tag rules did to a run's listings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RulesApplied {
+    /// Tags the listings gave.
+    pub listed: usize,
+    /// Of those, tags the rules left out.
+    pub left_out: usize,
+}
+
+/// Applies the tag rules to every listing that answered.
+fn apply_rules(spec: &SyncSpec, mut tags: plan::TagListings) -> (plan::TagListings, RulesApplied) {
+    let mut applied = RulesApplied::default();
+    for list in tags.values_mut().flatten() {
+        applied.listed += list.len();
+        if !spec.tag_rules.is_empty() {
+            let (kept, out) = spec.tag_rules.select(list);
+            *list = kept;
+            applied.left_out += out;
+        }
+    }
+    (tags, applied)
+}
+
+/// Turns the selection into images, listing tags and repositories where asked; the tag
+/// rules apply to the listed tags (a tag a line names itself is always wanted).
+pub async fn select(
+    spec: &SyncSpec,
+    registry: &dyn Registry,
+) -> (Vec<Wanted>, Vec<Unplannable>, RulesApplied) {
     let policy = &spec.retry;
     match &spec.selecting {
         Selecting::List(sel) => {
@@ -404,11 +438,11 @@ pub async fn select(spec: &SyncSpec, registry: &dyn Registry) -> (Vec<Wanted>, V
                 .filter(|e| e.spec == TagSpec::AllTags)
                 .map(|e| plan::entry_source(e, &spec.source))
                 .collect();
-            let tags = list_tags(spec, registry, repos).await;
+            let (tags, applied) = apply_rules(spec, list_tags(spec, registry, repos).await);
             let (wanted, failed) =
                 plan::expand_entries(&sel.entries, &spec.source, &spec.dest, &tags);
             bad.extend(failed);
-            (wanted, bad)
+            (wanted, bad, applied)
         }
         Selecting::AllRepos => {
             let host = spec.source.host.clone();
@@ -424,6 +458,7 @@ pub async fn select(spec: &SyncSpec, registry: &dyn Registry) -> (Vec<Wanted>, V
                             format!("listing repositories: {}", e.message),
                         ),
                     }],
+                    RulesApplied::default(),
                 ),
                 Ok(repos) => {
                     let under: Vec<String> = repos
@@ -431,7 +466,7 @@ pub async fn select(spec: &SyncSpec, registry: &dyn Registry) -> (Vec<Wanted>, V
                         .filter(|r| spec.source.strip(r).is_some())
                         .collect();
                     let keys = under.iter().map(|r| (host.clone(), r.clone())).collect();
-                    let tags = list_tags(spec, registry, keys).await;
+                    let (tags, applied) = apply_rules(spec, list_tags(spec, registry, keys).await);
                     let (mut wanted, mut failed) =
                         plan::expand_all_repos(&under, &spec.source, &spec.dest, &tags);
                     if spec.include_untagged {
@@ -439,7 +474,7 @@ pub async fn select(spec: &SyncSpec, registry: &dyn Registry) -> (Vec<Wanted>, V
                         wanted.extend(w);
                         failed.extend(f);
                     }
-                    (wanted, failed)
+                    (wanted, failed, applied)
                 }
             }
         }
@@ -454,19 +489,21 @@ async fn untagged(
     repos: &[String],
 ) -> (Vec<Wanted>, Vec<Unplannable>) {
     let host = spec.source.host.clone();
-    let lists: Vec<(String, Result<Vec<crate::reference::Digest>, ItemError>)> =
-        stream::iter(repos)
-            .map(|repo| {
-                let host = host.clone();
-                async move {
-                    let (r, _) =
-                        with_retries(&spec.retry, |_| registry.list_untagged(&host, repo)).await;
-                    (repo.clone(), r)
-                }
-            })
-            .buffer_unordered(spec.resolve_concurrency.max(1))
-            .collect()
-            .await;
+    let lists: Vec<(
+        String,
+        Result<Vec<crate::images::reference::Digest>, ItemError>,
+    )> = stream::iter(repos)
+        .map(|repo| {
+            let host = host.clone();
+            async move {
+                let (r, _) =
+                    with_retries(&spec.retry, |_| registry.list_untagged(&host, repo)).await;
+                (repo.clone(), r)
+            }
+        })
+        .buffer_unordered(spec.resolve_concurrency.max(1))
+        .collect()
+        .await;
     let (mut wanted, mut failed) = (Vec::new(), Vec::new());
     for (repo, r) in lists {
         let Some(below) = spec.source.strip(&repo) else {

@@ -1,8 +1,8 @@
 //! How a copy worker answers the state machine: heartbeats while it works, then success
 //! with the digests or failure with the error class as the error name.
 
+use crate::images::workflow::CopyResult;
 use crate::retry::ItemError;
-use crate::workflow::CopyResult;
 use async_trait::async_trait;
 
 /// Reports on a Step Functions task token.

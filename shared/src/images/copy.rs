@@ -3,10 +3,10 @@
 //! file. Its error text is classified ([`ErrorClass::from_copy_output`]) and scrubbed of
 //! secrets before it goes anywhere.
 
-use crate::authfile::{AuthFileError, Credentials, TempAuthFile};
+use crate::images::authfile::{AuthFileError, Credentials, TempAuthFile};
+use crate::images::plan::ImageName;
+use crate::images::registry::{HttpRegistry, Part, Registry};
 use crate::interrupt::{Stop, interrupted};
-use crate::plan::ImageName;
-use crate::registry::{HttpRegistry, Part, Registry};
 use crate::retry::{ErrorClass, ItemError, RetryPolicy, with_progress_retries_until, with_retries};
 use async_trait::async_trait;
 use std::collections::{HashMap, HashSet};
@@ -43,7 +43,7 @@ pub trait Copier: Send + Sync {
 /// platform's requests. Same copier, same logins, same realm checks.
 ///
 /// An ECR side is asked through ECR's registry protocol with the ECR login token (see
-/// [`crate::ecr::Registries`]). Where the destination cannot be asked (a source manifest
+/// [`crate::images::ecr::Registries`]). Where the destination cannot be asked (a source manifest
 /// that cannot be read), every failure counts, as before. The same for the CLI's sync and
 /// the copy worker.
 pub async fn copy_with_retries(
@@ -133,7 +133,7 @@ pub async fn copy_with_retries(
 /// blob is there), and every part it holds (`None` until it was first looked at).
 #[derive(Default)]
 struct Seen {
-    missing: Vec<crate::reference::Digest>,
+    missing: Vec<crate::images::reference::Digest>,
     present: Option<HashSet<Part>>,
 }
 
@@ -209,7 +209,7 @@ async fn put_manifest(
     registry: &dyn Registry,
     policy: &RetryPolicy,
     source: &ImageName,
-    digest: &crate::reference::Digest,
+    digest: &crate::images::reference::Digest,
     dest: &ImageName,
     top: bool,
 ) -> Result<bool, ItemError> {
@@ -245,7 +245,7 @@ async fn landed(
     policy: &RetryPolicy,
     dest: &ImageName,
     parts: &[Part],
-) -> Option<(u64, Vec<crate::reference::Digest>, HashSet<Part>)> {
+) -> Option<(u64, Vec<crate::images::reference::Digest>, HashSet<Part>)> {
     let mut present = Vec::with_capacity(parts.len());
     for p in parts {
         let here = match p {
@@ -275,7 +275,7 @@ async fn landed(
         .zip(&present)
         .all(|(p, here)| *here || matches!(p, Part::Manifest(_)));
     // Platforms first (they follow the image's own manifest in `parts`), the image's last.
-    let mut left: Vec<crate::reference::Digest> = Vec::new();
+    let mut left: Vec<crate::images::reference::Digest> = Vec::new();
     if blobs_all_here {
         for (p, here) in parts
             .iter()
@@ -304,7 +304,7 @@ const SKOPEO_RETRY_TIMES: &str = "3";
 struct Endpoint {
     address: String,
     plain_http: bool,
-    /// The registry's own CAs ([`crate::registry::Trust`]): skopeo's `--*-cert-dir`.
+    /// The registry's own CAs ([`crate::images::registry::Trust`]): skopeo's `--*-cert-dir`.
     cert_dir: Option<PathBuf>,
 }
 
@@ -513,7 +513,7 @@ impl Copier for Skopeo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::authfile::Login;
+    use crate::images::authfile::Login;
 
     #[test]
     fn args_carry_no_secret_and_pick_transports() {
@@ -561,7 +561,7 @@ mod tests {
         let dir = certs.path().join("127.0.0.1:5443");
         std::fs::create_dir(&dir).unwrap();
         let reg = HttpRegistry::new(Credentials::default(), Vec::<String>::new())
-            .with_trust(crate::registry::Trust::system().with_registry_certs(certs.path()));
+            .with_trust(crate::images::registry::Trust::system().with_registry_certs(certs.path()));
         assert!(!reg.plain_http("127.0.0.1:5443"), "TLS when a CA is given");
         assert!(
             reg.plain_http("127.0.0.1:5000"),

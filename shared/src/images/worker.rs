@@ -7,14 +7,14 @@
 //! as `Retryable` before the worker exits.
 
 use crate::config::{ConfigError, Env};
-use crate::copy::Skopeo;
-use crate::handlers::registries_for;
-use crate::hosts::HostRules;
+use crate::images::copy::Skopeo;
+use crate::images::hosts::HostRules;
+use crate::images::registry::{Location, Registry};
+use crate::images::suite::registries_for;
+use crate::images::task_report::TaskReporter;
+use crate::images::workflow::{CopyResult, CopyTask};
 use crate::interrupt::{Stop, interrupted};
-use crate::registry::{Location, Registry};
 use crate::retry::{ErrorClass, ItemError, RetryPolicy, with_retries};
-use crate::task_report::TaskReporter;
-use crate::workflow::{CopyResult, CopyTask};
 use std::time::Duration;
 
 /// The worker's settings: the task from the overrides, the secrets from the task definition.
@@ -90,7 +90,7 @@ impl WorkerConfig {
         };
         let source_registry = registry("SOURCE_REGISTRY", &source_secret, &mut env);
         let dest_registry = registry("DEST_REGISTRY", &dest_secret, &mut env);
-        let extra_sources = match crate::hosts::parse_extra_sources(
+        let extra_sources = match crate::images::hosts::parse_extra_sources(
             &env.optional("EXTRA_SOURCE_REGISTRIES").unwrap_or_default(),
         ) {
             Ok(v) => v,
@@ -198,12 +198,19 @@ pub async fn copy_and_verify(
         .map_err(|e| ItemError::new(ErrorClass::Retryable, e.to_string()))?
         .with_stop(stop.clone());
     // Copy exactly the digest find-diff planned, even if the tag has moved since.
-    let pinned = crate::plan::ImageName {
+    let pinned = crate::images::plan::ImageName {
         digest: Some(digest.clone()),
         ..src.clone()
     };
-    let (copied, attempts) =
-        crate::copy::copy_with_retries(&skopeo, &registries, &cfg.retry, stop, &pinned, &dst).await;
+    let (copied, attempts) = crate::images::copy::copy_with_retries(
+        &skopeo,
+        &registries,
+        &cfg.retry,
+        stop,
+        &pinned,
+        &dst,
+    )
+    .await;
     // The auth file goes now, not at the end of the task.
     drop(skopeo);
     copied?;

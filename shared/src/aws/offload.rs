@@ -1,9 +1,9 @@
 //! Large lists leave the state payload: [`offload`] keeps a list inline when small and puts
 //! it in S3 otherwise, [`load`] reads it back. A distributed Map can read the same S3 object.
 
+use crate::images::workflow::{Batch, INLINE_LIMIT_BYTES, S3Pointer};
 use crate::retry::aws_error;
 use crate::retry::{ErrorClass, ItemError};
-use crate::workflow::{Batch, INLINE_LIMIT_BYTES, S3Pointer};
 use async_trait::async_trait;
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -5,7 +5,7 @@
 //! explicitly allowed extra sources (read anonymously); a destination host is the configured
 //! destination. Everything else is a [`HostRefused`] for that one image.
 
-use crate::reference::validate_domain;
+use crate::images::reference::validate_domain;
 use crate::retry::{ErrorClass, ItemError};
 
 /// A host refused for an image, with the host it should have been.

@@ -3,7 +3,7 @@
 //! `name:tag@sha256:…`, optionally with their own registry host. Blank lines, stray
 //! spaces and `#` comments are ignored. Pure: no IO.
 
-use crate::reference::{Digest, ImageRef, ReferenceError, parse};
+use crate::images::reference::{Digest, ImageRef, ReferenceError, parse};
 use std::collections::HashSet;
 
 /// The tag word that asks for every tag of a repository.

@@ -1,27 +1,28 @@
 //! The AWS functions of the image suite. Each `functions/<name>` binary reads its config,
 //! builds its clients and calls one handler here. Handlers translate payloads
-//! ([`crate::workflow`]) and call the same pure planning code as the CLI; errors carry the
+//! ([`crate::images::workflow`]) and call the same pure planning code as the CLI; errors carry the
 //! stable class name as the Lambda error type, which the state machine's Retry/Catch match.
 
 use crate::aws::ecs_runner::TaskRunner;
+use crate::aws::notify::Notifier;
+use crate::aws::offload::{self, BlobStore};
+use crate::aws::secrets::{self, SecretCredentials};
 use crate::config::{ConfigError, Env};
-use crate::ecr::{self, Ecr, Registries};
-use crate::hosts::{self, HostRules};
-use crate::list_source::ParameterStore;
-use crate::notify::Notifier;
-use crate::offload::{self, BlobStore};
-use crate::plan::{self, Action, Unplannable, Wanted};
-use crate::registry::{HttpRegistry, Location, Registry};
-use crate::retry::{ErrorClass, ItemError, RetryPolicy};
-use crate::secrets::{self, SecretCredentials};
-use crate::selection::parse_list;
-use crate::status::{ItemRecord, RunRecord, Status, StatusStore, StoreError};
-use crate::sync::{self, Prepare, Selecting, SyncSpec};
-use crate::tasks::{ImageSelection, Spec, Task};
-use crate::workflow::{
+use crate::images::ecr::{self, Ecr, Registries};
+use crate::images::hosts::{self, HostRules};
+use crate::images::list_source::ParameterStore;
+use crate::images::plan::{self, Action, Unplannable, Wanted};
+use crate::images::registry::{HttpRegistry, Location, Registry};
+use crate::images::selection::parse_list;
+use crate::images::sync::{self, Prepare, Selecting, SyncSpec};
+use crate::images::tags::{TagRuleText, TagRules};
+use crate::images::workflow::{
     CopyTask, Diff, DispatchRequest, ImageJob, ListRequest, Listed, RecordRequest, RunSummary,
     StopRequest, image_name,
 };
+use crate::retry::{ErrorClass, ItemError, RetryPolicy};
+use crate::status::{ItemRecord, RunRecord, Status, StatusStore, StoreError};
+use crate::tasks::{ImageSelection, Spec, Task};
 use chrono::Utc;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -75,6 +76,9 @@ pub struct ImagesConfig {
     pub list_text: Option<String>,
     /// The task this run is of: marked on its run record.
     pub task: Option<String>,
+    /// `INCLUDE_TAG_PATTERNS`, `EXCLUDE_TAG_PATTERNS` (regular expressions separated by spaces),
+    /// `SEMVER_RANGE`, `NEWEST_TAGS`: which listed tags are wanted.
+    pub tag_rules: TagRules,
 }
 
 impl ImagesConfig {
@@ -105,6 +109,25 @@ impl ImagesConfig {
         let resolve_concurrency = env.parsed("RESOLVE_CONCURRENCY", 32usize, "a positive number");
         let include_untagged = env.parsed("INCLUDE_UNTAGGED", false, "true or false");
         let tasks_table = env.optional("TASKS_TABLE");
+        let rule_text = TagRuleText {
+            include: TagRuleText::split_patterns(
+                &env.optional("INCLUDE_TAG_PATTERNS").unwrap_or_default(),
+            ),
+            exclude: TagRuleText::split_patterns(
+                &env.optional("EXCLUDE_TAG_PATTERNS").unwrap_or_default(),
+            ),
+            semver: env.optional("SEMVER_RANGE").filter(|s| !s.is_empty()),
+            newest: match env.parsed("NEWEST_TAGS", 0usize, "a number of tags (0: all)") {
+                0 => None,
+                n => Some(n),
+            },
+        };
+        let tag_rules = TagRules::parse(&rule_text).unwrap_or_else(|errors| {
+            for e in errors {
+                env.problem(format!("tag rules: {e}"));
+            }
+            TagRules::default()
+        });
         let source_secret = env.optional("SOURCE_SECRET");
         let dest_secret = env.optional("DEST_SECRET");
         let extra_sources = match hosts::parse_extra_sources(
@@ -142,6 +165,7 @@ impl ImagesConfig {
             },
             resolve_concurrency: resolve_concurrency.max(1),
             include_untagged,
+            tag_rules,
         })
     }
 
@@ -201,6 +225,10 @@ impl ImagesConfig {
         }
         cfg.retry.retries = o.retries;
         cfg.resolve_concurrency = o.resolve_concurrency.max(1);
+        cfg.tag_rules = TagRules::parse(&o.tag_rules()).map_err(|errors| {
+            let all: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+            bad("tag rules", all.join("; "))
+        })?;
         cfg.repo_settings.scan_on_push = !o.no_scan_on_push;
         cfg.task = Some(t.name.clone());
         Ok(cfg)
@@ -226,6 +254,7 @@ impl ImagesConfig {
             resolve_concurrency: self.resolve_concurrency,
             dry_run: false,
             include_untagged: self.include_untagged,
+            tag_rules: self.tag_rules.clone(),
         }
     }
 }
@@ -363,7 +392,14 @@ pub async fn list_images(
         other => other,
     };
     let spec = cfg.spec(&req.run_id, selecting);
-    let (wanted, mut unplannable) = sync::select(&spec, e.registry).await;
+    let (wanted, mut unplannable, rules) = sync::select(&spec, e.registry).await;
+    if rules.left_out > 0 {
+        tracing::info!(
+            left_out = rules.left_out,
+            listed = rules.listed,
+            "the tag rules left out listed tags"
+        );
+    }
     unplannable.extend(refused);
     let failed = unplannable.len();
     for u in unplannable {

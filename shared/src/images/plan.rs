@@ -1,11 +1,11 @@
 //! The plan: which selected images must be copied and which are already in sync.
 //! Everything here is a pure function of the selection and of what the two registries
-//! reported (tag listings and manifest digests); the IO happens in [`crate::sync`].
+//! reported (tag listings and manifest digests); the IO happens in [`crate::images::sync`].
 
-use crate::reference::Digest;
-use crate::registry::{Location, ManifestInfo};
+use crate::images::reference::Digest;
+use crate::images::registry::{Location, ManifestInfo};
+use crate::images::selection::{Entry, TagSpec};
 use crate::retry::{ErrorClass, ItemError};
-use crate::selection::{Entry, TagSpec};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
@@ -337,7 +337,7 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::selection::parse_list;
+    use crate::images::selection::parse_list;
 
     fn dg(n: u8) -> Digest {
         format!("sha256:{}", format!("{n:02x}").repeat(32))

@@ -3,7 +3,7 @@
 //! `username`/`password` (a registry login). Errors name the secret and the missing keys,
 //! never a value.
 
-use crate::authfile::Login;
+use crate::images::authfile::Login;
 use crate::retry::{ErrorClass, ItemError};
 use std::fmt;
 

@@ -2,8 +2,8 @@
 //! serialized across a state boundary. Payloads stay small (the limit is 256 KiB): image
 //! lists longer than [`INLINE_LIMIT_BYTES`] travel as an S3 pointer. Pure: serde only.
 
-use crate::plan::ImageName;
-use crate::reference::{Digest, ReferenceError, parse};
+use crate::images::plan::ImageName;
+use crate::images::reference::{Digest, ReferenceError, parse};
 use crate::retry::ItemError;
 use serde::{Deserialize, Serialize};
 

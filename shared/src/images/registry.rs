@@ -7,8 +7,8 @@
 //! only when named as insecure. TLS is always verified: a registry with its own CA gets it
 //! from its certificate directory, as skopeo and Docker read it.
 
-use crate::authfile::{Credentials, Login};
-use crate::reference::{Digest, validate_domain, validate_path};
+use crate::images::authfile::{Credentials, Login};
+use crate::images::reference::{Digest, validate_domain, validate_path};
 use crate::retry::{ErrorClass, ItemError};
 use async_trait::async_trait;
 use reqwest::{Method, StatusCode, header};

@@ -1,0 +1,147 @@
+//! Tag rules (`--include-tags`, `--exclude-tags`, `--semver`, `--newest`) between real
+//! registries: which of the listed tags land at the destination.
+
+use super::images::{list, sync};
+use hub_tests::{OciImage, RegistryServer, transfer_hub};
+
+/// The same small image under every tag, in `repo`.
+fn push_tags(src: &RegistryServer, repo: &str, tags: &[&str]) {
+    let img = OciImage::single(&[2048]);
+    for t in tags {
+        img.push(&format!("{}/{repo}:{t}", src.addr), None);
+    }
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+const TAGS: &[&str] = &[
+    "1.19.0",
+    "1.20.0",
+    "v1.21.3",
+    "1.22.0-rc.1",
+    "1.25",
+    "2.0.0",
+    "latest",
+    "dev",
+];
+
+#[test]
+fn include_and_exclude_rules_pick_listed_tags_and_a_named_tag_is_always_copied() {
+    let (src, dst, dir) = (
+        RegistryServer::start(),
+        RegistryServer::start(),
+        tempfile::tempdir().unwrap(),
+    );
+    push_tags(&src, "app", TAGS);
+    push_tags(&src, "pinned", &["dev", "1.0.0"]);
+    let l = list(dir.path(), "app:ALL_TAGS\npinned:dev\n");
+    let r = sync(
+        dir.path(),
+        &[
+            &src.addr,
+            &format!("{}/m", dst.addr),
+            "--list",
+            l.to_str().unwrap(),
+            "--include-tags",
+            "v?1\\..*",
+            "--include-tags",
+            "latest",
+            "--exclude-tags",
+            ".*-rc.*",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        sorted(dst.tags("m/app")),
+        ["1.19.0", "1.20.0", "1.25", "latest", "v1.21.3"],
+        "any include admits, any exclude refuses, both anchored (2.0.0 and dev left out)"
+    );
+    // `pinned:dev` names its tag: the rules are for listed tags only.
+    assert_eq!(dst.tags("m/pinned"), ["dev"]);
+    assert_eq!(r.json()["copied"], 6);
+}
+
+#[test]
+fn a_semver_range_and_newest_keep_only_the_versions_asked_for_in_every_repository() {
+    let (src, dst, dir) = (
+        RegistryServer::start(),
+        RegistryServer::start(),
+        tempfile::tempdir().unwrap(),
+    );
+    push_tags(&src, "team/app", TAGS);
+    push_tags(&src, "team/tool", &["0.9.0", "1.2.0", "1.10.0", "main"]);
+    let r = sync(
+        dir.path(),
+        &[
+            &format!("{}/team", src.addr),
+            &format!("{}/range", dst.addr),
+            "--all-repos",
+            "--semver",
+            ">=1.20, <2",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // 1.25 is not MAJOR.MINOR.PATCH and 1.22.0-rc.1 a pre-release the range does not name.
+    assert_eq!(sorted(dst.tags("range/app")), ["1.20.0", "v1.21.3"]);
+    assert!(
+        dst.tags("range/tool").is_empty(),
+        "no tool version is inside the range"
+    );
+
+    // Newest 2 by semver order (1.10.0 above 1.2.0; 1.22.0-rc.1 above 1.21.3, as semver
+    // orders them), non-versions left out.
+    let r = transfer_hub(
+        &[
+            "images",
+            "sync",
+            &format!("{}/team", src.addr),
+            &format!("{}/newest", dst.addr),
+            "--all-repos",
+            "--newest",
+            "2",
+            "--state",
+            dir.path().join("newest.db").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(sorted(dst.tags("newest/app")), ["1.22.0-rc.1", "2.0.0"]);
+    assert_eq!(sorted(dst.tags("newest/tool")), ["1.10.0", "1.2.0"]);
+    assert!(
+        r.stdout
+            .contains("tag rules: 8 of 12 listed tag(s) left out"),
+        "the text output says what the rules left out: {}",
+        r.stdout
+    );
+}
+
+#[test]
+fn a_tag_rule_that_does_not_parse_exits_2_naming_the_flag_and_the_value() {
+    let (src, dst, dir) = (
+        RegistryServer::start(),
+        RegistryServer::start(),
+        tempfile::tempdir().unwrap(),
+    );
+    for (flag, value) in [
+        ("--include-tags", "v(1"),
+        ("--exclude-tags", "[z-a]"),
+        ("--semver", ">=one"),
+        ("--newest", "0"),
+    ] {
+        let r = sync(
+            dir.path(),
+            &[&src.addr, &dst.addr, "--all-repos", flag, value],
+        );
+        assert_eq!(r.code, 2, "{flag} {value}: {}", r.stderr);
+        // On stderr, or in the JSON error object on stdout.
+        let said = format!("{}{}", r.stderr, r.stdout);
+        assert!(
+            said.contains(flag) && said.contains(value),
+            "names {flag} and {value:?}: {said}"
+        );
+    }
+    assert!(dst.catalog().is_empty(), "nothing was copied");
+}
