@@ -175,6 +175,9 @@ pub struct RunRecord {
     /// On a dry run: the items that would be copied (dry runs are never stored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_copy: Option<u64>,
+    /// Source objects the run's filters left out (neither copied nor deleted; objects).
+    #[serde(default)]
+    pub filtered: u64,
 }
 
 /// Status store errors.
@@ -304,6 +307,9 @@ fn migrate(c: &rusqlite::Connection) -> rusqlite::Result<()> {
             c.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {col} TEXT"))?;
         }
     }
+    if !columns("runs")?.iter().any(|h| h == "filtered") {
+        c.execute_batch("ALTER TABLE runs ADD COLUMN filtered INTEGER")?;
+    }
     Ok(())
 }
 
@@ -329,6 +335,7 @@ fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
         ),
         error: r.get(12)?,
         to_copy: None,
+        filtered: r.get::<_, Option<u64>>(13)?.unwrap_or(0),
         source,
         dest: r.get(2)?,
         dry_run: r.get(3)?,
@@ -341,7 +348,7 @@ fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
     })
 }
 
-const RUN_COLS: &str = "run_id, source, dest, dry_run, started_at, ended_at, copied, skipped, failed, bytes, kind, result, error";
+const RUN_COLS: &str = "run_id, source, dest, dry_run, started_at, ended_at, copied, skipped, failed, bytes, kind, result, error, filtered";
 
 #[async_trait]
 impl StatusStore for SqliteStore {
@@ -349,11 +356,12 @@ impl StatusStore for SqliteStore {
         let c = self.conn.lock().unwrap();
         c.execute(
             &format!(
-                "INSERT INTO runs ({RUN_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13)
+                "INSERT INTO runs ({RUN_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)
                  ON CONFLICT (run_id) DO UPDATE SET source=excluded.source, dest=excluded.dest,
                    dry_run=excluded.dry_run, started_at=excluded.started_at, ended_at=excluded.ended_at,
                    copied=excluded.copied, skipped=excluded.skipped, failed=excluded.failed, bytes=excluded.bytes,
-                   kind=excluded.kind, result=excluded.result, error=excluded.error"
+                   kind=excluded.kind, result=excluded.result, error=excluded.error,
+                   filtered=excluded.filtered"
             ),
             params![
                 run.run_id,
@@ -368,7 +376,8 @@ impl StatusStore for SqliteStore {
                 run.bytes,
                 run.kind.as_str(),
                 run.result.as_str(),
-                run.error
+                run.error,
+                run.filtered
             ],
         )?;
         Ok(())
@@ -518,6 +527,7 @@ mod tests {
             result: RunResult::Running,
             error: None,
             to_copy: None,
+            filtered: 0,
             source: "s".into(),
             dest: "d".into(),
             dry_run: false,

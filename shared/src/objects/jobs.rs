@@ -54,6 +54,7 @@ impl Job {
             size: *size,
             etag: etag.clone(),
             checksum: None,
+            modified: None,
         }
     }
     pub fn run(&self) -> &str {

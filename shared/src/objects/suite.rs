@@ -7,6 +7,7 @@
 use super::bucket::{Bucket, CredentialSource, DestOptions, Endpoint, parse_storage_class};
 use super::diff::{self, Compare, Decision, MergeError};
 use super::events::{self, EventWork};
+use super::filter::Filter;
 use super::jobs::{Job, JobQueue};
 use super::multipart::{self, MAX_SINGLE, Plan};
 use super::transfer::{Mode, Transfer};
@@ -50,6 +51,12 @@ pub struct ObjectsConfig {
     /// `DIFF_ROUND_SECONDS`: the longest a `diff-objects` round decides before it hands on
     /// (`None`: until a minute before the invocation's deadline).
     pub diff_round: Option<std::time::Duration>,
+    /// `FILTERS` (rules `+ GLOB`/`- GLOB` split by `;` or newlines), `MIN_SIZE`, `MAX_SIZE`
+    /// (`10M`, `1.5G`): what to copy. The diff and the S3 event path both ask it.
+    pub filter: Filter,
+    /// `MAX_AGE`, `MIN_AGE` (`7d`, `12h`): measured back from each run's start.
+    pub max_age: Option<std::time::Duration>,
+    pub min_age: Option<std::time::Duration>,
 }
 
 impl ObjectsConfig {
@@ -116,7 +123,44 @@ impl ObjectsConfig {
                 "PART_SIZE: {part_size} is outside 5242880..=5368709120 bytes"
             ));
         }
+        let rules = match Filter::parse_rules(&env.optional("FILTERS").unwrap_or_default()) {
+            Ok(r) => r,
+            Err(e) => {
+                env.problem(format!("FILTERS: {e}"));
+                Vec::new()
+            }
+        };
+        let size = |env: &mut Env, name: &str| {
+            let v = env.optional(name)?;
+            match crate::units::parse_size(&v) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    env.problem(format!("{name}: {e}"));
+                    None
+                }
+            }
+        };
+        let (min_size, max_size) = (size(env, "MIN_SIZE"), size(env, "MAX_SIZE"));
+        let age = |env: &mut Env, name: &str| {
+            let v = env.optional(name)?;
+            match crate::units::parse_duration(&v, std::time::Duration::from_secs(1)) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    env.problem(format!("{name}: {e}"));
+                    None
+                }
+            }
+        };
+        let (max_age, min_age) = (age(env, "MAX_AGE"), age(env, "MIN_AGE"));
         Self {
+            filter: Filter {
+                rules,
+                min_size,
+                max_size,
+                ..Default::default()
+            },
+            max_age,
+            min_age,
             requester_pays: env.parsed("REQUESTER_PAYS", false, "true or false"),
             dest_opts: DestOptions {
                 storage_class,
@@ -273,6 +317,13 @@ pub struct DiffSummary {
     /// A task named by the execution input (`{"task": NAME}`): refused, see [`diff_objects`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task: Option<String>,
+    /// Source objects the filters left out (`FILTERS`, `MIN_SIZE`, …), over the rounds.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub filtered: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What `diff-objects` takes: the previous round's output, or `{}` for a new run.
@@ -345,7 +396,13 @@ pub async fn diff_objects(
         e.src.list_after(after.as_deref()),
         e.dst.list_after(after.as_deref()),
     );
-    match queue_pass(listed.0, listed.1, e, &run_id, &mut sum, stop_at).await {
+    // Ages are measured from the run's start, so every round judges alike.
+    let filter = e
+        .cfg
+        .filter
+        .clone()
+        .with_ages(started, e.cfg.max_age, e.cfg.min_age);
+    match queue_pass(listed.0, listed.1, e, &filter, &run_id, &mut sum, stop_at).await {
         Ok(()) => {}
         Err(MergeError::Emit(err)) => return Err(err),
         Err(MergeError::Diff(d)) => {
@@ -364,7 +421,7 @@ pub async fn diff_objects(
             let sorted = |l| super::run::sorted(l, dir.clone());
             let (s, d) = tokio::try_join!(sorted(e.src.list()), sorted(e.dst.list()))
                 .map_err(|x| ItemError::new(ErrorClass::Retryable, x.to_string()))?;
-            queue_pass(s, d, e, &run_id, &mut sum, None)
+            queue_pass(s, d, e, &filter, &run_id, &mut sum, None)
                 .await
                 .map_err(|x| match x {
                     MergeError::Emit(err) => err,
@@ -373,6 +430,7 @@ pub async fn diff_objects(
         }
     }
     run.skipped = sum.in_sync;
+    run.filtered = sum.filtered;
     if sum.next.is_none() {
         run.ended_at = Some(Utc::now());
     }
@@ -388,6 +446,7 @@ async fn queue_pass<S, D, E1, E2>(
     src: S,
     dst: D,
     e: &ObjectsEdges<'_>,
+    filter: &Filter,
     run_id: &str,
     sum: &mut DiffSummary,
     stop_at: Option<std::time::Instant>,
@@ -412,7 +471,20 @@ where
             stopped_after = Some(key);
         }
         let state = &state;
+        // Left out by the filters: neither queued nor deleted; counted on the source side.
+        let (x, on_source) = match &d {
+            Decision::Copy(x, _) | Decision::InSync(x) => (x, true),
+            Decision::Changed { src, .. } => (src, true),
+            Decision::Extra(x) => (x, false),
+        };
+        let left_out = !filter.admits(&x.key, x.size, x.modified);
         async move {
+            if left_out {
+                if on_source {
+                    state.borrow_mut().0.filtered += 1;
+                }
+                return if stop { Err(None) } else { Ok(()) };
+            }
             let copy = match d {
                 Decision::Copy(x, _) => Some(x),
                 // Other ETags than the source's may still be a copy verified earlier.
@@ -544,6 +616,18 @@ async fn apply_event(w: EventWork, e: &ObjectsEdges<'_>) -> Result<(), ItemError
             // Copy what the source holds now (the event may describe an older version).
             match e.src.head(&entry.key).await? {
                 None => Ok(()), // deleted since; its delete event decides
+                // Left out by the filters (just written: its age is zero).
+                Some(h)
+                    if !e
+                        .cfg
+                        .filter
+                        .clone()
+                        .with_ages(Utc::now(), e.cfg.max_age, e.cfg.min_age)
+                        .admits(&entry.key, h.size, Some(Utc::now())) =>
+                {
+                    tracing::info!(key = %entry.key, "left out by the filters; not copied");
+                    Ok(())
+                }
                 Some(h) => {
                     let job = Job::Object {
                         run,
@@ -563,6 +647,10 @@ async fn apply_event(w: EventWork, e: &ObjectsEdges<'_>) -> Result<(), ItemError
                 .await
                 .map_err(store_err)?
             {
+                return Ok(());
+            }
+            if e.cfg.delete_on_events && !e.cfg.filter.admits_key(&key) {
+                tracing::info!(key = %key, "left out by the filters; not deleted");
                 return Ok(());
             }
             if e.cfg.delete_on_events {
@@ -716,6 +804,7 @@ async fn already_there(
         size: h.size,
         etag: h.etag,
         checksum: None,
+        modified: None,
     };
     match super::diff::compare_entries(entry, &dest, compare) {
         None => Ok(true),
@@ -844,6 +933,7 @@ async fn check_upload(
         size: u.size,
         etag: u.source_etag.clone(),
         checksum: None,
+        modified: None,
     };
     let run = format!("multipart-{}", now.format("%Y%m%d"));
     if parts.len() as u32 >= u.parts {
