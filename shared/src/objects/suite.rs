@@ -1014,6 +1014,37 @@ mod config_tests {
     }
 
     #[test]
+    fn the_filter_parameters_are_read_and_bad_ones_named_together() {
+        let (cfg, ok) = config(&[
+            ("FILTERS", "- /tmp/**; + *.jpg"),
+            ("MIN_SIZE", "1K"),
+            ("MAX_SIZE", "1.5G"),
+            ("MAX_AGE", "7d"),
+        ]);
+        assert!(ok.is_ok(), "{ok:?}");
+        assert_eq!(cfg.filter.rules.len(), 2);
+        assert_eq!(
+            (cfg.filter.min_size, cfg.filter.max_size),
+            (Some(1024), Some(3 << 29))
+        );
+        assert_eq!(
+            cfg.max_age,
+            Some(std::time::Duration::from_secs(7 * 86_400))
+        );
+        assert!(cfg.filter.admits("a/b.jpg", 2048, None));
+        assert!(!cfg.filter.admits("tmp/b.jpg", 2048, None));
+        let (cfg, _) = config(&[]);
+        assert!(cfg.filter.is_empty() && cfg.max_age.is_none());
+        let (_, err) = config(&[("FILTERS", "+ [x"), ("MIN_SIZE", "-1"), ("MIN_AGE", "7x")]);
+        let err = err.unwrap_err().to_string();
+        for want in [
+            "FILTERS", "\"[x\"", "MIN_SIZE", "\"-1\"", "MIN_AGE", "\"7x\"",
+        ] {
+            assert!(err.contains(want), "{want} in {err}");
+        }
+    }
+
+    #[test]
     fn copy_mode_and_compare_are_taken_as_written_in_any_case() {
         for (mode, compare) in [("server", "etag"), ("STREAM", "Checksum")] {
             let (cfg, ok) = config(&[("COPY_MODE", mode), ("COMPARE", compare)]);

@@ -832,6 +832,51 @@ mod tests {
     }
 
     #[test]
+    fn an_objects_tasks_filters_read_back_in_order_and_bad_ones_are_named() {
+        let mut f = default_fields(Kind::Objects);
+        f.insert("source".into(), "s3://src/data".into());
+        f.insert("dest".into(), "s3://dst/backup".into());
+        f.insert("filters".into(), "- /tmp/**\r\n# note\n+ *.jpg\n".into());
+        f.insert("min_size".into(), "1K".into());
+        f.insert("max_age".into(), "7d".into());
+        f.insert("prefix_list".into(), "s3://src/lists/p.txt".into());
+        let t = Task::from_fields("o", Kind::Objects, &f, Utc::now()).unwrap();
+        let Spec::Objects(o) = &t.spec else {
+            panic!("{t:?}")
+        };
+        assert_eq!(o.filters, vec!["- /tmp/**", "+ *.jpg"]);
+        assert_eq!((o.min_size, o.max_size), (Some(1024), None));
+        assert_eq!((o.max_age_secs, o.min_age_secs), (Some(7 * 86_400), None));
+        assert_eq!(o.list_concurrency, 8);
+        assert_eq!(
+            Task::from_fields("o", Kind::Objects, &t.fields(), t.created_at).unwrap(),
+            t
+        );
+        // A task saved before the filters existed reads as one without them.
+        let mut old = serde_json::to_value(&t.spec).unwrap();
+        for k in [
+            "filters",
+            "min_size",
+            "max_age_secs",
+            "prefix_list",
+            "list_concurrency",
+        ] {
+            old.as_object_mut().unwrap().remove(k);
+        }
+        let Spec::Objects(o) = serde_json::from_value::<Spec>(old).unwrap() else {
+            panic!()
+        };
+        assert!(o.filters.is_empty() && o.min_size.is_none() && o.list_concurrency == 8);
+
+        f.insert("filters".into(), "+ [x\n* y".into());
+        f.insert("min_size".into(), "-1".into());
+        f.insert("max_age".into(), "7x".into());
+        let e = Task::from_fields("o", Kind::Objects, &f, Utc::now()).unwrap_err();
+        let fields: Vec<&str> = e.errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["filters", "filters", "min_size", "max_age"]);
+    }
+
+    #[test]
     fn names_are_slugs() {
         for ok in ["a", "web-mirror", "m1", &"a".repeat(63)] {
             assert!(check_name(ok).is_ok(), "{ok}");
