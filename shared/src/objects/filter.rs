@@ -402,12 +402,11 @@ impl Filter {
         if self.min_size.is_some_and(|m| size < m) || self.max_size.is_some_and(|m| size > m) {
             return false;
         }
-        if let Some(t) = modified {
-            if self.modified_after.is_some_and(|a| t < a)
-                || self.modified_before.is_some_and(|b| t > b)
-            {
-                return false;
-            }
+        if let Some(t) = modified
+            && (self.modified_after.is_some_and(|a| t < a)
+                || self.modified_before.is_some_and(|b| t > b))
+        {
+            return false;
         }
         self.admits_key(key)
     }

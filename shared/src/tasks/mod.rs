@@ -146,6 +146,8 @@ fn list_concurrency() -> usize {
 /// What a task does, by kind.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
+// A task is read once per run or page: its size does not matter, boxing would only add noise.
+#[allow(clippy::large_enum_variant)]
 pub enum Spec {
     Images(ImagesOptions),
     Objects(ObjectsOptions),
