@@ -176,6 +176,45 @@ pub(crate) struct ObjectsArgs {
     /// a bare number is seconds.
     #[arg(long, default_value = "3600", value_parser = positive_secs_arg)]
     attempt_timeout_secs: u64,
+    /// Copy only the keys that match GLOB, relative to the source prefix (rclone's globs:
+    /// `*` within a segment, `**` across, `?`, `{a,b}`, `[a-z]`; a leading `/` anchors at
+    /// the prefix, else the glob matches the key's end from a `/`). Repeatable, and mixed
+    /// with --exclude the first rule that matches decides; keys no --include matches are
+    /// left out. Left out means neither copied nor deleted, and counted as filtered.
+    #[arg(long, value_name = "GLOB", value_parser = glob_arg, help_heading = "What to copy")]
+    include: Vec<String>,
+    /// Leave out the keys that match GLOB (as for --include). Repeatable.
+    #[arg(long, value_name = "GLOB", value_parser = glob_arg, help_heading = "What to copy")]
+    exclude: Vec<String>,
+    /// Leave out objects smaller than this, e.g. 10M, 1.5G (binary units; a bare number is bytes).
+    #[arg(long, value_name = "SIZE", value_parser = size_arg, help_heading = "What to copy")]
+    min_size: Option<u64>,
+    /// Leave out objects larger than this, e.g. 10M, 1.5G.
+    #[arg(long, value_name = "SIZE", value_parser = size_arg, help_heading = "What to copy")]
+    max_size: Option<u64>,
+    /// Leave out objects last modified longer ago than this, e.g. 7d, 12h (a bare number
+    /// is seconds; judged by LastModified at the run's start).
+    #[arg(long, value_name = "AGE", value_parser = secs_arg, help_heading = "What to copy")]
+    max_age: Option<u64>,
+    /// Leave out objects last modified more recently than this, e.g. 1h.
+    #[arg(long, value_name = "AGE", value_parser = secs_arg, help_heading = "What to copy")]
+    min_age: Option<u64>,
+    /// Sync only these prefixes (relative to the source prefix): a file or s3://BUCKET/KEY
+    /// (read with the source's credentials) with one prefix per line; blank lines and
+    /// `#` comments are ignored. Each prefix is listed and diffed on its own, several at
+    /// once (--list-concurrency). At most 16 MiB.
+    #[arg(
+        long,
+        value_name = "FILE|s3://BUCKET/KEY",
+        help_heading = "What to copy"
+    )]
+    prefix_list: Option<String>,
+    /// Prefixes of --prefix-list listed and diffed at once.
+    #[arg(long, default_value = "8", help_heading = "What to copy")]
+    list_concurrency: NonZeroUsize,
+    /// The include/exclude rules in command-line order (`+ GLOB`, `- GLOB`).
+    #[arg(skip)]
+    rules: Vec<String>,
     /// Print what would be copied and change nothing (the state file included).
     #[arg(short = 'n', long)]
     dry_run: bool,
@@ -336,6 +375,29 @@ fn size_arg(s: &str) -> Result<u64, String> {
     }
 }
 
+/// A glob of --include/--exclude: it must parse (the flag and value are named by clap).
+fn glob_arg(s: &str) -> Result<String, String> {
+    hub_core::objects::filter::Glob::parse(s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// The --include and --exclude values of one command line in the order they were typed,
+/// as rules (`+ GLOB`, `- GLOB`): the first that matches decides.
+pub(crate) fn rules_in_order(m: &clap::ArgMatches) -> Vec<String> {
+    let mut rules: Vec<(usize, String)> = Vec::new();
+    for (id, sign) in [("include", '+'), ("exclude", '-')] {
+        let (Some(idx), Some(raw)) = (m.indices_of(id), m.get_raw(id)) else {
+            continue;
+        };
+        for (i, v) in idx.zip(raw) {
+            rules.push((i, format!("{sign} {}", v.to_string_lossy())));
+        }
+    }
+    rules.sort_by_key(|(i, _)| *i);
+    rules.into_iter().map(|(_, r)| r).collect()
+}
+
 /// A duration flag in milliseconds: `500ms`, `2s`, or a bare number of milliseconds.
 fn ms_arg(s: &str) -> Result<u64, String> {
     hub_core::units::parse_duration(s, std::time::Duration::from_millis(1))
@@ -461,10 +523,25 @@ fn usage_error(e: clap::Error) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let matches = match Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => return usage_error(e),
+    };
+    let mut cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
+    // `--include`/`--exclude` in the order typed (clap keeps each flag's own order).
+    if let Cmd::Objects {
+        cmd: ObjectsCmd::Sync(a),
+    } = &mut cli.cmd
+        && let Some(m) = matches
+            .subcommand_matches("objects")
+            .and_then(|m| m.subcommand_matches("sync"))
+    {
+        a.rules = rules_in_order(m);
+    }
     init_tracing(cli.verbose);
     output::set_quiet(cli.quiet, cli.verbose > 0);
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime starts");
@@ -579,6 +656,13 @@ fn objects_options(a: &ObjectsArgs) -> ObjectsOptions {
         retry_base_ms: a.retry_base_ms,
         retry_max_secs: a.retry_max_secs,
         attempt_timeout_secs: a.attempt_timeout_secs,
+        filters: a.rules.clone(),
+        min_size: a.min_size,
+        max_size: a.max_size,
+        max_age_secs: a.max_age,
+        min_age_secs: a.min_age,
+        prefix_list: a.prefix_list.clone(),
+        list_concurrency: a.list_concurrency.get(),
     }
 }
 

@@ -479,6 +479,12 @@ pub fn summary(run: &RunRecord, items: &[ItemRecord], state: Option<&Path>) {
     if resumed.len() > 10 {
         crate::outln!("… and {} more objects resumed", resumed.len() - 10);
     }
+    if run.filtered > 0 {
+        crate::outln!(
+            "filtered: {} object(s) left out by the filters (neither copied nor deleted)",
+            run.filtered
+        );
+    }
     if run.result == hub_core::status::RunResult::Interrupted {
         crate::outln!("interrupted: the next run copies what this one did not finish");
     }

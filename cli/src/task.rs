@@ -170,6 +170,11 @@ fn parse_flags(kind: Kind, flags: &[String], edit: bool) -> Result<(Fields, Opti
         if !given {
             continue;
         }
+        // Include and exclude rules keep their order together, in one field.
+        if id == "include" || id == "exclude" {
+            fields.insert("filters".into(), crate::rules_in_order(&m).join("\n"));
+            continue;
+        }
         let Some(raw) = m.get_raw(id) else { continue };
         let values: Vec<String> = raw.map(|v| v.to_string_lossy().into_owned()).collect();
         // Tag patterns may hold commas: a task keeps them separated by spaces.

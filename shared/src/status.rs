@@ -195,6 +195,9 @@ pub struct RunRecord {
     /// On a dry run: the items that would be copied (dry runs are never stored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_copy: Option<u64>,
+    /// Source objects the run's filters left out (neither copied nor deleted; objects).
+    #[serde(default)]
+    pub filtered: u64,
 }
 
 /// Status store errors.
@@ -329,6 +332,9 @@ fn migrate(c: &rusqlite::Connection) -> rusqlite::Result<()> {
             c.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {col} TEXT"))?;
         }
     }
+    if !columns("runs")?.iter().any(|h| h == "filtered") {
+        c.execute_batch("ALTER TABLE runs ADD COLUMN filtered INTEGER")?;
+    }
     Ok(())
 }
 
@@ -354,6 +360,7 @@ fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
         ),
         error: r.get(12)?,
         to_copy: None,
+        filtered: r.get::<_, Option<u64>>(13)?.unwrap_or(0),
         source,
         dest: r.get(2)?,
         dry_run: r.get(3)?,
@@ -366,7 +373,7 @@ fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
     })
 }
 
-const RUN_COLS: &str = "run_id, source, dest, dry_run, started_at, ended_at, copied, skipped, failed, bytes, kind, result, error";
+const RUN_COLS: &str = "run_id, source, dest, dry_run, started_at, ended_at, copied, skipped, failed, bytes, kind, result, error, filtered";
 
 /// The error of a run whose process ended without closing its record.
 pub const ABANDONED: &str = "the process ended without recording a result (killed?)";
@@ -441,11 +448,12 @@ impl StatusStore for SqliteStore {
         c.execute(
             &format!(
                 "INSERT INTO runs ({RUN_COLS}, pid, pid_started, host)
-                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16)
+                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17)
                  ON CONFLICT (run_id) DO UPDATE SET source=excluded.source, dest=excluded.dest,
                    dry_run=excluded.dry_run, started_at=excluded.started_at, ended_at=excluded.ended_at,
                    copied=excluded.copied, skipped=excluded.skipped, failed=excluded.failed, bytes=excluded.bytes,
                    kind=excluded.kind, result=excluded.result, error=excluded.error,
+                   filtered=excluded.filtered,
                    pid=excluded.pid, pid_started=excluded.pid_started, host=excluded.host"
             ),
             params![
@@ -462,6 +470,7 @@ impl StatusStore for SqliteStore {
                 run.kind.as_str(),
                 run.result.as_str(),
                 run.error,
+                run.filtered,
                 // The process that writes a run is the one running it (the CLI, `serve`):
                 // how the next start tells a killed run from a live one.
                 std::process::id(),
@@ -622,6 +631,7 @@ mod tests {
             result: RunResult::Running,
             error: None,
             to_copy: None,
+            filtered: 0,
             source: "s".into(),
             dest: "d".into(),
             dry_run: false,

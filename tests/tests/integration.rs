@@ -11,6 +11,7 @@ mod integration {
     pub mod demo;
     pub mod ecr;
     pub mod faults;
+    pub mod filters;
     pub mod hostile;
     pub mod iam;
     pub mod images;

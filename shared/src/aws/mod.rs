@@ -5,8 +5,8 @@
 
 pub mod console;
 pub mod ecs_runner;
-pub mod metrics;
 pub mod functions;
+pub mod metrics;
 pub mod notify;
 pub mod offload;
 pub mod sdk;

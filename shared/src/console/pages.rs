@@ -350,6 +350,38 @@ const OBJECT_FIELDS: &[FieldSpec] = &[
     ),
     f("sse_kms_key", "SSE-KMS key", Input::Text, ""),
     f("tags", "Copy tags", Input::Check, ""),
+    f(
+        "filters",
+        "Filters",
+        Input::Area,
+        "one rule a line, first match decides: + GLOB (include) or - GLOB (exclude), e.g. - /tmp/** then + *.jpg",
+    ),
+    f(
+        "min_size",
+        "Min size",
+        Input::Text,
+        "e.g. 10M; empty for none",
+    ),
+    f(
+        "max_size",
+        "Max size",
+        Input::Text,
+        "e.g. 1.5G; empty for none",
+    ),
+    f(
+        "max_age",
+        "Max age",
+        Input::Text,
+        "e.g. 7d (by LastModified)",
+    ),
+    f("min_age", "Min age", Input::Text, "e.g. 12h"),
+    f(
+        "prefix_list",
+        "Prefix list",
+        Input::Text,
+        "a file or s3://BUCKET/KEY, one prefix a line",
+    ),
+    f("list_concurrency", "Prefixes at once", Input::Text, ""),
     f("retries", "Retries", Input::Text, ""),
     f("retry_base_ms", "Retry backoff base (ms)", Input::Text, ""),
     f(

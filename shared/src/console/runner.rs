@@ -291,6 +291,7 @@ async fn record_start_failure(store: &SqliteStore, task: &Task, run_id: &str, wh
         result: crate::status::RunResult::Failed,
         error: Some(why.to_string()),
         to_copy: None,
+        filtered: 0,
     };
     let item = ItemRecord {
         run_id: run_id.into(),

@@ -313,6 +313,14 @@ impl Bucket {
         self.requester_pays.then_some(RequestPayer::Requester)
     }
 
+    /// The same bucket narrowed to `prefix` (raw, relative to this one's prefix): a prefix
+    /// of the prefix list. Keys stay relative to the narrowed prefix.
+    pub fn under(&self, prefix: &str) -> Bucket {
+        let mut b = self.clone();
+        b.url.prefix = self.url.key(prefix);
+        b
+    }
+
     /// The `x-amz-copy-source` of an object of this bucket.
     pub fn copy_source(&self, rel: &str) -> String {
         format!("{}/{}", self.url.bucket, encode_key(&self.url.key(rel)))
@@ -369,6 +377,9 @@ impl Bucket {
                             size: o.size().unwrap_or(0).max(0) as u64,
                             etag: o.e_tag().map(bare_etag),
                             checksum: None,
+                            modified: o.last_modified().and_then(|t| {
+                                chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())
+                            }),
                         })
                     })
                     .collect();
@@ -410,6 +421,9 @@ impl Bucket {
                 size: o.size().unwrap_or(0).max(0) as u64,
                 etag: o.e_tag().map(bare_etag),
                 checksum: None,
+                modified: o
+                    .last_modified()
+                    .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
             }))
     }
 

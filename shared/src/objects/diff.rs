@@ -19,6 +19,9 @@ pub struct Entry {
     pub etag: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<String>,
+    /// LastModified, as listed (what `--max-age` and `--min-age` judge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modified: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// What counts as "the same object".
@@ -368,6 +371,7 @@ mod tests {
             size,
             etag: Some(etag.into()),
             checksum: None,
+            modified: None,
         }
     }
 

@@ -101,6 +101,7 @@ pub fn parse(
                             .clone()
                             .map(|e| e.trim_matches('"').to_string()),
                         checksum: None,
+                        modified: None,
                     },
                     sequencer,
                 }))

@@ -66,6 +66,7 @@ impl Job {
             size: *size,
             etag: etag.clone(),
             checksum: None,
+            modified: None,
         }
     }
     pub fn run(&self) -> &str {

@@ -1,7 +1,8 @@
 //! The object engine: keep an S3 bucket (or prefix) in sync with another bucket, in
 //! another region, account or partition, or an S3-compatible store.
 //!
-//! Pure parts — [`url`], [`diff`] (streaming merge of sorted listings, external sort for
+//! Pure parts — [`url`], [`filter`] (what to copy: globs, sizes, ages), [`prefixes`]
+//! (the prefix list), [`diff`] (streaming merge of sorted listings, external sort for
 //! stores that do not list in order), [`multipart`] (part plan) — decide. Edges —
 //! [`bucket`] (every S3 call), [`uploads`] (ledger of open multipart uploads, SQLite or
 //! DynamoDB) — act. [`transfer`] moves and verifies one object or part; [`run`] is the
@@ -11,8 +12,10 @@ pub mod bucket;
 pub mod checksum;
 pub mod diff;
 pub mod events;
+pub mod filter;
 pub mod jobs;
 pub mod multipart;
+pub mod prefixes;
 pub mod run;
 pub mod suite;
 pub mod transfer;

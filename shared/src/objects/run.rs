@@ -6,6 +6,7 @@
 
 use super::bucket::{Bucket, DestOptions, bare_etag};
 use super::diff::{self, Compare, Decision, DiffError, Entry, MergeError};
+use super::filter::Filter;
 use super::multipart::{self, MAX_SINGLE, Plan};
 use super::transfer::{Mode, Transfer, ledger_error};
 use super::uploads::UploadLedger;
@@ -41,9 +42,20 @@ pub struct ObjectsSpec {
     pub stream_buffer: u64,
     /// Only these keys (relative to the prefixes; "retry failed"): each is looked up on
     /// both sides (a one-key listing) instead of the buckets being listed whole, and decided as a listing
-    /// would have it. A key gone from the source is not copied.
+    /// would have it. A key gone from the source is not copied. The keys are relative to
+    /// the run's prefix, so a prefix list is not used with them.
     pub only_keys: Option<Vec<String>>,
+    /// What to copy (globs, sizes, ages); the default lets everything through.
+    pub filter: Filter,
+    /// The prefix list: each prefix (relative to the source's prefix) is listed and
+    /// diffed on its own, [`Self::list_concurrency`] at once; `None` syncs the whole prefix.
+    pub prefixes: Option<Vec<String>>,
+    /// Prefixes of the prefix list listed and diffed at once.
+    pub list_concurrency: usize,
 }
+
+/// `--list-concurrency`'s default.
+pub const DEFAULT_LIST_CONCURRENCY: usize = 8;
 
 /// `--stream-buffer`'s default: 1 GiB.
 pub const DEFAULT_STREAM_BUFFER: u64 = 1 << 30;
@@ -92,9 +104,12 @@ pub struct ObjectEdges<'a> {
 
 const FINAL: u64 = 2;
 
+#[derive(Default)]
 struct Counts {
     in_sync: u64,
     copies: u64,
+    /// Source objects left out by the filter.
+    filtered: u64,
 }
 
 /// Runs one object sync. Store errors end the run; every other failure is recorded on its
@@ -128,13 +143,104 @@ pub async fn run_objects(
     if !spec.dry_run {
         edges.store.put_run(&run).await?;
     }
+    let permits = Arc::new(Permits::new(spec));
+    let prefixes = spec.prefixes.as_ref().filter(|_| spec.only_keys.is_none());
+    let (kept, counts) = match prefixes {
+        None => sync_prefix(spec, edges, "", &permits).await?,
+        Some(list) => {
+            let sides: Vec<(&String, Bucket, Bucket)> = list
+                .iter()
+                .map(|p| (p, edges.src.under(p), edges.dst.under(p)))
+                .collect();
+            let mut prefixes = futures::stream::iter(sides.iter().map(|(p, src, dst)| {
+                let permits = &permits;
+                async move {
+                    let sub = ObjectEdges {
+                        src,
+                        dst,
+                        store: edges.store,
+                        ledger: edges.ledger,
+                        progress: edges.progress,
+                        stop: edges.stop.clone(),
+                    };
+                    sync_prefix(spec, &sub, p, permits).await
+                }
+            }))
+            .buffer_unordered(spec.list_concurrency.max(1));
+            let (mut kept, mut counts) = (Kept::default(), Counts::default());
+            while let Some(r) = prefixes.next().await {
+                let (k, c) = r?;
+                kept.absorb(k);
+                counts.in_sync += c.in_sync;
+                counts.copies += c.copies;
+                counts.filtered += c.filtered;
+            }
+            (kept, counts)
+        }
+    };
+    // Interrupted: out at once; the next run aborts what this one left unrecorded.
+    let stopped = edges.stop.reason();
+    if !spec.dry_run && stopped.is_none() {
+        abort_unrecorded_uploads(edges).await;
+    }
+    run.copied = kept.copied;
+    run.failed = kept.failed;
+    run.skipped = counts.in_sync;
+    run.filtered = counts.filtered;
+    run.bytes = kept.bytes;
+    run.ended_at = Some(Utc::now());
+    if let Some(why) = stopped {
+        run.error = Some(format!("interrupted by {why}"));
+    }
+    run.result = if stopped.is_some() {
+        crate::status::RunResult::Interrupted
+    } else if run.failed > 0 {
+        crate::status::RunResult::Failed
+    } else {
+        crate::status::RunResult::Succeeded
+    };
+    if spec.dry_run {
+        run.to_copy = Some(counts.copies);
+    }
+    if !spec.dry_run {
+        edges.store.put_run(&run).await?;
+    }
+    if kept.omitted > 0 {
+        tracing::warn!(omitted = kept.omitted, run = %run.run_id, "more objects than the report lists; every one is in the state file (transfer-hub status --run)");
+    }
+    Ok(SyncReport {
+        run,
+        items: kept.items,
+    })
+}
+
+/// Lists and diffs one prefix (`base`, relative to the run's source prefix; empty for the
+/// whole of it) and copies what differs. A listing out of key order is sorted on disk and
+/// diffed again.
+async fn sync_prefix(
+    spec: &ObjectsSpec,
+    edges: &ObjectEdges<'_>,
+    base: &str,
+    permits: &Arc<Permits>,
+) -> Result<(Kept, Counts), ObjectsError> {
     let mut kept = Kept::default();
     let first = match &spec.only_keys {
         Some(keys) => {
             let (s, d) = (looked_up(edges.src, keys), looked_up(edges.dst, keys));
-            pass(spec, edges, s, d, &mut kept).await
+            pass(spec, edges, base, s, d, &mut kept, permits).await
         }
-        None => pass(spec, edges, edges.src.list(), edges.dst.list(), &mut kept).await,
+        None => {
+            pass(
+                spec,
+                edges,
+                base,
+                edges.src.list(),
+                edges.dst.list(),
+                &mut kept,
+                permits,
+            )
+            .await
+        }
     };
     let counts = match first {
         Err(ObjectsError::Diff(DiffError::OutOfOrder {
@@ -163,10 +269,11 @@ pub async fn run_objects(
                 .into_iter()
                 .filter(|i| i.status == Status::Copied)
                 .collect();
+            again.kept_copied = again.items.len();
             again.omitted = kept.omitted_copied;
             again.omitted_copied = kept.omitted_copied;
             kept = again;
-            let mut c = pass(spec, edges, s, d, &mut kept).await?;
+            let mut c = pass(spec, edges, base, s, d, &mut kept, permits).await?;
             c.in_sync = c
                 .in_sync
                 .saturating_sub(kept.copied.saturating_sub(c.copies));
@@ -174,39 +281,7 @@ pub async fn run_objects(
         }
         other => other?,
     };
-    // Interrupted: out at once; the next run aborts what this one left unrecorded.
-    let stopped = edges.stop.reason();
-    if !spec.dry_run && stopped.is_none() {
-        abort_unrecorded_uploads(edges).await;
-    }
-    run.copied = kept.copied;
-    run.failed = kept.failed;
-    run.skipped = counts.in_sync;
-    run.bytes = kept.bytes;
-    run.ended_at = Some(Utc::now());
-    if let Some(why) = stopped {
-        run.error = Some(format!("interrupted by {why}"));
-    }
-    run.result = if stopped.is_some() {
-        crate::status::RunResult::Interrupted
-    } else if run.failed > 0 {
-        crate::status::RunResult::Failed
-    } else {
-        crate::status::RunResult::Succeeded
-    };
-    if spec.dry_run {
-        run.to_copy = Some(counts.copies);
-    }
-    if !spec.dry_run {
-        edges.store.put_run(&run).await?;
-    }
-    if kept.omitted > 0 {
-        tracing::warn!(omitted = kept.omitted, run = %run.run_id, "more objects than the report lists; every one is in the state file (transfer-hub status --run)");
-    }
-    Ok(SyncReport {
-        run,
-        items: kept.items,
-    })
+    Ok((kept, counts))
 }
 
 /// `keys` as a listing of `b` would give them: in key order, once each, those that exist
@@ -286,6 +361,20 @@ struct Kept {
 }
 
 impl Kept {
+    /// Takes in the counts and records of another prefix of the same run.
+    fn absorb(&mut self, other: Kept) {
+        let (copied, failed, bytes) = (self.copied, self.failed, self.bytes);
+        self.omitted += other.omitted;
+        self.omitted_copied += other.omitted_copied;
+        for rec in other.items {
+            self.add(rec);
+        }
+        // `add` counted the records listed; the counts are the other run's own.
+        self.copied = copied + other.copied;
+        self.failed = failed + other.failed;
+        self.bytes = bytes + other.bytes;
+    }
+
     fn add(&mut self, rec: ItemRecord) {
         match rec.status {
             Status::Copied => {
@@ -366,9 +455,11 @@ pub(crate) async fn sorted(
 async fn pass<S, D, E1, E2>(
     spec: &ObjectsSpec,
     edges: &ObjectEdges<'_>,
+    base: &str,
     src: S,
     dst: D,
     kept: &mut Kept,
+    permits: &Arc<Permits>,
 ) -> Result<Counts, ObjectsError>
 where
     S: futures::Stream<Item = Result<Entry, E1>> + Unpin,
@@ -378,7 +469,20 @@ where
 {
     let (tx, rx) = mpsc::channel::<Entry>(1024);
     let (in_sync, copies) = (std::cell::Cell::new(0u64), std::cell::Cell::new(0u64));
-    let permits = Arc::new(Permits::new(spec));
+    let filtered = std::cell::Cell::new(0u64);
+    // The filter judges keys relative to the run's source prefix (a prefix list's
+    // prefix included).
+    let admits = |e: &Entry| {
+        if spec.filter.is_empty() {
+            return true;
+        }
+        let key = if base.is_empty() {
+            std::borrow::Cow::Borrowed(e.key.as_str())
+        } else {
+            std::borrow::Cow::Owned(format!("{base}{}", e.key))
+        };
+        spec.filter.admits(&key, e.size, e.modified)
+    };
     let listing = async {
         // Checksums are not in listings: equal sizes are settled by one HEAD on each side.
         let listed = match spec.compare {
@@ -386,8 +490,25 @@ where
             other => other,
         };
         let r = diff::merge(src, dst, listed, |d| {
-            let (tx, in_sync, copies) = (&tx, &in_sync, &copies);
+            let (tx, in_sync, copies, filtered, admits) =
+                (&tx, &in_sync, &copies, &filtered, &admits);
             async move {
+                // Left out by the filter: neither copied nor deleted, only counted (on
+                // the source's side; a destination object left out is just left alone).
+                let out = match &d {
+                    Decision::Copy(e, _) | Decision::InSync(e) => !admits(e),
+                    Decision::Changed { src, .. } => !admits(src),
+                    Decision::Extra(e) => {
+                        if !admits(e) {
+                            return Ok(());
+                        }
+                        false
+                    }
+                };
+                if out {
+                    filtered.set(filtered.get() + 1);
+                    return Ok(());
+                }
                 let d = match d {
                     // Other ETags than the source's may still be a copy verified earlier.
                     Decision::Changed { src, dest, reason } => {
@@ -475,6 +596,7 @@ where
         Ok(()) => Ok(Counts {
             in_sync: in_sync.get(),
             copies: copies.get(),
+            filtered: filtered.get(),
         }),
         Err(MergeError::Diff(e)) => Err(e.into()),
         Err(MergeError::Emit(e)) => Err(ObjectsError::Diff(DiffError::Listing {
@@ -510,6 +632,7 @@ async fn checksums_differ(edges: &ObjectEdges<'_>, e: &Entry) -> Result<bool, It
         size: h.size,
         etag: h.etag.clone(),
         checksum: None,
+        modified: None,
     };
     Ok(!diff::settled_by(pair.as_ref(), &entry(&a), &entry(&b)))
 }

@@ -7,6 +7,7 @@
 use super::bucket::{Bucket, CredentialSource, DestOptions, Endpoint, parse_storage_class};
 use super::diff::{self, Compare, Decision, MergeError};
 use super::events::{self, EventWork};
+use super::filter::Filter;
 use super::jobs::{Job, JobQueue};
 use super::multipart::{self, MAX_SINGLE, Plan};
 use super::transfer::{Mode, Transfer};
@@ -50,6 +51,12 @@ pub struct ObjectsConfig {
     /// `DIFF_ROUND_SECONDS`: the longest a `diff-objects` round decides before it hands on
     /// (`None`: until a minute before the invocation's deadline).
     pub diff_round: Option<std::time::Duration>,
+    /// `FILTERS` (rules `+ GLOB`/`- GLOB` split by `;` or newlines), `MIN_SIZE`, `MAX_SIZE`
+    /// (`10M`, `1.5G`): what to copy. The diff and the S3 event path both ask it.
+    pub filter: Filter,
+    /// `MAX_AGE`, `MIN_AGE` (`7d`, `12h`): measured back from each run's start.
+    pub max_age: Option<std::time::Duration>,
+    pub min_age: Option<std::time::Duration>,
 }
 
 impl ObjectsConfig {
@@ -116,7 +123,44 @@ impl ObjectsConfig {
                 "PART_SIZE: {part_size} is outside 5242880..=5368709120 bytes"
             ));
         }
+        let rules = match Filter::parse_rules(&env.optional("FILTERS").unwrap_or_default()) {
+            Ok(r) => r,
+            Err(e) => {
+                env.problem(format!("FILTERS: {e}"));
+                Vec::new()
+            }
+        };
+        let size = |env: &mut Env, name: &str| {
+            let v = env.optional(name)?;
+            match crate::units::parse_size(&v) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    env.problem(format!("{name}: {e}"));
+                    None
+                }
+            }
+        };
+        let (min_size, max_size) = (size(env, "MIN_SIZE"), size(env, "MAX_SIZE"));
+        let age = |env: &mut Env, name: &str| {
+            let v = env.optional(name)?;
+            match crate::units::parse_duration(&v, std::time::Duration::from_secs(1)) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    env.problem(format!("{name}: {e}"));
+                    None
+                }
+            }
+        };
+        let (max_age, min_age) = (age(env, "MAX_AGE"), age(env, "MIN_AGE"));
         Self {
+            filter: Filter {
+                rules,
+                min_size,
+                max_size,
+                ..Default::default()
+            },
+            max_age,
+            min_age,
             requester_pays: env.parsed("REQUESTER_PAYS", false, "true or false"),
             dest_opts: DestOptions {
                 storage_class,
@@ -311,6 +355,21 @@ impl ObjectsConfig {
                 o.part_size
             ));
         }
+        // The task's filters: rules and sizes now, ages from each run's start (as the
+        // stack's own `MAX_AGE`/`MIN_AGE`).
+        let without_ages = crate::tasks::ObjectsOptions {
+            max_age_secs: None,
+            min_age_secs: None,
+            ..o.clone()
+        };
+        let filter = crate::tasks::run::filter_of(&without_ages, chrono::Utc::now())
+            .map_err(|e| problems.push(format!("filters: {e}")))
+            .unwrap_or_default();
+        if let Some(p) = &o.prefix_list {
+            problems.push(format!(
+                "prefix_list: {p:?}: a prefix list runs on one machine only so far (transfer-hub task run); leave it empty on AWS"
+            ));
+        }
         let (Some(source), Some(dest), Ok(compare), Ok(storage_class), Ok(mode), true) = (
             source,
             dest,
@@ -333,6 +392,9 @@ impl ObjectsConfig {
         cfg.part_size = o.part_size;
         cfg.threshold = o.multipart_threshold;
         cfg.tags = o.tags;
+        cfg.filter = filter;
+        cfg.max_age = o.max_age_secs.map(std::time::Duration::from_secs);
+        cfg.min_age = o.min_age_secs.map(std::time::Duration::from_secs);
         cfg.dest_opts = DestOptions {
             storage_class,
             kms_key: o.sse_kms_key.clone().filter(|k| !k.trim().is_empty()),
@@ -524,6 +586,13 @@ pub struct DiffSummary {
     /// instead of listed, in one round. Not handed on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keys: Option<Vec<String>>,
+    /// Source objects the filters left out (`FILTERS`, `MIN_SIZE`, …), over the rounds.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub filtered: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What `diff-objects` takes: the previous round's output, or `{}` for a new run.
@@ -592,20 +661,26 @@ pub async fn diff_objects(
         }
     }
     let rounds = sum.rounds;
+    // Ages are measured from the run's start, so every round judges alike.
+    let filter = e
+        .cfg
+        .filter
+        .clone()
+        .with_ages(started, e.cfg.max_age, e.cfg.min_age);
     let passed = match sum.keys.take() {
         Some(keys) => {
             let (s, d) = (
                 super::run::looked_up(e.src, &keys),
                 super::run::looked_up(e.dst, &keys),
             );
-            queue_pass(s, d, e, &run_id, &mut sum, None).await
+            queue_pass(s, d, e, &filter, &run_id, &mut sum, None).await
         }
         None => {
             let listed = (
                 e.src.list_after(after.as_deref()),
                 e.dst.list_after(after.as_deref()),
             );
-            queue_pass(listed.0, listed.1, e, &run_id, &mut sum, stop_at).await
+            queue_pass(listed.0, listed.1, e, &filter, &run_id, &mut sum, stop_at).await
         }
     };
     match passed {
@@ -627,7 +702,7 @@ pub async fn diff_objects(
             let sorted = |l| super::run::sorted(l, dir.clone());
             let (s, d) = tokio::try_join!(sorted(e.src.list()), sorted(e.dst.list()))
                 .map_err(|x| ItemError::new(ErrorClass::Retryable, x.to_string()))?;
-            queue_pass(s, d, e, &run_id, &mut sum, None)
+            queue_pass(s, d, e, &filter, &run_id, &mut sum, None)
                 .await
                 .map_err(|x| match x {
                     MergeError::Emit(err) => err,
@@ -636,6 +711,7 @@ pub async fn diff_objects(
         }
     }
     run.skipped = sum.in_sync;
+    run.filtered = sum.filtered;
     if sum.next.is_none() {
         run.ended_at = Some(Utc::now());
     }
@@ -651,6 +727,7 @@ async fn queue_pass<S, D, E1, E2>(
     src: S,
     dst: D,
     e: &ObjectsEdges<'_>,
+    filter: &Filter,
     run_id: &str,
     sum: &mut DiffSummary,
     stop_at: Option<std::time::Instant>,
@@ -675,7 +752,20 @@ where
             stopped_after = Some(key);
         }
         let state = &state;
+        // Left out by the filters: neither queued nor deleted; counted on the source side.
+        let (x, on_source) = match &d {
+            Decision::Copy(x, _) | Decision::InSync(x) => (x, true),
+            Decision::Changed { src, .. } => (src, true),
+            Decision::Extra(x) => (x, false),
+        };
+        let left_out = !filter.admits(&x.key, x.size, x.modified);
         async move {
+            if left_out {
+                if on_source {
+                    state.borrow_mut().0.filtered += 1;
+                }
+                return if stop { Err(None) } else { Ok(()) };
+            }
             let copy = match d {
                 Decision::Copy(x, _) => Some(x),
                 // Other ETags than the source's may still be a copy verified earlier.
@@ -814,6 +904,18 @@ async fn apply_event(w: EventWork, e: &ObjectsEdges<'_>) -> Result<(), ItemError
             // Copy what the source holds now (the event may describe an older version).
             match e.src.head(&entry.key).await? {
                 None => Ok(()), // deleted since; its delete event decides
+                // Left out by the filters (just written: its age is zero).
+                Some(h)
+                    if !e
+                        .cfg
+                        .filter
+                        .clone()
+                        .with_ages(Utc::now(), e.cfg.max_age, e.cfg.min_age)
+                        .admits(&entry.key, h.size, Some(Utc::now())) =>
+                {
+                    tracing::info!(key = %entry.key, "left out by the filters; not copied");
+                    Ok(())
+                }
                 Some(h) => {
                     let job = Job::Object {
                         run,
@@ -834,6 +936,10 @@ async fn apply_event(w: EventWork, e: &ObjectsEdges<'_>) -> Result<(), ItemError
                 .await
                 .map_err(store_err)?
             {
+                return Ok(());
+            }
+            if e.cfg.delete_on_events && !e.cfg.filter.admits_key(&key) {
+                tracing::info!(key = %key, "left out by the filters; not deleted");
                 return Ok(());
             }
             if e.cfg.delete_on_events {
@@ -997,6 +1103,7 @@ async fn already_there(
         size: h.size,
         etag: h.etag,
         checksum: None,
+        modified: None,
     };
     match super::diff::compare_entries(entry, &dest, compare) {
         None => Ok(true),
@@ -1136,6 +1243,7 @@ async fn check_upload(
         size: u.size,
         etag: u.source_etag.clone(),
         checksum: None,
+        modified: None,
     };
     let run = format!("multipart-{}", now.format("%Y%m%d"));
     if parts.len() as u32 >= u.parts {
@@ -1217,6 +1325,37 @@ mod config_tests {
         let mut env = Env::from_map(m);
         let cfg = ObjectsConfig::from_env(&mut env);
         (cfg, env.finish())
+    }
+
+    #[test]
+    fn the_filter_parameters_are_read_and_bad_ones_named_together() {
+        let (cfg, ok) = config(&[
+            ("FILTERS", "- /tmp/**; + *.jpg"),
+            ("MIN_SIZE", "1K"),
+            ("MAX_SIZE", "1.5G"),
+            ("MAX_AGE", "7d"),
+        ]);
+        assert!(ok.is_ok(), "{ok:?}");
+        assert_eq!(cfg.filter.rules.len(), 2);
+        assert_eq!(
+            (cfg.filter.min_size, cfg.filter.max_size),
+            (Some(1024), Some(3 << 29))
+        );
+        assert_eq!(
+            cfg.max_age,
+            Some(std::time::Duration::from_secs(7 * 86_400))
+        );
+        assert!(cfg.filter.admits("a/b.jpg", 2048, None));
+        assert!(!cfg.filter.admits("tmp/b.jpg", 2048, None));
+        let (cfg, _) = config(&[]);
+        assert!(cfg.filter.is_empty() && cfg.max_age.is_none());
+        let (_, err) = config(&[("FILTERS", "+ [x"), ("MIN_SIZE", "-1"), ("MIN_AGE", "7x")]);
+        let err = err.unwrap_err().to_string();
+        for want in [
+            "FILTERS", "\"[x\"", "MIN_SIZE", "\"-1\"", "MIN_AGE", "\"7x\"",
+        ] {
+            assert!(err.contains(want), "{want} in {err}");
+        }
     }
 
     #[test]

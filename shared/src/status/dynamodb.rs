@@ -127,6 +127,7 @@ impl DynamoStore {
             ("skipped", n(run.skipped)),
             ("failed", n(run.failed)),
             ("bytes", n(run.bytes)),
+            ("filtered", n(run.filtered)),
             ("kind", s(run.kind.as_str())),
             ("result", s(run.result.as_str())),
         ]
@@ -154,6 +155,7 @@ impl DynamoStore {
             ),
             error: get_s(i, "error"),
             to_copy: None,
+            filtered: get_n(i, "filtered"),
             run_id: get_s(i, "pk").unwrap_or_default(),
             source: get_s(i, "source").unwrap_or_default(),
             dest: get_s(i, "dest").unwrap_or_default(),

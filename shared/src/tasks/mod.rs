@@ -139,15 +139,40 @@ pub struct ObjectsOptions {
     #[serde(default = "thirty")]
     pub retry_max_secs: u64,
     pub attempt_timeout_secs: u64,
+    /// Include/exclude rules in order, as rclone's `--filter` writes them (`+ GLOB`,
+    /// `- GLOB`): the first that matches decides.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<u64>,
+    /// Objects last modified longer ago than this are left out (seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_secs: Option<u64>,
+    /// Objects last modified more recently than this are left out (seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_age_secs: Option<u64>,
+    /// A file or `s3://BUCKET/KEY` of prefixes, one a line (a reference, read at each run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_list: Option<String>,
+    #[serde(default = "list_concurrency")]
+    pub list_concurrency: usize,
 }
 
 fn thirty() -> u64 {
     30
 }
 
+fn list_concurrency() -> usize {
+    crate::objects::run::DEFAULT_LIST_CONCURRENCY
+}
+
 /// What a task does, by kind.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
+// A task is read once per run or page: its size does not matter, boxing would only add noise.
+#[allow(clippy::large_enum_variant)]
 pub enum Spec {
     Images(ImagesOptions),
     Objects(ObjectsOptions),
@@ -234,6 +259,10 @@ pub fn objects_defaults() -> Vec<(&'static str, String)> {
         ("retry_base_ms", "1000".into()),
         ("retry_max_secs", "60".into()),
         ("attempt_timeout_secs", "3600".into()),
+        (
+            "list_concurrency",
+            crate::objects::run::DEFAULT_LIST_CONCURRENCY.to_string(),
+        ),
     ]
 }
 
@@ -545,6 +574,20 @@ impl Task {
                 put("retry_base_ms", o.retry_base_ms.to_string());
                 put("retry_max_secs", o.retry_max_secs.to_string());
                 put("attempt_timeout_secs", o.attempt_timeout_secs.to_string());
+                put("filters", o.filters.join("\n"));
+                let opt = |v: Option<u64>| v.map(|n| n.to_string()).unwrap_or_default();
+                put("min_size", opt(o.min_size));
+                put("max_size", opt(o.max_size));
+                put(
+                    "max_age",
+                    o.max_age_secs.map(|n| format!("{n}s")).unwrap_or_default(),
+                );
+                put(
+                    "min_age",
+                    o.min_age_secs.map(|n| format!("{n}s")).unwrap_or_default(),
+                );
+                put("prefix_list", o.prefix_list.clone().unwrap_or_default());
+                put("list_concurrency", o.list_concurrency.to_string());
             }
         }
         put("schedule", self.schedule.clone().unwrap_or_default());
@@ -695,7 +738,42 @@ fn objects(r: &mut Reader<'_>) -> ObjectsOptions {
             format!("{stream_buffer} is less than one part ({part_size}); expected at least the part size when streaming"),
         );
     }
+    // One rule a line, `+ GLOB` or `- GLOB`, in order.
+    let mut filters = Vec::new();
+    for line in r.opt("filters").unwrap_or_default().lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match crate::objects::filter::Rule::parse(line) {
+            Ok(rule) => filters.push(rule.to_string()),
+            Err(e) => r.fail("filters", e.to_string()),
+        }
+    }
+    let min_size = r.text("min_size").is_some().then(|| r.size("min_size"));
+    let max_size = r.text("max_size").is_some().then(|| r.size("max_size"));
+    let max_age_secs = r
+        .text("max_age")
+        .is_some()
+        .then(|| r.duration("max_age", Duration::from_secs(1)));
+    let min_age_secs = r
+        .text("min_age")
+        .is_some()
+        .then(|| r.duration("min_age", Duration::from_secs(1)));
+    let prefix_list = r.opt("prefix_list");
+    r.check("prefix_list", reference_only);
     ObjectsOptions {
+        filters,
+        min_size,
+        max_size,
+        max_age_secs,
+        min_age_secs,
+        prefix_list,
+        list_concurrency: if r.text("list_concurrency").is_some() {
+            r.number("list_concurrency", true)
+        } else {
+            list_concurrency()
+        },
         source,
         dest,
         source_endpoint: r.opt("source_endpoint"),
@@ -849,6 +927,51 @@ mod tests {
         let fields: Vec<&str> = e.errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["newest", "include_tags", "exclude_tags", "semver"]);
         assert!(e.errors[1].message.contains("\"(\""), "{:?}", e.errors[1]);
+    }
+
+    #[test]
+    fn an_objects_tasks_filters_read_back_in_order_and_bad_ones_are_named() {
+        let mut f = default_fields(Kind::Objects);
+        f.insert("source".into(), "s3://src/data".into());
+        f.insert("dest".into(), "s3://dst/backup".into());
+        f.insert("filters".into(), "- /tmp/**\r\n# note\n+ *.jpg\n".into());
+        f.insert("min_size".into(), "1K".into());
+        f.insert("max_age".into(), "7d".into());
+        f.insert("prefix_list".into(), "s3://src/lists/p.txt".into());
+        let t = Task::from_fields("o", Kind::Objects, &f, Utc::now()).unwrap();
+        let Spec::Objects(o) = &t.spec else {
+            panic!("{t:?}")
+        };
+        assert_eq!(o.filters, vec!["- /tmp/**", "+ *.jpg"]);
+        assert_eq!((o.min_size, o.max_size), (Some(1024), None));
+        assert_eq!((o.max_age_secs, o.min_age_secs), (Some(7 * 86_400), None));
+        assert_eq!(o.list_concurrency, 8);
+        assert_eq!(
+            Task::from_fields("o", Kind::Objects, &t.fields(), t.created_at).unwrap(),
+            t
+        );
+        // A task saved before the filters existed reads as one without them.
+        let mut old = serde_json::to_value(&t.spec).unwrap();
+        for k in [
+            "filters",
+            "min_size",
+            "max_age_secs",
+            "prefix_list",
+            "list_concurrency",
+        ] {
+            old.as_object_mut().unwrap().remove(k);
+        }
+        let Spec::Objects(o) = serde_json::from_value::<Spec>(old).unwrap() else {
+            panic!()
+        };
+        assert!(o.filters.is_empty() && o.min_size.is_none() && o.list_concurrency == 8);
+
+        f.insert("filters".into(), "+ [x\n* y".into());
+        f.insert("min_size".into(), "-1".into());
+        f.insert("max_age".into(), "7x".into());
+        let e = Task::from_fields("o", Kind::Objects, &f, Utc::now()).unwrap_err();
+        let fields: Vec<&str> = e.errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["filters", "filters", "min_size", "max_age"]);
     }
 
     #[test]

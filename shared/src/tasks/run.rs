@@ -8,13 +8,13 @@ use super::{ImageSelection, ImagesOptions, ObjectsOptions, Spec, Task};
 use crate::images::authfile::{Credentials, default_auth_file};
 use crate::images::copy::Skopeo;
 use crate::images::ecr::{self, Ecr, EcrRepos, RepoSettings};
+use crate::images::registry::{HttpRegistry, Location, Trust};
 use crate::images::selection::parse_list;
 use crate::images::sync::{
     Edges, Prepare, Progress, Selecting, SyncReport, SyncSpec, run_sync_until,
 };
 use crate::interrupt::Stop;
 use crate::objects::uploads::UploadLedger;
-use crate::images::registry::{HttpRegistry, Location, Trust};
 use crate::retry::RetryPolicy;
 use crate::status::{ItemRecord, RunKind, RunRecord, RunResult, Status, StatusStore, StoreError};
 use std::collections::BTreeSet;
@@ -463,6 +463,7 @@ async fn objects(
     use crate::objects::run::{ObjectEdges, ObjectsSpec, parse_url};
     use crate::objects::transfer::Mode;
     check_part_size(o.part_size).map_err(config)?;
+    let filter = filter_of(o, chrono::Utc::now()).map_err(config)?;
     let source = parse_url(&o.source).map_err(|e| config(format!("source: {e}")))?;
     let dest = parse_url(&o.dest).map_err(|e| config(format!("dest: {e}")))?;
     let compare = Compare::parse(&o.compare).map_err(|e| config(format!("--compare: {e}")))?;
@@ -530,6 +531,10 @@ async fn objects(
     check_side("destination", &dst, &dst_ep)
         .await
         .map_err(config)?;
+    let prefixes = match &o.prefix_list {
+        None => None,
+        Some(at) => Some(read_prefix_list(at, &src).await.map_err(config)?),
+    };
     let spec = ObjectsSpec {
         run_id: ctx.run_id.clone(),
         compare,
@@ -552,6 +557,9 @@ async fn objects(
         spill_dir: None,
         stream_buffer: o.stream_buffer,
         only_keys,
+        filter,
+        prefixes,
+        list_concurrency: o.list_concurrency.max(1),
     };
     let edges = ObjectEdges {
         src: &src,
@@ -562,6 +570,103 @@ async fn objects(
         stop: ctx.stop.clone(),
     };
     Ok(crate::objects::run::run_objects(&spec, &edges).await?)
+}
+
+/// The filter of an objects run: its rules in order, size bounds, and age bounds
+/// measured back from `now` (the run's start).
+pub fn filter_of(
+    o: &ObjectsOptions,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<crate::objects::filter::Filter, String> {
+    use crate::objects::filter::{Filter, Rule};
+    let rules = o
+        .filters
+        .iter()
+        .map(|r| {
+            Rule::parse(r).map_err(|e| {
+                let flag = if r.starts_with('+') {
+                    "--include"
+                } else {
+                    "--exclude"
+                };
+                format!("{flag}: {e}")
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if let (Some(min), Some(max)) = (o.min_size, o.max_size)
+        && min > max
+    {
+        return Err(format!(
+            "--min-size {min} is more than --max-size {max}: no object could pass"
+        ));
+    }
+    if let (Some(max), Some(min)) = (o.max_age_secs, o.min_age_secs)
+        && min > max
+    {
+        return Err(format!(
+            "--min-age {min}s is more than --max-age {max}s: no object could pass"
+        ));
+    }
+    Ok(Filter {
+        rules,
+        min_size: o.min_size,
+        max_size: o.max_size,
+        ..Default::default()
+    }
+    .with_ages(
+        now,
+        o.max_age_secs.map(Duration::from_secs),
+        o.min_age_secs.map(Duration::from_secs),
+    ))
+}
+
+/// Reads the prefix list from a file or `s3://BUCKET/KEY` (with the source's client), at
+/// most [`MAX_PREFIX_LIST`](crate::objects::prefixes::MAX_PREFIX_LIST) bytes, and parses it.
+async fn read_prefix_list(
+    at: &str,
+    src: &crate::objects::bucket::Bucket,
+) -> Result<Vec<String>, String> {
+    use crate::objects::prefixes::{MAX_PREFIX_LIST, parse};
+    use crate::retry::ErrorClass;
+    let too_big = || format!("--prefix-list {at:?}: larger than {MAX_PREFIX_LIST} bytes");
+    let bytes: Vec<u8> = if at.starts_with("s3://") {
+        let url =
+            crate::objects::url::S3Url::parse(at).map_err(|e| format!("--prefix-list: {e}"))?;
+        let key = url.prefix.trim_end_matches('/').to_string();
+        if key.is_empty() {
+            return Err(format!(
+                "--prefix-list {at:?}: names no object; expected s3://BUCKET/KEY"
+            ));
+        }
+        let bucket = crate::objects::bucket::Bucket {
+            client: src.client.clone(),
+            url: crate::objects::url::S3Url {
+                bucket: url.bucket,
+                prefix: String::new(),
+            },
+            requester_pays: false,
+        };
+        match bucket.get(&key, None, None, MAX_PREFIX_LIST).await {
+            Ok(got) => got.body.to_vec(),
+            Err(e) if e.class == ErrorClass::SourceChanged => return Err(too_big()),
+            Err(e) if e.class == ErrorClass::NotFound => {
+                return Err(format!("--prefix-list {at}: no such object"));
+            }
+            Err(e) => return Err(format!("--prefix-list {at}: {}", e.message)),
+        }
+    } else {
+        use std::io::Read as _;
+        let file = std::fs::File::open(at).map_err(|e| format!("--prefix-list {at:?}: {e}"))?;
+        let mut buf = Vec::new();
+        file.take(MAX_PREFIX_LIST + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| format!("--prefix-list {at:?}: {e}"))?;
+        if buf.len() as u64 > MAX_PREFIX_LIST {
+            return Err(too_big());
+        }
+        buf
+    };
+    parse(&bytes).map_err(|e| format!("--prefix-list {at}: {e}"))
 }
 
 #[cfg(test)]

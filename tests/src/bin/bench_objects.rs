@@ -57,6 +57,7 @@ fn entry(i: u64, bumped: bool) -> Entry {
             u128::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
         )),
         checksum: None,
+        modified: None,
     }
 }
 

@@ -6,17 +6,17 @@ use hub_tests::{HttpProxy, MotoServer, Rewrite, Route, aws_fixtures, transfer_hu
 use md5::{Digest, Md5};
 use std::sync::{Arc, Mutex};
 
-const REGION: &str = "eu-west-1";
+pub(crate) const REGION: &str = "eu-west-1";
 
-struct S3 {
-    moto: MotoServer,
-    client: aws_sdk_s3::Client,
-    rt: tokio::runtime::Runtime,
-    state: tempfile::TempDir,
+pub(crate) struct S3 {
+    pub(crate) moto: MotoServer,
+    pub(crate) client: aws_sdk_s3::Client,
+    pub(crate) rt: tokio::runtime::Runtime,
+    pub(crate) state: tempfile::TempDir,
 }
 
 impl S3 {
-    fn start(buckets: &[&str]) -> Self {
+    pub(crate) fn start(buckets: &[&str]) -> Self {
         let moto = MotoServer::start();
         let rt = tokio::runtime::Runtime::new().unwrap();
         let conf = rt.block_on(moto.sdk_config(REGION));
@@ -31,7 +31,7 @@ impl S3 {
         }
     }
 
-    fn put(&self, bucket: &str, key: &str, body: &[u8]) {
+    pub(crate) fn put(&self, bucket: &str, key: &str, body: &[u8]) {
         self.rt
             .block_on(
                 self.client
@@ -65,7 +65,7 @@ impl S3 {
             .unwrap();
     }
 
-    fn get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+    pub(crate) fn get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
         let r = self
             .rt
             .block_on(self.client.get_object().bucket(bucket).key(key).send());
@@ -75,7 +75,7 @@ impl S3 {
         }
     }
 
-    fn keys(&self, bucket: &str) -> Vec<String> {
+    pub(crate) fn keys(&self, bucket: &str) -> Vec<String> {
         let o = self
             .rt
             .block_on(self.client.list_objects_v2().bucket(bucket).send())
@@ -95,7 +95,7 @@ impl S3 {
     }
 
     /// Runs `objects sync` with both sides at `endpoint` (moto unless a proxy is given).
-    fn sync(
+    pub(crate) fn sync(
         &self,
         src: &str,
         dst: &str,
@@ -127,13 +127,13 @@ impl S3 {
     }
 }
 
-fn data(n: usize, seed: u8) -> Vec<u8> {
+pub(crate) fn data(n: usize, seed: u8) -> Vec<u8> {
     (0..n)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
         .collect()
 }
 
-fn counts(j: &serde_json::Value) -> (u64, u64, u64) {
+pub(crate) fn counts(j: &serde_json::Value) -> (u64, u64, u64) {
     (
         j["copied"].as_u64().unwrap(),
         j["skipped"].as_u64().unwrap(),
