@@ -186,20 +186,22 @@ fn field(
         }
     };
     for part in text.split(',') {
-        let (range, step) = match part.split_once('/') {
+        // `N/STEP` runs from N to the field's end (also for a step of 1: `0/1` is every one).
+        let (range, step, stepped) = match part.split_once('/') {
             Some((r, s)) => (
                 r,
                 s.parse::<u32>().ok().filter(|s| *s >= 1).ok_or_else(|| {
                     format!("{name} increment {s:?}: expected a number of 1 or more")
                 })?,
+                true,
             ),
-            None => (part, 1),
+            None => (part, 1, false),
         };
         let (lo, hi) = match range {
             "*" => (min, max),
             r => match r.split_once('-') {
                 Some((a, b)) => (value(a)?, value(b)?),
-                None if step > 1 => (value(r)?, max),
+                None if stepped => (value(r)?, max),
                 None => {
                     let v = value(r)?;
                     (v, v)
@@ -384,6 +386,16 @@ mod tests {
             let e = Schedule::parse(expr).unwrap_err().to_string();
             assert!(e.contains(says), "{expr}: {e}");
         }
+    }
+
+    #[test]
+    fn a_cron_every_minute_of_an_hour_goes_on_within_that_hour() {
+        let Schedule::Cron(c) = Schedule::parse("cron(0/1 21 * * ? *)").unwrap() else {
+            unreachable!()
+        };
+        let after = at("2026-01-01T00:00:00Z") + Duration::seconds(73_947_600);
+        assert_eq!(after, at("2028-05-05T21:00:00Z"));
+        assert_eq!(c.next_after(after), Some(at("2028-05-05T21:01:00Z")));
     }
 
     proptest! {
