@@ -24,6 +24,12 @@ pub fn loader() -> aws_config::ConfigLoader {
     aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http_client())
 }
 
+/// What a credential provider built on its own needs (a profile's, an assumed role's):
+/// the same HTTPS client, or it has none to reach STS, SSO or the instance metadata with.
+pub fn provider_config() -> aws_config::provider_config::ProviderConfig {
+    aws_config::provider_config::ProviderConfig::default().with_http_client(http_client())
+}
+
 /// The default chain's configuration (Lambda functions and the worker).
 pub async fn load() -> aws_config::SdkConfig {
     loader().load().await

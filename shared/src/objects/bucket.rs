@@ -73,6 +73,7 @@ pub async fn load_config(
         CredentialSource::Profile(p) => {
             loader = loader.profile_name(p).credentials_provider(
                 aws_config::profile::ProfileFileCredentialsProvider::builder()
+                    .configure(&crate::aws::sdk::provider_config())
                     .profile_name(p)
                     .build(),
             )
