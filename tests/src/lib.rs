@@ -1616,6 +1616,12 @@ fn proxy_one(
     client.shutdown(std::net::Shutdown::Both)
 }
 
+/// `transfer-hub status --state STATE --output json`: what a user reads back from a state
+/// file after a run.
+pub fn status_json(state: &str) -> Run {
+    transfer_hub(&["status", "--state", state, "--output", "json"], &[])
+}
+
 /// The transfer-hub binary built beside the tests (`cargo build --bins` builds it).
 pub fn transfer_hub_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();

@@ -365,16 +365,7 @@ fn a_run_that_fails_before_copying_is_recorded_failed_with_its_error_and_prints_
     );
     let run_id = j["run_id"].as_str().unwrap().to_string();
 
-    let st = transfer_hub(
-        &[
-            "status",
-            "--state",
-            state.to_str().unwrap(),
-            "--output",
-            "json",
-        ],
-        &[],
-    );
+    let st = hub_tests::status_json(state.to_str().unwrap());
     assert_eq!(st.code, 0, "{}", st.stderr);
     let sj = st.json();
     assert_eq!(sj["run_id"], run_id.as_str());
@@ -538,16 +529,7 @@ fn setup_problems_exit_2_with_one_line_naming_the_thing_and_what_to_do() {
         &["login refused for user bob", &guarded.addr, "auth.json"],
     );
     // None of these left an image at a destination or an item in the state file.
-    let st = transfer_hub(
-        &[
-            "status",
-            "--state",
-            state.to_str().unwrap(),
-            "--output",
-            "json",
-        ],
-        &[],
-    );
+    let st = hub_tests::status_json(state.to_str().unwrap());
     if st.code == 0 {
         assert!(
             st.json()["items"].as_array().unwrap().is_empty(),

@@ -102,16 +102,7 @@ fn include_and_exclude_rules_choose_the_keys_in_order_and_the_left_out_are_count
     assert_eq!(counts(&j), (0, 3, 0), "{j:#}");
     assert_eq!(j["filtered"], 2, "{j:#}");
     let state = s3.state.path().join("state.db");
-    let st = transfer_hub(
-        &[
-            "status",
-            "--state",
-            state.to_str().unwrap(),
-            "--output",
-            "json",
-        ],
-        &[],
-    );
+    let st = hub_tests::status_json(state.to_str().unwrap());
     assert_eq!(st.code, 0, "{}", st.stderr);
     assert_eq!(st.json()["run_id"], j["run_id"]);
     assert_eq!(st.json()["filtered"], 2, "{}", st.stdout);

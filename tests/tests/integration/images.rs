@@ -241,16 +241,7 @@ fn a_second_run_copies_nothing_and_a_changed_tag_is_the_only_copy() {
     );
 
     // The state file tells the same story.
-    let st = transfer_hub(
-        &[
-            "status",
-            "--state",
-            dir.path().join("state.db").to_str().unwrap(),
-            "--output",
-            "json",
-        ],
-        &[],
-    );
+    let st = hub_tests::status_json(dir.path().join("state.db").to_str().unwrap());
     assert_eq!(st.code, 0, "{}", st.stderr);
     let sj: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
     assert_eq!(sj["run_id"], j["run_id"]);
@@ -433,16 +424,7 @@ fn an_unreachable_destination_mid_run_is_retried_then_failed_and_never_recorded_
     );
     assert!(proxy.cut.load(std::sync::atomic::Ordering::Relaxed) >= 3);
     assert!(dst.tags("app").is_empty());
-    let st = transfer_hub(
-        &[
-            "status",
-            "--state",
-            dir.path().join("state.db").to_str().unwrap(),
-            "--output",
-            "json",
-        ],
-        &[],
-    );
+    let st = hub_tests::status_json(dir.path().join("state.db").to_str().unwrap());
     let sj: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
     assert_eq!(counts(&sj), (0, 0, 1));
     assert!(

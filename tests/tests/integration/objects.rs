@@ -1230,16 +1230,7 @@ fn object_setup_problems_exit_2_with_one_line_and_a_failed_run() {
         j["started_at"].is_string() && j["ended_at"].is_string(),
         "{j:#}"
     );
-    let st = transfer_hub(
-        &[
-            "status",
-            "--state",
-            state.to_str().unwrap(),
-            "--output",
-            "json",
-        ],
-        &[],
-    );
+    let st = hub_tests::status_json(state.to_str().unwrap());
     assert_eq!(st.code, 0, "{}", st.stderr);
     let sj = st.json();
     assert_eq!(sj["run_id"], j["run_id"]);
