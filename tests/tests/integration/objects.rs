@@ -1379,3 +1379,67 @@ fn an_explicit_profile_beats_the_environment_keys() {
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert_eq!(s3.keys("dst"), ["a.txt"]);
 }
+
+/// Every endpoint on AWS is https, which no other test here speaks: the SDK's own HTTPS
+/// client (rustls on ring, `aws::sdk`) must reach a TLS server whose CA the system trusts
+/// (`SSL_CERT_FILE`, as the platform's roots are read), and refuse one it does not, without
+/// sending it a request.
+#[test]
+fn the_s3_client_speaks_tls_and_sends_nothing_to_a_server_it_does_not_trust() {
+    let ca = hub_tests::tls::TestCa::new("transfer-hub-s3-ca").unwrap();
+    let (cert, key) = ca.issue("s3").unwrap();
+    let server = hub_tests::tls::TlsTokenServer::start(&cert, &key, "unused".into()).unwrap();
+    let endpoint = format!("https://{}", server.addr);
+    let state = tempfile::tempdir().unwrap();
+    let sync = |trusted: &str| {
+        transfer_hub(
+            &[
+                "objects",
+                "sync",
+                "s3://src",
+                "s3://dst",
+                "--source-endpoint",
+                &endpoint,
+                "--dest-endpoint",
+                &endpoint,
+                "--retries",
+                "0",
+                "--state",
+                state.path().join("state.db").to_str().unwrap(),
+            ],
+            &[
+                ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+                ("AWS_SECRET_ACCESS_KEY", "secret"),
+                ("AWS_REGION", "us-east-1"),
+                ("SSL_CERT_FILE", trusted),
+            ],
+        )
+    };
+
+    // A CA the process does not trust: refused at the handshake, nothing sent.
+    let other = hub_tests::tls::TestCa::new("some-other-ca").unwrap();
+    let r = sync(other.cert.to_str().unwrap());
+    assert_ne!(r.code, 0, "{}", r.stdout);
+    assert!(
+        r.stderr.to_ascii_lowercase().contains("certificate"),
+        "the error says it is the certificate: {}",
+        r.stderr
+    );
+    assert!(
+        server.requests().is_empty(),
+        "no request reached an untrusted server: {:?}",
+        server.requests()
+    );
+
+    // Its CA trusted: the handshake succeeds and signed S3 requests arrive (the server is
+    // no S3, so the run itself fails after that).
+    let _ = sync(ca.cert.to_str().unwrap());
+    let seen = server.requests();
+    assert!(!seen.is_empty(), "requests arrived over TLS");
+    assert!(
+        seen.iter().all(|h| h
+            .to_ascii_lowercase()
+            .contains("authorization: aws4-hmac-sha256")),
+        "signed S3 requests: {seen:?}"
+    );
+}
