@@ -225,10 +225,7 @@ impl ImagesConfig {
         }
         cfg.retry.retries = o.retries;
         cfg.resolve_concurrency = o.resolve_concurrency.max(1);
-        cfg.tag_rules = TagRules::parse(&o.tag_rules()).map_err(|errors| {
-            let all: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-            bad("tag rules", all.join("; "))
-        })?;
+        cfg.tag_rules = o.tag_rules().map_err(|e| bad("tag rules", e))?;
         cfg.repo_settings.scan_on_push = !o.no_scan_on_push;
         cfg.task = Some(t.name.clone());
         Ok(cfg)

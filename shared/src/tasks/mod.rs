@@ -100,14 +100,21 @@ pub struct ImagesOptions {
 }
 
 impl ImagesOptions {
-    /// The task's tag rules as written.
-    pub fn tag_rules(&self) -> crate::images::tags::TagRuleText {
-        crate::images::tags::TagRuleText {
+    /// The task's tag rules, compiled; every bad rule in one message.
+    pub fn tag_rules(&self) -> Result<crate::images::tags::TagRules, String> {
+        crate::images::tags::TagRules::parse(&crate::images::tags::TagRuleText {
             include: self.include_tags.clone(),
             exclude: self.exclude_tags.clone(),
             semver: self.semver.clone(),
             newest: self.newest,
-        }
+        })
+        .map_err(|errors| {
+            errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
     }
 }
 

@@ -310,15 +310,7 @@ async fn images(o: &ImagesOptions, ctx: &RunContext<'_>) -> Result<SyncReport, R
     for r in &o.insecure_registries {
         check_insecure_registry(r).map_err(config)?;
     }
-    let tag_rules = crate::images::tags::TagRules::parse(&o.tag_rules()).map_err(|errors| {
-        config(
-            errors
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("; "),
-        )
-    })?;
+    let tag_rules = o.tag_rules().map_err(config)?;
     let selecting = match &o.selection {
         ImageSelection::List(text) => {
             let sel = parse_list(text);
