@@ -577,6 +577,22 @@ impl HttpRegistry {
         }
     }
 
+    /// HEAD of `path` in `repo` with pull scope: `None` when the registry answers 404, else
+    /// the answer, checked for success.
+    async fn head_pull(
+        &self,
+        host: &str,
+        repo: &str,
+        path: &str,
+    ) -> Result<Option<reqwest::Response>, ItemError> {
+        let scope = format!("repository:{repo}:pull");
+        let resp = self.send(Method::HEAD, host, path, &scope).await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        check(resp, host, path).map(Some)
+    }
+
     async fn send(
         &self,
         method: Method,
@@ -1105,12 +1121,9 @@ impl Registry for HttpRegistry {
         reference: &str,
     ) -> Result<Option<ManifestInfo>, ItemError> {
         let path = format!("/v2/{repo}/manifests/{reference}");
-        let scope = format!("repository:{repo}:pull");
-        let resp = self.send(Method::HEAD, host, &path, &scope).await?;
-        if resp.status() == StatusCode::NOT_FOUND {
+        let Some(resp) = self.head_pull(host, repo, &path).await? else {
             return Ok(None);
-        }
-        let resp = check(resp, host, &path)?;
+        };
         let url = format!("HEAD {host}{path}");
         if declared_length(resp.headers(), &url)?.is_some_and(|n| n > MANIFEST_LIMIT as u64) {
             return Err(ResponseError::TooLarge {
@@ -1140,7 +1153,8 @@ impl Registry for HttpRegistry {
             None => {
                 // Some registries omit the header on HEAD: hash the manifest body instead.
                 let resp = check(
-                    self.send(Method::GET, host, &path, &scope).await?,
+                    self.send(Method::GET, host, &path, &format!("repository:{repo}:pull"))
+                        .await?,
                     host,
                     &path,
                 )?;
@@ -1289,13 +1303,7 @@ impl Registry for HttpRegistry {
         digest: &Digest,
     ) -> Result<Option<bool>, ItemError> {
         let path = format!("/v2/{repo}/blobs/{digest}");
-        let scope = format!("repository:{repo}:pull");
-        let resp = self.send(Method::HEAD, host, &path, &scope).await?;
-        if resp.status() == StatusCode::NOT_FOUND {
-            return Ok(Some(false));
-        }
-        check(resp, host, &path)?;
-        Ok(Some(true))
+        Ok(Some(self.head_pull(host, repo, &path).await?.is_some()))
     }
 }
 
