@@ -27,25 +27,21 @@ pub trait Copier: Send + Sync {
 /// first failed request and prints, when not on a terminal, only which blob it *starts*;
 /// the destination says what actually landed (and what the next attempt will reuse).
 ///
-/// When every blob has landed and only manifests are missing, the next attempt stores them
-/// itself (the platforms', then the image's own) (its bytes read from the source by digest and checked, one `PUT`, each
-/// request retried on its own and after any `Retry-After`) instead of running the whole
-/// copy again for it (an index's whole copy is some 14 requests, any of which fails it).
-/// The registry refuses a manifest whose parts are missing, and the destination digest is
-/// checked after the copy as always.
-///
-/// After a whole copy of an index failed, the next attempts copy each platform that still
-/// misses blobs on its own, by digest (`src@sha256:P` to `dest@sha256:P`, no tag written),
-/// store directly the manifest of a platform whose blobs are all there, and then store the
-/// index itself directly ([`per_platform`]). A whole index copy asks the destination about
-/// every blob of every platform again, so with a share of requests failing, its later
-/// attempts landed nothing new and the retries ran out; one platform's copy needs only that
-/// platform's requests. Same copier, same logins, same realm checks.
+/// The first attempt is the copier's (skopeo's whole copy). Once one has failed and the
+/// destination was looked at, the next attempts are made here ([`copy_here`]): each blob
+/// the destination lacks is copied through this machine (streamed and hashed, each blob
+/// retried on its own and after any `Retry-After`), then each manifest it lacks is stored
+/// (read from the source by digest and checked, one `PUT`, retried on its own). Found by the
+/// fault report: with 10% of registry requests failing, a whole copy of an image is some
+/// 14 to 40 requests, skopeo ends at its first 503 or 429 to a `HEAD` or an upload, and
+/// 3 images in 96 met one in each of four whole copies in a row. The registry refuses a
+/// manifest whose parts are missing, and the destination digest is checked after the copy
+/// as always.
 ///
 /// An ECR side is asked through ECR's registry protocol with the ECR login token (see
 /// [`crate::images::ecr::Registries`]). Where the destination cannot be asked (a source manifest
-/// that cannot be read), every failure counts, as before. The same for the CLI's sync and
-/// the copy worker.
+/// that cannot be read), every failure counts and every attempt is the copier's. The same
+/// for the CLI's sync and the copy worker.
 pub async fn copy_with_retries(
     copier: &dyn Copier,
     registry: &dyn Registry,
@@ -54,157 +50,94 @@ pub async fn copy_with_retries(
     source: &ImageName,
     dest: &ImageName,
 ) -> (Result<(), ItemError>, u32) {
-    let parts: tokio::sync::OnceCell<Option<Vec<Part>>> = tokio::sync::OnceCell::new();
+    // The image's parts, once read (a read that failed is tried again at the next look).
+    let parts: tokio::sync::OnceCell<Vec<Part>> = tokio::sync::OnceCell::new();
     let parts = &parts;
-    let platforms: tokio::sync::OnceCell<Option<Vec<Vec<Part>>>> = tokio::sync::OnceCell::new();
-    let platforms = &platforms;
-    // What the last look at the destination found (none before the first failed attempt).
-    let seen: &std::sync::Mutex<Seen> = &Default::default();
+    // What the destination held at the last look (none before the first failed attempt).
+    let seen: &std::sync::Mutex<Option<HashSet<Part>>> = &Default::default();
     let probe = || async move {
         let digest = source.digest.as_ref()?;
         let parts = parts
-            .get_or_init(|| async {
+            .get_or_try_init(|| async {
                 let (r, _) = with_retries(policy, |_| {
                     registry.image_parts(&source.host, &source.repo, digest)
                 })
                 .await;
-                r.ok().flatten()
+                r.ok().flatten().ok_or(())
             })
             .await
-            .as_ref()?;
-        let (n, left, present) = landed(registry, policy, dest, parts).await?;
-        *seen.lock().unwrap() = Seen {
-            missing: left,
-            present: Some(present),
-        };
+            .ok()?;
+        let (n, present) = landed(registry, policy, dest, parts).await?;
+        *seen.lock().unwrap() = Some(present);
         Some(n)
     };
     let attempt = |_| async move {
-        let (left, present) = {
-            let s = seen.lock().unwrap();
-            (s.missing.clone(), s.present.clone())
-        };
-        if !left.is_empty() {
-            let mut all = true;
-            for d in &left {
-                // The image's own manifest goes under the destination reference, the
-                // platforms' (stored first) under their digests.
-                let top = source.digest.as_ref() == Some(d);
-                match put_manifest(registry, policy, source, d, dest, top).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        all = false;
-                        break;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            if all {
-                return Ok(());
-            }
+        let present = seen.lock().unwrap().clone();
+        if let (Some(present), Some(parts)) = (present, parts.get())
+            && copy_here(registry, policy, stop, source, dest, parts, &present).await?
+        {
+            return Ok(());
         }
         // skopeo sends each login to the token realm its registry names: a realm that may
         // not have it fails the image here, before the login reaches skopeo.
         registry.check_login_realm(&source.host).await?;
         registry.check_login_realm(&dest.host).await?;
-        // A whole copy failed before (the destination was looked at since): an index now
-        // goes platform by platform.
-        if let (Some(present), Some(Some(all))) = (present, parts.get())
-            && is_index(all)
-        {
-            let platforms = platforms
-                .get_or_init(|| platform_parts(registry, policy, source, all))
-                .await;
-            if let Some(platforms) = platforms {
-                let done =
-                    per_platform(copier, registry, policy, source, dest, platforms, &present)
-                        .await?;
-                if done {
-                    return Ok(());
-                }
-            }
-        }
         copier.copy(source, dest).await
     };
     with_progress_retries_until(policy, stop, attempt, probe).await
 }
 
-/// What the last look at the destination found: the manifests to store directly (when every
-/// blob is there), and every part it holds (`None` until it was first looked at).
-#[derive(Default)]
-struct Seen {
-    missing: Vec<crate::images::reference::Digest>,
-    present: Option<HashSet<Part>>,
-}
-
-/// Whether `parts` (as [`Registry::image_parts`] lists them) are an index's: its own
-/// manifest, then its platforms'.
-fn is_index(parts: &[Part]) -> bool {
-    matches!(parts.get(1), Some(Part::Manifest(_)))
-}
-
-/// Each platform's parts (its manifest first, then its blobs), read from the source by
-/// digest (each read retried on its own); `None` when one cannot be read.
-async fn platform_parts(
+/// One attempt made by this machine: each blob of `parts` not in `present` is copied
+/// ([`Registry::copy_blob`], each retried on its own), then each platform manifest not in
+/// `present` is stored under its digest, and the image's own manifest under the destination
+/// reference (always: the destination may hold it without the tag). `false` when this
+/// registry client cannot copy blobs or store manifests (then the copier runs).
+async fn copy_here(
     registry: &dyn Registry,
     policy: &RetryPolicy,
-    source: &ImageName,
-    parts: &[Part],
-) -> Option<Vec<Vec<Part>>> {
-    let mut out = Vec::new();
-    for p in parts.iter().skip(1) {
-        let Part::Manifest(d) = p else { continue };
-        let (r, _) = with_retries(policy, |_| {
-            registry.image_parts(&source.host, &source.repo, d)
-        })
-        .await;
-        out.push(r.ok().flatten()?);
-    }
-    Some(out)
-}
-
-/// One attempt of an index, platform by platform: each platform missing a blob at the last
-/// look is copied on its own by digest (no tag written), one missing only its manifest gets
-/// it stored directly, then the index is stored under the destination reference. `false`
-/// when this registry client cannot store manifests (then the whole copy runs).
-async fn per_platform(
-    copier: &dyn Copier,
-    registry: &dyn Registry,
-    policy: &RetryPolicy,
+    stop: &Stop,
     source: &ImageName,
     dest: &ImageName,
-    platforms: &[Vec<Part>],
+    parts: &[Part],
     present: &HashSet<Part>,
 ) -> Result<bool, ItemError> {
-    let Some(index) = source.digest.as_ref() else {
+    let Some(top) = source.digest.as_ref() else {
         return Ok(false);
     };
-    for parts in platforms {
-        let Some(Part::Manifest(d)) = parts.first() else {
+    let from = (source.host.as_str(), source.repo.as_str());
+    let to = (dest.host.as_str(), dest.repo.as_str());
+    for p in parts {
+        let Part::Blob(d) = p else { continue };
+        if present.contains(p) {
             continue;
+        }
+        tracing::info!(%dest, blob = %d, "copying a blob the destination lacks");
+        let copied = tokio::select! {
+            (r, _) = with_retries(policy, |_| registry.copy_blob(from, to, d)) => r.map_err(|mut e| {
+                e.message = format!("copying blob {d} of {source} → {dest}: {}", e.message);
+                e
+            })?,
+            why = stop.stopped() => return Err(interrupted(why)),
         };
-        let blobs_missing = parts
-            .iter()
-            .any(|p| matches!(p, Part::Blob(_)) && !present.contains(p));
-        if blobs_missing {
-            tracing::info!(%dest, platform = %d, "copying this platform on its own");
-            let by_digest = |n: &ImageName| ImageName {
-                digest: Some(d.clone()),
-                tag: None,
-                ..n.clone()
-            };
-            copier.copy(&by_digest(source), &by_digest(dest)).await?;
-        } else if !present.contains(&Part::Manifest(d.clone()))
+        if copied.is_none() {
+            return Ok(false);
+        }
+    }
+    // Platforms first (they follow the image's own manifest in `parts`).
+    for p in parts.iter().skip(1) {
+        if let Part::Manifest(d) = p
+            && !present.contains(p)
             && !put_manifest(registry, policy, source, d, dest, false).await?
         {
             return Ok(false);
         }
     }
-    put_manifest(registry, policy, source, index, dest, true).await
+    put_manifest(registry, policy, source, top, dest, true).await
 }
 
-/// Copies the image's own manifest from the source to the destination reference; `false`
-/// when this registry client cannot (then the copier runs).
+/// Copies the manifest `digest` from the source to the destination: under the destination
+/// reference when it is the image's own (`top`), else under its digest; `false` when this
+/// registry client cannot (then the copier runs).
 async fn put_manifest(
     registry: &dyn Registry,
     policy: &RetryPolicy,
@@ -223,7 +156,7 @@ async fn put_manifest(
     if media_type.is_empty() {
         return Ok(false);
     }
-    tracing::info!(%dest, %digest, "only the manifest is missing at the destination; storing it");
+    tracing::info!(%dest, %digest, "storing a manifest the destination lacks");
     let reference = if top {
         dest.reference()
     } else {
@@ -233,20 +166,26 @@ async fn put_manifest(
         registry.put_manifest(&dest.host, &dest.repo, &reference, &media_type, &bytes)
     })
     .await;
-    Ok(put?.is_some())
+    let put = put.map_err(|mut e| {
+        e.message = format!(
+            "storing manifest {digest} of {source} at {dest}: {}",
+            e.message
+        );
+        e
+    })?;
+    Ok(put.is_some())
 }
 
-/// How many of `parts` the destination repository holds, the manifests to store directly
-/// when every blob is there (platforms first, the image's own last), and the parts it holds.
-/// A part whose `HEAD` keeps failing counts as absent (so progress is never overstated).
-/// `None` when the registry client cannot tell.
+/// How many of `parts` the destination repository holds, and which. A part whose `HEAD`
+/// keeps failing counts as absent (so progress is never overstated, and the next attempt
+/// copies it again). `None` when the registry client cannot tell.
 async fn landed(
     registry: &dyn Registry,
     policy: &RetryPolicy,
     dest: &ImageName,
     parts: &[Part],
-) -> Option<(u64, Vec<crate::images::reference::Digest>, HashSet<Part>)> {
-    let mut present = Vec::with_capacity(parts.len());
+) -> Option<(u64, HashSet<Part>)> {
+    let mut held = HashSet::new();
     for p in parts {
         let here = match p {
             Part::Manifest(d) => {
@@ -264,37 +203,14 @@ async fn landed(
             }
         };
         match here {
-            Ok(Some(yes)) => present.push(yes),
-            Err(_) => present.push(false),
+            Ok(Some(true)) => {
+                held.insert(p.clone());
+            }
+            Ok(Some(false)) | Err(_) => {}
             Ok(None) => return None,
         }
     }
-    let n = present.iter().filter(|p| **p).count() as u64;
-    let blobs_all_here = parts
-        .iter()
-        .zip(&present)
-        .all(|(p, here)| *here || matches!(p, Part::Manifest(_)));
-    // Platforms first (they follow the image's own manifest in `parts`), the image's last.
-    let mut left: Vec<crate::images::reference::Digest> = Vec::new();
-    if blobs_all_here {
-        for (p, here) in parts
-            .iter()
-            .zip(&present)
-            .skip(1)
-            .chain(parts.iter().zip(&present).take(1))
-        {
-            if let (Part::Manifest(d), false) = (p, *here) {
-                left.push(d.clone());
-            }
-        }
-    }
-    let held = parts
-        .iter()
-        .zip(&present)
-        .filter(|(_, here)| **here)
-        .map(|(p, _)| p.clone())
-        .collect();
-    Some((n, left, held))
+    Some((held.len() as u64, held))
 }
 
 /// `skopeo copy --retry-times` (skopeo 1.9 has no `--retry-delay`).

@@ -527,6 +527,15 @@ impl Registry for Registries {
         }
         self.http.has_blob(host, repo, digest).await
     }
+    async fn copy_blob(
+        &self,
+        source: (&str, &str),
+        dest: (&str, &str),
+        digest: &Digest,
+    ) -> Result<Option<()>, ItemError> {
+        // Bytes move through the registry protocol, ECR's too (with its login token).
+        self.http.copy_blob(source, dest, digest).await
+    }
 }
 
 /// Creates missing destination repositories before copies start.

@@ -31,6 +31,9 @@ pub const LIST_PAGE_LIMIT: usize = 8 << 20;
 pub const LISTING_LIMIT: usize = 64 << 20;
 /// The largest token response we read.
 pub const TOKEN_LIMIT: usize = 1 << 20;
+/// How long one blob's download and upload may take in all (a stalled connection ends
+/// sooner: the client's read timeout).
+const BLOB_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 
 /// A registry answer we refuse: a malformed header, a body over its limit, a token realm
 /// that would carry a login in the clear, a page chain that loops. Each fails the one image
@@ -176,6 +179,9 @@ fn http_client(roots: Vec<reqwest::Certificate>) -> Result<reqwest::Client, Stri
     let mut b = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(120))
+        // Blob copies have no total limit of their own (a layer may take long); a
+        // connection that stalls is given up after this.
+        .read_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(64)
         .user_agent(concat!("transfer-hub/", env!("CARGO_PKG_VERSION")));
     for c in roots {
@@ -374,6 +380,19 @@ pub trait Registry: Send + Sync {
         _repo: &str,
         _digest: &Digest,
     ) -> Result<Option<bool>, ItemError> {
+        Ok(None)
+    }
+    /// Copies the blob `digest` from `source` to `dest` (each a `(host, repo)`) through this
+    /// machine: streamed, never held whole, and hashed on the way. The upload is committed
+    /// (`PUT …?digest=`, which the registry checks again) only when the bytes read hash to
+    /// `digest`; else it is cancelled and the error is a `DigestMismatch`. `None` when this
+    /// registry client cannot copy blobs.
+    async fn copy_blob(
+        &self,
+        _source: (&str, &str),
+        _dest: (&str, &str),
+        _digest: &Digest,
+    ) -> Result<Option<()>, ItemError> {
         Ok(None)
     }
     /// Asked before a login for `host` is handed to a copier (skopeo), which sends it to
@@ -600,10 +619,11 @@ impl HttpRegistry {
         path: &str,
         scope: &str,
     ) -> Result<reqwest::Response, ItemError> {
-        self.send_with(method, host, path, scope, None).await
+        self.send_with(method, host, path, scope, None, None).await
     }
 
-    /// [`Self::send`] with a body (its content type and bytes).
+    /// [`Self::send`] with a body (its content type and bytes), and a time limit of its own
+    /// for the whole exchange, body included (else the client's).
     async fn send_with(
         &self,
         method: Method,
@@ -611,6 +631,7 @@ impl HttpRegistry {
         path: &str,
         scope: &str,
         body: Option<(&str, &[u8])>,
+        timeout: Option<Duration>,
     ) -> Result<reqwest::Response, ItemError> {
         let url = self.url(host, path);
         let http = self.client(host)?;
@@ -621,6 +642,9 @@ impl HttpRegistry {
                 .header(header::ACCEPT, MANIFEST_ACCEPT);
             if let Some((ctype, bytes)) = body {
                 req = req.header(header::CONTENT_TYPE, ctype).body(bytes.to_vec());
+            }
+            if let Some(t) = timeout {
+                req = req.timeout(t);
             }
             if let Some(h) = self.auth_header(host, scope) {
                 req = req.header(header::AUTHORIZATION, h);
@@ -673,6 +697,37 @@ impl HttpRegistry {
                 .unwrap()
                 .insert(host.to_string(), challenge);
         }
+    }
+
+    /// Where an upload goes next, from the `Location` of the registry's last answer about it
+    /// (`path` is what was asked): a path on the registry, or an absolute URL. `true` when that
+    /// is the registry's own origin; the login goes nowhere else (an upload elsewhere is sent
+    /// without it).
+    fn upload_location(
+        &self,
+        host: &str,
+        path: &str,
+        h: &header::HeaderMap,
+    ) -> Result<(String, bool), ResponseError> {
+        let url = self.url(host, path);
+        let bad = |value: &[u8]| ResponseError::BadHeader {
+            url: url.clone(),
+            header: "Location",
+            value: shown(value),
+            expected: "the upload's path or URL",
+        };
+        let Some(v) = h.get(header::LOCATION) else {
+            return Err(bad(b""));
+        };
+        let base = reqwest::Url::parse(&url).map_err(|_| bad(v.as_bytes()))?;
+        let at = v
+            .to_str()
+            .ok()
+            .and_then(|s| base.join(s).ok())
+            .filter(|u| matches!(u.scheme(), "http" | "https"))
+            .ok_or_else(|| bad(v.as_bytes()))?;
+        let ours = at.origin() == base.origin();
+        Ok((at.to_string(), ours))
     }
 
     /// A token realm gets the registry's login (as Docker sends it), so it must be https;
@@ -1290,7 +1345,14 @@ impl Registry for HttpRegistry {
         let path = format!("/v2/{repo}/manifests/{reference}");
         let scope = format!("repository:{repo}:pull,push");
         let resp = self
-            .send_with(Method::PUT, host, &path, &scope, Some((media_type, bytes)))
+            .send_with(
+                Method::PUT,
+                host,
+                &path,
+                &scope,
+                Some((media_type, bytes)),
+                None,
+            )
             .await?;
         check(resp, host, &path)?;
         Ok(Some(()))
@@ -1304,6 +1366,108 @@ impl Registry for HttpRegistry {
     ) -> Result<Option<bool>, ItemError> {
         let path = format!("/v2/{repo}/blobs/{digest}");
         Ok(Some(self.head_pull(host, repo, &path).await?.is_some()))
+    }
+
+    async fn copy_blob(
+        &self,
+        (src_host, src_repo): (&str, &str),
+        (host, repo): (&str, &str),
+        digest: &Digest,
+    ) -> Result<Option<()>, ItemError> {
+        use futures::StreamExt;
+        use sha2::Digest as _;
+        if digest.algorithm() != "sha256" {
+            return Ok(None);
+        }
+        // An upload session at the destination (this also gets the push token).
+        let scope = format!("repository:{repo}:pull,push");
+        let uploads = format!("/v2/{repo}/blobs/uploads/");
+        let started = self
+            .send_with(
+                Method::POST,
+                host,
+                &uploads,
+                &scope,
+                Some(("application/octet-stream", &[])),
+                None,
+            )
+            .await?;
+        let started = check(started, host, &uploads)?;
+        let (mut at, mut ours) = self.upload_location(host, &uploads, started.headers())?;
+        // The source's bytes, hashed as they pass.
+        let path = format!("/v2/{src_repo}/blobs/{digest}");
+        let source_scope = format!("repository:{src_repo}:pull");
+        let got = self
+            .send_with(
+                Method::GET,
+                src_host,
+                &path,
+                &source_scope,
+                None,
+                Some(BLOB_TIMEOUT),
+            )
+            .await?;
+        let got = check(got, src_host, &path)?;
+        let length = declared_length(got.headers(), &format!("GET {src_host}{path}"))?;
+        let hashed = std::sync::Arc::new(Mutex::new((sha2::Sha256::new(), 0u64)));
+        let tally = hashed.clone();
+        let body = got.bytes_stream().map(move |chunk| {
+            if let Ok(c) = &chunk {
+                let mut t = tally.lock().unwrap();
+                t.0.update(c);
+                t.1 += c.len() as u64;
+            }
+            chunk
+        });
+        let mut patch = self
+            .client(host)?
+            .patch(&at)
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .timeout(BLOB_TIMEOUT)
+            .body(reqwest::Body::wrap_stream(body));
+        if let Some(n) = length {
+            patch = patch.header(header::CONTENT_LENGTH, n);
+        }
+        if let (true, Some(h)) = (ours, self.auth_header(host, &scope)) {
+            patch = patch.header(header::AUTHORIZATION, h);
+        }
+        let sent = patch
+            .send()
+            .await
+            .map_err(|e| self.failed(&Method::PATCH, host, &at, &error_chain(&e)))?;
+        let sent = check(sent, host, &uploads)?;
+        (at, ours) = self.upload_location(host, &uploads, sent.headers())?;
+        let (hasher, bytes) = std::mem::take(&mut *hashed.lock().unwrap());
+        let read = hex::encode(hasher.finalize());
+        if read != digest.hex() {
+            // Nothing is committed: the upload is cancelled (best effort; registries also
+            // expire abandoned uploads).
+            let mut cancel = self.client(host)?.delete(&at);
+            if let (true, Some(h)) = (ours, self.auth_header(host, &scope)) {
+                cancel = cancel.header(header::AUTHORIZATION, h);
+            }
+            let _ = cancel.send().await;
+            return Err(ItemError::new(
+                ErrorClass::DigestMismatch,
+                format!(
+                    "GET {src_host}{path}: the {bytes} bytes read have digest sha256:{read}; nothing was stored at {host}"
+                ),
+            ));
+        }
+        let sep = if at.contains('?') { '&' } else { '?' };
+        let mut commit = self
+            .client(host)?
+            .put(format!("{at}{sep}digest={digest}"))
+            .header(header::CONTENT_LENGTH, 0);
+        if let (true, Some(h)) = (ours, self.auth_header(host, &scope)) {
+            commit = commit.header(header::AUTHORIZATION, h);
+        }
+        let done = commit
+            .send()
+            .await
+            .map_err(|e| self.failed(&Method::PUT, host, &at, &error_chain(&e)))?;
+        check(done, host, &uploads)?;
+        Ok(Some(()))
     }
 }
 
@@ -1330,6 +1494,46 @@ struct Descriptor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_upload_location_gets_the_login_only_on_the_registrys_own_origin() {
+        let reg = HttpRegistry::new(Credentials::default(), Vec::<String>::new());
+        let at = |v: Option<&str>| {
+            let mut h = header::HeaderMap::new();
+            if let Some(v) = v {
+                h.insert(header::LOCATION, header::HeaderValue::from_str(v).unwrap());
+            }
+            reg.upload_location("reg.example", "/v2/app/blobs/uploads/", &h)
+        };
+        assert_eq!(
+            at(Some("/v2/app/blobs/uploads/u1?_state=x")).unwrap(),
+            (
+                "https://reg.example/v2/app/blobs/uploads/u1?_state=x".to_string(),
+                true
+            )
+        );
+        assert!(
+            at(Some("https://reg.example/v2/app/blobs/uploads/u2"))
+                .unwrap()
+                .1
+        );
+        for foreign in [
+            "https://uploads.elsewhere.example/u3",
+            "http://reg.example/v2/app/blobs/uploads/u4",
+            "https://reg.example:8443/v2/app/blobs/uploads/u5",
+        ] {
+            let (url, ours) = at(Some(foreign)).unwrap();
+            assert!(!ours, "{foreign} is another origin: sent without the login");
+            assert_eq!(url, foreign);
+        }
+        for bad in [None, Some("ftp://reg.example/u"), Some("http://[::1")] {
+            let e = at(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("Location") && e.contains("upload"),
+                "{bad:?}: {e}"
+            );
+        }
+    }
 
     #[test]
     fn parses_locations() {
