@@ -679,6 +679,7 @@ async fn copy_object(
         tags: spec.tags,
         remove_bad_copies: true,
         task: None,
+        run: None,
     };
     let single_limit = match spec.mode {
         Mode::Server => MAX_SINGLE,

@@ -497,6 +497,7 @@ impl<'a> ObjectsEdges<'a> {
             tags: self.cfg.tags,
             remove_bad_copies: false,
             task: self.task,
+            run: None,
         }
     }
     /// Remembers a verified copy whose ETag is not the source's (see
@@ -1004,8 +1005,11 @@ async fn object_job(job: &Job, compare: Compare, e: &ObjectsEdges<'_>) -> Result
             r.map(|_| ())
         }
         Plan::Multipart { part_size, parts } => {
-            let upload = match e
-                .transfer()
+            let opening = Transfer {
+                run: Some(job.run()),
+                ..e.transfer()
+            };
+            let upload = match opening
                 .open_upload(e.ledger, &entry, part_size, parts.len() as u32, same_parts)
                 .await
             {
@@ -1245,7 +1249,12 @@ async fn check_upload(
         checksum: None,
         modified: None,
     };
-    let run = format!("multipart-{}", now.format("%Y%m%d"));
+    // The run whose job opened the upload; older records (and a missing run) go under the
+    // day's own multipart run.
+    let run = u
+        .run
+        .clone()
+        .unwrap_or_else(|| format!("multipart-{}", now.format("%Y%m%d")));
     if parts.len() as u32 >= u.parts {
         let r = e.transfer().complete(&entry, u, parts).await;
         match &r {

@@ -45,6 +45,9 @@ pub struct Transfer<'a> {
     pub remove_bad_copies: bool,
     /// The objects task this copy belongs to on AWS (kept with the uploads it opens).
     pub task: Option<&'a super::suite::TaskScope>,
+    /// The run whose job opens an upload (AWS: kept with it, so check-multipart records the
+    /// completed object under that run). `None` on one machine, where the run records it.
+    pub run: Option<&'a str>,
 }
 
 /// A ledger (status store) error, as a retryable item error.
@@ -424,6 +427,7 @@ impl Transfer<'_> {
             started_at: chrono::Utc::now(),
             checksum,
             task: self.task.cloned(),
+            run: self.run.map(str::to_string),
         };
         let open = ledger.begin(&mine).await.map_err(ledger_error)?;
         if open.upload_id != upload_id {

@@ -34,6 +34,10 @@ pub struct Upload {
     /// check-multipart completes it as that task). `None`: the stack's own, or the CLI.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<super::suite::TaskScope>,
+    /// The run whose job opened it (AWS), so its completion is recorded under that run (a
+    /// task's run page lists it). `None`: older records, or the CLI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
 }
 
 /// Keeps uploads and parts.
@@ -202,6 +206,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Upload> {
             .unwrap_or_default(),
         checksum: UploadSum::from_text(r.get::<_, Option<String>>(8)?.as_deref()),
         task: None,
+        run: None,
     })
 }
 
@@ -231,6 +236,9 @@ fn upload_item(u: &Upload) -> Item {
     if let Some(e) = &u.source_etag {
         i.insert("source_etag".into(), s(e));
     }
+    if let Some(r) = &u.run {
+        i.insert("run".into(), s(r));
+    }
     if let Some(t) = &u.task {
         i.insert(
             "task".into(),
@@ -257,6 +265,7 @@ fn upload_from(i: &Item) -> Upload {
                 .inspect_err(|e| tracing::warn!(error = %e, "an upload's task is not readable"))
                 .ok()
         }),
+        run: get_s(i, "run"),
     }
 }
 
@@ -578,6 +587,7 @@ mod tests {
                 composite: false,
             },
             task: None,
+            run: None,
         };
         assert_eq!(st.begin(&u).await.unwrap().upload_id, "u1");
         // The upload keeps its algorithm (a resumed run completes with it).

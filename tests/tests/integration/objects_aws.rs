@@ -1329,6 +1329,7 @@ fn finishing_an_upload_of_sixty_parts_leaves_no_part_item() {
         started_at: chrono::Utc::now(),
         checksum: Default::default(),
         task: None,
+        run: None,
     };
     let (a, b) = (
         upload("s3://dst/out/a", "u-a"),
@@ -1701,9 +1702,9 @@ fn objects_task(
 /// task's schedule start it): diff-objects reads the task from the tasks table and the run
 /// copies what the task selects, where it says, with its options (here compare by ETag
 /// and its own part size and threshold), not what the stack's parameters say; its jobs
-/// and its upload carry the task, so transfer-object and check-multipart (which have no
-/// access to the tasks table) copy and complete as the task. The run record carries the
-/// task's name. A task naming a bucket the roles cannot reach is refused by name.
+/// and its upload carry the task and the run, so transfer-object and check-multipart (which
+/// have no access to the tasks table) copy and complete as the task, and every object is
+/// recorded under the task's run. The run record carries the task's name. A task naming a bucket the roles cannot reach is refused by name.
 #[test]
 fn an_objects_task_run_copies_what_the_task_selects_not_the_stack_parameters() {
     use hub_core::tasks::store::TaskStore as _;
@@ -1822,9 +1823,20 @@ fn an_objects_task_run_copies_what_the_task_selects_not_the_stack_parameters() {
     sources.sort();
     assert_eq!(
         sources,
-        ["s3://src/task-in/new.txt", "s3://src/task-in/same-size.txt"],
-        "the small copies recorded under the run (big.bin under check-multipart's)"
+        [
+            "s3://src/task-in/big.bin",
+            "s3://src/task-in/new.txt",
+            "s3://src/task-in/same-size.txt"
+        ],
+        "every copy recorded under the task's run, the one check-multipart completed too \
+         (before, big.bin went under a run of its own, multipart-<date>, not on the task's page)"
     );
+    let big_item = items
+        .iter()
+        .find(|i| i.source.ends_with("/big.bin"))
+        .unwrap();
+    assert_eq!(big_item.status, hub_core::status::Status::Copied);
+    assert_eq!(big_item.bytes, big.len() as u64);
 
     // The functions' metrics (EMF lines, as the spec says): the task's objects and bytes,
     // and the upload open while its parts were done.
