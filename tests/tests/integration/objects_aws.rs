@@ -1682,7 +1682,7 @@ fn multipart_copies_on_aws_keep_a_crc64nvme_or_composite_sources_checksum() {
 
 /// An objects task as the console saves it: `source`, `dest` and the fields given, the
 /// rest the CLI's defaults.
-fn objects_task(
+pub(crate) fn objects_task(
     name: &str,
     source: &str,
     dest: &str,

@@ -252,92 +252,144 @@ fn an_execution_started_with_a_task_copies_what_the_task_selects_not_the_stack_p
     );
 }
 
+/// The objects-diff rig: moto interpreting the definition the template deploys, its Lambda
+/// calls routed to the real `diff-objects` under `cargo lambda watch` (given no time,
+/// `DIFF_ROUND_SECONDS=0`, so each round decides one key), buckets `src` (12 objects under
+/// `in/`) and `dst` (`out/a00` in sync, `out/a01` changed, `out/zz` only there), the status,
+/// uploads and tasks tables and the job queue. moto interprets one execution per server.
+struct ObjectsDiffRig {
+    rt: tokio::runtime::Runtime,
+    moto: hub_tests::MotoServer,
+    conf: aws_config::SdkConfig,
+    queue: String,
+    watch: LambdaWatch,
+    _router: hub_tests::HttpProxy,
+    definition: String,
+}
+
+impl ObjectsDiffRig {
+    fn start() -> Self {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let router_port = free_port();
+        let moto = interpreting_moto(router_port);
+        let conf = rt.block_on(moto.sdk_config(REGION));
+        let s3 = aws_sdk_s3::Client::new(&conf);
+        let sqs = aws_sdk_sqs::Client::new(&conf);
+        let queue = rt.block_on(async {
+            for b in ["src", "dst"] {
+                aws_fixtures::bucket(&conf, b).await;
+            }
+            aws_fixtures::status_table(&conf, "status").await;
+            aws_fixtures::uploads_table(&conf, "uploads").await;
+            aws_fixtures::tasks_table(&conf, "tasks").await;
+            let put = |bucket: &'static str, key: String, body: String| {
+                s3.put_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .body(body.into_bytes().into())
+                    .send()
+            };
+            for i in 0..12 {
+                put("src", format!("in/a{i:02}"), format!("object {i}"))
+                    .await
+                    .unwrap();
+            }
+            put("dst", "out/a00".into(), "object 0".into())
+                .await
+                .unwrap();
+            put("dst", "out/a01".into(), "changed: another size".into())
+                .await
+                .unwrap();
+            put("dst", "out/zz".into(), "only here".into())
+                .await
+                .unwrap();
+            sqs.create_queue()
+                .queue_name("jobs")
+                .send()
+                .await
+                .unwrap()
+                .queue_url
+                .unwrap()
+        });
+
+        let mut fn_env = moto.env(REGION);
+        for (k, v) in [
+            ("SOURCE_BUCKET", "src"),
+            ("SOURCE_PREFIX", "in/"),
+            ("SOURCE_REGION", REGION),
+            ("SOURCE_ENDPOINT", moto.endpoint.as_str()),
+            ("DEST_BUCKET", "dst"),
+            ("DEST_PREFIX", "out/"),
+            ("DEST_REGION", REGION),
+            ("DEST_ENDPOINT", moto.endpoint.as_str()),
+            ("TABLE_NAME", "status"),
+            ("UPLOADS_TABLE", "uploads"),
+            ("JOB_QUEUE_URL", queue.as_str()),
+            ("DIFF_ROUND_SECONDS", "0"),
+            ("TASKS_TABLE", "tasks"),
+        ] {
+            fn_env.push((k.into(), v.into()));
+        }
+        let watch = LambdaWatch::start_functions(&fn_env, &hub_tests::OBJECT_FUNCTIONS);
+        let _router = lambda_router(router_port, &moto.endpoint, &watch.addr);
+
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let definition = std::fs::read_to_string(root.join("statemachine/objects-diff.asl.json"))
+            .unwrap()
+            .replace("${Partition}", "aws")
+            .replace(
+                "${DiffObjectsFunctionArn}",
+                &format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:diff-objects"),
+            )
+            .replace("\"IntervalSeconds\": 5", "\"IntervalSeconds\": 1");
+        ObjectsDiffRig {
+            rt,
+            moto,
+            conf,
+            queue,
+            watch,
+            _router,
+            definition,
+        }
+    }
+
+    /// Runs the definition with `input` (up to 5 minutes): its status and output.
+    fn execute(&self, name: &str, input: &str) -> (String, String) {
+        execute(
+            &self.rt,
+            &self.moto,
+            &self.watch,
+            (name, self.definition.clone(), input),
+            Duration::from_secs(300),
+            || {},
+        )
+    }
+
+    /// Every job on the queue, taken off it.
+    fn drain(&self) -> Vec<serde_json::Value> {
+        let mut jobs = Vec::new();
+        loop {
+            let bodies = self
+                .rt
+                .block_on(aws_fixtures::messages(&self.conf, &self.queue));
+            if bodies.is_empty() {
+                return jobs;
+            }
+            jobs.extend(bodies.iter().map(|b| serde_json::from_str(b).unwrap()));
+            assert!(jobs.len() <= 50, "more jobs than objects: {jobs:?}");
+        }
+    }
+}
+
 /// The object diff state machine end to end: the definition the template deploys, in
 /// moto's Step Functions; every round is the real `diff-objects` under `cargo lambda
 /// watch`, given no time (`DIFF_ROUND_SECONDS=0`), so each round decides one key and the
 /// Choice loops, feeding each output back as input, until both listings are done.
 #[test]
 fn the_object_diff_state_machine_runs_rounds_until_both_listings_are_done() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let router_port = free_port();
-    let moto = interpreting_moto(router_port);
-    let conf = rt.block_on(moto.sdk_config(REGION));
-    let s3 = aws_sdk_s3::Client::new(&conf);
-    let sqs = aws_sdk_sqs::Client::new(&conf);
-    let queue = rt.block_on(async {
-        for b in ["src", "dst"] {
-            aws_fixtures::bucket(&conf, b).await;
-        }
-        aws_fixtures::status_table(&conf, "status").await;
-        aws_fixtures::uploads_table(&conf, "uploads").await;
-        let put = |bucket: &'static str, key: String, body: String| {
-            s3.put_object()
-                .bucket(bucket)
-                .key(key)
-                .body(body.into_bytes().into())
-                .send()
-        };
-        for i in 0..12 {
-            put("src", format!("in/a{i:02}"), format!("object {i}"))
-                .await
-                .unwrap();
-        }
-        put("dst", "out/a00".into(), "object 0".into())
-            .await
-            .unwrap();
-        put("dst", "out/a01".into(), "changed: another size".into())
-            .await
-            .unwrap();
-        put("dst", "out/zz".into(), "only here".into())
-            .await
-            .unwrap();
-        sqs.create_queue()
-            .queue_name("jobs")
-            .send()
-            .await
-            .unwrap()
-            .queue_url
-            .unwrap()
-    });
-
-    let mut fn_env = moto.env(REGION);
-    for (k, v) in [
-        ("SOURCE_BUCKET", "src"),
-        ("SOURCE_PREFIX", "in/"),
-        ("SOURCE_REGION", REGION),
-        ("SOURCE_ENDPOINT", moto.endpoint.as_str()),
-        ("DEST_BUCKET", "dst"),
-        ("DEST_PREFIX", "out/"),
-        ("DEST_REGION", REGION),
-        ("DEST_ENDPOINT", moto.endpoint.as_str()),
-        ("TABLE_NAME", "status"),
-        ("UPLOADS_TABLE", "uploads"),
-        ("JOB_QUEUE_URL", queue.as_str()),
-        ("DIFF_ROUND_SECONDS", "0"),
-    ] {
-        fn_env.push((k.into(), v.into()));
-    }
-    let watch = LambdaWatch::start_functions(&fn_env, &hub_tests::OBJECT_FUNCTIONS);
-    let _router = lambda_router(router_port, &moto.endpoint, &watch.addr);
-
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let definition = std::fs::read_to_string(root.join("statemachine/objects-diff.asl.json"))
-        .unwrap()
-        .replace("${Partition}", "aws")
-        .replace(
-            "${DiffObjectsFunctionArn}",
-            &format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:diff-objects"),
-        )
-        .replace("\"IntervalSeconds\": 5", "\"IntervalSeconds\": 1");
-    let (status, output) = execute(
-        &rt,
-        &moto,
-        &watch,
-        ("hourly", definition, "{}"),
-        Duration::from_secs(300),
-        || {},
-    );
-    assert_eq!(status, "SUCCEEDED", "{output}\n{}", watch.log());
+    let rig = ObjectsDiffRig::start();
+    let (status, output) = rig.execute("hourly", "{}");
+    assert_eq!(status, "SUCCEEDED", "{output}\n{}", rig.watch.log());
     let out: serde_json::Value = serde_json::from_str(&output).unwrap();
     // 12 source keys and 1 only at the destination, one a round, then a round with nothing
     // left: the loop fed every output back in (the counts and `rounds` add up over them).
@@ -352,23 +404,76 @@ fn the_object_diff_state_machine_runs_rounds_until_both_listings_are_done() {
         "{out}"
     );
     assert!(out.get("next").is_none(), "{out}");
-    let mut keys: Vec<String> = Vec::new();
-    loop {
-        let bodies = rt.block_on(aws_fixtures::messages(&conf, &queue));
-        if bodies.is_empty() {
-            break;
-        }
-        for b in bodies {
-            let j: serde_json::Value = serde_json::from_str(&b).unwrap();
-            keys.push(j["key"].as_str().unwrap().to_string());
-        }
-        assert!(keys.len() <= 50, "more jobs than objects: {keys:?}");
-    }
+    let mut keys: Vec<String> = rig
+        .drain()
+        .iter()
+        .map(|j| j["key"].as_str().unwrap().to_string())
+        .collect();
     keys.sort();
     let expected: Vec<String> = (1..12).map(|i| format!("a{i:02}")).collect();
     assert_eq!(
         keys, expected,
         "every differing object queued once, across all rounds"
+    );
+}
+
+/// An objects task's run through the definition the template deploys, started as the
+/// console's "run now" and the task's schedule start it (`{"task": NAME}`): the first round
+/// reads the task from the tasks table, every round carries it on, and the jobs are for
+/// what the task selects (its prefix), not what the stack's parameters say (`in/` → `out/`).
+#[test]
+fn an_objects_task_execution_diffs_what_the_task_selects_not_the_stack_parameters() {
+    use hub_core::tasks::store::TaskStore as _;
+    let rig = ObjectsDiffRig::start();
+    let store = hub_core::aws::task_store::DynamoTaskStore::new(
+        aws_sdk_dynamodb::Client::new(&rig.conf),
+        "tasks",
+        "status",
+    );
+    let s3 = aws_sdk_s3::Client::new(&rig.conf);
+    rig.rt.block_on(async {
+        for i in 0..3 {
+            s3.put_object()
+                .bucket("src")
+                .key(format!("task-in/t{i}"))
+                .body(format!("the task's object {i}").into_bytes().into())
+                .send()
+                .await
+                .unwrap();
+        }
+        store
+            .create(&crate::integration::objects_aws::objects_task(
+                "photos",
+                "s3://src/task-in/",
+                "s3://dst/task-out/",
+                &[],
+            ))
+            .await
+            .unwrap();
+    });
+    let (status, output) = rig.execute("photos-run", r#"{"task": "photos"}"#);
+    assert_eq!(status, "SUCCEEDED", "{output}\n{}", rig.watch.log());
+    let out: serde_json::Value = serde_json::from_str(&output).unwrap();
+    assert_eq!(out["task"], "photos", "{out}");
+    assert_eq!(
+        (out["to_copy"].as_u64(), out["in_sync"].as_u64()),
+        (Some(3), Some(0)),
+        "the task's three objects, none of the stack's twelve: {out}"
+    );
+    let jobs = rig.drain();
+    for j in &jobs {
+        assert_eq!(j["task"]["name"], "photos", "{j}");
+    }
+    let mut keys: Vec<&str> = jobs.iter().map(|j| j["key"].as_str().unwrap()).collect();
+    keys.sort();
+    assert_eq!(keys, ["t0", "t1", "t2"]);
+    assert_eq!(
+        rig.rt
+            .block_on(store.task_of(out["run_id"].as_str().unwrap()))
+            .unwrap()
+            .as_deref(),
+        Some("photos"),
+        "the run carries its task's name"
     );
 }
 
