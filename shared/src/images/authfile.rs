@@ -54,12 +54,25 @@ pub enum AuthFileError {
     Format { path: PathBuf, reason: String },
     #[error("cannot write a temporary auth file: {0}")]
     Write(std::io::Error),
+    /// A credential helper that could not give a login. Never carries what it printed.
+    #[error("credential helper docker-credential-{helper} for registry {host}: {why}")]
+    Helper {
+        helper: String,
+        host: String,
+        why: String,
+    },
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct AuthFileJson {
     #[serde(default)]
     auths: BTreeMap<String, AuthEntryJson>,
+    /// Docker's per-registry credential helpers (`docker-credential-<name>`).
+    #[serde(default, rename = "credHelpers", skip_serializing)]
+    cred_helpers: BTreeMap<String, String>,
+    /// Docker's default credential helper, for registries without an entry.
+    #[serde(default, rename = "credsStore", skip_serializing)]
+    creds_store: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -76,7 +89,18 @@ struct AuthEntryJson {
 #[derive(Clone, Default, Debug)]
 pub struct Credentials {
     by_host: BTreeMap<String, Login>,
+    /// Credential helpers by host (`credHelpers`), asked by [`Credentials::ask_helpers`].
+    helpers: BTreeMap<String, String>,
+    /// The default helper (`credsStore`), for hosts with no login and no helper of their own.
+    store: Option<String>,
 }
+
+/// How long a credential helper may take to answer.
+const HELPER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What `docker-credential-<name> get` prints for a host it holds nothing for (Docker's
+/// credential-helpers protocol): no login, not an error.
+const HELPER_NOT_FOUND: &str = "credentials not found in native keychain";
 
 /// Where to look for the auth file: `--authfile`, else `REGISTRY_AUTH_FILE`, else
 /// `~/.docker/config.json`. Returns `None` when nothing was named and the default is absent.
@@ -152,7 +176,51 @@ impl Credentials {
             };
             by_host.insert(host_key(&key), login);
         }
-        Ok(Self { by_host })
+        let mut helpers = BTreeMap::new();
+        for (key, name) in parsed.cred_helpers {
+            check_helper_name(&name).map_err(|e| format!("credHelpers {key:?}: {e}"))?;
+            helpers.insert(host_key(&key), name);
+        }
+        let store = parsed.creds_store.filter(|n| !n.is_empty());
+        if let Some(n) = &store {
+            check_helper_name(n).map_err(|e| format!("credsStore: {e}"))?;
+        }
+        Ok(Self {
+            by_host,
+            helpers,
+            store,
+        })
+    }
+
+    /// The credential helper that holds `host`'s login: its own (`credHelpers`, which wins
+    /// over an inline login, as in Docker), else the default (`credsStore`) when the file
+    /// has no login for it.
+    pub fn helper_for(&self, host: &str) -> Option<&str> {
+        let key = host_key(host);
+        if let Some(h) = self.helpers.get(&key) {
+            return Some(h);
+        }
+        if self.by_host.contains_key(&key) {
+            return None;
+        }
+        self.store.as_deref()
+    }
+
+    /// Asks each of `hosts`' credential helpers for its login (`docker-credential-<name>
+    /// get`, the server URL on stdin, `{"Username", "Secret"}` JSON on stdout), and keeps
+    /// it. A helper that holds nothing for the host leaves it anonymous. A helper that is
+    /// missing, fails, hangs (30 s) or prints anything else is an error naming the helper
+    /// and the host; what it printed never reaches a log or an error.
+    pub async fn ask_helpers(&mut self, hosts: &[String]) -> Result<(), AuthFileError> {
+        for host in hosts {
+            let Some(helper) = self.helper_for(host).map(str::to_string) else {
+                continue;
+            };
+            if let Some(login) = ask_helper(&helper, host).await? {
+                self.by_host.insert(host_key(host), login);
+            }
+        }
+        Ok(())
     }
 
     /// The login for a registry host (`docker.io` aliases folded), if any.
@@ -211,6 +279,96 @@ impl Credentials {
         write_private(&path, &body).map_err(AuthFileError::Write)?;
         Ok(TempAuthFile { _dir: dir, path })
     }
+}
+
+/// A helper's name becomes part of a program name: letters, digits, `-`, `_` and `.` only.
+fn check_helper_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a credential helper name (expected letters, digits, '-', '_' or '.', as in \"ecr-login\")"
+        ))
+    }
+}
+
+/// What a credential helper prints for `get`.
+#[derive(Deserialize)]
+struct HelperAnswer {
+    #[serde(rename = "Username")]
+    username: String,
+    #[serde(rename = "Secret")]
+    secret: String,
+}
+
+/// Runs `docker-credential-<helper> get` for `host` (see [`Credentials::ask_helpers`]).
+async fn ask_helper(helper: &str, host: &str) -> Result<Option<Login>, AuthFileError> {
+    use tokio::io::AsyncWriteExt;
+    let failed = |why: String| AuthFileError::Helper {
+        helper: helper.to_string(),
+        host: host.to_string(),
+        why,
+    };
+    // Docker Hub's logins are kept under the URL `docker login` uses.
+    let server = if host_key(host) == "docker.io" {
+        "https://index.docker.io/v1/".to_string()
+    } else {
+        host.to_string()
+    };
+    let program = format!("docker-credential-{helper}");
+    let mut child = tokio::process::Command::new(&program)
+        .arg("get")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            failed(if e.kind() == std::io::ErrorKind::NotFound {
+                format!(
+                    "{program} is not on PATH (install it, or remove the entry from the auth file)"
+                )
+            } else {
+                format!("cannot run {program}: {e}")
+            })
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(server.as_bytes()).await;
+    }
+    let out = match tokio::time::timeout(HELPER_TIMEOUT, child.wait_with_output()).await {
+        Err(_) => {
+            return Err(failed(format!(
+                "no answer within {} s",
+                HELPER_TIMEOUT.as_secs()
+            )));
+        }
+        Ok(r) => r.map_err(|e| failed(format!("waiting for it: {e}")))?,
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.trim() == HELPER_NOT_FOUND {
+        return Ok(None);
+    }
+    if !out.status.success() {
+        return Err(failed(format!(
+            "it failed ({}); what it printed is not shown, as it may hold a secret",
+            out.status
+        )));
+    }
+    let answer: HelperAnswer = serde_json::from_slice(&out.stdout).map_err(|_| {
+        failed("it printed something other than {\"Username\": …, \"Secret\": …} JSON (not shown, as it may hold a secret)".into())
+    })?;
+    if answer.secret.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Login {
+        username: answer.username,
+        password: answer.secret,
+    }))
 }
 
 #[cfg(unix)]

@@ -337,10 +337,22 @@ async fn images(o: &ImagesOptions, ctx: &RunContext<'_>) -> Result<SyncReport, R
     }
     let authfile = o.authfile.as_ref().map(PathBuf::from);
     let authfile = default_auth_file(authfile.as_deref());
-    let credentials = match &authfile {
+    let mut credentials = match &authfile {
         Some(p) => Credentials::from_file(p).map_err(config)?,
         None => Credentials::default(),
     };
+    // Every registry this run talks to.
+    let mut hosts: BTreeSet<String> = [source.host.clone(), dest.host.clone()].into();
+    if let Selecting::List(sel) = &selecting {
+        hosts.extend(sel.entries.iter().filter_map(|e| e.registry.clone()));
+    }
+    // Logins kept by credential helpers (ECR's come from the ECR API below).
+    let helped: Vec<String> = hosts
+        .iter()
+        .filter(|h| ecr::parse_ecr_host(h).is_none())
+        .cloned()
+        .collect();
+    credentials.ask_helpers(&helped).await.map_err(config)?;
     let authfile_name = authfile
         .as_ref()
         .map(|p| p.display().to_string())
@@ -359,11 +371,6 @@ async fn images(o: &ImagesOptions, ctx: &RunContext<'_>) -> Result<SyncReport, R
     let mut registry =
         HttpRegistry::new(credentials, o.insecure_registries.clone()).with_trust(trust);
 
-    // Every registry this run talks to.
-    let mut hosts: BTreeSet<String> = [source.host.clone(), dest.host.clone()].into();
-    if let Selecting::List(sel) = &selecting {
-        hosts.extend(sel.entries.iter().filter_map(|e| e.registry.clone()));
-    }
     let mut prepare: Option<EcrRepos> = None;
     for host in &hosts {
         let Some(e) = ecr::parse_ecr_host(host) else {

@@ -306,3 +306,182 @@ fn skopeo_children_do_not_inherit_the_aws_keys_of_the_cli() {
             .join(" ")
     );
 }
+
+/// Writes `docker-credential-NAME` into `bin`: an executable script of the helper protocol
+/// (the server URL on stdin) whose body is `script` (POSIX sh, the URL in `$url`).
+fn credential_helper(bin: &std::path::Path, name: &str, script: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(bin).unwrap();
+    let p = bin.join(format!("docker-credential-{name}"));
+    std::fs::write(
+        &p,
+        format!("#!/bin/sh\n[ \"$1\" = get ] || exit 3\nread -r url\n{script}\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Runs an images sync of `list` from `src` to `dst` with `auth` as the auth file and `bin`
+/// first on PATH; returns (exit code, stdout, stderr).
+fn sync_with_helpers(
+    dir: &std::path::Path,
+    bin: &std::path::Path,
+    auth: &std::path::Path,
+    src: &str,
+    dst: &str,
+    list_text: &str,
+) -> (Option<i32>, String, String) {
+    let l = list(dir, list_text);
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new(transfer_hub_bin())
+        .args(["images", "sync", "--source", src, "--dest", dst, "--list"])
+        .arg(&l)
+        .arg("--authfile")
+        .arg(auth)
+        .arg("--state")
+        .arg(dir.join("state.db"))
+        .args(["--output", "json"])
+        .env("PATH", path)
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// Logins kept by Docker credential helpers: `credHelpers` names a helper for the source
+/// registry and `credsStore` the default one for the destination (both behind htpasswd).
+/// Each helper is asked with its registry's address on stdin and answers the protocol's
+/// JSON; both copies succeed, each helper was asked only for its own registry, and the
+/// passwords appear in no output and not in the state file.
+#[test]
+fn logins_from_credential_helpers_per_registry_and_by_default_copy_and_never_leak() {
+    let (src_pw, dst_pw) = (
+        format!("canary-src-{}", fastrand::u64(..)),
+        format!("canary-dst-{}", fastrand::u64(..)),
+    );
+    let (src, dst, dir) = (
+        RegistryServer::start_with_login("alice", &src_pw),
+        RegistryServer::start_with_login("bob", &dst_pw),
+        tempfile::tempdir().unwrap(),
+    );
+    let push_auth = dir.path().join("push.json");
+    write_authfile(&push_auth, &[(&src.addr, "alice", &src_pw)]);
+    let img = OciImage::single(&[64 * 1024]);
+    img.push(&format!("{}/app:1", src.addr), Some(&push_auth));
+    let bin = dir.path().join("bin");
+    let asked = dir.path().join("asked");
+    for (name, user, pw) in [("per-host", "alice", &src_pw), ("store", "bob", &dst_pw)] {
+        credential_helper(
+            &bin,
+            name,
+            &format!(
+                "echo \"{name} $url\" >> {}\nprintf '{{\"ServerURL\":\"%s\",\"Username\":\"{user}\",\"Secret\":\"{pw}\"}}' \"$url\"",
+                asked.display()
+            ),
+        );
+    }
+    let auth = dir.path().join("config.json");
+    std::fs::write(
+        &auth,
+        serde_json::json!({"credHelpers": {src.addr.clone(): "per-host"}, "credsStore": "store"})
+            .to_string(),
+    )
+    .unwrap();
+    let (code, stdout, stderr) =
+        sync_with_helpers(dir.path(), &bin, &auth, &src.addr, &dst.addr, "app:1\n");
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert_eq!(dst.digest("app", "1").as_deref(), Some(img.digest.as_str()));
+    let mut asked: Vec<String> = std::fs::read_to_string(&asked)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    asked.sort();
+    assert_eq!(
+        asked,
+        [
+            format!("per-host {}", src.addr),
+            format!("store {}", dst.addr)
+        ],
+        "each helper asked once, for its own registry"
+    );
+    for pw in [&src_pw, &dst_pw] {
+        assert!(
+            !stdout.contains(pw.as_str()) && !stderr.contains(pw.as_str()),
+            "a helper's password reached the output"
+        );
+        let db = std::fs::read(dir.path().join("state.db")).unwrap();
+        assert!(!String::from_utf8_lossy(&db).contains(pw.as_str()));
+    }
+}
+
+/// A credential helper that is missing, fails, or prints something other than the
+/// protocol's JSON stops the run before any copy with one error naming the helper and the
+/// registry; what the helper printed (here the canary) is in no output. A helper that
+/// holds nothing for the registry (the protocol's "credentials not found") leaves it
+/// anonymous, and an anonymous registry copies.
+#[test]
+fn a_missing_failing_or_garbled_credential_helper_is_named_and_its_output_never_shown() {
+    let canary = format!("canary-{}", fastrand::u64(..));
+    let (src, dst, dir) = (
+        RegistryServer::start(),
+        RegistryServer::start(),
+        tempfile::tempdir().unwrap(),
+    );
+    let img = OciImage::single(&[4096]);
+    img.push(&format!("{}/app:1", src.addr), None);
+    let bin = dir.path().join("bin");
+    credential_helper(&bin, "fails", &format!("echo 'secret {canary}'; exit 1"));
+    credential_helper(&bin, "garbled", &format!("echo 'Secret={canary}'"));
+    credential_helper(
+        &bin,
+        "empty",
+        "echo 'credentials not found in native keychain'; exit 1",
+    );
+    for (helper, why) in [
+        ("absent", "not on PATH"),
+        ("fails", "failed"),
+        ("garbled", "JSON"),
+    ] {
+        let auth = dir.path().join(format!("{helper}.json"));
+        std::fs::write(
+            &auth,
+            serde_json::json!({"credHelpers": {src.addr.clone(): helper}}).to_string(),
+        )
+        .unwrap();
+        let (code, stdout, stderr) =
+            sync_with_helpers(dir.path(), &bin, &auth, &src.addr, &dst.addr, "app:1\n");
+        assert_ne!(code, Some(0), "{helper}: {stdout}\n{stderr}");
+        let all = format!("{stdout}{stderr}");
+        assert!(
+            all.contains(&format!("docker-credential-{helper}"))
+                && all.contains(&src.addr)
+                && all.contains(why),
+            "{helper}: the error names the helper, the registry and why: {all}"
+        );
+        assert!(
+            !all.contains(&canary),
+            "{helper}: its output was shown: {all}"
+        );
+        assert_eq!(dst.digest("app", "1"), None, "{helper}: nothing copied");
+    }
+    let auth = dir.path().join("empty.json");
+    std::fs::write(
+        &auth,
+        serde_json::json!({"credHelpers": {src.addr.clone(): "empty"}}).to_string(),
+    )
+    .unwrap();
+    let (code, stdout, stderr) =
+        sync_with_helpers(dir.path(), &bin, &auth, &src.addr, &dst.addr, "app:1\n");
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert_eq!(dst.digest("app", "1").as_deref(), Some(img.digest.as_str()));
+}
