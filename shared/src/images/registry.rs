@@ -730,6 +730,21 @@ impl HttpRegistry {
         Ok((at.to_string(), ours))
     }
 
+    /// `req` to an upload of `host` with the login for `scope`, when the upload is on the
+    /// registry's own origin (`ours`, from [`Self::upload_location`]); else as it is.
+    fn upload_login(
+        &self,
+        req: reqwest::RequestBuilder,
+        host: &str,
+        scope: &str,
+        ours: bool,
+    ) -> reqwest::RequestBuilder {
+        match (ours, self.auth_header(host, scope)) {
+            (true, Some(h)) => req.header(header::AUTHORIZATION, h),
+            _ => req,
+        }
+    }
+
     /// A token realm gets the registry's login (as Docker sends it), so it must be https;
     /// plain http only when the registry itself is plain HTTP (loopback, or named with
     /// `--insecure-registry`) and the realm is on the registry's own host (any port), or
@@ -1428,9 +1443,7 @@ impl Registry for HttpRegistry {
         if let Some(n) = length {
             patch = patch.header(header::CONTENT_LENGTH, n);
         }
-        if let (true, Some(h)) = (ours, self.auth_header(host, &scope)) {
-            patch = patch.header(header::AUTHORIZATION, h);
-        }
+        patch = self.upload_login(patch, host, &scope, ours);
         let sent = patch
             .send()
             .await
@@ -1442,11 +1455,8 @@ impl Registry for HttpRegistry {
         if read != digest.hex() {
             // Nothing is committed: the upload is cancelled (best effort; registries also
             // expire abandoned uploads).
-            let mut cancel = self.client(host)?.delete(&at);
-            if let (true, Some(h)) = (ours, self.auth_header(host, &scope)) {
-                cancel = cancel.header(header::AUTHORIZATION, h);
-            }
-            let _ = cancel.send().await;
+            let cancel = self.client(host)?.delete(&at);
+            let _ = self.upload_login(cancel, host, &scope, ours).send().await;
             return Err(ItemError::new(
                 ErrorClass::DigestMismatch,
                 format!(
@@ -1459,9 +1469,7 @@ impl Registry for HttpRegistry {
             .client(host)?
             .put(format!("{at}{sep}digest={digest}"))
             .header(header::CONTENT_LENGTH, 0);
-        if let (true, Some(h)) = (ours, self.auth_header(host, &scope)) {
-            commit = commit.header(header::AUTHORIZATION, h);
-        }
+        commit = self.upload_login(commit, host, &scope, ours);
         let done = commit
             .send()
             .await

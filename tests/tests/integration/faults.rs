@@ -640,6 +640,36 @@ fn holds_blob(addr: &str, repo: &str, digest: &str) -> bool {
         .is_ok_and(|r| r.status().is_success())
 }
 
+/// A proxy in front of registry `upstream` that answers 503 to every request of skopeo's
+/// that would commit blob `digest` to `app` (our own copies get through), with a count of
+/// the requests refused.
+fn refusing_skopeos_commits(
+    upstream: &str,
+    digest: &str,
+) -> (FaultProxy, Arc<std::sync::atomic::AtomicU32>) {
+    let refused = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let (n, blocked) = (refused.clone(), digest.to_string());
+    let proxy = FaultProxy::start(
+        upstream,
+        Faults::scripted(
+            Flavor::Registry,
+            1,
+            Arc::new(move |head: &str, _| {
+                let by_skopeo = head.to_ascii_lowercase().contains("user-agent: skopeo/");
+                let line = head.lines().next().unwrap_or("");
+                let commits = line.starts_with("PUT /v2/app/blobs/uploads/")
+                    && (line.contains(&format!("digest={blocked}"))
+                        || line.contains(&format!("digest={}", blocked.replace(':', "%3A"))));
+                (by_skopeo && commits).then(|| {
+                    n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    Fault::Unavailable
+                })
+            }),
+        ),
+    );
+    (proxy, refused)
+}
+
 /// The digest of the `n`th layer of `repo:reference` at `reg`.
 fn layer(reg: &RegistryServer, repo: &str, reference: &str, n: usize) -> String {
     reg.manifest(repo, reference)["layers"][n]["digest"]
@@ -666,26 +696,7 @@ fn an_image_whose_skopeo_copies_keep_failing_is_finished_blob_by_blob() {
     let img = OciImage::single(&[4096, 300_000]);
     img.push(&format!("{}/app:1", src.addr), None);
     let second = layer(&src, "app", "1", 1);
-    let refused = Arc::new(std::sync::atomic::AtomicU32::new(0));
-    let (n, blocked) = (refused.clone(), second.clone());
-    let proxy = FaultProxy::start(
-        &dst.addr,
-        Faults::scripted(
-            Flavor::Registry,
-            1,
-            Arc::new(move |head: &str, _| {
-                let by_skopeo = head.to_ascii_lowercase().contains("user-agent: skopeo/");
-                let line = head.lines().next().unwrap_or("");
-                let commits = line.starts_with("PUT /v2/app/blobs/uploads/")
-                    && (line.contains(&format!("digest={blocked}"))
-                        || line.contains(&format!("digest={}", blocked.replace(':', "%3A"))));
-                (by_skopeo && commits).then(|| {
-                    n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    Fault::Unavailable
-                })
-            }),
-        ),
-    );
+    let (proxy, refused) = refusing_skopeos_commits(&dst.addr, &second);
     let l = list(dir.path(), "app:1\n");
     let r = sync(
         dir.path(),
@@ -744,21 +755,7 @@ fn a_blob_altered_on_the_way_through_our_own_copy_is_refused_and_nothing_lands()
     let img = OciImage::single(&[200_000]);
     img.push(&format!("{}/app:1", src.addr), None);
     let blob = layer(&src, "app", "1", 0);
-    let b = blob.clone();
-    let dest_proxy = FaultProxy::start(
-        &dst.addr,
-        Faults::scripted(
-            Flavor::Registry,
-            1,
-            Arc::new(move |head: &str, _| {
-                let by_skopeo = head.to_ascii_lowercase().contains("user-agent: skopeo/");
-                let line = head.lines().next().unwrap_or("");
-                let commits = line.starts_with("PUT /v2/app/blobs/uploads/")
-                    && (line.contains(&b) || line.contains(&b.replace(':', "%3A")));
-                (by_skopeo && commits).then_some(Fault::Unavailable)
-            }),
-        ),
-    );
+    let (dest_proxy, _) = refusing_skopeos_commits(&dst.addr, &blob);
     let b = blob.clone();
     let flipped = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let f = flipped.clone();
