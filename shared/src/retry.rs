@@ -640,6 +640,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "aws")]
     fn sdk_errors_of_any_service_are_classed_by_code_and_status() {
         use aws_sdk_s3::config::http::HttpResponse;
         use aws_sdk_s3::error::{ErrorMetadata, SdkError};

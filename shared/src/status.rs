@@ -6,6 +6,7 @@
 //! is not newer than the stored one is ignored, so a late or duplicated write never
 //! overwrites a newer result.
 
+#[cfg(feature = "aws")]
 pub mod dynamodb;
 
 use crate::retry::{ErrorClass, ItemError};

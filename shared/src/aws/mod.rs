@@ -3,12 +3,17 @@
 //! ([`offload`]), Fargate tasks ([`ecs_runner`]), the console's AWS hosts ([`console`],
 //! [`task_store`]) and each function's client assembly ([`functions`]).
 
+#[cfg(feature = "aws")]
 pub mod console;
+#[cfg(feature = "aws")]
 pub mod ecs_runner;
+#[cfg(feature = "aws")]
 pub mod functions;
 pub mod metrics;
+#[cfg(feature = "aws")]
 pub mod notify;
 pub mod offload;
 pub mod sdk;
 pub mod secrets;
+#[cfg(feature = "aws")]
 pub mod task_store;

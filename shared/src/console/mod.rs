@@ -6,6 +6,7 @@
 //! part of a task, so no page can show one.
 
 pub mod auth;
+#[cfg(feature = "aws")]
 pub mod lambda;
 pub mod pages;
 pub mod runner;

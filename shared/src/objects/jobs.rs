@@ -4,7 +4,7 @@
 
 use super::diff::Entry;
 use super::multipart::Part;
-use super::suite::TaskScope;
+use crate::tasks::TaskScope;
 use crate::retry::{ErrorClass, ItemError};
 use serde::{Deserialize, Serialize};
 

@@ -11,12 +11,15 @@
 pub mod bucket;
 pub mod checksum;
 pub mod diff;
+#[cfg(feature = "aws")]
 pub mod events;
 pub mod filter;
+#[cfg(feature = "aws")]
 pub mod jobs;
 pub mod multipart;
 pub mod prefixes;
 pub mod run;
+#[cfg(feature = "aws")]
 pub mod suite;
 pub mod transfer;
 pub mod uploads;

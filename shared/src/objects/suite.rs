@@ -218,34 +218,7 @@ impl ObjectsConfig {
     }
 }
 
-/// An objects task as the AWS functions carry it: its name and settings as the tasks
-/// table held them when its run started (credentials by reference only, and on AWS none:
-/// see [`ObjectsConfig::for_task`]). It rides on the run's diff rounds, its jobs and its
-/// uploads, so every copy of a run uses the task as it was when the run began.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TaskScope {
-    pub name: String,
-    pub options: crate::tasks::ObjectsOptions,
-}
-
-impl TaskScope {
-    /// The scope of an objects task; an images task is refused by name.
-    pub fn of(t: &crate::tasks::Task) -> Result<Self, ItemError> {
-        match &t.spec {
-            crate::tasks::Spec::Objects(o) => Ok(Self {
-                name: t.name.clone(),
-                options: o.clone(),
-            }),
-            crate::tasks::Spec::Images(_) => Err(ItemError::new(
-                ErrorClass::BadInput,
-                format!(
-                    "task {:?}: kind: an images task; the objects state machine runs objects tasks",
-                    t.name
-                ),
-            )),
-        }
-    }
-}
+pub use crate::tasks::TaskScope;
 
 impl ObjectsConfig {
     /// The configuration of one objects task run by the stack's functions: the task's

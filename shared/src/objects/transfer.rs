@@ -44,7 +44,7 @@ pub struct Transfer<'a> {
     /// Delete a server-side copy that fails its check (see [`Transfer::remove_bad_copy`]).
     pub remove_bad_copies: bool,
     /// The objects task this copy belongs to on AWS (kept with the uploads it opens).
-    pub task: Option<&'a super::suite::TaskScope>,
+    pub task: Option<&'a crate::tasks::TaskScope>,
     /// The run whose job opens an upload (AWS: kept with it, so check-multipart records the
     /// completed object under that run). `None` on one machine, where the run records it.
     pub run: Option<&'a str>,

@@ -16,6 +16,7 @@ pub mod schedule;
 pub mod store;
 
 use crate::images::registry::Location;
+use crate::retry::{ErrorClass, ItemError};
 use crate::images::selection::{LineError, parse_list};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -807,6 +808,35 @@ fn objects(r: &mut Reader<'_>) -> ObjectsOptions {
             30
         },
         attempt_timeout_secs: r.positive_duration("attempt_timeout_secs", Duration::from_secs(1)),
+    }
+}
+
+/// An objects task as the AWS functions carry it: its name and settings as the tasks
+/// table held them when its run started (credentials by reference only, and on AWS none:
+/// see `objects::suite::ObjectsConfig::for_task`). It rides on the run's diff rounds, its jobs and its
+/// uploads, so every copy of a run uses the task as it was when the run began.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskScope {
+    pub name: String,
+    pub options: ObjectsOptions,
+}
+
+impl TaskScope {
+    /// The scope of an objects task; an images task is refused by name.
+    pub fn of(t: &Task) -> Result<Self, ItemError> {
+        match &t.spec {
+            Spec::Objects(o) => Ok(Self {
+                name: t.name.clone(),
+                options: o.clone(),
+            }),
+            Spec::Images(_) => Err(ItemError::new(
+                ErrorClass::BadInput,
+                format!(
+                    "task {:?}: kind: an images task; the objects state machine runs objects tasks",
+                    t.name
+                ),
+            )),
+        }
     }
 }
 

@@ -9,7 +9,7 @@
 
 use aws_sdk_s3::primitives::ByteStream;
 use futures::StreamExt as _;
-use hub_tests::OciImage;
+use hub_rig::OciImage;
 
 const USAGE: &str = "usage: rig seed HOST:PORT | rig seed-objects ENDPOINT BUCKET DEST_BUCKET | \
                      rig change-object ENDPOINT BUCKET KEY | rig head ENDPOINT BUCKET KEY";
