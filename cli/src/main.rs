@@ -333,6 +333,14 @@ pub(crate) struct SyncArgs {
     /// New ECR repositories: encrypt with this KMS key (default AES256).
     #[arg(long)]
     ecr_kms_key: Option<String>,
+    /// New ECR repositories: MUTABLE tags (the default) or IMMUTABLE (a push that would move
+    /// a tag is refused, and reported as a conflict).
+    #[arg(long, value_name = "MUTABLE|IMMUTABLE", value_parser = ["MUTABLE", "IMMUTABLE"], default_value = "MUTABLE")]
+    ecr_tag_mutability: String,
+    /// Leave a destination tag that already holds another image alone: it is reported as a
+    /// conflict naming both digests, and the run goes on. Without it, the tag is replaced.
+    #[arg(long)]
+    no_overwrite: bool,
 }
 
 #[derive(Args)]
@@ -834,6 +842,8 @@ fn images_options(a: &SyncArgs) -> Result<ImagesOptions> {
         registry_certs: a.registry_certs.as_ref().map(|p| p.display().to_string()),
         no_scan_on_push: a.no_scan_on_push,
         ecr_kms_key: a.ecr_kms_key.clone(),
+        no_overwrite: a.no_overwrite,
+        ecr_immutable_tags: a.ecr_tag_mutability == "IMMUTABLE",
         include_tags: a.include_tags.clone(),
         exclude_tags: a.exclude_tags.clone(),
         semver: a.semver.clone(),

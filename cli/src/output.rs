@@ -277,14 +277,16 @@ impl Progress for Live {
         if !self.objects.load(Ordering::Relaxed) {
             self.bytes.fetch_add(item.bytes, Ordering::Relaxed);
         }
-        if item.status == Status::Copied || (item.status == Status::Failed && item.attempts > 0) {
+        if item.status == Status::Copied
+            || (matches!(item.status, Status::Failed | Status::Conflict) && item.attempts > 0)
+        {
             let _ = self
                 .to_copy
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         }
         self.refresh();
         let shown = match item.status {
-            Status::Failed => true,
+            Status::Failed | Status::Conflict => true,
             Status::Skipped => !quiet() && !self.noop.load(Ordering::Relaxed),
             _ => !quiet(),
         };
@@ -324,6 +326,7 @@ fn item_line(i: &ItemRecord, dry_run: bool, long: bool) -> String {
         (Status::Skipped, _) => "in sync",
         (Status::Copied, _) => "copied",
         (Status::Failed, _) => "FAILED",
+        (Status::Conflict, _) => "CONFLICT",
     };
     let digest = i
         .dest_digest
@@ -484,6 +487,17 @@ pub fn summary(run: &RunRecord, items: &[ItemRecord], state: Option<&Path>) {
             "filtered: {} object(s) left out by the filters (neither copied nor deleted)",
             run.filtered
         );
+    }
+    if run.conflicts > 0 {
+        crate::outln!(
+            "conflicts: {} destination tag(s) hold another image and were left alone (CONFLICT above; --no-overwrite or immutable ECR tags)",
+            run.conflicts
+        );
+        for i in items.iter().filter(|i| i.status == Status::Conflict).take(10) {
+            if let Some(e) = &i.error {
+                crate::outln!("  {}", e.message);
+            }
+        }
     }
     if run.result == hub_core::status::RunResult::Interrupted {
         crate::outln!("interrupted: the next run copies what this one did not finish");

@@ -24,6 +24,10 @@ pub enum ErrorClass {
     /// Precondition Failed). Not retried as is: the object is planned again from what the
     /// source holds now, and never recorded as copied from the old listing.
     SourceChanged,
+    /// The destination tag already holds another image and may not be replaced: left alone
+    /// under `--no-overwrite`, or refused by an ECR repository with immutable tags
+    /// (`ImageTagAlreadyExistsException`). Not retried; the item's status is `conflict`.
+    Conflict,
 }
 
 /// An AWS SDK error as an item error: "`what`: <the SDK's full error chain>", classed by
@@ -148,6 +152,7 @@ impl ErrorClass {
             ErrorClass::DigestMismatch => "DigestMismatch",
             ErrorClass::Retryable => "Retryable",
             ErrorClass::SourceChanged => "SourceChanged",
+            ErrorClass::Conflict => "Conflict",
         }
     }
     /// Parses a stable name.
@@ -159,6 +164,7 @@ impl ErrorClass {
             Self::DigestMismatch,
             Self::Retryable,
             Self::SourceChanged,
+            Self::Conflict,
         ]
         .into_iter()
         .find(|c| c.as_str() == s)
@@ -181,6 +187,10 @@ impl ErrorClass {
     /// `Throttling`/`ThrottlingException` on any service.
     pub fn from_aws_error(code: Option<&str>, status: u16) -> Self {
         let code = code.unwrap_or("");
+        // ECR: a repository with immutable tags refuses to move a tag (PutImage).
+        if code == "ImageTagAlreadyExistsException" {
+            return ErrorClass::Conflict;
+        }
         // S3 found the bytes it received not to match the Content-MD5 or checksum sent.
         if matches!(
             code,
@@ -257,6 +267,12 @@ impl ErrorClass {
         ]) && !any(&["connection", "eof", "timeout"])
         {
             ErrorClass::NotFound
+        } else if any(&[
+            // ECR's registry API on a push to a repository with immutable tags.
+            "cannot be overwritten because the repository is immutable",
+            "imagetagalreadyexists",
+        ]) {
+            ErrorClass::Conflict
         } else if any(&[
             "invalid reference format",
             "invalid argument",
@@ -606,6 +622,11 @@ mod tests {
                 "Invalid destination name docker://A: invalid reference format",
                 BadInput,
             ),
+            // ECR's answer to moving a tag of a repository with immutable tags.
+            (
+                "writing manifest: uploading manifest 1 to 1.dkr.ecr.eu-west-1.amazonaws.com/app: tag invalid: The image tag '1' already exists in the 'app' repository and cannot be overwritten because the repository is immutable.",
+                Conflict,
+            ),
             ("something nobody foresaw", Retryable),
         ] {
             assert_eq!(ErrorClass::from_copy_output(text), class, "{text}");
@@ -628,6 +649,7 @@ mod tests {
             ("AccessDeniedException", 400, AuthDenied),
             ("InvalidSubnetID.NotFound", 400, BadInput),
             ("ClusterNotFoundException", 400, NotFound),
+            ("ImageTagAlreadyExistsException", 400, Conflict),
             ("InvalidParameterException", 400, BadInput),
             ("", 503, Retryable),
         ] {

@@ -25,6 +25,9 @@ pub enum Status {
     Skipped,
     Copied,
     Failed,
+    /// The destination tag holds another image and was left alone (`--no-overwrite`, or an
+    /// ECR repository with immutable tags): neither copied nor failed.
+    Conflict,
 }
 
 impl Status {
@@ -34,6 +37,7 @@ impl Status {
             Status::Skipped => "skipped",
             Status::Copied => "copied",
             Status::Failed => "failed",
+            Status::Conflict => "conflict",
         }
     }
     pub fn from_name(s: &str) -> Option<Self> {
@@ -42,6 +46,7 @@ impl Status {
             Status::Skipped,
             Status::Copied,
             Status::Failed,
+            Status::Conflict,
         ]
         .into_iter()
         .find(|x| x.as_str() == s)
@@ -199,6 +204,9 @@ pub struct RunRecord {
     /// Source objects the run's filters left out (neither copied nor deleted; objects).
     #[serde(default)]
     pub filtered: u64,
+    /// Images whose destination tag holds another image and was left alone (`conflict`).
+    #[serde(default)]
+    pub conflicts: u64,
 }
 
 /// Status store errors.
@@ -333,8 +341,10 @@ fn migrate(c: &rusqlite::Connection) -> rusqlite::Result<()> {
             c.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {col} TEXT"))?;
         }
     }
-    if !columns("runs")?.iter().any(|h| h == "filtered") {
-        c.execute_batch("ALTER TABLE runs ADD COLUMN filtered INTEGER")?;
+    for col in ["filtered", "conflicts"] {
+        if !columns("runs")?.iter().any(|h| h == col) {
+            c.execute_batch(&format!("ALTER TABLE runs ADD COLUMN {col} INTEGER"))?;
+        }
     }
     Ok(())
 }
@@ -347,7 +357,8 @@ fn parse_ts(s: Option<String>) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
+/// A run record from a row of [`RUN_COLS`] (in that order, with or without a table alias).
+pub(crate) fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
     let source: String = r.get(1)?;
     let ended_at = parse_ts(r.get(5)?);
     let failed: u64 = r.get(8)?;
@@ -362,6 +373,7 @@ fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
         error: r.get(12)?,
         to_copy: None,
         filtered: r.get::<_, Option<u64>>(13)?.unwrap_or(0),
+        conflicts: r.get::<_, Option<u64>>(14)?.unwrap_or(0),
         source,
         dest: r.get(2)?,
         dry_run: r.get(3)?,
@@ -374,7 +386,7 @@ fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
     })
 }
 
-const RUN_COLS: &str = "run_id, source, dest, dry_run, started_at, ended_at, copied, skipped, failed, bytes, kind, result, error, filtered";
+const RUN_COLS: &str = "run_id, source, dest, dry_run, started_at, ended_at, copied, skipped, failed, bytes, kind, result, error, filtered, conflicts";
 
 /// The error of a run whose process ended without closing its record.
 pub const ABANDONED: &str = "the process ended without recording a result (killed?)";
@@ -449,12 +461,12 @@ impl StatusStore for SqliteStore {
         c.execute(
             &format!(
                 "INSERT INTO runs ({RUN_COLS}, pid, pid_started, host)
-                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17)
+                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18)
                  ON CONFLICT (run_id) DO UPDATE SET source=excluded.source, dest=excluded.dest,
                    dry_run=excluded.dry_run, started_at=excluded.started_at, ended_at=excluded.ended_at,
                    copied=excluded.copied, skipped=excluded.skipped, failed=excluded.failed, bytes=excluded.bytes,
                    kind=excluded.kind, result=excluded.result, error=excluded.error,
-                   filtered=excluded.filtered,
+                   filtered=excluded.filtered, conflicts=excluded.conflicts,
                    pid=excluded.pid, pid_started=excluded.pid_started, host=excluded.host"
             ),
             params![
@@ -472,6 +484,7 @@ impl StatusStore for SqliteStore {
                 run.result.as_str(),
                 run.error,
                 run.filtered,
+                run.conflicts,
                 // The process that writes a run is the one running it (the CLI, `serve`):
                 // how the next start tells a killed run from a live one.
                 std::process::id(),
@@ -633,6 +646,7 @@ mod tests {
             error: None,
             to_copy: None,
             filtered: 0,
+            conflicts: 0,
             source: "s".into(),
             dest: "d".into(),
             dry_run: false,

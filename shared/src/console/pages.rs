@@ -24,7 +24,7 @@ textarea{height:8em}
 .bad input,.bad textarea,.bad select{border:2px solid #b00020}
 form.inline{display:inline}
 button{margin:0 .15em}
-.failed{color:#b00020}.copied{color:#0a7d32}.skipped{color:#555}.planned{color:#8a6d00}
+.failed{color:#b00020}.copied{color:#0a7d32}.skipped{color:#555}.conflict{color:#b35900}.planned{color:#8a6d00}
 .banner{background:#fff6d5;border:1px solid #e0c35a;padding:.5em;margin:.5em 0}
 code,.mono{font-family:monospace;font-size:.9em;word-break:break-all}
 ";
@@ -282,6 +282,18 @@ const IMAGE_FIELDS: &[FieldSpec] = &[
         "ecr_kms_key",
         "New ECR repositories: KMS key",
         Input::Text,
+        "",
+    ),
+    f(
+        "ecr_tag_mutability",
+        "New ECR repositories: tags",
+        Input::Choice(&["MUTABLE", "IMMUTABLE"]),
+        "IMMUTABLE: ECR refuses a push that would move a tag (a conflict, never retried)",
+    ),
+    f(
+        "no_overwrite",
+        "Never replace a destination tag that holds another image (report a conflict)",
+        Input::Check,
         "",
     ),
 ];
@@ -570,6 +582,9 @@ pub fn run(v: &RunView<'_>, csrf: &str) -> Markup {
                     tr { th { "Copied" } td #copied { (r.copied) } }
                     tr { th { "Skipped" } td #skipped { (r.skipped) } }
                     tr { th { "Failed" } td #failed { (r.failed) } }
+                    @if r.conflicts > 0 {
+                        tr { th { "Conflicts" } td #conflicts { (r.conflicts) " (destination tags holding another image, left alone)" } }
+                    }
                     tr { th { "Bytes" } td { (r.bytes) } }
                     tr { th { "Started" } td { (when(Some(r.started_at))) } }
                     tr { th { "Ended" } td { (when(r.ended_at)) } }
@@ -582,7 +597,7 @@ pub fn run(v: &RunView<'_>, csrf: &str) -> Markup {
             h2 { "Items" }
             p {
                 // The counts come from the run record: counting a big run's items would read them all.
-                @let all = v.run.map(|r| format!(" ({})", r.copied + r.skipped + r.failed)).unwrap_or_default();
+                @let all = v.run.map(|r| format!(" ({})", r.copied + r.skipped + r.failed + r.conflicts)).unwrap_or_default();
                 @let failed = v.run.map(|r| format!(" ({})", r.failed)).unwrap_or_default();
                 @if v.failed_only { a href={ "/runs/" (v.run_id) } { "All items" (all) } " · " b { "Failed only" (failed) } }
                 @else { b { "All items" (all) } " · " a #failed-filter href={ "/runs/" (v.run_id) "?failed=1" } { "Failed only" (failed) } }

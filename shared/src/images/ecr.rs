@@ -10,7 +10,9 @@ use crate::images::authfile::Login;
 use crate::images::reference::Digest;
 use crate::images::registry::{ManifestInfo, Registry};
 use crate::retry::{ErrorClass, ItemError};
-use aws_sdk_ecr::types::{EncryptionConfiguration, EncryptionType, ImageScanningConfiguration};
+use aws_sdk_ecr::types::{
+    EncryptionConfiguration, EncryptionType, ImageScanningConfiguration, ImageTagMutability,
+};
 use base64::Engine as _;
 
 /// Environment variable that reroutes ECR registry traffic (see module docs).
@@ -60,6 +62,9 @@ pub struct RepoSettings {
     pub scan_on_push: bool,
     /// `None` → AES256; `Some(key)` → KMS with that key (empty string: the AWS-managed key).
     pub kms_key: Option<String>,
+    /// `--ecr-tag-mutability IMMUTABLE`: new repositories refuse to move a tag (a push onto
+    /// a tag that holds another image is then a `conflict`).
+    pub immutable_tags: bool,
 }
 
 impl Default for RepoSettings {
@@ -67,6 +72,7 @@ impl Default for RepoSettings {
         Self {
             scan_on_push: true,
             kms_key: None,
+            immutable_tags: false,
         }
     }
 }
@@ -220,6 +226,11 @@ impl Ecr {
                                     .build(),
                             )
                             .encryption_configuration(enc)
+                            .image_tag_mutability(if settings.immutable_tags {
+                                ImageTagMutability::Immutable
+                            } else {
+                                ImageTagMutability::Mutable
+                            })
                             .send()
                             .await
                             .map(|_| true)

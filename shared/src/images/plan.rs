@@ -259,6 +259,8 @@ pub enum Action {
     Skip,
     /// Cannot be copied (source missing, auth refused, …).
     Fail(ItemError),
+    /// The destination tag holds another image and is left alone (`--no-overwrite`).
+    Conflict(ItemError),
 }
 
 /// One planned image with what each side reported.
@@ -330,6 +332,31 @@ pub fn plan(
                 dest: dest_info,
                 action,
             }
+        })
+        .collect()
+}
+
+/// `--no-overwrite`: a copy onto a destination tag that already holds another image becomes
+/// a [`Action::Conflict`] naming both digests; the tag is left alone. Copies to a missing
+/// tag, or to a digest-only destination (the digest is the content), stay copies.
+pub fn keep_destination_tags(planned: Vec<PlanItem>) -> Vec<PlanItem> {
+    planned
+        .into_iter()
+        .map(|mut p| {
+            if p.action == Action::Copy
+                && p.wanted.dest.tag.is_some()
+                && let (Some(s), Some(d)) = (&p.source, &p.dest)
+                && s.digest != d.digest
+            {
+                p.action = Action::Conflict(ItemError::new(
+                    ErrorClass::Conflict,
+                    format!(
+                        "{} already holds {}; the source {} is {} (left alone: --no-overwrite)",
+                        p.wanted.dest, d.digest, p.wanted.source, s.digest
+                    ),
+                ));
+            }
+            p
         })
         .collect()
 }
@@ -537,7 +564,7 @@ mod tests {
             .map(|i| match &i.action {
                 Action::Copy => "copy".to_string(),
                 Action::Skip => "skip".to_string(),
-                Action::Fail(e) => e.class.to_string(),
+                Action::Fail(e) | Action::Conflict(e) => e.class.to_string(),
             })
             .collect();
         assert_eq!(
@@ -579,5 +606,78 @@ mod tests {
         s.insert(want.source.clone(), Ok(Some(info(1))));
         d.insert(want.dest.clone(), Ok(Some(info(1))));
         assert_eq!(plan(&[want], &s, &d)[0].action, Action::Skip);
+    }
+
+    fn item(tagged: bool, source: Option<u8>, dest: Option<u8>, action: Action) -> PlanItem {
+        let name = |host: &str| ImageName {
+            host: host.into(),
+            repo: "app".into(),
+            tag: tagged.then(|| "1".to_string()),
+            digest: (!tagged).then(|| dg(source.unwrap_or(0))),
+        };
+        PlanItem {
+            wanted: Wanted {
+                source: name("s"),
+                dest: name("d"),
+            },
+            source: source.map(info),
+            dest: dest.map(info),
+            action,
+        }
+    }
+
+    #[test]
+    fn no_overwrite_leaves_a_moved_tag_alone_naming_both_digests() {
+        let kept = keep_destination_tags(vec![
+            item(true, Some(1), Some(2), Action::Copy),
+            item(true, Some(1), None, Action::Copy),
+            item(true, Some(1), Some(1), Action::Skip),
+            item(false, Some(3), None, Action::Copy),
+        ]);
+        let Action::Conflict(e) = &kept[0].action else {
+            panic!("{:?}", kept[0].action)
+        };
+        assert_eq!(e.class, ErrorClass::Conflict);
+        assert!(e.message.contains(&dg(1).to_string()), "{}", e.message);
+        assert!(e.message.contains(&dg(2).to_string()), "{}", e.message);
+        assert!(e.message.contains("d/app:1"), "{}", e.message);
+        assert_eq!(kept[1].action, Action::Copy);
+        assert_eq!(kept[2].action, Action::Skip);
+        assert_eq!(kept[3].action, Action::Copy);
+    }
+
+    proptest::proptest! {
+        /// Only copies change, and only into conflicts: exactly those onto a tag that
+        /// already holds another digest. Nothing is dropped or reordered.
+        #[test]
+        fn no_overwrite_turns_exactly_the_moved_tags_into_conflicts(
+            cases in proptest::collection::vec(
+                (proptest::bool::ANY, 0u8..3, proptest::option::of(0u8..3), 0u8..3), 0..40)
+        ) {
+            let before: Vec<PlanItem> = cases
+                .iter()
+                .map(|&(tagged, s, d, a)| {
+                    let action = match a {
+                        0 => Action::Copy,
+                        1 => Action::Skip,
+                        _ => Action::Fail(ItemError::new(ErrorClass::NotFound, "x")),
+                    };
+                    item(tagged, Some(s), d, action)
+                })
+                .collect();
+            let after = keep_destination_tags(before.clone());
+            proptest::prop_assert_eq!(after.len(), before.len());
+            for (b, a) in before.iter().zip(&after) {
+                proptest::prop_assert_eq!(&b.wanted, &a.wanted);
+                let moved = b.action == Action::Copy
+                    && b.wanted.dest.tag.is_some()
+                    && b.dest.as_ref().is_some_and(|d| Some(&d.digest) != b.source.as_ref().map(|s| &s.digest));
+                if moved {
+                    proptest::prop_assert!(matches!(&a.action, Action::Conflict(e) if e.class == ErrorClass::Conflict));
+                } else {
+                    proptest::prop_assert_eq!(&a.action, &b.action);
+                }
+            }
+        }
     }
 }

@@ -67,6 +67,9 @@ pub struct ImagesConfig {
     pub resolve_concurrency: usize,
     /// `INCLUDE_UNTAGGED` (default false): with ALL from ECR, also the untagged images.
     pub include_untagged: bool,
+    /// `NO_OVERWRITE` (default false): a destination tag holding another image is left
+    /// alone and recorded as a conflict.
+    pub no_overwrite: bool,
     /// `EXTRA_SOURCE_REGISTRIES`: other registry hosts selection lines may name (read
     /// without a login); a line naming any other host is refused.
     pub extra_sources: Vec<String>,
@@ -108,6 +111,17 @@ impl ImagesConfig {
         let retries = env.parsed("RETRIES", 3u32, "a number of retries");
         let resolve_concurrency = env.parsed("RESOLVE_CONCURRENCY", 32usize, "a positive number");
         let include_untagged = env.parsed("INCLUDE_UNTAGGED", false, "true or false");
+        let no_overwrite = env.parsed("NO_OVERWRITE", false, "true or false");
+        let immutable_tags = match env.optional("TAG_MUTABILITY").as_deref() {
+            None | Some("") | Some("MUTABLE") => false,
+            Some("IMMUTABLE") => true,
+            Some(other) => {
+                env.problem(format!(
+                    "TAG_MUTABILITY={other:?}: expected MUTABLE or IMMUTABLE"
+                ));
+                false
+            }
+        };
         let tasks_table = env.optional("TASKS_TABLE");
         let rule_text = TagRuleText {
             include: TagRuleText::split_patterns(
@@ -156,6 +170,7 @@ impl ImagesConfig {
             repo_settings: ecr::RepoSettings {
                 scan_on_push,
                 kms_key,
+                immutable_tags,
             },
             retry: RetryPolicy {
                 retries,
@@ -165,6 +180,7 @@ impl ImagesConfig {
             },
             resolve_concurrency: resolve_concurrency.max(1),
             include_untagged,
+            no_overwrite,
             tag_rules,
         })
     }
@@ -227,6 +243,8 @@ impl ImagesConfig {
         cfg.resolve_concurrency = o.resolve_concurrency.max(1);
         cfg.tag_rules = o.tag_rules().map_err(|e| bad("tag rules", e))?;
         cfg.repo_settings.scan_on_push = !o.no_scan_on_push;
+        cfg.repo_settings.immutable_tags = o.ecr_immutable_tags;
+        cfg.no_overwrite = o.no_overwrite;
         cfg.task = Some(t.name.clone());
         Ok(cfg)
     }
@@ -252,6 +270,7 @@ impl ImagesConfig {
             dry_run: false,
             include_untagged: self.include_untagged,
             tag_rules: self.tag_rules.clone(),
+            no_overwrite: self.no_overwrite,
         }
     }
 }
@@ -499,8 +518,9 @@ pub async fn find_diff(
     }
     let spec = cfg.spec(&run_id, Selecting::AllRepos);
     let (src, dst, attempts) = sync::resolve(&spec, e.registry, &wanted).await;
-    let planned = plan::plan(&wanted, &src, &dst);
+    let planned = spec.plan(&wanted, &src, &dst);
     let mut skipped = 0;
+    let mut conflicts = 0;
     let mut copies = Vec::new();
     for p in planned {
         let mut r = record(
@@ -514,6 +534,12 @@ pub async fn find_diff(
         match p.action {
             Action::Skip => {
                 skipped += 1;
+                e.store.put_item(&r).await?;
+            }
+            Action::Conflict(err) => {
+                conflicts += 1;
+                r.status = Status::Conflict;
+                r.error = Some(err);
                 e.store.put_item(&r).await?;
             }
             Action::Fail(err) => {
@@ -561,7 +587,7 @@ pub async fn find_diff(
         offload::DEFAULT_LIMIT,
     )
     .await?;
-    tracing::info!(run_id = %run_id, to_copy = copies.count, skipped, failed, "diff");
+    tracing::info!(run_id = %run_id, to_copy = copies.count, skipped, conflicts, failed, "diff");
     Ok(Diff {
         run_id,
         copies,
@@ -649,7 +675,9 @@ pub async fn record_status(
                     } else {
                         format!("{}: {cause}", c.error)
                     };
-                    r.error = Some(ItemError::new(class, message));
+                    let err = ItemError::new(class, message);
+                    r.status = crate::images::sync::status_of(&err);
+                    r.error = Some(err);
                 }
                 (None, None) => {
                     r.error = Some(ItemError::new(
@@ -672,6 +700,7 @@ pub async fn record_status(
             run.copied = count(Status::Copied);
             run.skipped = count(Status::Skipped);
             run.failed = count(Status::Failed) + count(Status::Planned);
+            run.conflicts = count(Status::Conflict);
             run.bytes = items.iter().map(|i| i.bytes).sum();
             // A run ends once: a repeated step (a retry) counts nothing again.
             let first_end = run.ended_at.is_none();

@@ -40,6 +40,9 @@ pub struct SyncSpec {
     pub include_untagged: bool,
     /// Which listed tags are wanted (`ALL_TAGS` lines and `--all-repos`).
     pub tag_rules: crate::images::tags::TagRules,
+    /// `--no-overwrite`: a destination tag that holds another image is left alone and
+    /// reported as a conflict ([`plan::keep_destination_tags`]).
+    pub no_overwrite: bool,
 }
 
 /// Prepares the destination before copies start (e.g. creates missing ECR repositories).
@@ -161,7 +164,7 @@ pub async fn run_sync_until(
             return Ok(report);
         }
     };
-    let planned = plan::plan(&wanted, &source_obs, &dest_obs);
+    let planned = spec.plan(&wanted, &source_obs, &dest_obs);
     let to_copy = planned.iter().filter(|p| p.action == Action::Copy).count();
     edges
         .progress
@@ -197,8 +200,8 @@ pub async fn run_sync_until(
                 rec.version = FINAL;
                 items.push(rec);
             }
-            Action::Fail(e) => {
-                rec.status = Status::Failed;
+            Action::Fail(e) | Action::Conflict(e) => {
+                rec.status = status_of(&e);
                 rec.error = Some(e);
                 rec.ended_at = Some(Utc::now());
                 rec.version = FINAL;
@@ -262,7 +265,7 @@ pub async fn run_sync_until(
                         rec.bytes = bytes;
                     }
                     Err(e) => {
-                        rec.status = Status::Failed;
+                        rec.status = status_of(&e);
                         rec.error = Some(e);
                     }
                 }
@@ -294,6 +297,7 @@ fn finish(mut run: RunRecord, mut items: Vec<ItemRecord>) -> SyncReport {
     run.copied = items.iter().filter(|i| i.status == Status::Copied).count() as u64;
     run.skipped = items.iter().filter(|i| i.status == Status::Skipped).count() as u64;
     run.failed = items.iter().filter(|i| i.status == Status::Failed).count() as u64;
+    run.conflicts = items.iter().filter(|i| i.status == Status::Conflict).count() as u64;
     run.bytes = items.iter().map(|i| i.bytes).sum();
     run.ended_at = Some(Utc::now());
     run.result = if run.failed > 0 {
@@ -305,6 +309,33 @@ fn finish(mut run: RunRecord, mut items: Vec<ItemRecord>) -> SyncReport {
         run.to_copy = Some(items.iter().filter(|i| i.status == Status::Planned).count() as u64);
     }
     SyncReport { run, items }
+}
+
+/// The status of an image that did not arrive: `conflict` when its destination tag holds
+/// another image that may not be replaced, else `failed`.
+pub fn status_of(e: &ItemError) -> Status {
+    if e.class == ErrorClass::Conflict {
+        Status::Conflict
+    } else {
+        Status::Failed
+    }
+}
+
+impl SyncSpec {
+    /// The plan for these observations, with `--no-overwrite` applied.
+    pub fn plan(
+        &self,
+        wanted: &[Wanted],
+        source: &HashMap<ImageName, plan::Observation>,
+        dest: &HashMap<ImageName, plan::Observation>,
+    ) -> Vec<plan::PlanItem> {
+        let planned = plan::plan(wanted, source, dest);
+        if self.no_overwrite {
+            plan::keep_destination_tags(planned)
+        } else {
+            planned
+        }
+    }
 }
 
 /// The record of an item that could not be planned.

@@ -128,6 +128,7 @@ impl DynamoStore {
             ("failed", n(run.failed)),
             ("bytes", n(run.bytes)),
             ("filtered", n(run.filtered)),
+            ("conflicts", n(run.conflicts)),
             ("kind", s(run.kind.as_str())),
             ("result", s(run.result.as_str())),
         ]
@@ -156,6 +157,7 @@ impl DynamoStore {
             error: get_s(i, "error"),
             to_copy: None,
             filtered: get_n(i, "filtered"),
+            conflicts: get_n(i, "conflicts"),
             run_id: get_s(i, "pk").unwrap_or_default(),
             source: get_s(i, "source").unwrap_or_default(),
             dest: get_s(i, "dest").unwrap_or_default(),

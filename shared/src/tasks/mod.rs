@@ -98,6 +98,13 @@ pub struct ImagesOptions {
     pub semver: Option<String>,
     #[serde(default)]
     pub newest: Option<usize>,
+    /// `--no-overwrite`: a destination tag that holds another image is left alone (`conflict`).
+    #[serde(default)]
+    pub no_overwrite: bool,
+    /// `--ecr-tag-mutability IMMUTABLE` (field `ecr_tag_mutability`): new ECR repositories
+    /// get immutable tags.
+    #[serde(default)]
+    pub ecr_immutable_tags: bool,
 }
 
 impl ImagesOptions {
@@ -547,6 +554,11 @@ impl Task {
                 );
                 put("no_scan_on_push", o.no_scan_on_push.to_string());
                 put("ecr_kms_key", o.ecr_kms_key.clone().unwrap_or_default());
+                put("no_overwrite", o.no_overwrite.to_string());
+                put(
+                    "ecr_tag_mutability",
+                    if o.ecr_immutable_tags { "IMMUTABLE" } else { "MUTABLE" }.into(),
+                );
                 put("include_tags", o.include_tags.join(" "));
                 put("exclude_tags", o.exclude_tags.join(" "));
                 put("semver", o.semver.clone().unwrap_or_default());
@@ -710,6 +722,18 @@ fn images(r: &mut Reader<'_>) -> ImagesOptions {
         registry_certs: r.opt("registry_certs"),
         no_scan_on_push: r.flag("no_scan_on_push"),
         ecr_kms_key: r.opt("ecr_kms_key"),
+        no_overwrite: r.flag("no_overwrite"),
+        ecr_immutable_tags: match r.text("ecr_tag_mutability").map(str::to_string).as_deref() {
+            None | Some("MUTABLE") => false,
+            Some("IMMUTABLE") => true,
+            Some(v) => {
+                r.fail(
+                    "ecr_tag_mutability",
+                    format!("{v:?}: expected MUTABLE or IMMUTABLE"),
+                );
+                false
+            }
+        },
     }
 }
 

@@ -391,6 +391,7 @@ async fn images(o: &ImagesOptions, ctx: &RunContext<'_>) -> Result<SyncReport, R
                 settings: RepoSettings {
                     scan_on_push: !o.no_scan_on_push,
                     kms_key: o.ecr_kms_key.clone(),
+                    immutable_tags: o.ecr_immutable_tags,
                 },
             });
         }
@@ -427,6 +428,7 @@ async fn images(o: &ImagesOptions, ctx: &RunContext<'_>) -> Result<SyncReport, R
         dry_run: ctx.dry_run,
         include_untagged,
         tag_rules,
+        no_overwrite: o.no_overwrite,
     };
     let edges = Edges {
         registry: &registry,

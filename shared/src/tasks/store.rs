@@ -119,34 +119,10 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow> {
 }
 
 const TASK_COLS: &str = "name, spec, schedule, enabled, created_at, updated_at";
-const RUN_COLS: &str = "r.run_id, r.source, r.dest, r.dry_run, r.started_at, r.ended_at, r.copied, r.skipped, r.failed, r.bytes, r.kind, r.result, r.error, r.filtered";
+const RUN_COLS: &str = "r.run_id, r.source, r.dest, r.dry_run, r.started_at, r.ended_at, r.copied, r.skipped, r.failed, r.bytes, r.kind, r.result, r.error, r.filtered, r.conflicts";
 
 fn run_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
-    use crate::status::{RunKind, RunResult};
-    let source: String = r.get(1)?;
-    let ended_at = r.get::<_, Option<String>>(5)?.map(|s| parse_ts(&s));
-    let failed: u64 = r.get(8)?;
-    Ok(RunRecord {
-        run_id: r.get(0)?,
-        kind: RunKind::from_name(r.get::<_, Option<String>>(10)?.as_deref(), &source),
-        result: RunResult::from_name(
-            r.get::<_, Option<String>>(11)?.as_deref(),
-            ended_at.is_some(),
-            failed,
-        ),
-        error: r.get(12)?,
-        to_copy: None,
-        filtered: r.get::<_, Option<u64>>(13)?.unwrap_or(0),
-        source,
-        dest: r.get(2)?,
-        dry_run: r.get(3)?,
-        started_at: parse_ts(&r.get::<_, String>(4)?),
-        ended_at,
-        copied: r.get(6)?,
-        skipped: r.get(7)?,
-        failed,
-        bytes: r.get(9)?,
-    })
+    crate::status::run_from_row(r)
 }
 
 fn spec_json(t: &Task) -> String {

@@ -305,13 +305,14 @@ fn find_diff_creates_missing_ecr_repositories_before_any_copy() {
     let cfg = aws.config(
         &src.addr,
         &format!("{ECR_HOST}/mirror"),
-        &[("SELECT_TYPE", "ALL")],
+        &[("SELECT_TYPE", "ALL"), ("TAG_MUTABILITY", "IMMUTABLE")],
     );
     let deployed = [
         ("SourceType", "Registry"),
         ("SourceRegistry", src.addr.as_str()),
         ("SelectType", "ALL"),
         ("DestPrefix", "mirror"),
+        ("TagMutability", "IMMUTABLE"),
     ];
     let (list_role, diff_role) = (
         aws.role("ListImagesRole", &deployed),
@@ -372,6 +373,123 @@ fn find_diff_creates_missing_ecr_repositories_before_any_copy() {
         r.image_scanning_configuration().map(|c| c.scan_on_push()),
         Some(true)
     );
+    assert_eq!(
+        r.image_tag_mutability(),
+        Some(&aws_sdk_ecr::types::ImageTagMutability::Immutable),
+        "TagMutability=IMMUTABLE"
+    );
+}
+
+#[test]
+fn find_diff_with_no_overwrite_records_a_moved_destination_tag_as_a_conflict_and_copies_the_rest() {
+    let aws = Aws::start("aws-find_diff_with_no_overwrite");
+    let (src, dst) = (RegistryServer::start(), RegistryServer::start());
+    let ours = OciImage::single(&[1024]);
+    ours.push(&format!("{}/app:1", src.addr), None);
+    ours.push(&format!("{}/app:2", src.addr), None);
+    let theirs = OciImage::single(&[2048]);
+    theirs.push(&format!("{}/app:1", dst.addr), None);
+    let cfg = aws.config(
+        &src.addr,
+        &dst.addr,
+        &[("SELECT_TYPE", "ALL"), ("NO_OVERWRITE", "true")],
+    );
+    let deployed = [
+        ("SourceType", "Registry"),
+        ("SourceRegistry", src.addr.as_str()),
+        ("SelectType", "ALL"),
+        ("NoOverwrite", "true"),
+    ];
+    let (list_role, diff_role, record_role) = (
+        aws.role("ListImagesRole", &deployed),
+        aws.role("FindDiffRole", &deployed),
+        aws.role("RecordStatusRole", &deployed),
+    );
+    let reg = http_only();
+    let ssm = Ssm(aws_sdk_ssm::Client::new(&list_role));
+    let listed = aws
+        .rt
+        .block_on(suite::list_images(
+            list_request("keep-1"),
+            &cfg,
+            &ListEdges {
+                params: &ssm,
+                registry: &reg,
+                blobs: &aws.blobs_as(&list_role),
+                store: &aws.store_as(&list_role),
+            },
+        ))
+        .unwrap();
+    let d = aws
+        .rt
+        .block_on(suite::find_diff(
+            listed,
+            &cfg,
+            &DiffEdges {
+                registry: &reg,
+                blobs: &aws.blobs_as(&diff_role),
+                store: &aws.store_as(&diff_role),
+                prepare: None,
+            },
+        ))
+        .unwrap();
+    let copies = d.copies.items.clone().unwrap();
+    assert_eq!(
+        copies.iter().map(|c| c.source.as_str()).collect::<Vec<_>>(),
+        [format!("{}/app:2", src.addr)],
+        "only the missing tag is copied; the moved one starts no task"
+    );
+    assert_eq!(d.failed, 0);
+    let (_, recs) = aws
+        .rt
+        .block_on(aws.store().get_run(Some("keep-1")))
+        .unwrap()
+        .unwrap();
+    let c = recs
+        .iter()
+        .find(|r| r.dest.ends_with("app:1"))
+        .expect("a record for app:1");
+    assert_eq!(c.status, Status::Conflict, "{c:?}");
+    let why = &c.error.as_ref().unwrap().message;
+    assert!(
+        why.contains(&ours.digest) && why.contains(&theirs.digest),
+        "names both digests: {why}"
+    );
+    // The copy of app:2 is refused as an immutable ECR repository refuses a moved tag: the
+    // worker's `Conflict` is recorded as a conflict too, and the run's close counts both as
+    // conflicts, not failures.
+    let sns = Sns {
+        client: aws_sdk_sns::Client::new(&record_role),
+        topic_arn: "arn:aws:sns:eu-west-1:123456789012:unused".into(),
+    };
+    let refused: RecordRequest = serde_json::from_value(serde_json::json!({
+        "kind": "item",
+        "run_id": "keep-1",
+        "task": copies[0],
+        "error": {"Error": "Conflict", "Cause": "tag invalid: The image tag '2' already exists in the 'app' repository and cannot be overwritten because the repository is immutable."},
+    }))
+    .unwrap();
+    let stored = aws
+        .rt
+        .block_on(suite::record_status(refused, &aws.store_as(&record_role), &sns))
+        .unwrap();
+    assert_eq!(stored["status"], "conflict", "{stored}");
+    aws.rt
+        .block_on(suite::record_status(
+            RecordRequest::Run {
+                run_id: "keep-1".into(),
+            },
+            &aws.store_as(&record_role),
+            &sns,
+        ))
+        .unwrap();
+    let (run, _) = aws
+        .rt
+        .block_on(aws.store().get_run(Some("keep-1")))
+        .unwrap()
+        .unwrap();
+    assert_eq!((run.conflicts, run.failed), (2, 0), "{run:?}");
+    assert_eq!(dst.digest("app", "1").as_deref(), Some(theirs.digest.as_str()));
 }
 
 #[test]
