@@ -14,6 +14,11 @@
       Signed with the admin keys: a customer-managed KMS key; prints its ARN.
   python3 tests/iam_rig.py network ENDPOINT REGION
       Signed with the admin keys: a VPC, a subnet and a security group for copy tasks.
+  python3 tests/iam_rig.py cognito ENDPOINT REGION
+      Signed with the admin keys: the console's user pool (users by email), its app client
+      and another client, one user, and that user's ID tokens from both clients and an
+      access token. Prints {"pool", "client", "other_client", "email", "id_token",
+      "other_id_token", "access_token"}.
 
 Keys travel on stdout and in the environment only, never on a command line."""
 
@@ -67,5 +72,23 @@ elif cmd == "kms-key":
     region = sys.argv[3]
     kms = boto3.client("kms", aws_access_key_id=os.environ["RIG_ADMIN_KEY_ID"], aws_secret_access_key=os.environ["RIG_ADMIN_SECRET"], endpoint_url=endpoint, region_name=region)
     json.dump({"arn": kms.create_key(Description="transfer-hub test key")["KeyMetadata"]["Arn"]}, sys.stdout)
+elif cmd == "cognito":
+    region = sys.argv[3]
+    idp = boto3.client("cognito-idp", aws_access_key_id=os.environ["RIG_ADMIN_KEY_ID"], aws_secret_access_key=os.environ["RIG_ADMIN_SECRET"], endpoint_url=endpoint, region_name=region)
+    pool = idp.create_user_pool(PoolName="transfer-hub-console", UsernameAttributes=["email"])["UserPool"]["Id"]
+    clients = [
+        idp.create_user_pool_client(UserPoolId=pool, ClientName=name, ExplicitAuthFlows=["ADMIN_NO_SRP_AUTH"])["UserPoolClient"]["ClientId"]
+        for name in ["console", "other"]
+    ]
+    email, password = "ops@example.com", "Rig-pass-word-1!"
+    idp.admin_create_user(UserPoolId=pool, Username=email, TemporaryPassword="Rig-temp-word-1!")
+    idp.admin_set_user_password(UserPoolId=pool, Username=email, Password=password, Permanent=True)
+    tokens = [
+        idp.admin_initiate_auth(UserPoolId=pool, ClientId=c, AuthFlow="ADMIN_NO_SRP_AUTH", AuthParameters={"USERNAME": email, "PASSWORD": password})["AuthenticationResult"]
+        for c in clients
+    ]
+    json.dump({"pool": pool, "client": clients[0], "other_client": clients[1], "email": email,
+               "id_token": tokens[0]["IdToken"], "other_id_token": tokens[1]["IdToken"],
+               "access_token": tokens[0]["AccessToken"]}, sys.stdout)
 else:
     sys.exit(f"unknown command {cmd}")

@@ -347,6 +347,24 @@ impl IamMoto {
         out["arn"].as_str().unwrap().to_string()
     }
 
+    /// The console's Cognito user pool, made by the admin (`iam_rig.py cognito`): pool,
+    /// client, other_client, email, id_token, other_id_token, access_token.
+    pub fn cognito(&self, region: &str) -> Value {
+        python(
+            &[
+                tests_dir().join("iam_rig.py").to_str().unwrap(),
+                "cognito",
+                &self.moto.endpoint,
+                region,
+            ],
+            &[
+                ("RIG_ADMIN_KEY_ID", &self.admin.access_key_id),
+                ("RIG_ADMIN_SECRET", &self.admin.secret_access_key),
+            ],
+            None,
+        )
+    }
+
     /// Every decision so far.
     pub fn decisions(&self) -> Vec<Decision> {
         std::fs::read_to_string(self.log.path())

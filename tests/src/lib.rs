@@ -1605,6 +1605,7 @@ pub struct FakeRegistry {
     pub addr: String,
     stop: Arc<AtomicBool>,
     requests: Arc<std::sync::Mutex<Vec<String>>>,
+    bodies: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl FakeRegistry {
@@ -1614,15 +1615,20 @@ impl FakeRegistry {
         listener.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (stop2, requests2) = (stop.clone(), requests.clone());
+        let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (stop2, requests2, bodies2) = (stop.clone(), requests.clone(), bodies.clone());
         std::thread::spawn(move || {
             while !stop2.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((client, _)) => {
-                        let (handler, requests, stop) =
-                            (handler.clone(), requests2.clone(), stop2.clone());
+                        let (handler, requests, bodies, stop) = (
+                            handler.clone(),
+                            requests2.clone(),
+                            bodies2.clone(),
+                            stop2.clone(),
+                        );
                         std::thread::spawn(move || {
-                            let _ = answer_one(client, &handler, &requests, &stop);
+                            let _ = answer_one(client, &handler, (&requests, &bodies), &stop);
                         });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
@@ -1633,12 +1639,18 @@ impl FakeRegistry {
             addr,
             stop,
             requests,
+            bodies,
         }
     }
 
     /// Every request head received so far.
     pub fn requests(&self) -> Vec<String> {
         self.requests.lock().unwrap().clone()
+    }
+
+    /// Every request body received so far (as text), in the order of [`Self::requests`].
+    pub fn bodies(&self) -> Vec<String> {
+        self.bodies.lock().unwrap().clone()
     }
 }
 
@@ -1651,15 +1663,23 @@ impl Drop for FakeRegistry {
 fn answer_one(
     mut client: TcpStream,
     handler: &Handler,
-    requests: &std::sync::Mutex<Vec<String>>,
+    (requests, bodies): (&std::sync::Mutex<Vec<String>>, &std::sync::Mutex<Vec<String>>),
     stop: &AtomicBool,
 ) -> std::io::Result<()> {
     client.set_nonblocking(false)?;
     client.set_read_timeout(Some(Duration::from_secs(30)))?;
     let head = read_head(&mut client)?;
-    let _ = read_body(&mut client, &head, false)?;
+    let body = read_body(&mut client, &head, false)?;
     let head = String::from_utf8_lossy(&head).to_string();
-    requests.lock().unwrap().push(head.clone());
+    {
+        // One lock for both, so the two lists stay in step.
+        let mut r = requests.lock().unwrap();
+        bodies
+            .lock()
+            .unwrap()
+            .push(String::from_utf8_lossy(&body).into_owned());
+        r.push(head.clone());
+    }
     let reply = handler(&head);
     let mut out = format!("HTTP/1.1 {} Status\r\n", reply.status).into_bytes();
     for (k, v) in &reply.headers {

@@ -350,9 +350,81 @@ pub struct ConsoleFn;
 
 impl ConsoleFn {
     /// `TASKS_TABLE`, `TABLE_NAME`, `IMAGES_STATE_MACHINE_ARN`, `OBJECTS_STATE_MACHINE_ARN`
-    /// (optional: a stack without the objects half), `SCHEDULE_GROUP`, `SCHEDULER_ROLE_ARN`.
-    pub async fn router_from_env() -> Result<axum::Router, ConfigError> {
-        Self::router(Env::from_process(), &sdk_config().await)
+    /// (optional: a stack without the objects half), `SCHEDULE_GROUP`, `SCHEDULER_ROLE_ARN`;
+    /// the login ([`Self::login`]).
+    pub async fn host_from_env() -> Result<crate::console::lambda::Host, ConfigError> {
+        let aws = sdk_config().await;
+        Self::host(Env::from_process(), &aws).await
+    }
+
+    /// The router and the login, from an explicit environment (tests point it at moto).
+    pub async fn host(
+        env: Env,
+        aws: &aws_config::SdkConfig,
+    ) -> Result<crate::console::lambda::Host, ConfigError> {
+        let mut env = env;
+        let login = Self::login(&mut env, aws).await;
+        let router = Self::router(env, aws)?;
+        Ok(crate::console::lambda::Host {
+            router,
+            login: login?.map(std::sync::Arc::new),
+        })
+    }
+
+    /// The console's own login: `CONSOLE_TOKEN_ISSUER` (the user pool's issuer URL) with
+    /// the app client from `CONSOLE_CLIENT_ID` or from the SSM parameter
+    /// `CONSOLE_CLIENT_ID_PARAMETER` (a pool the stack creates: its client names the API's
+    /// callback, so the function cannot name the client without a cycle);
+    /// `CONSOLE_HOSTED_UI` (the hosted UI's base URL: the browser login) and
+    /// `CONSOLE_JWKS_URL` (the keys, by default the issuer's) are optional. No issuer: only
+    /// a JWT authorizer's claims are taken.
+    async fn login(
+        env: &mut Env,
+        aws: &aws_config::SdkConfig,
+    ) -> Result<Option<crate::console::cognito::Cognito>, ConfigError> {
+        let Some(issuer) = env.optional("CONSOLE_TOKEN_ISSUER") else {
+            return Ok(None);
+        };
+        let hosted_ui = env.optional("CONSOLE_HOSTED_UI");
+        let jwks = env.optional("CONSOLE_JWKS_URL");
+        let client_id = match (
+            env.optional("CONSOLE_CLIENT_ID"),
+            env.optional("CONSOLE_CLIENT_ID_PARAMETER"),
+        ) {
+            (Some(id), _) => id,
+            (None, Some(name)) => {
+                let got = aws_sdk_ssm::Client::new(aws)
+                    .get_parameter()
+                    .name(&name)
+                    .send()
+                    .await;
+                match got {
+                    Ok(o) => o
+                        .parameter()
+                        .and_then(|p| p.value())
+                        .unwrap_or_default()
+                        .to_string(),
+                    Err(e) => {
+                        return Err(ConfigError {
+                            problems: vec![format!(
+                                "CONSOLE_CLIENT_ID_PARAMETER={name:?}: {}",
+                                crate::retry::aws_error("GetParameter", e).message
+                            )],
+                        });
+                    }
+                }
+            }
+            (None, None) => {
+                return Err(ConfigError {
+                    problems: vec![
+                        "CONSOLE_TOKEN_ISSUER is set: CONSOLE_CLIENT_ID or CONSOLE_CLIENT_ID_PARAMETER must name the app client".into(),
+                    ],
+                });
+            }
+        };
+        Ok(Some(crate::console::cognito::Cognito::new(
+            issuer, client_id, hosted_ui, jwks,
+        )))
     }
 
     /// From an explicit environment and SDK configuration (tests point it at moto).

@@ -7,6 +7,8 @@
 
 pub mod auth;
 #[cfg(feature = "aws")]
+pub mod cognito;
+#[cfg(feature = "aws")]
 pub mod lambda;
 pub mod pages;
 pub mod runner;

@@ -215,9 +215,19 @@ fn event(
         "authorization": "Bearer eyJ.test.token",
         "host": "abc.execute-api.eu-west-1.amazonaws.com",
     });
+    // API Gateway v2 passes cookies in `cookies`, not as a header; an empty value drops a
+    // default header.
+    let mut cookies = Vec::new();
     for (k, v) in extra_headers {
-        headers[*k] = (*v).into();
+        if *k == "cookie" {
+            cookies.push(v.to_string());
+        } else if v.is_empty() {
+            headers.as_object_mut().unwrap().remove(*k);
+        } else {
+            headers[*k] = (*v).into();
+        }
     }
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
     let mut ctx = serde_json::json!({
         "accountId": hub_tests::iam::ACCOUNT,
         "apiId": "abc",
@@ -238,7 +248,8 @@ fn event(
         "version": "2.0",
         "routeKey": "ANY /{proxy+}",
         "rawPath": path,
-        "rawQueryString": "",
+        "rawQueryString": query,
+        "cookies": cookies,
         "headers": headers,
         "requestContext": ctx,
         "body": body,
@@ -314,7 +325,7 @@ fn the_console_lambda_makes_a_tasks_schedule_starts_its_run_removes_the_schedule
     let claims = || Some(serde_json::json!({"sub": "u-1", "email": "ops@example.com"}));
     let call = |req: lambda_http::Request| {
         let r = rt
-            .block_on(hub_core::console::lambda::handle(router.clone(), req))
+            .block_on(hub_core::console::lambda::handle(router.clone().into(), req))
             .unwrap();
         let status = r.status().as_u16();
         let location = r
@@ -538,7 +549,7 @@ fn the_console_lambda_runs_an_objects_task_on_the_objects_state_machine() {
     let claims = || Some(serde_json::json!({"sub": "u-1", "email": "ops@example.com"}));
     let call = |req: lambda_http::Request| {
         let r = rt
-            .block_on(hub_core::console::lambda::handle(router.clone(), req))
+            .block_on(hub_core::console::lambda::handle(router.clone().into(), req))
             .unwrap();
         let status = r.status().as_u16();
         let location = r
@@ -636,4 +647,213 @@ fn the_console_lambda_runs_an_objects_task_on_the_objects_state_machine() {
         (Some("photos"), run_id.as_str())
     );
     assert!(iam.denied().is_empty(), "{:?}", iam.denied());
+}
+
+/// The console function's own login (no authorizer in front): the hosted UI's
+/// authorization-code flow against moto's Cognito user pool (the pool, its users and their
+/// RS256 ID tokens, and the pool's published keys, all moto's), with a small handler standing
+/// in for the hosted UI's token endpoint, which moto lacks. Then only the pool's valid ID
+/// tokens for the console's client are taken, from the cookie or a Bearer header.
+#[test]
+fn the_console_lambda_logs_a_browser_in_through_the_hosted_ui_and_takes_only_valid_id_tokens_of_its_pool()
+ {
+    use hub_tests::iam::{ACCOUNT, Deployment, IamMoto};
+    use hub_tests::{Body, FakeRegistry, Reply};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let iam = IamMoto::start("console_aws-login");
+    let admin = rt.block_on(iam.admin_config(REGION));
+    let pool = iam.cognito(REGION);
+    let s = |k: &str| pool[k].as_str().unwrap().to_string();
+    let (pool_id, client, id_token) = (s("pool"), s("client"), s("id_token"));
+    // Where the stack keeps the client's id (ConsoleClientIdParameter).
+    let parameter = "/transfer-hub/console/client-id";
+    rt.block_on(async {
+        aws_fixtures::tasks_table(&admin, "tasks").await;
+        aws_fixtures::status_table(&admin, "status").await;
+        aws_sdk_ssm::Client::new(&admin)
+            .put_parameter()
+            .name(parameter)
+            .value(&client)
+            .r#type(aws_sdk_ssm::types::ParameterType::String)
+            .send()
+            .await
+            .unwrap();
+    });
+    let answer = serde_json::json!({"id_token": id_token, "access_token": s("access_token"),
+                                    "expires_in": 3600, "token_type": "Bearer"})
+    .to_string();
+    let token_endpoint = FakeRegistry::start(std::sync::Arc::new(move |head: &str| {
+        if head.starts_with("POST /oauth2/token ") {
+            Reply::json(&answer)
+        } else {
+            Reply::new(404, &[], Body::Bytes(Vec::new()))
+        }
+    }));
+    let machine = format!("arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:images");
+    let deployment = Deployment::new(REGION)
+        .table("TasksTable", "tasks")
+        .table("StatusTable", "status")
+        .resource("ImagesStateMachine", &machine, &machine);
+    let conf = rt.block_on(iam.config(&iam.role("ConsoleRole", &deployment), REGION));
+    let issuer = format!("https://cognito-idp.{REGION}.amazonaws.com/{pool_id}");
+    let hosted_ui = format!("http://{}", token_endpoint.addr);
+    let jwks = format!("{}/{pool_id}/.well-known/jwks.json", iam.moto.endpoint);
+    let env = hub_core::config::Env::from_map(
+        [
+            ("TASKS_TABLE", "tasks"),
+            ("TABLE_NAME", "status"),
+            ("IMAGES_STATE_MACHINE_ARN", machine.as_str()),
+            ("SCHEDULE_GROUP", "th-tasks"),
+            ("SCHEDULER_ROLE_ARN", "arn:aws:iam::123456789012:role/th-scheduler"),
+            ("CONSOLE_TOKEN_ISSUER", issuer.as_str()),
+            ("CONSOLE_CLIENT_ID_PARAMETER", parameter),
+            ("CONSOLE_HOSTED_UI", hosted_ui.as_str()),
+            ("CONSOLE_JWKS_URL", jwks.as_str()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+    );
+    // The function reads the client id with its own role (ssm:GetParameter, IAM enforced).
+    let host = rt
+        .block_on(hub_core::aws::functions::ConsoleFn::host(env, &conf))
+        .unwrap();
+    let call = |req: lambda_http::Request| {
+        let r = rt
+            .block_on(hub_core::console::lambda::handle(host.clone(), req))
+            .unwrap();
+        let header = |name: &str| -> Vec<String> {
+            r.headers()
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect()
+        };
+        (
+            r.status().as_u16(),
+            header("location").pop(),
+            header("set-cookie"),
+            String::from_utf8_lossy(r.body().as_ref()).into_owned(),
+        )
+    };
+    let no_bearer = ("authorization", "");
+    fn cookie(c: &str) -> (&'static str, &str) {
+        ("cookie", c)
+    }
+
+    // A browser with no session is sent to the login, and the login to the hosted UI.
+    let (status, location, _, _) = call(event("GET", "/tasks", None, None, &[no_bearer]));
+    assert_eq!((status, location.as_deref()), (303, Some("/login")));
+    let (status, _, _, _) = call(event("POST", "/tasks", Some("x=1"), None, &[no_bearer]));
+    assert_eq!(status, 401, "not a page: refused, not redirected");
+    let (status, location, set, _) = call(event("GET", "/login", None, None, &[no_bearer]));
+    assert_eq!(status, 303);
+    let location = location.unwrap();
+    let callback = "https%3A%2F%2Fabc.execute-api.eu-west-1.amazonaws.com%2Fcallback";
+    assert!(
+        location.starts_with(&format!(
+            "{hosted_ui}/oauth2/authorize?response_type=code&client_id={client}&redirect_uri={callback}&scope=openid+email&state="
+        )),
+        "{location}"
+    );
+    let state = location.rsplit("state=").next().unwrap().to_string();
+    assert_eq!(state.len(), 64, "{location}");
+    let state_cookie = set
+        .iter()
+        .find(|c| c.starts_with("th_oauth_state="))
+        .unwrap_or_else(|| panic!("{set:?}"));
+    assert!(
+        state_cookie.starts_with(&format!("th_oauth_state={state};"))
+            && state_cookie.contains("HttpOnly")
+            && state_cookie.contains("Secure"),
+        "{state_cookie}"
+    );
+
+    // A callback whose state is not the one this browser holds is refused before any code
+    // is traded.
+    let state_kv = format!("th_oauth_state={state}");
+    let (status, _, set, _) = call(event(
+        "GET",
+        &format!("/callback?code=c-1&state={}", "0".repeat(64)),
+        None,
+        None,
+        &[no_bearer, ("cookie", state_kv.as_str())],
+    ));
+    assert_eq!(status, 400);
+    assert!(set.iter().all(|c| !c.starts_with("th_id=")), "{set:?}");
+    assert!(token_endpoint.requests().is_empty());
+
+    // The right state: the code goes to the token endpoint, the ID token into the cookie.
+    let (status, _, set, page) = call(event(
+        "GET",
+        &format!("/callback?code=c-1&state={state}"),
+        None,
+        None,
+        &[no_bearer, ("cookie", state_kv.as_str())],
+    ));
+    assert_eq!(status, 200, "{page}");
+    let session = set
+        .iter()
+        .find(|c| c.starts_with("th_id="))
+        .unwrap_or_else(|| panic!("{set:?}"));
+    assert!(
+        session.starts_with(&format!("th_id={id_token};"))
+            && session.contains("HttpOnly")
+            && session.contains("Secure")
+            && session.contains("SameSite=Strict"),
+        "{session}"
+    );
+    assert!(page.contains("url=/"), "{page}");
+    let sent = token_endpoint.bodies();
+    assert_eq!(sent.len(), 1);
+    let form: std::collections::HashMap<String, String> =
+        serde_urlencoded::from_str(&sent[0]).unwrap();
+    assert_eq!(form["grant_type"], "authorization_code");
+    assert_eq!(form["code"], "c-1");
+    assert_eq!(form["client_id"], client);
+    assert_eq!(
+        form["redirect_uri"],
+        "https://abc.execute-api.eu-west-1.amazonaws.com/callback"
+    );
+
+    // With the cookie, the pages answer; so they do with the token as a Bearer header.
+    let id_cookie = format!("th_id={id_token}");
+    let (status, _, _, page) = call(event("GET", "/tasks", None, None, &[no_bearer, cookie(&id_cookie)]));
+    assert_eq!(status, 200, "{page}");
+    let bearer = format!("Bearer {id_token}");
+    let (status, _, _, _) = call(event("GET", "/tasks", None, None, &[("authorization", bearer.as_str())]));
+    assert_eq!(status, 200);
+
+    // A changed claim breaks the signature; another client's ID token and an access token
+    // are signed by the pool but are not the console's: all refused.
+    let mut parts: Vec<String> = id_token.split('.').map(str::to_string).collect();
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    let mut claims: serde_json::Value = serde_json::from_slice(&b64.decode(&parts[1]).unwrap()).unwrap();
+    claims["email"] = "admin@example.com".into();
+    parts[1] = b64.encode(claims.to_string());
+    let forged = parts.join(".");
+    for (what, token) in [
+        ("forged", forged),
+        ("another client's", s("other_id_token")),
+        ("an access token", s("access_token")),
+    ] {
+        let c = format!("th_id={token}");
+        let (status, location, _, _) = call(event("GET", "/tasks", None, None, &[no_bearer, cookie(&c)]));
+        assert_eq!((status, location.as_deref()), (303, Some("/login")), "{what}");
+        let b = format!("Bearer {token}");
+        let (status, _, _, body) = call(event("POST", "/tasks", Some("x=1"), None, &[("authorization", b.as_str())]));
+        assert_eq!(status, 401, "{what}");
+        assert!(!body.contains(&token), "{what}: the token is not echoed");
+    }
+
+    // Log out: the session cookie goes, and the browser to the hosted UI's logout.
+    let (status, location, set, _) = call(event("GET", "/logout", None, None, &[no_bearer, cookie(&id_cookie)]));
+    assert_eq!(status, 303);
+    assert!(
+        location
+            .unwrap()
+            .starts_with(&format!("{hosted_ui}/logout?client_id={client}&logout_uri=https%3A%2F%2Fabc")),
+    );
+    assert!(set.iter().any(|c| c.starts_with("th_id=;") && c.contains("Max-Age=0")), "{set:?}");
 }
