@@ -24,9 +24,10 @@ pub enum ErrorClass {
     /// Precondition Failed). Not retried as is: the object is planned again from what the
     /// source holds now, and never recorded as copied from the old listing.
     SourceChanged,
-    /// The destination tag already holds another image and may not be replaced: left alone
-    /// under `--no-overwrite`, or refused by an ECR repository with immutable tags
-    /// (`ImageTagAlreadyExistsException`). Not retried; the item's status is `conflict`.
+    /// What the run would change is held by another: a destination tag that already holds
+    /// another image and may not be replaced (left alone under `--no-overwrite`, or refused
+    /// by an ECR repository with immutable tags: `ImageTagAlreadyExistsException`; the
+    /// item's status is `conflict`), or a task whose other run is still going. Not retried.
     Conflict,
 }
 

@@ -26,6 +26,8 @@ pub struct ImagesFn {
     blobs: S3Blobs,
     store: DynamoStore,
     dynamodb: aws_sdk_dynamodb::Client,
+    /// Whether the run holding a task's lock is still going.
+    sfn: aws_sdk_sfn::Client,
 }
 
 impl ImagesFn {
@@ -41,8 +43,25 @@ impl ImagesFn {
             },
             store: DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), cfg.table.clone()),
             dynamodb: aws_sdk_dynamodb::Client::new(&aws),
+            sfn: aws_sdk_sfn::Client::new(&aws),
             cfg,
         })
+    }
+
+    /// With explicit clients (tests point them at moto).
+    pub fn with_clients(cfg: ImagesConfig, aws: &aws_config::SdkConfig) -> Self {
+        Self {
+            secrets: aws_sdk_secretsmanager::Client::new(aws),
+            ssm: Ssm(aws_sdk_ssm::Client::new(aws)),
+            blobs: S3Blobs {
+                client: aws_sdk_s3::Client::new(aws),
+                bucket: cfg.bucket.clone(),
+            },
+            store: DynamoStore::new(aws_sdk_dynamodb::Client::new(aws), cfg.table.clone()),
+            dynamodb: aws_sdk_dynamodb::Client::new(aws),
+            sfn: aws_sdk_sfn::Client::new(aws),
+            cfg,
+        }
     }
 
     /// The stack's configuration, or the one task `task` of the tasks table sets
@@ -82,6 +101,22 @@ impl ImagesFn {
     /// `list-images`.
     pub async fn list(&self, req: ListRequest) -> Result<Listed, ItemError> {
         let cfg = self.config_for(req.input.task.as_deref()).await?;
+        // One run of a task at a time: a second one is recorded as refused and stops here.
+        if let (Some(task), Some(table)) = (&req.input.task, &self.cfg.tasks_table) {
+            let lock = crate::aws::run_lock::RunLock {
+                dynamodb: &self.dynamodb,
+                table,
+            };
+            let claim = lock
+                .claim(&self.sfn, task, &req.run_id, req.execution.as_deref())
+                .await?;
+            if let crate::aws::run_lock::Claim::Busy(holder) = claim {
+                let err = holder.refusal(task);
+                tracing::warn!(task = %task, holder = %holder.run_id, "refused: the task has a run going");
+                suite::record_refused_run(&req.run_id, task, &cfg, &err, &self.store).await?;
+                return Err(err);
+            }
+        }
         let registry = self.registries().await?;
         let edges = ListEdges {
             params: &self.ssm,
@@ -163,6 +198,9 @@ impl DispatchFn {
 pub struct RecordFn {
     store: DynamoStore,
     sns: Sns,
+    /// `TASKS_TABLE` (optional): where a task's run gives its lock back.
+    tasks_table: Option<String>,
+    dynamodb: aws_sdk_dynamodb::Client,
 }
 
 impl RecordFn {
@@ -171,19 +209,49 @@ impl RecordFn {
         let mut env = Env::from_process();
         let table = env.required("TABLE_NAME");
         let topic = env.required("TOPIC_ARN");
+        let tasks_table = env.optional("TASKS_TABLE");
         env.finish()?;
         let aws = sdk_config().await;
-        Ok(Self {
-            store: DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), table),
-            sns: Sns {
-                client: aws_sdk_sns::Client::new(&aws),
-                topic_arn: topic,
-            },
-        })
+        Ok(Self::with_clients(table, topic, tasks_table, &aws))
     }
 
+    /// With explicit clients (tests point them at moto).
+    pub fn with_clients(
+        table: String,
+        topic: String,
+        tasks_table: Option<String>,
+        aws: &aws_config::SdkConfig,
+    ) -> Self {
+        Self {
+            store: DynamoStore::new(aws_sdk_dynamodb::Client::new(aws), table),
+            sns: Sns {
+                client: aws_sdk_sns::Client::new(aws),
+                topic_arn: topic,
+            },
+            tasks_table,
+            dynamodb: aws_sdk_dynamodb::Client::new(aws),
+        }
+    }
+
+    /// Records, and once a task's run is closed gives the task's run lock back.
     pub async fn handle(&self, req: RecordRequest) -> Result<serde_json::Value, ItemError> {
-        suite::record_status(req, &self.store, &self.sns).await
+        let release = match (&req, &self.tasks_table) {
+            (RecordRequest::Run { run_id, input }, Some(table)) => input
+                .task
+                .as_ref()
+                .map(|t| (t.clone(), run_id.clone(), table.clone())),
+            _ => None,
+        };
+        let out = suite::record_status(req, &self.store, &self.sns).await?;
+        if let Some((task, run_id, table)) = release {
+            crate::aws::run_lock::RunLock {
+                dynamodb: &self.dynamodb,
+                table: &table,
+            }
+            .release(&task, &run_id)
+            .await?;
+        }
+        Ok(out)
     }
 }
 

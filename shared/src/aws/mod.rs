@@ -13,6 +13,8 @@ pub mod metrics;
 #[cfg(feature = "aws")]
 pub mod notify;
 pub mod offload;
+#[cfg(feature = "aws")]
+pub mod run_lock;
 pub mod sdk;
 pub mod secrets;
 #[cfg(feature = "aws")]

@@ -475,6 +475,33 @@ fn record(run_id: &str, source: String, dest: String, status: Status) -> ItemRec
     }
 }
 
+/// The record of a run refused before it began (its task has another run going): ended at
+/// once, failed, with the reason, marked with its task so the console shows it.
+pub async fn record_refused_run(
+    run_id: &str,
+    task: &str,
+    cfg: &ImagesConfig,
+    why: &ItemError,
+    store: &dyn StatusStore,
+) -> Result<(), ItemError> {
+    let now = Utc::now();
+    store
+        .put_run(&RunRecord {
+            run_id: run_id.to_string(),
+            source: cfg.source.to_string(),
+            dest: cfg.dest.to_string(),
+            started_at: now,
+            ended_at: Some(now),
+            kind: crate::status::RunKind::Images,
+            result: crate::status::RunResult::Failed,
+            error: Some(why.message.clone()),
+            ..Default::default()
+        })
+        .await?;
+    store.note_task(run_id, task).await?;
+    Ok(())
+}
+
 /// `find-diff`: compares source and destination digests and returns only the images that
 /// must move (none on a day without change). Skipped and failed images are recorded here;
 /// missing destination repositories are created before any task starts.
@@ -689,7 +716,7 @@ pub async fn record_status(
             let applied = store.put_item(&r).await?;
             Ok(serde_json::json!({ "status": r.status.as_str(), "applied": applied }))
         }
-        RecordRequest::Run { run_id } => {
+        RecordRequest::Run { run_id, .. } => {
             let Some((mut run, items)) = store.get_run(Some(&run_id)).await? else {
                 return Err(ItemError::new(
                     ErrorClass::NotFound,

@@ -31,6 +31,9 @@ pub struct RunInput {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListRequest {
     pub run_id: String,
+    /// The execution's ARN (`$$.Execution.Id`): it holds its task's run lock by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution: Option<String>,
     #[serde(default)]
     pub input: RunInput,
 }
@@ -160,6 +163,9 @@ pub enum RecordRequest {
     },
     Run {
         run_id: String,
+        /// The execution's input (`$$.Execution.Input`): a task's run gives its lock back.
+        #[serde(default)]
+        input: RunInput,
     },
 }
 
@@ -222,7 +228,13 @@ mod tests {
     #[test]
     fn record_requests_are_tagged() {
         let r: RecordRequest = serde_json::from_str(r#"{"kind": "run", "run_id": "r"}"#).unwrap();
-        assert_eq!(r, RecordRequest::Run { run_id: "r".into() });
+        assert_eq!(
+            r,
+            RecordRequest::Run {
+                run_id: "r".into(),
+                input: RunInput::default()
+            }
+        );
         let i: RecordRequest = serde_json::from_str(
             r#"{"kind": "item", "run_id": "r", "task": {"source": "a/b:1", "dest": "c/b:1", "source_digest": "sha256:x"},
                 "error": {"Error": "AuthDenied", "Cause": "401"}}"#,

@@ -742,6 +742,7 @@ fn canary_aws_images() -> Result<Row> {
     let mut payloads: Vec<serde_json::Value> = Vec::new();
     let req = ListRequest {
         run_id: "canary-run".into(),
+        execution: None,
         input: Default::default(),
     };
     payloads.push(serde_json::to_value(&req)?);
@@ -888,6 +889,7 @@ fn canary_aws_images() -> Result<Row> {
     }
     let rec = RecordRequest::Run {
         run_id: "canary-run".into(),
+        input: Default::default(),
     };
     payloads.push(serde_json::to_value(&rec)?);
     let r = rt

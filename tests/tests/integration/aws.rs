@@ -478,6 +478,7 @@ fn find_diff_with_no_overwrite_records_a_moved_destination_tag_as_a_conflict_and
         .block_on(suite::record_status(
             RecordRequest::Run {
                 run_id: "keep-1".into(),
+                input: Default::default(),
             },
             &aws.store_as(&record_role),
             &sns,
@@ -1497,4 +1498,108 @@ fn the_copy_worker_never_hands_a_login_to_skopeo_for_a_realm_that_may_not_have_i
         "the password reached the http realm: {asked:?}"
     );
     assert!(asked.is_empty(), "nothing asks that realm: {asked:?}");
+}
+
+/// One run of a task at a time: list-images claims the task's lock (IAM enforced, as
+/// ListImagesRole), a second execution of the task is refused and recorded so, a retried step
+/// of the holder goes on, a lock whose execution stopped is taken over, and record-status
+/// (as RecordStatusRole) gives back only a lock its run holds.
+#[test]
+fn a_task_runs_once_at_a_time_a_second_execution_is_refused_and_a_stopped_holders_lock_is_taken_over() {
+    use hub_core::aws::functions::{ImagesFn, RecordFn};
+    use hub_core::retry::ErrorClass;
+    use hub_core::tasks::store::TaskStore;
+    let aws = Aws::start("aws-a_task_runs_once_at_a_time");
+    let (src, dst) = (RegistryServer::start(), RegistryServer::start());
+    OciImage::single(&[1024]).push(&format!("{}/app:1", src.addr), None);
+    let sfn = aws_sdk_sfn::Client::new(&aws.conf);
+    let machine = aws.rt.block_on(async {
+        aws_fixtures::tasks_table(&aws.conf, "tasks").await;
+        hub_core::aws::task_store::DynamoTaskStore::new(
+            aws_sdk_dynamodb::Client::new(&aws.conf),
+            "tasks".to_string(),
+            aws.table.clone(),
+        )
+        .create(&super::console_aws::images_task("web", &src.addr, &format!("{}/m", dst.addr), "app:1"))
+        .await
+        .unwrap();
+        sfn.create_state_machine()
+            .name("transfer-hub-images")
+            .definition(r#"{"StartAt":"P","States":{"P":{"Type":"Pass","End":true}}}"#)
+            .role_arn(format!("arn:aws:iam::{}:role/sfn", hub_tests::iam::ACCOUNT))
+            .send()
+            .await
+            .unwrap()
+            .state_machine_arn()
+            .to_string()
+    });
+    let start = |name: &str| -> String {
+        aws.rt
+            .block_on(sfn.start_execution().state_machine_arn(&machine).name(name).send())
+            .unwrap()
+            .execution_arn()
+            .to_string()
+    };
+    let deployed = aws
+        .deployment(&[
+            ("SourceType", "Registry"),
+            ("SourceRegistry", src.addr.as_str()),
+            ("SelectType", "ALL"),
+        ])
+        .table("TasksTable", "tasks");
+    let cfg = aws.config(
+        &src.addr,
+        &dst.addr,
+        &[("TASKS_TABLE", "tasks"), ("SELECT_TYPE", "ALL")],
+    );
+    let images = ImagesFn::with_clients(cfg, &aws.role_in("ListImagesRole", &deployed));
+    let record = RecordFn::with_clients(
+        aws.table.clone(),
+        "arn:aws:sns:eu-west-1:123456789012:unused".into(),
+        Some("tasks".into()),
+        &aws.role_in("RecordStatusRole", &deployed),
+    );
+    let input = || hub_core::images::workflow::RunInput {
+        task: Some("web".into()),
+        ..Default::default()
+    };
+    let list = |run: &str, execution: &str| {
+        aws.rt.block_on(images.list(ListRequest {
+            run_id: run.into(),
+            execution: Some(execution.into()),
+            input: input(),
+        }))
+    };
+    let close = |run: &str| {
+        aws.rt
+            .block_on(record.handle(RecordRequest::Run {
+                run_id: run.into(),
+                input: input(),
+            }))
+            .unwrap()
+    };
+
+    let first = start("run-1");
+    assert_eq!(list("run-1", &first).unwrap().images.count, 1);
+    let refused = list("run-2", &start("run-2")).unwrap_err();
+    assert_eq!(refused.class, ErrorClass::Conflict, "{refused}");
+    assert!(refused.message.contains("run run-1"), "names the run going: {refused}");
+    let (run, items) = aws.rt.block_on(aws.store().get_run(Some("run-2"))).unwrap().unwrap();
+    assert_eq!(run.result, hub_core::status::RunResult::Failed, "{run:?}");
+    assert!(run.ended_at.is_some() && run.error.as_deref().is_some_and(|e| e.contains("run-1")), "{run:?}");
+    assert!(items.is_empty(), "the refused run touched nothing: {items:?}");
+    assert!(list("run-1", &first).is_ok(), "a retried step of the holder goes on");
+
+    // The holder's execution is stopped without closing its run: its lock is taken over.
+    aws.rt
+        .block_on(sfn.stop_execution().execution_arn(&first).send())
+        .unwrap();
+    let third = start("run-3");
+    assert!(list("run-3", &third).is_ok());
+    // The stopped run's late close gives back nothing it no longer holds.
+    close("run-1");
+    let e = list("run-4", &start("run-4")).unwrap_err();
+    assert!(e.message.contains("run run-3"), "{e}");
+    close("run-3");
+    assert!(list("run-5", &start("run-5")).is_ok(), "given back at the close");
 }
