@@ -493,7 +493,11 @@ pub fn summary(run: &RunRecord, items: &[ItemRecord], state: Option<&Path>) {
             "conflicts: {} destination tag(s) hold another image and were left alone (CONFLICT above; --no-overwrite or immutable ECR tags)",
             run.conflicts
         );
-        for i in items.iter().filter(|i| i.status == Status::Conflict).take(10) {
+        for i in items
+            .iter()
+            .filter(|i| i.status == Status::Conflict)
+            .take(10)
+        {
             if let Some(e) = &i.error {
                 crate::outln!("  {}", e.message);
             }

@@ -141,7 +141,6 @@ pub fn transfer_hub_in_a_pty(args: &[&str], env: &[(&str, &str)], home: &Path) -
     )
 }
 
-
 /// A real docker-registry on 127.0.0.1.
 pub struct RegistryServer {
     pub addr: String,
@@ -1663,7 +1662,10 @@ impl Drop for FakeRegistry {
 fn answer_one(
     mut client: TcpStream,
     handler: &Handler,
-    (requests, bodies): (&std::sync::Mutex<Vec<String>>, &std::sync::Mutex<Vec<String>>),
+    (requests, bodies): (
+        &std::sync::Mutex<Vec<String>>,
+        &std::sync::Mutex<Vec<String>>,
+    ),
     stop: &AtomicBool,
 ) -> std::io::Result<()> {
     client.set_nonblocking(false)?;

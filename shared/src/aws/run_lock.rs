@@ -114,7 +114,13 @@ impl RunLock<'_> {
     ) -> Result<Claim, ItemError> {
         // Free, or already this run's (a retried step).
         if self
-            .put(task, run_id, execution, "attribute_not_exists(sk) OR #run = :run", run_id)
+            .put(
+                task,
+                run_id,
+                execution,
+                "attribute_not_exists(sk) OR #run = :run",
+                run_id,
+            )
             .await?
         {
             return Ok(Claim::Claimed);
@@ -123,7 +129,13 @@ impl RunLock<'_> {
             let Some(h) = self.current(task).await? else {
                 // Given back meanwhile.
                 if self
-                    .put(task, run_id, execution, "attribute_not_exists(sk) OR #run = :run", run_id)
+                    .put(
+                        task,
+                        run_id,
+                        execution,
+                        "attribute_not_exists(sk) OR #run = :run",
+                        run_id,
+                    )
                     .await?
                 {
                     return Ok(Claim::Claimed);

@@ -291,7 +291,11 @@ impl Cognito {
 
     /// Trades a login's code for its ID token at the pool's token endpoint; returns the
     /// token (checked) and how long it lasts, in seconds.
-    pub async fn exchange(&self, code: &str, redirect_uri: &str) -> Result<(String, u64), TokenError> {
+    pub async fn exchange(
+        &self,
+        code: &str,
+        redirect_uri: &str,
+    ) -> Result<(String, u64), TokenError> {
         let base = self
             .hosted_ui
             .as_ref()
@@ -349,7 +353,12 @@ mod tests {
             Ok("ops@example.com".into())
         );
         assert_eq!(
-            check_claims(&claims(serde_json::json!({"email": ""})), ISS, "client-1", 1_000),
+            check_claims(
+                &claims(serde_json::json!({"email": ""})),
+                ISS,
+                "client-1",
+                1_000
+            ),
             Ok("u-1".into()),
             "sub when there is no email"
         );
@@ -363,7 +372,10 @@ mod tests {
             check_claims(&claims(over), ISS, "client-1", now).unwrap_err()
         };
         assert!(matches!(
-            refuse(serde_json::json!({"iss": "https://cognito-idp.eu-west-1.amazonaws.com/other"}), 0),
+            refuse(
+                serde_json::json!({"iss": "https://cognito-idp.eu-west-1.amazonaws.com/other"}),
+                0
+            ),
             TokenError::Issuer { .. }
         ));
         assert!(matches!(
@@ -375,7 +387,10 @@ mod tests {
             TokenError::Use("access".into()),
             "an access token has no audience: only ID tokens are taken"
         );
-        assert_eq!(refuse(serde_json::json!({}), 2_100), TokenError::Expired(2_000));
+        assert_eq!(
+            refuse(serde_json::json!({}), 2_100),
+            TokenError::Expired(2_000)
+        );
         assert!(matches!(
             refuse(serde_json::json!({"exp": "soon"}), 0),
             TokenError::Malformed(_)
@@ -384,7 +399,14 @@ mod tests {
 
     #[test]
     fn what_is_not_a_jwt_says_so_without_the_token() {
-        for bad in ["", "a.b", "a.b.c.d", "!!.e30.x", "e30.!!.x", "bm90IGpzb24.e30.eA"] {
+        for bad in [
+            "",
+            "a.b",
+            "a.b.c.d",
+            "!!.e30.x",
+            "e30.!!.x",
+            "bm90IGpzb24.e30.eA",
+        ] {
             let e = split(bad).err().unwrap_or_else(|| panic!("{bad:?} split"));
             assert!(matches!(e, TokenError::Malformed(_)), "{bad:?}: {e}");
         }
@@ -416,11 +438,18 @@ mod tests {
             None,
         );
         let u = c
-            .login_url("https://abc.execute-api.eu-west-1.amazonaws.com/callback", "s&1")
+            .login_url(
+                "https://abc.execute-api.eu-west-1.amazonaws.com/callback",
+                "s&1",
+            )
             .unwrap();
         assert!(u.starts_with("https://th.auth.eu-west-1.amazoncognito.com/oauth2/authorize?response_type=code&client_id=client-1&redirect_uri=https%3A%2F%2Fabc.execute-api"), "{u}");
         assert!(u.ends_with("&scope=openid+email&state=s%261"), "{u}");
         assert_eq!(c.jwks_url, format!("{ISS}/.well-known/jwks.json"));
-        assert!(Cognito::new(ISS.into(), "c".into(), None, None).login_url("x", "y").is_none());
+        assert!(
+            Cognito::new(ISS.into(), "c".into(), None, None)
+                .login_url("x", "y")
+                .is_none()
+        );
     }
 }

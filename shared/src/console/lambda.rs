@@ -70,8 +70,7 @@ fn domain(req: &Request) -> Option<String> {
     })?;
     let ok = !d.is_empty()
         && d.len() <= 253
-        && d
-            .bytes()
+        && d.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'));
     ok.then_some(d)
 }
@@ -139,7 +138,9 @@ fn refused(login: Option<&Cognito>, method: &axum::http::Method, why: &str) -> R
     }
     text(
         StatusCode::UNAUTHORIZED,
-        format!("401: log in first ({why}); send an ID token of the console's user pool as `Authorization: Bearer …`, or open /login in a browser"),
+        format!(
+            "401: log in first ({why}); send an ID token of the console's user pool as `Authorization: Bearer …`, or open /login in a browser"
+        ),
     )
 }
 
@@ -156,7 +157,9 @@ fn start_login(login: &Cognito, domain: &str) -> Response<Body> {
     // Lax: the hosted UI's redirect back is a cross-site navigation, which must carry it.
     add_cookie(
         &mut r,
-        format!("{STATE_COOKIE}={state}; Path=/callback; HttpOnly; Secure; SameSite=Lax; Max-Age=600"),
+        format!(
+            "{STATE_COOKIE}={state}; Path=/callback; HttpOnly; Secure; SameSite=Lax; Max-Age=600"
+        ),
     );
     r
 }
@@ -197,11 +200,15 @@ async fn finish_login(
             );
             add_cookie(
                 &mut r,
-                format!("{ID_COOKIE}={token}; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age={lasts}"),
+                format!(
+                    "{ID_COOKIE}={token}; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age={lasts}"
+                ),
             );
             add_cookie(
                 &mut r,
-                format!("{STATE_COOKIE}=; Path=/callback; HttpOnly; Secure; SameSite=Lax; Max-Age=0"),
+                format!(
+                    "{STATE_COOKIE}=; Path=/callback; HttpOnly; Secure; SameSite=Lax; Max-Age=0"
+                ),
             );
             r
         }
@@ -256,8 +263,7 @@ pub async fn handle(host: Host, req: Request) -> Result<Response<Body>, lambda_h
             (user, token)
         }
         (None, Some(l)) => {
-            let Some(token) =
-                bearer(&parts.headers).or_else(|| cookie(&parts.headers, ID_COOKIE))
+            let Some(token) = bearer(&parts.headers).or_else(|| cookie(&parts.headers, ID_COOKIE))
             else {
                 return Ok(refused(login, &parts.method, "no token"));
             };
@@ -270,7 +276,11 @@ pub async fn handle(host: Host, req: Request) -> Result<Response<Body>, lambda_h
     };
     let seed = hex::encode(sha2::Sha256::digest(&token));
     let Ok(user_value) = HeaderValue::from_str(&user) else {
-        return Ok(refused(login, &parts.method, "a user name that is not a header value"));
+        return Ok(refused(
+            login,
+            &parts.method,
+            "a user name that is not a header value",
+        ));
     };
     parts.headers.insert(USER_HEADER, user_value);
     parts.headers.insert(
@@ -301,13 +311,19 @@ mod tests {
     #[test]
     fn cookies_and_bearer_tokens_are_read_from_their_headers_only() {
         let mut h = HeaderMap::new();
-        h.append(header::COOKIE, HeaderValue::from_static("a=1; th_id=tok; b=2"));
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; th_id=tok; b=2"),
+        );
         h.append(header::COOKIE, HeaderValue::from_static("th_oauth_state=s"));
         assert_eq!(cookie(&h, ID_COOKIE).as_deref(), Some("tok"));
         assert_eq!(cookie(&h, STATE_COOKIE).as_deref(), Some("s"));
         assert_eq!(cookie(&h, "th"), None);
         assert_eq!(bearer(&h), None);
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer  x.y.z "));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer  x.y.z "),
+        );
         assert_eq!(bearer(&h).as_deref(), Some("x.y.z"));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
         assert_eq!(bearer(&h), None);

@@ -297,7 +297,10 @@ fn finish(mut run: RunRecord, mut items: Vec<ItemRecord>) -> SyncReport {
     run.copied = items.iter().filter(|i| i.status == Status::Copied).count() as u64;
     run.skipped = items.iter().filter(|i| i.status == Status::Skipped).count() as u64;
     run.failed = items.iter().filter(|i| i.status == Status::Failed).count() as u64;
-    run.conflicts = items.iter().filter(|i| i.status == Status::Conflict).count() as u64;
+    run.conflicts = items
+        .iter()
+        .filter(|i| i.status == Status::Conflict)
+        .count() as u64;
     run.bytes = items.iter().map(|i| i.bytes).sum();
     run.ended_at = Some(Utc::now());
     run.result = if run.failed > 0 {

@@ -4,8 +4,8 @@
 
 use super::diff::Entry;
 use super::multipart::Part;
-use crate::tasks::TaskScope;
 use crate::retry::{ErrorClass, ItemError};
+use crate::tasks::TaskScope;
 use serde::{Deserialize, Serialize};
 
 /// One unit of work on the job queue.

@@ -16,8 +16,8 @@ pub mod schedule;
 pub mod store;
 
 use crate::images::registry::Location;
-use crate::retry::{ErrorClass, ItemError};
 use crate::images::selection::{LineError, parse_list};
+use crate::retry::{ErrorClass, ItemError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -557,7 +557,12 @@ impl Task {
                 put("no_overwrite", o.no_overwrite.to_string());
                 put(
                     "ecr_tag_mutability",
-                    if o.ecr_immutable_tags { "IMMUTABLE" } else { "MUTABLE" }.into(),
+                    if o.ecr_immutable_tags {
+                        "IMMUTABLE"
+                    } else {
+                        "MUTABLE"
+                    }
+                    .into(),
                 );
                 put("include_tags", o.include_tags.join(" "));
                 put("exclude_tags", o.exclude_tags.join(" "));

@@ -471,7 +471,11 @@ fn find_diff_with_no_overwrite_records_a_moved_destination_tag_as_a_conflict_and
     .unwrap();
     let stored = aws
         .rt
-        .block_on(suite::record_status(refused, &aws.store_as(&record_role), &sns))
+        .block_on(suite::record_status(
+            refused,
+            &aws.store_as(&record_role),
+            &sns,
+        ))
         .unwrap();
     assert_eq!(stored["status"], "conflict", "{stored}");
     aws.rt
@@ -490,7 +494,10 @@ fn find_diff_with_no_overwrite_records_a_moved_destination_tag_as_a_conflict_and
         .unwrap()
         .unwrap();
     assert_eq!((run.conflicts, run.failed), (2, 0), "{run:?}");
-    assert_eq!(dst.digest("app", "1").as_deref(), Some(theirs.digest.as_str()));
+    assert_eq!(
+        dst.digest("app", "1").as_deref(),
+        Some(theirs.digest.as_str())
+    );
 }
 
 #[test]
@@ -1505,7 +1512,8 @@ fn the_copy_worker_never_hands_a_login_to_skopeo_for_a_realm_that_may_not_have_i
 /// of the holder goes on, a lock whose execution stopped is taken over, and record-status
 /// (as RecordStatusRole) gives back only a lock its run holds.
 #[test]
-fn a_task_runs_once_at_a_time_a_second_execution_is_refused_and_a_stopped_holders_lock_is_taken_over() {
+fn a_task_runs_once_at_a_time_a_second_execution_is_refused_and_a_stopped_holders_lock_is_taken_over()
+ {
     use hub_core::aws::functions::{ImagesFn, RecordFn};
     use hub_core::retry::ErrorClass;
     use hub_core::tasks::store::TaskStore;
@@ -1520,7 +1528,12 @@ fn a_task_runs_once_at_a_time_a_second_execution_is_refused_and_a_stopped_holder
             "tasks".to_string(),
             aws.table.clone(),
         )
-        .create(&super::console_aws::images_task("web", &src.addr, &format!("{}/m", dst.addr), "app:1"))
+        .create(&super::console_aws::images_task(
+            "web",
+            &src.addr,
+            &format!("{}/m", dst.addr),
+            "app:1",
+        ))
         .await
         .unwrap();
         sfn.create_state_machine()
@@ -1535,7 +1548,12 @@ fn a_task_runs_once_at_a_time_a_second_execution_is_refused_and_a_stopped_holder
     });
     let start = |name: &str| -> String {
         aws.rt
-            .block_on(sfn.start_execution().state_machine_arn(&machine).name(name).send())
+            .block_on(
+                sfn.start_execution()
+                    .state_machine_arn(&machine)
+                    .name(name)
+                    .send(),
+            )
             .unwrap()
             .execution_arn()
             .to_string()
@@ -1583,12 +1601,28 @@ fn a_task_runs_once_at_a_time_a_second_execution_is_refused_and_a_stopped_holder
     assert_eq!(list("run-1", &first).unwrap().images.count, 1);
     let refused = list("run-2", &start("run-2")).unwrap_err();
     assert_eq!(refused.class, ErrorClass::Conflict, "{refused}");
-    assert!(refused.message.contains("run run-1"), "names the run going: {refused}");
-    let (run, items) = aws.rt.block_on(aws.store().get_run(Some("run-2"))).unwrap().unwrap();
+    assert!(
+        refused.message.contains("run run-1"),
+        "names the run going: {refused}"
+    );
+    let (run, items) = aws
+        .rt
+        .block_on(aws.store().get_run(Some("run-2")))
+        .unwrap()
+        .unwrap();
     assert_eq!(run.result, hub_core::status::RunResult::Failed, "{run:?}");
-    assert!(run.ended_at.is_some() && run.error.as_deref().is_some_and(|e| e.contains("run-1")), "{run:?}");
-    assert!(items.is_empty(), "the refused run touched nothing: {items:?}");
-    assert!(list("run-1", &first).is_ok(), "a retried step of the holder goes on");
+    assert!(
+        run.ended_at.is_some() && run.error.as_deref().is_some_and(|e| e.contains("run-1")),
+        "{run:?}"
+    );
+    assert!(
+        items.is_empty(),
+        "the refused run touched nothing: {items:?}"
+    );
+    assert!(
+        list("run-1", &first).is_ok(),
+        "a retried step of the holder goes on"
+    );
 
     // The holder's execution is stopped without closing its run: its lock is taken over.
     aws.rt
@@ -1601,5 +1635,8 @@ fn a_task_runs_once_at_a_time_a_second_execution_is_refused_and_a_stopped_holder
     let e = list("run-4", &start("run-4")).unwrap_err();
     assert!(e.message.contains("run run-3"), "{e}");
     close("run-3");
-    assert!(list("run-5", &start("run-5")).is_ok(), "given back at the close");
+    assert!(
+        list("run-5", &start("run-5")).is_ok(),
+        "given back at the close"
+    );
 }

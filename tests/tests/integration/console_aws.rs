@@ -325,7 +325,10 @@ fn the_console_lambda_makes_a_tasks_schedule_starts_its_run_removes_the_schedule
     let claims = || Some(serde_json::json!({"sub": "u-1", "email": "ops@example.com"}));
     let call = |req: lambda_http::Request| {
         let r = rt
-            .block_on(hub_core::console::lambda::handle(router.clone().into(), req))
+            .block_on(hub_core::console::lambda::handle(
+                router.clone().into(),
+                req,
+            ))
             .unwrap();
         let status = r.status().as_u16();
         let location = r
@@ -549,7 +552,10 @@ fn the_console_lambda_runs_an_objects_task_on_the_objects_state_machine() {
     let claims = || Some(serde_json::json!({"sub": "u-1", "email": "ops@example.com"}));
     let call = |req: lambda_http::Request| {
         let r = rt
-            .block_on(hub_core::console::lambda::handle(router.clone().into(), req))
+            .block_on(hub_core::console::lambda::handle(
+                router.clone().into(),
+                req,
+            ))
             .unwrap();
         let status = r.status().as_u16();
         let location = r
@@ -704,7 +710,10 @@ fn the_console_lambda_logs_a_browser_in_through_the_hosted_ui_and_takes_only_val
             ("TABLE_NAME", "status"),
             ("IMAGES_STATE_MACHINE_ARN", machine.as_str()),
             ("SCHEDULE_GROUP", "th-tasks"),
-            ("SCHEDULER_ROLE_ARN", "arn:aws:iam::123456789012:role/th-scheduler"),
+            (
+                "SCHEDULER_ROLE_ARN",
+                "arn:aws:iam::123456789012:role/th-scheduler",
+            ),
             ("CONSOLE_TOKEN_ISSUER", issuer.as_str()),
             ("CONSOLE_CLIENT_ID_PARAMETER", parameter),
             ("CONSOLE_HOSTED_UI", hosted_ui.as_str()),
@@ -818,10 +827,22 @@ fn the_console_lambda_logs_a_browser_in_through_the_hosted_ui_and_takes_only_val
 
     // With the cookie, the pages answer; so they do with the token as a Bearer header.
     let id_cookie = format!("th_id={id_token}");
-    let (status, _, _, page) = call(event("GET", "/tasks", None, None, &[no_bearer, cookie(&id_cookie)]));
+    let (status, _, _, page) = call(event(
+        "GET",
+        "/tasks",
+        None,
+        None,
+        &[no_bearer, cookie(&id_cookie)],
+    ));
     assert_eq!(status, 200, "{page}");
     let bearer = format!("Bearer {id_token}");
-    let (status, _, _, _) = call(event("GET", "/tasks", None, None, &[("authorization", bearer.as_str())]));
+    let (status, _, _, _) = call(event(
+        "GET",
+        "/tasks",
+        None,
+        None,
+        &[("authorization", bearer.as_str())],
+    ));
     assert_eq!(status, 200);
 
     // A changed claim breaks the signature; another client's ID token and an access token
@@ -829,7 +850,8 @@ fn the_console_lambda_logs_a_browser_in_through_the_hosted_ui_and_takes_only_val
     let mut parts: Vec<String> = id_token.split('.').map(str::to_string).collect();
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine as _;
-    let mut claims: serde_json::Value = serde_json::from_slice(&b64.decode(&parts[1]).unwrap()).unwrap();
+    let mut claims: serde_json::Value =
+        serde_json::from_slice(&b64.decode(&parts[1]).unwrap()).unwrap();
     claims["email"] = "admin@example.com".into();
     parts[1] = b64.encode(claims.to_string());
     let forged = parts.join(".");
@@ -839,21 +861,40 @@ fn the_console_lambda_logs_a_browser_in_through_the_hosted_ui_and_takes_only_val
         ("an access token", s("access_token")),
     ] {
         let c = format!("th_id={token}");
-        let (status, location, _, _) = call(event("GET", "/tasks", None, None, &[no_bearer, cookie(&c)]));
-        assert_eq!((status, location.as_deref()), (303, Some("/login")), "{what}");
+        let (status, location, _, _) =
+            call(event("GET", "/tasks", None, None, &[no_bearer, cookie(&c)]));
+        assert_eq!(
+            (status, location.as_deref()),
+            (303, Some("/login")),
+            "{what}"
+        );
         let b = format!("Bearer {token}");
-        let (status, _, _, body) = call(event("POST", "/tasks", Some("x=1"), None, &[("authorization", b.as_str())]));
+        let (status, _, _, body) = call(event(
+            "POST",
+            "/tasks",
+            Some("x=1"),
+            None,
+            &[("authorization", b.as_str())],
+        ));
         assert_eq!(status, 401, "{what}");
         assert!(!body.contains(&token), "{what}: the token is not echoed");
     }
 
     // Log out: the session cookie goes, and the browser to the hosted UI's logout.
-    let (status, location, set, _) = call(event("GET", "/logout", None, None, &[no_bearer, cookie(&id_cookie)]));
+    let (status, location, set, _) = call(event(
+        "GET",
+        "/logout",
+        None,
+        None,
+        &[no_bearer, cookie(&id_cookie)],
+    ));
     assert_eq!(status, 303);
+    assert!(location.unwrap().starts_with(&format!(
+        "{hosted_ui}/logout?client_id={client}&logout_uri=https%3A%2F%2Fabc"
+    )),);
     assert!(
-        location
-            .unwrap()
-            .starts_with(&format!("{hosted_ui}/logout?client_id={client}&logout_uri=https%3A%2F%2Fabc")),
+        set.iter()
+            .any(|c| c.starts_with("th_id=;") && c.contains("Max-Age=0")),
+        "{set:?}"
     );
-    assert!(set.iter().any(|c| c.starts_with("th_id=;") && c.contains("Max-Age=0")), "{set:?}");
 }

@@ -170,31 +170,70 @@ fn no_overwrite_leaves_a_tag_that_holds_another_image_alone_as_a_conflict_naming
     let mut protected = args.to_vec();
     protected.push("--no-overwrite");
     let r = sync(dir.path(), &protected);
-    assert_eq!(r.code, 0, "a conflict is reported, not a failure: {}", r.stderr);
+    assert_eq!(
+        r.code, 0,
+        "a conflict is reported, not a failure: {}",
+        r.stderr
+    );
     let j = r.json();
-    assert_eq!((j["copied"].as_u64(), j["conflicts"].as_u64(), j["failed"].as_u64()), (Some(1), Some(1), Some(0)), "{j:#}");
+    assert_eq!(
+        (
+            j["copied"].as_u64(),
+            j["conflicts"].as_u64(),
+            j["failed"].as_u64()
+        ),
+        (Some(1), Some(1), Some(0)),
+        "{j:#}"
+    );
     let conflict = super::images::item(&j, "app:1");
     assert_eq!(conflict["status"], "conflict", "{conflict:#}");
     assert_eq!(conflict["error"]["class"], "Conflict", "{conflict:#}");
     let why = conflict["error"]["message"].as_str().unwrap();
-    assert!(why.contains(&wanted.digest) && why.contains(&theirs.digest), "names both digests: {why}");
-    assert_eq!(dst.digest("m/app", "1").as_deref(), Some(theirs.digest.as_str()), "left alone");
-    assert_eq!(dst.digest("m/app", "2").as_deref(), Some(wanted.digest.as_str()), "the others go on");
+    assert!(
+        why.contains(&wanted.digest) && why.contains(&theirs.digest),
+        "names both digests: {why}"
+    );
+    assert_eq!(
+        dst.digest("m/app", "1").as_deref(),
+        Some(theirs.digest.as_str()),
+        "left alone"
+    );
+    assert_eq!(
+        dst.digest("m/app", "2").as_deref(),
+        Some(wanted.digest.as_str()),
+        "the others go on"
+    );
 
     // The text a user reads says so, and the state file keeps it.
     let state = dir.path().join("text.db");
     let text = transfer_hub(
-        &[&["images", "sync"], &protected[..], &["--state", state.to_str().unwrap()]].concat(),
+        &[
+            &["images", "sync"],
+            &protected[..],
+            &["--state", state.to_str().unwrap()],
+        ]
+        .concat(),
         &[],
     );
     assert_eq!(text.code, 0, "{}", text.stderr);
-    assert!(text.stdout.contains("CONFLICT") && text.stdout.contains("conflicts: 1"), "{}", text.stdout);
+    assert!(
+        text.stdout.contains("CONFLICT") && text.stdout.contains("conflicts: 1"),
+        "{}",
+        text.stdout
+    );
     let status = hub_tests::status_json(state.to_str().unwrap()).json();
-    assert_eq!(super::images::item(&status, "app:1")["status"], "conflict", "{status:#}");
+    assert_eq!(
+        super::images::item(&status, "app:1")["status"],
+        "conflict",
+        "{status:#}"
+    );
 
     // Without the flag the tag is replaced, as before.
     let r = sync(dir.path(), &args);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.json()["copied"], 1, "{}", r.stdout);
-    assert_eq!(dst.digest("m/app", "1").as_deref(), Some(wanted.digest.as_str()));
+    assert_eq!(
+        dst.digest("m/app", "1").as_deref(),
+        Some(wanted.digest.as_str())
+    );
 }

@@ -363,4 +363,3 @@ impl DynamoLedger {
             .collect())
     }
 }
-
