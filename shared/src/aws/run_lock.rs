@@ -89,6 +89,17 @@ impl RunLock<'_> {
             .map_err(|e| ItemError::new(ErrorClass::Retryable, e.to_string()))
     }
 
+    /// The lock for `run_id` when it is free or already this run's.
+    async fn put_if_free(
+        &self,
+        task: &str,
+        run_id: &str,
+        execution: Option<&str>,
+    ) -> Result<bool, ItemError> {
+        let free = "attribute_not_exists(sk) OR #run = :run";
+        self.put(task, run_id, execution, free, run_id).await
+    }
+
     async fn current(&self, task: &str) -> Result<Option<Holder>, ItemError> {
         let out = self
             .dynamodb
@@ -113,31 +124,13 @@ impl RunLock<'_> {
         execution: Option<&str>,
     ) -> Result<Claim, ItemError> {
         // Free, or already this run's (a retried step).
-        if self
-            .put(
-                task,
-                run_id,
-                execution,
-                "attribute_not_exists(sk) OR #run = :run",
-                run_id,
-            )
-            .await?
-        {
+        if self.put_if_free(task, run_id, execution).await? {
             return Ok(Claim::Claimed);
         }
         for _ in 0..3 {
             let Some(h) = self.current(task).await? else {
                 // Given back meanwhile.
-                if self
-                    .put(
-                        task,
-                        run_id,
-                        execution,
-                        "attribute_not_exists(sk) OR #run = :run",
-                        run_id,
-                    )
-                    .await?
-                {
+                if self.put_if_free(task, run_id, execution).await? {
                     return Ok(Claim::Claimed);
                 }
                 continue;
