@@ -104,6 +104,52 @@ impl Aws {
     }
 }
 
+impl Aws {
+    /// list-images, then find-diff on what it listed, for run `run`: each as its role
+    /// (`list`, `diff`: the role's SDK configuration and the registry it reads through).
+    fn list_and_diff(
+        &self,
+        run: &str,
+        cfg: &ImagesConfig,
+        list: (
+            &aws_config::SdkConfig,
+            &dyn hub_core::images::registry::Registry,
+        ),
+        diff: (
+            &aws_config::SdkConfig,
+            &dyn hub_core::images::registry::Registry,
+        ),
+        prepare: Option<&dyn hub_core::images::sync::Prepare>,
+    ) -> hub_core::images::workflow::Diff {
+        let ssm = Ssm(aws_sdk_ssm::Client::new(list.0));
+        let listed = self
+            .rt
+            .block_on(suite::list_images(
+                list_request(run),
+                cfg,
+                &ListEdges {
+                    params: &ssm,
+                    registry: list.1,
+                    blobs: &self.blobs_as(list.0),
+                    store: &self.store_as(list.0),
+                },
+            ))
+            .unwrap();
+        self.rt
+            .block_on(suite::find_diff(
+                listed,
+                cfg,
+                &DiffEdges {
+                    registry: diff.1,
+                    blobs: &self.blobs_as(diff.0),
+                    store: &self.store_as(diff.0),
+                    prepare,
+                },
+            ))
+            .unwrap()
+    }
+}
+
 fn http_only() -> Registries {
     Registries {
         ecr: HashMap::new(),
@@ -332,33 +378,13 @@ fn find_diff_creates_missing_ecr_repositories_before_any_copy() {
         settings: cfg.repo_settings.clone(),
     };
     let ecr_client = aws_sdk_ecr::Client::new(&aws.conf);
-    let ssm = Ssm(aws_sdk_ssm::Client::new(&list_role));
-    let listed = aws
-        .rt
-        .block_on(suite::list_images(
-            list_request("ecr-1"),
-            &cfg,
-            &ListEdges {
-                params: &ssm,
-                registry: &registries(&list_role),
-                blobs: &aws.blobs_as(&list_role),
-                store: &aws.store_as(&list_role),
-            },
-        ))
-        .unwrap();
-    let d = aws
-        .rt
-        .block_on(suite::find_diff(
-            listed,
-            &cfg,
-            &DiffEdges {
-                registry: &registries(&diff_role),
-                blobs: &aws.blobs_as(&diff_role),
-                store: &aws.store_as(&diff_role),
-                prepare: Some(&prepare),
-            },
-        ))
-        .unwrap();
+    let d = aws.list_and_diff(
+        "ecr-1",
+        &cfg,
+        (&list_role, &registries(&list_role)),
+        (&diff_role, &registries(&diff_role)),
+        Some(&prepare),
+    );
     assert_eq!(d.copies.count, 1, "missing in ECR → copy");
     let repos = aws
         .rt
@@ -406,33 +432,7 @@ fn find_diff_with_no_overwrite_records_a_moved_destination_tag_as_a_conflict_and
         aws.role("RecordStatusRole", &deployed),
     );
     let reg = http_only();
-    let ssm = Ssm(aws_sdk_ssm::Client::new(&list_role));
-    let listed = aws
-        .rt
-        .block_on(suite::list_images(
-            list_request("keep-1"),
-            &cfg,
-            &ListEdges {
-                params: &ssm,
-                registry: &reg,
-                blobs: &aws.blobs_as(&list_role),
-                store: &aws.store_as(&list_role),
-            },
-        ))
-        .unwrap();
-    let d = aws
-        .rt
-        .block_on(suite::find_diff(
-            listed,
-            &cfg,
-            &DiffEdges {
-                registry: &reg,
-                blobs: &aws.blobs_as(&diff_role),
-                store: &aws.store_as(&diff_role),
-                prepare: None,
-            },
-        ))
-        .unwrap();
+    let d = aws.list_and_diff("keep-1", &cfg, (&list_role, &reg), (&diff_role, &reg), None);
     let copies = d.copies.items.clone().unwrap();
     assert_eq!(
         copies.iter().map(|c| c.source.as_str()).collect::<Vec<_>>(),
