@@ -212,6 +212,21 @@ pub(crate) struct ObjectsArgs {
     /// Prefixes of --prefix-list listed and diffed at once.
     #[arg(long, default_value = "8", help_heading = "What to copy")]
     list_concurrency: NonZeroUsize,
+    /// Delete destination objects missing at the source (within the prefix; objects the
+    /// filters leave out are kept). Deletes run only after every copy of the run
+    /// succeeded; a failed or interrupted run deletes nothing.
+    #[arg(long, help_heading = "Deletes")]
+    delete: bool,
+    /// Refuse the whole delete step (delete nothing, exit 1) when it would remove more
+    /// than N objects, or more than P% of the destination's objects in scope.
+    #[arg(long, value_name = "N|P%", value_parser = max_delete_arg, requires = "delete", help_heading = "Deletes")]
+    max_delete: Option<String>,
+    /// Move deleted and overwritten destination objects to this key prefix of the
+    /// destination bucket (server-side copy, then delete), e.g. .trash/; keys keep their
+    /// path below the destination prefix. It may lie inside the destination prefix (it is
+    /// then left out of the sync), but must not contain it.
+    #[arg(long, value_name = "PREFIX", help_heading = "Deletes")]
+    backup_prefix: Option<String>,
     /// The include/exclude rules in command-line order (`+ GLOB`, `- GLOB`).
     #[arg(skip)]
     rules: Vec<String>,
@@ -671,7 +686,15 @@ fn objects_options(a: &ObjectsArgs) -> ObjectsOptions {
         min_age_secs: a.min_age,
         prefix_list: a.prefix_list.clone(),
         list_concurrency: a.list_concurrency.get(),
+        delete: a.delete,
+        max_delete: a.max_delete.clone(),
+        backup_prefix: a.backup_prefix.clone(),
     }
+}
+
+/// `--max-delete`: checked at parse time, kept as written (the task stores it so).
+fn max_delete_arg(s: &str) -> Result<String, String> {
+    hub_core::objects::deletes::MaxDelete::parse(s).map(|_| s.trim().to_string())
 }
 
 async fn objects_sync(a: ObjectsArgs) -> Result<ExitCode> {

@@ -327,6 +327,8 @@ fn item_line(i: &ItemRecord, dry_run: bool, long: bool) -> String {
         (Status::Copied, _) => "copied",
         (Status::Failed, _) => "FAILED",
         (Status::Conflict, _) => "CONFLICT",
+        (Status::Deleted, true) => "would delete",
+        (Status::Deleted, false) => "deleted",
     };
     let digest = i
         .dest_digest
@@ -486,6 +488,21 @@ pub fn summary(run: &RunRecord, items: &[ItemRecord], state: Option<&Path>) {
         crate::outln!(
             "filtered: {} object(s) left out by the filters (neither copied nor deleted)",
             run.filtered
+        );
+    }
+    if run.deleted > 0 {
+        let moved = items
+            .iter()
+            .any(|i| i.status == Status::Deleted && !i.dest.is_empty());
+        crate::outln!(
+            "deleted: {} object(s) missing at the source {}",
+            run.deleted,
+            match (run.dry_run, moved) {
+                (true, true) => "would move to the backup prefix",
+                (true, false) => "would be deleted",
+                (false, true) => "moved to the backup prefix",
+                (false, false) => "removed",
+            }
         );
     }
     if run.conflicts > 0 {

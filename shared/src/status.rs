@@ -28,6 +28,9 @@ pub enum Status {
     /// The destination tag holds another image and was left alone (`--no-overwrite`, or an
     /// ECR repository with immutable tags): neither copied nor failed.
     Conflict,
+    /// An object: a destination object missing at the source, removed (`--delete`), or
+    /// moved to the backup prefix (the record's `dest`). On a dry run: would be deleted.
+    Deleted,
 }
 
 impl Status {
@@ -38,6 +41,7 @@ impl Status {
             Status::Copied => "copied",
             Status::Failed => "failed",
             Status::Conflict => "conflict",
+            Status::Deleted => "deleted",
         }
     }
     pub fn from_name(s: &str) -> Option<Self> {
@@ -47,6 +51,7 @@ impl Status {
             Status::Copied,
             Status::Failed,
             Status::Conflict,
+            Status::Deleted,
         ]
         .into_iter()
         .find(|x| x.as_str() == s)
@@ -207,6 +212,10 @@ pub struct RunRecord {
     /// Images whose destination tag holds another image and was left alone (`conflict`).
     #[serde(default)]
     pub conflicts: u64,
+    /// Destination objects missing at the source that the run deleted (or moved to the
+    /// backup prefix) with `--delete`; on a dry run, those it would delete.
+    #[serde(default)]
+    pub deleted: u64,
 }
 
 /// Status store errors.
@@ -341,7 +350,7 @@ fn migrate(c: &rusqlite::Connection) -> rusqlite::Result<()> {
             c.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {col} TEXT"))?;
         }
     }
-    for col in ["filtered", "conflicts"] {
+    for col in ["filtered", "conflicts", "deleted"] {
         if !columns("runs")?.iter().any(|h| h == col) {
             c.execute_batch(&format!("ALTER TABLE runs ADD COLUMN {col} INTEGER"))?;
         }
@@ -374,6 +383,7 @@ pub(crate) fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord>
         to_copy: None,
         filtered: r.get::<_, Option<u64>>(13)?.unwrap_or(0),
         conflicts: r.get::<_, Option<u64>>(14)?.unwrap_or(0),
+        deleted: r.get::<_, Option<u64>>(15)?.unwrap_or(0),
         source,
         dest: r.get(2)?,
         dry_run: r.get(3)?,
@@ -386,7 +396,7 @@ pub(crate) fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord>
     })
 }
 
-const RUN_COLS: &str = "run_id, source, dest, dry_run, started_at, ended_at, copied, skipped, failed, bytes, kind, result, error, filtered, conflicts";
+const RUN_COLS: &str = "run_id, source, dest, dry_run, started_at, ended_at, copied, skipped, failed, bytes, kind, result, error, filtered, conflicts, deleted";
 
 /// The error of a run whose process ended without closing its record.
 pub const ABANDONED: &str = "the process ended without recording a result (killed?)";
@@ -461,12 +471,12 @@ impl StatusStore for SqliteStore {
         c.execute(
             &format!(
                 "INSERT INTO runs ({RUN_COLS}, pid, pid_started, host)
-                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18)
+                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19)
                  ON CONFLICT (run_id) DO UPDATE SET source=excluded.source, dest=excluded.dest,
                    dry_run=excluded.dry_run, started_at=excluded.started_at, ended_at=excluded.ended_at,
                    copied=excluded.copied, skipped=excluded.skipped, failed=excluded.failed, bytes=excluded.bytes,
                    kind=excluded.kind, result=excluded.result, error=excluded.error,
-                   filtered=excluded.filtered, conflicts=excluded.conflicts,
+                   filtered=excluded.filtered, conflicts=excluded.conflicts, deleted=excluded.deleted,
                    pid=excluded.pid, pid_started=excluded.pid_started, host=excluded.host"
             ),
             params![
@@ -485,6 +495,7 @@ impl StatusStore for SqliteStore {
                 run.error,
                 run.filtered,
                 run.conflicts,
+                run.deleted,
                 // The process that writes a run is the one running it (the CLI, `serve`):
                 // how the next start tells a killed run from a live one.
                 std::process::id(),
@@ -647,6 +658,7 @@ mod tests {
             to_copy: None,
             filtered: 0,
             conflicts: 0,
+            deleted: 0,
             source: "s".into(),
             dest: "d".into(),
             dry_run: false,

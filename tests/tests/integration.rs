@@ -8,6 +8,7 @@ mod integration {
     pub mod cli;
     pub mod console;
     pub mod console_aws;
+    pub mod deletes;
     pub mod demo;
     pub mod ecr;
     pub mod faults;

@@ -394,6 +394,24 @@ const OBJECT_FIELDS: &[FieldSpec] = &[
         "a file or s3://BUCKET/KEY, one prefix a line",
     ),
     f("list_concurrency", "Prefixes at once", Input::Text, ""),
+    f(
+        "delete",
+        "Delete destination objects missing at the source",
+        Input::Check,
+        "only after every copy of the run succeeded; filtered objects are kept",
+    ),
+    f(
+        "max_delete",
+        "Max deletes",
+        Input::Text,
+        "N or P% of the destination's objects in scope; more refuses the whole delete step",
+    ),
+    f(
+        "backup_prefix",
+        "Backup prefix",
+        Input::Text,
+        "a key prefix in the destination bucket, e.g. .trash/: deleted and overwritten objects move there",
+    ),
     f("retries", "Retries", Input::Text, ""),
     f("retry_base_ms", "Retry backoff base (ms)", Input::Text, ""),
     f(
@@ -585,6 +603,12 @@ pub fn run(v: &RunView<'_>, csrf: &str) -> Markup {
                     @if r.conflicts > 0 {
                         tr { th { "Conflicts" } td #conflicts { (r.conflicts) " (destination tags holding another image, left alone)" } }
                     }
+                    @if r.deleted > 0 {
+                        tr { th { "Deleted" } td #deleted { (r.deleted) " (destination objects missing at the source, removed or moved to the backup prefix)" } }
+                    }
+                    @if r.filtered > 0 {
+                        tr { th { "Filtered" } td #filtered { (r.filtered) " (left out by the filters)" } }
+                    }
                     tr { th { "Bytes" } td { (r.bytes) } }
                     tr { th { "Started" } td { (when(Some(r.started_at))) } }
                     tr { th { "Ended" } td { (when(r.ended_at)) } }
@@ -597,7 +621,7 @@ pub fn run(v: &RunView<'_>, csrf: &str) -> Markup {
             h2 { "Items" }
             p {
                 // The counts come from the run record: counting a big run's items would read them all.
-                @let all = v.run.map(|r| format!(" ({})", r.copied + r.skipped + r.failed + r.conflicts)).unwrap_or_default();
+                @let all = v.run.map(|r| format!(" ({})", r.copied + r.skipped + r.failed + r.conflicts + r.deleted)).unwrap_or_default();
                 @let failed = v.run.map(|r| format!(" ({})", r.failed)).unwrap_or_default();
                 @if v.failed_only { a href={ "/runs/" (v.run_id) } { "All items" (all) } " · " b { "Failed only" (failed) } }
                 @else { b { "All items" (all) } " · " a #failed-filter href={ "/runs/" (v.run_id) "?failed=1" } { "Failed only" (failed) } }

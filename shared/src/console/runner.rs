@@ -293,6 +293,7 @@ async fn record_start_failure(store: &SqliteStore, task: &Task, run_id: &str, wh
         to_copy: None,
         filtered: 0,
         conflicts: 0,
+        deleted: 0,
     };
     let item = ItemRecord {
         run_id: run_id.into(),

@@ -92,7 +92,8 @@ pub struct SyncReport {
 impl SyncReport {
     /// True when every image is in sync (nothing failed).
     pub fn all_in_sync(&self) -> bool {
-        self.run.failed == 0
+        // A run can fail with no item failed: a delete step refused by --max-delete.
+        self.run.failed == 0 && self.run.result != crate::status::RunResult::Failed
     }
 }
 

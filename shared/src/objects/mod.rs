@@ -6,10 +6,12 @@
 //! stores that do not list in order), [`multipart`] (part plan) — decide. Edges —
 //! [`bucket`] (every S3 call), [`uploads`] (ledger of open multipart uploads, SQLite or
 //! DynamoDB) — act. [`transfer`] moves and verifies one object or part; [`run`] is the
-//! one-machine pipeline; [`jobs`] and [`events`] are the messages of the AWS suite.
+//! one-machine pipeline, and [`deletes`] guards its delete step (`--delete`,
+//! `--max-delete`, `--backup-prefix`); [`jobs`] and [`events`] are the messages of the AWS suite.
 
 pub mod bucket;
 pub mod checksum;
+pub mod deletes;
 pub mod diff;
 #[cfg(feature = "aws")]
 pub mod events;

@@ -5,7 +5,8 @@
 //! lets an interrupted run resume without redoing finished parts.
 
 use super::bucket::{Bucket, DestOptions, bare_etag};
-use super::diff::{self, Compare, Decision, DiffError, Entry, MergeError};
+use super::deletes::{self, BackupPrefix, Candidates, MaxDelete};
+use super::diff::{self, Compare, Decision, DiffError, Entry, MergeError, Reason};
 use super::filter::Filter;
 use super::multipart::{self, MAX_SINGLE, Plan};
 use super::transfer::{Mode, Transfer, ledger_error};
@@ -52,6 +53,14 @@ pub struct ObjectsSpec {
     pub prefixes: Option<Vec<String>>,
     /// Prefixes of the prefix list listed and diffed at once.
     pub list_concurrency: usize,
+    /// `--delete`: destination objects missing at the source (within the prefix and the
+    /// filters) are deleted once every copy succeeded ([`super::deletes`]).
+    pub delete: bool,
+    /// `--max-delete`: the delete step is refused whole when it would remove more.
+    pub max_delete: Option<MaxDelete>,
+    /// `--backup-prefix`: deleted and overwritten objects are moved there (server-side
+    /// copy, then delete) instead of being removed or overwritten in place.
+    pub backup: Option<BackupPrefix>,
 }
 
 /// `--list-concurrency`'s default.
@@ -110,6 +119,10 @@ struct Counts {
     copies: u64,
     /// Source objects left out by the filter.
     filtered: u64,
+    /// `--delete`: destination objects missing at the source, and those in scope.
+    candidates: Candidates,
+    /// The candidates of the other prefixes of a prefix list (counted in `candidates`).
+    spills: Vec<Candidates>,
 }
 
 /// Runs one object sync. Store errors end the run; every other failure is recorded on its
@@ -168,21 +181,41 @@ pub async fn run_objects(
             }))
             .buffer_unordered(spec.list_concurrency.max(1));
             let (mut kept, mut counts) = (Kept::default(), Counts::default());
+            let mut spills = Vec::new();
             while let Some(r) = prefixes.next().await {
                 let (k, c) = r?;
                 kept.absorb(k);
                 counts.in_sync += c.in_sync;
                 counts.copies += c.copies;
                 counts.filtered += c.filtered;
+                counts.candidates.absorb(c.candidates, &mut spills);
             }
+            counts.spills = spills;
             (kept, counts)
         }
     };
+    let (mut kept, mut counts) = (kept, counts);
     // Interrupted: out at once; the next run aborts what this one left unrecorded.
     let stopped = edges.stop.reason();
     if !spec.dry_run && stopped.is_none() {
         abort_unrecorded_uploads(edges).await;
     }
+    let cands = std::mem::take(&mut counts.candidates);
+    let refused = deletes::refusal(
+        cands.count,
+        cands.scope,
+        kept.failed,
+        stopped.is_some(),
+        spec.max_delete,
+    );
+    // A dry run lists what it would delete even over the limit, and says it would refuse.
+    let over_limit = refused.is_some() && kept.failed == 0 && stopped.is_none();
+    if spec.delete && (refused.is_none() || (spec.dry_run && over_limit)) {
+        let mut spills = std::mem::take(&mut counts.spills);
+        spills.push(cands);
+        delete_extras(spec, edges, spills, &mut kept).await?;
+    }
+    run.deleted = kept.deleted;
     run.copied = kept.copied;
     run.failed = kept.failed;
     run.skipped = counts.in_sync;
@@ -191,10 +224,13 @@ pub async fn run_objects(
     run.ended_at = Some(Utc::now());
     if let Some(why) = stopped {
         run.error = Some(format!("interrupted by {why}"));
+    } else if let Some(r) = refused.as_ref().filter(|_| spec.delete) {
+        tracing::warn!(run = %run.run_id, "{r}");
+        run.error = Some(r.clone());
     }
     run.result = if stopped.is_some() {
         crate::status::RunResult::Interrupted
-    } else if run.failed > 0 {
+    } else if run.failed > 0 || (spec.delete && over_limit) {
         crate::status::RunResult::Failed
     } else {
         crate::status::RunResult::Succeeded
@@ -358,12 +394,14 @@ struct Kept {
     kept_failed: usize,
     omitted: u64,
     omitted_copied: u64,
+    /// Destination objects deleted (or, on a dry run, to delete).
+    deleted: u64,
 }
 
 impl Kept {
     /// Takes in the counts and records of another prefix of the same run.
     fn absorb(&mut self, other: Kept) {
-        let (copied, failed, bytes) = (self.copied, self.failed, self.bytes);
+        let (copied, failed, bytes, deleted) = (self.copied, self.failed, self.bytes, self.deleted);
         self.omitted += other.omitted;
         self.omitted_copied += other.omitted_copied;
         for rec in other.items {
@@ -373,6 +411,7 @@ impl Kept {
         self.copied = copied + other.copied;
         self.failed = failed + other.failed;
         self.bytes = bytes + other.bytes;
+        self.deleted = deleted + other.deleted;
     }
 
     fn add(&mut self, rec: ItemRecord) {
@@ -399,8 +438,11 @@ impl Kept {
                     self.omitted += 1;
                 }
             }
-            // Dry runs: what would be copied.
-            _ => {
+            // Dry runs: what would be copied; deletes.
+            other => {
+                if other == Status::Deleted {
+                    self.deleted += 1;
+                }
                 if self.items.len() < 2 * MAX_REPORTED_ITEMS {
                     self.items.push(rec);
                 } else {
@@ -467,9 +509,21 @@ where
     E1: std::fmt::Display,
     E2: std::fmt::Display,
 {
-    let (tx, rx) = mpsc::channel::<Entry>(1024);
+    let (tx, rx) = mpsc::channel::<(Entry, Reason)>(1024);
     let (in_sync, copies) = (std::cell::Cell::new(0u64), std::cell::Cell::new(0u64));
     let filtered = std::cell::Cell::new(0u64);
+    // `--delete`: candidates are found by listings, not by looking up a few keys.
+    let deleting = spec.delete && spec.only_keys.is_none();
+    let candidates = std::cell::RefCell::new(Candidates::default());
+    let spill_dir = spec.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
+    // The backup prefix is outside the sync: its objects are neither copied, nor
+    // compared, nor deleted.
+    let backed_up = |e: &Entry| {
+        spec.backup
+            .as_ref()
+            .is_some_and(|b| b.holds(&edges.dst.url.key(&e.key)))
+    };
+    let warned_backup = std::cell::Cell::new(false);
     // The filter judges keys relative to the run's source prefix (a prefix list's
     // prefix included).
     let admits = |e: &Entry| {
@@ -492,14 +546,24 @@ where
         let r = diff::merge(src, dst, listed, |d| {
             let (tx, in_sync, copies, filtered, admits) =
                 (&tx, &in_sync, &copies, &filtered, &admits);
+            let (candidates, backed_up, warned_backup, spill_dir) =
+                (&candidates, &backed_up, &warned_backup, &spill_dir);
             async move {
                 // Left out by the filter: neither copied nor deleted, only counted (on
                 // the source's side; a destination object left out is just left alone).
                 let out = match &d {
+                    Decision::Copy(e, _) | Decision::InSync(e) | Decision::Changed { src: e, .. }
+                        if backed_up(e) =>
+                    {
+                        if !warned_backup.replace(true) {
+                            tracing::warn!(key = %e.key, "source objects whose destination key lies under --backup-prefix are left out (counted as filtered)");
+                        }
+                        true
+                    }
                     Decision::Copy(e, _) | Decision::InSync(e) => !admits(e),
                     Decision::Changed { src, .. } => !admits(src),
                     Decision::Extra(e) => {
-                        if !admits(e) {
+                        if !admits(e) || backed_up(e) {
                             return Ok(());
                         }
                         false
@@ -508,6 +572,10 @@ where
                 if out {
                     filtered.set(filtered.get() + 1);
                     return Ok(());
+                }
+                // The destination's objects in scope: what `--max-delete P%` measures.
+                if deleting && !matches!(d, Decision::Copy(_, Reason::Missing)) {
+                    candidates.borrow_mut().scope += 1;
                 }
                 let d = match d {
                     // Other ETags than the source's may still be a copy verified earlier.
@@ -537,15 +605,28 @@ where
                     d => d,
                 };
                 match d {
-                    Decision::Copy(e, _) => {
+                    Decision::Copy(e, reason) => {
                         copies.set(copies.get() + 1);
                         edges.progress.queued(e.size);
-                        tx.send(e).await.map_err(|_| "the copy workers stopped")?;
+                        tx.send((e, reason))
+                            .await
+                            .map_err(|_| "the copy workers stopped".to_string())?;
                     }
                     Decision::InSync(_) => in_sync.set(in_sync.get() + 1),
+                    Decision::Extra(e) if deleting => {
+                        candidates
+                            .borrow_mut()
+                            .push(base, &e, spill_dir)
+                            .map_err(|e| {
+                                format!(
+                                    "cannot write the delete candidates to {}: {e}",
+                                    spill_dir.display()
+                                )
+                            })?;
+                    }
                     Decision::Extra(_) | Decision::Changed { .. } => {}
                 }
-                Ok::<(), &'static str>(())
+                Ok::<(), String>(())
             }
         })
         .await;
@@ -561,13 +642,13 @@ where
         }
     };
     let consumer = tokio_stream_of(rx)
-        .map(|e| {
+        .map(|(e, reason)| {
             let permits = permits.clone();
             async move {
                 if edges.stop.reason().is_some() {
                     return None;
                 }
-                Some(copy_object(spec, edges, e, permits).await)
+                Some(copy_object(spec, edges, base, e, reason, permits).await)
             }
         })
         .buffer_unordered(spec.concurrency.max(1))
@@ -597,11 +678,13 @@ where
             in_sync: in_sync.get(),
             copies: copies.get(),
             filtered: filtered.get(),
+            candidates: candidates.into_inner(),
+            spills: Vec::new(),
         }),
         Err(MergeError::Diff(e)) => Err(e.into()),
         Err(MergeError::Emit(e)) => Err(ObjectsError::Diff(DiffError::Listing {
             side: "copy",
-            message: e.into(),
+            message: e,
         })),
     }
 }
@@ -641,11 +724,207 @@ fn tokio_stream_of<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl futures
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-/// Copies one object (with retries) and returns its final record.
+/// The backup bucket of a listing of `base` (a prefix of the prefix list, or empty): the
+/// destination's bucket and client under the backup prefix.
+fn backup_bucket(backup: &BackupPrefix, dst: &Bucket, base: &str) -> Bucket {
+    Bucket {
+        client: dst.client.clone(),
+        url: S3Url {
+            bucket: dst.url.bucket.clone(),
+            prefix: format!("{}{base}", backup.0),
+        },
+        requester_pays: false,
+    }
+}
+
+/// Moves the destination object `e` (keys relative to `dst`) into `backup` with a
+/// server-side copy pinned to its ETag (multipart when big, verified like any copy).
+/// Returns the backup's URL.
+async fn back_up(
+    spec: &ObjectsSpec,
+    dst: &Bucket,
+    backup: &Bucket,
+    e: Entry,
+    permits: Arc<Permits>,
+    edges: &ObjectEdges<'_>,
+) -> Result<String, ItemError> {
+    let copy = ObjectsSpec {
+        mode: Mode::Server,
+        tags: true,
+        dry_run: false,
+        backup: None,
+        ..spec.clone()
+    };
+    let via = ObjectEdges {
+        src: dst,
+        dst: backup,
+        store: edges.store,
+        ledger: edges.ledger,
+        progress: &crate::images::sync::Silent,
+        stop: edges.stop.clone(),
+    };
+    let rec = Box::pin(copy_object(&copy, &via, "", e, Reason::Missing, permits)).await;
+    match rec.error {
+        None => Ok(rec.dest),
+        Some(err) => Err(ItemError {
+            message: format!("cannot back up to {}: {}", rec.dest, err.message),
+            ..err
+        }),
+    }
+}
+
+/// `--backup-prefix`: before the destination object is overwritten, it is moved to the
+/// backup prefix (looked up first: the listing does not pass its ETag along).
+async fn back_up_overwritten(
+    spec: &ObjectsSpec,
+    edges: &ObjectEdges<'_>,
+    base: &str,
+    key: &str,
+    permits: &Arc<Permits>,
+) -> Result<(), ItemError> {
+    let Some(backup) = &spec.backup else {
+        return Ok(());
+    };
+    let Some(h) = edges.dst.head(key).await? else {
+        return Ok(());
+    };
+    let e = Entry {
+        key: key.to_string(),
+        size: h.size,
+        etag: h.etag,
+        checksum: None,
+        modified: None,
+    };
+    let to = backup_bucket(backup, edges.dst, base);
+    let at = back_up(spec, edges.dst, &to, e, permits.clone(), edges).await?;
+    tracing::info!(object = %edges.dst.url.object(key), backup = %at, "backed up before overwriting");
+    Ok(())
+}
+
+/// The delete step: every candidate the listings spilled is removed, or moved to the
+/// backup prefix, `spec.concurrency` at once, with retries; each gets a `deleted` (or
+/// failed) record. A dry run records what it would delete and touches nothing.
+async fn delete_extras(
+    spec: &ObjectsSpec,
+    edges: &ObjectEdges<'_>,
+    spills: Vec<Candidates>,
+    kept: &mut Kept,
+) -> Result<(), ObjectsError> {
+    let permits = Arc::new(Permits::new(&ObjectsSpec {
+        mode: Mode::Server,
+        ..spec.clone()
+    }));
+    let backup = spec
+        .backup
+        .as_ref()
+        .map(|b| backup_bucket(b, edges.dst, ""));
+    let mut entries = Vec::new();
+    for c in spills {
+        entries.push(c.read().map_err(|e| DiffError::Listing {
+            side: "delete candidates",
+            message: e.to_string(),
+        })?);
+    }
+    let read_error = std::cell::RefCell::new(None);
+    let all = entries.into_iter().flatten().map_while(|r| match r {
+        Ok(e) => Some(e),
+        Err(e) => {
+            *read_error.borrow_mut() = Some(e);
+            None
+        }
+    });
+    let deleted = futures::stream::iter(all)
+        .map(|e| {
+            let (permits, backup) = (permits.clone(), backup.as_ref());
+            async move {
+                if edges.stop.reason().is_some() {
+                    return None;
+                }
+                Some(delete_one(spec, edges, backup, e, permits).await)
+            }
+        })
+        .buffer_unordered(spec.concurrency.max(1))
+        .filter_map(futures::future::ready);
+    futures::pin_mut!(deleted);
+    while let Some(rec) = deleted.next().await {
+        if !spec.dry_run {
+            edges.store.put_item(&rec).await?;
+        }
+        edges.progress.finished(&rec);
+        kept.add(rec);
+    }
+    if let Some(e) = read_error.borrow_mut().take() {
+        return Err(ObjectsError::Diff(DiffError::Listing {
+            side: "delete candidates",
+            message: e.to_string(),
+        }));
+    }
+    Ok(())
+}
+
+/// Deletes (or moves to `backup`) one destination object and returns its record.
+async fn delete_one(
+    spec: &ObjectsSpec,
+    edges: &ObjectEdges<'_>,
+    backup: Option<&Bucket>,
+    e: Entry,
+    permits: Arc<Permits>,
+) -> ItemRecord {
+    let mut rec = ItemRecord {
+        run_id: spec.run_id.clone(),
+        source: edges.dst.url.object(&e.key),
+        dest: backup.map(|b| b.url.object(&e.key)).unwrap_or_default(),
+        status: Status::Deleted,
+        source_digest: e.etag.clone(),
+        dest_digest: None,
+        attempts: 0,
+        error: None,
+        bytes: 0,
+        started_at: Some(Utc::now()),
+        ended_at: None,
+        version: FINAL,
+        line: None,
+        resumed: None,
+    };
+    if !spec.dry_run {
+        let key = e.key.clone();
+        let backed = match backup {
+            None => Ok(()),
+            Some(b) => back_up(spec, edges.dst, b, e, permits.clone(), edges)
+                .await
+                .map(|_| ()),
+        };
+        let r = match backed {
+            Err(err) => Err(err),
+            Ok(()) => {
+                let (r, attempts) = with_retries_until(&spec.retry, &edges.stop, |_| {
+                    or_stop(&edges.stop, async {
+                        let _p = permits.take(0).await;
+                        edges.dst.delete(&key).await
+                    })
+                })
+                .await;
+                rec.attempts = attempts;
+                r
+            }
+        };
+        if let Err(err) = r {
+            rec.status = Status::Failed;
+            rec.error = Some(err);
+        }
+    }
+    rec.ended_at = Some(Utc::now());
+    rec
+}
+
+/// Copies one object (with retries) and returns its final record. `reason` says whether
+/// the destination holds an older object (backed up first with `--backup-prefix`).
 async fn copy_object(
     spec: &ObjectsSpec,
     edges: &ObjectEdges<'_>,
+    base: &str,
     e: Entry,
+    reason: Reason,
     permits: Arc<Permits>,
 ) -> ItemRecord {
     let started = Utc::now();
@@ -668,6 +947,14 @@ async fn copy_object(
     if spec.dry_run {
         // What it would move: the whole object (a dry run looks at no open upload).
         rec.bytes = e.size;
+        rec.ended_at = Some(Utc::now());
+        return rec;
+    }
+    if reason != Reason::Missing
+        && let Err(err) = back_up_overwritten(spec, edges, base, &e.key, &permits).await
+    {
+        rec.status = Status::Failed;
+        rec.error = Some(err);
         rec.ended_at = Some(Utc::now());
         return rec;
     }

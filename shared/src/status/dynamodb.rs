@@ -129,6 +129,7 @@ impl DynamoStore {
             ("bytes", n(run.bytes)),
             ("filtered", n(run.filtered)),
             ("conflicts", n(run.conflicts)),
+            ("deleted", n(run.deleted)),
             ("kind", s(run.kind.as_str())),
             ("result", s(run.result.as_str())),
         ]
@@ -158,6 +159,7 @@ impl DynamoStore {
             to_copy: None,
             filtered: get_n(i, "filtered"),
             conflicts: get_n(i, "conflicts"),
+            deleted: get_n(i, "deleted"),
             run_id: get_s(i, "pk").unwrap_or_default(),
             source: get_s(i, "source").unwrap_or_default(),
             dest: get_s(i, "dest").unwrap_or_default(),

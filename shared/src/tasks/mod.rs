@@ -173,6 +173,16 @@ pub struct ObjectsOptions {
     pub prefix_list: Option<String>,
     #[serde(default = "list_concurrency")]
     pub list_concurrency: usize,
+    /// Destination objects missing at the source are deleted (or moved to the backup
+    /// prefix) once every copy succeeded.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delete: bool,
+    /// The most a delete step may remove: `N` or `P%` of the destination's objects in scope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_delete: Option<String>,
+    /// A key prefix in the destination bucket that deleted and overwritten objects move to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_prefix: Option<String>,
 }
 
 fn thirty() -> u64 {
@@ -613,6 +623,9 @@ impl Task {
                 );
                 put("prefix_list", o.prefix_list.clone().unwrap_or_default());
                 put("list_concurrency", o.list_concurrency.to_string());
+                put("delete", o.delete.to_string());
+                put("max_delete", o.max_delete.clone().unwrap_or_default());
+                put("backup_prefix", o.backup_prefix.clone().unwrap_or_default());
             }
         }
         put("schedule", self.schedule.clone().unwrap_or_default());
@@ -799,7 +812,25 @@ fn objects(r: &mut Reader<'_>) -> ObjectsOptions {
         .then(|| r.duration("min_age", Duration::from_secs(1)));
     let prefix_list = r.opt("prefix_list");
     r.check("prefix_list", reference_only);
+    let delete = r.flag("delete");
+    let max_delete = r.opt("max_delete");
+    r.check("max_delete", crate::objects::deletes::MaxDelete::parse);
+    if max_delete.is_some() && !delete {
+        r.fail(
+            "max_delete",
+            "is set but delete is off; expected delete on, or no max".into(),
+        );
+    }
+    let backup_prefix = r.opt("backup_prefix");
+    if let (Some(b), Ok(d)) = (&backup_prefix, run::parse_url(&dest)) {
+        r.check("backup_prefix", |_| {
+            crate::objects::deletes::BackupPrefix::parse(b, &d.prefix)
+        });
+    }
     ObjectsOptions {
+        delete,
+        max_delete,
+        backup_prefix,
         filters,
         min_size,
         max_size,
@@ -1038,6 +1069,45 @@ mod tests {
         let e = Task::from_fields("o", Kind::Objects, &f, Utc::now()).unwrap_err();
         let fields: Vec<&str> = e.errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["filters", "filters", "min_size", "max_age"]);
+    }
+
+    #[test]
+    fn an_objects_tasks_delete_settings_read_back_and_bad_ones_are_named() {
+        let mut f = default_fields(Kind::Objects);
+        f.insert("source".into(), "s3://src/data".into());
+        f.insert("dest".into(), "s3://dst/live".into());
+        let t = Task::from_fields("o", Kind::Objects, &f, Utc::now()).unwrap();
+        let Spec::Objects(o) = &t.spec else { panic!() };
+        assert!(!o.delete && o.max_delete.is_none() && o.backup_prefix.is_none());
+        f.insert("delete".into(), "on".into());
+        f.insert("max_delete".into(), "10%".into());
+        f.insert("backup_prefix".into(), "live/.trash/".into());
+        let t = Task::from_fields("o", Kind::Objects, &f, Utc::now()).unwrap();
+        let Spec::Objects(o) = &t.spec else { panic!() };
+        assert!(o.delete);
+        assert_eq!(o.max_delete.as_deref(), Some("10%"));
+        assert_eq!(o.backup_prefix.as_deref(), Some("live/.trash/"));
+        assert_eq!(
+            Task::from_fields("o", Kind::Objects, &t.fields(), t.created_at).unwrap(),
+            t
+        );
+
+        f.insert("max_delete".into(), "150%".into());
+        f.insert("backup_prefix".into(), "li".into());
+        let e = Task::from_fields("o", Kind::Objects, &f, Utc::now()).unwrap_err();
+        let fields: Vec<&str> = e.errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["max_delete", "backup_prefix"]);
+        assert!(e.errors[0].message.contains("150%"), "{:?}", e.errors[0]);
+        f.insert("max_delete".into(), "5".into());
+        f.insert("backup_prefix".into(), "".into());
+        f.insert("delete".into(), "false".into());
+        let e = Task::from_fields("o", Kind::Objects, &f, Utc::now()).unwrap_err();
+        assert_eq!(e.errors[0].field, "max_delete");
+        assert!(
+            e.errors[0].message.contains("delete is off"),
+            "{:?}",
+            e.errors[0]
+        );
     }
 
     #[test]

@@ -474,6 +474,23 @@ async fn objects(
         .map(parse_storage_class)
         .transpose()
         .map_err(|e| config(format!("--storage-class: {e}")))?;
+    let max_delete = o
+        .max_delete
+        .as_deref()
+        .map(crate::objects::deletes::MaxDelete::parse)
+        .transpose()
+        .map_err(config)?;
+    if max_delete.is_some() && !o.delete {
+        return Err(config(
+            "--max-delete is given without --delete: expected --delete as well (nothing is deleted without it)",
+        ));
+    }
+    let backup = o
+        .backup_prefix
+        .as_deref()
+        .map(|b| crate::objects::deletes::BackupPrefix::parse(b, &dest.prefix))
+        .transpose()
+        .map_err(config)?;
     let side = |url: &Option<String>, region: &Option<String>, profile: &Option<String>| Endpoint {
         region: region.clone(),
         url: url.clone(),
@@ -561,6 +578,9 @@ async fn objects(
         filter,
         prefixes,
         list_concurrency: o.list_concurrency.max(1),
+        delete: o.delete,
+        max_delete,
+        backup,
     };
     let edges = ObjectEdges {
         src: &src,
