@@ -322,3 +322,42 @@ fn a_prefix_list_deletes_only_within_its_prefixes() {
     assert_eq!(run.json()["deleted"], 1);
     assert_eq!(keys(&s3, "dst"), vec!["img/unlisted", "logs/a"]);
 }
+
+/// A copy that fails (every GET of one source object answered 503 by the fault proxy in
+/// front of moto) keeps the whole delete step from running: the source listing may be what
+/// went wrong.
+#[test]
+fn a_failed_copy_leaves_every_delete_undone() {
+    use hub_tests::faults::{Fault, FaultProxy, Faults, Flavor};
+    let s3 = S3::start(&["src", "dst"]);
+    s3.put("src", "ok", b"fine");
+    s3.put("src", "bad", b"never arrives");
+    s3.put("dst", "stale", b"s");
+    let proxy = FaultProxy::start(
+        &s3.moto.endpoint,
+        Faults::scripted(
+            Flavor::S3,
+            0,
+            std::sync::Arc::new(|head: &str, _| {
+                head.starts_with("GET /src/bad")
+                    .then_some(Fault::Unavailable)
+            }),
+        ),
+    );
+    let run = s3.sync(
+        "s3://src/",
+        "s3://dst/",
+        Some(&proxy.endpoint()),
+        &["--delete", "--retries", "0"],
+    );
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let j = run.json();
+    assert_eq!(counts(&j), (1, 0, 1), "{j:#}");
+    assert_eq!(j["deleted"], 0, "{j:#}");
+    let e = j["error"].as_str().unwrap_or_default();
+    assert!(
+        e.contains("not deleting 1 object(s)") && e.contains("1 object(s) failed to copy"),
+        "{j:#}"
+    );
+    assert_eq!(keys(&s3, "dst"), vec!["ok", "stale"]);
+}
