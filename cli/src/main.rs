@@ -227,6 +227,11 @@ pub(crate) struct ObjectsArgs {
     /// then left out of the sync), but must not contain it.
     #[arg(long, value_name = "PREFIX", help_heading = "Deletes")]
     backup_prefix: Option<String>,
+    /// Stream no more than RATE bytes a second through this machine, shared by all
+    /// requests, e.g. 50M (50 MiB/s), 512K. Server-side copies (--copy-mode server, or
+    /// auto with both sides on one endpoint) move no bytes through us and are not limited.
+    #[arg(long, value_name = "RATE", value_parser = hub_core::objects::bandwidth::parse_rate)]
+    bwlimit: Option<u64>,
     /// The include/exclude rules in command-line order (`+ GLOB`, `- GLOB`).
     #[arg(skip)]
     rules: Vec<String>,
@@ -689,6 +694,7 @@ fn objects_options(a: &ObjectsArgs) -> ObjectsOptions {
         delete: a.delete,
         max_delete: a.max_delete.clone(),
         backup_prefix: a.backup_prefix.clone(),
+        bwlimit: a.bwlimit,
     }
 }
 

@@ -4,6 +4,7 @@
 mod integration {
     pub mod aws;
     pub mod aws_hosts;
+    pub mod bwlimit;
     pub mod checksums;
     pub mod cli;
     pub mod console;

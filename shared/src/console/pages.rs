@@ -407,6 +407,12 @@ const OBJECT_FIELDS: &[FieldSpec] = &[
         "N or P% of the destination's objects in scope; more refuses the whole delete step",
     ),
     f(
+        "bwlimit",
+        "Bandwidth limit",
+        Input::Text,
+        "bytes a second streamed through this machine, e.g. 50M (MiB/s); server-side copies are not limited",
+    ),
+    f(
         "backup_prefix",
         "Backup prefix",
         Input::Text,

@@ -504,12 +504,14 @@ impl Bucket {
     /// is pinned to the listed version: `if_match` (the listed ETag) goes as `If-Match`, so
     /// a changed object answers 412 ([`ErrorClass::SourceChanged`]) instead of other bytes,
     /// and no more than `len` bytes (what the listing or the part plan announced) are read.
+    /// With a `limit` (`--bwlimit`), the body is read no faster than it allows.
     pub async fn get(
         &self,
         rel: &str,
         range: Option<String>,
         if_match: Option<&str>,
         len: u64,
+        limit: Option<&super::bandwidth::Bandwidth>,
     ) -> Result<Got, ItemError> {
         let what = format!("GET {}", self.url.object(rel));
         let o = self
@@ -566,6 +568,9 @@ impl Bucket {
                 ));
             }
             buf.extend_from_slice(&chunk);
+            if let Some(l) = limit {
+                l.take(chunk.len()).await;
+            }
         }
         Ok(Got {
             body: buf.into(),

@@ -4,6 +4,7 @@
 //! bytes held in memory), and the upload ledger in the state file
 //! lets an interrupted run resume without redoing finished parts.
 
+use super::bandwidth::Bandwidth;
 use super::bucket::{Bucket, DestOptions, bare_etag};
 use super::deletes::{self, BackupPrefix, Candidates, MaxDelete};
 use super::diff::{self, Compare, Decision, DiffError, Entry, MergeError, Reason};
@@ -61,6 +62,9 @@ pub struct ObjectsSpec {
     /// `--backup-prefix`: deleted and overwritten objects are moved there (server-side
     /// copy, then delete) instead of being removed or overwritten in place.
     pub backup: Option<BackupPrefix>,
+    /// `--bwlimit`: one rate for every body the run streams (server-side copies are not
+    /// limited).
+    pub bwlimit: Option<Arc<Bandwidth>>,
 }
 
 /// `--list-concurrency`'s default.
@@ -967,6 +971,7 @@ async fn copy_object(
         remove_bad_copies: true,
         task: None,
         run: None,
+        bwlimit: spec.bwlimit.as_deref(),
     };
     let single_limit = match spec.mode {
         Mode::Server => MAX_SINGLE,

@@ -471,6 +471,7 @@ impl<'a> ObjectsEdges<'a> {
             remove_bad_copies: false,
             task: self.task,
             run: None,
+            bwlimit: None,
         }
     }
     /// Remembers a verified copy whose ETag is not the source's (see

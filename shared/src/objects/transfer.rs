@@ -48,6 +48,9 @@ pub struct Transfer<'a> {
     /// The run whose job opens an upload (AWS: kept with it, so check-multipart records the
     /// completed object under that run). `None` on one machine, where the run records it.
     pub run: Option<&'a str>,
+    /// `--bwlimit`: the rate streamed bodies are read at (server-side copies move no bytes
+    /// through us).
+    pub bwlimit: Option<&'a super::bandwidth::Bandwidth>,
 }
 
 /// A ledger (status store) error, as a retryable item error.
@@ -120,7 +123,7 @@ impl Transfer<'_> {
             Mode::Stream => {
                 let got = self
                     .src
-                    .get(&e.key, None, e.etag.as_deref(), e.size)
+                    .get(&e.key, None, e.etag.as_deref(), e.size, self.bwlimit)
                     .await?;
                 let body = got.body;
                 let md5 = md5_of(&body);
@@ -478,7 +481,13 @@ impl Transfer<'_> {
             Mode::Stream => {
                 let body = self
                     .src
-                    .get(&e.key, Some(p.range()), e.etag.as_deref(), p.len)
+                    .get(
+                        &e.key,
+                        Some(p.range()),
+                        e.etag.as_deref(),
+                        p.len,
+                        self.bwlimit,
+                    )
                     .await?
                     .body;
                 if body.len() as u64 != p.len {

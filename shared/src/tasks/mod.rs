@@ -183,6 +183,10 @@ pub struct ObjectsOptions {
     /// A key prefix in the destination bucket that deleted and overwritten objects move to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_prefix: Option<String>,
+    /// Bytes a second the run may stream through this machine (server-side copies are not
+    /// limited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bwlimit: Option<u64>,
 }
 
 fn thirty() -> u64 {
@@ -626,6 +630,7 @@ impl Task {
                 put("delete", o.delete.to_string());
                 put("max_delete", o.max_delete.clone().unwrap_or_default());
                 put("backup_prefix", o.backup_prefix.clone().unwrap_or_default());
+                put("bwlimit", opt(o.bwlimit));
             }
         }
         put("schedule", self.schedule.clone().unwrap_or_default());
@@ -827,7 +832,13 @@ fn objects(r: &mut Reader<'_>) -> ObjectsOptions {
             crate::objects::deletes::BackupPrefix::parse(b, &d.prefix)
         });
     }
+    let bwlimit = r.opt("bwlimit").and_then(|v| {
+        crate::objects::bandwidth::parse_rate(&v)
+            .map_err(|e| r.fail("bwlimit", e))
+            .ok()
+    });
     ObjectsOptions {
+        bwlimit,
         delete,
         max_delete,
         backup_prefix,

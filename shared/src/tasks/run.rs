@@ -581,6 +581,9 @@ async fn objects(
         delete: o.delete,
         max_delete,
         backup,
+        bwlimit: o
+            .bwlimit
+            .map(|r| std::sync::Arc::new(crate::objects::bandwidth::Bandwidth::new(r))),
     };
     let edges = ObjectEdges {
         src: &src,
@@ -667,7 +670,7 @@ async fn read_prefix_list(
             },
             requester_pays: false,
         };
-        match bucket.get(&key, None, None, MAX_PREFIX_LIST).await {
+        match bucket.get(&key, None, None, MAX_PREFIX_LIST, None).await {
             Ok(got) => got.body.to_vec(),
             Err(e) if e.class == ErrorClass::SourceChanged => return Err(too_big()),
             Err(e) if e.class == ErrorClass::NotFound => {
