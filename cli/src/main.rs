@@ -209,7 +209,9 @@ pub(crate) struct ObjectsArgs {
         help_heading = "What to copy"
     )]
     prefix_list: Option<String>,
-    /// Prefixes of --prefix-list listed and diffed at once.
+    /// Pieces of the key space listed and diffed at once: the prefixes of --prefix-list,
+    /// or else the folders (common prefixes with delimiter `/`, up to 3 levels deep) found
+    /// on both sides, and the objects right under each. 1 lists each side in one listing.
     #[arg(long, default_value = "8", help_heading = "What to copy")]
     list_concurrency: NonZeroUsize,
     /// Delete destination objects missing at the source (within the prefix; objects the
@@ -232,6 +234,14 @@ pub(crate) struct ObjectsArgs {
     /// auto with both sides on one endpoint) move no bytes through us and are not limited.
     #[arg(long, value_name = "RATE", value_parser = hub_core::objects::bandwidth::parse_rate)]
     bwlimit: Option<u64>,
+    /// Archived sources (GLACIER, DEEP_ARCHIVE) that are not restored get a restore for
+    /// N days and are reported `restoring`; a later run copies them once restored. Without
+    /// it they are reported `archived` and left. GLACIER_IR is copied like any class.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Archived objects")]
+    restore_days: Option<u32>,
+    /// The restore tier: Standard (hours) or Bulk (cheaper, slower).
+    #[arg(long, value_name = "TIER", value_parser = restore_tier_arg, requires = "restore_days", help_heading = "Archived objects")]
+    restore_tier: Option<String>,
     /// The include/exclude rules in command-line order (`+ GLOB`, `- GLOB`).
     #[arg(skip)]
     rules: Vec<String>,
@@ -695,7 +705,14 @@ fn objects_options(a: &ObjectsArgs) -> ObjectsOptions {
         max_delete: a.max_delete.clone(),
         backup_prefix: a.backup_prefix.clone(),
         bwlimit: a.bwlimit,
+        restore_days: a.restore_days,
+        restore_tier: a.restore_tier.clone(),
     }
+}
+
+/// `--restore-tier`: checked at parse time, kept as written.
+fn restore_tier_arg(s: &str) -> Result<String, String> {
+    hub_core::objects::run::parse_tier(s).map(|t| t.as_str().to_string())
 }
 
 /// `--max-delete`: checked at parse time, kept as written (the task stores it so).

@@ -329,6 +329,9 @@ fn item_line(i: &ItemRecord, dry_run: bool, long: bool) -> String {
         (Status::Conflict, _) => "CONFLICT",
         (Status::Deleted, true) => "would delete",
         (Status::Deleted, false) => "deleted",
+        (Status::Archived, _) => "archived",
+        (Status::Restoring, true) => "would restore",
+        (Status::Restoring, false) => "restoring",
     };
     let digest = i
         .dest_digest
@@ -488,6 +491,23 @@ pub fn summary(run: &RunRecord, items: &[ItemRecord], state: Option<&Path>) {
         crate::outln!(
             "filtered: {} object(s) left out by the filters (neither copied nor deleted)",
             run.filtered
+        );
+    }
+    if run.archived > 0 {
+        crate::outln!(
+            "archived: {} source object(s) in GLACIER or DEEP_ARCHIVE are not restored and were left (--restore-days N asks for restores)",
+            run.archived
+        );
+    }
+    if run.restoring > 0 {
+        crate::outln!(
+            "restoring: {} archived source object(s) {}; a later run copies them once restored",
+            run.restoring,
+            if run.dry_run {
+                "would be restored or are being restored"
+            } else {
+                "are being restored"
+            }
         );
     }
     if run.deleted > 0 {

@@ -31,6 +31,11 @@ pub enum Status {
     /// An object: a destination object missing at the source, removed (`--delete`), or
     /// moved to the backup prefix (the record's `dest`). On a dry run: would be deleted.
     Deleted,
+    /// An object in GLACIER or DEEP_ARCHIVE, not restored: left for now (`--restore-days`
+    /// asks for a restore).
+    Archived,
+    /// An archived object whose restore is under way: a later run copies it.
+    Restoring,
 }
 
 impl Status {
@@ -42,6 +47,8 @@ impl Status {
             Status::Failed => "failed",
             Status::Conflict => "conflict",
             Status::Deleted => "deleted",
+            Status::Archived => "archived",
+            Status::Restoring => "restoring",
         }
     }
     pub fn from_name(s: &str) -> Option<Self> {
@@ -52,6 +59,8 @@ impl Status {
             Status::Failed,
             Status::Conflict,
             Status::Deleted,
+            Status::Archived,
+            Status::Restoring,
         ]
         .into_iter()
         .find(|x| x.as_str() == s)
@@ -216,6 +225,12 @@ pub struct RunRecord {
     /// backup prefix) with `--delete`; on a dry run, those it would delete.
     #[serde(default)]
     pub deleted: u64,
+    /// Archived source objects (GLACIER, DEEP_ARCHIVE) not restored, left for now.
+    #[serde(default)]
+    pub archived: u64,
+    /// Archived source objects whose restore is under way (asked by this run or before).
+    #[serde(default)]
+    pub restoring: u64,
 }
 
 /// Status store errors.
@@ -350,7 +365,7 @@ fn migrate(c: &rusqlite::Connection) -> rusqlite::Result<()> {
             c.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {col} TEXT"))?;
         }
     }
-    for col in ["filtered", "conflicts", "deleted"] {
+    for col in ["filtered", "conflicts", "deleted", "archived", "restoring"] {
         if !columns("runs")?.iter().any(|h| h == col) {
             c.execute_batch(&format!("ALTER TABLE runs ADD COLUMN {col} INTEGER"))?;
         }
@@ -384,6 +399,8 @@ pub(crate) fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord>
         filtered: r.get::<_, Option<u64>>(13)?.unwrap_or(0),
         conflicts: r.get::<_, Option<u64>>(14)?.unwrap_or(0),
         deleted: r.get::<_, Option<u64>>(15)?.unwrap_or(0),
+        archived: r.get::<_, Option<u64>>(16)?.unwrap_or(0),
+        restoring: r.get::<_, Option<u64>>(17)?.unwrap_or(0),
         source,
         dest: r.get(2)?,
         dry_run: r.get(3)?,
@@ -396,7 +413,7 @@ pub(crate) fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord>
     })
 }
 
-const RUN_COLS: &str = "run_id, source, dest, dry_run, started_at, ended_at, copied, skipped, failed, bytes, kind, result, error, filtered, conflicts, deleted";
+const RUN_COLS: &str = "run_id, source, dest, dry_run, started_at, ended_at, copied, skipped, failed, bytes, kind, result, error, filtered, conflicts, deleted, archived, restoring";
 
 /// The error of a run whose process ended without closing its record.
 pub const ABANDONED: &str = "the process ended without recording a result (killed?)";
@@ -471,12 +488,13 @@ impl StatusStore for SqliteStore {
         c.execute(
             &format!(
                 "INSERT INTO runs ({RUN_COLS}, pid, pid_started, host)
-                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19)
+                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21)
                  ON CONFLICT (run_id) DO UPDATE SET source=excluded.source, dest=excluded.dest,
                    dry_run=excluded.dry_run, started_at=excluded.started_at, ended_at=excluded.ended_at,
                    copied=excluded.copied, skipped=excluded.skipped, failed=excluded.failed, bytes=excluded.bytes,
                    kind=excluded.kind, result=excluded.result, error=excluded.error,
                    filtered=excluded.filtered, conflicts=excluded.conflicts, deleted=excluded.deleted,
+                   archived=excluded.archived, restoring=excluded.restoring,
                    pid=excluded.pid, pid_started=excluded.pid_started, host=excluded.host"
             ),
             params![
@@ -496,6 +514,8 @@ impl StatusStore for SqliteStore {
                 run.filtered,
                 run.conflicts,
                 run.deleted,
+                run.archived,
+                run.restoring,
                 // The process that writes a run is the one running it (the CLI, `serve`):
                 // how the next start tells a killed run from a live one.
                 std::process::id(),
@@ -659,6 +679,8 @@ mod tests {
             filtered: 0,
             conflicts: 0,
             deleted: 0,
+            archived: 0,
+            restoring: 0,
             source: "s".into(),
             dest: "d".into(),
             dry_run: false,

@@ -2,6 +2,7 @@
 //! 127.0.0.1: docker-registry, skopeo, moto. Each test starts and stops its own servers.
 
 mod integration {
+    pub mod archived;
     pub mod aws;
     pub mod aws_hosts;
     pub mod bwlimit;

@@ -393,7 +393,12 @@ const OBJECT_FIELDS: &[FieldSpec] = &[
         Input::Text,
         "a file or s3://BUCKET/KEY, one prefix a line",
     ),
-    f("list_concurrency", "Prefixes at once", Input::Text, ""),
+    f(
+        "list_concurrency",
+        "Listings at once",
+        Input::Text,
+        "prefixes of the prefix list, or folders found by delimiter listings; 1: one listing a side",
+    ),
     f(
         "delete",
         "Delete destination objects missing at the source",
@@ -405,6 +410,18 @@ const OBJECT_FIELDS: &[FieldSpec] = &[
         "Max deletes",
         Input::Text,
         "N or P% of the destination's objects in scope; more refuses the whole delete step",
+    ),
+    f(
+        "restore_days",
+        "Restore archived sources for (days)",
+        Input::Text,
+        "GLACIER and DEEP_ARCHIVE sources not restored get a restore; empty: they are reported archived and left",
+    ),
+    f(
+        "restore_tier",
+        "Restore tier",
+        Input::Choice(&["Standard", "Bulk"]),
+        "",
     ),
     f(
         "bwlimit",
@@ -609,6 +626,12 @@ pub fn run(v: &RunView<'_>, csrf: &str) -> Markup {
                     @if r.conflicts > 0 {
                         tr { th { "Conflicts" } td #conflicts { (r.conflicts) " (destination tags holding another image, left alone)" } }
                     }
+                    @if r.archived > 0 {
+                        tr { th { "Archived" } td #archived { (r.archived) " (GLACIER or DEEP_ARCHIVE sources not restored: left for now; a restore-days setting asks for restores)" } }
+                    }
+                    @if r.restoring > 0 {
+                        tr { th { "Restoring" } td #restoring { (r.restoring) " (archived sources being restored: a later run copies them)" } }
+                    }
                     @if r.deleted > 0 {
                         tr { th { "Deleted" } td #deleted { (r.deleted) " (destination objects missing at the source, removed or moved to the backup prefix)" } }
                     }
@@ -627,7 +650,7 @@ pub fn run(v: &RunView<'_>, csrf: &str) -> Markup {
             h2 { "Items" }
             p {
                 // The counts come from the run record: counting a big run's items would read them all.
-                @let all = v.run.map(|r| format!(" ({})", r.copied + r.skipped + r.failed + r.conflicts + r.deleted)).unwrap_or_default();
+                @let all = v.run.map(|r| format!(" ({})", r.copied + r.skipped + r.failed + r.conflicts + r.deleted + r.archived + r.restoring)).unwrap_or_default();
                 @let failed = v.run.map(|r| format!(" ({})", r.failed)).unwrap_or_default();
                 @if v.failed_only { a href={ "/runs/" (v.run_id) } { "All items" (all) } " · " b { "Failed only" (failed) } }
                 @else { b { "All items" (all) } " · " a #failed-filter href={ "/runs/" (v.run_id) "?failed=1" } { "Failed only" (failed) } }

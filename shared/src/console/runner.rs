@@ -294,6 +294,8 @@ async fn record_start_failure(store: &SqliteStore, task: &Task, run_id: &str, wh
         filtered: 0,
         conflicts: 0,
         deleted: 0,
+        archived: 0,
+        restoring: 0,
     };
     let item = ItemRecord {
         run_id: run_id.into(),

@@ -200,6 +200,27 @@ pub fn parse_storage_class(s: &str) -> Result<StorageClass, String> {
     }
 }
 
+pub use aws_sdk_s3::types::Tier;
+
+/// Where the restore of an archived object stands (`x-amz-restore`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Restore {
+    /// `ongoing-request="true"`: asked for, not readable yet.
+    Ongoing,
+    /// `ongoing-request="false", expiry-date="…"`: a readable copy until it expires.
+    Done,
+}
+
+impl Restore {
+    pub fn parse(header: &str) -> Self {
+        if header.replace(' ', "").contains("ongoing-request=\"true\"") {
+            Self::Ongoing
+        } else {
+            Self::Done
+        }
+    }
+}
+
 /// The metadata carried with an object.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Meta {
@@ -223,6 +244,8 @@ pub struct Head {
     pub checksum: Option<Checksum>,
     pub meta: Meta,
     pub kms: bool,
+    /// `x-amz-restore`: of an archived object, whether a restore is under way or done.
+    pub restore: Option<Restore>,
 }
 
 /// A bucket and prefix with its client.
@@ -341,6 +364,60 @@ impl Bucket {
         &self,
         after: Option<&str>,
     ) -> impl Stream<Item = Result<Entry, ItemError>> + Unpin + Send + 'static {
+        self.listing(after, false)
+    }
+
+    /// Lists only the objects right under the prefix, not those below a further `/`
+    /// (ListObjectsV2 with delimiter `/`, the common prefixes dropped): one piece of a
+    /// split listing ([`Bucket::folders`]).
+    pub fn list_leaves(
+        &self,
+    ) -> impl Stream<Item = Result<Entry, ItemError>> + Unpin + Send + 'static {
+        self.listing(None, true)
+    }
+
+    /// The folders right under the prefix (common prefixes with delimiter `/`, relative to
+    /// the prefix, in key order) and whether objects lie right under it too. `None` when
+    /// the listing takes more than `max_pages` pages: a folder of many objects is listed
+    /// whole rather than twice.
+    pub async fn folders(
+        &self,
+        max_pages: usize,
+    ) -> Result<Option<(Vec<String>, bool)>, ItemError> {
+        let mut token: Option<String> = None;
+        let (mut folders, mut leaves) = (Vec::new(), false);
+        for _ in 0..max_pages {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.url.bucket)
+                .prefix(&self.url.prefix)
+                .delimiter("/")
+                .set_continuation_token(token.take())
+                .set_request_payer(self.payer())
+                .send()
+                .await
+                .map_err(|e| s3_error(&format!("listing the folders of {}", self.url), e))?;
+            leaves |= !page.contents().is_empty();
+            folders.extend(page.common_prefixes().iter().filter_map(|p| {
+                p.prefix()
+                    .and_then(|p| p.strip_prefix(self.url.prefix.as_str()))
+                    .filter(|p| !p.is_empty())
+                    .map(str::to_string)
+            }));
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
+                _ => return Ok(Some((folders, leaves))),
+            }
+        }
+        Ok(None)
+    }
+
+    fn listing(
+        &self,
+        after: Option<&str>,
+        leaves_only: bool,
+    ) -> impl Stream<Item = Result<Entry, ItemError>> + Unpin + Send + 'static {
         let mut start_after = after.map(|k| self.url.key(k));
         let (tx, mut rx) =
             tokio::sync::mpsc::channel::<Vec<Result<Entry, ItemError>>>(LIST_PAGES_AHEAD);
@@ -357,6 +434,7 @@ impl Bucket {
                     .prefix(&prefix)
                     .set_continuation_token(token.take())
                     .set_start_after(start_after.take())
+                    .set_delimiter(leaves_only.then(|| "/".to_string()))
                     .set_request_payer(payer.clone())
                     .send()
                     .await;
@@ -374,6 +452,7 @@ impl Bucket {
                     .map(|o| {
                         let key = o.key().unwrap_or_default();
                         Ok(Entry {
+                            archived: super::diff::is_archived(o.storage_class()),
                             key: key.strip_prefix(prefix.as_str()).unwrap_or(key).to_string(),
                             size: o.size().unwrap_or(0).max(0) as u64,
                             etag: o.e_tag().map(bare_etag),
@@ -418,6 +497,7 @@ impl Bucket {
             .first()
             .filter(|o| o.key() == Some(key.as_str()))
             .map(|o| Entry {
+                archived: super::diff::is_archived(o.storage_class()),
                 key: rel.to_string(),
                 size: o.size().unwrap_or(0).max(0) as u64,
                 etag: o.e_tag().map(bare_etag),
@@ -459,6 +539,7 @@ impl Bucket {
                     checksums,
                     etag: o.e_tag().map(bare_etag),
                     kms: etag_not_md5(o.server_side_encryption(), o.sse_customer_algorithm()),
+                    restore: o.restore().map(Restore::parse),
                     meta: Meta {
                         content_type: o.content_type().map(str::to_string),
                         cache_control: o.cache_control().map(str::to_string),
@@ -1022,6 +1103,39 @@ impl Bucket {
         Ok(out)
     }
 
+    /// Asks S3 to restore an archived object for `days` days at `tier` (RestoreObject). A
+    /// restore already under way (409 RestoreAlreadyInProgress) is not an error.
+    pub async fn restore(&self, rel: &str, days: i32, tier: Tier) -> Result<(), ItemError> {
+        use aws_sdk_s3::types::{GlacierJobParameters, RestoreRequest};
+        let job = GlacierJobParameters::builder()
+            .tier(tier)
+            .build()
+            .map_err(|e| ItemError::new(ErrorClass::BadInput, e.to_string()))?;
+        let r = self
+            .client
+            .restore_object()
+            .bucket(&self.url.bucket)
+            .key(self.url.key(rel))
+            .set_request_payer(self.payer())
+            .restore_request(
+                RestoreRequest::builder()
+                    .days(days)
+                    .glacier_job_parameters(job)
+                    .build(),
+            )
+            .send()
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(s))
+                if s.err().meta().code() == Some("RestoreAlreadyInProgress") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(s3_error(&format!("restore {}", self.url.object(rel)), e)),
+        }
+    }
+
     /// Deletes an object (S3 events with deletion turned on).
     pub async fn delete(&self, rel: &str) -> Result<(), ItemError> {
         self.client
@@ -1145,6 +1259,21 @@ fn form_encode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_restore_header_says_whether_the_copy_is_readable() {
+        assert_eq!(Restore::parse("ongoing-request=\"true\""), Restore::Ongoing);
+        assert_eq!(
+            Restore::parse("ongoing-request = \"true\""),
+            Restore::Ongoing
+        );
+        assert_eq!(
+            Restore::parse(
+                "ongoing-request=\"false\", expiry-date=\"Fri, 21 Dec 2012 00:00:00 GMT\""
+            ),
+            Restore::Done
+        );
+    }
 
     #[test]
     fn copy_source_keys_are_percent_encoded() {

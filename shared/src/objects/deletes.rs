@@ -258,6 +258,7 @@ mod tests {
         let dir = std::env::temp_dir();
         let mut c = Candidates::default();
         let e = |k: &str| Entry {
+            archived: false,
             key: k.into(),
             size: 3,
             etag: Some("e".into()),

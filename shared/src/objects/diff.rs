@@ -22,6 +22,16 @@ pub struct Entry {
     /// LastModified, as listed (what `--max-age` and `--min-age` judge).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub modified: Option<chrono::DateTime<chrono::Utc>>,
+    /// Listed in GLACIER or DEEP_ARCHIVE: its bytes cannot be read until it is restored
+    /// (GLACIER_IR reads like any other class).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub archived: bool,
+}
+
+/// Whether a listed storage class keeps an object's bytes out of reach until a restore.
+pub fn is_archived(class: Option<&aws_sdk_s3::types::ObjectStorageClass>) -> bool {
+    use aws_sdk_s3::types::ObjectStorageClass as C;
+    matches!(class, Some(C::Glacier | C::DeepArchive))
 }
 
 /// What counts as "the same object".
@@ -367,6 +377,7 @@ mod tests {
 
     fn e(key: &str, size: u64, etag: &str) -> Entry {
         Entry {
+            archived: false,
             key: key.into(),
             size,
             etag: Some(etag.into()),

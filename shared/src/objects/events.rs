@@ -92,6 +92,7 @@ pub fn parse(
                 })?;
                 Ok(Some(EventWork::Copy {
                     entry: Entry {
+                        archived: false,
                         key: rel.to_string(),
                         size: size.max(0) as u64,
                         etag: r

@@ -62,6 +62,7 @@ impl Job {
             key, size, etag, ..
         }) = self;
         Entry {
+            archived: false,
             key: key.clone(),
             size: *size,
             etag: etag.clone(),

@@ -65,6 +65,20 @@ pub struct ObjectsSpec {
     /// `--bwlimit`: one rate for every body the run streams (server-side copies are not
     /// limited).
     pub bwlimit: Option<Arc<Bandwidth>>,
+    /// `--restore-days` (and `--restore-tier`): archived sources not restored get a restore
+    /// request; `None` leaves them as `archived`.
+    pub restore: Option<(i32, super::bucket::Tier)>,
+}
+
+/// `--restore-tier`: Standard or Bulk (any case). Expedited is left out: it fails on
+/// DEEP_ARCHIVE and costs the most.
+pub fn parse_tier(s: &str) -> Result<super::bucket::Tier, String> {
+    use super::bucket::Tier;
+    match s.trim().to_ascii_lowercase().as_str() {
+        "standard" => Ok(Tier::Standard),
+        "bulk" => Ok(Tier::Bulk),
+        _ => Err(format!("--restore-tier {s:?}: expected Standard or Bulk")),
+    }
 }
 
 /// `--list-concurrency`'s default.
@@ -161,13 +175,29 @@ pub async fn run_objects(
         edges.store.put_run(&run).await?;
     }
     let permits = Arc::new(Permits::new(spec));
-    let prefixes = spec.prefixes.as_ref().filter(|_| spec.only_keys.is_none());
-    let (kept, counts) = match prefixes {
-        None => sync_prefix(spec, edges, "", &permits).await?,
+    // The pieces listed and diffed on their own: the prefix list's prefixes, or the
+    // folders found by delimiter listings (a huge bucket lists many pieces at once).
+    let pieces = match (&spec.prefixes, &spec.only_keys) {
+        (_, Some(_)) => None,
+        (Some(list), None) => Some(
+            list.iter()
+                .map(|p| Piece {
+                    base: p.clone(),
+                    leaves: false,
+                })
+                .collect(),
+        ),
+        (None, None) if spec.list_concurrency > 1 => {
+            Box::pin(split(edges, spec.list_concurrency)).await
+        }
+        (None, None) => None,
+    };
+    let (kept, counts) = match pieces {
+        None => Box::pin(sync_prefix(spec, edges, "", false, &permits)).await?,
         Some(list) => {
-            let sides: Vec<(&String, Bucket, Bucket)> = list
+            let sides: Vec<(&Piece, Bucket, Bucket)> = list
                 .iter()
-                .map(|p| (p, edges.src.under(p), edges.dst.under(p)))
+                .map(|p| (p, edges.src.under(&p.base), edges.dst.under(&p.base)))
                 .collect();
             let mut prefixes = futures::stream::iter(sides.iter().map(|(p, src, dst)| {
                 let permits = &permits;
@@ -180,7 +210,7 @@ pub async fn run_objects(
                         progress: edges.progress,
                         stop: edges.stop.clone(),
                     };
-                    sync_prefix(spec, &sub, p, permits).await
+                    Box::pin(sync_prefix(spec, &sub, &p.base, p.leaves, permits)).await
                 }
             }))
             .buffer_unordered(spec.list_concurrency.max(1));
@@ -217,9 +247,11 @@ pub async fn run_objects(
     if spec.delete && (refused.is_none() || (spec.dry_run && over_limit)) {
         let mut spills = std::mem::take(&mut counts.spills);
         spills.push(cands);
-        delete_extras(spec, edges, spills, &mut kept).await?;
+        Box::pin(delete_extras(spec, edges, spills, &mut kept)).await?;
     }
     run.deleted = kept.deleted;
+    run.archived = kept.archived;
+    run.restoring = kept.restoring;
     run.copied = kept.copied;
     run.failed = kept.failed;
     run.skipped = counts.in_sync;
@@ -254,15 +286,98 @@ pub async fn run_objects(
     })
 }
 
+/// One piece of a run's key space: the objects under `base` (relative to the run's
+/// prefixes), or, `leaves`, only those right under it (not below a further `/`).
+struct Piece {
+    base: String,
+    leaves: bool,
+}
+
+/// How deep [`split`] looks for folders.
+pub const MAX_SPLIT_DEPTH: usize = 3;
+
+/// Delimiter-listing pages [`split`] reads of one folder before it lists the folder whole.
+const MAX_SPLIT_PAGES: usize = 4;
+
+/// Splits the key space into folders (common prefixes of both sides, with delimiter `/`,
+/// depth 1 to [`MAX_SPLIT_DEPTH`]) until there are at least two pieces for each of the
+/// `want` listings at once; the objects right under a folder are a piece of their own.
+/// `None` when there is nothing to split (one piece). A folder whose delimiter listing is
+/// long (many objects right under it) or fails is kept whole: its listing says why.
+async fn split(edges: &ObjectEdges<'_>, want: usize) -> Option<Vec<Piece>> {
+    let mut pieces = vec![Piece {
+        base: String::new(),
+        leaves: false,
+    }];
+    for _ in 0..MAX_SPLIT_DEPTH {
+        if pieces.len() >= 2 * want || edges.stop.reason().is_some() {
+            break;
+        }
+        let found: Vec<Option<(Vec<String>, bool)>> =
+            futures::stream::iter(pieces.iter().map(|p| async move {
+                if p.leaves {
+                    return None;
+                }
+                let (s, d) = (edges.src.under(&p.base), edges.dst.under(&p.base));
+                match tokio::join!(s.folders(MAX_SPLIT_PAGES), d.folders(MAX_SPLIT_PAGES)) {
+                    (Ok(Some((mut a, la))), Ok(Some((b, lb)))) => {
+                        a.extend(b);
+                        a.sort();
+                        a.dedup();
+                        Some((a, la || lb))
+                    }
+                    _ => None,
+                }
+            }))
+            .buffered(want.max(1))
+            .collect()
+            .await;
+        let mut next = Vec::new();
+        let mut grew = false;
+        for (p, f) in pieces.into_iter().zip(found) {
+            match f {
+                None => next.push(p),
+                Some((folders, leaves)) => {
+                    grew |= !folders.is_empty();
+                    if leaves {
+                        next.push(Piece {
+                            base: p.base.clone(),
+                            leaves: true,
+                        });
+                    }
+                    next.extend(folders.into_iter().map(|f| Piece {
+                        base: format!("{}{f}", p.base),
+                        leaves: false,
+                    }));
+                }
+            }
+        }
+        pieces = next;
+        if !grew {
+            break;
+        }
+    }
+    tracing::debug!(pieces = pieces.len(), "listing split into pieces");
+    (pieces.len() > 1).then_some(pieces)
+}
+
 /// Lists and diffs one prefix (`base`, relative to the run's source prefix; empty for the
-/// whole of it) and copies what differs. A listing out of key order is sorted on disk and
-/// diffed again.
+/// whole of it; `leaves`: only the objects right under it) and copies what differs. A
+/// listing out of key order is sorted on disk and diffed again.
 async fn sync_prefix(
     spec: &ObjectsSpec,
     edges: &ObjectEdges<'_>,
     base: &str,
+    leaves: bool,
     permits: &Arc<Permits>,
 ) -> Result<(Kept, Counts), ObjectsError> {
+    let list = |b: &Bucket| {
+        if leaves {
+            Box::pin(b.list_leaves()) as std::pin::Pin<Box<dyn futures::Stream<Item = _> + Send>>
+        } else {
+            Box::pin(b.list())
+        }
+    };
     let mut kept = Kept::default();
     let first = match &spec.only_keys {
         Some(keys) => {
@@ -274,8 +389,8 @@ async fn sync_prefix(
                 spec,
                 edges,
                 base,
-                edges.src.list(),
-                edges.dst.list(),
+                list(edges.src),
+                list(edges.dst),
                 &mut kept,
                 permits,
             )
@@ -296,8 +411,8 @@ async fn sync_prefix(
             );
             let dir = spec.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
             let (s, d) = tokio::try_join!(
-                sorted(edges.src.list(), dir.clone()),
-                sorted(edges.dst.list(), dir)
+                sorted(list(edges.src), dir.clone()),
+                sorted(list(edges.dst), dir)
             )?;
             // What the first pass copied is in sync now; what it failed is tried again.
             let mut again = Kept {
@@ -400,12 +515,16 @@ struct Kept {
     omitted_copied: u64,
     /// Destination objects deleted (or, on a dry run, to delete).
     deleted: u64,
+    /// Archived sources left as they are, and those being restored.
+    archived: u64,
+    restoring: u64,
 }
 
 impl Kept {
     /// Takes in the counts and records of another prefix of the same run.
     fn absorb(&mut self, other: Kept) {
         let (copied, failed, bytes, deleted) = (self.copied, self.failed, self.bytes, self.deleted);
+        let (archived, restoring) = (self.archived, self.restoring);
         self.omitted += other.omitted;
         self.omitted_copied += other.omitted_copied;
         for rec in other.items {
@@ -416,6 +535,8 @@ impl Kept {
         self.failed = failed + other.failed;
         self.bytes = bytes + other.bytes;
         self.deleted = deleted + other.deleted;
+        self.archived = archived + other.archived;
+        self.restoring = restoring + other.restoring;
     }
 
     fn add(&mut self, rec: ItemRecord) {
@@ -444,8 +565,11 @@ impl Kept {
             }
             // Dry runs: what would be copied; deletes.
             other => {
-                if other == Status::Deleted {
-                    self.deleted += 1;
+                match other {
+                    Status::Deleted => self.deleted += 1,
+                    Status::Archived => self.archived += 1,
+                    Status::Restoring => self.restoring += 1,
+                    _ => {}
                 }
                 if self.items.len() < 2 * MAX_REPORTED_ITEMS {
                     self.items.push(rec);
@@ -715,6 +839,7 @@ async fn checksums_differ(edges: &ObjectEdges<'_>, e: &Entry) -> Result<bool, It
         .await
         .map_err(ledger_error)?;
     let entry = |h: &super::bucket::Head| Entry {
+        archived: false,
         key: e.key.clone(),
         size: h.size,
         etag: h.etag.clone(),
@@ -793,6 +918,7 @@ async fn back_up_overwritten(
         return Ok(());
     };
     let e = Entry {
+        archived: false,
         key: key.to_string(),
         size: h.size,
         etag: h.etag,
@@ -921,6 +1047,37 @@ async fn delete_one(
     rec
 }
 
+/// An archived source (listed in GLACIER or DEEP_ARCHIVE): `None` when HEAD shows it
+/// restored (copy it), else what it is left as: `Restoring` when a restore is under way or
+/// `--restore-days` asked for one now (not on a dry run), `Archived` otherwise. A restore
+/// refused by S3 is that object's error, with the service's code.
+async fn archived(
+    spec: &ObjectsSpec,
+    edges: &ObjectEdges<'_>,
+    key: &str,
+) -> Result<Option<Status>, ItemError> {
+    use super::bucket::Restore;
+    let head = edges.src.head(key).await?;
+    match head.and_then(|h| h.restore) {
+        Some(Restore::Done) => Ok(None),
+        Some(Restore::Ongoing) => Ok(Some(Status::Restoring)),
+        None => match &spec.restore {
+            None => Ok(Some(Status::Archived)),
+            Some(_) if spec.dry_run => Ok(Some(Status::Restoring)),
+            Some((days, tier)) => {
+                let (r, _) = with_retries_until(&spec.retry, &edges.stop, |_| {
+                    or_stop(&edges.stop, edges.src.restore(key, *days, tier.clone()))
+                })
+                .await;
+                r.map(|()| {
+                    tracing::info!(object = %edges.src.url.object(key), days, tier = tier.as_str(), "restore requested");
+                    Some(Status::Restoring)
+                })
+            }
+        },
+    }
+}
+
 /// Copies one object (with retries) and returns its final record. `reason` says whether
 /// the destination holds an older object (backed up first with `--backup-prefix`).
 async fn copy_object(
@@ -948,6 +1105,23 @@ async fn copy_object(
         line: None,
         resumed: None,
     };
+    // GLACIER, DEEP_ARCHIVE: copied once restored, else left (or a restore asked for).
+    if e.archived {
+        match Box::pin(archived(spec, edges, &e.key)).await {
+            Ok(None) => {}
+            Ok(Some(status)) => {
+                rec.status = status;
+                rec.ended_at = Some(Utc::now());
+                return rec;
+            }
+            Err(err) => {
+                rec.status = Status::Failed;
+                rec.error = Some(err);
+                rec.ended_at = Some(Utc::now());
+                return rec;
+            }
+        }
+    }
     if spec.dry_run {
         // What it would move: the whole object (a dry run looks at no open upload).
         rec.bytes = e.size;
@@ -955,7 +1129,7 @@ async fn copy_object(
         return rec;
     }
     if reason != Reason::Missing
-        && let Err(err) = back_up_overwritten(spec, edges, base, &e.key, &permits).await
+        && let Err(err) = Box::pin(back_up_overwritten(spec, edges, base, &e.key, &permits)).await
     {
         rec.status = Status::Failed;
         rec.error = Some(err);

@@ -1077,6 +1077,7 @@ async fn already_there(
         return Ok(false);
     };
     let dest = super::diff::Entry {
+        archived: false,
         key: entry.key.clone(),
         size: h.size,
         etag: h.etag,
@@ -1217,6 +1218,7 @@ async fn check_upload(
     }
     let parts = e.ledger.parts_done(u).await.map_err(store_err)?;
     let entry = super::diff::Entry {
+        archived: false,
         key: u.key.clone(),
         size: u.size,
         etag: u.source_etag.clone(),

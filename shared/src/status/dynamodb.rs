@@ -130,6 +130,8 @@ impl DynamoStore {
             ("filtered", n(run.filtered)),
             ("conflicts", n(run.conflicts)),
             ("deleted", n(run.deleted)),
+            ("archived", n(run.archived)),
+            ("restoring", n(run.restoring)),
             ("kind", s(run.kind.as_str())),
             ("result", s(run.result.as_str())),
         ]
@@ -160,6 +162,8 @@ impl DynamoStore {
             filtered: get_n(i, "filtered"),
             conflicts: get_n(i, "conflicts"),
             deleted: get_n(i, "deleted"),
+            archived: get_n(i, "archived"),
+            restoring: get_n(i, "restoring"),
             run_id: get_s(i, "pk").unwrap_or_default(),
             source: get_s(i, "source").unwrap_or_default(),
             dest: get_s(i, "dest").unwrap_or_default(),

@@ -187,6 +187,13 @@ pub struct ObjectsOptions {
     /// limited).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bwlimit: Option<u64>,
+    /// Archived sources (GLACIER, DEEP_ARCHIVE) not restored get a restore for this many
+    /// days; none: they are reported `archived` and left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_days: Option<u32>,
+    /// The restore tier: Standard or Bulk (none: Standard).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_tier: Option<String>,
 }
 
 fn thirty() -> u64 {
@@ -631,6 +638,8 @@ impl Task {
                 put("max_delete", o.max_delete.clone().unwrap_or_default());
                 put("backup_prefix", o.backup_prefix.clone().unwrap_or_default());
                 put("bwlimit", opt(o.bwlimit));
+                put("restore_days", opt(o.restore_days.map(u64::from)));
+                put("restore_tier", o.restore_tier.clone().unwrap_or_default());
             }
         }
         put("schedule", self.schedule.clone().unwrap_or_default());
@@ -837,7 +846,16 @@ fn objects(r: &mut Reader<'_>) -> ObjectsOptions {
             .map_err(|e| r.fail("bwlimit", e))
             .ok()
     });
+    let restore_days = r
+        .text("restore_days")
+        .is_some()
+        .then(|| r.number::<u32>("restore_days", true));
+    // The form always sends a tier (a choice); it only means something with restore days.
+    r.check("restore_tier", crate::objects::run::parse_tier);
+    let restore_tier = r.opt("restore_tier").filter(|_| restore_days.is_some());
     ObjectsOptions {
+        restore_days,
+        restore_tier,
         bwlimit,
         delete,
         max_delete,

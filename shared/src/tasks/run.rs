@@ -491,6 +491,23 @@ async fn objects(
         .map(|b| crate::objects::deletes::BackupPrefix::parse(b, &dest.prefix))
         .transpose()
         .map_err(config)?;
+    let restore = match (o.restore_days, &o.restore_tier) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            return Err(config(
+                "--restore-tier is given without --restore-days: expected --restore-days N as well",
+            ));
+        }
+        (Some(days), tier) => {
+            let days = i32::try_from(days)
+                .ok()
+                .filter(|d| *d >= 1)
+                .ok_or_else(|| config(format!("--restore-days {days}: expected 1 or more days")))?;
+            let tier = crate::objects::run::parse_tier(tier.as_deref().unwrap_or("Standard"))
+                .map_err(config)?;
+            Some((days, tier))
+        }
+    };
     let side = |url: &Option<String>, region: &Option<String>, profile: &Option<String>| Endpoint {
         region: region.clone(),
         url: url.clone(),
@@ -581,6 +598,7 @@ async fn objects(
         delete: o.delete,
         max_delete,
         backup,
+        restore,
         bwlimit: o
             .bwlimit
             .map(|r| std::sync::Arc::new(crate::objects::bandwidth::Bandwidth::new(r))),

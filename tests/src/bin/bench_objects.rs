@@ -50,6 +50,7 @@ const PAGE: u64 = 1000;
 /// Entry `i` of a generated listing. Keys sort like their numbers (zero-padded).
 fn entry(i: u64, bumped: bool) -> Entry {
     Entry {
+        archived: false,
         key: format!("logs/{:04}/part-{:08}.json.gz", i / PAGE, i),
         size: 1024 + (i.wrapping_mul(7919) % 100_000) + u64::from(bumped),
         etag: Some(format!(

@@ -361,3 +361,56 @@ fn a_failed_copy_leaves_every_delete_undone() {
     );
     assert_eq!(keys(&s3, "dst"), vec!["ok", "stale"]);
 }
+
+/// A bucket split into folders for parallel listing (the default, `--list-concurrency 8`)
+/// gives the same result as one listing (`--list-concurrency 1`): objects right under the
+/// prefix, folders, nested folders, a folder only the destination has, keys with spaces.
+#[test]
+fn a_split_listing_copies_and_deletes_as_one_listing_does() {
+    let s3 = S3::start(&["src", "dst"]);
+    let src_keys = [
+        "top.txt",
+        "a/1",
+        "a/b/2",
+        "a/b/c/3",
+        "a/b/c/d/4",
+        "b/5",
+        "b c/6",
+        "b-c/7",
+        "z",
+    ];
+    for k in src_keys {
+        s3.put("src", &format!("data/{k}"), k.as_bytes());
+    }
+    let stale = ["only-dst/x", "a/b/stale", "stale-top"];
+    for (n, dest) in ["one/", "split/"].into_iter().enumerate() {
+        for k in stale {
+            s3.put("dst", &format!("{dest}{k}"), b"old");
+        }
+        s3.put("dst", &format!("{dest}a/1"), b"a/1");
+        let lc = if n == 0 { "1" } else { "8" };
+        let run = s3.sync(
+            "s3://src/data/",
+            &format!("s3://dst/{dest}"),
+            None,
+            &["--delete", "--list-concurrency", lc],
+        );
+        assert_eq!(run.code, 0, "{lc}: {}\n{}", run.stdout, run.stderr);
+        let j = run.json();
+        assert_eq!(counts(&j), (8, 1, 0), "{lc}: {j:#}");
+        assert_eq!(j["deleted"], 3, "{lc}: {j:#}");
+    }
+    let under = |p: &str| -> Vec<String> {
+        keys(&s3, "dst")
+            .into_iter()
+            .filter_map(|k| k.strip_prefix(p).map(str::to_string))
+            .collect()
+    };
+    let mut want: Vec<String> = src_keys.iter().map(|k| k.to_string()).collect();
+    want.sort();
+    assert_eq!(under("one/"), want);
+    assert_eq!(under("split/"), want);
+    for k in src_keys {
+        assert_eq!(s3.get("dst", &format!("split/{k}")).unwrap(), k.as_bytes());
+    }
+}
