@@ -3,9 +3,8 @@
 //! `archived`, what a restore request reports, what a later run copies, and a refused
 //! restore failing only its own object.
 
-use super::objects::{REGION, S3, counts};
+use super::objects::{S3, counts};
 use aws_sdk_s3::types::StorageClass;
-use hub_tests::transfer_hub;
 
 fn put_in(s3: &S3, key: &str, body: &[u8], class: StorageClass) {
     s3.rt
@@ -124,24 +123,7 @@ fn archived_sources_are_left_then_restored_then_copied() {
 fn the_text_summary_counts_archived_objects() {
     let s3 = S3::start(&["src", "dst"]);
     seed(&s3);
-    let env = s3.moto.env(REGION);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let state = s3.state.path().join("t.db");
-    let run = transfer_hub(
-        &[
-            "objects",
-            "sync",
-            "s3://src/",
-            "s3://dst/",
-            "--source-endpoint",
-            &s3.moto.endpoint,
-            "--dest-endpoint",
-            &s3.moto.endpoint,
-            "--state",
-            state.to_str().unwrap(),
-        ],
-        &env,
-    );
+    let run = s3.sync_text("s3://src/", "s3://dst/", &[]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert!(
         run.stdout.contains("archived   s3://src/cold"),
@@ -160,20 +142,9 @@ fn the_text_summary_counts_archived_objects() {
 /// ServiceUnavailable) fails that object with the service's code; the others go on.
 #[test]
 fn a_refused_restore_fails_only_its_object_with_the_service_code() {
-    use hub_tests::faults::{Fault, FaultProxy, Faults, Flavor};
     let s3 = S3::start(&["src", "dst"]);
     seed(&s3);
-    let proxy = FaultProxy::start(
-        &s3.moto.endpoint,
-        Faults::scripted(
-            Flavor::S3,
-            0,
-            std::sync::Arc::new(|head: &str, _| {
-                head.starts_with("POST /src/deep?restore")
-                    .then_some(Fault::Unavailable)
-            }),
-        ),
-    );
+    let proxy = s3.failing("POST /src/deep?restore");
     let run = s3.sync(
         "s3://src/",
         "s3://dst/",

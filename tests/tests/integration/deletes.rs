@@ -2,8 +2,7 @@
 //! on 127.0.0.1: what is left at the destination, what moved to the backup prefix, the
 //! refusals and their exit codes, and the dry run.
 
-use super::objects::{REGION, S3, counts, data};
-use hub_tests::transfer_hub;
+use super::objects::{S3, counts, data};
 
 fn keys(s3: &S3, bucket: &str) -> Vec<String> {
     let mut k = s3.keys(bucket);
@@ -105,23 +104,7 @@ fn a_dry_run_lists_what_it_would_delete_and_deletes_nothing() {
     assert_eq!(keys(&s3, "dst"), vec!["a", "old"]);
 
     // The text output says "would delete".
-    let env = s3.moto.env(REGION);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let run = transfer_hub(
-        &[
-            "objects",
-            "sync",
-            "s3://src/",
-            "s3://dst/",
-            "--source-endpoint",
-            &s3.moto.endpoint,
-            "--dest-endpoint",
-            &s3.moto.endpoint,
-            "--delete",
-            "--dry-run",
-        ],
-        &env,
-    );
+    let run = s3.sync_text("s3://src/", "s3://dst/", &["--delete", "--dry-run"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert!(
         run.stdout.contains("would delete s3://dst/old"),
@@ -328,22 +311,11 @@ fn a_prefix_list_deletes_only_within_its_prefixes() {
 /// went wrong.
 #[test]
 fn a_failed_copy_leaves_every_delete_undone() {
-    use hub_tests::faults::{Fault, FaultProxy, Faults, Flavor};
     let s3 = S3::start(&["src", "dst"]);
     s3.put("src", "ok", b"fine");
     s3.put("src", "bad", b"never arrives");
     s3.put("dst", "stale", b"s");
-    let proxy = FaultProxy::start(
-        &s3.moto.endpoint,
-        Faults::scripted(
-            Flavor::S3,
-            0,
-            std::sync::Arc::new(|head: &str, _| {
-                head.starts_with("GET /src/bad")
-                    .then_some(Fault::Unavailable)
-            }),
-        ),
-    );
+    let proxy = s3.failing("GET /src/bad");
     let run = s3.sync(
         "s3://src/",
         "s3://dst/",

@@ -94,6 +94,41 @@ impl S3 {
         o.uploads().len()
     }
 
+    /// A fault proxy in front of moto that answers 503 ServiceUnavailable to every
+    /// request whose first line starts with `head` (e.g. `GET /src/bad`).
+    pub(crate) fn failing(&self, head: &'static str) -> hub_tests::faults::FaultProxy {
+        use hub_tests::faults::{Fault, FaultProxy, Faults, Flavor};
+        FaultProxy::start(
+            &self.moto.endpoint,
+            Faults::scripted(
+                Flavor::S3,
+                0,
+                Arc::new(move |h: &str, _| h.starts_with(head).then_some(Fault::Unavailable)),
+            ),
+        )
+    }
+
+    /// Runs `objects sync` on moto with the text output a person reads.
+    pub(crate) fn sync_text(&self, src: &str, dst: &str, extra: &[&str]) -> hub_tests::Run {
+        let state = self.state.path().join("text.db");
+        let mut args = vec![
+            "objects",
+            "sync",
+            src,
+            dst,
+            "--source-endpoint",
+            &self.moto.endpoint,
+            "--dest-endpoint",
+            &self.moto.endpoint,
+            "--state",
+            state.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let env = self.moto.env(REGION);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        transfer_hub(&args, &env)
+    }
+
     /// Runs `objects sync` with both sides at `endpoint` (moto unless a proxy is given).
     pub(crate) fn sync(
         &self,
