@@ -108,25 +108,9 @@ impl S3 {
         )
     }
 
-    /// Runs `objects sync` on moto with the text output a person reads.
+    /// Runs `objects sync` on moto with the text output a person reads (its own state file).
     pub(crate) fn sync_text(&self, src: &str, dst: &str, extra: &[&str]) -> hub_tests::Run {
-        let state = self.state.path().join("text.db");
-        let mut args = vec![
-            "objects",
-            "sync",
-            src,
-            dst,
-            "--source-endpoint",
-            &self.moto.endpoint,
-            "--dest-endpoint",
-            &self.moto.endpoint,
-            "--state",
-            state.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        let env = self.moto.env(REGION);
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        transfer_hub(&args, &env)
+        self.run_sync(src, dst, None, false, extra)
     }
 
     /// Runs `objects sync` with both sides at `endpoint` (moto unless a proxy is given).
@@ -137,7 +121,21 @@ impl S3 {
         source_endpoint: Option<&str>,
         extra: &[&str],
     ) -> hub_tests::Run {
-        let state = self.state.path().join("state.db");
+        self.run_sync(src, dst, source_endpoint, true, extra)
+    }
+
+    fn run_sync(
+        &self,
+        src: &str,
+        dst: &str,
+        source_endpoint: Option<&str>,
+        json: bool,
+        extra: &[&str],
+    ) -> hub_tests::Run {
+        let state = self
+            .state
+            .path()
+            .join(if json { "state.db" } else { "text.db" });
         let source_endpoint = source_endpoint.unwrap_or(&self.moto.endpoint).to_string();
         let mut args = vec![
             "objects",
@@ -148,13 +146,14 @@ impl S3 {
             &source_endpoint,
             "--dest-endpoint",
             &self.moto.endpoint,
-            "--output",
-            "json",
             "--state",
             state.to_str().unwrap(),
             "--retry-base-ms",
             "10",
         ];
+        if json {
+            args.extend(["--output", "json"]);
+        }
         args.extend_from_slice(extra);
         let env = self.moto.env(REGION);
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
