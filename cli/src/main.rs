@@ -321,6 +321,11 @@ pub(crate) struct SyncArgs {
     /// Manifest lookups and tag listings at once.
     #[arg(long, default_value = "32")]
     resolve_concurrency: NonZeroUsize,
+    /// Send at most N requests a second to each registry, spaced evenly, for registries
+    /// that throttle without saying so (the requests transfer-hub sends itself: listings,
+    /// manifest lookups, its own copies; skopeo's are bounded by --concurrency).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_requests_per_second: Option<u32>,
     /// Retries after a failed attempt (network, 5xx, 429, timeout); auth, not-found and
     /// bad-input errors are never retried.
     #[arg(long, default_value = "3")]
@@ -889,6 +894,7 @@ fn images_options(a: &SyncArgs) -> Result<ImagesOptions> {
         no_scan_on_push: a.no_scan_on_push,
         ecr_kms_key: a.ecr_kms_key.clone(),
         no_overwrite: a.no_overwrite,
+        max_requests_per_second: a.max_requests_per_second,
         ecr_immutable_tags: a.ecr_tag_mutability == "IMMUTABLE",
         include_tags: a.include_tags.clone(),
         exclude_tags: a.exclude_tags.clone(),

@@ -19,6 +19,7 @@ pub mod console;
 pub mod images;
 pub mod interrupt;
 pub mod objects;
+pub mod rate;
 pub mod retry;
 pub mod status;
 pub mod tasks;

@@ -236,6 +236,12 @@ const IMAGE_FIELDS: &[FieldSpec] = &[
     f("concurrency", "Copies at once", Input::Text, ""),
     f("resolve_concurrency", "Lookups at once", Input::Text, ""),
     f(
+        "max_requests_per_second",
+        "Max requests a second, per registry",
+        Input::Text,
+        "for registries that throttle without saying so; empty: no pacing",
+    ),
+    f(
         "retries",
         "Retries",
         Input::Text,

@@ -432,6 +432,10 @@ pub struct HttpRegistry {
     trust: Trust,
     /// The HTTP client of each registry address with CAs of its own.
     clients: Mutex<HashMap<String, reqwest::Client>>,
+    /// `--max-requests-per-second`: at most this many requests a second to each registry
+    /// (its own pace, by address); `None` does not pace.
+    max_rps: Option<u32>,
+    paces: Mutex<HashMap<String, std::sync::Arc<crate::rate::Rate>>>,
 }
 
 impl HttpRegistry {
@@ -448,7 +452,33 @@ impl HttpRegistry {
             tokens: Mutex::new(HashMap::new()),
             trust: Trust::system(),
             clients: Mutex::new(HashMap::new()),
+            max_rps: None,
+            paces: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// At most `n` requests a second to each registry, spaced evenly (for registries that
+    /// throttle without telling how). Token requests to an auth realm are not paced.
+    pub fn with_max_requests_per_second(mut self, n: Option<u32>) -> Self {
+        self.max_rps = n.filter(|n| *n > 0);
+        self
+    }
+
+    /// Waits for this registry's next request slot (`--max-requests-per-second`).
+    async fn pace(&self, host: &str) {
+        let Some(n) = self.max_rps else {
+            return;
+        };
+        let rate = self
+            .paces
+            .lock()
+            .unwrap()
+            .entry(self.address(host))
+            .or_insert_with(|| {
+                std::sync::Arc::new(crate::rate::Rate::new(n.into(), Duration::ZERO))
+            })
+            .clone();
+        rate.take(1).await;
     }
 
     /// Where registries' own CAs are found (the default is [`Trust::system`]).
@@ -649,6 +679,7 @@ impl HttpRegistry {
             if let Some(h) = self.auth_header(host, scope) {
                 req = req.header(header::AUTHORIZATION, h);
             }
+            self.pace(host).await;
             let resp = req
                 .send()
                 .await
@@ -1444,6 +1475,7 @@ impl Registry for HttpRegistry {
             patch = patch.header(header::CONTENT_LENGTH, n);
         }
         patch = self.upload_login(patch, host, &scope, ours);
+        self.pace(host).await;
         let sent = patch
             .send()
             .await
@@ -1470,6 +1502,7 @@ impl Registry for HttpRegistry {
             .put(format!("{at}{sep}digest={digest}"))
             .header(header::CONTENT_LENGTH, 0);
         commit = self.upload_login(commit, host, &scope, ours);
+        self.pace(host).await;
         let done = commit
             .send()
             .await

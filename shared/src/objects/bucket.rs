@@ -650,7 +650,7 @@ impl Bucket {
             }
             buf.extend_from_slice(&chunk);
             if let Some(l) = limit {
-                l.take(chunk.len()).await;
+                l.take(chunk.len() as u64).await;
             }
         }
         Ok(Got {

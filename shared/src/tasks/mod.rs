@@ -105,6 +105,10 @@ pub struct ImagesOptions {
     /// get immutable tags.
     #[serde(default)]
     pub ecr_immutable_tags: bool,
+    /// At most this many requests a second to each registry (those we send: listings,
+    /// manifest lookups and copies of our own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_second: Option<u32>,
 }
 
 impl ImagesOptions {
@@ -577,6 +581,12 @@ impl Task {
                 put("ecr_kms_key", o.ecr_kms_key.clone().unwrap_or_default());
                 put("no_overwrite", o.no_overwrite.to_string());
                 put(
+                    "max_requests_per_second",
+                    o.max_requests_per_second
+                        .map(|n| n.to_string())
+                        .unwrap_or_default(),
+                );
+                put(
                     "ecr_tag_mutability",
                     if o.ecr_immutable_tags {
                         "IMMUTABLE"
@@ -755,6 +765,10 @@ fn images(r: &mut Reader<'_>) -> ImagesOptions {
         no_scan_on_push: r.flag("no_scan_on_push"),
         ecr_kms_key: r.opt("ecr_kms_key"),
         no_overwrite: r.flag("no_overwrite"),
+        max_requests_per_second: r
+            .text("max_requests_per_second")
+            .is_some()
+            .then(|| r.number::<u32>("max_requests_per_second", true)),
         ecr_immutable_tags: match r.text("ecr_tag_mutability").map(str::to_string).as_deref() {
             None | Some("MUTABLE") => false,
             Some("IMMUTABLE") => true,

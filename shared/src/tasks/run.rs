@@ -368,8 +368,9 @@ async fn images(o: &ImagesOptions, ctx: &RunContext<'_>) -> Result<SyncReport, R
         }
         trust = trust.with_registry_certs(dir);
     }
-    let mut registry =
-        HttpRegistry::new(credentials, o.insecure_registries.clone()).with_trust(trust);
+    let mut registry = HttpRegistry::new(credentials, o.insecure_registries.clone())
+        .with_trust(trust)
+        .with_max_requests_per_second(o.max_requests_per_second);
 
     let mut prepare: Option<EcrRepos> = None;
     for host in &hosts {
@@ -601,7 +602,7 @@ async fn objects(
         restore,
         bwlimit: o
             .bwlimit
-            .map(|r| std::sync::Arc::new(crate::objects::bandwidth::Bandwidth::new(r))),
+            .map(|r| std::sync::Arc::new(crate::objects::bandwidth::limit(r))),
     };
     let edges = ObjectEdges {
         src: &src,

@@ -618,3 +618,69 @@ fn two_sources_for_one_destination_tag_copy_the_first_and_fail_the_later_naming_
         "nothing was copied from the later source"
     );
 }
+
+/// `--max-requests-per-second 2`: a no-op run of six tags sends at least seven requests to
+/// the source (the tag list, a HEAD a tag), so it cannot take less than 3.5 s; the floor is
+/// what is checked (an unpaced run's time is printed, not asserted).
+#[test]
+fn max_requests_per_second_paces_each_registry() {
+    let (src, dst, dir) = (
+        RegistryServer::start(),
+        RegistryServer::start(),
+        tempfile::tempdir().unwrap(),
+    );
+    let img = small();
+    for i in 0..6 {
+        img.push(&format!("{}/app:v{i}", src.addr), None);
+    }
+    let l = list(dir.path(), "app:ALL_TAGS\n");
+    let args = |extra: &[&'static str]| {
+        let mut a = vec![
+            "--source".to_string(),
+            src.addr.clone(),
+            "--dest".into(),
+            dst.addr.clone(),
+            "--list".into(),
+            l.to_str().unwrap().to_string(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let run = |extra: &[&'static str]| {
+        let a = args(extra);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let t = std::time::Instant::now();
+        let r = sync(dir.path(), &a);
+        (r, t.elapsed())
+    };
+    let (r, _) = run(&[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(counts(&r.json()), (6, 0, 0));
+    let (free, free_took) = run(&[]);
+    assert_eq!(counts(&free.json()), (0, 6, 0));
+    let (paced, took) = run(&["--max-requests-per-second", "2"]);
+    assert_eq!(paced.code, 0, "{}", paced.stderr);
+    assert_eq!(counts(&paced.json()), (0, 6, 0));
+    eprintln!("no-op of 6 tags: {free_took:.1?} unpaced, {took:.1?} at 2 requests a second");
+    assert!(took >= std::time::Duration::from_millis(3500), "{took:?}");
+
+    let bad = sync(
+        dir.path(),
+        &[
+            "--max-requests-per-second",
+            "0",
+            "--source",
+            &src.addr,
+            "--dest",
+            &dst.addr,
+            "--list",
+            l.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains("--max-requests-per-second"),
+        "{}",
+        bad.stderr
+    );
+}
