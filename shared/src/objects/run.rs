@@ -992,19 +992,19 @@ async fn delete_extras(
     Ok(())
 }
 
-/// Deletes (or moves to `backup`) one destination object and returns its record.
-async fn delete_one(
+/// The record of one object's copy or delete as it starts: `status` until it ends.
+fn started_record(
     spec: &ObjectsSpec,
-    edges: &ObjectEdges<'_>,
-    backup: Option<&Bucket>,
-    e: Entry,
-    permits: Arc<Permits>,
+    source: String,
+    dest: String,
+    status: Status,
+    e: &Entry,
 ) -> ItemRecord {
-    let mut rec = ItemRecord {
+    ItemRecord {
         run_id: spec.run_id.clone(),
-        source: edges.dst.url.object(&e.key),
-        dest: backup.map(|b| b.url.object(&e.key)).unwrap_or_default(),
-        status: Status::Deleted,
+        source,
+        dest,
+        status,
         source_digest: e.etag.clone(),
         dest_digest: None,
         attempts: 0,
@@ -1015,7 +1015,24 @@ async fn delete_one(
         version: FINAL,
         line: None,
         resumed: None,
-    };
+    }
+}
+
+/// Deletes (or moves to `backup`) one destination object and returns its record.
+async fn delete_one(
+    spec: &ObjectsSpec,
+    edges: &ObjectEdges<'_>,
+    backup: Option<&Bucket>,
+    e: Entry,
+    permits: Arc<Permits>,
+) -> ItemRecord {
+    let mut rec = started_record(
+        spec,
+        edges.dst.url.object(&e.key),
+        backup.map(|b| b.url.object(&e.key)).unwrap_or_default(),
+        Status::Deleted,
+        &e,
+    );
     if !spec.dry_run {
         let key = e.key.clone();
         let backed = match backup {
@@ -1088,23 +1105,13 @@ async fn copy_object(
     reason: Reason,
     permits: Arc<Permits>,
 ) -> ItemRecord {
-    let started = Utc::now();
-    let mut rec = ItemRecord {
-        run_id: spec.run_id.clone(),
-        source: edges.src.url.object(&e.key),
-        dest: edges.dst.url.object(&e.key),
-        status: Status::Planned,
-        source_digest: e.etag.clone(),
-        dest_digest: None,
-        attempts: 0,
-        error: None,
-        bytes: 0,
-        started_at: Some(started),
-        ended_at: None,
-        version: FINAL,
-        line: None,
-        resumed: None,
-    };
+    let mut rec = started_record(
+        spec,
+        edges.src.url.object(&e.key),
+        edges.dst.url.object(&e.key),
+        Status::Planned,
+        &e,
+    );
     // GLACIER, DEEP_ARCHIVE: copied once restored, else left (or a restore asked for).
     if e.archived {
         match Box::pin(archived(spec, edges, &e.key)).await {

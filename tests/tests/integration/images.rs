@@ -664,19 +664,7 @@ fn max_requests_per_second_paces_each_registry() {
     eprintln!("no-op of 6 tags: {free_took:.1?} unpaced, {took:.1?} at 2 requests a second");
     assert!(took >= std::time::Duration::from_millis(3500), "{took:?}");
 
-    let bad = sync(
-        dir.path(),
-        &[
-            "--max-requests-per-second",
-            "0",
-            "--source",
-            &src.addr,
-            "--dest",
-            &dst.addr,
-            "--list",
-            l.to_str().unwrap(),
-        ],
-    );
+    let (bad, _) = run(&["--max-requests-per-second", "0"]);
     assert_eq!(bad.code, 2, "{}", bad.stderr);
     assert!(
         bad.stderr.contains("--max-requests-per-second"),
