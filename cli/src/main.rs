@@ -776,7 +776,12 @@ pub(crate) async fn fatal(
             Ok(Some((_, items))) => items,
             _ => Vec::new(),
         };
-        let mut v = serde_json::to_value(SyncReport { run, items }).unwrap_or_default();
+        let mut v = serde_json::to_value(SyncReport {
+            run,
+            items,
+            registries: Default::default(),
+        })
+        .unwrap_or_default();
         v["error"] = format!("{e:#}").into();
         v["exit_code"] = error_code(&e).into();
         if let Err(p) = print_json(&v) {
@@ -803,7 +808,10 @@ pub(crate) fn finish(
 ) -> Result<ExitCode> {
     match output {
         OutputFormat::Json => print_json(&report)?,
-        OutputFormat::Text => output::summary(&report.run, &report.items, Some(state_path)),
+        OutputFormat::Text => {
+            output::summary(&report.run, &report.items, Some(state_path));
+            output::registry_requests(&report.registries);
+        }
     }
     if let Some(why) = stop.and_then(|s| s.reason()) {
         let what = if report.run.source.starts_with("s3://") {
@@ -1018,7 +1026,11 @@ async fn status(a: StatusArgs) -> Result<ExitCode> {
         )));
     };
     match a.output {
-        OutputFormat::Json => print_json(&hub_core::images::sync::SyncReport { run, items })?,
+        OutputFormat::Json => print_json(&hub_core::images::sync::SyncReport {
+            run,
+            items,
+            registries: Default::default(),
+        })?,
         OutputFormat::Text => {
             for i in &items {
                 output::print_item(i, false, a.long);

@@ -554,6 +554,20 @@ pub fn summary(run: &RunRecord, items: &[ItemRecord], state: Option<&Path>) {
     }
 }
 
+/// After an images run's summary: what it asked of each registry (rate limits and quotas
+/// count these).
+pub fn registry_requests(
+    counts: &std::collections::BTreeMap<String, hub_core::images::registry::RequestCount>,
+) {
+    for (host, c) in counts {
+        crate::outln!(
+            "registry {host}: {} request(s), {} token request(s)",
+            c.requests,
+            c.token_requests
+        );
+    }
+}
+
 /// `transfer-hub runs`: one line per run.
 pub fn runs_table(runs: &[RunRecord]) {
     if runs.is_empty() {

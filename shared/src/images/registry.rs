@@ -13,11 +13,11 @@ use crate::retry::{ErrorClass, ItemError};
 use async_trait::async_trait;
 use reqwest::{Method, StatusCode, header};
 use serde::Deserialize;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Manifest media types we ask for, most capable first.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
@@ -421,6 +421,29 @@ enum Challenge {
     },
 }
 
+/// A bearer token of one (registry, scope), and until when it is sent.
+#[derive(Debug, Clone)]
+struct Token {
+    value: String,
+    fresh_until: Instant,
+}
+
+/// How long a token is used after it was fetched: its `expires_in` (60 s when the realm
+/// does not say, as the token spec has it), less a tenth of that (at most 30 s) so that no
+/// request arrives with a token that has just run out.
+pub fn token_life(expires_in: Option<u64>) -> Duration {
+    let life = Duration::from_secs(expires_in.unwrap_or(60));
+    life - (life / 10).min(Duration::from_secs(30))
+}
+
+/// What this client asked of one registry in a run: its requests (the registry's own API:
+/// HEADs, GETs, uploads) and the token requests to the auth realm it names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RequestCount {
+    pub requests: u64,
+    pub token_requests: u64,
+}
+
 /// A registry client over HTTP(S).
 pub struct HttpRegistry {
     http: reqwest::Client,
@@ -428,7 +451,11 @@ pub struct HttpRegistry {
     insecure: HashSet<String>,
     addresses: HashMap<String, String>,
     challenges: Mutex<HashMap<String, Challenge>>,
-    tokens: Mutex<HashMap<(String, String), String>>,
+    tokens: Mutex<HashMap<(String, String), Token>>,
+    /// One token fetch at a time per (registry, scope): the requests that need the token
+    /// wait for that fetch rather than each asking the realm.
+    fetches: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
+    counts: Mutex<BTreeMap<String, RequestCount>>,
     trust: Trust,
     /// The HTTP client of each registry address with CAs of its own.
     clients: Mutex<HashMap<String, reqwest::Client>>,
@@ -450,6 +477,8 @@ impl HttpRegistry {
             addresses: HashMap::new(),
             challenges: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
+            fetches: Mutex::new(HashMap::new()),
+            counts: Mutex::new(BTreeMap::new()),
             trust: Trust::system(),
             clients: Mutex::new(HashMap::new()),
             max_rps: None,
@@ -464,8 +493,10 @@ impl HttpRegistry {
         self
     }
 
-    /// Waits for this registry's next request slot (`--max-requests-per-second`).
+    /// Before each request to a registry: counts it, and waits for the registry's next
+    /// request slot (`--max-requests-per-second`).
     async fn pace(&self, host: &str) {
+        self.count(host, |c| c.requests += 1);
         let Some(n) = self.max_rps else {
             return;
         };
@@ -617,13 +648,68 @@ impl HttpRegistry {
         let challenge = self.challenges.lock().unwrap().get(host).cloned()?;
         match challenge {
             Challenge::Basic => self.credentials.get(host).map(basic),
-            Challenge::Bearer { .. } => self
-                .tokens
-                .lock()
-                .unwrap()
-                .get(&(host.to_string(), scope.to_string()))
-                .map(|t| format!("Bearer {t}")),
+            Challenge::Bearer { .. } => {
+                self.fresh_token(host, scope).map(|t| format!("Bearer {t}"))
+            }
         }
+    }
+
+    /// The token of `host` for `scope` while it is fresh ([`token_life`]).
+    fn fresh_token(&self, host: &str, scope: &str) -> Option<String> {
+        self.tokens
+            .lock()
+            .unwrap()
+            .get(&(host.to_string(), scope.to_string()))
+            .filter(|t| Instant::now() < t.fresh_until)
+            .map(|t| t.value.clone())
+    }
+
+    /// What this client asked of each registry so far, by the host's name.
+    pub fn request_counts(&self) -> BTreeMap<String, RequestCount> {
+        self.counts.lock().unwrap().clone()
+    }
+
+    fn count(&self, host: &str, f: impl FnOnce(&mut RequestCount)) {
+        f(self
+            .counts
+            .lock()
+            .unwrap()
+            .entry(host.to_string())
+            .or_default());
+    }
+
+    /// Makes sure a fresh token of `host` for `scope` is held, fetching it from `realm` when
+    /// it is not, or when it is the one the registry just `refused`. Requests that need the
+    /// same token wait for one fetch.
+    async fn ensure_token(
+        &self,
+        host: &str,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+        refused: Option<&str>,
+    ) -> Result<(), ItemError> {
+        let key = (host.to_string(), scope.to_string());
+        let fetch = self
+            .fetches
+            .lock()
+            .unwrap()
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let _one = fetch.lock().await;
+        if let Some(t) = self.fresh_token(host, scope) {
+            if refused != Some(t.as_str()) {
+                return Ok(());
+            }
+        }
+        let (value, expires_in) = self.fetch_token(host, realm, service, scope).await?;
+        let fresh_until = Instant::now() + token_life(expires_in);
+        self.tokens
+            .lock()
+            .unwrap()
+            .insert(key, Token { value, fresh_until });
+        Ok(())
     }
 
     /// HEAD of `path` in `repo` with pull scope: `None` when the registry answers 404, else
@@ -676,7 +762,15 @@ impl HttpRegistry {
             if let Some(t) = timeout {
                 req = req.timeout(t);
             }
-            if let Some(h) = self.auth_header(host, scope) {
+            // A registry known to want bearer tokens gets the scope's token first, rather
+            // than a request it would refuse.
+            let known = self.challenges.lock().unwrap().get(host).cloned();
+            if let Some(Challenge::Bearer { realm, service }) = known {
+                self.ensure_token(host, &realm, service.as_deref(), scope, None)
+                    .await?;
+            }
+            let sent = self.auth_header(host, scope);
+            if let Some(h) = &sent {
                 req = req.header(header::AUTHORIZATION, h);
             }
             self.pace(host).await;
@@ -708,13 +802,9 @@ impl HttpRegistry {
             };
             if let Challenge::Bearer { realm, service } = &challenge {
                 self.check_realm(host, realm)?;
-                let token = self
-                    .fetch_token(host, realm, service.as_deref(), scope)
+                let refused = sent.as_deref().and_then(|h| h.strip_prefix("Bearer "));
+                self.ensure_token(host, realm, service.as_deref(), scope, refused)
                     .await?;
-                self.tokens
-                    .lock()
-                    .unwrap()
-                    .insert((host.to_string(), scope.to_string()), token);
             } else if self.credentials.get(host).is_none() {
                 return Err(ItemError::new(
                     ErrorClass::AuthDenied,
@@ -800,7 +890,8 @@ impl HttpRegistry {
         realm: &str,
         service: Option<&str>,
         scope: &str,
-    ) -> Result<String, ItemError> {
+    ) -> Result<(String, Option<u64>), ItemError> {
+        self.count(host, |c| c.token_requests += 1);
         let mut req = self.client(host)?.get(realm);
         let mut query = vec![("scope", scope)];
         if let Some(s) = service {
@@ -836,6 +927,7 @@ impl HttpRegistry {
         struct Tok {
             token: Option<String>,
             access_token: Option<String>,
+            expires_in: Option<u64>,
         }
         let body = read_capped(resp, TOKEN_LIMIT, "token response", realm).await?;
         let t: Tok = serde_json::from_slice(&body).map_err(|e| {
@@ -844,12 +936,13 @@ impl HttpRegistry {
                 format!("token response from {realm}: {e}"),
             )
         })?;
-        t.token.or(t.access_token).ok_or_else(|| {
+        let token = t.token.or(t.access_token).ok_or_else(|| {
             ItemError::new(
                 ErrorClass::AuthDenied,
                 format!("token response from {realm} has no token"),
             )
-        })
+        })?;
+        Ok((token, t.expires_in))
     }
 
     /// GETs a JSON body of at most `limit` bytes; returns it parsed, with the path of the
@@ -1750,6 +1843,20 @@ mod tests {
             "tcp connect error: Connection refused",
         );
         assert_eq!(e.class, ErrorClass::Retryable);
+    }
+
+    #[test]
+    fn a_token_is_used_for_its_expires_in_less_a_margin() {
+        assert_eq!(token_life(Some(3600)), Duration::from_secs(3570));
+        assert_eq!(token_life(Some(300)), Duration::from_secs(270));
+        // The token spec's default when the realm does not say.
+        assert_eq!(token_life(None), Duration::from_secs(54));
+        assert_eq!(token_life(Some(0)), Duration::ZERO);
+        for s in [1u64, 7, 59, 61, 299, 301, 86_400, u32::MAX as u64] {
+            let life = token_life(Some(s));
+            assert!(life <= Duration::from_secs(s), "{s}");
+            assert!(life >= Duration::from_secs(s) * 9 / 10, "{s}");
+        }
     }
 
     #[test]

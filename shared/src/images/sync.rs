@@ -4,7 +4,7 @@
 //! against real registries from the CLI and, later, inside the AWS functions.
 
 use crate::images::plan::{self, Action, ImageName, Observation, TagListings, Unplannable, Wanted};
-use crate::images::registry::{Location, Registry};
+use crate::images::registry::{Location, Registry, RequestCount};
 use crate::images::selection::{Selection, TagSpec};
 use crate::interrupt::{Stop, interrupted};
 use crate::retry::{ErrorClass, ItemError, RetryPolicy, with_retries};
@@ -12,7 +12,7 @@ use crate::status::{ItemRecord, RunRecord, RunResult, Status, StatusStore, Store
 use async_trait::async_trait;
 use chrono::Utc;
 use futures::stream::{self, StreamExt};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// What to take from the source.
 #[derive(Debug, Clone)]
@@ -87,6 +87,10 @@ pub struct SyncReport {
     #[serde(flatten)]
     pub run: RunRecord,
     pub items: Vec<ItemRecord>,
+    /// What the run asked of each registry (requests and token requests), by host; empty
+    /// for object runs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub registries: BTreeMap<String, RequestCount>,
 }
 
 impl SyncReport {
@@ -312,7 +316,11 @@ fn finish(mut run: RunRecord, mut items: Vec<ItemRecord>) -> SyncReport {
     if run.dry_run {
         run.to_copy = Some(items.iter().filter(|i| i.status == Status::Planned).count() as u64);
     }
-    SyncReport { run, items }
+    SyncReport {
+        run,
+        items,
+        registries: BTreeMap::new(),
+    }
 }
 
 /// The status of an image that did not arrive: `conflict` when its destination tag holds

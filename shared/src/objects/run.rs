@@ -281,6 +281,7 @@ pub async fn run_objects(
         tracing::warn!(omitted = kept.omitted, run = %run.run_id, "more objects than the report lists; every one is in the state file (transfer-hub status --run)");
     }
     Ok(SyncReport {
+        registries: Default::default(),
         run,
         items: kept.items,
     })

@@ -439,7 +439,8 @@ async fn images(o: &ImagesOptions, ctx: &RunContext<'_>) -> Result<SyncReport, R
         progress: ctx.progress,
     };
     let all_repos = matches!(spec.selecting, Selecting::AllRepos);
-    let report = run_sync_until(&spec, &edges, &ctx.stop).await?;
+    let mut report = run_sync_until(&spec, &edges, &ctx.stop).await?;
+    report.registries = registry.request_counts();
     // The temp auth file goes with the copier.
     drop(copier);
     if all_repos && report.items.is_empty() && ctx.stop.reason().is_none() {

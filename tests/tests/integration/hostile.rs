@@ -472,6 +472,78 @@ fn a_tls_registry_with_its_own_ca_and_an_https_token_realm_copies() {
     assert!(!r.stdout.contains(&canary) && !r.stderr.contains(&canary));
 }
 
+/// Eight tags of one repository on a bearer-token registry, copied, then synced again with
+/// nothing to do: the second run asks the realm once per scope (the login check's and the
+/// repository's pull scope), not once per tag, however many HEADs run at once, and the
+/// report says so per registry.
+#[test]
+fn a_no_op_run_asks_the_token_realm_once_per_scope_and_counts_it() {
+    let rig = TlsRig::new();
+    let realm = rig.realm();
+    let src = rig.registry(&format!("https://{}/token", realm.addr));
+    let dst = RegistryServer::start();
+    let push_auth = rig.dir.path().join("push.json");
+    hub_tests::write_authfile(&push_auth, &[(&src.addr, "pusher", "push-pw")]);
+    let img = OciImage::single(&[1024]);
+    let tags: Vec<String> = (1..=8).map(|i| format!("team/app:{i}")).collect();
+    for t in &tags {
+        img.push(&format!("{}/{t}", src.addr), Some(&push_auth));
+    }
+    let certs = rig.certs(&rig.ca, &src.addr);
+    let auth = rig.dir.path().join("auth.json");
+    hub_tests::write_authfile(&auth, &[(&src.addr, "puller", "pull-pw")]);
+    let l = list(rig.dir.path(), &(tags.join("\n") + "\n"));
+    let args = [
+        "--source",
+        &src.addr,
+        "--dest",
+        &dst.addr,
+        "--list",
+        l.to_str().unwrap(),
+        "--authfile",
+        auth.to_str().unwrap(),
+        "--registry-certs",
+        certs.to_str().unwrap(),
+        "--concurrency",
+        "8",
+        "--resolve-concurrency",
+        "8",
+    ];
+    let first = super::images::sync(rig.dir.path(), &args);
+    assert_eq!(first.code, 0, "{}\n{}", first.stdout, first.stderr);
+    assert_eq!(first.json()["copied"], 8, "{}", first.stdout);
+    let before = realm.requests().len();
+    let again = super::images::sync(rig.dir.path(), &args);
+    assert_eq!(again.code, 0, "{}\n{}", again.stdout, again.stderr);
+    let j = again.json();
+    assert_eq!(j["copied"], 0, "{}", again.stdout);
+    assert_eq!(j["skipped"], 8, "{}", again.stdout);
+    let asked: Vec<String> = realm.requests()[before..]
+        .iter()
+        .map(|q| q.lines().next().unwrap_or_default().to_string())
+        .collect();
+    let mut scopes: Vec<&String> = asked.iter().collect();
+    scopes.sort();
+    scopes.dedup();
+    assert_eq!(
+        scopes.len(),
+        asked.len(),
+        "each scope's token is asked for once: {asked:#?}"
+    );
+    assert!(
+        asked.len() <= 2 && asked.iter().any(|q| q.contains("team%2Fapp")),
+        "the login check and the repository's pull scope: {asked:#?}"
+    );
+    let counted = &j["registries"][&src.addr];
+    assert_eq!(counted["token_requests"], asked.len(), "{j:#}");
+    // The login check, then a HEAD per tag (no tag listing: the list names them).
+    assert!(
+        counted["requests"].as_u64().unwrap() >= 8,
+        "{counted} for 8 HEADs"
+    );
+    assert_eq!(j["registries"][&dst.addr]["token_requests"], 0, "{j:#}");
+}
+
 /// A certificate directory whose CA did not sign the registry's certificate: the run stops
 /// at the setup check with one line naming the registry and where its CA goes; nothing is
 /// copied, no login is sent, and verification is not turned off.
