@@ -326,6 +326,12 @@ pub(crate) struct SyncArgs {
     /// manifest lookups, its own copies; skopeo's are bounded by --concurrency).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     max_requests_per_second: Option<u32>,
+    /// A supply-chain cooldown: copy a source digest only once it was first seen at the
+    /// source at least this long ago, e.g. 7d, 12h (a bare number is seconds), counted from
+    /// the first run that saw it (kept in the state file). Until then the image is
+    /// reported 'waiting' with the time left; a tag moved to a new digest waits again.
+    #[arg(long, value_name = "AGE", value_parser = secs_arg)]
+    min_age: Option<u64>,
     /// Retries after a failed attempt (network, 5xx, 429, timeout); auth, not-found and
     /// bad-input errors are never retried.
     #[arg(long, default_value = "3")]
@@ -903,6 +909,7 @@ fn images_options(a: &SyncArgs) -> Result<ImagesOptions> {
         ecr_kms_key: a.ecr_kms_key.clone(),
         no_overwrite: a.no_overwrite,
         max_requests_per_second: a.max_requests_per_second,
+        min_age_secs: a.min_age,
         ecr_immutable_tags: a.ecr_tag_mutability == "IMMUTABLE",
         include_tags: a.include_tags.clone(),
         exclude_tags: a.exclude_tags.clone(),

@@ -332,6 +332,7 @@ fn item_line(i: &ItemRecord, dry_run: bool, long: bool) -> String {
         (Status::Archived, _) => "archived",
         (Status::Restoring, true) => "would restore",
         (Status::Restoring, false) => "restoring",
+        (Status::Waiting, _) => "waiting",
     };
     let digest = i
         .dest_digest
@@ -347,6 +348,9 @@ fn item_line(i: &ItemRecord, dry_run: bool, long: bool) -> String {
     if let Some(r) = &i.resumed {
         s.push_str(&format!(" · {}", resumed_line(i, r)));
     }
+    if let Some(t) = i.waiting_until {
+        s.push_str(&format!(" · {}", waiting_line(t, Utc::now())));
+    }
     // An object a dry run would copy: its size.
     if i.status == Status::Planned && i.source.starts_with("s3://") {
         s.push_str(&format!(" ({})", human_bytes(i.bytes)));
@@ -358,6 +362,16 @@ fn item_line(i: &ItemRecord, dry_run: bool, long: bool) -> String {
         ));
     }
     s
+}
+
+/// "--min-age: copied from 2026-12-11 05:00 UTC (6d23h left)": when a waiting image's source
+/// digest is old enough.
+fn waiting_line(until: chrono::DateTime<Utc>, now: chrono::DateTime<Utc>) -> String {
+    format!(
+        "--min-age: copied from {} ({} left)",
+        until.format("%Y-%m-%d %H:%M UTC"),
+        hub_core::units::human_duration((until - now).to_std().unwrap_or_default())
+    )
 }
 
 /// "resumed 8 of 16 parts of big.bin": what an object reused of an earlier run's upload.
@@ -508,6 +522,18 @@ pub fn summary(run: &RunRecord, items: &[ItemRecord], state: Option<&Path>) {
             } else {
                 "are being restored"
             }
+        );
+    }
+    if run.waiting > 0 {
+        let next = items.iter().filter_map(|i| i.waiting_until).min();
+        crate::outln!(
+            "waiting: {} image(s) whose source digest is newer than --min-age{}",
+            run.waiting,
+            next.map(|t| format!(
+                "; the first is copied by a run from {}",
+                t.format("%Y-%m-%d %H:%M UTC")
+            ))
+            .unwrap_or_default()
         );
     }
     if run.deleted > 0 {

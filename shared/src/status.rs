@@ -36,6 +36,10 @@ pub enum Status {
     Archived,
     /// An archived object whose restore is under way: a later run copies it.
     Restoring,
+    /// An image whose source digest was first seen less than `--min-age` ago (the
+    /// supply-chain cooldown): left for now, neither copied nor failed; the record's
+    /// `waiting_until` says when a run copies it.
+    Waiting,
 }
 
 impl Status {
@@ -49,6 +53,7 @@ impl Status {
             Status::Deleted => "deleted",
             Status::Archived => "archived",
             Status::Restoring => "restoring",
+            Status::Waiting => "waiting",
         }
     }
     pub fn from_name(s: &str) -> Option<Self> {
@@ -61,6 +66,7 @@ impl Status {
             Status::Deleted,
             Status::Archived,
             Status::Restoring,
+            Status::Waiting,
         ]
         .into_iter()
         .find(|x| x.as_str() == s)
@@ -93,6 +99,10 @@ pub struct ItemRecord {
     /// this run found finished and did not send again (`null` otherwise).
     #[serde(default)]
     pub resumed: Option<Resumed>,
+    /// For a `waiting` image: when its source digest will have been seen for `--min-age`
+    /// (`null` otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_until: Option<DateTime<Utc>>,
 }
 
 /// What a run reused of an upload an earlier run began: `parts` of `of` parts, `bytes`
@@ -231,6 +241,9 @@ pub struct RunRecord {
     /// Archived source objects whose restore is under way (asked by this run or before).
     #[serde(default)]
     pub restoring: u64,
+    /// Images whose source digest is younger than `--min-age`, left for a later run.
+    #[serde(default)]
+    pub waiting: u64,
 }
 
 /// Status store errors.
@@ -271,6 +284,17 @@ pub trait StatusStore: Send + Sync {
     async fn note_task(&self, _run_id: &str, _task: &str) -> Result<(), StoreError> {
         Ok(())
     }
+    /// When the image `digest` was first seen at the source repository `repo` (for
+    /// `--min-age`): the time the first run that saw it recorded. When no run has, `now` is
+    /// recorded and returned; with `record` false (a dry run keeps no state) nothing is
+    /// written and `now` is returned.
+    async fn first_seen(
+        &self,
+        repo: &str,
+        digest: &str,
+        now: DateTime<Utc>,
+        record: bool,
+    ) -> Result<DateTime<Utc>, StoreError>;
 }
 
 /// SQLite-backed store for one machine.
@@ -295,6 +319,8 @@ CREATE TABLE IF NOT EXISTS uploads (
 CREATE TABLE IF NOT EXISTS parts (
   upload_id TEXT NOT NULL, number INTEGER NOT NULL, etag TEXT NOT NULL, PRIMARY KEY (upload_id, number));
 CREATE TABLE IF NOT EXISTS intents (dest TEXT PRIMARY KEY, at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS seen (
+  repo TEXT NOT NULL, digest TEXT NOT NULL, at TEXT NOT NULL, PRIMARY KEY (repo, digest));
 CREATE TABLE IF NOT EXISTS verified (
   dest TEXT PRIMARY KEY, source_etag TEXT NOT NULL, dest_etag TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tasks (
@@ -360,12 +386,20 @@ fn migrate(c: &rusqlite::Connection) -> rusqlite::Result<()> {
         ("runs", "pid_started"),
         ("runs", "host"),
         ("items", "resumed"),
+        ("items", "waiting_until"),
     ] {
         if !columns(table)?.iter().any(|h| h == col) {
             c.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {col} TEXT"))?;
         }
     }
-    for col in ["filtered", "conflicts", "deleted", "archived", "restoring"] {
+    for col in [
+        "filtered",
+        "conflicts",
+        "deleted",
+        "archived",
+        "restoring",
+        "waiting",
+    ] {
         if !columns("runs")?.iter().any(|h| h == col) {
             c.execute_batch(&format!("ALTER TABLE runs ADD COLUMN {col} INTEGER"))?;
         }
@@ -401,6 +435,7 @@ pub(crate) fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord>
         deleted: r.get::<_, Option<u64>>(15)?.unwrap_or(0),
         archived: r.get::<_, Option<u64>>(16)?.unwrap_or(0),
         restoring: r.get::<_, Option<u64>>(17)?.unwrap_or(0),
+        waiting: r.get::<_, Option<u64>>(18)?.unwrap_or(0),
         source,
         dest: r.get(2)?,
         dry_run: r.get(3)?,
@@ -413,7 +448,7 @@ pub(crate) fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord>
     })
 }
 
-const RUN_COLS: &str = "run_id, source, dest, dry_run, started_at, ended_at, copied, skipped, failed, bytes, kind, result, error, filtered, conflicts, deleted, archived, restoring";
+const RUN_COLS: &str = "run_id, source, dest, dry_run, started_at, ended_at, copied, skipped, failed, bytes, kind, result, error, filtered, conflicts, deleted, archived, restoring, waiting";
 
 /// The error of a run whose process ended without closing its record.
 pub const ABANDONED: &str = "the process ended without recording a result (killed?)";
@@ -488,13 +523,13 @@ impl StatusStore for SqliteStore {
         c.execute(
             &format!(
                 "INSERT INTO runs ({RUN_COLS}, pid, pid_started, host)
-                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21)
+                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22)
                  ON CONFLICT (run_id) DO UPDATE SET source=excluded.source, dest=excluded.dest,
                    dry_run=excluded.dry_run, started_at=excluded.started_at, ended_at=excluded.ended_at,
                    copied=excluded.copied, skipped=excluded.skipped, failed=excluded.failed, bytes=excluded.bytes,
                    kind=excluded.kind, result=excluded.result, error=excluded.error,
                    filtered=excluded.filtered, conflicts=excluded.conflicts, deleted=excluded.deleted,
-                   archived=excluded.archived, restoring=excluded.restoring,
+                   archived=excluded.archived, restoring=excluded.restoring, waiting=excluded.waiting,
                    pid=excluded.pid, pid_started=excluded.pid_started, host=excluded.host"
             ),
             params![
@@ -516,6 +551,7 @@ impl StatusStore for SqliteStore {
                 run.deleted,
                 run.archived,
                 run.restoring,
+                run.waiting,
                 // The process that writes a run is the one running it (the CLI, `serve`):
                 // how the next start tells a killed run from a live one.
                 std::process::id(),
@@ -529,19 +565,20 @@ impl StatusStore for SqliteStore {
     async fn put_item(&self, i: &ItemRecord) -> Result<bool, StoreError> {
         let c = self.conn.lock().unwrap();
         let n = c.execute(
-            "INSERT INTO items (run_id, source, dest, status, source_digest, dest_digest, attempts, error_class, error_message, bytes, started_at, ended_at, version, resumed)
-             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)
+            "INSERT INTO items (run_id, source, dest, status, source_digest, dest_digest, attempts, error_class, error_message, bytes, started_at, ended_at, version, resumed, waiting_until)
+             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15)
              ON CONFLICT (run_id, source, dest) DO UPDATE SET
                status=excluded.status, source_digest=excluded.source_digest, dest_digest=excluded.dest_digest,
                attempts=excluded.attempts, error_class=excluded.error_class, error_message=excluded.error_message,
                bytes=excluded.bytes, started_at=excluded.started_at, ended_at=excluded.ended_at, version=excluded.version,
-               resumed=excluded.resumed
+               resumed=excluded.resumed, waiting_until=excluded.waiting_until
              WHERE excluded.version > items.version",
             params![
                 i.run_id, i.source, i.dest, i.status.as_str(), i.source_digest, i.dest_digest, i.attempts,
                 i.error.as_ref().map(|e| e.class.as_str()), i.error.as_ref().map(|e| e.message.as_str()),
                 i.bytes, ts(&i.started_at), ts(&i.ended_at), i.version as i64,
-                i.resumed.as_ref().and_then(|r| serde_json::to_string(r).ok())
+                i.resumed.as_ref().and_then(|r| serde_json::to_string(r).ok()),
+                ts(&i.waiting_until)
             ],
         )?;
         Ok(n > 0)
@@ -572,7 +609,7 @@ impl StatusStore for SqliteStore {
         };
         let Some(run) = run else { return Ok(None) };
         let mut stmt = c.prepare(
-            "SELECT source, dest, status, source_digest, dest_digest, attempts, error_class, error_message, bytes, started_at, ended_at, version, resumed
+            "SELECT source, dest, status, source_digest, dest_digest, attempts, error_class, error_message, bytes, started_at, ended_at, version, resumed, waiting_until
              FROM items WHERE run_id = ?1 ORDER BY source, dest",
         )?;
         let items = stmt
@@ -601,6 +638,7 @@ impl StatusStore for SqliteStore {
                     resumed: r
                         .get::<_, Option<String>>(12)?
                         .and_then(|j| serde_json::from_str(&j).ok()),
+                    waiting_until: parse_ts(r.get(13)?),
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
@@ -644,6 +682,30 @@ impl StatusStore for SqliteStore {
             .optional()?;
         Ok(n.unwrap_or(0) != 0)
     }
+
+    async fn first_seen(
+        &self,
+        repo: &str,
+        digest: &str,
+        now: DateTime<Utc>,
+        record: bool,
+    ) -> Result<DateTime<Utc>, StoreError> {
+        let c = self.conn.lock().unwrap();
+        if record {
+            c.execute(
+                "INSERT INTO seen (repo, digest, at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                params![repo, digest, now.to_rfc3339()],
+            )?;
+        }
+        let at: Option<String> = c
+            .query_row(
+                "SELECT at FROM seen WHERE repo = ?1 AND digest = ?2",
+                [repo, digest],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(parse_ts(at).unwrap_or(now))
+    }
 }
 
 #[cfg(test)]
@@ -666,6 +728,7 @@ mod tests {
             version,
             line: None,
             resumed: None,
+            waiting_until: None,
         }
     }
 
@@ -681,6 +744,7 @@ mod tests {
             deleted: 0,
             archived: 0,
             restoring: 0,
+            waiting: 0,
             source: "s".into(),
             dest: "d".into(),
             dry_run: false,
@@ -691,6 +755,25 @@ mod tests {
             failed: 0,
             bytes: 0,
         }
+    }
+
+    #[tokio::test]
+    async fn the_first_sighting_of_a_digest_is_kept_and_a_dry_run_records_none() {
+        let store = SqliteStore::in_memory().unwrap();
+        let t = |s: i64| DateTime::<Utc>::from_timestamp(1_800_000_000 + s, 0).unwrap();
+        let seen = |repo: &'static str, d: &'static str, at: i64, record: bool| {
+            let store = &store;
+            async move { store.first_seen(repo, d, t(at), record).await.unwrap() }
+        };
+        // A dry run reads "now" and writes nothing.
+        assert_eq!(seen("r/a", "sha256:1", 5, false).await, t(5));
+        assert_eq!(seen("r/a", "sha256:1", 10, true).await, t(10));
+        // Later runs get the first sighting back, whatever their own time.
+        assert_eq!(seen("r/a", "sha256:1", 99, true).await, t(10));
+        assert_eq!(seen("r/a", "sha256:1", 99, false).await, t(10));
+        // Another digest, or the same digest in another repository, is a sighting of its own.
+        assert_eq!(seen("r/a", "sha256:2", 50, true).await, t(50));
+        assert_eq!(seen("r/b", "sha256:1", 60, true).await, t(60));
     }
 
     #[tokio::test]

@@ -54,15 +54,17 @@ pub fn parse_duration(s: &str, bare: Duration) -> Result<Duration, String> {
     Duration::try_from_secs_f64(n * unit_secs).map_err(|_| bad())
 }
 
-/// A duration as a person reads it: `1.5s`, `2m05s`, `1h02m`.
+/// A duration as a person reads it: `1.5s`, `2m05s`, `1h02m`, `6d23h`.
 pub fn human_duration(d: Duration) -> String {
     let s = d.as_secs();
     if s < 60 {
         format!("{:.1}s", d.as_secs_f64())
     } else if s < 3600 {
         format!("{}m{:02}s", s / 60, s % 60)
-    } else {
+    } else if s < 86_400 {
         format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else {
+        format!("{}d{:02}h", s / 86_400, (s % 86_400) / 3600)
     }
 }
 
@@ -96,5 +98,10 @@ mod tests {
         let e = parse_duration("soon", s).unwrap_err();
         assert!(e.contains("\"soon\"") && e.contains("30s"), "{e}");
         assert_eq!(human_duration(Duration::from_secs(125)), "2m05s");
+        assert_eq!(human_duration(Duration::from_secs(3 * 3600 + 120)), "3h02m");
+        assert_eq!(
+            human_duration(Duration::from_secs(7 * 86_400 - 60)),
+            "6d23h"
+        );
     }
 }

@@ -10,6 +10,7 @@ mod integration {
     pub mod cli;
     pub mod console;
     pub mod console_aws;
+    pub mod cooldown;
     pub mod deletes;
     pub mod demo;
     pub mod ecr;

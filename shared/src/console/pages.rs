@@ -242,6 +242,12 @@ const IMAGE_FIELDS: &[FieldSpec] = &[
         "for registries that throttle without saying so; empty: no pacing",
     ),
     f(
+        "image_min_age",
+        "Min age of a source digest",
+        Input::Text,
+        "a cooldown, e.g. 7d: newer digests wait (counted from the first run that saw them)",
+    ),
+    f(
         "retries",
         "Retries",
         Input::Text,
@@ -638,6 +644,9 @@ pub fn run(v: &RunView<'_>, csrf: &str) -> Markup {
                     @if r.restoring > 0 {
                         tr { th { "Restoring" } td #restoring { (r.restoring) " (archived sources being restored: a later run copies them)" } }
                     }
+                    @if r.waiting > 0 {
+                        tr { th { "Waiting" } td #waiting { (r.waiting) " (source digests newer than the task's min age: a later run copies them)" } }
+                    }
                     @if r.deleted > 0 {
                         tr { th { "Deleted" } td #deleted { (r.deleted) " (destination objects missing at the source, removed or moved to the backup prefix)" } }
                     }
@@ -656,7 +665,7 @@ pub fn run(v: &RunView<'_>, csrf: &str) -> Markup {
             h2 { "Items" }
             p {
                 // The counts come from the run record: counting a big run's items would read them all.
-                @let all = v.run.map(|r| format!(" ({})", r.copied + r.skipped + r.failed + r.conflicts + r.deleted + r.archived + r.restoring)).unwrap_or_default();
+                @let all = v.run.map(|r| format!(" ({})", r.copied + r.skipped + r.failed + r.conflicts + r.deleted + r.archived + r.restoring + r.waiting)).unwrap_or_default();
                 @let failed = v.run.map(|r| format!(" ({})", r.failed)).unwrap_or_default();
                 @if v.failed_only { a href={ "/runs/" (v.run_id) } { "All items" (all) } " · " b { "Failed only" (failed) } }
                 @else { b { "All items" (all) } " · " a #failed-filter href={ "/runs/" (v.run_id) "?failed=1" } { "Failed only" (failed) } }
@@ -669,7 +678,10 @@ pub fn run(v: &RunView<'_>, csrf: &str) -> Markup {
                         td class=(i.status.as_str()) { (i.status.as_str()) }
                         td.mono { (i.dest_digest.as_deref().or(i.source_digest.as_deref()).unwrap_or("")) }
                         td { (i.attempts) }
-                        td { @if let Some(e) = &i.error { b { (e.class.as_str()) } ": " span.err { (e.message) } } }
+                        td {
+                            @if let Some(e) = &i.error { b { (e.class.as_str()) } ": " span.err { (e.message) } }
+                            @if let Some(t) = i.waiting_until { "copied by a run from " (when(Some(t))) }
+                        }
                     }
                 }
             }

@@ -296,6 +296,7 @@ async fn record_start_failure(store: &SqliteStore, task: &Task, run_id: &str, wh
         deleted: 0,
         archived: 0,
         restoring: 0,
+        waiting: 0,
     };
     let item = ItemRecord {
         run_id: run_id.into(),
@@ -312,6 +313,7 @@ async fn record_start_failure(store: &SqliteStore, task: &Task, run_id: &str, wh
         version: 2,
         line: None,
         resumed: None,
+        waiting_until: None,
     };
     if store.put_run(&run).await.is_err() || store.put_item(&item).await.is_err() {
         tracing::error!(run_id, "cannot record the run's failure");

@@ -14,6 +14,11 @@ use std::sync::Mutex;
 /// without unwinding (a second Ctrl-C) can still remove them ([`remove_live_temp_files`]).
 static LIVE_TEMP_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
+/// Held by the unit tests that write temp auth files: one of them removes every live one
+/// ([`remove_live_temp_files`]), which must not pull a file from under another.
+#[cfg(test)]
+pub(crate) static TEMP_FILES_IN_TESTS: Mutex<()> = Mutex::new(());
+
 /// Removes every temp auth file (and its private dir) this process still holds. For exit
 /// paths that skip destructors (`std::process::exit`); a dropped [`TempAuthFile`] removes
 /// its own.
@@ -469,6 +474,9 @@ mod tests {
                 password: "p4ss".into(),
             },
         );
+        let _one = TEMP_FILES_IN_TESTS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let f = c.write_temp(&["h:1", "other:2"]).unwrap();
         let path = f.path().to_path_buf();
         #[cfg(unix)]
@@ -497,6 +505,9 @@ mod tests {
                 password: "p4ss".into(),
             },
         );
+        let _one = TEMP_FILES_IN_TESTS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let f = c.write_temp(&["h:1"]).unwrap();
         let path = f.path().to_path_buf();
         remove_live_temp_files();

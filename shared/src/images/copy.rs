@@ -442,6 +442,9 @@ mod tests {
             },
         );
         let reg = HttpRegistry::new(creds, Vec::<String>::new());
+        let _one = crate::images::authfile::TEMP_FILES_IN_TESTS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let sk = Skopeo::new(&reg, &["127.0.0.1:5000".to_string(), "quay.io".to_string()]).unwrap();
         let src = ImageName {
             host: "127.0.0.1:5000".into(),
@@ -484,6 +487,9 @@ mod tests {
             "loopback without one: plain"
         );
         let hosts = ["127.0.0.1:5443".to_string(), "127.0.0.1:5000".to_string()];
+        let _one = crate::images::authfile::TEMP_FILES_IN_TESTS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let sk = Skopeo::new(&reg, &hosts).unwrap();
         let n = |host: &str| ImageName {
             host: host.into(),

@@ -260,6 +260,7 @@ impl ImagesConfig {
 
     fn spec(&self, run_id: &str, selecting: Selecting) -> SyncSpec {
         SyncSpec {
+            min_age: None,
             run_id: run_id.to_string(),
             source: self.source.clone(),
             dest: self.dest.clone(),
@@ -472,6 +473,7 @@ fn record(run_id: &str, source: String, dest: String, status: Status) -> ItemRec
         version: version_now(),
         line: None,
         resumed: None,
+        waiting_until: None,
     }
 }
 

@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 use futures::stream::{self, StreamExt};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
 
 /// What to take from the source.
 #[derive(Debug, Clone)]
@@ -43,6 +44,10 @@ pub struct SyncSpec {
     /// `--no-overwrite`: a destination tag that holds another image is left alone and
     /// reported as a conflict ([`plan::keep_destination_tags`]).
     pub no_overwrite: bool,
+    /// `--min-age`: a source digest is copied only once it was first seen (by a run that
+    /// kept its record in the status store) at least this long ago; until then the image
+    /// is `waiting`. A tag moved to a new digest waits again.
+    pub min_age: Option<Duration>,
 }
 
 /// Prepares the destination before copies start (e.g. creates missing ECR repositories).
@@ -196,6 +201,7 @@ pub async fn run_sync_until(
             version: PLANNED,
             line: None,
             resumed: None,
+            waiting_until: None,
         };
         match p.action {
             Action::Skip => {
@@ -214,6 +220,14 @@ pub async fn run_sync_until(
             }
             Action::Copy => {
                 rec.attempts = 0;
+                if let Some(until) = waiting_until(spec, edges, &p, keep).await? {
+                    rec.status = Status::Waiting;
+                    rec.waiting_until = Some(until);
+                    rec.ended_at = Some(Utc::now());
+                    rec.version = FINAL;
+                    items.push(rec);
+                    continue;
+                }
                 copies.push((
                     p.wanted,
                     p.source.expect("a copy has a source digest").digest,
@@ -295,6 +309,31 @@ pub async fn run_sync_until(
     Ok(report)
 }
 
+/// For an image the plan would copy, under `--min-age`: when its source digest will have
+/// been seen for that long, if that is still to come ([`StatusStore::first_seen`] records
+/// the first sighting, unless `keep` is false: a dry run).
+async fn waiting_until(
+    spec: &SyncSpec,
+    edges: &Edges<'_>,
+    p: &plan::PlanItem,
+    keep: bool,
+) -> Result<Option<chrono::DateTime<Utc>>, StoreError> {
+    let (Some(min_age), Some(source)) = (spec.min_age, &p.source) else {
+        return Ok(None);
+    };
+    let repo = format!("{}/{}", p.wanted.source.host, p.wanted.source.repo);
+    let now = Utc::now();
+    let seen = edges
+        .store
+        .first_seen(&repo, &source.digest.to_string(), now, keep)
+        .await?;
+    let until = chrono::TimeDelta::from_std(min_age)
+        .ok()
+        .and_then(|d| seen.checked_add_signed(d))
+        .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC);
+    Ok((until > now).then_some(until))
+}
+
 fn finish(mut run: RunRecord, mut items: Vec<ItemRecord>) -> SyncReport {
     items.sort_by(|a, b| {
         (a.source.as_str(), a.dest.as_str()).cmp(&(b.source.as_str(), b.dest.as_str()))
@@ -306,6 +345,7 @@ fn finish(mut run: RunRecord, mut items: Vec<ItemRecord>) -> SyncReport {
         .iter()
         .filter(|i| i.status == Status::Conflict)
         .count() as u64;
+    run.waiting = items.iter().filter(|i| i.status == Status::Waiting).count() as u64;
     run.bytes = items.iter().map(|i| i.bytes).sum();
     run.ended_at = Some(Utc::now());
     run.result = if run.failed > 0 {
@@ -357,6 +397,7 @@ pub fn failed_record(run_id: &str, u: Unplannable) -> ItemRecord {
         run_id: run_id.to_string(),
         line: crate::status::list_line(&u.what),
         resumed: None,
+        waiting_until: None,
         source: u.what,
         dest: u.dest.unwrap_or_default(),
         status: Status::Failed,

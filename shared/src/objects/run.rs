@@ -1016,6 +1016,7 @@ fn started_record(
         version: FINAL,
         line: None,
         resumed: None,
+        waiting_until: None,
     }
 }
 
@@ -1462,6 +1463,7 @@ mod tests {
             version: FINAL,
             line: None,
             resumed: None,
+            waiting_until: None,
         }
     }
 

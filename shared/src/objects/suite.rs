@@ -521,6 +521,7 @@ impl<'a> ObjectsEdges<'a> {
             version: now.timestamp_micros().max(0) as u64,
             line: None,
             resumed: None,
+            waiting_until: None,
         };
         self.store.put_item(&rec).await.map(|_| ())
     }

@@ -71,6 +71,23 @@ where
     }
 }
 
+/// The key of a first-seen record (`--min-age`): `pk` = `seen#<repo>` (hashed past
+/// DynamoDB's partition-key limit), `sk` = the digest. Its own partition, so no run's
+/// query or scan (`sk = run`) ever reads it.
+pub fn seen_key(repo: &str, digest: &str) -> (String, String) {
+    let pk = format!("seen#{repo}");
+    let pk = if pk.len() > 2048 {
+        use sha2::Digest as _;
+        format!(
+            "seen#sha256:{}",
+            hex::encode(sha2::Sha256::digest(repo.as_bytes()))
+        )
+    } else {
+        pk
+    };
+    (pk, digest.to_string())
+}
+
 /// DynamoDB's limit on a sort key, in bytes.
 pub const MAX_SORT_KEY: usize = 1024;
 
@@ -132,6 +149,7 @@ impl DynamoStore {
             ("deleted", n(run.deleted)),
             ("archived", n(run.archived)),
             ("restoring", n(run.restoring)),
+            ("waiting", n(run.waiting)),
             ("kind", s(run.kind.as_str())),
             ("result", s(run.result.as_str())),
         ]
@@ -164,6 +182,7 @@ impl DynamoStore {
             deleted: get_n(i, "deleted"),
             archived: get_n(i, "archived"),
             restoring: get_n(i, "restoring"),
+            waiting: get_n(i, "waiting"),
             run_id: get_s(i, "pk").unwrap_or_default(),
             source: get_s(i, "source").unwrap_or_default(),
             dest: get_s(i, "dest").unwrap_or_default(),
@@ -205,6 +224,7 @@ impl DynamoStore {
             version: get_n(i, "version"),
             line: list_line(&get_s(i, "source").unwrap_or_default()),
             resumed: None,
+            waiting_until: get_t(i, "waiting_until"),
         }
     }
 }
@@ -266,7 +286,11 @@ impl StatusStore for DynamoStore {
             i.insert("error_class".into(), s(e.class.as_str()));
             i.insert("error_message".into(), s(&e.message));
         }
-        for (k, t) in [("started_at", r.started_at), ("ended_at", r.ended_at)] {
+        for (k, t) in [
+            ("started_at", r.started_at),
+            ("ended_at", r.ended_at),
+            ("waiting_until", r.waiting_until),
+        ] {
             if let Some(t) = t {
                 i.insert(k.into(), s(t.to_rfc3339()));
             }
@@ -403,6 +427,44 @@ impl StatusStore for DynamoStore {
             out.item().and_then(|i| i.get("notified")),
             Some(AttributeValue::Bool(true))
         ))
+    }
+
+    async fn first_seen(
+        &self,
+        repo: &str,
+        digest: &str,
+        now: DateTime<Utc>,
+        record: bool,
+    ) -> Result<DateTime<Utc>, StoreError> {
+        let (pk, sk) = seen_key(repo, digest);
+        if record {
+            let out = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .item("pk", s(&pk))
+                .item("sk", s(&sk))
+                .item("repo", s(repo))
+                .item("digest", s(digest))
+                .item("at", s(now.to_rfc3339()))
+                .condition_expression("attribute_not_exists(pk)")
+                .send()
+                .await;
+            if conditional("PutItem", out)? {
+                return Ok(now);
+            }
+        }
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(&pk))
+            .key("sk", s(&sk))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk("GetItem", e))?;
+        Ok(out.item().and_then(|i| get_t(i, "at")).unwrap_or(now))
     }
 }
 

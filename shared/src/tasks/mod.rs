@@ -109,6 +109,10 @@ pub struct ImagesOptions {
     /// manifest lookups and copies of our own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_requests_per_second: Option<u32>,
+    /// `--min-age`: a source digest is copied once first seen at least this many seconds
+    /// ago (`waiting` until then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_age_secs: Option<u64>,
 }
 
 impl ImagesOptions {
@@ -587,6 +591,10 @@ impl Task {
                         .unwrap_or_default(),
                 );
                 put(
+                    "image_min_age",
+                    o.min_age_secs.map(|n| format!("{n}s")).unwrap_or_default(),
+                );
+                put(
                     "ecr_tag_mutability",
                     if o.ecr_immutable_tags {
                         "IMMUTABLE"
@@ -769,6 +777,10 @@ fn images(r: &mut Reader<'_>) -> ImagesOptions {
             .text("max_requests_per_second")
             .is_some()
             .then(|| r.number::<u32>("max_requests_per_second", true)),
+        min_age_secs: r
+            .text("image_min_age")
+            .is_some()
+            .then(|| r.duration("image_min_age", Duration::from_secs(1))),
         ecr_immutable_tags: match r.text("ecr_tag_mutability").map(str::to_string).as_deref() {
             None | Some("MUTABLE") => false,
             Some("IMMUTABLE") => true,
@@ -1067,6 +1079,28 @@ mod tests {
         let fields: Vec<&str> = e.errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["newest", "include_tags", "exclude_tags", "semver"]);
         assert!(e.errors[1].message.contains("\"(\""), "{:?}", e.errors[1]);
+    }
+
+    #[test]
+    fn an_images_tasks_min_age_reads_back_and_a_bad_one_is_named() {
+        let f = images_fields(&[("image_min_age", "7d")]);
+        let t = Task::from_fields("t", Kind::Images, &f, Utc::now()).unwrap();
+        let Spec::Images(o) = &t.spec else { panic!() };
+        assert_eq!(o.min_age_secs, Some(7 * 86_400));
+        assert_eq!(
+            Task::from_fields("t", Kind::Images, &t.fields(), t.created_at).unwrap(),
+            t
+        );
+        let none = Task::from_fields("t", Kind::Images, &images_fields(&[]), Utc::now()).unwrap();
+        let Spec::Images(o) = &none.spec else {
+            panic!()
+        };
+        assert_eq!(o.min_age_secs, None);
+        let f = images_fields(&[("image_min_age", "7x")]);
+        let e = Task::from_fields("t", Kind::Images, &f, Utc::now()).unwrap_err();
+        assert_eq!(e.errors.len(), 1, "{e:?}");
+        assert_eq!(e.errors[0].field, "image_min_age");
+        assert!(e.errors[0].message.contains("7x"), "{:?}", e.errors[0]);
     }
 
     #[test]

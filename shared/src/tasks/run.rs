@@ -430,6 +430,7 @@ async fn images(o: &ImagesOptions, ctx: &RunContext<'_>) -> Result<SyncReport, R
         include_untagged,
         tag_rules,
         no_overwrite: o.no_overwrite,
+        min_age: o.min_age_secs.map(Duration::from_secs),
     };
     let edges = Edges {
         registry: &registry,
@@ -734,6 +735,7 @@ mod tests {
             version: 2,
             line: None,
             resumed: None,
+            waiting_until: None,
         };
         let items = [
             item("127.0.0.1:5000/team/app:1", Status::Failed),

@@ -119,7 +119,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow> {
 }
 
 const TASK_COLS: &str = "name, spec, schedule, enabled, created_at, updated_at";
-const RUN_COLS: &str = "r.run_id, r.source, r.dest, r.dry_run, r.started_at, r.ended_at, r.copied, r.skipped, r.failed, r.bytes, r.kind, r.result, r.error, r.filtered, r.conflicts, r.deleted, r.archived, r.restoring";
+const RUN_COLS: &str = "r.run_id, r.source, r.dest, r.dry_run, r.started_at, r.ended_at, r.copied, r.skipped, r.failed, r.bytes, r.kind, r.result, r.error, r.filtered, r.conflicts, r.deleted, r.archived, r.restoring, r.waiting";
 
 fn run_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
     crate::status::run_from_row(r)
@@ -334,6 +334,7 @@ impl TaskStore for SqliteStore {
                         version: r.get::<_, i64>(11)? as u64,
                         line: None,
                         resumed: None,
+                        waiting_until: None,
                     })
                     .map(|i| ItemRecord {
                         line: crate::status::list_line(&i.source),
@@ -460,6 +461,7 @@ mod tests {
                     version: 1,
                     line: None,
                     resumed: None,
+                    waiting_until: None,
                 })
                 .await
                 .unwrap();

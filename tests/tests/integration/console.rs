@@ -747,6 +747,7 @@ fn a_run_of_many_items_pages_through_them_by_keyset_with_the_failed_filter() {
                 version: 1,
                 line: None,
                 resumed: None,
+                waiting_until: None,
             }))
             .unwrap();
         }

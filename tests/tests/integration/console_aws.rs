@@ -166,6 +166,7 @@ fn the_dynamodb_task_store_keeps_tasks_in_pages_refuses_a_second_create_and_list
                     version: 1,
                     line: None,
                     resumed: None,
+                    waiting_until: None,
                 })
                 .await
                 .unwrap();
@@ -897,4 +898,37 @@ fn the_console_lambda_logs_a_browser_in_through_the_hosted_ui_and_takes_only_val
             .any(|c| c.starts_with("th_id=;") && c.contains("Max-Age=0")),
         "{set:?}"
     );
+}
+
+/// The DynamoDB status store keeps the first sighting of a digest (`--min-age`) as the
+/// SQLite one does: the first recorded time wins, a dry run writes none, and those records
+/// never show up as runs.
+#[test]
+fn the_dynamodb_status_store_keeps_a_digests_first_sighting_apart_from_runs() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let moto = MotoServer::start();
+    let conf = rt.block_on(moto.sdk_config(REGION));
+    rt.block_on(aws_fixtures::status_table(&conf, "status"));
+    let status = DynamoStore::new(aws_sdk_dynamodb::Client::new(&conf), "status");
+    let t = |s: i64| chrono::DateTime::<Utc>::from_timestamp(1_800_000_000 + s, 0).unwrap();
+    rt.block_on(async {
+        let seen = |repo: &'static str, d: &'static str, at: i64, record: bool| {
+            let status = &status;
+            async move { status.first_seen(repo, d, t(at), record).await.unwrap() }
+        };
+        assert_eq!(seen("r/a", "sha256:1", 5, false).await, t(5));
+        assert_eq!(seen("r/a", "sha256:1", 10, true).await, t(10));
+        assert_eq!(seen("r/a", "sha256:1", 99, true).await, t(10));
+        assert_eq!(seen("r/a", "sha256:1", 99, false).await, t(10));
+        assert_eq!(seen("r/a", "sha256:2", 50, true).await, t(50));
+        assert_eq!(seen("r/b", "sha256:1", 60, true).await, t(60));
+        // Concurrent first sightings of one digest: both get the one that was written.
+        let (x, y) = tokio::join!(
+            seen("r/c", "sha256:9", 70, true),
+            seen("r/c", "sha256:9", 80, true)
+        );
+        assert_eq!(x, y);
+        assert_eq!(seen("r/c", "sha256:9", 90, false).await, x);
+        assert!(status.list_runs(10).await.unwrap().is_empty());
+    });
 }
