@@ -786,6 +786,7 @@ pub(crate) async fn fatal(
             run,
             items,
             registries: Default::default(),
+            left_out: Vec::new(),
         })
         .unwrap_or_default();
         v["error"] = format!("{e:#}").into();
@@ -1037,6 +1038,7 @@ async fn status(a: StatusArgs) -> Result<ExitCode> {
             run,
             items,
             registries: Default::default(),
+            left_out: Vec::new(),
         })?,
         OutputFormat::Text => {
             for i in &items {

@@ -103,6 +103,10 @@ pub struct ItemRecord {
     /// (`null` otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_until: Option<DateTime<Utc>>,
+    /// On a dry run of images: why the plan took this image and what it does with it, e.g.
+    /// "listed by ALL_TAGS, kept by --newest 3; missing at the destination". Not stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// What a run reused of an upload an earlier run began: `parts` of `of` parts, `bytes`
@@ -639,6 +643,7 @@ impl StatusStore for SqliteStore {
                         .get::<_, Option<String>>(12)?
                         .and_then(|j| serde_json::from_str(&j).ok()),
                     waiting_until: parse_ts(r.get(13)?),
+                    reason: None,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
@@ -729,6 +734,7 @@ mod tests {
             line: None,
             resumed: None,
             waiting_until: None,
+            reason: None,
         }
     }
 

@@ -314,6 +314,7 @@ async fn record_start_failure(store: &SqliteStore, task: &Task, run_id: &str, wh
         line: None,
         resumed: None,
         waiting_until: None,
+        reason: None,
     };
     if store.put_run(&run).await.is_err() || store.put_item(&item).await.is_err() {
         tracing::error!(run_id, "cannot record the run's failure");

@@ -474,6 +474,7 @@ fn record(run_id: &str, source: String, dest: String, status: Status) -> ItemRec
         line: None,
         resumed: None,
         waiting_until: None,
+        reason: None,
     }
 }
 

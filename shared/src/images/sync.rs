@@ -96,6 +96,9 @@ pub struct SyncReport {
     /// for object runs.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub registries: BTreeMap<String, RequestCount>,
+    /// On a dry run of images: each listed tag the tag rules left out, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<TagLeftOut>,
 }
 
 impl SyncReport {
@@ -159,9 +162,9 @@ pub async fn run_sync_until(
             edges.progress.tags_left_out(rules.left_out, rules.listed);
         }
         let observed = resolve(spec, edges.registry, &wanted).await;
-        (wanted, unplannable, observed)
+        (wanted, unplannable, rules, observed)
     };
-    let (wanted, unplannable, (source_obs, dest_obs, attempts)) = tokio::select! {
+    let (wanted, unplannable, rules, (source_obs, dest_obs, attempts)) = tokio::select! {
         r = looked_up => r,
         why = stop.stopped() => {
             tracing::warn!(why, "interrupted before the plan was made; nothing was copied");
@@ -186,6 +189,7 @@ pub async fn run_sync_until(
     }
     let mut copies = Vec::new();
     for p in planned {
+        let reason = |waiting| spec.dry_run.then(|| reason_of(spec, &rules, &p, waiting));
         let mut rec = ItemRecord {
             run_id: spec.run_id.clone(),
             source: p.wanted.source.to_string(),
@@ -202,6 +206,7 @@ pub async fn run_sync_until(
             line: None,
             resumed: None,
             waiting_until: None,
+            reason: reason(false),
         };
         match p.action {
             Action::Skip => {
@@ -221,6 +226,7 @@ pub async fn run_sync_until(
             Action::Copy => {
                 rec.attempts = 0;
                 if let Some(until) = waiting_until(spec, edges, &p, keep).await? {
+                    rec.reason = reason(true);
                     rec.status = Status::Waiting;
                     rec.waiting_until = Some(until);
                     rec.ended_at = Some(Utc::now());
@@ -248,7 +254,9 @@ pub async fn run_sync_until(
             edges.progress.finished(rec);
         }
         items.extend(copies.into_iter().map(|(_, _, rec)| rec));
-        return Ok(finish(run, items));
+        let mut report = finish(run, items);
+        report.left_out = rules.left;
+        return Ok(report);
     }
     for (_, _, rec) in &copies {
         edges.store.put_item(rec).await?;
@@ -360,6 +368,7 @@ fn finish(mut run: RunRecord, mut items: Vec<ItemRecord>) -> SyncReport {
         run,
         items,
         registries: BTreeMap::new(),
+        left_out: Vec::new(),
     }
 }
 
@@ -398,6 +407,7 @@ pub fn failed_record(run_id: &str, u: Unplannable) -> ItemRecord {
         line: crate::status::list_line(&u.what),
         resumed: None,
         waiting_until: None,
+        reason: None,
         source: u.what,
         dest: u.dest.unwrap_or_default(),
         status: Status::Failed,
@@ -476,26 +486,85 @@ async fn copy_one(
 }
 
 /// What the tag rules did to a run's listings.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RulesApplied {
     /// Tags the listings gave.
     pub listed: usize,
     /// Of those, tags the rules left out.
     pub left_out: usize,
+    /// The repositories whose tags were listed (`ALL_TAGS` lines, `--all-repos`).
+    pub repos: BTreeSet<(String, String)>,
+    /// On a dry run: each tag left out, with the rule that did it.
+    pub left: Vec<TagLeftOut>,
+}
+
+/// A listed tag the tag rules left out, and why (a dry run's `left_out`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TagLeftOut {
+    /// `HOST/REPO:TAG` at the source.
+    pub source: String,
+    pub reason: String,
 }
 
 /// Applies the tag rules to every listing that answered.
 fn apply_rules(spec: &SyncSpec, mut tags: plan::TagListings) -> (plan::TagListings, RulesApplied) {
-    let mut applied = RulesApplied::default();
-    for list in tags.values_mut().flatten() {
+    let mut applied = RulesApplied {
+        repos: tags.keys().cloned().collect(),
+        ..Default::default()
+    };
+    for ((host, repo), list) in tags.iter_mut() {
+        let Ok(list) = list else { continue };
         applied.listed += list.len();
         if !spec.tag_rules.is_empty() {
-            let (kept, out) = spec.tag_rules.select(list);
+            let (kept, left) = spec.tag_rules.select_why(list);
             *list = kept;
-            applied.left_out += out;
+            applied.left_out += left.len();
+            if spec.dry_run {
+                applied
+                    .left
+                    .extend(left.into_iter().map(|(t, why)| TagLeftOut {
+                        source: format!("{host}/{repo}:{t}"),
+                        reason: why.to_string(),
+                    }));
+            }
         }
     }
+    applied.left.sort_by(|a, b| a.source.cmp(&b.source));
     (tags, applied)
+}
+
+/// On a dry run: why the plan took an image and what it does with it ("listed by
+/// ALL_TAGS, kept by --newest 3; missing at the destination").
+fn reason_of(spec: &SyncSpec, rules: &RulesApplied, p: &plan::PlanItem, waiting: bool) -> String {
+    let s = &p.wanted.source;
+    let listed = rules.repos.contains(&(s.host.clone(), s.repo.clone()));
+    let mut why = match (&spec.selecting, s.tag.is_some()) {
+        (_, false) if spec.include_untagged => {
+            "an untagged manifest (--include-untagged)".to_string()
+        }
+        (_, false) => "named by digest in the list".to_string(),
+        (Selecting::AllRepos, true) => {
+            "a tag of a repository under the source (--all-repos)".to_string()
+        }
+        (Selecting::List(_), true) if listed => "listed by ALL_TAGS".to_string(),
+        (Selecting::List(_), true) => "named in the list".to_string(),
+    };
+    if let (true, Some(r)) = (listed && s.tag.is_some(), spec.tag_rules.describe()) {
+        why.push_str(&format!(", kept by {r}"));
+    }
+    let what = match (&p.action, &p.dest) {
+        (_, _) if waiting => {
+            "its digest was first seen less than --min-age ago: waiting".to_string()
+        }
+        (Action::Copy, None) => "missing at the destination: copy".to_string(),
+        (Action::Copy, Some(d)) => format!("the destination holds {}: copy", d.digest),
+        (Action::Skip, _) => "the same digest on both sides: in sync".to_string(),
+        (Action::Fail(_), _) => "cannot be copied (see its error)".to_string(),
+        (Action::Conflict(_), _) => {
+            "the destination tag holds another image: left alone".to_string()
+        }
+    };
+    format!("{why}; {what}")
 }
 
 /// Turns the selection into images, listing tags and repositories where asked; the tag

@@ -147,22 +147,45 @@ impl TagRules {
     /// Whether one tag passes the include, exclude and range rules (not `--newest`, which
     /// needs the repository's other tags).
     pub fn admits(&self, tag: &str) -> bool {
+        self.judge(tag).is_ok()
+    }
+
+    /// [`Self::admits`], with the rule that leaves the tag out.
+    pub fn judge(&self, tag: &str) -> Result<(), LeftOut> {
         if !self.include.is_empty() && !self.include.iter().any(|r| r.is_match(tag)) {
-            return false;
+            return Err(LeftOut::NotIncluded);
         }
-        if self.exclude.iter().any(|r| r.is_match(tag)) {
-            return false;
+        if let Some(r) = self.exclude.iter().find(|r| r.is_match(tag)) {
+            return Err(LeftOut::Excluded(as_written(r)));
         }
         match &self.range {
-            None => true,
-            Some(req) => version_of(tag).is_some_and(|v| req.matches(&v)),
+            None => Ok(()),
+            Some(req) => match version_of(tag) {
+                None => Err(LeftOut::NotSemver),
+                Some(v) if req.matches(&v) => Ok(()),
+                Some(_) => Err(LeftOut::OutOfRange(req.to_string())),
+            },
         }
     }
 
     /// The wanted tags of one repository's listing, in the listing's order; the count of
     /// tags left out comes second.
     pub fn select(&self, tags: &[String]) -> (Vec<String>, usize) {
-        let mut kept: Vec<&String> = tags.iter().filter(|t| self.admits(t)).collect();
+        let (kept, left) = self.select_why(tags);
+        (kept, left.len())
+    }
+
+    /// [`Self::select`], with each tag left out and the rule that did it, in the listing's
+    /// order.
+    pub fn select_why(&self, tags: &[String]) -> (Vec<String>, Vec<(String, LeftOut)>) {
+        let mut left: Vec<(String, LeftOut)> = Vec::new();
+        let mut kept: Vec<&String> = Vec::new();
+        for t in tags {
+            match self.judge(t) {
+                Ok(()) => kept.push(t),
+                Err(why) => left.push((t.clone(), why)),
+            }
+        }
         if let Some(n) = self.newest {
             let mut versions: Vec<(Version, &String)> = kept
                 .iter()
@@ -179,13 +202,80 @@ impl TagRules {
             let floor = distinct
                 .get(n.min(distinct.len()).saturating_sub(1))
                 .copied();
-            kept.retain(|t| match (version_of(t), floor) {
-                (Some(v), Some(f)) => v >= *f,
-                _ => false,
+            kept.retain(|t| {
+                let newest = match (version_of(t), floor) {
+                    (Some(v), Some(f)) => v >= *f,
+                    _ => false,
+                };
+                if !newest {
+                    left.push(((*t).clone(), LeftOut::NotNewest(n)));
+                }
+                newest
             });
+            // In the listing's order, as the kept ones are.
+            let at: std::collections::HashMap<&String, usize> =
+                tags.iter().enumerate().map(|(i, t)| (t, i)).collect();
+            left.sort_by_key(|(t, _)| at.get(t).copied());
         }
-        let left_out = tags.len() - kept.len();
-        (kept.into_iter().cloned().collect(), left_out)
+        (kept.into_iter().cloned().collect(), left)
+    }
+
+    /// The rules as one line, e.g. "--include-tags 'v1\..*', --newest 3" (`None` with none set).
+    pub fn describe(&self) -> Option<String> {
+        let mut parts: Vec<String> = Vec::new();
+        parts.extend(
+            self.include
+                .iter()
+                .map(|r| format!("--include-tags '{}'", as_written(r))),
+        );
+        parts.extend(
+            self.exclude
+                .iter()
+                .map(|r| format!("--exclude-tags '{}'", as_written(r))),
+        );
+        if let Some(r) = &self.range {
+            parts.push(format!("--semver '{r}'"));
+        }
+        if let Some(n) = self.newest {
+            parts.push(format!("--newest {n}"));
+        }
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
+}
+
+/// A pattern as it was written (without the anchors [`parse_pattern`] adds).
+fn as_written(r: &Regex) -> String {
+    let s = r.as_str();
+    s.strip_prefix("^(?:")
+        .and_then(|s| s.strip_suffix(")$"))
+        .unwrap_or(s)
+        .to_string()
+}
+
+/// Why the tag rules left a listed tag out (the plan says it for each such tag).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeftOut {
+    /// `--include-tags` is set and none of its patterns matches.
+    NotIncluded,
+    /// This `--exclude-tags` pattern (as written) matches.
+    Excluded(String),
+    /// `--semver` is set and the tag is not a semantic version.
+    NotSemver,
+    /// A semantic version outside this `--semver` range.
+    OutOfRange(String),
+    /// Not among the N highest versions (`--newest N`; a tag that is no version never is).
+    NotNewest(usize),
+}
+
+impl std::fmt::Display for LeftOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LeftOut::NotIncluded => write!(f, "matches no --include-tags pattern"),
+            LeftOut::Excluded(p) => write!(f, "matches --exclude-tags '{p}'"),
+            LeftOut::NotSemver => write!(f, "not a semantic version (--semver)"),
+            LeftOut::OutOfRange(r) => write!(f, "outside --semver '{r}'"),
+            LeftOut::NotNewest(n) => write!(f, "not among the {n} newest versions (--newest)"),
+        }
     }
 }
 
@@ -334,6 +424,31 @@ mod tests {
             vs.sort();
             vs.dedup();
             prop_assert!(vs.len() <= n);
+        }
+
+        #[test]
+        fn every_tag_is_kept_or_left_out_once_with_the_rule_that_did_it(
+            list in proptest::collection::vec("(v?[0-9]{1,2}\\.[0-9]{1,2}\\.[0-9]{1,2}|[a-z]{1,6})", 0..30),
+            n in 1usize..5,
+        ) {
+            let r = rules(&["v?[0-9].*", "[a-m].*"], &["[0-9]\\.0\\..*"], Some(">=0.1, <50"), Some(n));
+            let (kept, left) = r.select_why(&list);
+            prop_assert_eq!(&kept, &r.select(&list).0);
+            let mut all: Vec<&String> = kept.iter().chain(left.iter().map(|(t, _)| t)).collect();
+            let mut want: Vec<&String> = list.iter().collect();
+            all.sort();
+            want.sort();
+            prop_assert_eq!(all, want);
+            for (t, why) in &left {
+                match why {
+                    // Admitted one by one, then below the newest N.
+                    LeftOut::NotNewest(m) => {
+                        prop_assert!(r.admits(t));
+                        prop_assert_eq!(*m, n);
+                    }
+                    other => prop_assert_eq!(r.judge(t), Err(other.clone())),
+                }
+            }
         }
     }
 }

@@ -282,6 +282,7 @@ pub async fn run_objects(
     }
     Ok(SyncReport {
         registries: Default::default(),
+        left_out: Vec::new(),
         run,
         items: kept.items,
     })
@@ -1017,6 +1018,7 @@ fn started_record(
         line: None,
         resumed: None,
         waiting_until: None,
+        reason: None,
     }
 }
 
@@ -1464,6 +1466,7 @@ mod tests {
             line: None,
             resumed: None,
             waiting_until: None,
+            reason: None,
         }
     }
 

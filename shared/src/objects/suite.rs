@@ -522,6 +522,7 @@ impl<'a> ObjectsEdges<'a> {
             line: None,
             resumed: None,
             waiting_until: None,
+            reason: None,
         };
         self.store.put_item(&rec).await.map(|_| ())
     }

@@ -225,6 +225,7 @@ impl DynamoStore {
             line: list_line(&get_s(i, "source").unwrap_or_default()),
             resumed: None,
             waiting_until: get_t(i, "waiting_until"),
+            reason: None,
         }
     }
 }

@@ -736,6 +736,7 @@ mod tests {
             line: None,
             resumed: None,
             waiting_until: None,
+            reason: None,
         };
         let items = [
             item("127.0.0.1:5000/team/app:1", Status::Failed),

@@ -335,6 +335,7 @@ impl TaskStore for SqliteStore {
                         line: None,
                         resumed: None,
                         waiting_until: None,
+                        reason: None,
                     })
                     .map(|i| ItemRecord {
                         line: crate::status::list_line(&i.source),
@@ -462,6 +463,7 @@ mod tests {
                     line: None,
                     resumed: None,
                     waiting_until: None,
+                    reason: None,
                 })
                 .await
                 .unwrap();

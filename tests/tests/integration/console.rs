@@ -748,6 +748,7 @@ fn a_run_of_many_items_pages_through_them_by_keyset_with_the_failed_filter() {
                 line: None,
                 resumed: None,
                 waiting_until: None,
+                reason: None,
             }))
             .unwrap();
         }

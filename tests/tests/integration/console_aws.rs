@@ -167,6 +167,7 @@ fn the_dynamodb_task_store_keeps_tasks_in_pages_refuses_a_second_create_and_list
                     line: None,
                     resumed: None,
                     waiting_until: None,
+                    reason: None,
                 })
                 .await
                 .unwrap();

@@ -237,3 +237,116 @@ fn no_overwrite_leaves_a_tag_that_holds_another_image_alone_as_a_conflict_naming
         Some(wanted.digest.as_str())
     );
 }
+
+/// A dry run with `--output json` says why each tag was taken or left out: each item has
+/// its `reason` (where it came from, the rules that kept it, what the plan does), and
+/// `left_out` names every listed tag the rules dropped with the rule that dropped it.
+#[test]
+fn a_dry_run_says_why_each_tag_was_taken_or_left_out() {
+    let (src, dst, dir) = (
+        RegistryServer::start(),
+        RegistryServer::start(),
+        tempfile::tempdir().unwrap(),
+    );
+    push_tags(&src, "app", TAGS);
+    push_tags(&src, "pinned", &["dev"]);
+    // One tag is at the destination with another image; one was copied before.
+    push_tags(&dst, "m/app", &["2.0.0"]);
+    let other = dst.digest("m/app", "2.0.0").unwrap();
+    let before = list(dir.path(), "pinned:dev\n");
+    let first = sync(
+        dir.path(),
+        &[
+            &src.addr,
+            &format!("{}/m", dst.addr),
+            "--list",
+            before.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let l = list(dir.path(), "app:ALL_TAGS\npinned:dev\n");
+    let r = sync(
+        dir.path(),
+        &[
+            &src.addr,
+            &format!("{}/m", dst.addr),
+            "--list",
+            l.to_str().unwrap(),
+            "--include-tags",
+            "v?[12]\\..*",
+            "--exclude-tags",
+            ".*-rc.*",
+            "--semver",
+            ">=1.20",
+            "--newest",
+            "2",
+            "--dry-run",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let j = r.json();
+    let reasons: std::collections::BTreeMap<String, String> = j["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            let s = i["source"].as_str().unwrap();
+            (
+                s.rsplit('/').next().unwrap().to_string(),
+                i["reason"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{i}"))
+                    .to_string(),
+            )
+        })
+        .collect();
+    let rules =
+        "--include-tags 'v?[12]\\..*', --exclude-tags '.*-rc.*', --semver '>=1.20', --newest 2";
+    assert_eq!(
+        reasons.keys().collect::<Vec<_>>(),
+        ["app:2.0.0", "app:v1.21.3", "pinned:dev"],
+        "{j:#}"
+    );
+    assert_eq!(
+        reasons["app:2.0.0"],
+        format!("listed by ALL_TAGS, kept by {rules}; the destination holds {other}: copy")
+    );
+    assert_eq!(
+        reasons["app:v1.21.3"],
+        format!("listed by ALL_TAGS, kept by {rules}; missing at the destination: copy")
+    );
+    assert_eq!(
+        reasons["pinned:dev"],
+        "named in the list; the same digest on both sides: in sync"
+    );
+    let left: std::collections::BTreeMap<String, String> = j["left_out"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{j:#}"))
+        .iter()
+        .map(|i| {
+            (
+                i["source"]
+                    .as_str()
+                    .unwrap()
+                    .rsplit('/')
+                    .next()
+                    .unwrap()
+                    .to_string(),
+                i["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want: std::collections::BTreeMap<String, String> = [
+        ("app:1.19.0", "outside --semver '>=1.20'"),
+        ("app:1.20.0", "not among the 2 newest versions (--newest)"),
+        ("app:1.22.0-rc.1", "matches --exclude-tags '.*-rc.*'"),
+        ("app:1.25", "not a semantic version (--semver)"),
+        ("app:latest", "matches no --include-tags pattern"),
+        ("app:dev", "matches no --include-tags pattern"),
+    ]
+    .into_iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(left, want, "{j:#}");
+    assert_eq!(dst.tags("m/app"), ["2.0.0"], "a dry run copies nothing");
+}
