@@ -787,6 +787,7 @@ pub(crate) async fn fatal(
             items,
             registries: Default::default(),
             left_out: Vec::new(),
+            quotas: Vec::new(),
         })
         .unwrap_or_default();
         v["error"] = format!("{e:#}").into();
@@ -818,6 +819,7 @@ pub(crate) fn finish(
         OutputFormat::Text => {
             output::summary(&report.run, &report.items, Some(state_path));
             output::registry_requests(&report.registries);
+            output::quotas(&report.quotas);
         }
     }
     if let Some(why) = stop.and_then(|s| s.reason()) {
@@ -1039,6 +1041,7 @@ async fn status(a: StatusArgs) -> Result<ExitCode> {
             items,
             registries: Default::default(),
             left_out: Vec::new(),
+            quotas: Vec::new(),
         })?,
         OutputFormat::Text => {
             for i in &items {

@@ -333,6 +333,8 @@ fn item_line(i: &ItemRecord, dry_run: bool, long: bool) -> String {
         (Status::Restoring, true) => "would restore",
         (Status::Restoring, false) => "restoring",
         (Status::Waiting, _) => "waiting",
+        (Status::Deferred, true) => "would defer",
+        (Status::Deferred, false) => "deferred",
     };
     let digest = i
         .dest_digest
@@ -536,6 +538,12 @@ pub fn summary(run: &RunRecord, items: &[ItemRecord], state: Option<&Path>) {
             .unwrap_or_default()
         );
     }
+    if run.deferred > 0 {
+        crate::outln!(
+            "deferred: {} image(s) left for the next run: the source registry's pull quota would run out",
+            run.deferred
+        );
+    }
     if run.deleted > 0 {
         let moved = items
             .iter()
@@ -590,6 +598,32 @@ pub fn registry_requests(
             "registry {host}: {} request(s), {} token request(s)",
             c.requests,
             c.token_requests
+        );
+    }
+}
+
+/// After an images run's summary: the pull quota of each source registry that reports one.
+pub fn quotas(budgets: &[hub_core::images::sync::QuotaBudget]) {
+    for b in budgets {
+        crate::outln!(
+            "pull quota of {}: {} of {} pulls left{}; this run needs {} for {} image(s) ({} each){}",
+            b.host,
+            b.remaining,
+            b.limit,
+            b.window_secs
+                .map(|w| format!(
+                    " (a {} window)",
+                    hub_core::units::human_duration(std::time::Duration::from_secs(w))
+                ))
+                .unwrap_or_default(),
+            b.needed,
+            b.images,
+            hub_core::images::sync::PULLS_PER_IMAGE,
+            if b.deferred > 0 {
+                format!(": {} deferred to a later run", b.deferred)
+            } else {
+                String::new()
+            }
         );
     }
 }

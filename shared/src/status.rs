@@ -40,6 +40,9 @@ pub enum Status {
     /// supply-chain cooldown): left for now, neither copied nor failed; the record's
     /// `waiting_until` says when a run copies it.
     Waiting,
+    /// An image left for the next run because the source registry's pull quota (Docker
+    /// Hub's) would run out: neither copied nor failed.
+    Deferred,
 }
 
 impl Status {
@@ -54,6 +57,7 @@ impl Status {
             Status::Archived => "archived",
             Status::Restoring => "restoring",
             Status::Waiting => "waiting",
+            Status::Deferred => "deferred",
         }
     }
     pub fn from_name(s: &str) -> Option<Self> {
@@ -67,6 +71,7 @@ impl Status {
             Status::Archived,
             Status::Restoring,
             Status::Waiting,
+            Status::Deferred,
         ]
         .into_iter()
         .find(|x| x.as_str() == s)
@@ -248,6 +253,9 @@ pub struct RunRecord {
     /// Images whose source digest is younger than `--min-age`, left for a later run.
     #[serde(default)]
     pub waiting: u64,
+    /// Images left for the next run: the source's pull quota would have run out.
+    #[serde(default)]
+    pub deferred: u64,
 }
 
 /// Status store errors.
@@ -403,6 +411,7 @@ fn migrate(c: &rusqlite::Connection) -> rusqlite::Result<()> {
         "archived",
         "restoring",
         "waiting",
+        "deferred",
     ] {
         if !columns("runs")?.iter().any(|h| h == col) {
             c.execute_batch(&format!("ALTER TABLE runs ADD COLUMN {col} INTEGER"))?;
@@ -440,6 +449,7 @@ pub(crate) fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord>
         archived: r.get::<_, Option<u64>>(16)?.unwrap_or(0),
         restoring: r.get::<_, Option<u64>>(17)?.unwrap_or(0),
         waiting: r.get::<_, Option<u64>>(18)?.unwrap_or(0),
+        deferred: r.get::<_, Option<u64>>(19)?.unwrap_or(0),
         source,
         dest: r.get(2)?,
         dry_run: r.get(3)?,
@@ -452,7 +462,7 @@ pub(crate) fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord>
     })
 }
 
-const RUN_COLS: &str = "run_id, source, dest, dry_run, started_at, ended_at, copied, skipped, failed, bytes, kind, result, error, filtered, conflicts, deleted, archived, restoring, waiting";
+const RUN_COLS: &str = "run_id, source, dest, dry_run, started_at, ended_at, copied, skipped, failed, bytes, kind, result, error, filtered, conflicts, deleted, archived, restoring, waiting, deferred";
 
 /// The error of a run whose process ended without closing its record.
 pub const ABANDONED: &str = "the process ended without recording a result (killed?)";
@@ -527,13 +537,13 @@ impl StatusStore for SqliteStore {
         c.execute(
             &format!(
                 "INSERT INTO runs ({RUN_COLS}, pid, pid_started, host)
-                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22)
+                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23)
                  ON CONFLICT (run_id) DO UPDATE SET source=excluded.source, dest=excluded.dest,
                    dry_run=excluded.dry_run, started_at=excluded.started_at, ended_at=excluded.ended_at,
                    copied=excluded.copied, skipped=excluded.skipped, failed=excluded.failed, bytes=excluded.bytes,
                    kind=excluded.kind, result=excluded.result, error=excluded.error,
                    filtered=excluded.filtered, conflicts=excluded.conflicts, deleted=excluded.deleted,
-                   archived=excluded.archived, restoring=excluded.restoring, waiting=excluded.waiting,
+                   archived=excluded.archived, restoring=excluded.restoring, waiting=excluded.waiting, deferred=excluded.deferred,
                    pid=excluded.pid, pid_started=excluded.pid_started, host=excluded.host"
             ),
             params![
@@ -556,6 +566,7 @@ impl StatusStore for SqliteStore {
                 run.archived,
                 run.restoring,
                 run.waiting,
+                run.deferred,
                 // The process that writes a run is the one running it (the CLI, `serve`):
                 // how the next start tells a killed run from a live one.
                 std::process::id(),
@@ -751,6 +762,7 @@ mod tests {
             archived: 0,
             restoring: 0,
             waiting: 0,
+            deferred: 0,
             source: "s".into(),
             dest: "d".into(),
             dry_run: false,

@@ -22,6 +22,7 @@ mod integration {
     pub mod interrupt;
     pub mod objects;
     pub mod objects_aws;
+    pub mod quota;
     pub mod secrets;
     pub mod state_machine;
     pub mod tags;

@@ -647,6 +647,9 @@ pub fn run(v: &RunView<'_>, csrf: &str) -> Markup {
                     @if r.waiting > 0 {
                         tr { th { "Waiting" } td #waiting { (r.waiting) " (source digests newer than the task's min age: a later run copies them)" } }
                     }
+                    @if r.deferred > 0 {
+                        tr { th { "Deferred" } td #deferred { (r.deferred) " (left for the next run: the source registry's pull quota would have run out)" } }
+                    }
                     @if r.deleted > 0 {
                         tr { th { "Deleted" } td #deleted { (r.deleted) " (destination objects missing at the source, removed or moved to the backup prefix)" } }
                     }
@@ -665,7 +668,7 @@ pub fn run(v: &RunView<'_>, csrf: &str) -> Markup {
             h2 { "Items" }
             p {
                 // The counts come from the run record: counting a big run's items would read them all.
-                @let all = v.run.map(|r| format!(" ({})", r.copied + r.skipped + r.failed + r.conflicts + r.deleted + r.archived + r.restoring + r.waiting)).unwrap_or_default();
+                @let all = v.run.map(|r| format!(" ({})", r.copied + r.skipped + r.failed + r.conflicts + r.deleted + r.archived + r.restoring + r.waiting + r.deferred)).unwrap_or_default();
                 @let failed = v.run.map(|r| format!(" ({})", r.failed)).unwrap_or_default();
                 @if v.failed_only { a href={ "/runs/" (v.run_id) } { "All items" (all) } " · " b { "Failed only" (failed) } }
                 @else { b { "All items" (all) } " · " a #failed-filter href={ "/runs/" (v.run_id) "?failed=1" } { "Failed only" (failed) } }

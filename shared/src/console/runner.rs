@@ -297,6 +297,7 @@ async fn record_start_failure(store: &SqliteStore, task: &Task, run_id: &str, wh
         archived: 0,
         restoring: 0,
         waiting: 0,
+        deferred: 0,
     };
     let item = ItemRecord {
         run_id: run_id.into(),

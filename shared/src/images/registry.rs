@@ -320,6 +320,10 @@ pub fn is_loopback_host(host: &str) -> bool {
 /// The operations the pipeline needs from a registry.
 #[async_trait]
 pub trait Registry: Send + Sync {
+    /// The newest pull quota `host` reported (Docker Hub's `ratelimit-*` headers), if any.
+    fn quota(&self, _host: &str) -> Option<Quota> {
+        None
+    }
     /// Every repository of the registry (catalog, all pages).
     async fn list_repositories(&self, host: &str) -> Result<Vec<String>, ItemError>;
     /// Every tag of a repository (all pages).
@@ -444,6 +448,57 @@ pub struct RequestCount {
     pub token_requests: u64,
 }
 
+/// A registry's pull quota, as Docker Hub reports it on manifest requests
+/// (`ratelimit-limit: 100;w=21600`, `ratelimit-remaining: 76;w=21600`): pulls allowed and
+/// left in a window of `window_secs`. HEADs do not count against it; manifest GETs do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Quota {
+    pub limit: u64,
+    pub remaining: u64,
+    pub window_secs: Option<u64>,
+}
+
+/// Reads one `ratelimit-*` value: `N` or `N;w=SECONDS` (what Docker Hub sends).
+pub fn parse_ratelimit(v: &str) -> Result<(u64, Option<u64>), &'static str> {
+    const EXPECTED: &str = "a count, optionally with its window: 100;w=21600";
+    let mut parts = v.split(';').map(str::trim);
+    let n = parts
+        .next()
+        .and_then(|n| n.parse::<u64>().ok())
+        .ok_or(EXPECTED)?;
+    let mut window = None;
+    for p in parts {
+        match p.split_once('=') {
+            Some(("w", w)) => window = Some(w.trim().parse::<u64>().map_err(|_| EXPECTED)?),
+            Some(_) => {}
+            None => return Err(EXPECTED),
+        }
+    }
+    Ok((n, window))
+}
+
+/// The quota a registry's answer reports, if it has both headers; a malformed one is
+/// logged (naming its value) and read as absent: a quota header never fails an image.
+fn quota_of(host: &str, h: &header::HeaderMap) -> Option<Quota> {
+    let read = |name: &str| -> Option<(u64, Option<u64>)> {
+        let v = h.get(name)?;
+        match v.to_str().map_err(|_| "text").and_then(parse_ratelimit) {
+            Ok(x) => Some(x),
+            Err(expected) => {
+                tracing::warn!(registry = host, header = name, value = %shown(v.as_bytes()), expected, "ignoring a malformed rate-limit header");
+                None
+            }
+        }
+    };
+    let (limit, w) = read("ratelimit-limit")?;
+    let (remaining, w2) = read("ratelimit-remaining")?;
+    Some(Quota {
+        limit,
+        remaining,
+        window_secs: w2.or(w),
+    })
+}
+
 /// A registry client over HTTP(S).
 pub struct HttpRegistry {
     http: reqwest::Client,
@@ -456,6 +511,8 @@ pub struct HttpRegistry {
     /// wait for that fetch rather than each asking the realm.
     fetches: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
     counts: Mutex<BTreeMap<String, RequestCount>>,
+    /// The newest pull quota each registry reported (Docker Hub), by host.
+    quotas: Mutex<HashMap<String, Quota>>,
     trust: Trust,
     /// The HTTP client of each registry address with CAs of its own.
     clients: Mutex<HashMap<String, reqwest::Client>>,
@@ -479,6 +536,7 @@ impl HttpRegistry {
             tokens: Mutex::new(HashMap::new()),
             fetches: Mutex::new(HashMap::new()),
             counts: Mutex::new(BTreeMap::new()),
+            quotas: Mutex::new(HashMap::new()),
             trust: Trust::system(),
             clients: Mutex::new(HashMap::new()),
             max_rps: None,
@@ -778,6 +836,9 @@ impl HttpRegistry {
                 .send()
                 .await
                 .map_err(|e| self.failed(&method, host, &url, &error_chain(&e)))?;
+            if let Some(q) = quota_of(host, resp.headers()) {
+                self.quotas.lock().unwrap().insert(host.to_string(), q);
+            }
             if resp.status() != StatusCode::UNAUTHORIZED || authed {
                 return Ok(resp);
             }
@@ -1239,6 +1300,10 @@ fn next_link(h: &header::HeaderMap, url: &str) -> Result<Option<String>, Respons
 
 #[async_trait]
 impl Registry for HttpRegistry {
+    fn quota(&self, host: &str) -> Option<Quota> {
+        self.quotas.lock().unwrap().get(host).copied()
+    }
+
     async fn check_login_realm(&self, host: &str) -> Result<(), ItemError> {
         if self.credentials.get(host).is_none() {
             return Ok(());
@@ -1843,6 +1908,35 @@ mod tests {
             "tcp connect error: Connection refused",
         );
         assert_eq!(e.class, ErrorClass::Retryable);
+    }
+
+    #[test]
+    fn docker_hubs_rate_limit_headers_are_read_and_a_malformed_one_is_ignored() {
+        assert_eq!(parse_ratelimit("100;w=21600"), Ok((100, Some(21600))));
+        assert_eq!(parse_ratelimit(" 76 "), Ok((76, None)));
+        assert_eq!(parse_ratelimit("5; w=60; comment=x"), Ok((5, Some(60))));
+        for bad in ["", "-1", "many", "100;w=", "100;w=soon", "100;junk", "1e3"] {
+            assert!(parse_ratelimit(bad).is_err(), "{bad:?}");
+        }
+        let mut h = header::HeaderMap::new();
+        assert_eq!(quota_of("docker.io", &h), None);
+        h.insert("ratelimit-limit", "100;w=21600".parse().unwrap());
+        h.insert("ratelimit-remaining", "76;w=21600".parse().unwrap());
+        assert_eq!(
+            quota_of("docker.io", &h),
+            Some(Quota {
+                limit: 100,
+                remaining: 76,
+                window_secs: Some(21600)
+            })
+        );
+        h.insert("ratelimit-remaining", "lots".parse().unwrap());
+        assert_eq!(quota_of("docker.io", &h), None);
+        h.insert(
+            "ratelimit-remaining",
+            header::HeaderValue::from_bytes(b"\xff").unwrap(),
+        );
+        assert_eq!(quota_of("docker.io", &h), None);
     }
 
     #[test]

@@ -99,6 +99,112 @@ pub struct SyncReport {
     /// On a dry run of images: each listed tag the tag rules left out, and why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub left_out: Vec<TagLeftOut>,
+    /// The pull quota of each source registry that reports one (Docker Hub), and what the
+    /// run planned against it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quotas: Vec<QuotaBudget>,
+}
+
+/// Pulls budgeted for each image to copy from a registry with a pull quota: a copy of a
+/// single-platform image read its manifest twice on the rig (its quota proxy counts every
+/// manifest GET as a pull, the strict reading of Docker Hub's rule). A multi-arch index may
+/// cost more; each copy looks at the quota first, and a copy refused for it is deferred.
+pub const PULLS_PER_IMAGE: u64 = 2;
+
+/// A source registry's pull quota, as the plan found it, and what the run does with it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QuotaBudget {
+    pub host: String,
+    /// Pulls allowed in the window, and left when the plan was made.
+    pub limit: u64,
+    pub remaining: u64,
+    pub window_secs: Option<u64>,
+    /// Images the plan would copy from this registry, and the pulls they need
+    /// ([`PULLS_PER_IMAGE`] each).
+    pub images: u64,
+    pub needed: u64,
+    /// Of those images, the ones left for a later run.
+    pub deferred: u64,
+}
+
+/// Keeps the copies from each source registry with a pull quota within what is left:
+/// the first ones (in plan order) that fit, [`PULLS_PER_IMAGE`] pulls each; the rest are
+/// returned as `deferred` records, with the budget of each such registry.
+fn budget_copies(
+    registry: &dyn Registry,
+    copies: Vec<(Wanted, crate::images::reference::Digest, ItemRecord)>,
+) -> (
+    Vec<(Wanted, crate::images::reference::Digest, ItemRecord)>,
+    Vec<ItemRecord>,
+    Vec<QuotaBudget>,
+) {
+    let mut budgets: BTreeMap<String, QuotaBudget> = BTreeMap::new();
+    let (mut kept, mut deferred) = (Vec::new(), Vec::new());
+    for (w, d, mut rec) in copies {
+        let host = w.source.host.clone();
+        let Some(q) = registry.quota(&host) else {
+            kept.push((w, d, rec));
+            continue;
+        };
+        let b = budgets.entry(host.clone()).or_insert_with(|| QuotaBudget {
+            host,
+            limit: q.limit,
+            remaining: q.remaining,
+            window_secs: q.window_secs,
+            images: 0,
+            needed: 0,
+            deferred: 0,
+        });
+        b.images += 1;
+        b.needed += PULLS_PER_IMAGE;
+        if b.needed <= b.remaining {
+            kept.push((w, d, rec));
+        } else {
+            b.deferred += 1;
+            rec.reason = rec.reason.map(|r| {
+                let why = r.split("; ").next().unwrap_or_default().to_string();
+                format!("{why}; the source registry's pull quota would run out: deferred")
+            });
+            rec.status = Status::Deferred;
+            rec.ended_at = Some(Utc::now());
+            rec.version = FINAL;
+            deferred.push(rec);
+        }
+    }
+    (kept, deferred, budgets.into_values().collect())
+}
+
+/// Just before a copy from a registry with a pull quota: the quota as the registry reports
+/// it now (a manifest HEAD, which spends none), and, when it no longer holds
+/// [`PULLS_PER_IMAGE`] pulls (another client spent them since the plan), the error that
+/// defers the image without starting a copy the registry would refuse.
+async fn quota_spent(registry: &dyn Registry, w: &Wanted) -> Option<ItemError> {
+    registry.quota(&w.source.host)?;
+    let s = &w.source;
+    let _ = registry
+        .head_manifest(&s.host, &s.repo, &s.reference())
+        .await;
+    let q = registry.quota(&s.host)?;
+    (q.remaining < PULLS_PER_IMAGE).then(|| {
+        ItemError::new(
+            ErrorClass::Retryable,
+            format!(
+                "{}: the pull quota of {} is spent ({} of {} pulls left); deferred to a later run (toomanyrequests)",
+                w.source, s.host, q.remaining, q.limit
+            ),
+        )
+    })
+}
+
+/// Whether a failed copy from `host` was refused for the registry's pull quota (a 429
+/// once the quota is known to be spent, or Docker Hub's `toomanyrequests`): the image is
+/// deferred to the next run rather than failed.
+fn quota_refused(registry: &dyn Registry, host: &str, e: &ItemError) -> bool {
+    let Some(q) = registry.quota(host) else {
+        return false;
+    };
+    let m = e.message.to_ascii_lowercase();
+    m.contains("toomanyrequests") || (m.contains("429") && q.remaining < PULLS_PER_IMAGE)
 }
 
 impl SyncReport {
@@ -249,6 +355,14 @@ pub async fn run_sync_until(
         }
     }
 
+    let (copies, deferred, quotas) = budget_copies(edges.registry, copies);
+    for rec in &deferred {
+        edges.progress.finished(rec);
+        if keep {
+            edges.store.put_item(rec).await?;
+        }
+    }
+    items.extend(deferred);
     if spec.dry_run {
         for (_, _, rec) in &copies {
             edges.progress.finished(rec);
@@ -256,6 +370,7 @@ pub async fn run_sync_until(
         items.extend(copies.into_iter().map(|(_, _, rec)| rec));
         let mut report = finish(run, items);
         report.left_out = rules.left;
+        report.quotas = quotas;
         return Ok(report);
     }
     for (_, _, rec) in &copies {
@@ -280,7 +395,10 @@ pub async fn run_sync_until(
                 let outcome = match (ready, stop.reason()) {
                     (_, Some(why)) => (Err(interrupted(why)), 0),
                     (Err(e), None) => (Err(e), 0),
-                    (Ok(()), None) => copy_one(spec, edges, &w, &digest, stop).await,
+                    (Ok(()), None) => match quota_spent(edges.registry, &w).await {
+                        Some(e) => (Err(e), 0),
+                        None => copy_one(spec, edges, &w, &digest, stop).await,
+                    },
                 };
                 rec.attempts = outcome.1;
                 rec.ended_at = Some(Utc::now());
@@ -292,7 +410,11 @@ pub async fn run_sync_until(
                         rec.bytes = bytes;
                     }
                     Err(e) => {
-                        rec.status = status_of(&e);
+                        rec.status = if quota_refused(edges.registry, &w.source.host, &e) {
+                            Status::Deferred
+                        } else {
+                            status_of(&e)
+                        };
                         rec.error = Some(e);
                     }
                 }
@@ -308,6 +430,7 @@ pub async fn run_sync_until(
         items.push(r?);
     }
     let mut report = finish(run.clone(), items);
+    report.quotas = quotas;
     if let Some(why) = stop.reason() {
         report.run.result = RunResult::Interrupted;
         report.run.error = Some(format!("interrupted by {why}"));
@@ -354,6 +477,10 @@ fn finish(mut run: RunRecord, mut items: Vec<ItemRecord>) -> SyncReport {
         .filter(|i| i.status == Status::Conflict)
         .count() as u64;
     run.waiting = items.iter().filter(|i| i.status == Status::Waiting).count() as u64;
+    run.deferred = items
+        .iter()
+        .filter(|i| i.status == Status::Deferred)
+        .count() as u64;
     run.bytes = items.iter().map(|i| i.bytes).sum();
     run.ended_at = Some(Utc::now());
     run.result = if run.failed > 0 {
@@ -369,6 +496,7 @@ fn finish(mut run: RunRecord, mut items: Vec<ItemRecord>) -> SyncReport {
         items,
         registries: BTreeMap::new(),
         left_out: Vec::new(),
+        quotas: Vec::new(),
     }
 }
 

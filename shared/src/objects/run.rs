@@ -283,6 +283,7 @@ pub async fn run_objects(
     Ok(SyncReport {
         registries: Default::default(),
         left_out: Vec::new(),
+        quotas: Vec::new(),
         run,
         items: kept.items,
     })

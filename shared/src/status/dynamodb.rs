@@ -150,6 +150,7 @@ impl DynamoStore {
             ("archived", n(run.archived)),
             ("restoring", n(run.restoring)),
             ("waiting", n(run.waiting)),
+            ("deferred", n(run.deferred)),
             ("kind", s(run.kind.as_str())),
             ("result", s(run.result.as_str())),
         ]
@@ -183,6 +184,7 @@ impl DynamoStore {
             archived: get_n(i, "archived"),
             restoring: get_n(i, "restoring"),
             waiting: get_n(i, "waiting"),
+            deferred: get_n(i, "deferred"),
             run_id: get_s(i, "pk").unwrap_or_default(),
             source: get_s(i, "source").unwrap_or_default(),
             dest: get_s(i, "dest").unwrap_or_default(),

@@ -119,7 +119,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow> {
 }
 
 const TASK_COLS: &str = "name, spec, schedule, enabled, created_at, updated_at";
-const RUN_COLS: &str = "r.run_id, r.source, r.dest, r.dry_run, r.started_at, r.ended_at, r.copied, r.skipped, r.failed, r.bytes, r.kind, r.result, r.error, r.filtered, r.conflicts, r.deleted, r.archived, r.restoring, r.waiting";
+const RUN_COLS: &str = "r.run_id, r.source, r.dest, r.dry_run, r.started_at, r.ended_at, r.copied, r.skipped, r.failed, r.bytes, r.kind, r.result, r.error, r.filtered, r.conflicts, r.deleted, r.archived, r.restoring, r.waiting, r.deferred";
 
 fn run_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
     crate::status::run_from_row(r)
