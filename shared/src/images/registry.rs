@@ -499,6 +499,9 @@ fn quota_of(host: &str, h: &header::HeaderMap) -> Option<Quota> {
     })
 }
 
+/// Held while one token of a (registry, scope) is fetched.
+type OneFetch = Arc<tokio::sync::Mutex<()>>;
+
 /// A registry client over HTTP(S).
 pub struct HttpRegistry {
     http: reqwest::Client,
@@ -509,7 +512,7 @@ pub struct HttpRegistry {
     tokens: Mutex<HashMap<(String, String), Token>>,
     /// One token fetch at a time per (registry, scope): the requests that need the token
     /// wait for that fetch rather than each asking the realm.
-    fetches: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
+    fetches: Mutex<HashMap<(String, String), OneFetch>>,
     counts: Mutex<BTreeMap<String, RequestCount>>,
     /// The newest pull quota each registry reported (Docker Hub), by host.
     quotas: Mutex<HashMap<String, Quota>>,
@@ -756,10 +759,10 @@ impl HttpRegistry {
             .or_default()
             .clone();
         let _one = fetch.lock().await;
-        if let Some(t) = self.fresh_token(host, scope) {
-            if refused != Some(t.as_str()) {
-                return Ok(());
-            }
+        if let Some(t) = self.fresh_token(host, scope)
+            && refused != Some(t.as_str())
+        {
+            return Ok(());
         }
         let (value, expires_in) = self.fetch_token(host, realm, service, scope).await?;
         let fresh_until = Instant::now() + token_life(expires_in);

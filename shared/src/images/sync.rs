@@ -111,6 +111,9 @@ pub struct SyncReport {
 /// cost more; each copy looks at the quota first, and a copy refused for it is deferred.
 pub const PULLS_PER_IMAGE: u64 = 2;
 
+/// The images a run will copy: each with the source digest the plan read and its record.
+type Copies = Vec<(Wanted, crate::images::reference::Digest, ItemRecord)>;
+
 /// A source registry's pull quota, as the plan found it, and what the run does with it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct QuotaBudget {
@@ -132,12 +135,8 @@ pub struct QuotaBudget {
 /// returned as `deferred` records, with the budget of each such registry.
 fn budget_copies(
     registry: &dyn Registry,
-    copies: Vec<(Wanted, crate::images::reference::Digest, ItemRecord)>,
-) -> (
-    Vec<(Wanted, crate::images::reference::Digest, ItemRecord)>,
-    Vec<ItemRecord>,
-    Vec<QuotaBudget>,
-) {
+    copies: Copies,
+) -> (Copies, Vec<ItemRecord>, Vec<QuotaBudget>) {
     let mut budgets: BTreeMap<String, QuotaBudget> = BTreeMap::new();
     let (mut kept, mut deferred) = (Vec::new(), Vec::new());
     for (w, d, mut rec) in copies {
